@@ -1,0 +1,347 @@
+//! The typed configuration handed to the supervisor and (as JSON) to workers.
+//!
+//! Field names equal the schema key names (`server.loop` is the field
+//! `event_loop`, serialized as `loop`).
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The effective configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    /// `[server]`
+    pub server: Server,
+    /// `[limits]`
+    pub limits: Limits,
+    /// `[ssl]`
+    pub ssl: Ssl,
+    /// `[logging]`
+    pub logging: Logging,
+    /// `[metrics]` (planned)
+    pub metrics: Metrics,
+    /// `[watchdog]` (planned)
+    pub watchdog: Watchdog,
+    /// `[errors]`
+    pub errors: Errors,
+    /// `[debug]` (planned)
+    pub debug: Debug,
+    /// `[application]`
+    pub application: Application,
+}
+
+/// `[server]`: socket, workers, timeouts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Server {
+    /// Interface address to bind.
+    pub host: String,
+    /// TCP port (0 = any free port).
+    pub port: u16,
+    /// Number of worker processes.
+    pub workers: usize,
+    /// Debug mode.
+    pub debug: bool,
+    /// Listen backlog.
+    pub backlog: u32,
+    /// Time to finish in-flight requests on shutdown.
+    #[serde(with = "secs")]
+    pub graceful_timeout: Duration,
+    /// Idle keep-alive timeout.
+    #[serde(with = "secs")]
+    pub keep_alive_timeout: Duration,
+    /// Runtime directory; `None` = chosen by the supervisor.
+    pub run_dir: Option<PathBuf>,
+    /// Python event loop (key `loop`).
+    #[serde(rename = "loop")]
+    pub event_loop: LoopKind,
+    /// Tokio threads per worker.
+    pub threads: usize,
+    /// ASGI `root_path`.
+    pub root_path: String,
+    /// Heartbeat timeout (planned).
+    #[serde(with = "secs")]
+    pub worker_timeout: Duration,
+    /// Requests before a worker restart, 0 = never (planned).
+    pub max_requests: u64,
+    /// Random extra requests before restart (planned).
+    pub max_requests_jitter: u64,
+}
+
+/// `[limits]`: request size, time and concurrency limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Maximum request line + headers size in bytes.
+    pub max_header_size: u64,
+    /// Maximum body size in bytes; 0 = unlimited.
+    pub max_body_size: u64,
+    /// Time allowed to receive the headers.
+    #[serde(with = "secs")]
+    pub header_read_timeout: Duration,
+    /// Maximum concurrent requests per worker; 0 = unlimited.
+    pub max_concurrency: usize,
+}
+
+/// `[ssl]`: HTTPS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ssl {
+    /// Serve HTTPS.
+    pub enabled: bool,
+    /// Certificate chain (PEM).
+    pub certfile: Option<PathBuf>,
+    /// Private key (PEM).
+    pub keyfile: Option<PathBuf>,
+    /// Password of an encrypted key (secret).
+    pub keyfile_password: Option<String>,
+    /// CA bundle for client certificates.
+    pub ca_certs: Option<PathBuf>,
+    /// Minimum TLS version.
+    pub min_version: TlsVersion,
+}
+
+/// `[logging]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Logging {
+    /// Minimum level.
+    pub level: LogLevel,
+    /// Python logging format string, or `json`.
+    pub format: String,
+    /// Log file; `None` = stderr.
+    pub file: Option<PathBuf>,
+    /// One line per request.
+    pub access_log: bool,
+}
+
+/// `[metrics]` (planned).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Expose metrics.
+    pub enabled: bool,
+    /// URL path, starts with `/`.
+    pub endpoint: String,
+    /// Listener port.
+    pub export_port: u16,
+    /// Listener address.
+    pub host: String,
+}
+
+/// `[watchdog]` (planned).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Watchdog {
+    /// Enabled.
+    pub enabled: bool,
+    /// Check period.
+    #[serde(with = "secs")]
+    pub interval: Duration,
+    /// Warning threshold.
+    #[serde(with = "secs")]
+    pub timeout: Duration,
+    /// Critical threshold (>= `timeout`).
+    #[serde(with = "secs")]
+    pub critical: Duration,
+}
+
+/// `[errors]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Errors {
+    /// Tracebacks in 500 responses (requires `server.debug`).
+    pub show_traceback: bool,
+    /// Notify on critical errors (planned).
+    pub notify_critical: bool,
+    /// Notification webhook (planned).
+    pub notify_webhook: Option<String>,
+}
+
+/// `[debug]` (planned).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Debug {
+    /// Remote debugging enabled.
+    pub enabled: bool,
+    /// Serve remote pdb.
+    pub remote_pdb: bool,
+    /// Debugger port.
+    pub debug_port: u16,
+    /// Allowed client addresses.
+    pub allowed_ips: Vec<String>,
+    /// Debugger secret.
+    pub secret: Option<String>,
+}
+
+/// `[application]`: the Python app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Application {
+    /// `module:attribute`; empty = not configured (e.g. given on the command line).
+    pub app: String,
+    /// Absolute directory put first on `sys.path`.
+    pub app_dir: PathBuf,
+    /// Call `app()` to get the application.
+    pub factory: bool,
+    /// Lifespan protocol mode.
+    pub lifespan: Lifespan,
+    /// Application name.
+    pub name: String,
+    /// Application secret (secret).
+    pub secret_key: Option<String>,
+}
+
+/// `server.loop`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoopKind {
+    /// uvloop when installed, else asyncio.
+    Auto,
+    /// The standard asyncio loop.
+    Asyncio,
+    /// uvloop.
+    Uvloop,
+}
+
+/// `application.lifespan`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lifespan {
+    /// Run it if the app supports it.
+    Auto,
+    /// Required.
+    On,
+    /// Never.
+    Off,
+}
+
+/// `ssl.min_version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TlsVersion {
+    /// TLS 1.2.
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3.
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// `logging.level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum LogLevel {
+    /// TRACE.
+    Trace,
+    /// DEBUG.
+    Debug,
+    /// INFO.
+    Info,
+    /// WARNING.
+    Warning,
+    /// ERROR.
+    Error,
+    /// CRITICAL.
+    Critical,
+}
+
+impl LoopKind {
+    pub(crate) fn from_word(word: &str) -> Self {
+        match word {
+            "asyncio" => Self::Asyncio,
+            "uvloop" => Self::Uvloop,
+            _ => Self::Auto,
+        }
+    }
+}
+
+impl Lifespan {
+    pub(crate) fn from_word(word: &str) -> Self {
+        match word {
+            "on" => Self::On,
+            "off" => Self::Off,
+            _ => Self::Auto,
+        }
+    }
+}
+
+impl TlsVersion {
+    pub(crate) fn from_word(word: &str) -> Self {
+        match word {
+            "1.3" => Self::Tls13,
+            _ => Self::Tls12,
+        }
+    }
+}
+
+impl LogLevel {
+    pub(crate) fn from_word(word: &str) -> Self {
+        match word {
+            "TRACE" => Self::Trace,
+            "DEBUG" => Self::Debug,
+            "WARNING" => Self::Warning,
+            "ERROR" => Self::Error,
+            "CRITICAL" => Self::Critical,
+            _ => Self::Info,
+        }
+    }
+
+    /// The Python spelling, e.g. `WARNING`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Trace => "TRACE",
+            Self::Debug => "DEBUG",
+            Self::Info => "INFO",
+            Self::Warning => "WARNING",
+            Self::Error => "ERROR",
+            Self::Critical => "CRITICAL",
+        }
+    }
+}
+
+/// Serde helper: a [`Duration`] as a floating-point number of seconds.
+pub mod secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    /// Serializes as `f64` seconds.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    /// Deserializes from a non-negative finite number of seconds.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enums_serialize_as_schema_words() {
+        let cases = [
+            (serde_json::to_string(&LoopKind::Uvloop).ok(), "\"uvloop\""),
+            (serde_json::to_string(&Lifespan::Off).ok(), "\"off\""),
+            (serde_json::to_string(&TlsVersion::Tls13).ok(), "\"1.3\""),
+            (
+                serde_json::to_string(&LogLevel::Warning).ok(),
+                "\"WARNING\"",
+            ),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got.as_deref(), Some(want));
+        }
+    }
+
+    #[test]
+    fn durations_as_seconds() {
+        #[derive(Serialize, Deserialize, PartialEq, std::fmt::Debug)]
+        struct T {
+            #[serde(with = "secs")]
+            d: Duration,
+        }
+        let cases = [
+            (Duration::from_millis(2500), "{\"d\":2.5}"),
+            (Duration::from_secs(30), "{\"d\":30.0}"),
+        ];
+        for (d, json) in cases {
+            assert_eq!(serde_json::to_string(&T { d }).ok().as_deref(), Some(json));
+            assert_eq!(serde_json::from_str::<T>(json).ok(), Some(T { d }));
+        }
+        assert!(serde_json::from_str::<T>("{\"d\":-1}").is_err());
+    }
+}

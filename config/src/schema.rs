@@ -1,0 +1,279 @@
+//! The configuration schema: one table that drives parsing, validation, the
+//! `check` output and the generated `docs/CONFIG.md`.
+
+/// How a key's text value is interpreted and validated.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kind {
+    /// `true/false`, `yes/no`, `on/off`, `1/0` (case-insensitive).
+    Bool,
+    /// A whole number within `min..=max`.
+    Int {
+        /// Smallest accepted value.
+        min: i64,
+        /// Largest accepted value.
+        max: i64,
+    },
+    /// A duration in plain seconds (integer or decimal) within `min..=max`.
+    Seconds {
+        /// Smallest accepted value.
+        min: f64,
+        /// Largest accepted value.
+        max: f64,
+    },
+    /// Free text.
+    Str,
+    /// One of the listed words (matched case-insensitively, stored as listed).
+    Enum(&'static [&'static str]),
+    /// A filesystem path; empty means unset. Relative paths are resolved against
+    /// the config file's folder (file values) or the current directory (env, CLI).
+    Path,
+    /// An `http://` or `https://` URL; empty means unset.
+    Url,
+    /// A comma-separated list (in TOML also an array).
+    List,
+    /// A byte size: a plain integer or a number with a `k`, `m` or `g` suffix
+    /// (KiB, MiB, GiB; case-insensitive, optional `b`/`ib`), within `min..=max`.
+    Size {
+        /// Smallest accepted value in bytes.
+        min: u64,
+        /// Largest accepted value in bytes.
+        max: u64,
+    },
+    /// A Python import reference `module:attribute`; empty means unset.
+    AppRef,
+    /// A URL path starting with `/`.
+    UrlPath,
+}
+
+/// Whether a key already has an effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Implemented.
+    Active,
+    /// Accepted and validated, but the feature is not built yet; the text names
+    /// the issue that will build it, e.g. `observability (issue 5)`.
+    Planned(&'static str),
+}
+
+/// The definition of one configuration key.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KeyDef {
+    /// Section name, e.g. `server`.
+    pub section: &'static str,
+    /// Key name inside the section, e.g. `port`.
+    pub key: &'static str,
+    /// Type and accepted range.
+    pub kind: Kind,
+    /// Default value as text; `""` means unset.
+    pub default: &'static str,
+    /// One-line description used in docs and `check` output.
+    pub doc: &'static str,
+    /// The value must never be shown (errors print `<secret>`, render `********`).
+    pub secret: bool,
+    /// Implemented or planned.
+    pub status: Status,
+}
+
+impl KeyDef {
+    /// `section.key`.
+    pub fn full_name(&self) -> String {
+        format!("{}.{}", self.section, self.key)
+    }
+
+    /// The environment variable that sets this key, e.g. `GENRO_ASGI_SERVER_PORT`.
+    pub fn env_var(&self) -> String {
+        format!(
+            "{}{}_{}",
+            crate::ENV_PREFIX,
+            self.section.to_ascii_uppercase(),
+            self.key.to_ascii_uppercase()
+        )
+    }
+}
+
+const fn k(
+    section: &'static str,
+    key: &'static str,
+    kind: Kind,
+    default: &'static str,
+    doc: &'static str,
+) -> KeyDef {
+    KeyDef {
+        section,
+        key,
+        kind,
+        default,
+        doc,
+        secret: false,
+        status: Status::Active,
+    }
+}
+
+const fn secret(mut def: KeyDef) -> KeyDef {
+    def.secret = true;
+    def
+}
+
+const fn planned(issue: &'static str, mut def: KeyDef) -> KeyDef {
+    def.status = Status::Planned(issue);
+    def
+}
+
+const LIFECYCLE: &str = "worker lifecycle (issue 3)";
+const OBSERVABILITY: &str = "observability (issue 5)";
+const REMOTE_DEBUG: &str = "remote debugging (future issue)";
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const DAY: f64 = 86_400.0;
+const HOUR: f64 = 3_600.0;
+
+/// The sections in documentation order, with a one-line description.
+pub static SECTIONS: &[(&str, &str)] = &[
+    (
+        "server",
+        "Listening socket, worker processes and HTTP timeouts.",
+    ),
+    (
+        "limits",
+        "Request size, time and concurrency limits (protection against abusive clients).",
+    ),
+    ("ssl", "HTTPS. Certificates are PEM files."),
+    ("logging", "Log level, format and destination."),
+    ("metrics", "Prometheus metrics endpoint."),
+    (
+        "watchdog",
+        "Detection of stuck requests and blocked event loops.",
+    ),
+    (
+        "errors",
+        "Error responses and critical-error notifications.",
+    ),
+    ("debug", "Remote debugging. Never enable in production."),
+    ("application", "The Python ASGI application to serve."),
+];
+
+/// Every configuration key. The single source of truth.
+#[rustfmt::skip]
+pub static SCHEMA: &[KeyDef] = &[
+    // [server]
+    k("server", "host", Kind::Str, "127.0.0.1", "Interface address to bind (`0.0.0.0` = all IPv4 interfaces, `::` = all IPv6)."),
+    k("server", "port", Kind::Int { min: 0, max: 65535 }, "8000", "TCP port to listen on (0 = pick a free port)."),
+    k("server", "workers", Kind::Int { min: 1, max: 512 }, "1", "Number of worker processes started by the supervisor."),
+    k("server", "debug", Kind::Bool, "false", "Debug mode; required by `errors.show_traceback`. Never enable in production."),
+    k("server", "backlog", Kind::Int { min: 1, max: 65535 }, "1024", "Maximum number of pending connections in the listen queue."),
+    k("server", "graceful_timeout", Kind::Seconds { min: 0.0, max: HOUR }, "30", "On shutdown, time allowed to finish in-flight requests before workers are killed."),
+    k("server", "keep_alive_timeout", Kind::Seconds { min: 0.0, max: HOUR }, "5", "Idle HTTP keep-alive connections are closed after this time."),
+    k("server", "run_dir", Kind::Path, "", "Directory for runtime files (control socket). Empty = automatic: `$XDG_RUNTIME_DIR/genro-asgi-<pid>` or `/tmp/genro-asgi-<uid>-<pid>`."),
+    k("server", "loop", Kind::Enum(&["auto", "asyncio", "uvloop"]), "auto", "Python event loop; `auto` uses uvloop when installed, else asyncio."),
+    k("server", "threads", Kind::Int { min: 1, max: 64 }, "1", "Tokio (I/O) threads per worker process."),
+    k("server", "root_path", Kind::Str, "", "ASGI `root_path`: the URL prefix when the app is mounted below a path behind a proxy."),
+    planned(LIFECYCLE, k("server", "worker_timeout", Kind::Seconds { min: 1.0, max: DAY }, "30", "A worker that does not answer the supervisor's heartbeat for this long is restarted.")),
+    planned(LIFECYCLE, k("server", "max_requests", Kind::Int { min: 0, max: 1_000_000_000 }, "0", "Restart a worker after this many requests (0 = never).")),
+    planned(LIFECYCLE, k("server", "max_requests_jitter", Kind::Int { min: 0, max: 1_000_000_000 }, "0", "Random extra 0..N requests added to `max_requests` per worker, so workers do not all restart together.")),
+    // [limits]
+    k("limits", "max_header_size", Kind::Size { min: 8 * KIB, max: 16 * MIB }, "64KiB", "Maximum size of the request line plus headers; larger requests get 431."),
+    k("limits", "max_body_size", Kind::Size { min: 0, max: i64::MAX as u64 }, "100MiB", "Maximum request body size; larger bodies get 413. 0 = unlimited."),
+    k("limits", "header_read_timeout", Kind::Seconds { min: 0.1, max: HOUR }, "30", "Time a client has to send the complete request headers (slowloris protection)."),
+    k("limits", "max_concurrency", Kind::Int { min: 0, max: 10_000_000 }, "0", "Maximum requests handled at once per worker; extra requests get 503. 0 = unlimited."),
+    // [ssl]
+    k("ssl", "enabled", Kind::Bool, "false", "Serve HTTPS; requires `certfile` and `keyfile`."),
+    k("ssl", "certfile", Kind::Path, "", "PEM certificate chain."),
+    k("ssl", "keyfile", Kind::Path, "", "PEM private key."),
+    secret(k("ssl", "keyfile_password", Kind::Str, "", "Password of an encrypted `keyfile`.")),
+    k("ssl", "ca_certs", Kind::Path, "", "PEM CA bundle; when set, clients must present a certificate signed by it (mutual TLS)."),
+    k("ssl", "min_version", Kind::Enum(&["1.2", "1.3"]), "1.2", "Minimum TLS protocol version."),
+    // [logging]
+    k("logging", "level", Kind::Enum(&["TRACE", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]), "INFO", "Minimum log level (case-insensitive)."),
+    k("logging", "format", Kind::Str, "%(asctime)s %(levelname)s %(name)s %(message)s", "A Python `logging` format string, or `json` for one JSON object per line."),
+    k("logging", "file", Kind::Path, "", "Log file; empty = standard error."),
+    k("logging", "access_log", Kind::Bool, "false", "Log one line per request."),
+    // [metrics]
+    planned(OBSERVABILITY, k("metrics", "enabled", Kind::Bool, "false", "Expose Prometheus metrics.")),
+    planned(OBSERVABILITY, k("metrics", "endpoint", Kind::UrlPath, "/metrics", "URL path of the metrics endpoint.")),
+    planned(OBSERVABILITY, k("metrics", "export_port", Kind::Int { min: 1, max: 65535 }, "9090", "Port of the metrics listener.")),
+    planned(OBSERVABILITY, k("metrics", "host", Kind::Str, "127.0.0.1", "Interface address of the metrics listener.")),
+    // [watchdog]
+    planned(OBSERVABILITY, k("watchdog", "enabled", Kind::Bool, "true", "Watch for stuck requests and blocked event loops.")),
+    planned(OBSERVABILITY, k("watchdog", "interval", Kind::Seconds { min: 0.1, max: HOUR }, "5", "How often the watchdog checks.")),
+    planned(OBSERVABILITY, k("watchdog", "timeout", Kind::Seconds { min: 0.1, max: DAY }, "60", "Log a warning when a request or event loop is stuck this long.")),
+    planned(OBSERVABILITY, k("watchdog", "critical", Kind::Seconds { min: 0.1, max: DAY }, "300", "Report a critical error when stuck this long; must be >= `timeout`.")),
+    // [errors]
+    k("errors", "show_traceback", Kind::Bool, "false", "Include the Python traceback in 500 responses; requires `server.debug = true`."),
+    planned(OBSERVABILITY, k("errors", "notify_critical", Kind::Bool, "false", "Send a notification on critical errors.")),
+    planned(OBSERVABILITY, k("errors", "notify_webhook", Kind::Url, "", "Webhook (http/https URL) that receives critical-error notifications; empty = none.")),
+    // [debug]
+    planned(REMOTE_DEBUG, k("debug", "enabled", Kind::Bool, "false", "Enable remote debugging.")),
+    planned(REMOTE_DEBUG, k("debug", "remote_pdb", Kind::Bool, "false", "Serve a remote pdb session.")),
+    planned(REMOTE_DEBUG, k("debug", "debug_port", Kind::Int { min: 1, max: 65535 }, "8001", "Port of the remote debugger.")),
+    planned(REMOTE_DEBUG, k("debug", "allowed_ips", Kind::List, "127.0.0.1", "Client addresses allowed to connect to the debugger (comma-separated).")),
+    planned(REMOTE_DEBUG, secret(k("debug", "secret", Kind::Str, "", "Shared secret required to attach the debugger."))),
+    // [application]
+    k("application", "app", Kind::AppRef, "", "The ASGI application as `module:attribute`, e.g. `myproject.main:app` (usually given on the command line)."),
+    k("application", "app_dir", Kind::Path, "", "Directory put first on `sys.path` before importing `app`. Empty = the config file's folder, or the current directory without a file."),
+    k("application", "factory", Kind::Bool, "false", "Treat `app` as a factory: call `app()` to obtain the application."),
+    k("application", "lifespan", Kind::Enum(&["auto", "on", "off"]), "auto", "ASGI lifespan protocol: `auto` = run it if the app supports it, `on` = required, `off` = never."),
+    k("application", "name", Kind::Str, "", "Application name, used in logs and process titles."),
+    secret(k("application", "secret_key", Kind::Str, "", "Secret key handed to the application; never logged.")),
+];
+
+/// Looks up a key definition.
+pub fn find(section: &str, key: &str) -> Option<&'static KeyDef> {
+    SCHEMA.iter().find(|d| d.section == section && d.key == key)
+}
+
+/// Looks up a key definition by its `section.key` name.
+pub fn find_full(name: &str) -> Option<&'static KeyDef> {
+    let (section, key) = name.split_once('.')?;
+    find(section, key)
+}
+
+/// Whether `section` is a known section name.
+pub fn is_section(section: &str) -> bool {
+    SECTIONS.iter().any(|(s, _)| *s == section)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_belongs_to_a_documented_section_and_is_unique() {
+        for (i, def) in SCHEMA.iter().enumerate() {
+            assert!(is_section(def.section), "{}", def.full_name());
+            assert!(
+                !SCHEMA[..i].iter().any(|d| d.full_name() == def.full_name()),
+                "duplicate {}",
+                def.full_name()
+            );
+        }
+    }
+
+    #[test]
+    fn every_default_is_valid_for_its_kind() {
+        for def in SCHEMA {
+            assert!(
+                crate::value::parse_value(&def.kind, def.default).is_ok(),
+                "default of {} is invalid",
+                def.full_name()
+            );
+        }
+    }
+
+    #[test]
+    fn lookups() {
+        let cases = [
+            ("server.port", true),
+            ("server.nope", false),
+            ("port", false),
+            ("application.app", true),
+        ];
+        for (name, found) in cases {
+            assert_eq!(find_full(name).is_some(), found, "{name}");
+        }
+        assert_eq!(
+            find("errors", "show_traceback").map(|d| d.env_var()),
+            Some("GENRO_ASGI_ERRORS_SHOW_TRACEBACK".into())
+        );
+    }
+}

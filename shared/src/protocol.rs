@@ -1,0 +1,231 @@
+//! The control protocol between the supervisor, its children and `genro-asgi ctl`.
+//!
+//! A frame is a 4-byte big-endian length followed by that many bytes of one JSON object
+//! carrying the protocol version in `"v"` and the message kind in `"type"`. The codec is
+//! sans-IO ([`decode`] / [`encode`]); [`read_frame`] and [`write_frame`] are thin async
+//! wrappers used by every peer.
+
+use bytes::{Buf, BufMut, BytesMut};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Version written in every frame; a peer speaking another version is refused.
+pub const VERSION: u32 = 1;
+/// Largest frame body accepted (1 MiB).
+pub const MAX_FRAME: usize = 1 << 20;
+
+/// Which kind of process a peer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A worker serving HTTP.
+    Worker,
+    /// An administrator (`genro-asgi ctl`).
+    Admin,
+}
+
+/// Every message of the protocol.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    /// First message of a child: who it is.
+    Hello {
+        /// Peer role.
+        role: Role,
+        /// Worker slot (0-based).
+        slot: u32,
+        /// Process id.
+        pid: u32,
+        /// Generation of the slot this process belongs to.
+        generation: u64,
+    },
+    /// The worker imported the app, finished lifespan startup and accepts connections.
+    Ready,
+    /// Periodic report of a worker.
+    Heartbeat {
+        /// Requests in flight.
+        in_flight: u64,
+        /// Requests served since start.
+        served: u64,
+    },
+    /// Supervisor to child: stop accepting, finish in-flight work, exit.
+    Drain,
+    /// An error answer; the sender closes the connection after it.
+    Error {
+        /// What was wrong.
+        message: String,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct Frame {
+    v: u32,
+    #[serde(flatten)]
+    message: Message,
+}
+
+/// Why a frame could not be decoded. Each is answered with [`Message::Error`] and the
+/// connection is closed.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The announced length is over [`MAX_FRAME`].
+    #[error("frame of {0} bytes is over the {MAX_FRAME}-byte limit")]
+    Oversized(usize),
+    /// The body is not a JSON object of a known message.
+    #[error("malformed frame: {0}")]
+    Malformed(#[source] serde_json::Error),
+    /// The frame is for another protocol version.
+    #[error("unsupported protocol version {0} (this peer speaks {VERSION})")]
+    Version(u64),
+    /// Reading or writing the socket failed.
+    #[error("control socket i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Takes one complete frame off the front of `buf`, or returns `Ok(None)` when more bytes
+/// are needed.
+pub fn decode(buf: &mut BytesMut) -> Result<Option<Message>, CodecError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > MAX_FRAME {
+        return Err(CodecError::Oversized(len));
+    }
+    if buf.len() < 4 + len {
+        return Ok(None);
+    }
+    buf.advance(4);
+    let body = buf.split_to(len);
+    // Check the version before the message, so a newer peer gets a version error rather
+    // than a confusing "unknown variant".
+    let value: serde_json::Value = serde_json::from_slice(&body).map_err(CodecError::Malformed)?;
+    match value.get("v").and_then(|v| v.as_u64()) {
+        Some(v) if v == u64::from(VERSION) => {}
+        Some(v) => return Err(CodecError::Version(v)),
+        None => {
+            return Err(CodecError::Malformed(serde::de::Error::custom(
+                "missing protocol version \"v\"",
+            )))
+        }
+    }
+    let frame: Frame = serde_json::from_value(value).map_err(CodecError::Malformed)?;
+    Ok(Some(frame.message))
+}
+
+/// Appends the frame of `message` to `buf`.
+pub fn encode(message: &Message, buf: &mut BytesMut) {
+    let frame = Frame {
+        v: VERSION,
+        message: message.clone(),
+    };
+    // Serializing these plain enums cannot fail: no maps with non-string keys, no floats.
+    let body = serde_json::to_vec(&frame).expect("control message serializes");
+    buf.reserve(4 + body.len());
+    buf.put_u32(body.len() as u32);
+    buf.put_slice(&body);
+}
+
+/// Reads the next message; `Ok(None)` at a clean end of stream.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+) -> Result<Option<Message>, CodecError> {
+    loop {
+        if let Some(message) = decode(buf)? {
+            return Ok(Some(message));
+        }
+        if reader.read_buf(buf).await? == 0 {
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            return Err(CodecError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
+}
+
+/// Writes one message.
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    message: &Message,
+) -> Result<(), CodecError> {
+    let mut buf = BytesMut::new();
+    encode(message, &mut buf);
+    writer.write_all(&buf).await?;
+    writer.flush().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(body: &[u8]) -> BytesMut {
+        let mut buf = BytesMut::new();
+        buf.put_u32(body.len() as u32);
+        buf.put_slice(body);
+        buf
+    }
+
+    #[test]
+    fn round_trip() {
+        let messages = [
+            Message::Hello {
+                role: Role::Worker,
+                slot: 2,
+                pid: 42,
+                generation: 7,
+            },
+            Message::Ready,
+            Message::Heartbeat {
+                in_flight: 3,
+                served: 9,
+            },
+            Message::Drain,
+            Message::Error {
+                message: "x".into(),
+            },
+        ];
+        let mut buf = BytesMut::new();
+        for m in &messages {
+            encode(m, &mut buf);
+        }
+        for m in &messages {
+            assert_eq!(decode(&mut buf).unwrap().as_ref(), Some(m));
+        }
+        assert!(buf.is_empty());
+        assert!(decode(&mut buf).unwrap().is_none());
+    }
+
+    #[test]
+    fn partial_frames_wait_for_more() {
+        let mut whole = BytesMut::new();
+        encode(&Message::Ready, &mut whole);
+        for cut in 0..whole.len() {
+            let mut part = BytesMut::from(&whole[..cut]);
+            assert!(decode(&mut part).unwrap().is_none(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn bad_frames_are_errors() {
+        let table: &[(&str, BytesMut, &str)] = &[
+            ("oversized", {
+                let mut b = BytesMut::new();
+                b.put_u32((MAX_FRAME + 1) as u32);
+                b
+            }, "over the"),
+            ("not json", framed(b"hello"), "malformed"),
+            ("no version", framed(br#"{"type":"ready"}"#), "missing protocol version"),
+            ("other version", framed(br#"{"v":9,"type":"ready"}"#), "unsupported protocol version 9"),
+            ("unknown type", framed(br#"{"v":1,"type":"explode"}"#), "malformed"),
+            ("not an object", framed(b"[1,2]"), "malformed"),
+            ("bad field", framed(br#"{"v":1,"type":"hello","role":"worker","slot":"x","pid":1,"generation":1}"#), "malformed"),
+        ];
+        for (name, buf, want) in table {
+            let mut buf = buf.clone();
+            let err = decode(&mut buf).expect_err(name).to_string();
+            assert!(err.contains(want), "{name}: {err}");
+        }
+    }
+}

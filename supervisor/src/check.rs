@@ -1,0 +1,44 @@
+//! `genro-asgi check`: validate, show the effective configuration with sources, then import
+//! the app in a child worker process (the supervisor never loads Python).
+
+use genro_config::Loaded;
+use genro_shared::exit;
+
+/// Runs the check; returns the exit code.
+pub fn run(loaded: &Loaded) -> i32 {
+    println!("configuration: {}", loaded.file.as_ref().map_or("(no file)".into(), |f| f.display().to_string()));
+    println!("{}", loaded.render());
+    if loaded.config.application.app.is_empty() {
+        eprintln!("genro-asgi: configuration error: no app: set [application] app = module:attr, GENRO_ASGI_APPLICATION_APP, or --app");
+        return exit::CONFIG;
+    }
+    let json = match serde_json::to_string(&loaded.config) {
+        Ok(json) => json,
+        Err(err) => {
+            eprintln!("genro-asgi: {err}");
+            return exit::INTERNAL;
+        }
+    };
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(err) => {
+            eprintln!("genro-asgi: cannot locate own binary: {err}");
+            return exit::INTERNAL;
+        }
+    };
+    let status = std::process::Command::new(exe)
+        .args(["worker", "--slot", "0", "--generation", "0", "--check"])
+        .env(genro_shared::ENV_CONFIG, json)
+        .status();
+    match status {
+        Ok(status) if status.success() => {
+            println!("ok: configuration valid and app importable");
+            exit::OK
+        }
+        Ok(status) => status.code().unwrap_or(exit::INTERNAL),
+        Err(err) => {
+            eprintln!("genro-asgi: cannot start the check process: {err}");
+            exit::INTERNAL
+        }
+    }
+}

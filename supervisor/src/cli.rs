@@ -1,0 +1,132 @@
+//! Command line: `serve`, `check`, and the hidden `worker` subcommand the supervisor uses to
+//! re-execute itself for its children.
+
+use clap::{Args, Parser, Subcommand};
+use genro_config::{ConfigError, Loaded, Override};
+use genro_shared::exit;
+use std::path::PathBuf;
+
+/// A supervised, multi-process ASGI server for Python apps.
+#[derive(Debug, Parser)]
+#[command(name = "genro-asgi", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the ASGI app with a supervised fleet of workers.
+    Serve(ConfigArgs),
+    /// Validate the configuration, import the app in a child process, and print the
+    /// effective configuration with the source of every value.
+    Check(ConfigArgs),
+    /// Internal: one worker process (started by `serve`).
+    #[command(hide = true)]
+    Worker(WorkerCli),
+}
+
+/// Where the configuration comes from; flags override env vars, which override the file.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// Configuration file (.ini, .cfg or .toml).
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The ASGI app as module:attribute ([application] app).
+    #[arg(long, value_name = "MODULE:ATTR")]
+    pub app: Option<String>,
+    /// Address to bind ([server] host).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Port to bind ([server] port).
+    #[arg(long)]
+    pub port: Option<String>,
+    /// Number of worker processes ([server] workers).
+    #[arg(long)]
+    pub workers: Option<String>,
+    /// Any key: --set section.key=value (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct WorkerCli {
+    #[arg(long)]
+    slot: u32,
+    #[arg(long)]
+    generation: u64,
+    /// Import the app, print what `check` shows, and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+impl ConfigArgs {
+    /// Loads the configuration from file, environment and these flags.
+    pub fn load(&self) -> Result<Loaded, ConfigError> {
+        let mut overrides = Vec::new();
+        let flags = [
+            ("application.app", &self.app, "--app"),
+            ("server.host", &self.host, "--host"),
+            ("server.port", &self.port, "--port"),
+            ("server.workers", &self.workers, "--workers"),
+        ];
+        for (key, value, origin) in flags {
+            if let Some(value) = value {
+                overrides.push(Override::new(key, value, origin));
+            }
+        }
+        for set in &self.set {
+            overrides.push(genro_config::parse_set_flag(set)?);
+        }
+        genro_config::load(self.config.as_deref(), std::env::vars(), &overrides)
+    }
+}
+
+/// Runs the command line; returns the exit code.
+pub fn run() -> i32 {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => match args.load() {
+            Ok(loaded) => crate::serve::run(loaded),
+            Err(err) => config_error(&err),
+        },
+        Command::Check(args) => match args.load() {
+            Ok(loaded) => crate::check::run(&loaded),
+            Err(err) => config_error(&err),
+        },
+        Command::Worker(worker) => run_worker(worker),
+    }
+}
+
+fn config_error(err: &ConfigError) -> i32 {
+    eprintln!("genro-asgi: configuration error: {err}");
+    err.exit_code()
+}
+
+fn run_worker(cli: WorkerCli) -> i32 {
+    let config = match std::env::var(genro_shared::ENV_CONFIG)
+        .map_err(|e| e.to_string())
+        .and_then(|json| serde_json::from_str::<genro_config::Config>(&json).map_err(|e| e.to_string()))
+    {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("genro-asgi worker: no usable configuration from the supervisor ({err}); this subcommand is internal");
+            return exit::CONFIG;
+        }
+    };
+    crate::logs::init(&config, Some(cli.slot));
+    if cli.check {
+        return genro_worker::check(&config);
+    }
+    let Some(control) = std::env::var_os(genro_shared::ENV_CONTROL) else {
+        eprintln!("genro-asgi worker: {} is not set; this subcommand is internal", genro_shared::ENV_CONTROL);
+        return exit::CONFIG;
+    };
+    genro_worker::run(genro_worker::WorkerArgs {
+        slot: cli.slot,
+        generation: cli.generation,
+        config,
+        control: control.into(),
+        listen_fd: genro_shared::LISTEN_FD,
+    })
+}

@@ -1,0 +1,107 @@
+//! The supervisor's control socket: `<run_dir>/control.sock`, mode 0600, peers checked with
+//! SO_PEERCRED. Each connection's frames become [`Incoming`] events for the fleet loop;
+//! a malformed frame gets an error reply and the connection is closed.
+
+use bytes::BytesMut;
+use genro_shared::protocol::{self, Message, Role};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+
+/// An event from a control connection.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A worker said hello; `writer` sends it messages.
+    Hello {
+        /// Its pid.
+        pid: u32,
+        /// Messages to the worker.
+        writer: mpsc::Sender<Message>,
+    },
+    /// A message from a worker.
+    Message {
+        /// Its pid.
+        pid: u32,
+        /// The message.
+        message: Message,
+    },
+}
+
+/// Binds the control socket.
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Accepts control connections forever, sending their events to `events`.
+pub async fn serve(listener: UnixListener, events: mpsc::Sender<Incoming>) {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        match stream.peer_cred() {
+            Ok(cred) if cred.uid() == uid || cred.uid() == 0 => {
+                tokio::spawn(connection(stream, events.clone()));
+            }
+            Ok(cred) => tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "control socket: refused a peer of another user"),
+            Err(err) => tracing::warn!("control socket: cannot read peer credentials: {err}"),
+        }
+    }
+}
+
+async fn connection(stream: UnixStream, events: mpsc::Sender<Incoming>) {
+    let (mut read, mut write) = stream.into_split();
+    let mut buf = BytesMut::new();
+    let pid = match protocol::read_frame(&mut read, &mut buf).await {
+        Ok(Some(Message::Hello { role: Role::Worker, pid, .. })) => pid,
+        Ok(None) => return,
+        Ok(Some(other)) => {
+            let message = format!("expected hello first, got {}", kind(&other));
+            let _ = protocol::write_frame(&mut write, &Message::Error { message }).await;
+            return;
+        }
+        Err(err) => {
+            tracing::warn!("control socket: {err}");
+            let _ = protocol::write_frame(&mut write, &Message::Error { message: err.to_string() }).await;
+            return;
+        }
+    };
+    let (tx, mut rx) = mpsc::channel::<Message>(16);
+    if events.send(Incoming::Hello { pid, writer: tx }).await.is_err() {
+        return;
+    }
+    tokio::spawn(async move {
+        while let Some(message) = rx.recv().await {
+            if protocol::write_frame(&mut write, &message).await.is_err() {
+                return;
+            }
+        }
+    });
+    loop {
+        match protocol::read_frame(&mut read, &mut buf).await {
+            Ok(Some(message)) => {
+                if events.send(Incoming::Message { pid, message }).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(err) => {
+                tracing::warn!(pid, "control socket: {err}; closing the connection");
+                return;
+            }
+        }
+    }
+}
+
+fn kind(message: &Message) -> &'static str {
+    match message {
+        Message::Hello { .. } => "hello",
+        Message::Ready => "ready",
+        Message::Heartbeat { .. } => "heartbeat",
+        Message::Drain => "drain",
+        Message::Error { .. } => "error",
+    }
+}

@@ -1,0 +1,11 @@
+//! The `genro-asgi` supervisor: command line, configuration loading, sockets, the worker
+//! fleet and its control socket. The binary's `main` only dispatches to [`cli::run`].
+#![warn(missing_docs, missing_debug_implementations)]
+
+pub mod check;
+pub mod cli;
+pub mod control;
+pub mod fleet;
+pub mod logs;
+pub mod serve;
+pub mod sockets;

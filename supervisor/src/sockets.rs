@@ -1,0 +1,70 @@
+//! Binding the listening sockets: one SO_REUSEPORT socket per worker slot, owned by the
+//! supervisor for its whole life, so a respawned worker inherits the very socket (and the
+//! accept queue) of its predecessor.
+
+use anyhow::Context;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::net::{SocketAddr, ToSocketAddrs};
+
+/// Resolves `host:port` to the address to bind.
+pub fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (host, port)
+        .to_socket_addrs()
+        .with_context(|| format!("[server] host {host:?} does not resolve"))?
+        .next()
+        .with_context(|| format!("[server] host {host:?} resolves to no address"))
+}
+
+/// Binds `count` SO_REUSEPORT sockets on `addr`. With port 0, the first socket picks a free
+/// port and the others join it.
+pub fn bind_slots(addr: SocketAddr, count: usize, backlog: u32) -> anyhow::Result<Vec<Socket>> {
+    let mut addr = addr;
+    let mut sockets = Vec::with_capacity(count);
+    for _ in 0..count {
+        let socket = bind_one(addr, backlog).with_context(|| format!("cannot listen on {addr}"))?;
+        if addr.port() == 0 {
+            addr = socket
+                .local_addr()?
+                .as_socket()
+                .context("bound socket has no IP address")?;
+        }
+        sockets.push(socket);
+    }
+    Ok(sockets)
+}
+
+fn bind_one(addr: SocketAddr, backlog: u32) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_share_one_port() {
+        let sockets = bind_slots("127.0.0.1:0".parse().unwrap(), 3, 16).unwrap();
+        let ports: Vec<u16> = sockets
+            .iter()
+            .map(|s| s.local_addr().unwrap().as_socket().unwrap().port())
+            .collect();
+        assert!(ports.iter().all(|p| *p == ports[0] && *p != 0), "{ports:?}");
+    }
+
+    #[test]
+    fn ipv6_host_binds() {
+        // Loopback IPv6 may be disabled in some sandboxes; only check when it resolves.
+        if let Ok(addr) = resolve("::1", 0) {
+            if let Ok(sockets) = bind_slots(addr, 2, 16) {
+                assert!(sockets[0].local_addr().unwrap().as_socket().unwrap().is_ipv6());
+            }
+        }
+    }
+}

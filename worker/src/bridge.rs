@@ -1,0 +1,872 @@
+//! The ASGI bridge: hands requests from the tokio threads to the Python event loop and the
+//! app's `send`/`receive` calls back, in batches.
+//!
+//! 1. A hyper service pushes an [`Event::Request`] onto the [`Bridge`] queue; the push that
+//!    finds the queue empty writes the eventfd the asyncio loop watches (one wake-up carries
+//!    every event queued meanwhile).
+//! 2. On the Python thread, [`Drainer`] takes the whole batch: it builds each scope and starts
+//!    `glue.run_http(app, scope, handle)` as a task, and resolves waiters of earlier calls.
+//! 3. `handle.receive()` / `handle.send()` answer with an already-completed awaitable when
+//!    nothing must wait (no body to read, channel not full); otherwise with a loop future
+//!    that a tokio task resolves through step 1's queue.
+
+use crate::body::{Chunk, ResponseBody};
+use crate::response::{Action, Head, Outbound, State};
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
+use pyo3::prelude::*;
+use pyo3::sync::GILOnceCell;
+use pyo3::intern;
+use pyo3::types::{PyBytes, PyDict, PyList};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Locks a mutex, ignoring poisoning: every critical section here leaves the data valid.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The queue from the tokio threads to the Python thread, plus its wake-up eventfd.
+#[derive(Debug)]
+pub struct Bridge {
+    queue: Mutex<Vec<Event>>,
+    eventfd: OwnedFd,
+}
+
+/// Something the Python thread must do.
+#[derive(Debug)]
+pub enum Event {
+    /// Start an HTTP exchange.
+    Request(Box<RequestStart>),
+    /// Resolve a future handed to the app by `receive()` or `send()`.
+    Wake {
+        /// The asyncio future.
+        waiter: Py<PyAny>,
+        /// What it resolves to.
+        value: Wake,
+    },
+    /// Stop the event loop: the worker has drained.
+    Shutdown,
+}
+
+/// The value a waiting future resolves to.
+#[derive(Debug)]
+pub enum Wake {
+    /// `send()` may return.
+    Sent,
+    /// An `http.request` message.
+    Body(Bytes, bool),
+    /// An `http.disconnect` message.
+    Disconnect,
+    /// The body went over `max_body_size`: answer 413 and disconnect the app.
+    TooLarge(Py<Handle>),
+}
+
+impl Bridge {
+    /// A bridge with a fresh non-blocking eventfd.
+    pub fn new() -> std::io::Result<Self> {
+        // SAFETY: eventfd has no memory-safety preconditions; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Bridge {
+            queue: Mutex::new(Vec::with_capacity(64)),
+            // SAFETY: fd is a freshly created descriptor that nothing else owns.
+            eventfd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// The fd the event loop registers as a reader.
+    pub fn fd(&self) -> i32 {
+        self.eventfd.as_raw_fd()
+    }
+
+    /// Queues an event, waking the loop if the queue was empty.
+    pub fn push(&self, event: Event) {
+        let was_empty = {
+            let mut queue = lock(&self.queue);
+            let was_empty = queue.is_empty();
+            queue.push(event);
+            was_empty
+        };
+        if was_empty {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a valid u64 to our own eventfd. EAGAIN (counter
+            // saturated) is harmless: the loop is already due to wake.
+            unsafe { libc::write(self.fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+
+    /// Clears the eventfd, then takes every queued event. The order matters: a push after
+    /// the read either lands in this batch or writes the eventfd again.
+    fn take(&self) -> Vec<Event> {
+        let mut counter: u64 = 0;
+        // SAFETY: reads 8 bytes into a valid u64 from our own non-blocking eventfd.
+        unsafe { libc::read(self.fd(), (&mut counter as *mut u64).cast(), 8) };
+        std::mem::take(&mut *lock(&self.queue))
+    }
+}
+
+/// Worker-wide state shared by the tokio side and the Python side.
+#[derive(Debug)]
+pub struct Shared {
+    /// The hand-off queue.
+    pub bridge: Bridge,
+    /// Runtime used to spawn waits (body reads, full channels).
+    pub runtime: tokio::runtime::Handle,
+    /// `[server] root_path`.
+    pub root_path: String,
+    /// `[limits] max_body_size` (0: unlimited).
+    pub max_body_size: u64,
+    /// `[errors] show_traceback`.
+    pub show_traceback: bool,
+    /// Requests started.
+    pub started: AtomicU64,
+}
+
+/// The request half of an exchange, shared with the tokio task that reads the body.
+#[derive(Debug)]
+pub struct Exchange {
+    body: tokio::sync::Mutex<BodyReader>,
+    has_body: bool,
+    /// Every `http.request` message has been handed out.
+    finished: std::sync::atomic::AtomicBool,
+    disconnected: watch::Sender<bool>,
+}
+
+/// The outcome of one body read.
+#[derive(Debug)]
+enum Read {
+    Data(Bytes, bool),
+    TooLarge,
+    Gone,
+}
+
+#[derive(Debug)]
+struct BodyReader {
+    incoming: Incoming,
+    read: u64,
+    limit: u64,
+}
+
+impl Exchange {
+    /// A new exchange reading `incoming`, with a body limit (0: none).
+    pub fn new(incoming: Incoming, limit: u64) -> Self {
+        let has_body = !hyper::body::Body::is_end_stream(&incoming);
+        Exchange {
+            has_body,
+            finished: std::sync::atomic::AtomicBool::new(false),
+            body: tokio::sync::Mutex::new(BodyReader {
+                incoming,
+                read: 0,
+                limit,
+            }),
+            disconnected: watch::Sender::new(false),
+        }
+    }
+
+    /// The client is gone, or the response is fully handed to the transport.
+    pub fn mark_disconnected(&self) {
+        self.disconnected.send_replace(true);
+    }
+
+    fn is_disconnected(&self) -> bool {
+        *self.disconnected.borrow()
+    }
+
+    /// Reads the next body chunk as the value of a `receive()` waiter.
+    async fn next_chunk(&self) -> Read {
+        let mut reader = self.body.lock().await;
+        if self.finished.load(Ordering::Acquire) {
+            return Read::Gone;
+        }
+        let read = loop {
+            match reader.incoming.frame().await {
+                None => break Read::Data(Bytes::new(), false),
+                Some(Err(_)) => break Read::Gone,
+                Some(Ok(frame)) => {
+                    // Request trailers have no ASGI message; skip them.
+                    let Ok(data) = frame.into_data() else { continue };
+                    reader.read += data.len() as u64;
+                    if reader.limit != 0 && reader.read > reader.limit {
+                        break Read::TooLarge;
+                    }
+                    let more = !hyper::body::Body::is_end_stream(&reader.incoming);
+                    break Read::Data(data, more);
+                }
+            }
+        };
+        if !matches!(read, Read::Data(_, true)) {
+            self.finished.store(true, Ordering::Release);
+        }
+        read
+    }
+}
+
+/// How the connection reached us.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// Peer address.
+    pub client: SocketAddr,
+    /// Local address.
+    pub server: SocketAddr,
+    /// TLS or not.
+    pub https: bool,
+}
+
+/// Everything the Python thread needs to start an exchange.
+#[derive(Debug)]
+pub struct RequestStart {
+    /// Method, URI, version, headers.
+    pub parts: http::request::Parts,
+    /// Connection facts.
+    pub conn: Arc<ConnInfo>,
+    /// The request side.
+    pub exchange: Arc<Exchange>,
+    /// Where the response goes.
+    pub respond: oneshot::Sender<Response<ResponseBody>>,
+}
+
+/// Python objects created once per worker.
+struct PyState {
+    app: Py<PyAny>,
+    run_http: Py<PyAny>,
+    create_task: Py<PyAny>,
+    create_future: Py<PyAny>,
+    stop_loop: Py<PyAny>,
+    asgi: Py<PyDict>,
+    lifespan_state: Py<PyDict>,
+    empty: Py<PyDict>,
+    sent: Py<Ready>,
+}
+
+static PY: GILOnceCell<PyState> = GILOnceCell::new();
+
+/// Objects the bridge needs from the Python side, given once at start-up.
+#[derive(Debug)]
+pub struct PyParts {
+    /// The ASGI app.
+    pub app: Py<PyAny>,
+    /// `glue.run_http`.
+    pub run_http: Py<PyAny>,
+    /// The asyncio loop.
+    pub event_loop: Py<PyAny>,
+    /// The lifespan state dict, copied into every scope.
+    pub lifespan_state: Py<PyDict>,
+}
+
+/// Installs the per-worker Python objects; call once before the loop runs.
+pub fn install(py: Python<'_>, parts: PyParts) -> PyResult<()> {
+    let event_loop = parts.event_loop.bind(py);
+    let asgi = PyDict::new(py);
+    asgi.set_item("version", "3.0")?;
+    asgi.set_item("spec_version", "2.3")?;
+    let state = PyState {
+        app: parts.app,
+        run_http: parts.run_http,
+        create_task: event_loop.getattr("create_task")?.unbind(),
+        create_future: event_loop.getattr("create_future")?.unbind(),
+        stop_loop: event_loop.getattr("stop")?.unbind(),
+        asgi: asgi.unbind(),
+        lifespan_state: parts.lifespan_state,
+        empty: PyDict::new(py).unbind(),
+        sent: Py::new(py, Ready { value: None })?,
+    };
+    PY.set(py, state)
+        .map_err(|_| PyRuntimeError::new_err("bridge installed twice"))
+}
+
+fn py_state(py: Python<'_>) -> PyResult<&PyState> {
+    PY.get(py)
+        .ok_or_else(|| PyRuntimeError::new_err("bridge not installed"))
+}
+
+/// The eventfd reader callback: runs every queued event on the Python thread.
+#[pyclass(frozen)]
+pub struct Drainer {
+    shared: Arc<Shared>,
+}
+
+impl Drainer {
+    /// A drainer for this worker.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Drainer { shared }
+    }
+}
+
+impl std::fmt::Debug for Drainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Drainer")
+    }
+}
+
+#[pymethods]
+impl Drainer {
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        let state = py_state(py)?;
+        for event in self.shared.bridge.take() {
+            let result = match event {
+                Event::Request(start) => start_request(py, state, &self.shared, *start),
+                Event::Wake { waiter, value } => wake(py, waiter, value),
+                Event::Shutdown => state.stop_loop.call0(py).map(drop),
+            };
+            if let Err(err) = result {
+                tracing::error!("bridge: {err}");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn wake(py: Python<'_>, waiter: Py<PyAny>, value: Wake) -> PyResult<()> {
+    let value = match value {
+        Wake::Sent => py.None(),
+        Wake::Body(data, more) => request_message(py, &data, more)?.into_any().unbind(),
+        Wake::Disconnect => disconnect_message(py)?.into_any().unbind(),
+        Wake::TooLarge(handle) => {
+            handle.get().respond_error(py, StatusCode::PAYLOAD_TOO_LARGE, "Request body too large\n");
+            disconnect_message(py)?.into_any().unbind()
+        }
+    };
+    let waiter = waiter.bind(py);
+    if !waiter.call_method0(intern!(py, "done"))?.is_truthy()? {
+        waiter.call_method1(intern!(py, "set_result"), (value,))?;
+    }
+    Ok(())
+}
+
+fn request_message<'py>(py: Python<'py>, data: &[u8], more: bool) -> PyResult<Bound<'py, PyDict>> {
+    let m = PyDict::new(py);
+    m.set_item(intern!(py, "type"), intern!(py, "http.request"))?;
+    m.set_item(intern!(py, "body"), PyBytes::new(py, data))?;
+    m.set_item(intern!(py, "more_body"), more)?;
+    Ok(m)
+}
+
+fn disconnect_message(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let m = PyDict::new(py);
+    m.set_item(intern!(py, "type"), intern!(py, "http.disconnect"))?;
+    Ok(m)
+}
+
+fn start_request(py: Python<'_>, state: &PyState, shared: &Arc<Shared>, start: RequestStart) -> PyResult<()> {
+    shared.started.fetch_add(1, Ordering::Relaxed);
+    let scope = build_scope(py, state, shared, &start)?;
+    let is_h2 = start.parts.version == Version::HTTP_2;
+    let handle = Handle {
+        shared: shared.clone(),
+        exchange: start.exchange,
+        method: start.parts.method.clone(),
+        path: start.parts.uri.path().to_owned(),
+        client: start.conn.client,
+        inner: Mutex::new(Inner {
+            state: State::Init,
+            respond: Some(start.respond),
+            stream: None,
+            trailers: HeaderMap::new(),
+            is_head: start.parts.method == http::Method::HEAD,
+            is_h2,
+            failed: false,
+        }),
+    };
+    let handle = Bound::new(py, handle)?;
+    let coro = state.run_http.call1(py, (state.app.clone_ref(py), scope, handle))?;
+    state.create_task.call1(py, (coro,))?;
+    Ok(())
+}
+
+fn build_scope<'py>(
+    py: Python<'py>,
+    state: &PyState,
+    shared: &Shared,
+    start: &RequestStart,
+) -> PyResult<Bound<'py, PyDict>> {
+    let parts = &start.parts;
+    let scope = PyDict::new(py);
+    scope.set_item(intern!(py, "type"), intern!(py, "http"))?;
+    scope.set_item(intern!(py, "asgi"), state.asgi.bind(py))?;
+    let version = match parts.version {
+        Version::HTTP_10 => intern!(py, "1.0"),
+        Version::HTTP_2 => intern!(py, "2"),
+        _ => intern!(py, "1.1"),
+    };
+    scope.set_item(intern!(py, "http_version"), version)?;
+    scope.set_item(intern!(py, "method"), parts.method.as_str())?;
+    let scheme = if start.conn.https { intern!(py, "https") } else { intern!(py, "http") };
+    scope.set_item(intern!(py, "scheme"), scheme)?;
+    let raw_path = parts.uri.path();
+    let path = percent_encoding::percent_decode_str(raw_path).decode_utf8_lossy();
+    scope.set_item(intern!(py, "path"), path.as_ref())?;
+    scope.set_item(intern!(py, "raw_path"), PyBytes::new(py, raw_path.as_bytes()))?;
+    let query = parts.uri.query().unwrap_or("");
+    scope.set_item(intern!(py, "query_string"), PyBytes::new(py, query.as_bytes()))?;
+    scope.set_item(intern!(py, "root_path"), shared.root_path.as_str())?;
+    let headers = PyList::empty(py);
+    // HTTP/2 carries the host in :authority, which hyper keeps in the URI; frameworks build
+    // URLs from the `host` header, so give them one (as h2 -> h1 proxies do).
+    if !parts.headers.contains_key(http::header::HOST) {
+        if let Some(authority) = parts.uri.authority() {
+            headers.append((PyBytes::new(py, b"host"), PyBytes::new(py, authority.as_str().as_bytes())))?;
+        }
+    }
+    for (name, value) in &parts.headers {
+        headers.append((PyBytes::new(py, name.as_str().as_bytes()), PyBytes::new(py, value.as_bytes())))?;
+    }
+    scope.set_item(intern!(py, "headers"), headers)?;
+    let client = &start.conn.client;
+    scope.set_item(intern!(py, "client"), (client.ip().to_string(), client.port()))?;
+    let server = &start.conn.server;
+    scope.set_item(intern!(py, "server"), (server.ip().to_string(), server.port()))?;
+    scope.set_item(intern!(py, "state"), state.lifespan_state.bind(py).copy()?)?;
+    let extensions = PyDict::new(py);
+    extensions.set_item(intern!(py, "http.response.trailers"), state.empty.bind(py))?;
+    extensions.set_item(intern!(py, "http.response.pathsend"), state.empty.bind(py))?;
+    scope.set_item(intern!(py, "extensions"), extensions)?;
+    Ok(scope)
+}
+
+/// An awaitable that is already complete: `await` returns `value` without suspending, so
+/// a `send()` or `receive()` that need not wait costs no future and no loop iteration.
+#[pyclass(frozen)]
+pub struct Ready {
+    value: Option<Py<PyAny>>,
+}
+
+impl std::fmt::Debug for Ready {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ready")
+    }
+}
+
+#[pymethods]
+impl Ready {
+    fn __await__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        match &self.value {
+            None => Ok(None),
+            Some(value) => Err(PyStopIteration::new_err((value.clone_ref(py),))),
+        }
+    }
+}
+
+/// The per-exchange object behind the app's `receive` and `send`.
+#[pyclass(frozen)]
+pub struct Handle {
+    shared: Arc<Shared>,
+    exchange: Arc<Exchange>,
+    method: http::Method,
+    path: String,
+    client: SocketAddr,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    state: State,
+    respond: Option<oneshot::Sender<Response<ResponseBody>>>,
+    stream: Option<mpsc::Sender<Chunk>>,
+    trailers: HeaderMap,
+    is_head: bool,
+    is_h2: bool,
+    /// An error was already logged and answered for this exchange.
+    failed: bool,
+}
+
+static ERROR_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A short id tying a 500 response to its log line.
+fn error_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(ERROR_COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    format!("{:08x}", h.finish() as u32)
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Handle")
+    }
+}
+
+#[pymethods]
+impl Handle {
+    /// ASGI `receive()`.
+    fn receive(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        let state = py_state(py)?;
+        let exchange = &this.exchange;
+        if !exchange.finished.load(Ordering::Acquire) {
+            if !exchange.has_body {
+                exchange.finished.store(true, Ordering::Release);
+                let message = request_message(py, b"", false)?;
+                return ready(py, message.into_any());
+            }
+            // Reading is demand-driven: hyper sends `100 Continue` only now, when the app
+            // first asks for the body.
+            let waiter = state.create_future.call0(py)?;
+            let waiter_for_task = waiter.clone_ref(py);
+            let exchange = exchange.clone();
+            let shared = this.shared.clone();
+            let handle: Py<Handle> = slf.clone().unbind();
+            this.shared.runtime.spawn(async move {
+                let value = match exchange.next_chunk().await {
+                    Read::Data(data, more) => Wake::Body(data, more),
+                    Read::TooLarge => Wake::TooLarge(handle),
+                    Read::Gone => Wake::Disconnect,
+                };
+                shared.bridge.push(Event::Wake {
+                    waiter: waiter_for_task,
+                    value,
+                });
+            });
+            return Ok(waiter);
+        }
+        if exchange.is_disconnected() {
+            return ready(py, disconnect_message(py)?.into_any());
+        }
+        // Body consumed: wait for the client to go away or the response to finish.
+        let waiter = state.create_future.call0(py)?;
+        let waiter_for_task = waiter.clone_ref(py);
+        let mut disconnected = exchange.disconnected.subscribe();
+        let shared = this.shared.clone();
+        this.shared.runtime.spawn(async move {
+            let _ = disconnected.wait_for(|gone| *gone).await;
+            shared.bridge.push(Event::Wake {
+                waiter: waiter_for_task,
+                value: Wake::Disconnect,
+            });
+        });
+        Ok(waiter)
+    }
+
+    /// ASGI `send(message)`.
+    fn send(&self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let state = py_state(py)?;
+        let outbound = match outbound_from_py(message) {
+            Ok(outbound) => outbound,
+            Err(why) => return Err(self.protocol_failure(py, &why)),
+        };
+        let mut inner = lock(&self.inner);
+        if inner.failed {
+            // Client gone or exchange already answered: sends are no-ops (as in uvicorn).
+            return Ok(state.sent.clone_ref(py).into_any());
+        }
+        let action = match inner.state.handle(outbound) {
+            Ok(action) => action,
+            Err(err) => {
+                drop(inner);
+                return Err(self.protocol_failure(py, err.0));
+            }
+        };
+        match action {
+            Action::Hold => {}
+            Action::Complete(head, body) => {
+                let body = if inner.is_head { Bytes::new() } else { body };
+                let len = body.len();
+                self.respond(&mut inner, head, ResponseBody::full(body), Some(len));
+            }
+            Action::Open(head, first) => {
+                let (body, tx) = ResponseBody::channel();
+                // A fresh channel has room for the first chunk.
+                let _ = tx.try_send(Chunk::Data(first));
+                inner.stream = Some(tx);
+                self.respond(&mut inner, head, body, None);
+                if inner.state.is_done() {
+                    inner.stream = None;
+                }
+            }
+            Action::File(head, path) => {
+                let file = match std::fs::File::open(&path).and_then(|f| f.metadata().map(|m| (f, m.len()))) {
+                    Ok(file) => file,
+                    Err(err) => {
+                        drop(inner);
+                        return Err(self.protocol_failure(py, &format!("http.response.pathsend: cannot open {}: {err}", path.display())));
+                    }
+                };
+                let (body, tx) = ResponseBody::channel();
+                self.respond(&mut inner, head, body, Some(file.1 as usize));
+                self.shared.runtime.spawn(pump_file(file.0, tx));
+            }
+            Action::Chunk(bytes) => return self.stream(py, &mut inner, Chunk::Data(bytes), false),
+            Action::Last(bytes) => return self.stream(py, &mut inner, Chunk::Data(bytes), true),
+            Action::Trailers(headers, end) => {
+                inner.trailers.extend(headers);
+                if end {
+                    let trailers = std::mem::take(&mut inner.trailers);
+                    return self.stream(py, &mut inner, Chunk::Trailers(trailers), true);
+                }
+            }
+        }
+        Ok(state.sent.clone_ref(py).into_any())
+    }
+
+    /// Called by `glue.run_http` when the app returned normally.
+    fn finished(&self, py: Python<'_>) {
+        let inner = lock(&self.inner);
+        if inner.state.is_done() || inner.failed {
+            return;
+        }
+        drop(inner);
+        let _ = self.protocol_failure(py, "the app returned without completing the response");
+    }
+
+    /// Called by `glue.run_http` with the formatted traceback when the app raised.
+    fn failed(&self, py: Python<'_>, traceback: &str) {
+        let mut inner = lock(&self.inner);
+        if inner.failed {
+            return;
+        }
+        inner.failed = true;
+        let id = error_id();
+        tracing::error!(
+            error_id = %id,
+            method = %self.method,
+            path = %self.path,
+            client = %self.client,
+            "exception in ASGI app (error id {id})\n{}",
+            traceback.trim_end()
+        );
+        let detail = if self.shared.show_traceback { format!("\n\n{traceback}") } else { String::new() };
+        let body = format!("Internal Server Error (error id: {id}){detail}\n");
+        self.fail_locked(py, &mut inner, StatusCode::INTERNAL_SERVER_ERROR, &body);
+    }
+}
+
+impl Handle {
+    /// An invalid message or an incomplete response: log it, answer 500 (or abort), and
+    /// return the RuntimeError to raise in the app.
+    fn protocol_failure(&self, py: Python<'_>, why: &str) -> PyErr {
+        let mut inner = lock(&self.inner);
+        if !inner.failed {
+            inner.failed = true;
+            let id = error_id();
+            tracing::error!(error_id = %id, method = %self.method, path = %self.path, "ASGI protocol error: {why} (error id {id})");
+            let body = format!("Internal Server Error (error id: {id})\n");
+            self.fail_locked(py, &mut inner, StatusCode::INTERNAL_SERVER_ERROR, &body);
+        }
+        PyRuntimeError::new_err(why.to_owned())
+    }
+
+    /// Answers `status` if nothing was sent yet, else aborts the stream.
+    fn fail_locked(&self, _py: Python<'_>, inner: &mut Inner, status: StatusCode, body: &str) {
+        if inner.respond.is_some() {
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            let head = Head { status, headers };
+            let body = Bytes::copy_from_slice(body.as_bytes());
+            let len = body.len();
+            self.respond(inner, head, ResponseBody::full(body), Some(len));
+        } else if let Some(tx) = inner.stream.take() {
+            if tx.try_send(Chunk::Abort).is_err() {
+                self.shared.runtime.spawn(async move {
+                    let _ = tx.send(Chunk::Abort).await;
+                });
+            }
+        }
+        inner.state.abort();
+    }
+
+    /// Answers with a plain error status if the response has not started (used for 413).
+    fn respond_error(&self, py: Python<'_>, status: StatusCode, body: &str) {
+        let mut inner = lock(&self.inner);
+        if inner.respond.is_some() {
+            inner.failed = true;
+            self.fail_locked(py, &mut inner, status, body);
+        }
+    }
+
+    fn respond(&self, inner: &mut Inner, head: Head, body: ResponseBody, len: Option<usize>) {
+        let Some(respond) = inner.respond.take() else { return };
+        let mut headers = head.headers;
+        if inner.is_h2 {
+            // RFC 9113 8.2.2: connection-specific fields make an HTTP/2 message malformed.
+            for name in ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"] {
+                headers.remove(name);
+            }
+        }
+        if let Some(len) = len {
+            if !headers.contains_key(CONTENT_LENGTH) && !(inner.is_head && len == 0) {
+                headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+            }
+        }
+        let mut response = Response::new(body);
+        *response.status_mut() = head.status;
+        *response.headers_mut() = headers;
+        if respond.send(response).is_err() {
+            inner.state.abort();
+        }
+    }
+
+    fn stream(&self, py: Python<'_>, inner: &mut Inner, chunk: Chunk, last: bool) -> PyResult<Py<PyAny>> {
+        let state = py_state(py)?;
+        let Some(tx) = (if last { inner.stream.take() } else { inner.stream.clone() }) else {
+            return Ok(state.sent.clone_ref(py).into_any());
+        };
+        match tx.try_send(chunk) {
+            Ok(()) => Ok(state.sent.clone_ref(py).into_any()),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                // The client went away: the response cannot complete.
+                inner.failed = true;
+                inner.state.abort();
+                inner.stream = None;
+                Ok(state.sent.clone_ref(py).into_any())
+            }
+            Err(mpsc::error::TrySendError::Full(chunk)) => {
+                let waiter = state.create_future.call0(py)?;
+                let waiter_for_task = waiter.clone_ref(py);
+                let shared = self.shared.clone();
+                self.shared.runtime.spawn(async move {
+                    let _ = tx.send(chunk).await;
+                    shared.bridge.push(Event::Wake {
+                        waiter: waiter_for_task,
+                        value: Wake::Sent,
+                    });
+                });
+                Ok(waiter)
+            }
+        }
+    }
+}
+
+async fn pump_file(file: std::fs::File, tx: mpsc::Sender<Chunk>) {
+    use tokio::io::AsyncReadExt;
+    let mut file = tokio::fs::File::from_std(file);
+    loop {
+        let mut buf = bytes::BytesMut::with_capacity(256 * 1024);
+        match file.read_buf(&mut buf).await {
+            Ok(0) => return,
+            Ok(_) => {
+                if tx.send(Chunk::Data(buf.freeze())).await.is_err() {
+                    return;
+                }
+            }
+            Err(err) => {
+                tracing::error!("http.response.pathsend: read failed: {err}");
+                let _ = tx.send(Chunk::Abort).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Converts the dict the app passed to `send()` into a typed message. Strict: the error
+/// names the field and what was expected.
+fn outbound_from_py(message: &Bound<'_, PyAny>) -> Result<Outbound, String> {
+    let py = message.py();
+    let dict = message
+        .downcast::<PyDict>()
+        .map_err(|_| format!("send() takes a dict, got {}", type_name(message)))?;
+    let kind: String = match dict.get_item(intern!(py, "type")).ok().flatten() {
+        Some(kind) => kind.extract().map_err(|_| "message \"type\" must be a str".to_owned())?,
+        None => return Err("message has no \"type\"".into()),
+    };
+    let field = |name: &str| dict.get_item(name).ok().flatten();
+    let flag = |name: &str| -> Result<bool, String> {
+        match field(name) {
+            None => Ok(false),
+            Some(v) => v.is_truthy().map_err(|_| format!("{kind}: \"{name}\" must be a bool")),
+        }
+    };
+    match kind.as_str() {
+        "http.response.start" => {
+            let status: u16 = field("status")
+                .ok_or_else(|| "http.response.start has no \"status\"".to_owned())?
+                .extract()
+                .map_err(|_| "http.response.start: \"status\" must be an int".to_owned())?;
+            let status = StatusCode::from_u16(status)
+                .ok()
+                .filter(|s| s.as_u16() >= 100)
+                .ok_or_else(|| format!("http.response.start: invalid status {status}"))?;
+            let headers = headers_from_py(field("headers"), &kind)?;
+            Ok(Outbound::Start {
+                head: Head { status, headers },
+                trailers: flag("trailers")?,
+            })
+        }
+        "http.response.body" => {
+            let body = match field("body") {
+                None => Bytes::new(),
+                Some(b) => bytes_from_py(&b).ok_or_else(|| format!("http.response.body: \"body\" must be bytes, got {}", type_name(&b)))?,
+            };
+            Ok(Outbound::Body {
+                body,
+                more: flag("more_body")?,
+            })
+        }
+        "http.response.trailers" => Ok(Outbound::Trailers {
+            headers: headers_from_py(field("headers"), &kind)?,
+            more: flag("more_trailers")?,
+        }),
+        "http.response.pathsend" => {
+            let path: String = field("path")
+                .ok_or_else(|| "http.response.pathsend has no \"path\"".to_owned())?
+                .extract()
+                .map_err(|_| "http.response.pathsend: \"path\" must be a str".to_owned())?;
+            let path = std::path::PathBuf::from(path);
+            if !path.is_absolute() {
+                return Err(format!("http.response.pathsend: path {} is not absolute", path.display()));
+            }
+            Ok(Outbound::PathSend { path })
+        }
+        other => Err(format!("unknown message type {other:?} for an HTTP exchange")),
+    }
+}
+
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
+}
+
+fn bytes_from_py(obj: &Bound<'_, PyAny>) -> Option<Bytes> {
+    if let Ok(b) = obj.downcast::<PyBytes>() {
+        return Some(Bytes::copy_from_slice(b.as_bytes()));
+    }
+    if let Ok(b) = obj.downcast::<pyo3::types::PyByteArray>() {
+        return Some(Bytes::from(b.to_vec()));
+    }
+    None
+}
+
+fn headers_from_py(value: Option<Bound<'_, PyAny>>, kind: &str) -> Result<HeaderMap, String> {
+    let mut headers = HeaderMap::new();
+    let Some(value) = value else { return Ok(headers) };
+    let iter = value
+        .try_iter()
+        .map_err(|_| format!("{kind}: \"headers\" must be an iterable of [name, value] pairs"))?;
+    for item in iter {
+        let item = item.map_err(|e| format!("{kind}: headers: {e}"))?;
+        let pair = |i: usize| -> Result<Bytes, String> {
+            let part = item
+                .get_item(i)
+                .map_err(|_| format!("{kind}: each header must be a [name, value] pair"))?;
+            bytes_from_py(&part).ok_or_else(|| format!("{kind}: header names and values must be bytes, got {}", type_name(&part)))
+        };
+        let (name, value) = (pair(0)?, pair(1)?);
+        let name = HeaderName::from_bytes(&name)
+            .map_err(|_| format!("{kind}: invalid header name {:?}", String::from_utf8_lossy(&name)))?;
+        let value = HeaderValue::from_maybe_shared(value.clone())
+            .map_err(|_| format!("{kind}: invalid value for header {name}: {:?}", String::from_utf8_lossy(&value)))?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+fn ready(py: Python<'_>, value: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    Ok(Py::new(py, Ready { value: Some(value.unbind()) })?.into_any())
+}

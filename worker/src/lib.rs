@@ -1,0 +1,321 @@
+//! The genro-asgi worker: embeds CPython, imports the ASGI app, runs its lifespan, and
+//! serves HTTP/1.1 and HTTP/2 on the slot's inherited socket.
+//!
+//! Start-up, in order:
+//! 1. connect to the supervisor's control socket and say hello;
+//! 2. start CPython for the user's environment and import the app (failure: exit 3);
+//! 3. create the event loop and run lifespan startup (failure: exit 4);
+//! 4. start serving on the tokio threads and report ready;
+//! 5. run the asyncio loop on this (main) thread until the drain finished;
+//! 6. cancel what is left, run lifespan shutdown, exit 0.
+#![warn(missing_docs, missing_debug_implementations)]
+
+pub mod body;
+pub mod bridge;
+pub mod python;
+pub mod response;
+pub mod server;
+
+use bridge::{Bridge, Drainer, Event, PyParts, Shared};
+use genro_config::{Config, Lifespan, LoopKind};
+use genro_shared::exit;
+use genro_shared::protocol::{self, Message, Role};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use std::ffi::CString;
+use std::os::fd::FromRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+
+/// What the supervisor tells a worker.
+#[derive(Debug)]
+pub struct WorkerArgs {
+    /// Slot number.
+    pub slot: u32,
+    /// Generation of the slot.
+    pub generation: u64,
+    /// The effective configuration.
+    pub config: Config,
+    /// The supervisor's control socket.
+    pub control: PathBuf,
+    /// The listening socket's fd.
+    pub listen_fd: i32,
+}
+
+const GLUE: &str = include_str!("../python/glue.py");
+
+/// Sends a log line from Python into the worker's tracing sink.
+#[pyfunction]
+fn log(level: &str, message: &str) {
+    match level {
+        "ERROR" | "CRITICAL" => tracing::error!(target: "genro_asgi::app", "{message}"),
+        "WARNING" => tracing::warn!(target: "genro_asgi::app", "{message}"),
+        "DEBUG" => tracing::debug!(target: "genro_asgi::app", "{message}"),
+        _ => tracing::info!(target: "genro_asgi::app", "{message}"),
+    }
+}
+
+/// Runs the worker; returns the process exit code.
+pub fn run(args: WorkerArgs) -> i32 {
+    match run_inner(args) {
+        Ok(code) => code,
+        Err(err) => {
+            tracing::error!("worker failed: {err:#}");
+            exit::INTERNAL
+        }
+    }
+}
+
+fn run_inner(args: WorkerArgs) -> anyhow::Result<i32> {
+    use anyhow::Context;
+    let config = Arc::new(args.config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.server.threads as usize)
+        .thread_name("genro-io")
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let control = runtime
+        .block_on(UnixStream::connect(&args.control))
+        .with_context(|| format!("connecting to the control socket {}", args.control.display()))?;
+    let (control_read, mut control_write) = control.into_split();
+    let hello = Message::Hello {
+        role: Role::Worker,
+        slot: args.slot,
+        pid: std::process::id(),
+        generation: args.generation,
+    };
+    runtime.block_on(protocol::write_frame(&mut control_write, &hello))?;
+
+    // SAFETY: the supervisor passed the slot's listening socket on this fd, and nothing
+    // else in this process owns it.
+    let listener = unsafe { std::net::TcpListener::from_raw_fd(args.listen_fd) };
+    let tls = server::tls_acceptor(&config)?;
+
+    let executable = match python::initialize() {
+        Ok(exe) => exe,
+        Err(err) => {
+            tracing::error!("{err}");
+            return Ok(exit::APP_LOAD);
+        }
+    };
+    tracing::debug!("python {} ({})", python::EMBEDDED_VERSION, executable.display());
+
+    let shared = Arc::new(Shared {
+        bridge: Bridge::new().context("eventfd")?,
+        runtime: runtime.handle().clone(),
+        root_path: config.server.root_path.clone(),
+        max_body_size: config.limits.max_body_size,
+        show_traceback: config.errors.show_traceback,
+        started: AtomicU64::new(0),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    Python::with_gil(|py| -> anyhow::Result<i32> {
+        let glue = load_glue(py).context("loading the worker glue")?;
+        glue.call_method1("setup", (wrap_pyfunction!(log, py)?,))?;
+        let spec = &config.application.app;
+        let app_dir = config.application.app_dir.display().to_string();
+        let app = match glue.call_method1("load_app", (spec, app_dir, config.application.factory)) {
+            Ok(app) => app,
+            Err(err) => {
+                let tb = format_py_error(py, &glue, &err);
+                tracing::error!("cannot load the app {spec:?}:\n{tb}");
+                return Ok(exit::APP_LOAD);
+            }
+        };
+        let loop_kind = match config.server.event_loop {
+            LoopKind::Auto => "auto",
+            LoopKind::Asyncio => "asyncio",
+            LoopKind::Uvloop => "uvloop",
+        };
+        let (event_loop, loop_name): (Bound<'_, PyAny>, String) = match glue.call_method1("new_loop", (loop_kind,)) {
+            Ok(pair) => pair.extract()?,
+            Err(err) => {
+                tracing::error!("{}", format_py_error(py, &glue, &err));
+                return Ok(exit::APP_LOAD);
+            }
+        };
+        py.import("asyncio")?.call_method1("set_event_loop", (&event_loop,))?;
+        let lifespan_state = PyDict::new(py);
+        let mode = match config.application.lifespan {
+            Lifespan::Auto => "auto",
+            Lifespan::On => "on",
+            Lifespan::Off => "off",
+        };
+        let lifespan = glue.getattr("Lifespan")?.call1((&app, mode, &lifespan_state))?;
+        if let Err(err) = event_loop.call_method1("run_until_complete", (lifespan.call_method0("startup")?,)) {
+            tracing::error!("lifespan startup failed: {}", err.value(py));
+            return Ok(exit::STARTUP_FAILED);
+        }
+        bridge::install(
+            py,
+            PyParts {
+                app: app.unbind(),
+                run_http: glue.getattr("run_http")?.unbind(),
+                event_loop: event_loop.clone().unbind(),
+                lifespan_state: lifespan_state.unbind(),
+            },
+        )?;
+        event_loop.call_method1("add_reader", (shared.bridge.fd(), Drainer::new(shared.clone())))?;
+
+        // Serve; when the drain is over, stop the loop through the bridge.
+        {
+            let shared_for_serve = shared.clone();
+            let config = config.clone();
+            let stop_rx = stop_rx.clone();
+            runtime.spawn(async move {
+                if let Err(err) = server::serve(listener, config, shared_for_serve.clone(), tls, stop_rx).await {
+                    tracing::error!("server failed: {err:#}");
+                }
+                shared_for_serve.bridge.push(Event::Shutdown);
+            });
+        }
+        runtime.spawn(control_loop(control_read, control_write, shared.clone(), stop_tx.clone()));
+        runtime.spawn(signal_loop(stop_tx));
+        tracing::info!(slot = args.slot, pid = std::process::id(), "worker ready ({loop_name} loop)");
+
+        event_loop.call_method0("run_forever")?;
+
+        let leftover: usize = event_loop
+            .call_method1("run_until_complete", (glue.call_method1("cancel_remaining", (1.0, &lifespan))?,))?
+            .extract()?;
+        if leftover > 0 {
+            tracing::warn!("cancelled {leftover} task(s) still running after the drain");
+        }
+        let timeout = config.server.graceful_timeout.as_secs_f64().max(1.0);
+        event_loop.call_method1("run_until_complete", (lifespan.call_method1("shutdown", (timeout,))?,))?;
+        let _ = py.import("sys").and_then(|sys| {
+            sys.getattr("stdout")?.call_method0("flush")?;
+            sys.getattr("stderr")?.call_method0("flush")
+        });
+        Ok(exit::OK)
+    })
+}
+
+fn load_glue<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyModule>> {
+    // The glue is a constant with no NUL bytes.
+    let code = CString::new(GLUE).expect("glue.py has no NUL byte");
+    PyModule::from_code(py, &code, c"genro_asgi_glue.py", c"genro_asgi_glue")
+}
+
+fn format_py_error(py: Python<'_>, glue: &Bound<'_, PyModule>, err: &PyErr) -> String {
+    glue.call_method1("format_exception", (err.value(py),))
+        .and_then(|s| s.extract::<String>())
+        .unwrap_or_else(|_| err.to_string())
+}
+
+/// Reports ready and heartbeats to the supervisor, and turns a `drain` (or the
+/// supervisor's disappearance) into a stop.
+async fn control_loop(
+    mut read: tokio::net::unix::OwnedReadHalf,
+    mut write: tokio::net::unix::OwnedWriteHalf,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+) {
+    use std::sync::atomic::Ordering;
+    if protocol::write_frame(&mut write, &Message::Ready).await.is_err() {
+        stop.send_replace(true);
+        return;
+    }
+    let writer = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let beat = Message::Heartbeat {
+                in_flight: 0,
+                served: shared.started.load(Ordering::Relaxed),
+            };
+            if protocol::write_frame(&mut write, &beat).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match protocol::read_frame(&mut read, &mut buf).await {
+            Ok(Some(Message::Drain)) => {
+                tracing::info!("drain requested by the supervisor");
+                break;
+            }
+            Ok(Some(other)) => tracing::debug!("ignoring control message {other:?}"),
+            Ok(None) | Err(_) => {
+                tracing::warn!("lost the control connection to the supervisor; draining");
+                break;
+            }
+        }
+    }
+    writer.abort();
+    stop.send_replace(true);
+}
+
+/// SIGTERM / SIGINT start a drain; a second one exits at once.
+async fn signal_loop(stop: watch::Sender<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    let mut seen = false;
+    loop {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        if seen {
+            tracing::warn!("second stop signal: exiting now");
+            std::process::exit(exit::OK);
+        }
+        seen = true;
+        stop.send_replace(true);
+    }
+}
+
+/// `genro-asgi check`, child side: start the interpreter, import the app, print what the
+/// workers will use. Returns the exit code.
+pub fn check(config: &Config) -> i32 {
+    let executable = match python::initialize() {
+        Ok(exe) => exe,
+        Err(err) => {
+            eprintln!("python: {err}");
+            return exit::APP_LOAD;
+        }
+    };
+    Python::with_gil(|py| {
+        let sys = match py.import("sys") {
+            Ok(sys) => sys,
+            Err(err) => {
+                eprintln!("python: {err}");
+                return exit::APP_LOAD;
+            }
+        };
+        let attr = |name: &str| sys.getattr(name).map(|v| v.to_string()).unwrap_or_default();
+        println!("python: {} (embedded {})", attr("version").replace('\n', " "), python::EMBEDDED_VERSION);
+        println!("python executable: {}", executable.display());
+        println!("python prefix: {}", attr("prefix"));
+        println!("python sys.path: {}", attr("path"));
+        let glue = match load_glue(py) {
+            Ok(glue) => glue,
+            Err(err) => {
+                eprintln!("glue: {err}");
+                return exit::INTERNAL;
+            }
+        };
+        let _ = glue.call_method1("setup", (wrap_pyfunction!(log, py).expect("log wraps"),));
+        let spec = &config.application.app;
+        let app_dir = config.application.app_dir.display().to_string();
+        match glue.call_method1("load_app", (spec, app_dir, config.application.factory)) {
+            Ok(app) => {
+                println!("app: {spec} -> {}", app.repr().map(|r| r.to_string()).unwrap_or_default());
+                exit::OK
+            }
+            Err(err) => {
+                eprintln!("cannot load the app {spec:?}:\n{}", format_py_error(py, &glue, &err));
+                exit::APP_LOAD
+            }
+        }
+    })
+}
