@@ -577,8 +577,9 @@ impl Handle {
         match action {
             Action::Hold => {}
             Action::Complete(head, body) => {
-                let body = if inner.is_head { Bytes::new() } else { body };
+                // HEAD: announce the length the GET would have had, send no body.
                 let len = body.len();
+                let body = if inner.is_head { Bytes::new() } else { body };
                 self.respond(&mut inner, head, ResponseBody::full(body), Some(len));
             }
             Action::Open(head, first) => {
@@ -702,7 +703,7 @@ impl Handle {
             }
         }
         if let Some(len) = len {
-            if !headers.contains_key(CONTENT_LENGTH) && !(inner.is_head && len == 0) {
+            if !headers.contains_key(CONTENT_LENGTH) {
                 headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
             }
         }

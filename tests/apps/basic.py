@@ -1,0 +1,141 @@
+"""Raw ASGI app with one route per behaviour the end-to-end tests check."""
+
+import asyncio
+import json
+import os
+import urllib.parse
+
+LIFESPAN_LOG = os.environ.get("LIFESPAN_LOG")
+
+
+def note(text):
+    if LIFESPAN_LOG:
+        with open(LIFESPAN_LOG, "a") as f:
+            f.write(text + "\n")
+
+
+async def start(send, status=200, headers=(), trailers=False):
+    await send({"type": "http.response.start", "status": status, "headers": list(headers), "trailers": trailers})
+
+
+async def body(send, data=b"", more=False):
+    await send({"type": "http.response.body", "body": data, "more_body": more})
+
+
+async def read_body(receive):
+    parts = []
+    while True:
+        message = await receive()
+        assert message["type"] == "http.request", message
+        parts.append(message["body"])
+        if not message.get("more_body"):
+            return b"".join(parts)
+
+
+def jsonable(scope):
+    out = {}
+    for key, value in scope.items():
+        if key == "headers":
+            out[key] = [[n.decode("latin-1"), v.decode("latin-1")] for n, v in value]
+        elif isinstance(value, bytes):
+            out[key] = value.decode("latin-1")
+        elif key == "extensions":
+            out[key] = sorted(value)
+        elif isinstance(value, tuple):
+            out[key] = list(value)
+        else:
+            out[key] = value
+    return out
+
+
+async def lifespan(scope, receive, send):
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            scope["state"]["token"] = "from-lifespan"
+            note("startup")
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            note("shutdown")
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        return await lifespan(scope, receive, send)
+    path = scope["path"]
+    query = dict(urllib.parse.parse_qsl(scope["query_string"].decode()))
+    if path.startswith("/scope"):
+        data = json.dumps(jsonable(scope)).encode()
+        await start(send, headers=[(b"content-type", b"application/json")])
+        await body(send, data)
+    elif path == "/echo":
+        data = await read_body(receive)
+        await start(send, headers=[(b"content-type", b"application/octet-stream")])
+        await body(send, data)
+    elif path == "/count":
+        # Counts the body without keeping it; reports bytes and the largest message.
+        total = largest = messages = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            messages += 1
+            total += len(message["body"])
+            largest = max(largest, len(message["body"]))
+            if not message.get("more_body"):
+                break
+        await start(send)
+        await body(send, json.dumps({"bytes": total, "largest": largest, "messages": messages}).encode())
+    elif path == "/stream":
+        n, size = int(query.get("n", "10")), int(query.get("size", "1024"))
+        await start(send, headers=[(b"content-type", b"application/octet-stream")])
+        chunk = b"x" * size
+        for _ in range(n):
+            await body(send, chunk, more=True)
+        await body(send)
+    elif path == "/sleep":
+        await asyncio.sleep(float(query.get("s", "1")))
+        await start(send)
+        await body(send, b"slept")
+    elif path == "/raise":
+        raise ValueError("boom before start")
+    elif path == "/raise-after-start":
+        await start(send)
+        await body(send, b"partial", more=True)
+        raise ValueError("boom mid-stream")
+    elif path == "/body-first":
+        await body(send, b"oops")
+    elif path == "/double-start":
+        await start(send)
+        await body(send, b"a", more=True)
+        await start(send)
+    elif path == "/no-response":
+        return
+    elif path == "/bad-header":
+        await start(send, headers=[("content-type", "text/plain")])  # str, not bytes
+        await body(send, b"never")
+    elif path == "/trailers":
+        await start(send, headers=[(b"trailer", b"x-checksum")], trailers=True)
+        await body(send, b"data", more=True)
+        await body(send, b"")
+        await send({"type": "http.response.trailers", "headers": [(b"x-checksum", b"abc123")], "more_trailers": False})
+    elif path == "/pathsend":
+        await start(send, headers=[(b"content-type", b"application/octet-stream")])
+        await send({"type": "http.response.pathsend", "path": query["file"]})
+    elif path == "/no-read":
+        await start(send)
+        await body(send, b"did not read")
+    elif path == "/wait-disconnect":
+        await read_body(receive)
+        await start(send)
+        await body(send, b"first", more=True)
+        message = await receive()
+        note("disconnect:" + message["type"])
+    elif path == "/pid":
+        await start(send)
+        await body(send, str(os.getpid()).encode())
+    else:
+        await start(send, headers=[(b"content-type", b"text/plain")])
+        await body(send, b"Hello, world!")

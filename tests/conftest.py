@@ -1,0 +1,171 @@
+"""Harness for the end-to-end tests: start the real `genro-asgi` binary on a free port with
+a config written to a temp dir, wait for its "serving" log line, and stop it with a signal.
+
+The binary is target/debug/genro-asgi unless GENRO_ASGI_BIN names another one."""
+
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+APPS = ROOT / "tests" / "apps"
+BIN = os.environ.get("GENRO_ASGI_BIN", str(ROOT / "target" / "debug" / "genro-asgi"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One `genro-asgi serve` process."""
+
+    def __init__(self, tmp_path, app="basic:app", workers=1, sections=None, env=None, ext="ini",
+                 host="127.0.0.1", args=()):
+        self.tmp_path = pathlib.Path(tmp_path)
+        self.port = free_port()
+        self.host = host
+        self.lines = []
+        self.cond = threading.Condition()
+        self.proc = None
+        sections = {k: dict(v) for k, v in (sections or {}).items()}
+        sections.setdefault("server", {})
+        sections["server"].setdefault("host", host)
+        sections["server"].setdefault("port", self.port)
+        sections["server"].setdefault("workers", workers)
+        sections["server"].setdefault("graceful_timeout", 10)
+        sections["server"].setdefault("run_dir", str(self.tmp_path / "run"))
+        sections.setdefault("application", {})
+        sections["application"].setdefault("app", app)
+        sections["application"].setdefault("app_dir", str(APPS))
+        self.config = self.tmp_path / ("server." + ext)
+        self.config.write_text(render(sections, ext))
+        self.env = dict(os.environ)
+        self.env.update(env or {})
+        self.args = list(args)
+
+    @property
+    def url(self):
+        host = "[%s]" % self.host if ":" in self.host else self.host
+        scheme = "https" if "https" in self.args else "http"
+        return "%s://%s:%d" % (scheme, host, self.port)
+
+    def start(self, wait=True, timeout=60):
+        self.proc = subprocess.Popen(
+            [BIN, "serve", "--config", str(self.config), *self.args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env, cwd=str(self.tmp_path),
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        if wait:
+            self.wait_log("serving ", timeout)
+        return self
+
+    def _read(self):
+        for raw in self.proc.stdout:
+            with self.cond:
+                self.lines.append(raw.decode("utf-8", "replace"))
+                self.cond.notify_all()
+        with self.cond:
+            self.cond.notify_all()
+
+    @property
+    def log(self):
+        with self.cond:
+            return "".join(self.lines)
+
+    def wait_log(self, needle, timeout=30):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                if any(needle in line for line in self.lines):
+                    return
+                if self.proc.poll() is not None and not self.proc.stdout.readable():
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.cond.wait(min(left, 0.2))
+                if self.proc.poll() is not None and not any(needle in line for line in self.lines):
+                    # Give the reader a moment to drain the pipe, then decide.
+                    self.cond.wait(0.5)
+                    if not any(needle in line for line in self.lines):
+                        break
+        raise AssertionError("%r not seen in the log (exit %r):\n%s" % (needle, self.proc.poll(), "".join(self.lines)))
+
+    def wait_exit(self, timeout=60):
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self, sig=signal.SIGTERM, timeout=60):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+    def worker_pids(self):
+        """Pids of the worker processes (children of the supervisor)."""
+        pids = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == self.proc.pid:
+                pids.append(int(entry))
+        return sorted(pids)
+
+
+def render(sections, ext):
+    out = []
+    for name, keys in sections.items():
+        out.append("[%s]" % name)
+        for key, value in keys.items():
+            if ext == "toml":
+                if isinstance(value, bool):
+                    value = "true" if value else "false"
+                elif isinstance(value, str):
+                    value = '"%s"' % value.replace("\\", "\\\\").replace('"', '\\"')
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            out.append("%s = %s" % (key, value))
+        out.append("")
+    return "\n".join(out)
+
+
+@pytest.fixture
+def server(tmp_path):
+    """Factory: server(app=..., workers=..., sections={...}) -> started Server."""
+    started = []
+
+    def make(start=True, **kwargs):
+        s = Server(tmp_path, **kwargs)
+        started.append(s)
+        if start:
+            s.start()
+        return s
+
+    yield make
+    for s in started:
+        if s.proc is not None and s.proc.poll() is None:
+            s.proc.send_signal(signal.SIGKILL)
+            s.proc.wait()
+        for pid in s.worker_pids() if s.proc else []:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def run_cli(*args, env=None, cwd=None, timeout=60):
+    """Runs the binary with arguments; returns CompletedProcess (text)."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([BIN, *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout)

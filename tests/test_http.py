@@ -1,0 +1,361 @@
+"""ASGI HTTP over HTTP/1.1 and HTTP/2 (h2c): scope, bodies both ways, trailers, pathsend,
+HEAD, Expect: 100-continue, pipelining, disconnects, and how app errors are answered."""
+
+import json
+import os
+import re
+import socket
+import time
+
+import h2.config
+import h2.connection
+import h2.events
+import httpx
+import pytest
+
+
+def h1(server):
+    return httpx.Client(base_url=server.url, timeout=10)
+
+
+def h2c(server):
+    return httpx.Client(base_url=server.url, http1=False, http2=True, timeout=10)
+
+
+def raw(server, data, read_until_close=True, timeout=5):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        if read_until_close:
+            while True:
+                try:
+                    chunk = s.recv(65536)
+                except socket.timeout:
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def test_scope_http11(server):
+    s = server()
+    r = h1(s).get("/scope?x=1&y=%20", headers={"X-Custom": "v1"})
+    scope = r.json()
+    assert scope["type"] == "http"
+    assert scope["asgi"] == {"version": "3.0", "spec_version": "2.3"}
+    assert scope["http_version"] == "1.1"
+    assert scope["method"] == "GET"
+    assert scope["scheme"] == "http"
+    assert scope["path"] == "/scope"
+    assert scope["raw_path"] == "/scope"
+    assert scope["query_string"] == "x=1&y=%20"
+    assert scope["root_path"] == ""
+    assert ["x-custom", "v1"] in scope["headers"]
+    assert scope["client"][0] == "127.0.0.1" and isinstance(scope["client"][1], int)
+    assert scope["server"] == ["127.0.0.1", s.port]
+    assert scope["state"] == {"token": "from-lifespan"}
+    assert "http.response.trailers" in scope["extensions"]
+    assert "http.response.pathsend" in scope["extensions"]
+
+
+def test_path_is_percent_decoded_and_raw_path_kept(server):
+    s = server()
+    r = raw(s, b"GET /scope/caf%C3%A9/a%2Fb?q=%C3%A9 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    scope = json.loads(r.partition(b"\r\n\r\n")[2])
+    assert scope["path"] == "/scope/caf\u00e9/a/b"
+    assert scope["raw_path"] == "/scope/caf%C3%A9/a%2Fb"
+    assert scope["query_string"] == "q=%C3%A9"
+
+
+def test_scope_http2_and_root_path(server):
+    s = server(sections={"server": {"root_path": "/api"}})
+    r = h2c(s).get("/scope")
+    assert r.http_version == "HTTP/2"
+    scope = r.json()
+    assert scope["http_version"] == "2"
+    assert scope["root_path"] == "/api"
+    host = [v for n, v in scope["headers"] if n == "host"]
+    assert host == ["127.0.0.1:%d" % s.port], "HTTP/2 :authority is given to the app as host"
+
+
+def test_http10(server):
+    s = server()
+    r = raw(s, b"GET /scope HTTP/1.0\r\n\r\n")
+    head, _, body = r.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200")
+    assert json.loads(body)["http_version"] == "1.0"
+
+
+@pytest.mark.parametrize("client", [h1, h2c])
+def test_echo_body(server, client):
+    s = server()
+    payload = os.urandom(300_000)
+    r = client(s).post("/echo", content=payload)
+    assert r.status_code == 200
+    assert r.content == payload
+
+
+def test_chunked_request_body(server):
+    s = server()
+
+    def gen():
+        for i in range(50):
+            yield b"%04d" % i
+
+    r = h1(s).post("/echo", content=gen())
+    assert r.content == b"".join(b"%04d" % i for i in range(50))
+
+
+@pytest.mark.parametrize("client", [h1, h2c])
+def test_streamed_response(server, client):
+    s = server()
+    with client(s).stream("GET", "/stream?n=64&size=65536") as r:
+        assert r.status_code == 200
+        assert "content-length" not in r.headers
+        total = sum(len(c) for c in r.iter_bytes())
+    assert total == 64 * 65536
+
+
+def test_large_upload_is_streamed_not_buffered(server):
+    """A 256 MiB upload reaches the app in bounded chunks; the worker's peak memory stays
+    far below the body size."""
+    s = server(sections={"limits": {"max_body_size": 0}})
+    size = 256 * 1024 * 1024
+    block = b"z" * (1024 * 1024)
+
+    def gen():
+        for _ in range(size // len(block)):
+            yield block
+
+    r = h1(s).post("/count", content=gen(), headers={"content-length": str(size)})
+    info = r.json()
+    assert info["bytes"] == size
+    assert info["largest"] <= 1024 * 1024
+    (pid,) = s.worker_pids()
+    with open("/proc/%d/status" % pid) as f:
+        hwm_kib = int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1))
+    assert hwm_kib < 150 * 1024, "worker peak RSS %d KiB for a 256 MiB upload" % hwm_kib
+
+
+def test_head_keeps_length_without_body(server):
+    s = server()
+    r = raw(s, b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head, _, body = r.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"content-length: 13" in head.lower()
+    assert body == b""
+
+
+def test_pipelining(server):
+    s = server()
+    r = raw(s, b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /pid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert r.count(b"HTTP/1.1 200 OK") == 2
+    assert b"Hello, world!" in r
+
+
+def test_keep_alive_reuses_connection(server):
+    s = server()
+    with h1(s) as c:
+        ports = set()
+        for _ in range(5):
+            r = c.get("/scope")
+            ports.add(r.json()["client"][1])
+    assert len(ports) == 1
+
+
+def test_expect_continue_only_when_app_reads(server):
+    s = server()
+    with socket.create_connection(("127.0.0.1", s.port), timeout=5) as sock:
+        sock.sendall(b"POST /no-read HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        first = sock.recv(65536)
+    assert first.startswith(b"HTTP/1.1 200"), first
+    assert b"100 Continue" not in first
+    with socket.create_connection(("127.0.0.1", s.port), timeout=5) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        interim = sock.recv(65536)
+        assert interim.startswith(b"HTTP/1.1 100 Continue"), interim
+        sock.sendall(b"hello")
+        rest = b""
+        while b"hello" not in rest:
+            chunk = sock.recv(65536)
+            assert chunk
+            rest += chunk
+    assert b"HTTP/1.1 200" in rest
+
+
+def h2_request(port, path, end_stream=True):
+    """Minimal h2 client: returns (connection, socket, stream_id) after sending headers."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    stream_id = conn.get_next_available_stream_id()
+    conn.send_headers(stream_id, [(":method", "GET"), (":path", path), (":scheme", "http"),
+                                  (":authority", "127.0.0.1"), ("te", "trailers")], end_stream=end_stream)
+    sock.sendall(conn.data_to_send())
+    return conn, sock, stream_id
+
+
+def h2_collect(conn, sock, stream_id):
+    events = []
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            break
+        for event in conn.receive_data(data):
+            events.append(event)
+            if isinstance(event, h2.events.DataReceived):
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            if isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)) and event.stream_id == stream_id:
+                sock.sendall(conn.data_to_send())
+                return events
+        sock.sendall(conn.data_to_send())
+    return events
+
+
+def test_trailers_over_http2(server):
+    s = server()
+    conn, sock, sid = h2_request(s.port, "/trailers")
+    with sock:
+        events = h2_collect(conn, sock, sid)
+    trailers = [e for e in events if isinstance(e, h2.events.TrailersReceived)]
+    assert trailers, events
+    assert (b"x-checksum", b"abc123") in trailers[0].headers
+    data = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+    assert data == b"data"
+
+
+def test_trailers_over_http11_chunked(server):
+    s = server()
+    r = raw(s, b"GET /trailers HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n")
+    assert b"transfer-encoding: chunked" in r.lower()
+    assert b"x-checksum: abc123" in r.lower()
+
+
+def test_pathsend(server, tmp_path):
+    s = server()
+    path = tmp_path / "file.bin"
+    payload = os.urandom(700_000)
+    path.write_bytes(payload)
+    r = h1(s).get("/pathsend", params={"file": str(path)})
+    assert r.status_code == 200
+    assert r.headers["content-length"] == str(len(payload))
+    assert r.content == payload
+
+
+def test_pathsend_missing_file_is_500(server, tmp_path):
+    s = server()
+    r = h1(s).get("/pathsend", params={"file": str(tmp_path / "nope")})
+    assert r.status_code == 500
+    assert "error id" in r.text
+
+
+def error_id(text):
+    m = re.search(r"error id: ([0-9a-f]{8})", text)
+    assert m, text
+    return m.group(1)
+
+
+@pytest.mark.parametrize("client", [h1, h2c])
+def test_exception_before_start_is_500_with_error_id(server, client):
+    s = server()
+    r = client(s).get("/raise")
+    assert r.status_code == 500
+    eid = error_id(r.text)
+    assert "boom" not in r.text, "no traceback unless show_traceback"
+    s.wait_log("error id %s" % eid)
+    log = s.log
+    assert "ValueError: boom before start" in log
+    assert "/raise" in log
+
+
+def test_show_traceback_in_debug(server):
+    s = server(sections={"server": {"debug": True}, "errors": {"show_traceback": True}})
+    r = h1(s).get("/raise")
+    assert r.status_code == 500
+    assert "ValueError: boom before start" in r.text
+
+
+def test_exception_after_start_aborts_http11(server):
+    s = server()
+    with pytest.raises(httpx.RemoteProtocolError):
+        h1(s).get("/raise-after-start")
+    s.wait_log("boom mid-stream")
+
+
+def test_exception_after_start_resets_http2_stream(server):
+    s = server()
+    conn, sock, sid = h2_request(s.port, "/raise-after-start")
+    with sock:
+        events = h2_collect(conn, sock, sid)
+    assert any(isinstance(e, h2.events.StreamReset) for e in events), events
+    assert not any(isinstance(e, h2.events.StreamEnded) for e in events)
+
+
+@pytest.mark.parametrize("path,why", [
+    ("/body-first", "expected http.response.start first"),
+    ("/no-response", "returned without completing the response"),
+    ("/bad-header", "header names and values must be bytes"),
+])
+def test_protocol_errors_are_500_and_logged(server, path, why):
+    s = server()
+    r = h1(s).get(path)
+    assert r.status_code == 500
+    eid = error_id(r.text)
+    s.wait_log(why)
+    assert eid in s.log
+
+
+def test_second_start_aborts_stream(server):
+    s = server()
+    with pytest.raises(httpx.RemoteProtocolError):
+        h1(s).get("/double-start")
+    s.wait_log("http.response.start sent twice")
+
+
+def test_disconnect_reaches_the_app(server, tmp_path):
+    log = tmp_path / "events.log"
+    s = server(env={"LIFESPAN_LOG": str(log)})
+    with socket.create_connection(("127.0.0.1", s.port), timeout=5) as sock:
+        sock.sendall(b"GET /wait-disconnect HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"first" in sock.recv(65536)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if "disconnect:http.disconnect" in log.read_text():
+            break
+        time.sleep(0.05)
+    assert "disconnect:http.disconnect" in log.read_text()
+
+
+def test_disconnect_per_http2_stream(server, tmp_path):
+    """Resetting one HTTP/2 stream disconnects that request only; the connection lives on."""
+    log = tmp_path / "events.log"
+    s = server(env={"LIFESPAN_LOG": str(log)})
+    conn, sock, sid = h2_request(s.port, "/wait-disconnect")
+    with sock:
+        got_first = False
+        while not got_first:
+            for event in conn.receive_data(sock.recv(65536)):
+                if isinstance(event, h2.events.DataReceived) and event.stream_id == sid:
+                    got_first = True
+        conn.reset_stream(sid)
+        sid2 = conn.get_next_available_stream_id()
+        conn.send_headers(sid2, [(":method", "GET"), (":path", "/"), (":scheme", "http"),
+                                 (":authority", "127.0.0.1")], end_stream=True)
+        sock.sendall(conn.data_to_send())
+        events = h2_collect(conn, sock, sid2)
+        data = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived) and e.stream_id == sid2)
+        assert data == b"Hello, world!"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "disconnect:http.disconnect" not in log.read_text():
+        time.sleep(0.05)
+    assert "disconnect:http.disconnect" in log.read_text()
+
+
+def test_h2_many_concurrent_streams(server):
+    s = server()
+    with h2c(s) as c:
+        import concurrent.futures
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda i: c.get("/sleep?s=0.2").text, range(32)))
+    assert results == ["slept"] * 32
