@@ -210,17 +210,39 @@ mod tests {
     #[test]
     fn bad_frames_are_errors() {
         let table: &[(&str, BytesMut, &str)] = &[
-            ("oversized", {
-                let mut b = BytesMut::new();
-                b.put_u32((MAX_FRAME + 1) as u32);
-                b
-            }, "over the"),
+            (
+                "oversized",
+                {
+                    let mut b = BytesMut::new();
+                    b.put_u32((MAX_FRAME + 1) as u32);
+                    b
+                },
+                "over the",
+            ),
             ("not json", framed(b"hello"), "malformed"),
-            ("no version", framed(br#"{"type":"ready"}"#), "missing protocol version"),
-            ("other version", framed(br#"{"v":9,"type":"ready"}"#), "unsupported protocol version 9"),
-            ("unknown type", framed(br#"{"v":1,"type":"explode"}"#), "malformed"),
+            (
+                "no version",
+                framed(br#"{"type":"ready"}"#),
+                "missing protocol version",
+            ),
+            (
+                "other version",
+                framed(br#"{"v":9,"type":"ready"}"#),
+                "unsupported protocol version 9",
+            ),
+            (
+                "unknown type",
+                framed(br#"{"v":1,"type":"explode"}"#),
+                "malformed",
+            ),
             ("not an object", framed(b"[1,2]"), "malformed"),
-            ("bad field", framed(br#"{"v":1,"type":"hello","role":"worker","slot":"x","pid":1,"generation":1}"#), "malformed"),
+            (
+                "bad field",
+                framed(
+                    br#"{"v":1,"type":"hello","role":"worker","slot":"x","pid":1,"generation":1}"#,
+                ),
+                "malformed",
+            ),
         ];
         for (name, buf, want) in table {
             let mut buf = buf.clone();

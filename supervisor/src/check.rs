@@ -6,7 +6,13 @@ use genro_shared::exit;
 
 /// Runs the check; returns the exit code.
 pub fn run(loaded: &Loaded) -> i32 {
-    println!("configuration: {}", loaded.file.as_ref().map_or("(no file)".into(), |f| f.display().to_string()));
+    println!(
+        "configuration: {}",
+        loaded
+            .file
+            .as_ref()
+            .map_or("(no file)".into(), |f| f.display().to_string())
+    );
     println!("{}", loaded.render());
     if loaded.config.application.app.is_empty() {
         eprintln!("genro-asgi: configuration error: no app: set [application] app = module:attr, GENRO_ASGI_APPLICATION_APP, or --app");

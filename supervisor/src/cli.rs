@@ -106,8 +106,9 @@ fn config_error(err: &ConfigError) -> i32 {
 fn run_worker(cli: WorkerCli) -> i32 {
     let config = match std::env::var(genro_shared::ENV_CONFIG)
         .map_err(|e| e.to_string())
-        .and_then(|json| serde_json::from_str::<genro_config::Config>(&json).map_err(|e| e.to_string()))
-    {
+        .and_then(|json| {
+            serde_json::from_str::<genro_config::Config>(&json).map_err(|e| e.to_string())
+        }) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("genro-asgi worker: no usable configuration from the supervisor ({err}); this subcommand is internal");
@@ -119,7 +120,10 @@ fn run_worker(cli: WorkerCli) -> i32 {
         return genro_worker::check(&config);
     }
     let Some(control) = std::env::var_os(genro_shared::ENV_CONTROL) else {
-        eprintln!("genro-asgi worker: {} is not set; this subcommand is internal", genro_shared::ENV_CONTROL);
+        eprintln!(
+            "genro-asgi worker: {} is not set; this subcommand is internal",
+            genro_shared::ENV_CONTROL
+        );
         return exit::CONFIG;
     };
     genro_worker::run(genro_worker::WorkerArgs {

@@ -41,12 +41,16 @@ pub async fn serve(listener: UnixListener, events: mpsc::Sender<Incoming>) {
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         match stream.peer_cred() {
             Ok(cred) if cred.uid() == uid || cred.uid() == 0 => {
                 tokio::spawn(connection(stream, events.clone()));
             }
-            Ok(cred) => tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "control socket: refused a peer of another user"),
+            Ok(cred) => {
+                tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "control socket: refused a peer of another user")
+            }
             Err(err) => tracing::warn!("control socket: cannot read peer credentials: {err}"),
         }
     }
@@ -56,7 +60,11 @@ async fn connection(stream: UnixStream, events: mpsc::Sender<Incoming>) {
     let (mut read, mut write) = stream.into_split();
     let mut buf = BytesMut::new();
     let pid = match protocol::read_frame(&mut read, &mut buf).await {
-        Ok(Some(Message::Hello { role: Role::Worker, pid, .. })) => pid,
+        Ok(Some(Message::Hello {
+            role: Role::Worker,
+            pid,
+            ..
+        })) => pid,
         Ok(None) => return,
         Ok(Some(other)) => {
             let message = format!("expected hello first, got {}", kind(&other));
@@ -65,12 +73,22 @@ async fn connection(stream: UnixStream, events: mpsc::Sender<Incoming>) {
         }
         Err(err) => {
             tracing::warn!("control socket: {err}");
-            let _ = protocol::write_frame(&mut write, &Message::Error { message: err.to_string() }).await;
+            let _ = protocol::write_frame(
+                &mut write,
+                &Message::Error {
+                    message: err.to_string(),
+                },
+            )
+            .await;
             return;
         }
     };
     let (tx, mut rx) = mpsc::channel::<Message>(16);
-    if events.send(Incoming::Hello { pid, writer: tx }).await.is_err() {
+    if events
+        .send(Incoming::Hello { pid, writer: tx })
+        .await
+        .is_err()
+    {
         return;
     }
     tokio::spawn(async move {
@@ -83,7 +101,11 @@ async fn connection(stream: UnixStream, events: mpsc::Sender<Incoming>) {
     loop {
         match protocol::read_frame(&mut read, &mut buf).await {
             Ok(Some(message)) => {
-                if events.send(Incoming::Message { pid, message }).await.is_err() {
+                if events
+                    .send(Incoming::Message { pid, message })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }

@@ -154,16 +154,19 @@ impl Fleet {
 
     /// A worker reported ready.
     pub fn handle_ready(&mut self, pid: u32, now: Instant) -> Vec<Command> {
-        let Some(worker) = self.worker_mut(pid) else { return Vec::new() };
+        let Some(worker) = self.worker_mut(pid) else {
+            return Vec::new();
+        };
         if worker.state == WorkerState::Starting {
             worker.state = WorkerState::Ready;
             worker.since = now;
         }
         if self.phase == Phase::Starting
-            && self
-                .slots
-                .iter()
-                .all(|s| s.worker.as_ref().is_some_and(|w| w.state == WorkerState::Ready))
+            && self.slots.iter().all(|s| {
+                s.worker
+                    .as_ref()
+                    .is_some_and(|w| w.state == WorkerState::Ready)
+            })
         {
             self.phase = Phase::Serving;
             return vec![Command::Serving];
@@ -173,10 +176,17 @@ impl Fleet {
 
     /// A worker process exited with `code` (`None`: killed by a signal).
     pub fn handle_exited(&mut self, pid: u32, code: Option<i32>, now: Instant) -> Vec<Command> {
-        let Some(slot) = self.slots.iter().position(|s| s.worker.as_ref().is_some_and(|w| w.pid == pid)) else {
+        let Some(slot) = self
+            .slots
+            .iter()
+            .position(|s| s.worker.as_ref().is_some_and(|w| w.pid == pid))
+        else {
             return Vec::new();
         };
-        let worker = self.slots[slot].worker.take().expect("position found a worker");
+        let worker = self.slots[slot]
+            .worker
+            .take()
+            .expect("position found a worker");
         match self.phase {
             Phase::Stopping { .. } | Phase::Done => return self.exit_if_empty(),
             Phase::Starting | Phase::Serving => {}
@@ -232,7 +242,10 @@ impl Fleet {
     /// Drain everything and exit with `code` once empty. A second stop kills at once.
     pub fn handle_stop(&mut self, now: Instant, code: i32) -> Vec<Command> {
         if let Phase::Stopping { code: first, .. } = self.phase {
-            self.phase = Phase::Stopping { deadline: now, code: first };
+            self.phase = Phase::Stopping {
+                deadline: now,
+                code: first,
+            };
             return self.handle_tick(now);
         }
         if self.phase == Phase::Done {
@@ -294,7 +307,10 @@ mod tests {
         assert!(fleet.handle_ready(100, now).is_empty());
         assert_eq!(fleet.handle_ready(101, now), vec![Command::Serving]);
         assert_eq!(fleet.phase(), Phase::Serving);
-        assert!(fleet.handle_ready(101, now).is_empty(), "Serving is emitted once");
+        assert!(
+            fleet.handle_ready(101, now).is_empty(),
+            "Serving is emitted once"
+        );
     }
 
     #[test]
@@ -306,7 +322,13 @@ mod tests {
         assert_eq!(fleet.poll_deadline(), Some(now + BACKOFF_START));
         assert!(fleet.handle_tick(now).is_empty(), "not before the backoff");
         let t1 = now + BACKOFF_START;
-        assert_eq!(fleet.handle_tick(t1), vec![Command::Spawn { slot: 1, generation: 2 }]);
+        assert_eq!(
+            fleet.handle_tick(t1),
+            vec![Command::Spawn {
+                slot: 1,
+                generation: 2
+            }]
+        );
         // It crashes again right away: the backoff doubles.
         fleet.handle_spawned(1, 102, t1);
         fleet.handle_exited(102, Some(1), t1);
@@ -333,14 +355,19 @@ mod tests {
         let (mut fleet, now) = started(2);
         let commands = fleet.handle_exited(100, Some(exit::APP_LOAD), now);
         assert_eq!(commands, vec![Command::Drain(101)]);
-        assert_eq!(fleet.handle_exited(101, Some(0), now), vec![Command::Exit(exit::APP_LOAD)]);
+        assert_eq!(
+            fleet.handle_exited(101, Some(0), now),
+            vec![Command::Exit(exit::APP_LOAD)]
+        );
     }
 
     #[test]
     fn fatal_code_after_ready_is_a_crash_not_a_stop() {
         let (mut fleet, now) = started(1);
         fleet.handle_ready(100, now);
-        assert!(fleet.handle_exited(100, Some(exit::APP_LOAD), now).is_empty());
+        assert!(fleet
+            .handle_exited(100, Some(exit::APP_LOAD), now)
+            .is_empty());
         assert_eq!(fleet.phase(), Phase::Serving);
     }
 
@@ -349,12 +376,18 @@ mod tests {
         let (mut fleet, now) = started(2);
         fleet.handle_ready(100, now);
         fleet.handle_ready(101, now);
-        assert_eq!(fleet.handle_stop(now, 0), vec![Command::Drain(100), Command::Drain(101)]);
+        assert_eq!(
+            fleet.handle_stop(now, 0),
+            vec![Command::Drain(100), Command::Drain(101)]
+        );
         assert!(fleet.handle_exited(100, Some(0), now).is_empty());
         let deadline = fleet.poll_deadline().unwrap();
         assert!(fleet.handle_tick(now).is_empty());
         assert_eq!(fleet.handle_tick(deadline), vec![Command::Kill(101)]);
-        assert_eq!(fleet.handle_exited(101, None, deadline), vec![Command::Exit(0)]);
+        assert_eq!(
+            fleet.handle_exited(101, None, deadline),
+            vec![Command::Exit(0)]
+        );
         assert_eq!(fleet.phase(), Phase::Done);
     }
 

@@ -14,11 +14,16 @@ pub fn init(config: &Config, slot: Option<u32>) {
         LogLevel::Error | LogLevel::Critical => LevelFilter::ERROR,
     };
     let json = config.logging.format.trim().eq_ignore_ascii_case("json");
-    let writer: Box<dyn Fn() -> Box<dyn std::io::Write> + Send + Sync> = match &config.logging.file {
+    let writer: Box<dyn Fn() -> Box<dyn std::io::Write> + Send + Sync> = match &config.logging.file
+    {
         Some(path) => {
             let path = path.clone();
             Box::new(move || -> Box<dyn std::io::Write> {
-                match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+                match std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                {
                     Ok(file) => Box::new(file),
                     Err(_) => Box::new(std::io::stderr()),
                 }
@@ -37,7 +42,10 @@ pub fn init(config: &Config, slot: Option<u32>) {
     let result = if json {
         builder.json().flatten_event(true).try_init()
     } else {
-        builder.with_target(false).fmt_fields(Prefixed(process)).try_init()
+        builder
+            .with_target(false)
+            .fmt_fields(Prefixed(process))
+            .try_init()
     };
     let _ = result;
 }

@@ -29,7 +29,10 @@ pub fn run(loaded: Loaded) -> i32 {
         eprintln!("genro-asgi: configuration error: no app to serve: set [application] app = module:attr in the config file, GENRO_ASGI_APPLICATION_APP, or --app");
         return exit::CONFIG;
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("genro-asgi: cannot start the runtime: {err}");
@@ -60,7 +63,9 @@ fn run_dir(configured: Option<&Path>) -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         Some(base) => PathBuf::from(base).join(format!("genro-asgi-{pid}")),
         // SAFETY: geteuid has no preconditions.
-        None => std::env::temp_dir().join(format!("genro-asgi-{}-{pid}", unsafe { libc::geteuid() })),
+        None => {
+            std::env::temp_dir().join(format!("genro-asgi-{}-{pid}", unsafe { libc::geteuid() }))
+        }
     }
 }
 
@@ -77,7 +82,13 @@ impl Spawner {
         let mut command = std::process::Command::new(&self.exe);
         command
             .arg0(format!("genro-asgi: worker {slot}"))
-            .args(["worker", "--slot", &slot.to_string(), "--generation", &generation.to_string()])
+            .args([
+                "worker",
+                "--slot",
+                &slot.to_string(),
+                "--generation",
+                &generation.to_string(),
+            ])
             .env(genro_shared::ENV_CONFIG, &self.config_json)
             .env(genro_shared::ENV_CONTROL, &self.control_path)
             .stdin(std::process::Stdio::null());
@@ -95,7 +106,9 @@ impl Spawner {
                 Ok(())
             });
         }
-        tokio::process::Command::from(command).kill_on_drop(false).spawn()
+        tokio::process::Command::from(command)
+            .kill_on_drop(false)
+            .spawn()
     }
 }
 
@@ -107,12 +120,17 @@ enum Event {
 async fn supervise(loaded: &Loaded, run_dir: &Path) -> anyhow::Result<i32> {
     use tokio::signal::unix::{signal, SignalKind};
     let config = &loaded.config;
-    std::fs::create_dir_all(run_dir).with_context(|| format!("creating run_dir {}", run_dir.display()))?;
+    std::fs::create_dir_all(run_dir)
+        .with_context(|| format!("creating run_dir {}", run_dir.display()))?;
     let addr = crate::sockets::resolve(&config.server.host, config.server.port)?;
     let sockets = crate::sockets::bind_slots(addr, config.server.workers, config.server.backlog)?;
-    let bound = sockets[0].local_addr()?.as_socket().context("bound address")?;
+    let bound = sockets[0]
+        .local_addr()?
+        .as_socket()
+        .context("bound address")?;
     let control_path = run_dir.join("control.sock");
-    let listener = control::bind(&control_path).with_context(|| format!("control socket {}", control_path.display()))?;
+    let listener = control::bind(&control_path)
+        .with_context(|| format!("control socket {}", control_path.display()))?;
     let (events_tx, mut events) = mpsc::channel::<Event>(256);
     let (control_tx, mut control_rx) = mpsc::channel::<Incoming>(256);
     tokio::spawn(control::serve(listener, control_tx));

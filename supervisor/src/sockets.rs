@@ -63,7 +63,12 @@ mod tests {
         // Loopback IPv6 may be disabled in some sandboxes; only check when it resolves.
         if let Ok(addr) = resolve("::1", 0) {
             if let Ok(sockets) = bind_slots(addr, 2, 16) {
-                assert!(sockets[0].local_addr().unwrap().as_socket().unwrap().is_ipv6());
+                assert!(sockets[0]
+                    .local_addr()
+                    .unwrap()
+                    .as_socket()
+                    .unwrap()
+                    .is_ipv6());
             }
         }
     }

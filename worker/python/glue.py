@@ -57,7 +57,10 @@ async def run_http(app, scope, handle):
     """One HTTP exchange. The handle (Rust) turns the outcome into a response or an abort."""
     try:
         await app(scope, handle.receive, handle.send)
-    except BaseException as exc:  # noqa: B036 - cancellation must also reach the handle
+    except asyncio.CancelledError:
+        handle.cancelled()
+        raise
+    except BaseException as exc:  # noqa: B036 - KeyboardInterrupt etc. must also reach the handle
         handle.failed(format_exception(exc))
         if not isinstance(exc, Exception):
             raise

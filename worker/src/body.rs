@@ -93,7 +93,12 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Aborted>>> {
         match &mut self.kind {
-            Kind::Full(bytes) => Poll::Ready(bytes.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
+            Kind::Full(bytes) => Poll::Ready(
+                bytes
+                    .take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(Frame::data(b))),
+            ),
             Kind::Stream(rx) => loop {
                 return match rx.poll_recv(cx) {
                     Poll::Pending => Poll::Pending,
@@ -101,7 +106,9 @@ impl Body for ResponseBody {
                     Poll::Ready(None) => Poll::Ready(None),
                     Poll::Ready(Some(Chunk::Data(b))) if b.is_empty() => continue,
                     Poll::Ready(Some(Chunk::Data(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
-                    Poll::Ready(Some(Chunk::Trailers(t))) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+                    Poll::Ready(Some(Chunk::Trailers(t))) => {
+                        Poll::Ready(Some(Ok(Frame::trailers(t))))
+                    }
                     Poll::Ready(Some(Chunk::Abort)) => Poll::Ready(Some(Err(Aborted))),
                 };
             },

@@ -18,9 +18,9 @@ use http::{HeaderMap, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
-use pyo3::intern;
 use pyo3::types::{PyBytes, PyDict, PyList};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -194,7 +194,9 @@ impl Exchange {
                 Some(Err(_)) => break Read::Gone,
                 Some(Ok(frame)) => {
                     // Request trailers have no ASGI message; skip them.
-                    let Ok(data) = frame.into_data() else { continue };
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
                     reader.read += data.len() as u64;
                     if reader.limit != 0 && reader.read > reader.limit {
                         break Read::TooLarge;
@@ -332,7 +334,11 @@ fn wake(py: Python<'_>, waiter: Py<PyAny>, value: Wake) -> PyResult<()> {
         Wake::Body(data, more) => request_message(py, &data, more)?.into_any().unbind(),
         Wake::Disconnect => disconnect_message(py)?.into_any().unbind(),
         Wake::TooLarge(handle) => {
-            handle.get().respond_error(py, StatusCode::PAYLOAD_TOO_LARGE, "Request body too large\n");
+            handle.get().respond_error(
+                py,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Request body too large\n",
+            );
             disconnect_message(py)?.into_any().unbind()
         }
     };
@@ -357,7 +363,12 @@ fn disconnect_message(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     Ok(m)
 }
 
-fn start_request(py: Python<'_>, state: &PyState, shared: &Arc<Shared>, start: RequestStart) -> PyResult<()> {
+fn start_request(
+    py: Python<'_>,
+    state: &PyState,
+    shared: &Arc<Shared>,
+    start: RequestStart,
+) -> PyResult<()> {
     shared.started.fetch_add(1, Ordering::Relaxed);
     let scope = build_scope(py, state, shared, &start)?;
     let is_h2 = start.parts.version == Version::HTTP_2;
@@ -378,7 +389,9 @@ fn start_request(py: Python<'_>, state: &PyState, shared: &Arc<Shared>, start: R
         }),
     };
     let handle = Bound::new(py, handle)?;
-    let coro = state.run_http.call1(py, (state.app.clone_ref(py), scope, handle))?;
+    let coro = state
+        .run_http
+        .call1(py, (state.app.clone_ref(py), scope, handle))?;
     state.create_task.call1(py, (coro,))?;
     Ok(())
 }
@@ -400,31 +413,53 @@ fn build_scope<'py>(
     };
     scope.set_item(intern!(py, "http_version"), version)?;
     scope.set_item(intern!(py, "method"), parts.method.as_str())?;
-    let scheme = if start.conn.https { intern!(py, "https") } else { intern!(py, "http") };
+    let scheme = if start.conn.https {
+        intern!(py, "https")
+    } else {
+        intern!(py, "http")
+    };
     scope.set_item(intern!(py, "scheme"), scheme)?;
     let raw_path = parts.uri.path();
     let path = percent_encoding::percent_decode_str(raw_path).decode_utf8_lossy();
     scope.set_item(intern!(py, "path"), path.as_ref())?;
-    scope.set_item(intern!(py, "raw_path"), PyBytes::new(py, raw_path.as_bytes()))?;
+    scope.set_item(
+        intern!(py, "raw_path"),
+        PyBytes::new(py, raw_path.as_bytes()),
+    )?;
     let query = parts.uri.query().unwrap_or("");
-    scope.set_item(intern!(py, "query_string"), PyBytes::new(py, query.as_bytes()))?;
+    scope.set_item(
+        intern!(py, "query_string"),
+        PyBytes::new(py, query.as_bytes()),
+    )?;
     scope.set_item(intern!(py, "root_path"), shared.root_path.as_str())?;
     let headers = PyList::empty(py);
     // HTTP/2 carries the host in :authority, which hyper keeps in the URI; frameworks build
     // URLs from the `host` header, so give them one (as h2 -> h1 proxies do).
     if !parts.headers.contains_key(http::header::HOST) {
         if let Some(authority) = parts.uri.authority() {
-            headers.append((PyBytes::new(py, b"host"), PyBytes::new(py, authority.as_str().as_bytes())))?;
+            headers.append((
+                PyBytes::new(py, b"host"),
+                PyBytes::new(py, authority.as_str().as_bytes()),
+            ))?;
         }
     }
     for (name, value) in &parts.headers {
-        headers.append((PyBytes::new(py, name.as_str().as_bytes()), PyBytes::new(py, value.as_bytes())))?;
+        headers.append((
+            PyBytes::new(py, name.as_str().as_bytes()),
+            PyBytes::new(py, value.as_bytes()),
+        ))?;
     }
     scope.set_item(intern!(py, "headers"), headers)?;
     let client = &start.conn.client;
-    scope.set_item(intern!(py, "client"), (client.ip().to_string(), client.port()))?;
+    scope.set_item(
+        intern!(py, "client"),
+        (client.ip().to_string(), client.port()),
+    )?;
     let server = &start.conn.server;
-    scope.set_item(intern!(py, "server"), (server.ip().to_string(), server.port()))?;
+    scope.set_item(
+        intern!(py, "server"),
+        (server.ip().to_string(), server.port()),
+    )?;
     scope.set_item(intern!(py, "state"), state.lifespan_state.bind(py).copy()?)?;
     let extensions = PyDict::new(py);
     extensions.set_item(intern!(py, "http.response.trailers"), state.empty.bind(py))?;
@@ -593,11 +628,19 @@ impl Handle {
                 }
             }
             Action::File(head, path) => {
-                let file = match std::fs::File::open(&path).and_then(|f| f.metadata().map(|m| (f, m.len()))) {
+                let file = match std::fs::File::open(&path)
+                    .and_then(|f| f.metadata().map(|m| (f, m.len())))
+                {
                     Ok(file) => file,
                     Err(err) => {
                         drop(inner);
-                        return Err(self.protocol_failure(py, &format!("http.response.pathsend: cannot open {}: {err}", path.display())));
+                        return Err(self.protocol_failure(
+                            py,
+                            &format!(
+                                "http.response.pathsend: cannot open {}: {err}",
+                                path.display()
+                            ),
+                        ));
                     }
                 };
                 let (body, tx) = ResponseBody::channel();
@@ -627,6 +670,23 @@ impl Handle {
         let _ = self.protocol_failure(py, "the app returned without completing the response");
     }
 
+    /// Called by `glue.run_http` when the request task was cancelled (the drain's
+    /// graceful_timeout ran out): 503 if nothing was sent, else abort.
+    fn cancelled(&self, py: Python<'_>) {
+        let mut inner = lock(&self.inner);
+        if inner.failed || inner.state.is_done() {
+            return;
+        }
+        inner.failed = true;
+        tracing::warn!(method = %self.method, path = %self.path, "request cancelled: still running when graceful_timeout ran out");
+        self.fail_locked(
+            py,
+            &mut inner,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Server shutting down\n",
+        );
+    }
+
     /// Called by `glue.run_http` with the formatted traceback when the app raised.
     fn failed(&self, py: Python<'_>, traceback: &str) {
         let mut inner = lock(&self.inner);
@@ -643,7 +703,11 @@ impl Handle {
             "exception in ASGI app (error id {id})\n{}",
             traceback.trim_end()
         );
-        let detail = if self.shared.show_traceback { format!("\n\n{traceback}") } else { String::new() };
+        let detail = if self.shared.show_traceback {
+            format!("\n\n{traceback}")
+        } else {
+            String::new()
+        };
         let body = format!("Internal Server Error (error id: {id}){detail}\n");
         self.fail_locked(py, &mut inner, StatusCode::INTERNAL_SERVER_ERROR, &body);
     }
@@ -668,7 +732,10 @@ impl Handle {
     fn fail_locked(&self, _py: Python<'_>, inner: &mut Inner, status: StatusCode, body: &str) {
         if inner.respond.is_some() {
             let mut headers = HeaderMap::new();
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            headers.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
             headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             let head = Head { status, headers };
             let body = Bytes::copy_from_slice(body.as_bytes());
@@ -694,11 +761,19 @@ impl Handle {
     }
 
     fn respond(&self, inner: &mut Inner, head: Head, body: ResponseBody, len: Option<usize>) {
-        let Some(respond) = inner.respond.take() else { return };
+        let Some(respond) = inner.respond.take() else {
+            return;
+        };
         let mut headers = head.headers;
         if inner.is_h2 {
             // RFC 9113 8.2.2: connection-specific fields make an HTTP/2 message malformed.
-            for name in ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"] {
+            for name in [
+                "connection",
+                "keep-alive",
+                "proxy-connection",
+                "transfer-encoding",
+                "upgrade",
+            ] {
                 headers.remove(name);
             }
         }
@@ -715,9 +790,19 @@ impl Handle {
         }
     }
 
-    fn stream(&self, py: Python<'_>, inner: &mut Inner, chunk: Chunk, last: bool) -> PyResult<Py<PyAny>> {
+    fn stream(
+        &self,
+        py: Python<'_>,
+        inner: &mut Inner,
+        chunk: Chunk,
+        last: bool,
+    ) -> PyResult<Py<PyAny>> {
         let state = py_state(py)?;
-        let Some(tx) = (if last { inner.stream.take() } else { inner.stream.clone() }) else {
+        let Some(tx) = (if last {
+            inner.stream.take()
+        } else {
+            inner.stream.clone()
+        }) else {
             return Ok(state.sent.clone_ref(py).into_any());
         };
         match tx.try_send(chunk) {
@@ -775,14 +860,18 @@ fn outbound_from_py(message: &Bound<'_, PyAny>) -> Result<Outbound, String> {
         .downcast::<PyDict>()
         .map_err(|_| format!("send() takes a dict, got {}", type_name(message)))?;
     let kind: String = match dict.get_item(intern!(py, "type")).ok().flatten() {
-        Some(kind) => kind.extract().map_err(|_| "message \"type\" must be a str".to_owned())?,
+        Some(kind) => kind
+            .extract()
+            .map_err(|_| "message \"type\" must be a str".to_owned())?,
         None => return Err("message has no \"type\"".into()),
     };
     let field = |name: &str| dict.get_item(name).ok().flatten();
     let flag = |name: &str| -> Result<bool, String> {
         match field(name) {
             None => Ok(false),
-            Some(v) => v.is_truthy().map_err(|_| format!("{kind}: \"{name}\" must be a bool")),
+            Some(v) => v
+                .is_truthy()
+                .map_err(|_| format!("{kind}: \"{name}\" must be a bool")),
         }
     };
     match kind.as_str() {
@@ -804,7 +893,12 @@ fn outbound_from_py(message: &Bound<'_, PyAny>) -> Result<Outbound, String> {
         "http.response.body" => {
             let body = match field("body") {
                 None => Bytes::new(),
-                Some(b) => bytes_from_py(&b).ok_or_else(|| format!("http.response.body: \"body\" must be bytes, got {}", type_name(&b)))?,
+                Some(b) => bytes_from_py(&b).ok_or_else(|| {
+                    format!(
+                        "http.response.body: \"body\" must be bytes, got {}",
+                        type_name(&b)
+                    )
+                })?,
             };
             Ok(Outbound::Body {
                 body,
@@ -822,16 +916,24 @@ fn outbound_from_py(message: &Bound<'_, PyAny>) -> Result<Outbound, String> {
                 .map_err(|_| "http.response.pathsend: \"path\" must be a str".to_owned())?;
             let path = std::path::PathBuf::from(path);
             if !path.is_absolute() {
-                return Err(format!("http.response.pathsend: path {} is not absolute", path.display()));
+                return Err(format!(
+                    "http.response.pathsend: path {} is not absolute",
+                    path.display()
+                ));
             }
             Ok(Outbound::PathSend { path })
         }
-        other => Err(format!("unknown message type {other:?} for an HTTP exchange")),
+        other => Err(format!(
+            "unknown message type {other:?} for an HTTP exchange"
+        )),
     }
 }
 
 fn type_name(obj: &Bound<'_, PyAny>) -> String {
-    obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
 }
 
 fn bytes_from_py(obj: &Bound<'_, PyAny>) -> Option<Bytes> {
@@ -846,7 +948,9 @@ fn bytes_from_py(obj: &Bound<'_, PyAny>) -> Option<Bytes> {
 
 fn headers_from_py(value: Option<Bound<'_, PyAny>>, kind: &str) -> Result<HeaderMap, String> {
     let mut headers = HeaderMap::new();
-    let Some(value) = value else { return Ok(headers) };
+    let Some(value) = value else {
+        return Ok(headers);
+    };
     let iter = value
         .try_iter()
         .map_err(|_| format!("{kind}: \"headers\" must be an iterable of [name, value] pairs"))?;
@@ -856,18 +960,37 @@ fn headers_from_py(value: Option<Bound<'_, PyAny>>, kind: &str) -> Result<Header
             let part = item
                 .get_item(i)
                 .map_err(|_| format!("{kind}: each header must be a [name, value] pair"))?;
-            bytes_from_py(&part).ok_or_else(|| format!("{kind}: header names and values must be bytes, got {}", type_name(&part)))
+            bytes_from_py(&part).ok_or_else(|| {
+                format!(
+                    "{kind}: header names and values must be bytes, got {}",
+                    type_name(&part)
+                )
+            })
         };
         let (name, value) = (pair(0)?, pair(1)?);
-        let name = HeaderName::from_bytes(&name)
-            .map_err(|_| format!("{kind}: invalid header name {:?}", String::from_utf8_lossy(&name)))?;
-        let value = HeaderValue::from_maybe_shared(value.clone())
-            .map_err(|_| format!("{kind}: invalid value for header {name}: {:?}", String::from_utf8_lossy(&value)))?;
+        let name = HeaderName::from_bytes(&name).map_err(|_| {
+            format!(
+                "{kind}: invalid header name {:?}",
+                String::from_utf8_lossy(&name)
+            )
+        })?;
+        let value = HeaderValue::from_maybe_shared(value.clone()).map_err(|_| {
+            format!(
+                "{kind}: invalid value for header {name}: {:?}",
+                String::from_utf8_lossy(&value)
+            )
+        })?;
         headers.append(name, value);
     }
     Ok(headers)
 }
 
 fn ready(py: Python<'_>, value: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-    Ok(Py::new(py, Ready { value: Some(value.unbind()) })?.into_any())
+    Ok(Py::new(
+        py,
+        Ready {
+            value: Some(value.unbind()),
+        },
+    )?
+    .into_any())
 }

@@ -73,14 +73,19 @@ fn run_inner(args: WorkerArgs) -> anyhow::Result<i32> {
     use anyhow::Context;
     let config = Arc::new(args.config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.server.threads as usize)
+        .worker_threads(config.server.threads)
         .thread_name("genro-io")
         .enable_all()
         .build()
         .context("tokio runtime")?;
     let control = runtime
         .block_on(UnixStream::connect(&args.control))
-        .with_context(|| format!("connecting to the control socket {}", args.control.display()))?;
+        .with_context(|| {
+            format!(
+                "connecting to the control socket {}",
+                args.control.display()
+            )
+        })?;
     let (control_read, mut control_write) = control.into_split();
     let hello = Message::Hello {
         role: Role::Worker,
@@ -102,7 +107,11 @@ fn run_inner(args: WorkerArgs) -> anyhow::Result<i32> {
             return Ok(exit::APP_LOAD);
         }
     };
-    tracing::debug!("python {} ({})", python::EMBEDDED_VERSION, executable.display());
+    tracing::debug!(
+        "python {} ({})",
+        python::EMBEDDED_VERSION,
+        executable.display()
+    );
 
     let shared = Arc::new(Shared {
         bridge: Bridge::new().context("eventfd")?,
@@ -132,22 +141,28 @@ fn run_inner(args: WorkerArgs) -> anyhow::Result<i32> {
             LoopKind::Asyncio => "asyncio",
             LoopKind::Uvloop => "uvloop",
         };
-        let (event_loop, loop_name): (Bound<'_, PyAny>, String) = match glue.call_method1("new_loop", (loop_kind,)) {
-            Ok(pair) => pair.extract()?,
-            Err(err) => {
-                tracing::error!("{}", format_py_error(py, &glue, &err));
-                return Ok(exit::APP_LOAD);
-            }
-        };
-        py.import("asyncio")?.call_method1("set_event_loop", (&event_loop,))?;
+        let (event_loop, loop_name): (Bound<'_, PyAny>, String) =
+            match glue.call_method1("new_loop", (loop_kind,)) {
+                Ok(pair) => pair.extract()?,
+                Err(err) => {
+                    tracing::error!("{}", format_py_error(py, &glue, &err));
+                    return Ok(exit::APP_LOAD);
+                }
+            };
+        py.import("asyncio")?
+            .call_method1("set_event_loop", (&event_loop,))?;
         let lifespan_state = PyDict::new(py);
         let mode = match config.application.lifespan {
             Lifespan::Auto => "auto",
             Lifespan::On => "on",
             Lifespan::Off => "off",
         };
-        let lifespan = glue.getattr("Lifespan")?.call1((&app, mode, &lifespan_state))?;
-        if let Err(err) = event_loop.call_method1("run_until_complete", (lifespan.call_method0("startup")?,)) {
+        let lifespan = glue
+            .getattr("Lifespan")?
+            .call1((&app, mode, &lifespan_state))?;
+        if let Err(err) =
+            event_loop.call_method1("run_until_complete", (lifespan.call_method0("startup")?,))
+        {
             tracing::error!("lifespan startup failed: {}", err.value(py));
             return Ok(exit::STARTUP_FAILED);
         }
@@ -160,7 +175,10 @@ fn run_inner(args: WorkerArgs) -> anyhow::Result<i32> {
                 lifespan_state: lifespan_state.unbind(),
             },
         )?;
-        event_loop.call_method1("add_reader", (shared.bridge.fd(), Drainer::new(shared.clone())))?;
+        event_loop.call_method1(
+            "add_reader",
+            (shared.bridge.fd(), Drainer::new(shared.clone())),
+        )?;
 
         // Serve; when the drain is over, stop the loop through the bridge.
         {
@@ -168,26 +186,43 @@ fn run_inner(args: WorkerArgs) -> anyhow::Result<i32> {
             let config = config.clone();
             let stop_rx = stop_rx.clone();
             runtime.spawn(async move {
-                if let Err(err) = server::serve(listener, config, shared_for_serve.clone(), tls, stop_rx).await {
+                if let Err(err) =
+                    server::serve(listener, config, shared_for_serve.clone(), tls, stop_rx).await
+                {
                     tracing::error!("server failed: {err:#}");
                 }
                 shared_for_serve.bridge.push(Event::Shutdown);
             });
         }
-        runtime.spawn(control_loop(control_read, control_write, shared.clone(), stop_tx.clone()));
+        runtime.spawn(control_loop(
+            control_read,
+            control_write,
+            shared.clone(),
+            stop_tx.clone(),
+        ));
         runtime.spawn(signal_loop(stop_tx));
-        tracing::info!(slot = args.slot, pid = std::process::id(), "worker ready ({loop_name} loop)");
+        tracing::info!(
+            slot = args.slot,
+            pid = std::process::id(),
+            "worker ready ({loop_name} loop)"
+        );
 
         event_loop.call_method0("run_forever")?;
 
         let leftover: usize = event_loop
-            .call_method1("run_until_complete", (glue.call_method1("cancel_remaining", (1.0, &lifespan))?,))?
+            .call_method1(
+                "run_until_complete",
+                (glue.call_method1("cancel_remaining", (1.0, &lifespan))?,),
+            )?
             .extract()?;
         if leftover > 0 {
             tracing::warn!("cancelled {leftover} task(s) still running after the drain");
         }
         let timeout = config.server.graceful_timeout.as_secs_f64().max(1.0);
-        event_loop.call_method1("run_until_complete", (lifespan.call_method1("shutdown", (timeout,))?,))?;
+        event_loop.call_method1(
+            "run_until_complete",
+            (lifespan.call_method1("shutdown", (timeout,))?,),
+        )?;
         let _ = py.import("sys").and_then(|sys| {
             sys.getattr("stdout")?.call_method0("flush")?;
             sys.getattr("stderr")?.call_method0("flush")
@@ -217,7 +252,10 @@ async fn control_loop(
     stop: watch::Sender<bool>,
 ) {
     use std::sync::atomic::Ordering;
-    if protocol::write_frame(&mut write, &Message::Ready).await.is_err() {
+    if protocol::write_frame(&mut write, &Message::Ready)
+        .await
+        .is_err()
+    {
         stop.send_replace(true);
         return;
     }
@@ -255,7 +293,10 @@ async fn control_loop(
 /// SIGTERM / SIGINT start a drain; a second one exits at once.
 async fn signal_loop(stop: watch::Sender<bool>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers");
         return;
     };
@@ -293,7 +334,11 @@ pub fn check(config: &Config) -> i32 {
             }
         };
         let attr = |name: &str| sys.getattr(name).map(|v| v.to_string()).unwrap_or_default();
-        println!("python: {} (embedded {})", attr("version").replace('\n', " "), python::EMBEDDED_VERSION);
+        println!(
+            "python: {} (embedded {})",
+            attr("version").replace('\n', " "),
+            python::EMBEDDED_VERSION
+        );
         println!("python executable: {}", executable.display());
         println!("python prefix: {}", attr("prefix"));
         println!("python sys.path: {}", attr("path"));
@@ -309,11 +354,17 @@ pub fn check(config: &Config) -> i32 {
         let app_dir = config.application.app_dir.display().to_string();
         match glue.call_method1("load_app", (spec, app_dir, config.application.factory)) {
             Ok(app) => {
-                println!("app: {spec} -> {}", app.repr().map(|r| r.to_string()).unwrap_or_default());
+                println!(
+                    "app: {spec} -> {}",
+                    app.repr().map(|r| r.to_string()).unwrap_or_default()
+                );
                 exit::OK
             }
             Err(err) => {
-                eprintln!("cannot load the app {spec:?}:\n{}", format_py_error(py, &glue, &err));
+                eprintln!(
+                    "cannot load the app {spec:?}:\n{}",
+                    format_py_error(py, &glue, &err)
+                );
                 exit::APP_LOAD
             }
         }

@@ -80,7 +80,9 @@ pub fn initialize() -> Result<PathBuf, InitError> {
                 let msg = if status.err_msg.is_null() {
                     "unknown error".to_owned()
                 } else {
-                    CStr::from_ptr(status.err_msg).to_string_lossy().into_owned()
+                    CStr::from_ptr(status.err_msg)
+                        .to_string_lossy()
+                        .into_owned()
                 };
                 return Err(InitError::Status(msg));
             }
@@ -88,9 +90,17 @@ pub fn initialize() -> Result<PathBuf, InitError> {
         };
         let exe_ptr: *mut *mut libc::wchar_t = &mut config.executable;
         let name_ptr: *mut *mut libc::wchar_t = &mut config.program_name;
-        let mut result = check(ffi::PyConfig_SetBytesString(&mut config, exe_ptr, exe_c.as_ptr()));
+        let mut result = check(ffi::PyConfig_SetBytesString(
+            &mut config,
+            exe_ptr,
+            exe_c.as_ptr(),
+        ));
         if result.is_ok() {
-            result = check(ffi::PyConfig_SetBytesString(&mut config, name_ptr, exe_c.as_ptr()));
+            result = check(ffi::PyConfig_SetBytesString(
+                &mut config,
+                name_ptr,
+                exe_c.as_ptr(),
+            ));
         }
         if result.is_ok() {
             result = check(ffi::Py_InitializeFromConfig(&config));

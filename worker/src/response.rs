@@ -117,22 +117,34 @@ impl State {
             (State::Init, Outbound::Start { head, trailers }) => {
                 (State::Started { head, trailers }, Ok(Action::Hold))
             }
-            (State::Started { head, trailers }, Outbound::Body { body, more }) => match (more, trailers) {
-                (false, false) => (State::Done, Ok(Action::Complete(head, body))),
-                (false, true) => (State::AwaitingTrailers, Ok(Action::Open(head, body))),
-                (true, _) => (State::Streaming { trailers }, Ok(Action::Open(head, body))),
-            },
+            (State::Started { head, trailers }, Outbound::Body { body, more }) => {
+                match (more, trailers) {
+                    (false, false) => (State::Done, Ok(Action::Complete(head, body))),
+                    (false, true) => (State::AwaitingTrailers, Ok(Action::Open(head, body))),
+                    (true, _) => (State::Streaming { trailers }, Ok(Action::Open(head, body))),
+                }
+            }
             (State::Started { head, trailers }, Outbound::PathSend { path }) => {
-                let next = if trailers { State::AwaitingTrailers } else { State::Done };
+                let next = if trailers {
+                    State::AwaitingTrailers
+                } else {
+                    State::Done
+                };
                 (next, Ok(Action::File(head, path)))
             }
-            (State::Streaming { trailers }, Outbound::Body { body, more }) => match (more, trailers) {
-                (true, _) => (State::Streaming { trailers }, Ok(Action::Chunk(body))),
-                (false, false) => (State::Done, Ok(Action::Last(body))),
-                (false, true) => (State::AwaitingTrailers, Ok(Action::Chunk(body))),
-            },
+            (State::Streaming { trailers }, Outbound::Body { body, more }) => {
+                match (more, trailers) {
+                    (true, _) => (State::Streaming { trailers }, Ok(Action::Chunk(body))),
+                    (false, false) => (State::Done, Ok(Action::Last(body))),
+                    (false, true) => (State::AwaitingTrailers, Ok(Action::Chunk(body))),
+                }
+            }
             (State::AwaitingTrailers, Outbound::Trailers { headers, more }) => {
-                let next = if more { State::AwaitingTrailers } else { State::Done };
+                let next = if more {
+                    State::AwaitingTrailers
+                } else {
+                    State::Done
+                };
                 (next, Ok(Action::Trailers(headers, !more)))
             }
             (state, message) => {
@@ -140,12 +152,17 @@ impl State {
                     (State::Init, _) => "expected http.response.start first",
                     (_, Outbound::Start { .. }) => "http.response.start sent twice",
                     (State::Done, _) => "message sent after the response completed",
-                    (State::Started { trailers: false, .. } | State::Streaming { trailers: false }, Outbound::Trailers { .. }) => {
-                        "http.response.trailers without trailers: true in http.response.start"
-                    }
-                    (State::Started { .. } | State::Streaming { .. }, Outbound::Trailers { .. }) => {
-                        "http.response.trailers before the body finished"
-                    }
+                    (
+                        State::Started {
+                            trailers: false, ..
+                        }
+                        | State::Streaming { trailers: false },
+                        Outbound::Trailers { .. },
+                    ) => "http.response.trailers without trailers: true in http.response.start",
+                    (
+                        State::Started { .. } | State::Streaming { .. },
+                        Outbound::Trailers { .. },
+                    ) => "http.response.trailers before the body finished",
                     (State::Streaming { .. }, Outbound::PathSend { .. }) => {
                         "http.response.pathsend after the body started"
                     }
@@ -200,15 +217,34 @@ mod tests {
     #[test]
     fn valid_sequences() {
         let table: Vec<(&str, Vec<Outbound>, Vec<Action>)> = vec![
-            ("one shot", vec![start(false), body("hi", false)], vec![Action::Hold, Action::Complete(head(), b("hi"))]),
+            (
+                "one shot",
+                vec![start(false), body("hi", false)],
+                vec![Action::Hold, Action::Complete(head(), b("hi"))],
+            ),
             (
                 "streamed",
-                vec![start(false), body("a", true), body("b", true), body("", false)],
-                vec![Action::Hold, Action::Open(head(), b("a")), Action::Chunk(b("b")), Action::Last(b(""))],
+                vec![
+                    start(false),
+                    body("a", true),
+                    body("b", true),
+                    body("", false),
+                ],
+                vec![
+                    Action::Hold,
+                    Action::Open(head(), b("a")),
+                    Action::Chunk(b("b")),
+                    Action::Last(b("")),
+                ],
             ),
             (
                 "trailers",
-                vec![start(true), body("a", false), trailers(true), trailers(false)],
+                vec![
+                    start(true),
+                    body("a", false),
+                    trailers(true),
+                    trailers(false),
+                ],
                 vec![
                     Action::Hold,
                     Action::Open(head(), b("a")),
@@ -224,7 +260,10 @@ mod tests {
         ];
         for (name, messages, want) in table {
             let mut state = State::default();
-            let got: Vec<Action> = messages.into_iter().map(|m| state.handle(m).expect(name)).collect();
+            let got: Vec<Action> = messages
+                .into_iter()
+                .map(|m| state.handle(m).expect(name))
+                .collect();
             assert_eq!(got, want, "{name}");
             assert!(state.is_done(), "{name}");
         }
@@ -233,12 +272,36 @@ mod tests {
     #[test]
     fn invalid_sequences() {
         let table: Vec<(&str, Vec<Outbound>, &str)> = vec![
-            ("body first", vec![body("x", false)], "expected http.response.start first"),
-            ("two starts", vec![start(false), start(false)], "http.response.start sent twice"),
-            ("after done", vec![start(false), body("", false), body("", false)], "after the response completed"),
-            ("unannounced trailers", vec![start(false), body("", true), trailers(false)], "without trailers: true"),
-            ("trailers too early", vec![start(true), body("", true), trailers(false)], "before the body finished"),
-            ("missing trailers", vec![start(true), body("", false), body("", false)], "expected http.response.trailers"),
+            (
+                "body first",
+                vec![body("x", false)],
+                "expected http.response.start first",
+            ),
+            (
+                "two starts",
+                vec![start(false), start(false)],
+                "http.response.start sent twice",
+            ),
+            (
+                "after done",
+                vec![start(false), body("", false), body("", false)],
+                "after the response completed",
+            ),
+            (
+                "unannounced trailers",
+                vec![start(false), body("", true), trailers(false)],
+                "without trailers: true",
+            ),
+            (
+                "trailers too early",
+                vec![start(true), body("", true), trailers(false)],
+                "before the body finished",
+            ),
+            (
+                "missing trailers",
+                vec![start(true), body("", false), body("", false)],
+                "expected http.response.trailers",
+            ),
         ];
         for (name, messages, want) in table {
             let mut state = State::default();

@@ -2,8 +2,8 @@
 //! HTTP/1.1 and HTTP/2 (prior-knowledge h2c and ALPN `h2`) with hyper, applies the
 //! `[limits]`, and drains gracefully when told to stop.
 
-use crate::bridge::{ConnInfo, Event, Exchange, RequestStart, Shared};
 use crate::body::ResponseBody;
+use crate::bridge::{ConnInfo, Event, Exchange, RequestStart, Shared};
 use bytes::Bytes;
 use genro_config::{Config, TlsVersion};
 use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
@@ -46,12 +46,24 @@ pub fn tls_acceptor(config: &Config) -> anyhow::Result<Option<TlsAcceptor>> {
     };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certfile)
         .and_then(|it| it.collect::<Result<_, _>>())
-        .with_context(|| format!("[ssl] certfile {}: not a readable PEM certificate chain", certfile.display()))?;
+        .with_context(|| {
+            format!(
+                "[ssl] certfile {}: not a readable PEM certificate chain",
+                certfile.display()
+            )
+        })?;
     if certs.is_empty() {
-        anyhow::bail!("[ssl] certfile {}: no certificate found", certfile.display());
+        anyhow::bail!(
+            "[ssl] certfile {}: no certificate found",
+            certfile.display()
+        );
     }
-    let key = PrivateKeyDer::from_pem_file(keyfile)
-        .with_context(|| format!("[ssl] keyfile {}: not a readable unencrypted PEM private key", keyfile.display()))?;
+    let key = PrivateKeyDer::from_pem_file(keyfile).with_context(|| {
+        format!(
+            "[ssl] keyfile {}: not a readable unencrypted PEM private key",
+            keyfile.display()
+        )
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let versions: &[&rustls::SupportedProtocolVersion] = match ssl.min_version {
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
@@ -67,7 +79,9 @@ pub fn tls_acceptor(config: &Config) -> anyhow::Result<Option<TlsAcceptor>> {
                 .with_context(|| format!("[ssl] ca_certs {}", ca.display()))?
             {
                 let cert = cert.with_context(|| format!("[ssl] ca_certs {}", ca.display()))?;
-                roots.add(cert).with_context(|| format!("[ssl] ca_certs {}", ca.display()))?;
+                roots
+                    .add(cert)
+                    .with_context(|| format!("[ssl] ca_certs {}", ca.display()))?;
             }
             let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
                 .build()
@@ -87,7 +101,10 @@ fn plain(status: StatusCode, text: &'static str, close: bool) -> Response<Respon
     let mut response = Response::new(ResponseBody::full(Bytes::from_static(text.as_bytes())));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     headers.insert(CONTENT_LENGTH, HeaderValue::from(text.len()));
     if close {
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
@@ -119,8 +136,14 @@ async fn handle(
     let in_flight = limits.in_flight.fetch_add(1, Ordering::Relaxed);
     if limits.max_concurrency != 0 && in_flight >= limits.max_concurrency {
         limits.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let mut response = plain(StatusCode::SERVICE_UNAVAILABLE, "Server busy, retry later\n", false);
-        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        let mut response = plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Server busy, retry later\n",
+            false,
+        );
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
         return Ok(response);
     }
     if limits.max_body_size != 0 {
@@ -132,7 +155,11 @@ async fn handle(
         if declared.is_some_and(|len| len > limits.max_body_size) {
             limits.in_flight.fetch_sub(1, Ordering::Relaxed);
             // Close: we do not read the body we refuse.
-            return Ok(plain(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large\n", true));
+            return Ok(plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Request body too large\n",
+                true,
+            ));
         }
     }
     let (parts, body) = request.into_parts();
@@ -151,7 +178,11 @@ async fn handle(
     match response.await {
         Ok(response) => Ok(response.map(|body| body.on_drop(Box::new(move || drop(guard))))),
         // The exchange was dropped without an answer (worker stopping).
-        Err(_) => Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "Server shutting down\n", true)),
+        Err(_) => Ok(plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Server shutting down\n",
+            true,
+        )),
     }
 }
 
@@ -219,7 +250,9 @@ pub async fn serve(
         match &tls {
             None => {
                 tokio::spawn(async move {
-                    let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                    let connection = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .into_owned();
                     if let Err(err) = watcher.watch(connection).await {
                         tracing::debug!(%client, "connection ended: {err}");
                     }
@@ -228,12 +261,21 @@ pub async fn serve(
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    let stream = match tokio::time::timeout(
+                        handshake_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
                         Ok(Ok(stream)) => stream,
-                        Ok(Err(err)) => return tracing::debug!(%client, "TLS handshake failed: {err}"),
+                        Ok(Err(err)) => {
+                            return tracing::debug!(%client, "TLS handshake failed: {err}")
+                        }
                         Err(_) => return tracing::debug!(%client, "TLS handshake timed out"),
                     };
-                    let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                    let connection = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .into_owned();
                     if let Err(err) = watcher.watch(connection).await {
                         tracing::debug!(%client, "connection ended: {err}");
                     }
@@ -243,8 +285,14 @@ pub async fn serve(
     }
     drop(listener);
     let grace = config.server.graceful_timeout;
-    tracing::info!("draining: no longer accepting; waiting up to {:.1}s for in-flight requests", grace.as_secs_f64());
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    tracing::info!(
+        "draining: no longer accepting; waiting up to {:.1}s for in-flight requests",
+        grace.as_secs_f64()
+    );
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             in_flight = limits.in_flight.load(Ordering::Relaxed),
             "graceful_timeout reached with requests still in flight; cancelling them"

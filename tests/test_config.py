@@ -1,0 +1,129 @@
+"""Configuration as users meet it: the INI people write for Python, TOML, env vars and
+flags with their precedence, `check`, and errors that name key, source and expectation."""
+
+import httpx
+
+from conftest import APPS, run_cli
+
+ISSUE_INI = """\
+[server]
+host = 0.0.0.0
+port = 8000
+workers = 4
+debug = false
+[ssl]
+enabled = false
+certfile = /path/to/cert.pem
+keyfile = /path/to/key.pem
+[logging]
+level = INFO
+format = %(asctime)s - %(name)s - %(levelname)s - %(message)s
+file = /var/log/app.log
+[metrics]
+enabled = true
+endpoint = /metrics
+export_port = 9090
+[watchdog]
+enabled = true
+interval = 30           # check every 30s
+timeout = 60            # warning after 60s
+critical = 300          # alert after 5min
+[errors]
+show_traceback = false  # true only in debug
+notify_critical = true
+notify_webhook = https://...
+[debug]
+enabled = false         # NEVER in production!
+remote_pdb = false
+debug_port = 8001
+allowed_ips = 127.0.0.1
+secret = xxxxx
+[application]
+name = myapp
+secret_key = xxxxx
+"""
+
+
+def test_reference_ini_loads_unchanged(tmp_path):
+    path = tmp_path / "server.ini"
+    path.write_text(ISSUE_INI)
+    r = run_cli("check", "--config", str(path), "--app", "basic:app", "--set", "application.app_dir=%s" % APPS)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "[server] workers = 4" in out and "server.ini:4" in out
+    assert "[watchdog] interval = 30" in out
+    assert "[logging] format = %(asctime)s - %(name)s - %(levelname)s - %(message)s" in out
+    assert "[errors] notify_webhook = https://..." in out
+    assert "xxxxx" not in out, "secrets are masked"
+    assert "[application] app = basic:app" in out and "(--app)" in out
+    assert "python prefix:" in out
+    assert "ok: configuration valid and app importable" in out
+
+
+def test_precedence_flag_over_env_over_file(tmp_path):
+    path = tmp_path / "server.ini"
+    path.write_text("[server]\nworkers = 2\nport = 9000\nhost = 127.0.0.1\n[application]\napp = basic:app\napp_dir = %s\n" % APPS)
+    env = {"GENRO_ASGI_SERVER_WORKERS": "3", "GENRO_ASGI_SERVER_PORT": "9100"}
+    r = run_cli("check", "--config", str(path), "--port", "9200", env=env)
+    assert r.returncode == 0, r.stderr
+    lines = {line.split("=")[0].strip(): line for line in r.stdout.splitlines() if line.startswith("[server]")}
+    assert "9200" in lines["[server] port"] and "(--port)" in lines["[server] port"]
+    assert "= 3" in lines["[server] workers"] and "GENRO_ASGI_SERVER_WORKERS" in lines["[server] workers"]
+    assert "127.0.0.1" in lines["[server] host"] and "server.ini:4" in lines["[server] host"]
+    assert "(default)" in lines["[server] backlog"]
+
+
+def test_unknown_key_names_file_line_and_suggestion(tmp_path):
+    path = tmp_path / "server.ini"
+    path.write_text("[server]\nport = 8000\nworkrs = 2\n")
+    r = run_cli("serve", "--config", str(path))
+    assert r.returncode == 2
+    assert "server.ini:3" in r.stderr
+    assert "workrs" in r.stderr and "did you mean server.workers" in r.stderr
+
+
+def test_bad_value_names_source_and_expectation(tmp_path):
+    path = tmp_path / "server.ini"
+    path.write_text("[server]\nport = 80a\n")
+    r = run_cli("serve", "--config", str(path))
+    assert r.returncode == 2
+    assert "server.ini:2" in r.stderr and "port" in r.stderr and "65535" in r.stderr
+
+
+def test_bad_env_var_is_named(tmp_path):
+    r = run_cli("check", "--app", "basic:app", env={"GENRO_ASGI_SERVER_WORKERS": "lots"})
+    assert r.returncode == 2
+    assert "GENRO_ASGI_SERVER_WORKERS" in r.stderr
+    r = run_cli("check", "--app", "basic:app", env={"GENRO_ASGI_SEVRER_PORT": "1"})
+    assert r.returncode == 2
+    assert "GENRO_ASGI_SEVRER_PORT" in r.stderr
+
+
+def test_secret_not_echoed_in_errors(tmp_path):
+    r = run_cli("check", "--app", "basic:app", "--set", "application.secret_kye=hunter2")
+    assert r.returncode == 2
+    assert "hunter2" not in r.stderr + r.stdout
+
+
+def test_no_app_is_a_config_error(tmp_path):
+    path = tmp_path / "server.ini"
+    path.write_text("[server]\nport = 8000\n")
+    r = run_cli("serve", "--config", str(path))
+    assert r.returncode == 2
+    assert "[application] app" in r.stderr
+
+
+def test_check_reports_unimportable_app(tmp_path):
+    r = run_cli("check", "--app", "broken_import:app", "--set", "application.app_dir=%s" % APPS)
+    assert r.returncode == 3
+    assert "this_module_does_not_exist" in r.stderr
+
+
+def test_toml_config_serves(server):
+    s = server(ext="toml", workers=2)
+    assert httpx.get(s.url, timeout=5).text == "Hello, world!"
+
+
+def test_env_override_applies_to_serve(server):
+    s = server(env={"GENRO_ASGI_SERVER_ROOT_PATH": "/mounted"})
+    assert httpx.get(s.url + "/scope", timeout=5).json()["root_path"] == "/mounted"
