@@ -127,3 +127,39 @@ def test_toml_config_serves(server):
 def test_env_override_applies_to_serve(server):
     s = server(env={"GENRO_ASGI_SERVER_ROOT_PATH": "/mounted"})
     assert httpx.get(s.url + "/scope", timeout=5).json()["root_path"] == "/mounted"
+
+
+def test_access_log_and_python_log_format(server):
+    s = server(sections={"logging": {"access_log": True, "format": "%(levelname)s|%(name)s|%(message)s"}})
+    assert httpx.get(s.url + "/scope?x=1", timeout=5).status_code == 200
+    s.wait_log('"GET /scope?x=1 HTTP/1.1" 200')
+    lines = s.log.splitlines()
+    assert any(line.startswith("INFO|genro_asgi.supervisor|serving ") for line in lines), s.log
+    access = [line for line in lines if '"GET /scope?x=1 HTTP/1.1" 200' in line][0]
+    assert access.startswith("INFO|genro_asgi.access|127.0.0.1:")
+
+
+def test_no_access_log_by_default(server):
+    s = server()
+    httpx.get(s.url + "/scope?x=1", timeout=5)
+    s.stop()
+    assert "GET /scope" not in s.log
+
+
+def test_json_log_format(server):
+    import json as _json
+    s = server(sections={"logging": {"format": "json"}})
+    s.stop()
+    records = [_json.loads(line) for line in s.log.splitlines() if line.startswith("{")]
+    assert any("serving" in r.get("message", "") for r in records), s.log
+
+
+def test_app_name_in_process_title_and_secret_in_env(server):
+    s = server(sections={"application": {"name": "shop", "secret_key": "s3cr3t"}})
+    (pid,) = s.worker_pids()
+    with open("/proc/%d/cmdline" % pid, "rb") as f:
+        assert b"genro-asgi: worker 0 [shop]" in f.read()
+    r = httpx.get(s.url + "/env?name=GENRO_ASGI_APPLICATION_SECRET_KEY", timeout=5)
+    assert r.text == "s3cr3t"
+    s.stop()
+    assert "s3cr3t" not in s.log

@@ -359,3 +359,78 @@ def test_h2_many_concurrent_streams(server):
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             results = list(pool.map(lambda i: c.get("/sleep?s=0.2").text, range(32)))
     assert results == ["slept"] * 32
+
+
+def test_slow_reader_bounds_worker_memory(server):
+    """Backpressure on send(): a client that stops reading a 1 GiB response leaves the app
+    waiting in send() instead of the worker buffering the body."""
+    s = server()
+    (pid,) = s.worker_pids()
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(b"GET /stream?n=4096&size=262144 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        time.sleep(2)  # the app keeps sending; the socket and our channel fill up
+        with open("/proc/%d/status" % pid) as f:
+            hwm_kib = int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1))
+    assert hwm_kib < 150 * 1024, "worker peak RSS %d KiB while a client does not read" % hwm_kib
+
+
+def test_keep_alive_timeout_closes_idle_http11(server):
+    s = server(sections={"server": {"keep_alive_timeout": 1}})
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as sock:
+        # Busy connections are kept: 6 requests 0.4 s apart outlive the 1 s idle timeout.
+        for _ in range(6):
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            while not data.endswith(b"Hello, world!"):
+                chunk = sock.recv(65536)
+                assert chunk, "closed while in use"
+                data += chunk
+            time.sleep(0.4)
+        started = time.monotonic()
+        assert sock.recv(65536) == b""
+        assert 0.5 < time.monotonic() - started < 4
+
+
+def test_keep_alive_timeout_sends_goaway_on_idle_http2(server):
+    s = server(sections={"server": {"keep_alive_timeout": 1}})
+    conn, sock, sid = h2_request(s.port, "/")
+    with sock:
+        h2_collect(conn, sock, sid)
+        started = time.monotonic()
+        # Scan raw frames (9-byte header: length, type, flags, stream): the h2 library
+        # rejects the PING that follows a graceful GOAWAY, so do not feed it these bytes.
+        buf = b""
+        frame_types = []
+        while 0x7 not in frame_types:
+            data = sock.recv(65536)
+            assert data, "closed without GOAWAY"
+            buf += data
+            while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+                frame_types.append(buf[3])
+                buf = buf[9 + int.from_bytes(buf[:3], "big"):]
+        assert 0.5 < time.monotonic() - started < 4
+
+
+def test_keep_alive_zero_closes_after_each_response(server):
+    s = server(sections={"server": {"keep_alive_timeout": 0}})
+    r = raw(s, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert r.startswith(b"HTTP/1.1 200") and r.endswith(b"Hello, world!")
+
+
+def test_drain_closes_keep_alive_connections_after_the_current_response(server):
+    s = server()
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as sock:
+        sock.sendall(b"GET /sleep?s=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.3)
+        s.proc.send_signal(15)
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"slept")
+    assert b"connection: close" in data.lower()
+    assert s.wait_exit(30) == 0

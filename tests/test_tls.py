@@ -141,3 +141,39 @@ def test_ssl_enabled_without_certfile_is_a_config_error(tmp_path, certs):
     output = result.stdout + result.stderr
     assert "certfile" in output, output
     assert "ssl" in output
+
+
+def encrypt_key(keyfile, password, out):
+    from cryptography.hazmat.primitives import serialization
+
+    with open(keyfile, "rb") as f:
+        key = serialization.load_pem_private_key(f.read(), password=None)
+    out.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(password),
+    ))
+    return str(out)
+
+
+def test_encrypted_key_with_keyfile_password(server, certs, tmp_path):
+    keyfile = encrypt_key(certs["keyfile"], b"open sesame", tmp_path / "enc.key")
+    s = server(sections=ssl_section(certs, keyfile=keyfile, keyfile_password="open sesame"))
+    r = httpx.get("https://127.0.0.1:%d/" % s.port, verify=client_context(certs), timeout=TIMEOUT)
+    assert r.text == "Hello, world!"
+    assert "open sesame" not in s.log
+
+
+@pytest.mark.parametrize("password,why", [(None, "set [ssl] keyfile_password"), ("wrong", "wrong keyfile_password")])
+def test_encrypted_key_errors_are_config_errors(certs, tmp_path, password, why):
+    keyfile = encrypt_key(certs["keyfile"], b"open sesame", tmp_path / "enc.key")
+    lines = ["[ssl]", "enabled = true", "certfile = %s" % certs["certfile"], "keyfile = %s" % keyfile]
+    if password:
+        lines.append("keyfile_password = %s" % password)
+    lines += ["[application]", "app = basic:app"]
+    path = tmp_path / "server.ini"
+    path.write_text("\n".join(lines) + "\n")
+    r = run_cli("serve", "--config", str(path), timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert why in r.stderr
+    assert "wrong" not in r.stderr.replace("wrong keyfile_password", "")

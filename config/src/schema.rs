@@ -163,7 +163,7 @@ pub static SCHEMA: &[KeyDef] = &[
     k("server", "debug", Kind::Bool, "false", "Debug mode; required by `errors.show_traceback`. Never enable in production."),
     k("server", "backlog", Kind::Int { min: 1, max: 65535 }, "1024", "Maximum number of pending connections in the listen queue."),
     k("server", "graceful_timeout", Kind::Seconds { min: 0.0, max: HOUR }, "30", "On shutdown, time allowed to finish in-flight requests before workers are killed."),
-    k("server", "keep_alive_timeout", Kind::Seconds { min: 0.0, max: HOUR }, "5", "Idle HTTP keep-alive connections are closed after this time."),
+    k("server", "keep_alive_timeout", Kind::Seconds { min: 0.0, max: HOUR }, "5", "Idle keep-alive connections (no request in flight) are closed after this time: HTTP/1.1 by closing, HTTP/2 with GOAWAY. 0 = no keep-alive (one request per HTTP/1.1 connection)."),
     k("server", "run_dir", Kind::Path, "", "Directory for runtime files (control socket). Empty = automatic: `$XDG_RUNTIME_DIR/genro-asgi-<pid>` or `/tmp/genro-asgi-<uid>-<pid>`."),
     k("server", "loop", Kind::Enum(&["auto", "asyncio", "uvloop"]), "auto", "Python event loop; `auto` uses uvloop when installed, else asyncio."),
     k("server", "threads", Kind::Int { min: 1, max: 64 }, "1", "Tokio (I/O) threads per worker process."),
@@ -180,14 +180,14 @@ pub static SCHEMA: &[KeyDef] = &[
     k("ssl", "enabled", Kind::Bool, "false", "Serve HTTPS; requires `certfile` and `keyfile`."),
     k("ssl", "certfile", Kind::Path, "", "PEM certificate chain."),
     k("ssl", "keyfile", Kind::Path, "", "PEM private key."),
-    secret(k("ssl", "keyfile_password", Kind::Str, "", "Password of an encrypted `keyfile`.")),
+    secret(k("ssl", "keyfile_password", Kind::Str, "", "Password of an encrypted `keyfile` (PKCS#8 `ENCRYPTED PRIVATE KEY`, e.g. from `openssl pkcs8 -topk8 -v2 aes-256-cbc`).")),
     k("ssl", "ca_certs", Kind::Path, "", "PEM CA bundle; when set, clients must present a certificate signed by it (mutual TLS)."),
     k("ssl", "min_version", Kind::Enum(&["1.2", "1.3"]), "1.2", "Minimum TLS protocol version."),
     // [logging]
     k("logging", "level", Kind::Enum(&["TRACE", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]), "INFO", "Minimum log level (case-insensitive)."),
-    k("logging", "format", Kind::Str, "%(asctime)s %(levelname)s %(name)s %(message)s", "A Python `logging` format string, or `json` for one JSON object per line."),
+    k("logging", "format", Kind::Str, "%(asctime)s %(levelname)s %(name)s %(message)s", "A Python `logging` format string (`%(asctime)s` (UTC) `%(levelname)s` `%(levelno)s` `%(name)s` `%(message)s` `%(process)d` `%(thread)s` `%(module)s`), or `json` for one JSON object per line."),
     k("logging", "file", Kind::Path, "", "Log file; empty = standard error."),
-    k("logging", "access_log", Kind::Bool, "false", "Log one line per request."),
+    k("logging", "access_log", Kind::Bool, "false", "Log one line per request (`client - \"METHOD target VERSION\" status bytes duration`), under the logger name `genro_asgi.access`."),
     // [metrics]
     planned(OBSERVABILITY, k("metrics", "enabled", Kind::Bool, "false", "Expose Prometheus metrics.")),
     planned(OBSERVABILITY, k("metrics", "endpoint", Kind::UrlPath, "/metrics", "URL path of the metrics endpoint.")),
@@ -213,8 +213,8 @@ pub static SCHEMA: &[KeyDef] = &[
     k("application", "app_dir", Kind::Path, "", "Directory put first on `sys.path` before importing `app`. Empty = the config file's folder, or the current directory without a file."),
     k("application", "factory", Kind::Bool, "false", "Treat `app` as a factory: call `app()` to obtain the application."),
     k("application", "lifespan", Kind::Enum(&["auto", "on", "off"]), "auto", "ASGI lifespan protocol: `auto` = run it if the app supports it, `on` = required, `off` = never."),
-    k("application", "name", Kind::Str, "", "Application name, used in logs and process titles."),
-    secret(k("application", "secret_key", Kind::Str, "", "Secret key handed to the application; never logged.")),
+    k("application", "name", Kind::Str, "", "Application name, shown in the workers' process titles (`genro-asgi: worker 0 [name]`)."),
+    secret(k("application", "secret_key", Kind::Str, "", "Secret key for the application: workers find it in the environment variable `GENRO_ASGI_APPLICATION_SECRET_KEY` whatever source set it; never logged.")),
 ];
 
 /// Looks up a key definition.

@@ -1,8 +1,13 @@
 //! Installs the tracing subscriber for the supervisor and its workers (the libraries only
-//! emit events). `[logging] file` appends to a file instead of stderr.
+//! emit events). `[logging] format` is a Python `logging` format string (the attributes
+//! below are supported) or `json`; `[logging] file` appends to a file instead of stderr.
 
 use genro_config::{Config, LogLevel};
+use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 
 /// Installs the subscriber; `slot` tags worker lines.
 pub fn init(config: &Config, slot: Option<u32>) {
@@ -13,7 +18,6 @@ pub fn init(config: &Config, slot: Option<u32>) {
         LogLevel::Warning => LevelFilter::WARN,
         LogLevel::Error | LogLevel::Critical => LevelFilter::ERROR,
     };
-    let json = config.logging.format.trim().eq_ignore_ascii_case("json");
     let writer: Box<dyn Fn() -> Box<dyn std::io::Write> + Send + Sync> = match &config.logging.file
     {
         Some(path) => {
@@ -32,34 +36,238 @@ pub fn init(config: &Config, slot: Option<u32>) {
         None => Box::new(|| -> Box<dyn std::io::Write> { Box::new(std::io::stderr()) }),
     };
     let process = match slot {
-        Some(slot) => format!("worker-{slot}[{}]", std::process::id()),
-        None => format!("supervisor[{}]", std::process::id()),
+        Some(slot) => format!("worker-{slot}"),
+        None => "supervisor".to_owned(),
     };
     let builder = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(writer)
         .with_ansi(false);
-    let result = if json {
+    let format = config.logging.format.trim();
+    let result = if format.eq_ignore_ascii_case("json") {
         builder.json().flatten_event(true).try_init()
     } else {
         builder
-            .with_target(false)
-            .fmt_fields(Prefixed(process))
+            .event_format(PyFormat {
+                pieces: parse(format),
+                process,
+            })
             .try_init()
     };
+    // A subscriber is already installed only in tests that call init twice.
     let _ = result;
 }
 
-/// Puts the process name in front of every text log line.
-struct Prefixed(String);
+/// One element of a parsed Python logging format string.
+#[derive(Debug, Clone, PartialEq)]
+enum Piece {
+    Text(String),
+    Asctime,
+    Levelname,
+    Levelno,
+    Name,
+    Message,
+    Process,
+    Thread,
+    Module,
+}
 
-impl<'w> tracing_subscriber::fmt::FormatFields<'w> for Prefixed {
-    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+/// Parses `%(attr)s`-style format strings; unknown attributes stay as literal text.
+fn parse(format: &str) -> Vec<Piece> {
+    let mut pieces = Vec::new();
+    let mut text = String::new();
+    let mut rest = format;
+    while let Some(at) = rest.find('%') {
+        text.push_str(&rest[..at]);
+        rest = &rest[at..];
+        if let Some(after) = rest.strip_prefix("%%") {
+            text.push('%');
+            rest = after;
+            continue;
+        }
+        let parsed = rest.strip_prefix("%(").and_then(|r| {
+            let close = r.find(')')?;
+            let name = &r[..close];
+            // Skip flags/width up to the conversion letter (s, d, r, f, ...).
+            let spec_end = r[close + 1..].find(|c: char| c.is_ascii_alphabetic())?;
+            let piece = match name {
+                "asctime" => Piece::Asctime,
+                "levelname" => Piece::Levelname,
+                "levelno" => Piece::Levelno,
+                "name" => Piece::Name,
+                "message" => Piece::Message,
+                "process" => Piece::Process,
+                "thread" | "threadName" => Piece::Thread,
+                "module" => Piece::Module,
+                _ => return None,
+            };
+            Some((piece, &r[close + 1 + spec_end + 1..]))
+        });
+        match parsed {
+            Some((piece, after)) => {
+                if !text.is_empty() {
+                    pieces.push(Piece::Text(std::mem::take(&mut text)));
+                }
+                pieces.push(piece);
+                rest = after;
+            }
+            None => {
+                text.push('%');
+                rest = &rest[1..];
+            }
+        }
+    }
+    text.push_str(rest);
+    if !text.is_empty() {
+        pieces.push(Piece::Text(text));
+    }
+    pieces
+}
+
+/// Formats events like Python's `logging.Formatter` with the configured format string.
+struct PyFormat {
+    pieces: Vec<Piece>,
+    process: String,
+}
+
+fn python_level(level: &Level) -> (&'static str, u8) {
+    match *level {
+        Level::ERROR => ("ERROR", 40),
+        Level::WARN => ("WARNING", 30),
+        Level::INFO => ("INFO", 20),
+        Level::DEBUG => ("DEBUG", 10),
+        Level::TRACE => ("TRACE", 5),
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for PyFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
         &self,
-        mut writer: tracing_subscriber::fmt::format::Writer<'w>,
-        fields: R,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
     ) -> std::fmt::Result {
-        write!(writer, "{}: ", self.0)?;
-        tracing_subscriber::fmt::format::DefaultFields::new().format_fields(writer, fields)
+        let meta = event.metadata();
+        for piece in &self.pieces {
+            match piece {
+                Piece::Text(text) => writer.write_str(text)?,
+                Piece::Asctime => write_asctime(&mut writer, std::time::SystemTime::now())?,
+                Piece::Levelname => writer.write_str(python_level(meta.level()).0)?,
+                Piece::Levelno => write!(writer, "{}", python_level(meta.level()).1)?,
+                Piece::Name => match meta.target() {
+                    "genro_asgi::access" => write!(writer, "genro_asgi.access")?,
+                    "genro_asgi::app" => write!(writer, "genro_asgi.app.{}", self.process)?,
+                    _ => write!(writer, "genro_asgi.{}", self.process)?,
+                },
+                Piece::Message => ctx.field_format().format_fields(writer.by_ref(), event)?,
+                Piece::Process => write!(writer, "{}", std::process::id())?,
+                Piece::Thread => write!(
+                    writer,
+                    "{}",
+                    std::thread::current().name().unwrap_or("main")
+                )?,
+                Piece::Module => {
+                    let module = meta
+                        .module_path()
+                        .unwrap_or("")
+                        .rsplit("::")
+                        .next()
+                        .unwrap_or("");
+                    writer.write_str(module)?
+                }
+            }
+        }
+        writeln!(writer)
+    }
+}
+
+/// Python's default `asctime`: `YYYY-MM-DD HH:MM:SS,mmm` (UTC here).
+fn write_asctime(
+    writer: &mut impl std::fmt::Write,
+    now: std::time::SystemTime,
+) -> std::fmt::Result {
+    let since = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, day_secs) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    write!(
+        writer,
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02},{:03}",
+        day_secs / 3_600,
+        day_secs % 3_600 / 60,
+        day_secs % 60,
+        since.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_python_format_strings() {
+        let table: &[(&str, Vec<Piece>)] = &[
+            (
+                "%(asctime)s - %(name)s - %(levelname)s - %(message)s",
+                vec![
+                    Piece::Asctime,
+                    Piece::Text(" - ".into()),
+                    Piece::Name,
+                    Piece::Text(" - ".into()),
+                    Piece::Levelname,
+                    Piece::Text(" - ".into()),
+                    Piece::Message,
+                ],
+            ),
+            (
+                "[%(process)d] %(levelname)-8s %(module)s",
+                vec![
+                    Piece::Text("[".into()),
+                    Piece::Process,
+                    Piece::Text("] ".into()),
+                    Piece::Levelname,
+                    Piece::Text(" ".into()),
+                    Piece::Module,
+                ],
+            ),
+            (
+                "100%% %(unknown)s %(message)s",
+                vec![Piece::Text("100% %(unknown)s ".into()), Piece::Message],
+            ),
+            ("plain", vec![Piece::Text("plain".into())]),
+        ];
+        for (format, want) in table {
+            assert_eq!(&parse(format), want, "{format}");
+        }
+    }
+
+    #[test]
+    fn asctime_matches_python_layout() {
+        let mut out = String::new();
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_795_833_754_123);
+        write_asctime(&mut out, t).unwrap();
+        assert_eq!(out, "2026-11-28 02:42:34,123");
+        out.clear();
+        write_asctime(
+            &mut out,
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(951_782_400),
+        )
+        .unwrap();
+        assert_eq!(out, "2000-02-29 00:00:00,000", "leap day");
     }
 }

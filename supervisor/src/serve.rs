@@ -29,6 +29,12 @@ pub fn run(loaded: Loaded) -> i32 {
         eprintln!("genro-asgi: configuration error: no app to serve: set [application] app = module:attr in the config file, GENRO_ASGI_APPLICATION_APP, or --app");
         return exit::CONFIG;
     }
+    // Certificates and keys are checked here, in Rust, before any socket or worker: a bad
+    // file is a configuration error, not a worker crash loop.
+    if let Err(err) = genro_worker::server::tls_acceptor(config) {
+        eprintln!("genro-asgi: configuration error: {err:#}");
+        return exit::CONFIG;
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -74,14 +80,21 @@ struct Spawner {
     config_json: String,
     control_path: PathBuf,
     sockets: Vec<Socket>,
+    /// ` [name]` for process titles, or empty.
+    title: String,
+    secret_key: Option<String>,
 }
 
 impl Spawner {
     fn spawn(&self, slot: usize, generation: u64) -> std::io::Result<tokio::process::Child> {
         let fd = self.sockets[slot].as_raw_fd();
         let mut command = std::process::Command::new(&self.exe);
+        if let Some(secret) = &self.secret_key {
+            // The app reads its secret from the environment, whatever source set it.
+            command.env("GENRO_ASGI_APPLICATION_SECRET_KEY", secret);
+        }
         command
-            .arg0(format!("genro-asgi: worker {slot}"))
+            .arg0(format!("genro-asgi: worker {slot}{}", self.title))
             .args([
                 "worker",
                 "--slot",
@@ -149,6 +162,11 @@ async fn supervise(loaded: &Loaded, run_dir: &Path) -> anyhow::Result<i32> {
         config_json: serde_json::to_string(config).context("serializing the configuration")?,
         control_path,
         sockets,
+        title: match config.application.name.as_str() {
+            "" => String::new(),
+            name => format!(" [{name}]"),
+        },
+        secret_key: config.application.secret_key.clone(),
     };
     let scheme = if config.ssl.enabled { "https" } else { "http" };
     tracing::info!(

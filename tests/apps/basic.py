@@ -133,6 +133,9 @@ async def app(scope, receive, send):
         await body(send, b"first", more=True)
         message = await receive()
         note("disconnect:" + message["type"])
+    elif path == "/env":
+        await start(send)
+        await body(send, os.environ.get(query["name"], "<unset>").encode())
     elif path == "/pid":
         await start(send)
         await body(send, str(os.getpid()).encode())

@@ -28,12 +28,13 @@ pub enum Chunk {
 #[error("response aborted by the application")]
 pub struct Aborted;
 
-/// Called once when the body is dropped.
-pub type OnDrop = Box<dyn FnOnce() + Send + Sync>;
+/// Called once when the body is dropped, with the number of body bytes handed to hyper.
+pub type OnDrop = Box<dyn FnOnce(u64) + Send + Sync>;
 
 /// A response body.
 pub struct ResponseBody {
     kind: Kind,
+    sent: u64,
     on_drop: Option<OnDrop>,
 }
 
@@ -53,6 +54,7 @@ impl ResponseBody {
     pub fn full(bytes: Bytes) -> Self {
         ResponseBody {
             kind: Kind::Full(Some(bytes)),
+            sent: 0,
             on_drop: None,
         }
     }
@@ -63,6 +65,7 @@ impl ResponseBody {
         (
             ResponseBody {
                 kind: Kind::Stream(rx),
+                sent: 0,
                 on_drop: None,
             },
             tx,
@@ -79,7 +82,7 @@ impl ResponseBody {
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         if let Some(f) = self.on_drop.take() {
-            f();
+            f(self.sent);
         }
     }
 }
@@ -92,6 +95,33 @@ impl Body for ResponseBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Aborted>>> {
+        let this = &mut *self;
+        let polled = this.poll_kind(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.sent += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(bytes) => bytes.as_ref().is_none_or(|b| b.is_empty()),
+            Kind::Stream(_) => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Stream(_) => SizeHint::default(),
+        }
+    }
+}
+
+impl ResponseBody {
+    fn poll_kind(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Aborted>>> {
         match &mut self.kind {
             Kind::Full(bytes) => Poll::Ready(
                 bytes
@@ -112,20 +142,6 @@ impl Body for ResponseBody {
                     Poll::Ready(Some(Chunk::Abort)) => Poll::Ready(Some(Err(Aborted))),
                 };
             },
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Full(bytes) => bytes.as_ref().is_none_or(|b| b.is_empty()),
-            Kind::Stream(_) => false,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Stream(_) => SizeHint::default(),
         }
     }
 }

@@ -98,7 +98,13 @@ fn run_inner(args: WorkerArgs) -> anyhow::Result<i32> {
     // SAFETY: the supervisor passed the slot's listening socket on this fd, and nothing
     // else in this process owns it.
     let listener = unsafe { std::net::TcpListener::from_raw_fd(args.listen_fd) };
-    let tls = server::tls_acceptor(&config)?;
+    let tls = match server::tls_acceptor(&config) {
+        Ok(tls) => tls,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            return Ok(exit::CONFIG);
+        }
+    };
 
     let executable = match python::initialize() {
         Ok(exe) => exe,

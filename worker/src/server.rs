@@ -12,11 +12,10 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -36,7 +35,7 @@ pub struct Limits {
 pub fn tls_acceptor(config: &Config) -> anyhow::Result<Option<TlsAcceptor>> {
     use anyhow::Context;
     use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use rustls_pki_types::CertificateDer;
     let ssl = &config.ssl;
     if !ssl.enabled {
         return Ok(None);
@@ -58,12 +57,7 @@ pub fn tls_acceptor(config: &Config) -> anyhow::Result<Option<TlsAcceptor>> {
             certfile.display()
         );
     }
-    let key = PrivateKeyDer::from_pem_file(keyfile).with_context(|| {
-        format!(
-            "[ssl] keyfile {}: not a readable unencrypted PEM private key",
-            keyfile.display()
-        )
-    })?;
+    let key = load_key(keyfile, ssl.keyfile_password.as_deref())?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let versions: &[&rustls::SupportedProtocolVersion] = match ssl.min_version {
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
@@ -97,6 +91,42 @@ pub fn tls_acceptor(config: &Config) -> anyhow::Result<Option<TlsAcceptor>> {
     Ok(Some(TlsAcceptor::from(Arc::new(tls))))
 }
 
+/// Reads the PEM private key; an `ENCRYPTED PRIVATE KEY` (PKCS#8, PBES2) needs
+/// `[ssl] keyfile_password`.
+fn load_key(
+    keyfile: &std::path::Path,
+    password: Option<&str>,
+) -> anyhow::Result<rustls_pki_types::PrivateKeyDer<'static>> {
+    use anyhow::Context;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let name = keyfile.display();
+    let text = std::fs::read_to_string(keyfile)
+        .with_context(|| format!("[ssl] keyfile {name}: cannot read"))?;
+    if !text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
+        if text.contains("Proc-Type: 4,ENCRYPTED") {
+            anyhow::bail!("[ssl] keyfile {name}: legacy OpenSSL-encrypted PEM is not supported; convert it with `openssl pkcs8 -topk8 -v2 aes-256-cbc`");
+        }
+        return PrivateKeyDer::from_pem_slice(text.as_bytes())
+            .with_context(|| format!("[ssl] keyfile {name}: not a PEM private key"));
+    }
+    let Some(password) = password else {
+        anyhow::bail!("[ssl] keyfile {name} is encrypted: set [ssl] keyfile_password");
+    };
+    let (_, document) = pkcs8::der::Document::from_pem(&text)
+        .map_err(|e| anyhow::anyhow!("[ssl] keyfile {name}: malformed PEM: {e}"))?;
+    let info = pkcs8::EncryptedPrivateKeyInfo::try_from(document.as_bytes())
+        .map_err(|e| anyhow::anyhow!("[ssl] keyfile {name}: malformed encrypted key: {e}"))?;
+    let secret = info.decrypt(password).map_err(|_| {
+        anyhow::anyhow!(
+            "[ssl] keyfile {name}: cannot decrypt: wrong keyfile_password or unsupported cipher"
+        )
+    })?;
+    Ok(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        secret.as_bytes().to_vec(),
+    )))
+}
+
 fn plain(status: StatusCode, text: &'static str, close: bool) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::full(Bytes::from_static(text.as_bytes())));
     *response.status_mut() = status;
@@ -112,27 +142,116 @@ fn plain(status: StatusCode, text: &'static str, close: bool) -> Response<Respon
     response
 }
 
-/// Decrements the in-flight count and tells the exchange the client is done when dropped:
+/// Per-connection state read by the keep-alive idle timer.
+#[derive(Debug)]
+struct ConnState {
+    in_flight: AtomicUsize,
+    /// When the last response finished, in milliseconds since `epoch`.
+    last_active_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl ConnState {
+    fn new() -> Self {
+        ConnState {
+            in_flight: AtomicUsize::new(0),
+            last_active_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_active_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the connection became idle, or `None` while a request is in flight.
+    fn idle_since(&self) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Relaxed) != 0 {
+            return None;
+        }
+        Some(self.epoch + Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// One access-log line, written when the response body is done.
+#[derive(Debug)]
+struct Access {
+    client: std::net::SocketAddr,
+    method: http::Method,
+    target: String,
+    version: http::Version,
+    started: Instant,
+}
+
+impl Access {
+    fn log(&self, status: StatusCode, bytes: u64) {
+        tracing::info!(
+            target: "genro_asgi::access",
+            "{} - \"{} {} {:?}\" {} {} {:.3}ms",
+            self.client,
+            self.method,
+            self.target,
+            self.version,
+            status.as_u16(),
+            bytes,
+            self.started.elapsed().as_secs_f64() * 1000.0
+        );
+    }
+}
+
+/// Decrements the in-flight counts and tells the exchange the client is done when dropped:
 /// with the response body (written or abandoned), or with the service future (client gone
 /// before the app answered).
 struct InFlight {
     limits: Arc<Limits>,
+    conn: Arc<ConnState>,
     exchange: Arc<Exchange>,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.limits.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.conn.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.conn.touch();
         self.exchange.mark_disconnected();
     }
 }
 
-async fn handle(
-    request: Request<Incoming>,
-    conn: Arc<ConnInfo>,
+/// Everything a connection's requests share.
+struct ConnCtx {
+    info: Arc<ConnInfo>,
+    state: Arc<ConnState>,
     shared: Arc<Shared>,
     limits: Arc<Limits>,
+    access_log: bool,
+}
+
+/// Attaches the access-log line (if enabled) to a response that is complete on its own.
+fn finish(response: Response<ResponseBody>, access: Option<Access>) -> Response<ResponseBody> {
+    let Some(access) = access else {
+        return response;
+    };
+    let status = response.status();
+    response.map(|body| body.on_drop(Box::new(move |bytes| access.log(status, bytes))))
+}
+
+async fn handle(
+    request: Request<Incoming>,
+    ctx: Arc<ConnCtx>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    let limits = &ctx.limits;
+    let access = ctx.access_log.then(|| Access {
+        client: ctx.info.client,
+        method: request.method().clone(),
+        target: request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned(),
+        version: request.version(),
+        started: Instant::now(),
+    });
     let in_flight = limits.in_flight.fetch_add(1, Ordering::Relaxed);
     if limits.max_concurrency != 0 && in_flight >= limits.max_concurrency {
         limits.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -144,7 +263,7 @@ async fn handle(
         response
             .headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-        return Ok(response);
+        return Ok(finish(response, access));
     }
     if limits.max_body_size != 0 {
         let declared = request
@@ -155,34 +274,94 @@ async fn handle(
         if declared.is_some_and(|len| len > limits.max_body_size) {
             limits.in_flight.fetch_sub(1, Ordering::Relaxed);
             // Close: we do not read the body we refuse.
-            return Ok(plain(
+            let response = plain(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "Request body too large\n",
                 true,
-            ));
+            );
+            return Ok(finish(response, access));
         }
     }
+    ctx.state.in_flight.fetch_add(1, Ordering::Relaxed);
     let (parts, body) = request.into_parts();
     let exchange = Arc::new(Exchange::new(body, limits.max_body_size));
     let guard = InFlight {
         limits: limits.clone(),
+        conn: ctx.state.clone(),
         exchange: exchange.clone(),
     };
     let (respond, response) = tokio::sync::oneshot::channel();
-    shared.bridge.push(Event::Request(Box::new(RequestStart {
-        parts,
-        conn,
-        exchange,
-        respond,
-    })));
-    match response.await {
-        Ok(response) => Ok(response.map(|body| body.on_drop(Box::new(move || drop(guard))))),
+    ctx.shared
+        .bridge
+        .push(Event::Request(Box::new(RequestStart {
+            parts,
+            conn: ctx.info.clone(),
+            exchange,
+            respond,
+        })));
+    let response = match response.await {
+        Ok(response) => response,
         // The exchange was dropped without an answer (worker stopping).
-        Err(_) => Ok(plain(
+        Err(_) => plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "Server shutting down\n",
             true,
-        )),
+        ),
+    };
+    let status = response.status();
+    Ok(response.map(|body| {
+        body.on_drop(Box::new(move |bytes| {
+            drop(guard);
+            if let Some(access) = access {
+                access.log(status, bytes);
+            }
+        }))
+    }))
+}
+
+/// Serves one connection until it ends, closing it gracefully when the worker drains or
+/// when it stayed idle (no request in flight) for `keep_alive`.
+async fn drive<I>(
+    io: I,
+    builder: auto::Builder<TokioExecutor>,
+    ctx: Arc<ConnCtx>,
+    mut stop: watch::Receiver<bool>,
+    keep_alive: Duration,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let client = ctx.info.client;
+    let state = ctx.state.clone();
+    let service = service_fn(move |request| handle(request, ctx.clone()));
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    let idle_timer = !keep_alive.is_zero();
+    let mut closing = false;
+    let mut check_at = Instant::now() + keep_alive;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(err) = result {
+                    tracing::debug!(%client, "connection ended: {err}");
+                }
+                return;
+            }
+            _ = stopped(&mut stop), if !closing => {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = tokio::time::sleep_until(check_at.into()), if idle_timer && !closing => {
+                match state.idle_since() {
+                    Some(since) if since + keep_alive <= Instant::now() => {
+                        tracing::trace!(%client, "keep-alive timeout: closing idle connection");
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    Some(since) => check_at = since + keep_alive,
+                    None => check_at = Instant::now() + keep_alive,
+                }
+            }
+        }
     }
 }
 
@@ -206,19 +385,22 @@ pub async fn serve(
         max_body_size: config.limits.max_body_size,
         in_flight: AtomicUsize::new(0),
     });
+    let keep_alive = config.server.keep_alive_timeout;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .keep_alive(true)
+        // keep_alive_timeout = 0 turns keep-alive off: one request per connection.
+        .keep_alive(!keep_alive.is_zero())
         .header_read_timeout(config.limits.header_read_timeout)
         .max_buf_size((config.limits.max_header_size as usize).max(8192));
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(config.limits.max_header_size.min(u32::MAX as u64) as u32);
-    let graceful = GracefulShutdown::new();
     let handshake_timeout = config.limits.header_read_timeout;
+    // Every connection task holds a clone; the drain waits until all are dropped.
+    let (live, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     loop {
         let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -234,62 +416,45 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let server = stream.local_addr().unwrap_or(client);
-        let conn = Arc::new(ConnInfo {
-            client,
-            server,
-            https: tls.is_some(),
+        let ctx = Arc::new(ConnCtx {
+            info: Arc::new(ConnInfo {
+                client,
+                server,
+                https: tls.is_some(),
+            }),
+            state: Arc::new(ConnState::new()),
+            shared: shared.clone(),
+            limits: limits.clone(),
+            access_log: config.logging.access_log,
         });
-        let service = {
-            let shared = shared.clone();
-            let limits = limits.clone();
-            let conn = conn.clone();
-            service_fn(move |request| handle(request, conn.clone(), shared.clone(), limits.clone()))
-        };
         let builder = builder.clone();
-        let watcher = graceful.watcher();
-        match &tls {
-            None => {
-                tokio::spawn(async move {
-                    let connection = builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .into_owned();
-                    if let Err(err) = watcher.watch(connection).await {
-                        tracing::debug!(%client, "connection ended: {err}");
-                    }
-                });
-            }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(
-                        handshake_timeout,
-                        acceptor.accept(stream),
-                    )
-                    .await
-                    {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(err)) => {
-                            return tracing::debug!(%client, "TLS handshake failed: {err}")
+        let stop = stop.clone();
+        let live = live.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _live = live;
+            match tls {
+                None => drive(TokioIo::new(stream), builder, ctx, stop, keep_alive).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            drive(TokioIo::new(stream), builder, ctx, stop, keep_alive).await
                         }
-                        Err(_) => return tracing::debug!(%client, "TLS handshake timed out"),
-                    };
-                    let connection = builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .into_owned();
-                    if let Err(err) = watcher.watch(connection).await {
-                        tracing::debug!(%client, "connection ended: {err}");
+                        Ok(Err(err)) => tracing::debug!(%client, "TLS handshake failed: {err}"),
+                        Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
                     }
-                });
+                }
             }
-        }
+        });
     }
     drop(listener);
+    drop(live);
     let grace = config.server.graceful_timeout;
     tracing::info!(
         "draining: no longer accepting; waiting up to {:.1}s for in-flight requests",
         grace.as_secs_f64()
     );
-    if tokio::time::timeout(grace, graceful.shutdown())
+    if tokio::time::timeout(grace, all_closed.recv())
         .await
         .is_err()
     {
