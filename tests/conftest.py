@@ -123,6 +123,16 @@ class Server:
         return sorted(pids)
 
 
+def recv_all(sock):
+    """Reads from a socket until the peer closes it."""
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
 def render(sections, ext):
     out = []
     for name, keys in sections.items():

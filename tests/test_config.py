@@ -5,48 +5,12 @@ import httpx
 
 from conftest import APPS, run_cli
 
-ISSUE_INI = """\
-[server]
-host = 0.0.0.0
-port = 8000
-workers = 4
-debug = false
-[ssl]
-enabled = false
-certfile = /path/to/cert.pem
-keyfile = /path/to/key.pem
-[logging]
-level = INFO
-format = %(asctime)s - %(name)s - %(levelname)s - %(message)s
-file = /var/log/app.log
-[metrics]
-enabled = true
-endpoint = /metrics
-export_port = 9090
-[watchdog]
-enabled = true
-interval = 30           # check every 30s
-timeout = 60            # warning after 60s
-critical = 300          # alert after 5min
-[errors]
-show_traceback = false  # true only in debug
-notify_critical = true
-notify_webhook = https://...
-[debug]
-enabled = false         # NEVER in production!
-remote_pdb = false
-debug_port = 8001
-allowed_ips = 127.0.0.1
-secret = xxxxx
-[application]
-name = myapp
-secret_key = xxxxx
-"""
+REFERENCE_INI = (APPS.parent / "data" / "reference.ini").read_text()
 
 
 def test_reference_ini_loads_unchanged(tmp_path):
     path = tmp_path / "server.ini"
-    path.write_text(ISSUE_INI)
+    path.write_text(REFERENCE_INI)
     r = run_cli("check", "--config", str(path), "--app", "basic:app", "--set", "application.app_dir=%s" % APPS)
     assert r.returncode == 0, r.stderr
     out = r.stdout

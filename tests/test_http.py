@@ -13,6 +13,8 @@ import h2.events
 import httpx
 import pytest
 
+from conftest import recv_all
+
 
 def h1(server):
     return httpx.Client(base_url=server.url, timeout=10)
@@ -425,12 +427,7 @@ def test_drain_closes_keep_alive_connections_after_the_current_response(server):
         sock.sendall(b"GET /sleep?s=1 HTTP/1.1\r\nHost: x\r\n\r\n")
         time.sleep(0.3)
         s.proc.send_signal(15)
-        data = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = recv_all(sock)
     assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"slept")
     assert b"connection: close" in data.lower()
     assert s.wait_exit(30) == 0

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from conftest import run_cli
+from conftest import recv_all, run_cli
 
 
 def pids_seen(server, n=60):
@@ -82,12 +82,7 @@ def test_queued_connections_survive_a_worker_crash(server):
     os.kill(victim, signal.SIGKILL)
     for sock in socks:
         with sock:
-            data = b""
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            data = recv_all(sock)
             assert data.startswith(b"HTTP/1.1 200"), data
             assert data.endswith(b"Hello, world!")
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import trustme
 
-from conftest import run_cli
+from conftest import recv_all, run_cli
 
 TIMEOUT = httpx.Timeout(10.0)
 
@@ -53,12 +53,7 @@ def handshake(port, ctx):
         with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as ssock:
             version, alpn = ssock.version(), ssock.selected_alpn_protocol()
             ssock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            data = b""
-            while True:
-                chunk = ssock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            data = recv_all(ssock)
             return version, alpn, data
 
 

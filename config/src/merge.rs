@@ -338,42 +338,8 @@ mod tests {
     use crate::layers::parse_set_flag;
     use crate::tomlfile::parse_toml;
 
-    const SAMPLE_INI: &str = "[server]
-host = 0.0.0.0
-port = 8000
-workers = 4
-debug = false
-[ssl]
-enabled = false
-certfile = /path/to/cert.pem
-keyfile = /path/to/key.pem
-[logging]
-level = INFO
-format = %(asctime)s - %(name)s - %(levelname)s - %(message)s
-file = /var/log/app.log
-[metrics]
-enabled = true
-endpoint = /metrics
-export_port = 9090
-[watchdog]
-enabled = true
-interval = 30           # check every 30s
-timeout = 60            # warning after 60s
-critical = 300          # alert after 5min
-[errors]
-show_traceback = false  # true only in debug
-notify_critical = true
-notify_webhook = https://...
-[debug]
-enabled = false         # NEVER in production!
-remote_pdb = false
-debug_port = 8001
-allowed_ips = 127.0.0.1
-secret = xxxxx
-[application]
-name = myapp
-secret_key = xxxxx
-";
+    /// The reference file from the core issue, also loaded by the end-to-end tests.
+    const SAMPLE_INI: &str = include_str!("../../tests/data/reference.ini");
 
     const SAMPLE_TOML: &str = r#"[server]
 host = "0.0.0.0"
