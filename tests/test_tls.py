@@ -172,3 +172,24 @@ def test_encrypted_key_errors_are_config_errors(certs, tmp_path, password, why):
     assert r.returncode == 2, r.stderr
     assert why in r.stderr
     assert "wrong" not in r.stderr.replace("wrong keyfile_password", "")
+
+
+def test_mutual_tls_with_ca_certs(server, tmp_path):
+    """[ssl] ca_certs: clients must present a certificate signed by that CA."""
+    server_ca = trustme.CA()
+    client_ca = trustme.CA()
+    cert = server_ca.issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "s.pem", tmp_path / "s.key"
+    cert.private_key_pem.write_to_path(str(keyfile))
+    cert.cert_chain_pems[0].write_to_path(str(certfile))
+    client_ca_file = tmp_path / "client-ca.pem"
+    client_ca.cert_pem.write_to_path(str(client_ca_file))
+    s = server(sections={"ssl": {"enabled": True, "certfile": str(certfile), "keyfile": str(keyfile),
+                                 "ca_certs": str(client_ca_file)}})
+    url = "https://127.0.0.1:%d/" % s.port
+    ctx = ssl.create_default_context()
+    server_ca.configure_trust(ctx)
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(url, verify=ctx, timeout=TIMEOUT)
+    client_ca.issue_cert("client@example.test").configure_cert(ctx)
+    assert httpx.get(url, verify=ctx, timeout=TIMEOUT).text == "Hello, world!"
