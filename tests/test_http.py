@@ -431,3 +431,22 @@ def test_drain_closes_keep_alive_connections_after_the_current_response(server):
     assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"slept")
     assert b"connection: close" in data.lower()
     assert s.wait_exit(30) == 0
+
+
+@pytest.mark.parametrize("proto", ["h1", "h2"])
+def test_disconnect_before_any_response(server, tmp_path, proto):
+    """A client that leaves while the app has not answered yet (long-poll, SSE setup) is
+    reported to the app as http.disconnect."""
+    log = tmp_path / "events.log"
+    s = server(env={"LIFESPAN_LOG": str(log)})
+    if proto == "h1":
+        sock = socket.create_connection(("127.0.0.1", s.port), timeout=5)
+        sock.sendall(b"GET /wait-disconnect-first HTTP/1.1\r\nHost: x\r\n\r\n")
+    else:
+        conn, sock, sid = h2_request(s.port, "/wait-disconnect-first")
+    time.sleep(0.3)
+    sock.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "early:http.disconnect" not in log.read_text():
+        time.sleep(0.05)
+    assert "early:http.disconnect" in log.read_text()

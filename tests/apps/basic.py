@@ -136,6 +136,11 @@ async def app(scope, receive, send):
     elif path == "/env":
         await start(send)
         await body(send, os.environ.get(query["name"], "<unset>").encode())
+    elif path == "/wait-disconnect-first":
+        # Long-poll style: waits for the client to go away before answering anything.
+        await read_body(receive)
+        message = await receive()
+        note("early:" + message["type"])
     elif path == "/pid":
         await start(send)
         await body(send, str(os.getpid()).encode())
