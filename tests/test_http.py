@@ -45,7 +45,7 @@ def test_scope_http11(server):
     r = h1(s).get("/scope?x=1&y=%20", headers={"X-Custom": "v1"})
     scope = r.json()
     assert scope["type"] == "http"
-    assert scope["asgi"] == {"version": "3.0", "spec_version": "2.3"}
+    assert scope["asgi"] == {"version": "3.0", "spec_version": "2.4"}
     assert scope["http_version"] == "1.1"
     assert scope["method"] == "GET"
     assert scope["scheme"] == "http"
@@ -450,3 +450,98 @@ def test_disconnect_before_any_response(server, tmp_path, proto):
     while time.monotonic() < deadline and "early:http.disconnect" not in log.read_text():
         time.sleep(0.05)
     assert "early:http.disconnect" in log.read_text()
+
+
+def test_send_raises_oserror_after_disconnect_and_worker_stays_responsive(server, tmp_path):
+    """Regression: send() on a gone client returned at once without yielding, so a
+    streaming loop that never calls receive() froze the worker."""
+    log = tmp_path / "events.log"
+    s = server(env={"LIFESPAN_LOG": str(log)})
+    with socket.create_connection(("127.0.0.1", s.port), timeout=5) as sock:
+        sock.sendall(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "endless:oserror" not in log.read_text():
+        time.sleep(0.05)
+    assert "endless:oserror" in log.read_text()
+    assert httpx.get(s.url, timeout=3).text == "Hello, world!"
+    assert "ERROR" not in s.log, "a client leaving is not an error"
+
+
+@pytest.mark.parametrize("path", ["/stream?n=3&size=10", "/pathsend?file=/etc/hostname", "/"])
+def test_head_over_http2_sends_no_body(server, path):
+    s = server()
+    sock = socket.create_connection(("127.0.0.1", s.port), timeout=5)
+    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    sid = conn.get_next_available_stream_id()
+    conn.send_headers(sid, [(":method", "HEAD"), (":path", path), (":scheme", "http"),
+                            (":authority", "127.0.0.1")], end_stream=True)
+    sock.sendall(conn.data_to_send())
+    with sock:
+        events = h2_collect(conn, sock, sid)
+    assert any(isinstance(e, h2.events.ResponseReceived) for e in events)
+    assert not any(isinstance(e, h2.events.DataReceived) and e.data for e in events)
+    assert any(isinstance(e, h2.events.StreamEnded) for e in events), events
+
+
+def test_http2_cookie_fields_are_joined(server):
+    s = server()
+    sock = socket.create_connection(("127.0.0.1", s.port), timeout=5)
+    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    sid = conn.get_next_available_stream_id()
+    conn.send_headers(sid, [(":method", "GET"), (":path", "/scope"), (":scheme", "http"),
+                            (":authority", "127.0.0.1"), ("cookie", "a=1"), ("cookie", "b=2")], end_stream=True)
+    sock.sendall(conn.data_to_send())
+    with sock:
+        events = h2_collect(conn, sock, sid)
+    scope = json.loads(b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived)))
+    assert [v for n, v in scope["headers"] if n == "cookie"] == ["a=1; b=2"]
+
+
+def test_receive_and_send_work_with_create_task(server):
+    s = server()
+    r = h1(s).post("/create-task", content=iter([b"ab", b"cd"]))
+    assert r.status_code == 200 and r.content == b"abcd"
+
+
+@pytest.mark.parametrize("code,has_length", [(204, False), (304, False), (200, True), (404, True)])
+def test_content_length_only_where_allowed(server, code, has_length):
+    s = server()
+    r = raw(s, b"GET /status?code=%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % code)
+    head = r.partition(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 %d" % code)
+    assert (b"content-length" in head) == has_length, head
+
+
+@pytest.mark.parametrize("code", [100, 101, 103, 600, 999])
+def test_invalid_status_is_a_protocol_error(server, code):
+    s = server()
+    r = h1(s).get("/status", params={"code": code})
+    assert r.status_code == 500
+    s.wait_log("invalid status %d" % code)
+
+
+def test_max_concurrency_counts_app_tasks_of_departed_clients(server):
+    """Regression: a client that left freed its concurrency slot while the app still ran
+    for it, so clients controlled how many app tasks ran at once."""
+    s = server(sections={"limits": {"max_concurrency": 2}})
+    for _ in range(2):
+        with socket.create_connection(("127.0.0.1", s.port), timeout=5) as sock:
+            sock.sendall(b"GET /sleep?s=2 HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.2)
+    r = h1(s).get("/")
+    assert r.status_code == 503, "the two departed clients' app tasks still run"
+    time.sleep(2.5)
+    assert h1(s).get("/").status_code == 200
+
+
+def test_silent_connection_closed_after_header_read_timeout(server):
+    s = server(sections={"limits": {"header_read_timeout": 1}, "server": {"keep_alive_timeout": 0}})
+    for opening in [b"", b"PRI * HTTP/2.0\r\n"]:
+        with socket.create_connection(("127.0.0.1", s.port), timeout=10) as sock:
+            sock.sendall(opening)
+            started = time.monotonic()
+            assert sock.recv(65536) == b""
+            assert time.monotonic() - started < 4

@@ -48,13 +48,90 @@ pub enum Message {
         /// Requests served since start.
         served: u64,
     },
-    /// Supervisor to child: stop accepting, finish in-flight work, exit.
+    /// Supervisor to worker: stop accepting, finish in-flight work, exit. Admin to
+    /// supervisor: do that for the whole fleet, then exit (like SIGTERM).
     Drain,
+    /// Admin: the fleet's state.
+    Status,
+    /// Admin: re-read the configuration and replace every worker, one slot at a time.
+    Reload,
+    /// Admin: stop now (like a second SIGINT): workers are killed.
+    Stop,
+    /// Admin: grow or shrink the fleet.
+    Scale {
+        /// The new number of workers.
+        workers: u32,
+    },
+    /// Answer to a `status` request.
+    StatusReport {
+        /// The fleet.
+        status: FleetStatus,
+    },
+    /// Success answer to an admin request.
+    Done {
+        /// What happened.
+        message: String,
+    },
     /// An error answer; the sender closes the connection after it.
     Error {
         /// What was wrong.
         message: String,
     },
+}
+
+impl Message {
+    /// The message's `type` tag, for error messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "hello",
+            Message::Ready => "ready",
+            Message::Heartbeat { .. } => "heartbeat",
+            Message::Drain => "drain",
+            Message::Status => "status",
+            Message::Reload => "reload",
+            Message::Stop => "stop",
+            Message::Scale { .. } => "scale",
+            Message::StatusReport { .. } => "status_report",
+            Message::Done { .. } => "done",
+            Message::Error { .. } => "error",
+        }
+    }
+}
+
+/// The fleet as reported to `genro-asgi ctl status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetStatus {
+    /// Supervisor pid.
+    pub pid: u32,
+    /// `starting`, `serving`, `stopping`.
+    pub phase: String,
+    /// A reload is in progress.
+    pub reloading: bool,
+    /// Seconds since the supervisor started.
+    pub uptime: f64,
+    /// Restarts of crashed or hung workers so far.
+    pub restarts: u64,
+    /// Every worker process, including replacements and retiring ones.
+    pub workers: Vec<WorkerStatus>,
+}
+
+/// One worker in a [`FleetStatus`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    /// Slot.
+    pub slot: u32,
+    /// Process id.
+    pub pid: u32,
+    /// Generation within the slot.
+    pub generation: u64,
+    /// `starting`, `ready`, `draining`.
+    pub state: String,
+    /// Seconds since it started.
+    pub uptime: f64,
+    /// Requests started (as of its last heartbeat).
+    pub served: u64,
+    /// Requests in flight (as of its last heartbeat).
+    pub in_flight: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -182,6 +259,31 @@ mod tests {
                 served: 9,
             },
             Message::Drain,
+            Message::Status,
+            Message::Reload,
+            Message::Stop,
+            Message::Scale { workers: 3 },
+            Message::StatusReport {
+                status: FleetStatus {
+                    pid: 1,
+                    phase: "serving".into(),
+                    reloading: false,
+                    uptime: 1.5,
+                    restarts: 0,
+                    workers: vec![WorkerStatus {
+                        slot: 0,
+                        pid: 2,
+                        generation: 1,
+                        state: "ready".into(),
+                        uptime: 1.0,
+                        served: 10,
+                        in_flight: 1,
+                    }],
+                },
+            },
+            Message::Done {
+                message: "ok".into(),
+            },
             Message::Error {
                 message: "x".into(),
             },

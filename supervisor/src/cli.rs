@@ -21,13 +21,47 @@ enum Command {
     /// Validate the configuration, import the app in a child process, and print the
     /// effective configuration with the source of every value.
     Check(ConfigArgs),
+    /// Talk to a running server: status, reload, drain, stop, scale N.
+    Ctl(CtlCli),
     /// Internal: one worker process (started by `serve`).
     #[command(hide = true)]
     Worker(WorkerCli),
 }
 
-/// Where the configuration comes from; flags override env vars, which override the file.
 #[derive(Debug, Args)]
+struct CtlCli {
+    /// The server's configuration file (locates its control socket).
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The control socket itself (`<run_dir>/control.sock`).
+    #[arg(long, value_name = "PATH", conflicts_with = "config")]
+    socket: Option<PathBuf>,
+    /// Print the answer as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum CtlCommand {
+    /// Slots, pids, generations, states, uptimes, requests served and in flight.
+    Status,
+    /// Re-read the configuration and replace every worker, one slot at a time.
+    Reload,
+    /// Drain every worker (finish in-flight requests), then exit (like SIGTERM).
+    Drain,
+    /// Stop now: workers are killed.
+    Stop,
+    /// Change the number of workers.
+    Scale {
+        /// The new number of workers.
+        workers: u32,
+    },
+}
+
+/// Where the configuration comes from; flags override env vars, which override the file.
+#[derive(Debug, Clone, Args)]
 pub struct ConfigArgs {
     /// Configuration file (.ini, .cfg or .toml).
     #[arg(short, long, value_name = "FILE")]
@@ -87,9 +121,10 @@ pub fn run() -> i32 {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => match args.load() {
-            Ok(loaded) => crate::serve::run(loaded),
+            Ok(loaded) => crate::serve::run(loaded, Box::new(move || args.load())),
             Err(err) => config_error(&err),
         },
+        Command::Ctl(ctl) => run_ctl(ctl),
         Command::Check(args) => match args.load() {
             Ok(loaded) => crate::check::run(&loaded),
             Err(err) => config_error(&err),
@@ -101,6 +136,35 @@ pub fn run() -> i32 {
 fn config_error(err: &ConfigError) -> i32 {
     eprintln!("genro-asgi: configuration error: {err}");
     err.exit_code()
+}
+
+fn run_ctl(ctl: CtlCli) -> i32 {
+    use genro_shared::protocol::Message;
+    let socket = match ctl.socket {
+        Some(socket) => socket,
+        None => {
+            let args = ConfigArgs {
+                config: ctl.config,
+                app: None,
+                host: None,
+                port: None,
+                workers: None,
+                set: Vec::new(),
+            };
+            match args.load() {
+                Ok(loaded) => crate::serve::run_dir(&loaded.config).join("control.sock"),
+                Err(err) => return config_error(&err),
+            }
+        }
+    };
+    let request = match ctl.command {
+        CtlCommand::Status => Message::Status,
+        CtlCommand::Reload => Message::Reload,
+        CtlCommand::Drain => Message::Drain,
+        CtlCommand::Stop => Message::Stop,
+        CtlCommand::Scale { workers } => Message::Scale { workers },
+    };
+    crate::ctl::run(&socket, request, ctl.json)
 }
 
 fn run_worker(cli: WorkerCli) -> i32 {

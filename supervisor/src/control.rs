@@ -7,7 +7,7 @@ use genro_shared::protocol::{self, Message, Role};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// An event from a control connection.
 #[derive(Debug)]
@@ -25,6 +25,13 @@ pub enum Incoming {
         pid: u32,
         /// The message.
         message: Message,
+    },
+    /// A request from `genro-asgi ctl`; the answer goes to `reply`.
+    Admin {
+        /// The request.
+        request: Message,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Message>,
     },
 }
 
@@ -65,9 +72,12 @@ async fn connection(stream: UnixStream, events: mpsc::Sender<Incoming>) {
             pid,
             ..
         })) => pid,
+        Ok(Some(Message::Hello {
+            role: Role::Admin, ..
+        })) => return admin(read, write, buf, events).await,
         Ok(None) => return,
         Ok(Some(other)) => {
-            let message = format!("expected hello first, got {}", kind(&other));
+            let message = format!("expected hello first, got {}", other.kind());
             let _ = protocol::write_frame(&mut write, &Message::Error { message }).await;
             return;
         }
@@ -118,12 +128,56 @@ async fn connection(stream: UnixStream, events: mpsc::Sender<Incoming>) {
     }
 }
 
-fn kind(message: &Message) -> &'static str {
-    match message {
-        Message::Hello { .. } => "hello",
-        Message::Ready => "ready",
-        Message::Heartbeat { .. } => "heartbeat",
-        Message::Drain => "drain",
-        Message::Error { .. } => "error",
+/// Serves an admin peer: one request, one answer, until it hangs up.
+async fn admin(
+    mut read: tokio::net::unix::OwnedReadHalf,
+    mut write: tokio::net::unix::OwnedWriteHalf,
+    mut buf: BytesMut,
+    events: mpsc::Sender<Incoming>,
+) {
+    loop {
+        let request = match protocol::read_frame(&mut read, &mut buf).await {
+            Ok(Some(request)) => request,
+            Ok(None) => return,
+            Err(err) => {
+                let _ = protocol::write_frame(
+                    &mut write,
+                    &Message::Error {
+                        message: err.to_string(),
+                    },
+                )
+                .await;
+                return;
+            }
+        };
+        let answer = match request {
+            Message::Status
+            | Message::Reload
+            | Message::Drain
+            | Message::Stop
+            | Message::Scale { .. } => {
+                let (reply, answer) = oneshot::channel();
+                if events
+                    .send(Incoming::Admin { request, reply })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                answer.await.unwrap_or(Message::Error {
+                    message: "the supervisor is exiting".into(),
+                })
+            }
+            other => Message::Error {
+                message: format!(
+                    "{} is not an admin request (status, reload, drain, stop, scale)",
+                    other.kind()
+                ),
+            },
+        };
+        let close = matches!(answer, Message::Error { .. });
+        if protocol::write_frame(&mut write, &answer).await.is_err() || close {
+            return;
+        }
     }
 }

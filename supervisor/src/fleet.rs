@@ -1,17 +1,24 @@
-//! The fleet as a state machine on explicit time: inputs (start, spawned, ready, exited,
-//! tick, stop) in, commands (spawn, drain, kill, serving, exit) out. No processes, no clocks,
-//! so the respawn, backoff, fatal-start and drain rules are tested on virtual time.
+//! The fleet as a state machine on explicit time: inputs (start, spawned, ready, heartbeat,
+//! exited, tick, reload, scale, stop) in, commands out. No processes, no clocks, so the
+//! respawn, replacement, timeout and drain rules are tested on virtual time.
 //!
 //! Lifecycle:
 //! 1. `start` spawns every slot; when every worker reported ready, `Serving` is emitted once.
 //! 2. A worker that exits is respawned into its slot after a backoff that doubles on each
-//!    consecutive failure (0.1 s .. 30 s) and resets once a worker stayed up 10 s.
+//!    consecutive failure (0.1 s .. 30 s) and resets once a worker stayed up 10 s. A worker
+//!    whose heartbeats stop for `worker_timeout` is killed (and so respawned).
 //! 3. A worker that exits with a fatal code (app cannot load, lifespan startup failed)
 //!    before it was ever ready stops the whole fleet with that code: no respawn loop.
-//! 4. `stop` drains every worker; past the deadline the rest are killed; when the last one
+//! 4. Reload replaces slots one at a time: a new worker starts on the slot's socket beside
+//!    the old one; when it is ready the old one drains. A new worker that fails before
+//!    ready aborts the reload and the old workers keep serving. A worker past
+//!    `max_requests` (+ its jitter) is replaced the same way.
+//! 5. Scaling adds slots (bind, spawn) or drains the last ones (close once empty).
+//! 6. `stop` drains every worker; past the deadline the rest are killed; when the last one
 //!    exited, `Exit` carries the process exit code.
 
 use genro_shared::exit;
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -21,44 +28,126 @@ const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// What the executor must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
+    /// Bind the listening socket of a new slot.
+    Bind(usize),
     /// Start a worker process for `slot`.
     Spawn {
         /// Slot index.
         slot: usize,
-        /// The slot's new generation.
+        /// The new worker's generation.
         generation: u64,
     },
     /// Ask a worker to drain and exit.
     Drain(u32),
-    /// Kill a worker that did not exit in time.
+    /// Kill a worker (drain deadline passed, or its heartbeats stopped).
     Kill(u32),
+    /// Close the socket of a removed slot.
+    Close(usize),
     /// Every slot is ready for the first time.
     Serving,
+    /// A reload (or recycle) replaced every slot it meant to.
+    Reloaded,
+    /// A replacement worker died before it was ready: the reload stopped there.
+    ReloadFailed {
+        /// The slot whose new worker failed.
+        slot: usize,
+        /// Its exit code, if it exited normally.
+        code: Option<i32>,
+    },
     /// The fleet is gone: exit with this code.
     Exit(i32),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WorkerState {
+/// Why a request to the fleet was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// Still starting.
+    #[error("the fleet is still starting")]
     Starting,
+    /// Stopping.
+    #[error("the fleet is stopping")]
+    Stopping,
+    /// A reload is running.
+    #[error("a reload is already in progress")]
+    Reloading,
+}
+
+/// A worker's state as shown by `ctl status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerState {
+    /// Started, not ready yet.
+    Starting,
+    /// Serving.
     Ready,
+    /// Draining before exit.
     Draining,
 }
 
-#[derive(Debug)]
-struct Worker {
-    pid: u32,
-    state: WorkerState,
+/// One worker process.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    /// Process id.
+    pub pid: u32,
+    /// Generation within its slot.
+    pub generation: u64,
+    /// State.
+    pub state: WorkerState,
+    /// When it started.
+    pub started: Instant,
+    /// When it became ready (or started, before that).
     since: Instant,
+    /// Last heartbeat (or the ready report).
+    last_heartbeat: Instant,
+    /// Requests started, as of the last heartbeat.
+    pub served: u64,
+    /// Requests in flight, as of the last heartbeat.
+    pub in_flight: u64,
 }
 
+/// One slot: a listening socket and the worker(s) serving it.
 #[derive(Debug)]
-struct Slot {
+pub struct Slot {
     generation: u64,
-    worker: Option<Worker>,
+    /// The worker serving the slot.
+    pub worker: Option<Worker>,
+    /// A replacement starting beside it (reload / recycle).
+    pub incoming: Option<Worker>,
+    incoming_generation: Option<u64>,
+    /// Old workers draining.
+    pub retiring: Vec<Worker>,
     respawn_at: Option<Instant>,
     backoff: Duration,
-    restarts: u64,
+    /// Respawns after a crash so far.
+    pub restarts: u64,
+    /// Removed by scale-down: not respawned, closed once empty.
+    removed: bool,
+}
+
+impl Slot {
+    fn new() -> Self {
+        Slot {
+            generation: 0,
+            worker: None,
+            incoming: None,
+            incoming_generation: None,
+            retiring: Vec::new(),
+            respawn_at: None,
+            backoff: BACKOFF_START,
+            restarts: 0,
+            removed: false,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.worker.is_none() && self.incoming.is_none() && self.retiring.is_empty()
+    }
+
+    fn workers(&self) -> impl Iterator<Item = &Worker> {
+        self.worker
+            .iter()
+            .chain(self.incoming.iter())
+            .chain(self.retiring.iter())
+    }
 }
 
 /// Where the fleet is.
@@ -79,30 +168,37 @@ pub enum Phase {
     Done,
 }
 
+/// Timing and recycling settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Drain grace period.
+    pub grace: Duration,
+    /// Heartbeat silence after which a ready worker is killed.
+    pub worker_timeout: Duration,
+    /// Recycle a worker after this many requests (0: never).
+    pub max_requests: u64,
+    /// Up to this many extra requests per worker.
+    pub max_requests_jitter: u64,
+}
+
 /// The fleet.
 #[derive(Debug)]
 pub struct Fleet {
     slots: Vec<Slot>,
     phase: Phase,
-    grace: Duration,
+    settings: Settings,
+    /// Slots still to replace in the running reload.
+    reload: Option<VecDeque<usize>>,
 }
 
 impl Fleet {
-    /// A fleet of `workers` slots with the drain grace period.
-    pub fn new(workers: usize, grace: Duration) -> Self {
-        let slots = (0..workers)
-            .map(|_| Slot {
-                generation: 0,
-                worker: None,
-                respawn_at: None,
-                backoff: BACKOFF_START,
-                restarts: 0,
-            })
-            .collect();
+    /// A fleet of `workers` slots.
+    pub fn new(workers: usize, settings: Settings) -> Self {
         Fleet {
-            slots,
+            slots: (0..workers).map(|_| Slot::new()).collect(),
             phase: Phase::Starting,
-            grace,
+            settings,
+            reload: None,
         }
     }
 
@@ -111,9 +207,29 @@ impl Fleet {
         self.phase
     }
 
+    /// Every slot, for status reports (removed slots included until closed).
+    pub fn slots(&self) -> &[Slot] {
+        &self.slots
+    }
+
+    /// Whether a reload is running.
+    pub fn is_reloading(&self) -> bool {
+        self.reload.is_some()
+    }
+
+    /// Number of active (not removed) slots.
+    pub fn size(&self) -> usize {
+        self.slots.iter().filter(|s| !s.removed).count()
+    }
+
     /// Total restarts so far.
     pub fn restarts(&self) -> u64 {
         self.slots.iter().map(|s| s.restarts).sum()
+    }
+
+    /// New settings (after a config reload).
+    pub fn set_settings(&mut self, settings: Settings) {
+        self.settings = settings;
     }
 
     /// Spawns every slot.
@@ -131,14 +247,37 @@ impl Fleet {
         }
     }
 
-    /// The executor started the process for `slot`.
-    pub fn handle_spawned(&mut self, slot: usize, pid: u32, now: Instant) -> Vec<Command> {
-        if let Some(s) = self.slots.get_mut(slot) {
-            s.worker = Some(Worker {
-                pid,
-                state: WorkerState::Starting,
-                since: now,
-            });
+    fn spawn_incoming(&mut self, slot: usize) -> Command {
+        let command = self.spawn(slot);
+        self.slots[slot].incoming_generation = Some(self.slots[slot].generation);
+        command
+    }
+
+    /// The executor started the process for `slot` / `generation`.
+    pub fn handle_spawned(
+        &mut self,
+        slot: usize,
+        generation: u64,
+        pid: u32,
+        now: Instant,
+    ) -> Vec<Command> {
+        let Some(s) = self.slots.get_mut(slot) else {
+            return Vec::new();
+        };
+        let worker = Worker {
+            pid,
+            generation,
+            state: WorkerState::Starting,
+            started: now,
+            since: now,
+            last_heartbeat: now,
+            served: 0,
+            in_flight: 0,
+        };
+        if s.incoming_generation == Some(generation) {
+            s.incoming = Some(worker);
+        } else {
+            s.worker = Some(worker);
         }
         if let Phase::Stopping { .. } = self.phase {
             return vec![Command::Drain(pid)];
@@ -146,63 +285,153 @@ impl Fleet {
         Vec::new()
     }
 
-    /// The executor could not start a process for `slot`.
-    pub fn handle_spawn_failed(&mut self, slot: usize, now: Instant) -> Vec<Command> {
+    /// The executor could not start a process for `slot` / `generation`.
+    pub fn handle_spawn_failed(
+        &mut self,
+        slot: usize,
+        generation: u64,
+        now: Instant,
+    ) -> Vec<Command> {
+        if self.slots[slot].incoming_generation == Some(generation) {
+            self.slots[slot].incoming_generation = None;
+            self.reload = None;
+            return vec![Command::ReloadFailed { slot, code: None }];
+        }
         self.schedule_respawn(slot, now);
         Vec::new()
     }
 
     /// A worker reported ready.
     pub fn handle_ready(&mut self, pid: u32, now: Instant) -> Vec<Command> {
-        let Some(worker) = self.worker_mut(pid) else {
+        let Some((slot, role)) = self.find(pid) else {
+            return Vec::new();
+        };
+        let s = &mut self.slots[slot];
+        let worker = match role {
+            Role::Current => s.worker.as_mut(),
+            Role::Incoming => s.incoming.as_mut(),
+            Role::Retiring => None,
+        };
+        let Some(worker) = worker else {
             return Vec::new();
         };
         if worker.state == WorkerState::Starting {
             worker.state = WorkerState::Ready;
             worker.since = now;
+            worker.last_heartbeat = now;
+        }
+        let mut commands = Vec::new();
+        if role == Role::Incoming {
+            // The replacement serves: the old worker drains.
+            s.incoming_generation = None;
+            let new = s.incoming.take().expect("incoming found above");
+            if let Some(mut old) = s.worker.replace(new) {
+                old.state = WorkerState::Draining;
+                commands.push(Command::Drain(old.pid));
+                s.retiring.push(old);
+            }
+            commands.extend(self.next_replacement());
         }
         if self.phase == Phase::Starting
-            && self.slots.iter().all(|s| {
+            && self.slots.iter().filter(|s| !s.removed).all(|s| {
                 s.worker
                     .as_ref()
                     .is_some_and(|w| w.state == WorkerState::Ready)
             })
         {
             self.phase = Phase::Serving;
-            return vec![Command::Serving];
+            commands.push(Command::Serving);
+        }
+        commands
+    }
+
+    /// A worker's periodic report.
+    pub fn handle_heartbeat(
+        &mut self,
+        pid: u32,
+        in_flight: u64,
+        served: u64,
+        now: Instant,
+    ) -> Vec<Command> {
+        let Some((slot, role)) = self.find(pid) else {
+            return Vec::new();
+        };
+        let settings = self.settings;
+        let s = &mut self.slots[slot];
+        let Some(worker) = s.workers_mut().find(|w| w.pid == pid) else {
+            return Vec::new();
+        };
+        worker.last_heartbeat = now;
+        worker.in_flight = in_flight;
+        worker.served = served;
+        let limit = settings.max_requests + jitter(pid, settings.max_requests_jitter);
+        let due = settings.max_requests != 0
+            && served >= limit
+            && role == Role::Current
+            && worker.state == WorkerState::Ready
+            && s.incoming_generation.is_none();
+        if due && self.phase == Phase::Serving && self.reload.is_none() {
+            self.reload = Some(VecDeque::new());
+            return vec![self.spawn_incoming(slot)];
         }
         Vec::new()
     }
 
     /// A worker process exited with `code` (`None`: killed by a signal).
     pub fn handle_exited(&mut self, pid: u32, code: Option<i32>, now: Instant) -> Vec<Command> {
-        let Some(slot) = self
-            .slots
-            .iter()
-            .position(|s| s.worker.as_ref().is_some_and(|w| w.pid == pid))
-        else {
+        let Some((slot, role)) = self.find(pid) else {
             return Vec::new();
         };
-        let worker = self.slots[slot]
-            .worker
-            .take()
-            .expect("position found a worker");
+        let s = &mut self.slots[slot];
+        let worker = match role {
+            Role::Current => s.worker.take(),
+            Role::Incoming => {
+                s.incoming_generation = None;
+                s.incoming.take()
+            }
+            Role::Retiring => {
+                let at = s
+                    .retiring
+                    .iter()
+                    .position(|w| w.pid == pid)
+                    .expect("found above");
+                Some(s.retiring.remove(at))
+            }
+        }
+        .expect("find located the worker");
+        let mut commands = Vec::new();
+        if s.removed && s.is_empty() {
+            commands.push(Command::Close(slot));
+        }
         match self.phase {
-            Phase::Stopping { .. } | Phase::Done => return self.exit_if_empty(),
+            Phase::Stopping { .. } | Phase::Done => {
+                commands.extend(self.exit_if_empty());
+                return commands;
+            }
             Phase::Starting | Phase::Serving => {}
+        }
+        match role {
+            Role::Retiring => return commands,
+            Role::Incoming => {
+                self.reload = None;
+                commands.push(Command::ReloadFailed { slot, code });
+                return commands;
+            }
+            Role::Current if self.slots[slot].removed => return commands,
+            Role::Current => {}
         }
         let never_ready = worker.state == WorkerState::Starting;
         if let Some(code) = code.filter(|c| exit::is_fatal(*c)) {
-            if never_ready {
-                return self.handle_stop(now, code);
+            if never_ready && self.phase == Phase::Starting {
+                commands.extend(self.handle_stop(now, code));
+                return commands;
             }
         }
-        let s = &mut self.slots[slot];
         if worker.state == WorkerState::Ready && now.duration_since(worker.since) >= STABLE_AFTER {
-            s.backoff = BACKOFF_START;
+            self.slots[slot].backoff = BACKOFF_START;
         }
         self.schedule_respawn(slot, now);
-        Vec::new()
+        commands
     }
 
     fn schedule_respawn(&mut self, slot: usize, now: Instant) {
@@ -217,26 +446,124 @@ impl Fleet {
         match self.phase {
             Phase::Stopping { deadline, .. } => Some(deadline),
             Phase::Done => None,
-            _ => self.slots.iter().filter_map(|s| s.respawn_at).min(),
+            _ => {
+                let respawns = self.slots.iter().filter_map(|s| s.respawn_at);
+                let timeouts = self
+                    .slots
+                    .iter()
+                    .filter_map(|s| s.worker.as_ref())
+                    .filter(|w| w.state == WorkerState::Ready)
+                    .map(|w| w.last_heartbeat + self.settings.worker_timeout);
+                respawns.chain(timeouts).min()
+            }
         }
     }
 
-    /// Respawn slots whose backoff elapsed; kill stragglers past the drain deadline.
+    /// Respawns slots whose backoff elapsed, kills silent workers, and kills stragglers
+    /// past the drain deadline.
     pub fn handle_tick(&mut self, now: Instant) -> Vec<Command> {
         match self.phase {
             Phase::Stopping { deadline, .. } if now >= deadline => self
                 .slots
                 .iter()
-                .filter_map(|s| s.worker.as_ref().map(|w| Command::Kill(w.pid)))
+                .flat_map(|s| s.workers())
+                .map(|w| Command::Kill(w.pid))
                 .collect(),
-            Phase::Starting | Phase::Serving => (0..self.slots.len())
-                .filter(|&i| self.slots[i].respawn_at.is_some_and(|t| t <= now))
-                .collect::<Vec<_>>()
-                .into_iter()
-                .map(|slot| self.spawn(slot))
-                .collect(),
+            Phase::Starting | Phase::Serving => {
+                let timeout = self.settings.worker_timeout;
+                let mut commands: Vec<Command> = self
+                    .slots
+                    .iter()
+                    .filter_map(|s| s.worker.as_ref())
+                    .filter(|w| w.state == WorkerState::Ready && w.last_heartbeat + timeout <= now)
+                    .map(|w| Command::Kill(w.pid))
+                    .collect();
+                for s in &mut self.slots {
+                    // One kill per silent worker: the next deadline is the exit, not this.
+                    if let Some(w) = s.worker.as_mut().filter(|w| {
+                        w.state == WorkerState::Ready && w.last_heartbeat + timeout <= now
+                    }) {
+                        w.last_heartbeat = now + BACKOFF_MAX * 100;
+                    }
+                }
+                let due: Vec<usize> = (0..self.slots.len())
+                    .filter(|&i| self.slots[i].respawn_at.is_some_and(|t| t <= now))
+                    .collect();
+                commands.extend(due.into_iter().map(|slot| self.spawn(slot)));
+                commands
+            }
             _ => Vec::new(),
         }
+    }
+
+    /// Replaces every slot, one at a time, with a worker of a new generation.
+    pub fn handle_reload(&mut self) -> Result<Vec<Command>, Refused> {
+        match self.phase {
+            Phase::Starting => return Err(Refused::Starting),
+            Phase::Stopping { .. } | Phase::Done => return Err(Refused::Stopping),
+            Phase::Serving => {}
+        }
+        if self.reload.is_some() {
+            return Err(Refused::Reloading);
+        }
+        self.reload = Some(
+            (0..self.slots.len())
+                .filter(|&i| !self.slots[i].removed)
+                .collect(),
+        );
+        Ok(self.next_replacement())
+    }
+
+    fn next_replacement(&mut self) -> Vec<Command> {
+        let Some(queue) = self.reload.as_mut() else {
+            return Vec::new();
+        };
+        match queue.pop_front() {
+            Some(slot) => vec![self.spawn_incoming(slot)],
+            None => {
+                self.reload = None;
+                vec![Command::Reloaded]
+            }
+        }
+    }
+
+    /// Grows or shrinks the fleet to `workers` slots.
+    pub fn handle_scale(&mut self, workers: usize) -> Result<Vec<Command>, Refused> {
+        match self.phase {
+            Phase::Stopping { .. } | Phase::Done => return Err(Refused::Stopping),
+            Phase::Starting => return Err(Refused::Starting),
+            Phase::Serving => {}
+        }
+        if self.reload.is_some() {
+            return Err(Refused::Reloading);
+        }
+        let mut commands = Vec::new();
+        let active: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| !self.slots[i].removed)
+            .collect();
+        if workers > active.len() {
+            for _ in active.len()..workers {
+                // Reuse a removed slot whose socket is gone? Simpler: always append.
+                self.slots.push(Slot::new());
+                let slot = self.slots.len() - 1;
+                commands.push(Command::Bind(slot));
+                commands.push(self.spawn(slot));
+            }
+        } else {
+            for &slot in active.iter().skip(workers) {
+                let s = &mut self.slots[slot];
+                s.removed = true;
+                s.respawn_at = None;
+                if let Some(w) = s.worker.as_mut() {
+                    w.state = WorkerState::Draining;
+                    commands.push(Command::Drain(w.pid));
+                }
+                if s.is_empty() {
+                    commands.push(Command::Close(slot));
+                }
+            }
+        }
+        Ok(commands)
     }
 
     /// Drain everything and exit with `code` once empty. A second stop kills at once.
@@ -253,15 +580,18 @@ impl Fleet {
         }
         // Workers get the grace to finish requests, plus time for lifespan shutdown.
         self.phase = Phase::Stopping {
-            deadline: now + self.grace + Duration::from_secs(5),
+            deadline: now + self.settings.grace + Duration::from_secs(5),
             code,
         };
+        self.reload = None;
         let mut commands = Vec::new();
         for s in &mut self.slots {
             s.respawn_at = None;
-            if let Some(w) = &mut s.worker {
-                w.state = WorkerState::Draining;
-                commands.push(Command::Drain(w.pid));
+            for w in s.workers_mut() {
+                if w.state != WorkerState::Draining {
+                    w.state = WorkerState::Draining;
+                    commands.push(Command::Drain(w.pid));
+                }
             }
         }
         commands.extend(self.exit_if_empty());
@@ -270,7 +600,7 @@ impl Fleet {
 
     fn exit_if_empty(&mut self) -> Vec<Command> {
         if let Phase::Stopping { code, .. } = self.phase {
-            if self.slots.iter().all(|s| s.worker.is_none()) {
+            if self.slots.iter().all(Slot::is_empty) {
                 self.phase = Phase::Done;
                 return vec![Command::Exit(code)];
             }
@@ -278,25 +608,79 @@ impl Fleet {
         Vec::new()
     }
 
-    fn worker_mut(&mut self, pid: u32) -> Option<&mut Worker> {
-        self.slots
-            .iter_mut()
-            .filter_map(|s| s.worker.as_mut())
-            .find(|w| w.pid == pid)
+    fn find(&self, pid: u32) -> Option<(usize, Role)> {
+        self.slots.iter().enumerate().find_map(|(i, s)| {
+            if s.worker.as_ref().is_some_and(|w| w.pid == pid) {
+                Some((i, Role::Current))
+            } else if s.incoming.as_ref().is_some_and(|w| w.pid == pid) {
+                Some((i, Role::Incoming))
+            } else if s.retiring.iter().any(|w| w.pid == pid) {
+                Some((i, Role::Retiring))
+            } else {
+                None
+            }
+        })
     }
+}
+
+impl Slot {
+    fn workers_mut(&mut self) -> impl Iterator<Item = &mut Worker> {
+        self.worker
+            .iter_mut()
+            .chain(self.incoming.iter_mut())
+            .chain(self.retiring.iter_mut())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Current,
+    Incoming,
+    Retiring,
+}
+
+/// A worker's share of `max_requests_jitter`, fixed per pid so workers do not all recycle
+/// together.
+fn jitter(pid: u32, max: u64) -> u64 {
+    if max == 0 {
+        return 0;
+    }
+    // Knuth's multiplicative hash spreads consecutive pids.
+    u64::from(pid.wrapping_mul(2_654_435_761)) % (max + 1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn settings() -> Settings {
+        Settings {
+            grace: Duration::from_secs(10),
+            worker_timeout: Duration::from_secs(30),
+            max_requests: 0,
+            max_requests_jitter: 0,
+        }
+    }
+
     fn started(n: usize) -> (Fleet, Instant) {
+        started_with(n, settings())
+    }
+
+    fn started_with(n: usize, settings: Settings) -> (Fleet, Instant) {
         let now = Instant::now();
-        let mut fleet = Fleet::new(n, Duration::from_secs(10));
+        let mut fleet = Fleet::new(n, settings);
         let spawns = fleet.handle_start();
         assert_eq!(spawns.len(), n);
         for slot in 0..n {
-            fleet.handle_spawned(slot, 100 + slot as u32, now);
+            fleet.handle_spawned(slot, 1, 100 + slot as u32, now);
+        }
+        (fleet, now)
+    }
+
+    fn serving(n: usize) -> (Fleet, Instant) {
+        let (mut fleet, now) = started(n);
+        for slot in 0..n {
+            fleet.handle_ready(100 + slot as u32, now);
         }
         (fleet, now)
     }
@@ -315,9 +699,7 @@ mod tests {
 
     #[test]
     fn crashed_worker_respawns_into_its_slot_with_backoff() {
-        let (mut fleet, now) = started(2);
-        fleet.handle_ready(100, now);
-        fleet.handle_ready(101, now);
+        let (mut fleet, now) = serving(2);
         assert!(fleet.handle_exited(101, None, now).is_empty());
         assert_eq!(fleet.poll_deadline(), Some(now + BACKOFF_START));
         assert!(fleet.handle_tick(now).is_empty(), "not before the backoff");
@@ -330,7 +712,7 @@ mod tests {
             }]
         );
         // It crashes again right away: the backoff doubles.
-        fleet.handle_spawned(1, 102, t1);
+        fleet.handle_spawned(1, 2, 102, t1);
         fleet.handle_exited(102, Some(1), t1);
         assert_eq!(fleet.poll_deadline(), Some(t1 + BACKOFF_START * 2));
         assert_eq!(fleet.restarts(), 2);
@@ -338,14 +720,14 @@ mod tests {
 
     #[test]
     fn backoff_resets_after_a_stable_run() {
-        let (mut fleet, now) = started(1);
-        fleet.handle_ready(100, now);
+        let (mut fleet, now) = serving(1);
         fleet.handle_exited(100, None, now);
         let t1 = now + BACKOFF_START;
         fleet.handle_tick(t1);
-        fleet.handle_spawned(0, 101, t1);
+        fleet.handle_spawned(0, 2, 101, t1);
         fleet.handle_ready(101, t1);
         let t2 = t1 + STABLE_AFTER;
+        fleet.handle_heartbeat(101, 0, 0, t2);
         fleet.handle_exited(101, None, t2);
         assert_eq!(fleet.poll_deadline(), Some(t2 + BACKOFF_START));
     }
@@ -363,8 +745,7 @@ mod tests {
 
     #[test]
     fn fatal_code_after_ready_is_a_crash_not_a_stop() {
-        let (mut fleet, now) = started(1);
-        fleet.handle_ready(100, now);
+        let (mut fleet, now) = serving(1);
         assert!(fleet
             .handle_exited(100, Some(exit::APP_LOAD), now)
             .is_empty());
@@ -373,9 +754,7 @@ mod tests {
 
     #[test]
     fn stop_drains_then_kills_after_deadline() {
-        let (mut fleet, now) = started(2);
-        fleet.handle_ready(100, now);
-        fleet.handle_ready(101, now);
+        let (mut fleet, now) = serving(2);
         assert_eq!(
             fleet.handle_stop(now, 0),
             vec![Command::Drain(100), Command::Drain(101)]
@@ -393,8 +772,7 @@ mod tests {
 
     #[test]
     fn second_stop_kills_at_once() {
-        let (mut fleet, now) = started(1);
-        fleet.handle_ready(100, now);
+        let (mut fleet, now) = serving(1);
         fleet.handle_stop(now, 0);
         assert_eq!(fleet.handle_stop(now, 0), vec![Command::Kill(100)]);
     }
@@ -404,5 +782,158 @@ mod tests {
         let (mut fleet, now) = started(1);
         fleet.handle_exited(100, None, now);
         assert_eq!(fleet.handle_stop(now, 0), vec![Command::Exit(0)]);
+    }
+
+    #[test]
+    fn reload_replaces_slots_one_at_a_time() {
+        let (mut fleet, now) = serving(2);
+        assert_eq!(
+            fleet.handle_reload().unwrap(),
+            vec![Command::Spawn {
+                slot: 0,
+                generation: 2
+            }]
+        );
+        assert_eq!(fleet.handle_reload(), Err(Refused::Reloading));
+        fleet.handle_spawned(0, 2, 200, now);
+        // Both serve slot 0 until the new one is ready; then the old one drains.
+        assert_eq!(
+            fleet.handle_ready(200, now),
+            vec![
+                Command::Drain(100),
+                Command::Spawn {
+                    slot: 1,
+                    generation: 2
+                }
+            ]
+        );
+        assert!(
+            fleet.handle_exited(100, Some(0), now).is_empty(),
+            "a retired worker is not respawned"
+        );
+        fleet.handle_spawned(1, 2, 201, now);
+        assert_eq!(
+            fleet.handle_ready(201, now),
+            vec![Command::Drain(101), Command::Reloaded]
+        );
+        assert!(!fleet.is_reloading());
+        assert_eq!(fleet.slots()[0].worker.as_ref().unwrap().pid, 200);
+    }
+
+    #[test]
+    fn failed_replacement_aborts_the_reload_and_keeps_the_old_worker() {
+        let (mut fleet, now) = serving(2);
+        fleet.handle_reload().unwrap();
+        fleet.handle_spawned(0, 2, 200, now);
+        assert_eq!(
+            fleet.handle_exited(200, Some(exit::APP_LOAD), now),
+            vec![Command::ReloadFailed {
+                slot: 0,
+                code: Some(exit::APP_LOAD)
+            }]
+        );
+        assert!(!fleet.is_reloading());
+        assert_eq!(fleet.phase(), Phase::Serving);
+        assert_eq!(fleet.slots()[0].worker.as_ref().unwrap().pid, 100);
+        assert!(
+            fleet.poll_deadline().is_none_or(|t| t > now),
+            "no respawn of the old worker"
+        );
+    }
+
+    #[test]
+    fn silent_worker_is_killed_once() {
+        let (mut fleet, now) = serving(1);
+        let late = now + Duration::from_secs(30);
+        assert_eq!(fleet.poll_deadline(), Some(late));
+        fleet.handle_heartbeat(100, 0, 5, now + Duration::from_secs(1));
+        assert!(
+            fleet.handle_tick(late).is_empty(),
+            "a heartbeat moved the deadline"
+        );
+        let later = now + Duration::from_secs(31);
+        assert_eq!(fleet.handle_tick(later), vec![Command::Kill(100)]);
+        assert!(fleet.handle_tick(later).is_empty());
+    }
+
+    #[test]
+    fn max_requests_recycles_the_slot() {
+        let (mut fleet, now) = started_with(
+            1,
+            Settings {
+                max_requests: 100,
+                ..settings()
+            },
+        );
+        fleet.handle_ready(100, now);
+        assert!(fleet.handle_heartbeat(100, 0, 99, now).is_empty());
+        assert_eq!(
+            fleet.handle_heartbeat(100, 0, 100, now),
+            vec![Command::Spawn {
+                slot: 0,
+                generation: 2
+            }]
+        );
+        assert!(
+            fleet.handle_heartbeat(100, 0, 150, now).is_empty(),
+            "one replacement at a time"
+        );
+        fleet.handle_spawned(0, 2, 101, now);
+        assert_eq!(
+            fleet.handle_ready(101, now),
+            vec![Command::Drain(100), Command::Reloaded]
+        );
+    }
+
+    #[test]
+    fn jitter_stays_in_range() {
+        assert_eq!(jitter(123, 0), 0);
+        assert!((1..5000).all(|pid| jitter(pid, 10) <= 10));
+        assert!(
+            (1..50)
+                .map(|pid| jitter(pid, 10))
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                > 3
+        );
+    }
+
+    #[test]
+    fn scale_up_binds_and_spawns_scale_down_drains_and_closes() {
+        let (mut fleet, now) = serving(1);
+        assert_eq!(
+            fleet.handle_scale(3).unwrap(),
+            vec![
+                Command::Bind(1),
+                Command::Spawn {
+                    slot: 1,
+                    generation: 1
+                },
+                Command::Bind(2),
+                Command::Spawn {
+                    slot: 2,
+                    generation: 1
+                },
+            ]
+        );
+        fleet.handle_spawned(1, 1, 101, now);
+        fleet.handle_spawned(2, 1, 102, now);
+        assert_eq!(fleet.size(), 3);
+        assert_eq!(
+            fleet.handle_scale(1).unwrap(),
+            vec![Command::Drain(101), Command::Drain(102)]
+        );
+        assert_eq!(fleet.size(), 1);
+        assert_eq!(
+            fleet.handle_exited(101, Some(0), now),
+            vec![Command::Close(1)]
+        );
+        assert_eq!(fleet.handle_exited(102, None, now), vec![Command::Close(2)]);
+        assert!(
+            fleet
+                .poll_deadline()
+                .is_none_or(|t| t > now + Duration::from_secs(1)),
+            "removed slots are not respawned"
+        );
     }
 }

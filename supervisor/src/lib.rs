@@ -5,7 +5,9 @@
 pub mod check;
 pub mod cli;
 pub mod control;
+pub mod ctl;
 pub mod fleet;
 pub mod logs;
+pub mod notify;
 pub mod serve;
 pub mod sockets;

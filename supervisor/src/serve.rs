@@ -1,38 +1,40 @@
 //! `genro-asgi serve`: runs the fleet.
 //!
-//! 1. Validate what the config cannot check alone (an app is set), create the run dir,
-//!    bind the slot sockets and the control socket — all before any child starts.
+//! 1. Validate what the config cannot check alone (an app is set, TLS files load), create
+//!    the run dir, bind the slot sockets and the control socket — before any child starts.
 //! 2. Spawn one worker per slot by re-executing this binary (`worker` subcommand), the
 //!    slot's socket on fd 3, the effective config as JSON in the environment.
-//! 3. Feed the [`Fleet`] state machine with control events, child exits, signals and its
-//!    own deadlines, and carry out the commands it returns, until it says `Exit`.
+//! 3. Feed the [`Fleet`] state machine with control events, child exits, signals, admin
+//!    requests and its own deadlines, and carry out the commands it returns, until `Exit`.
+//!
+//! Signals: TERM/INT drain (a second one kills), HUP reloads, TTIN/TTOU add/remove a
+//! worker. Each lifecycle transition is also told to systemd (see [`crate::notify`]).
 
 use crate::control::{self, Incoming};
-use crate::fleet::{Command, Fleet};
+use crate::fleet::{Command, Fleet, Phase, Refused, Settings, WorkerState};
+use crate::notify::Notifier;
 use anyhow::Context;
-use genro_config::Loaded;
+use genro_config::{Config, ConfigError, Loaded};
 use genro_shared::exit;
-use genro_shared::protocol::Message;
+use genro_shared::protocol::{FleetStatus, Message, WorkerStatus};
 use socket2::Socket;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+
+/// Re-reads the configuration (same file, environment and flags) for a reload.
+pub type Reloader = Box<dyn Fn() -> Result<Loaded, ConfigError>>;
 
 /// Runs the server; returns the exit code.
-pub fn run(loaded: Loaded) -> i32 {
+pub fn run(loaded: Loaded, reloader: Reloader) -> i32 {
     let config = &loaded.config;
     crate::logs::init(config, None);
-    if config.application.app.is_empty() {
-        eprintln!("genro-asgi: configuration error: no app to serve: set [application] app = module:attr in the config file, GENRO_ASGI_APPLICATION_APP, or --app");
-        return exit::CONFIG;
-    }
-    // Certificates and keys are checked here, in Rust, before any socket or worker: a bad
-    // file is a configuration error, not a worker crash loop.
-    if let Err(err) = genro_worker::server::tls_acceptor(config) {
-        eprintln!("genro-asgi: configuration error: {err:#}");
+    if let Err(message) = preflight(config) {
+        eprintln!("genro-asgi: configuration error: {message}");
         return exit::CONFIG;
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -45,49 +47,104 @@ pub fn run(loaded: Loaded) -> i32 {
             return exit::INTERNAL;
         }
     };
-    let run_dir = run_dir(config.server.run_dir.as_deref());
-    let code = match runtime.block_on(supervise(&loaded, &run_dir)) {
+    let run_dir = run_dir(config);
+    let code = match runtime.block_on(supervise(&loaded, &run_dir, reloader)) {
         Ok(code) => code,
         Err(err) => {
             tracing::error!("{err:#}");
             exit::INTERNAL
         }
     };
+    let _ = std::fs::remove_file(run_dir.join("control.sock"));
     if config.server.run_dir.is_none() {
-        let _ = std::fs::remove_dir_all(&run_dir);
-    } else {
-        let _ = std::fs::remove_file(run_dir.join("control.sock"));
+        let _ = std::fs::remove_dir(&run_dir);
     }
     code
 }
 
-fn run_dir(configured: Option<&Path>) -> PathBuf {
-    if let Some(dir) = configured {
-        return dir.to_path_buf();
+/// Checks what the schema cannot: an app to serve, and TLS files that load (in Rust, before
+/// any worker: a bad file is a configuration error, not a worker crash loop).
+fn preflight(config: &Config) -> Result<(), String> {
+    if config.application.app.is_empty() {
+        return Err("no app to serve: set [application] app = module:attr in the config file, GENRO_ASGI_APPLICATION_APP, or --app".into());
     }
-    let pid = std::process::id();
+    genro_worker::server::tls_acceptor(config).map_err(|e| format!("{e:#}"))?;
+    Ok(())
+}
+
+/// The run directory: `[server] run_dir`, else one per port so `genro-asgi ctl --config`
+/// finds the control socket of the server started with the same file.
+pub fn run_dir(config: &Config) -> PathBuf {
+    if let Some(dir) = &config.server.run_dir {
+        return dir.clone();
+    }
+    let port = config.server.port;
+    let name = if port == 0 {
+        format!("pid{}", std::process::id())
+    } else {
+        port.to_string()
+    };
     match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        Some(base) => PathBuf::from(base).join(format!("genro-asgi-{pid}")),
+        Some(base) => PathBuf::from(base).join(format!("genro-asgi-{name}")),
         // SAFETY: geteuid has no preconditions.
         None => {
-            std::env::temp_dir().join(format!("genro-asgi-{}-{pid}", unsafe { libc::geteuid() }))
+            std::env::temp_dir().join(format!("genro-asgi-{}-{name}", unsafe { libc::geteuid() }))
         }
     }
 }
 
+fn settings(config: &Config) -> Settings {
+    Settings {
+        grace: config.server.graceful_timeout,
+        worker_timeout: config.server.worker_timeout,
+        max_requests: config.server.max_requests,
+        max_requests_jitter: config.server.max_requests_jitter,
+    }
+}
+
+/// Starts worker processes; owns the slot sockets.
 struct Spawner {
     exe: PathBuf,
+    addr: SocketAddr,
+    backlog: u32,
     config_json: String,
     control_path: PathBuf,
-    sockets: Vec<Socket>,
+    sockets: Vec<Option<Socket>>,
     /// ` [name]` for process titles, or empty.
     title: String,
     secret_key: Option<String>,
 }
 
 impl Spawner {
+    fn configure(&mut self, config: &Config) -> anyhow::Result<()> {
+        self.config_json =
+            serde_json::to_string(config).context("serializing the configuration")?;
+        self.title = match config.application.name.as_str() {
+            "" => String::new(),
+            name => format!(" [{name}]"),
+        };
+        self.secret_key = config.application.secret_key.clone();
+        Ok(())
+    }
+
+    fn bind(&mut self, slot: usize) -> anyhow::Result<()> {
+        let mut sockets = crate::sockets::bind_slots(self.addr, 1, self.backlog)?;
+        if self.sockets.len() <= slot {
+            self.sockets.resize_with(slot + 1, || None);
+        }
+        self.sockets[slot] = sockets.pop();
+        Ok(())
+    }
+
     fn spawn(&self, slot: usize, generation: u64) -> std::io::Result<tokio::process::Child> {
-        let fd = self.sockets[slot].as_raw_fd();
+        let fd = match self.sockets.get(slot) {
+            Some(Some(socket)) => socket.as_raw_fd(),
+            _ => {
+                return Err(std::io::Error::other(format!(
+                    "slot {slot} has no listening socket"
+                )))
+            }
+        };
         let mut command = std::process::Command::new(&self.exe);
         if let Some(secret) = &self.secret_key {
             // The app reads its secret from the environment, whatever source set it.
@@ -130,7 +187,309 @@ enum Event {
     Exited { pid: u32, code: Option<i32> },
 }
 
-async fn supervise(loaded: &Loaded, run_dir: &Path) -> anyhow::Result<i32> {
+/// The executor's state besides the fleet.
+struct Supervisor {
+    fleet: Fleet,
+    spawner: Spawner,
+    notifier: Notifier,
+    reloader: Reloader,
+    writers: HashMap<u32, mpsc::Sender<Message>>,
+    events: mpsc::Sender<Event>,
+    started: Instant,
+    /// A `ctl reload` waiting for the outcome.
+    reload_reply: Option<oneshot::Sender<Message>>,
+    /// Worker count from a reloaded config, applied once the reload finished.
+    pending_scale: Option<usize>,
+    app: String,
+    url: String,
+}
+
+impl Supervisor {
+    /// Carries out commands (and the ones they lead to); returns the exit code on `Exit`.
+    fn execute(&mut self, mut pending: Vec<Command>) -> Option<i32> {
+        while !pending.is_empty() {
+            let mut next = Vec::new();
+            for command in pending {
+                let now = Instant::now();
+                match command {
+                    Command::Bind(slot) => {
+                        if let Err(err) = self.spawner.bind(slot) {
+                            tracing::error!(slot, "cannot bind a socket for a new slot: {err:#}");
+                        }
+                    }
+                    Command::Spawn { slot, generation } => {
+                        match self.spawner.spawn(slot, generation) {
+                            Ok(mut child) => {
+                                let pid = child.id().unwrap_or(0);
+                                tracing::info!(slot, pid, generation, "worker started");
+                                let events = self.events.clone();
+                                tokio::spawn(async move {
+                                    let code = child.wait().await.ok().and_then(|s| s.code());
+                                    let _ = events.send(Event::Exited { pid, code }).await;
+                                });
+                                next.extend(self.fleet.handle_spawned(slot, generation, pid, now));
+                            }
+                            Err(err) => {
+                                tracing::error!(slot, "cannot start a worker: {err}");
+                                next.extend(self.fleet.handle_spawn_failed(slot, generation, now));
+                            }
+                        }
+                    }
+                    Command::Drain(pid) => {
+                        let sent = self
+                            .writers
+                            .get(&pid)
+                            .is_some_and(|w| w.try_send(Message::Drain).is_ok());
+                        if !sent {
+                            // Not connected yet (or gone): the signal does the same.
+                            signal_pid(pid, libc::SIGTERM);
+                        }
+                    }
+                    Command::Kill(pid) => {
+                        let stopping = matches!(self.fleet.phase(), Phase::Stopping { .. });
+                        if stopping {
+                            tracing::warn!(pid, "worker did not stop in time; killing it");
+                        } else {
+                            tracing::error!(
+                                pid,
+                                "worker sent no heartbeat for worker_timeout; killing it"
+                            );
+                        }
+                        signal_pid(pid, libc::SIGKILL);
+                    }
+                    Command::Close(slot) => {
+                        if let Some(socket) = self.spawner.sockets.get_mut(slot) {
+                            *socket = None;
+                        }
+                        tracing::info!(slot, "slot removed");
+                    }
+                    Command::Serving => {
+                        let workers = self.fleet.size();
+                        tracing::info!(
+                            "serving {} on {} with {workers} worker(s)",
+                            self.app,
+                            self.url
+                        );
+                        self.notifier.send(&format!(
+                            "READY=1\nSTATUS=serving {} with {workers} worker(s)",
+                            self.url
+                        ));
+                    }
+                    Command::Reloaded => {
+                        tracing::info!("reload complete: every slot runs a new worker");
+                        self.notifier.send(&format!(
+                            "READY=1\nSTATUS=serving {} with {} worker(s)",
+                            self.url,
+                            self.fleet.size()
+                        ));
+                        self.answer_reload(Message::Done {
+                            message: "reload complete".into(),
+                        });
+                        if let Some(workers) = self.pending_scale.take() {
+                            next.extend(self.scale(workers));
+                        }
+                    }
+                    Command::ReloadFailed { slot, code } => {
+                        let why = match code {
+                            Some(code) => format!("exited with code {code}"),
+                            None => "could not start".into(),
+                        };
+                        let message = format!("reload aborted: the new worker for slot {slot} {why} before it was ready; the running workers keep serving");
+                        tracing::error!("{message}");
+                        self.pending_scale = None;
+                        self.notifier.send(
+                            "READY=1\nSTATUS=reload failed; serving with the previous workers",
+                        );
+                        self.answer_reload(Message::Error { message });
+                    }
+                    Command::Exit(code) => {
+                        tracing::info!(code, "supervisor exiting");
+                        return Some(code);
+                    }
+                }
+            }
+            pending = next;
+        }
+        None
+    }
+
+    fn answer_reload(&mut self, answer: Message) {
+        if let Some(reply) = self.reload_reply.take() {
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// Re-reads the configuration and starts replacing the workers.
+    fn reload(&mut self, reply: Option<oneshot::Sender<Message>>) -> Vec<Command> {
+        let refuse = |reply: Option<oneshot::Sender<Message>>, message: String| {
+            tracing::error!("{message}");
+            if let Some(reply) = reply {
+                let _ = reply.send(Message::Error { message });
+            }
+            Vec::new()
+        };
+        if self.fleet.is_reloading() {
+            return refuse(reply, Refused::Reloading.to_string());
+        }
+        let loaded = match (self.reloader)() {
+            Ok(loaded) => loaded,
+            Err(err) => {
+                return refuse(
+                    reply,
+                    format!(
+                    "reload aborted: configuration error: {err}; the running workers keep serving"
+                ),
+                )
+            }
+        };
+        let config = &loaded.config;
+        if let Err(message) = preflight(config) {
+            return refuse(reply, format!("reload aborted: configuration error: {message}; the running workers keep serving"));
+        }
+        let addr = crate::sockets::resolve(&config.server.host, config.server.port).ok();
+        if addr.is_some_and(|a| a != self.spawner.addr && config.server.port != 0) {
+            tracing::warn!(
+                "[server] host/port changed: a restart is needed to listen elsewhere; still on {}",
+                self.url
+            );
+        }
+        let commands = match self.fleet.handle_reload() {
+            Ok(commands) => commands,
+            Err(refused) => return refuse(reply, format!("reload refused: {refused}")),
+        };
+        if let Err(err) = self.spawner.configure(config) {
+            return refuse(reply, format!("reload aborted: {err:#}"));
+        }
+        self.fleet.set_settings(settings(config));
+        self.app = config.application.app.clone();
+        self.pending_scale = Some(config.server.workers).filter(|n| *n != self.fleet.size());
+        tracing::info!(
+            "reloading: replacing {} worker(s) one slot at a time",
+            self.fleet.size()
+        );
+        self.notifier.reloading();
+        self.reload_reply = reply;
+        commands
+    }
+
+    fn scale(&mut self, workers: usize) -> Vec<Command> {
+        match self.fleet.handle_scale(workers) {
+            Ok(commands) => {
+                tracing::info!("scaling to {workers} worker(s)");
+                commands
+            }
+            Err(refused) => {
+                tracing::warn!("scale to {workers} refused: {refused}");
+                Vec::new()
+            }
+        }
+    }
+
+    fn stop(&mut self, fast: bool) -> Vec<Command> {
+        self.notifier.send("STOPPING=1\nSTATUS=draining");
+        let mut commands = self.fleet.handle_stop(Instant::now(), exit::OK);
+        if fast {
+            commands.extend(self.fleet.handle_stop(Instant::now(), exit::OK));
+        }
+        commands
+    }
+
+    fn status(&self) -> FleetStatus {
+        let now = Instant::now();
+        let phase = match self.fleet.phase() {
+            Phase::Starting => "starting",
+            Phase::Serving => "serving",
+            Phase::Stopping { .. } | Phase::Done => "stopping",
+        };
+        let mut workers = Vec::new();
+        for (slot, s) in self.fleet.slots().iter().enumerate() {
+            for w in s
+                .worker
+                .iter()
+                .chain(s.incoming.iter())
+                .chain(s.retiring.iter())
+            {
+                workers.push(WorkerStatus {
+                    slot: slot as u32,
+                    pid: w.pid,
+                    generation: w.generation,
+                    state: match w.state {
+                        WorkerState::Starting => "starting",
+                        WorkerState::Ready => "ready",
+                        WorkerState::Draining => "draining",
+                    }
+                    .into(),
+                    uptime: now.duration_since(w.started).as_secs_f64(),
+                    served: w.served,
+                    in_flight: w.in_flight,
+                });
+            }
+        }
+        FleetStatus {
+            pid: std::process::id(),
+            phase: phase.into(),
+            reloading: self.fleet.is_reloading(),
+            uptime: now.duration_since(self.started).as_secs_f64(),
+            restarts: self.fleet.restarts(),
+            workers,
+        }
+    }
+
+    fn admin(&mut self, request: Message, reply: oneshot::Sender<Message>) -> Vec<Command> {
+        match request {
+            Message::Status => {
+                let _ = reply.send(Message::StatusReport {
+                    status: self.status(),
+                });
+                Vec::new()
+            }
+            Message::Reload => self.reload(Some(reply)),
+            Message::Drain | Message::Stop => {
+                let fast = matches!(request, Message::Stop);
+                let _ = reply.send(Message::Done {
+                    message: if fast {
+                        "stopping now".into()
+                    } else {
+                        "draining, then exiting".into()
+                    },
+                });
+                tracing::info!("{} requested by ctl", if fast { "stop" } else { "drain" });
+                self.stop(fast)
+            }
+            Message::Scale { workers } if workers >= 1 => {
+                match self.fleet.handle_scale(workers as usize) {
+                    Ok(commands) => {
+                        tracing::info!("scaling to {workers} worker(s) (ctl)");
+                        let _ = reply.send(Message::Done {
+                            message: format!("scaling to {workers} worker(s)"),
+                        });
+                        commands
+                    }
+                    Err(refused) => {
+                        let _ = reply.send(Message::Error {
+                            message: format!("scale refused: {refused}"),
+                        });
+                        Vec::new()
+                    }
+                }
+            }
+            Message::Scale { .. } => {
+                let _ = reply.send(Message::Error {
+                    message: "scale needs at least 1 worker".into(),
+                });
+                Vec::new()
+            }
+            other => {
+                let _ = reply.send(Message::Error {
+                    message: format!("unexpected request {}", other.kind()),
+                });
+                Vec::new()
+            }
+        }
+    }
+}
+
+async fn supervise(loaded: &Loaded, run_dir: &Path, reloader: Reloader) -> anyhow::Result<i32> {
     use tokio::signal::unix::{signal, SignalKind};
     let config = &loaded.config;
     std::fs::create_dir_all(run_dir)
@@ -157,119 +516,119 @@ async fn supervise(loaded: &Loaded, run_dir: &Path) -> anyhow::Result<i32> {
             }
         });
     }
-    let spawner = Spawner {
+    let mut spawner = Spawner {
         exe: std::env::current_exe().context("locating the genro-asgi binary")?,
-        config_json: serde_json::to_string(config).context("serializing the configuration")?,
+        addr: bound,
+        backlog: config.server.backlog,
+        config_json: String::new(),
         control_path,
-        sockets,
-        title: match config.application.name.as_str() {
-            "" => String::new(),
-            name => format!(" [{name}]"),
-        },
-        secret_key: config.application.secret_key.clone(),
+        sockets: sockets.into_iter().map(Some).collect(),
+        title: String::new(),
+        secret_key: None,
     };
+    spawner.configure(config)?;
     let scheme = if config.ssl.enabled { "https" } else { "http" };
+    let url = format!("{scheme}://{bound}");
     tracing::info!(
-        "genro-asgi {} starting {} worker(s) for {} on {scheme}://{bound}",
+        "genro-asgi {} starting {} worker(s) for {} on {url}",
         env!("CARGO_PKG_VERSION"),
         config.server.workers,
         config.application.app
     );
+    let mut sup = Supervisor {
+        fleet: Fleet::new(config.server.workers, settings(config)),
+        spawner,
+        notifier: Notifier::from_env(),
+        reloader,
+        writers: HashMap::new(),
+        events: events_tx,
+        started: Instant::now(),
+        reload_reply: None,
+        pending_scale: None,
+        app: config.application.app.clone(),
+        url,
+    };
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let mut fleet = Fleet::new(config.server.workers, config.server.graceful_timeout);
-    let mut writers: HashMap<u32, mpsc::Sender<Message>> = HashMap::new();
-    let mut pending = fleet.handle_start();
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigttin = signal(SignalKind::from_raw(libc::SIGTTIN))?;
+    let mut sigttou = signal(SignalKind::from_raw(libc::SIGTTOU))?;
+    let mut watchdog = sup.notifier.watchdog_interval().map(tokio::time::interval);
+    let mut pending = sup.fleet.handle_start();
     loop {
-        // Carry out commands; spawning can produce more (a failed spawn schedules a retry).
-        while !pending.is_empty() {
-            let mut next = Vec::new();
-            for command in pending {
-                let now = Instant::now();
-                match command {
-                    Command::Spawn { slot, generation } => match spawner.spawn(slot, generation) {
-                        Ok(mut child) => {
-                            let pid = child.id().unwrap_or(0);
-                            tracing::info!(slot, pid, generation, "worker started");
-                            let events_tx = events_tx.clone();
-                            tokio::spawn(async move {
-                                let code = child.wait().await.ok().and_then(|s| s.code());
-                                let _ = events_tx.send(Event::Exited { pid, code }).await;
-                            });
-                            next.extend(fleet.handle_spawned(slot, pid, now));
-                        }
-                        Err(err) => {
-                            tracing::error!(slot, "cannot start a worker: {err}");
-                            next.extend(fleet.handle_spawn_failed(slot, now));
-                        }
-                    },
-                    Command::Drain(pid) => {
-                        let sent = match writers.get(&pid) {
-                            Some(writer) => writer.try_send(Message::Drain).is_ok(),
-                            None => false,
-                        };
-                        if !sent {
-                            // Not connected yet (or gone): the signal does the same.
-                            signal_pid(pid, libc::SIGTERM);
-                        }
-                    }
-                    Command::Kill(pid) => {
-                        tracing::warn!(pid, "worker did not stop in time; killing it");
-                        signal_pid(pid, libc::SIGKILL);
-                    }
-                    Command::Serving => tracing::info!(
-                        "serving {} on {scheme}://{bound} with {} worker(s)",
-                        config.application.app,
-                        config.server.workers
-                    ),
-                    Command::Exit(code) => {
-                        tracing::info!(code, "supervisor exiting");
-                        return Ok(code);
-                    }
-                }
-            }
-            pending = next;
+        if let Some(code) = sup.execute(pending) {
+            return Ok(code);
         }
-        let deadline = fleet.poll_deadline();
+        let deadline = sup.fleet.poll_deadline();
         let sleep = async {
             match deadline {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
                 None => std::future::pending().await,
             }
         };
-        let now = || Instant::now();
+        let keepalive = async {
+            match watchdog.as_mut() {
+                Some(interval) => interval.tick().await,
+                None => std::future::pending().await,
+            }
+        };
+        let now = Instant::now;
         pending = tokio::select! {
             Some(event) = events.recv() => match event {
                 Event::Control(Incoming::Hello { pid, writer }) => {
-                    writers.insert(pid, writer);
+                    sup.writers.insert(pid, writer);
                     Vec::new()
                 }
                 Event::Control(Incoming::Message { pid, message: Message::Ready }) => {
                     tracing::debug!(pid, "worker ready");
-                    fleet.handle_ready(pid, now())
+                    sup.fleet.handle_ready(pid, now())
                 }
-                Event::Control(Incoming::Message { .. }) => Vec::new(),
+                Event::Control(Incoming::Message { pid, message: Message::Heartbeat { in_flight, served } }) => {
+                    sup.fleet.handle_heartbeat(pid, in_flight, served, now())
+                }
+                Event::Control(Incoming::Message { pid, message }) => {
+                    tracing::warn!(pid, "unexpected control message {} from a worker", message.kind());
+                    Vec::new()
+                }
+                Event::Control(Incoming::Admin { request, reply }) => sup.admin(request, reply),
                 Event::Exited { pid, code } => {
-                    writers.remove(&pid);
-                    let stopping = matches!(fleet.phase(), crate::fleet::Phase::Stopping { .. });
+                    sup.writers.remove(&pid);
+                    let stopping = matches!(sup.fleet.phase(), Phase::Stopping { .. });
                     match code {
-                        Some(0) if stopping => tracing::info!(pid, "worker exited"),
+                        Some(0) => tracing::info!(pid, "worker exited"),
                         Some(code) if exit::is_fatal(code) => tracing::error!(pid, code, "worker could not start the app"),
                         Some(code) => tracing::warn!(pid, code, "worker exited unexpectedly"),
+                        None if stopping => tracing::warn!(pid, "worker killed"),
                         None => tracing::warn!(pid, "worker killed by a signal"),
                     }
-                    fleet.handle_exited(pid, code, now())
+                    sup.fleet.handle_exited(pid, code, now())
                 }
             },
             _ = sigterm.recv() => {
                 tracing::info!("SIGTERM: draining");
-                fleet.handle_stop(now(), exit::OK)
+                sup.stop(false)
             }
             _ = sigint.recv() => {
                 tracing::info!("SIGINT: draining (again for a fast stop)");
-                fleet.handle_stop(now(), exit::OK)
+                sup.stop(false)
             }
-            _ = sleep => fleet.handle_tick(now()),
+            _ = sighup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                sup.reload(None)
+            }
+            _ = sigttin.recv() => {
+                let workers = sup.fleet.size() + 1;
+                sup.scale(workers)
+            }
+            _ = sigttou.recv() => {
+                let workers = sup.fleet.size().saturating_sub(1).max(1);
+                sup.scale(workers)
+            }
+            _ = keepalive => {
+                sup.notifier.send("WATCHDOG=1");
+                Vec::new()
+            }
+            _ = sleep => sup.fleet.handle_tick(now()),
         };
     }
 }

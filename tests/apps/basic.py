@@ -141,6 +141,27 @@ async def app(scope, receive, send):
         await read_body(receive)
         message = await receive()
         note("early:" + message["type"])
+    elif path == "/endless":
+        # Streams until the client leaves, never calling receive(): send() must raise.
+        await start(send)
+        try:
+            while True:
+                await body(send, b"x" * 1024, more=True)
+        except OSError:
+            note("endless:oserror")
+    elif path == "/status":
+        await start(send, status=int(query["code"]))
+        await body(send, b"" if query["code"] in ("204", "304") else b"x")
+    elif path == "/create-task":
+        # Django Channels style: receive() scheduled as a task.
+        parts = []
+        while True:
+            message = await asyncio.create_task(receive())
+            parts.append(message["body"])
+            if not message.get("more_body"):
+                break
+        await start(send)
+        await asyncio.ensure_future(send({"type": "http.response.body", "body": b"".join(parts)}))
     elif path == "/pid":
         await start(send)
         await body(send, str(os.getpid()).encode())

@@ -17,7 +17,7 @@ use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyStopIteration};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
@@ -130,6 +130,10 @@ pub struct Shared {
     pub show_traceback: bool,
     /// Requests started.
     pub started: AtomicU64,
+    /// Requests in flight (admitted, response not finished).
+    pub in_flight: std::sync::atomic::AtomicUsize,
+    /// The worker is draining: HTTP/1.1 responses carry `Connection: close`.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// The request half of an exchange, shared with the tokio task that reads the body.
@@ -213,6 +217,26 @@ impl Exchange {
     }
 }
 
+/// One admitted request, counted in [`Shared::in_flight`] until both the transport (the
+/// response body or the service future) and the app's task let go of it: a client that
+/// disconnects does not free its slot while the app still runs for it.
+#[derive(Debug)]
+pub struct Admission(Arc<Shared>);
+
+impl Admission {
+    /// Counts a request in.
+    pub fn new(shared: Arc<Shared>) -> Arc<Self> {
+        shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        Arc::new(Admission(shared))
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// How the connection reached us.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
@@ -235,6 +259,8 @@ pub struct RequestStart {
     pub exchange: Arc<Exchange>,
     /// Where the response goes.
     pub respond: oneshot::Sender<Response<ResponseBody>>,
+    /// The request's admission, held until the app's task ends.
+    pub admission: Arc<Admission>,
 }
 
 /// Python objects created once per worker.
@@ -270,7 +296,7 @@ pub fn install(py: Python<'_>, parts: PyParts) -> PyResult<()> {
     let event_loop = parts.event_loop.bind(py);
     let asgi = PyDict::new(py);
     asgi.set_item("version", "3.0")?;
-    asgi.set_item("spec_version", "2.3")?;
+    asgi.set_item("spec_version", "2.4")?;
     let state = PyState {
         app: parts.app,
         run_http: parts.run_http,
@@ -383,6 +409,8 @@ fn start_request(
             respond: Some(start.respond),
             stream: None,
             trailers: HeaderMap::new(),
+            admission: Some(start.admission),
+            gone: false,
             is_head: start.parts.method == http::Method::HEAD,
             is_h2,
             failed: false,
@@ -443,10 +471,23 @@ fn build_scope<'py>(
             ))?;
         }
     }
+    // RFC 9113 8.2.3: HTTP/2 may split `cookie` into several fields; apps expect one.
+    let is_h2 = parts.version == Version::HTTP_2;
+    let mut cookies: Vec<&[u8]> = Vec::new();
     for (name, value) in &parts.headers {
+        if is_h2 && name == http::header::COOKIE {
+            cookies.push(value.as_bytes());
+            continue;
+        }
         headers.append((
             PyBytes::new(py, name.as_str().as_bytes()),
             PyBytes::new(py, value.as_bytes()),
+        ))?;
+    }
+    if !cookies.is_empty() {
+        headers.append((
+            PyBytes::new(py, b"cookie"),
+            PyBytes::new(py, &cookies.join(&b"; "[..])),
         ))?;
     }
     scope.set_item(intern!(py, "headers"), headers)?;
@@ -497,6 +538,104 @@ impl Ready {
             Some(value) => Err(PyStopIteration::new_err((value.clone_ref(py),))),
         }
     }
+
+    // send/throw/close make this a `collections.abc.Coroutine`, so code that schedules
+    // `receive()` with `asyncio.create_task` (Django Channels does) accepts it.
+    fn send(&self, py: Python<'_>, _value: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
+        self.__next__(py)
+    }
+
+    #[pyo3(signature = (kind, value=None, _traceback=None))]
+    fn throw(
+        &self,
+        kind: &Bound<'_, PyAny>,
+        value: Option<&Bound<'_, PyAny>>,
+        _traceback: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        Err(raise(kind, value))
+    }
+
+    fn close(&self) {}
+}
+
+/// Builds the exception a `throw(kind, value)` call asks for.
+fn raise(kind: &Bound<'_, PyAny>, value: Option<&Bound<'_, PyAny>>) -> PyErr {
+    let exception = match value {
+        Some(value) if !value.is_none() => value.clone(),
+        _ => kind.clone(),
+    };
+    PyErr::from_value(exception)
+}
+
+/// A pending `receive()`/`send()`: the loop future, wrapped so that it is also a
+/// `collections.abc.Coroutine` (see [`Ready`]); awaiting it awaits the future.
+#[pyclass(frozen)]
+pub struct Waiting {
+    iter: Py<PyAny>,
+}
+
+impl std::fmt::Debug for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Waiting")
+    }
+}
+
+#[pymethods]
+impl Waiting {
+    fn __await__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(self
+            .iter
+            .bind(py)
+            .call_method0(intern!(py, "__next__"))?
+            .unbind())
+    }
+
+    fn send(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        Ok(self
+            .iter
+            .bind(py)
+            .call_method1(intern!(py, "send"), (value,))?
+            .unbind())
+    }
+
+    #[pyo3(signature = (kind, value=None, traceback=None))]
+    fn throw(
+        &self,
+        py: Python<'_>,
+        kind: &Bound<'_, PyAny>,
+        value: Option<&Bound<'_, PyAny>>,
+        traceback: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let _ = traceback;
+        let exception = raise(kind, value);
+        Ok(self
+            .iter
+            .bind(py)
+            .call_method1(intern!(py, "throw"), (exception.value(py),))?
+            .unbind())
+    }
+
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        self.iter.bind(py).call_method0(intern!(py, "close"))?;
+        Ok(())
+    }
+}
+
+/// Wraps a loop future for the app (see [`Waiting`]).
+fn waiting(py: Python<'_>, future: &Py<PyAny>) -> PyResult<Py<PyAny>> {
+    let iter = future
+        .bind(py)
+        .call_method0(intern!(py, "__await__"))?
+        .unbind();
+    Ok(Py::new(py, Waiting { iter })?.into_any())
 }
 
 /// The per-exchange object behind the app's `receive` and `send`.
@@ -515,6 +654,9 @@ struct Inner {
     respond: Option<oneshot::Sender<Response<ResponseBody>>>,
     stream: Option<mpsc::Sender<Chunk>>,
     trailers: HeaderMap,
+    admission: Option<Arc<Admission>>,
+    /// The client went away before the response completed.
+    gone: bool,
     is_head: bool,
     is_h2: bool,
     /// An error was already logged and answered for this exchange.
@@ -570,7 +712,7 @@ impl Handle {
                     value,
                 });
             });
-            return Ok(waiter);
+            return waiting(py, &waiter);
         }
         if exchange.is_disconnected() {
             return ready(py, disconnect_message(py)?.into_any());
@@ -587,7 +729,7 @@ impl Handle {
                 value: Wake::Disconnect,
             });
         });
-        Ok(waiter)
+        waiting(py, &waiter)
     }
 
     /// ASGI `send(message)`.
@@ -598,9 +740,16 @@ impl Handle {
             Err(why) => return Err(self.protocol_failure(py, &why)),
         };
         let mut inner = lock(&self.inner);
+        if inner.gone || (self.exchange.is_disconnected() && !inner.state.is_done()) {
+            // ASGI 2.4: send() on a closed connection raises OSError, so a streaming loop
+            // ends instead of spinning on completed sends.
+            inner.gone = true;
+            return Err(PyOSError::new_err("client disconnected"));
+        }
         if inner.failed {
-            // Client gone or exchange already answered: sends are no-ops (as in uvicorn).
-            return Ok(state.sent.clone_ref(py).into_any());
+            return Err(PyRuntimeError::new_err(
+                "the response already failed (see the server log)",
+            ));
         }
         let action = match inner.state.handle(outbound) {
             Ok(action) => action,
@@ -616,6 +765,10 @@ impl Handle {
                 let len = body.len();
                 let body = if inner.is_head { Bytes::new() } else { body };
                 self.respond(&mut inner, head, ResponseBody::full(body), Some(len));
+            }
+            Action::Open(head, _) | Action::File(head, _) if inner.is_head => {
+                // HEAD: the head only; later chunks find no stream and are dropped.
+                self.respond(&mut inner, head, ResponseBody::full(Bytes::new()), None);
             }
             Action::Open(head, first) => {
                 let (body, tx) = ResponseBody::channel();
@@ -662,8 +815,13 @@ impl Handle {
 
     /// Called by `glue.run_http` when the app returned normally.
     fn finished(&self, py: Python<'_>) {
-        let inner = lock(&self.inner);
+        let mut inner = lock(&self.inner);
+        inner.admission = None;
         if inner.state.is_done() || inner.failed {
+            return;
+        }
+        if inner.gone || self.exchange.is_disconnected() {
+            tracing::debug!(method = %self.method, path = %self.path, "client disconnected before the response completed");
             return;
         }
         drop(inner);
@@ -674,6 +832,7 @@ impl Handle {
     /// graceful_timeout ran out): 503 if nothing was sent, else abort.
     fn cancelled(&self, py: Python<'_>) {
         let mut inner = lock(&self.inner);
+        inner.admission = None;
         if inner.failed || inner.state.is_done() {
             return;
         }
@@ -690,7 +849,17 @@ impl Handle {
     /// Called by `glue.run_http` with the formatted traceback when the app raised.
     fn failed(&self, py: Python<'_>, traceback: &str) {
         let mut inner = lock(&self.inner);
+        inner.admission = None;
         if inner.failed {
+            return;
+        }
+        if inner.gone
+            && traceback
+                .trim_end()
+                .ends_with("OSError: client disconnected")
+        {
+            // The app let our disconnect error propagate: that is a normal ending.
+            tracing::debug!(method = %self.method, path = %self.path, "client disconnected");
             return;
         }
         inner.failed = true;
@@ -777,7 +946,11 @@ impl Handle {
                 headers.remove(name);
             }
         }
-        if let Some(len) = len {
+        // RFC 9110 8.6: no Content-Length on 1xx, 204 and 304.
+        let bodiless = head.status.is_informational()
+            || head.status == StatusCode::NO_CONTENT
+            || head.status == StatusCode::NOT_MODIFIED;
+        if let Some(len) = len.filter(|_| !bodiless) {
             if !headers.contains_key(CONTENT_LENGTH) {
                 headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
             }
@@ -786,6 +959,8 @@ impl Handle {
         *response.status_mut() = head.status;
         *response.headers_mut() = headers;
         if respond.send(response).is_err() {
+            // The service future is gone: the client left before the response.
+            inner.gone = true;
             inner.state.abort();
         }
     }
@@ -809,10 +984,10 @@ impl Handle {
             Ok(()) => Ok(state.sent.clone_ref(py).into_any()),
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 // The client went away: the response cannot complete.
-                inner.failed = true;
+                inner.gone = true;
                 inner.state.abort();
                 inner.stream = None;
-                Ok(state.sent.clone_ref(py).into_any())
+                Err(PyOSError::new_err("client disconnected"))
             }
             Err(mpsc::error::TrySendError::Full(chunk)) => {
                 let waiter = state.create_future.call0(py)?;
@@ -825,7 +1000,7 @@ impl Handle {
                         value: Wake::Sent,
                     });
                 });
-                Ok(waiter)
+                waiting(py, &waiter)
             }
         }
     }
@@ -880,10 +1055,14 @@ fn outbound_from_py(message: &Bound<'_, PyAny>) -> Result<Outbound, String> {
                 .ok_or_else(|| "http.response.start has no \"status\"".to_owned())?
                 .extract()
                 .map_err(|_| "http.response.start: \"status\" must be an int".to_owned())?;
+            // 1xx are interim responses and 101 switches protocols: neither can be the
+            // response to an ASGI HTTP request.
             let status = StatusCode::from_u16(status)
                 .ok()
-                .filter(|s| s.as_u16() >= 100)
-                .ok_or_else(|| format!("http.response.start: invalid status {status}"))?;
+                .filter(|s| (200..=599).contains(&s.as_u16()))
+                .ok_or_else(|| {
+                    format!("http.response.start: invalid status {status} (expected 200-599)")
+                })?;
             let headers = headers_from_py(field("headers"), &kind)?;
             Ok(Outbound::Start {
                 head: Head { status, headers },

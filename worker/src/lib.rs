@@ -126,6 +126,8 @@ fn run_inner(args: WorkerArgs) -> anyhow::Result<i32> {
         max_body_size: config.limits.max_body_size,
         show_traceback: config.errors.show_traceback,
         started: AtomicU64::new(0),
+        in_flight: std::sync::atomic::AtomicUsize::new(0),
+        draining: std::sync::atomic::AtomicBool::new(false),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -270,7 +272,7 @@ async fn control_loop(
         loop {
             tick.tick().await;
             let beat = Message::Heartbeat {
-                in_flight: 0,
+                in_flight: shared.in_flight.load(Ordering::Relaxed) as u64,
                 served: shared.started.load(Ordering::Relaxed),
             };
             if protocol::write_frame(&mut write, &beat).await.is_err() {

@@ -124,14 +124,14 @@ impl State {
                     (true, _) => (State::Streaming { trailers }, Ok(Action::Open(head, body))),
                 }
             }
-            (State::Started { head, trailers }, Outbound::PathSend { path }) => {
-                let next = if trailers {
-                    State::AwaitingTrailers
-                } else {
-                    State::Done
-                };
-                (next, Ok(Action::File(head, path)))
-            }
+            // The file is the whole body: trailers cannot follow a pathsend.
+            (
+                State::Started {
+                    head,
+                    trailers: false,
+                },
+                Outbound::PathSend { path },
+            ) => (State::Done, Ok(Action::File(head, path))),
             (State::Streaming { trailers }, Outbound::Body { body, more }) => {
                 match (more, trailers) {
                     (true, _) => (State::Streaming { trailers }, Ok(Action::Chunk(body))),
@@ -165,6 +165,9 @@ impl State {
                     ) => "http.response.trailers before the body finished",
                     (State::Streaming { .. }, Outbound::PathSend { .. }) => {
                         "http.response.pathsend after the body started"
+                    }
+                    (State::Started { trailers: true, .. }, Outbound::PathSend { .. }) => {
+                        "http.response.pathsend cannot be combined with trailers"
                     }
                     (State::AwaitingTrailers, _) => "expected http.response.trailers",
                     _ => "unexpected message",

@@ -27,8 +27,6 @@ pub struct Limits {
     pub max_concurrency: usize,
     /// `[limits] max_body_size` (0: unlimited).
     pub max_body_size: u64,
-    /// Requests in flight in this worker.
-    pub in_flight: AtomicUsize,
 }
 
 /// Builds the rustls acceptor from `[ssl]`, or `None` when TLS is off.
@@ -146,6 +144,8 @@ fn plain(status: StatusCode, text: &'static str, close: bool) -> Response<Respon
 #[derive(Debug)]
 struct ConnState {
     in_flight: AtomicUsize,
+    /// Requests seen on this connection (any outcome).
+    requests: AtomicU64,
     /// When the last response finished, in milliseconds since `epoch`.
     last_active_ms: AtomicU64,
     epoch: Instant,
@@ -155,6 +155,7 @@ impl ConnState {
     fn new() -> Self {
         ConnState {
             in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
             last_active_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         }
@@ -163,6 +164,28 @@ impl ConnState {
     fn touch(&self) {
         let ms = self.epoch.elapsed().as_millis() as u64;
         self.last_active_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the idle timer should look again: a connection that never sent a request has
+    /// `header_read_timeout` from its start (slowloris, silent sockets, half an HTTP/2
+    /// preface); afterwards, `keep_alive` from the end of its last response.
+    fn next_check(&self, keep_alive: Duration, header_read_timeout: Duration) -> Option<Instant> {
+        if self.requests.load(Ordering::Relaxed) == 0 {
+            // A fresh connection is idle too: whichever limit comes first.
+            let first = self.epoch + header_read_timeout;
+            return Some(if keep_alive.is_zero() {
+                first
+            } else {
+                first.min(self.epoch + keep_alive)
+            });
+        }
+        if keep_alive.is_zero() {
+            return None;
+        }
+        Some(match self.idle_since() {
+            Some(since) => since + keep_alive,
+            None => Instant::now() + keep_alive,
+        })
     }
 
     /// When the connection became idle, or `None` while a request is in flight.
@@ -204,14 +227,13 @@ impl Access {
 /// with the response body (written or abandoned), or with the service future (client gone
 /// before the app answered).
 struct InFlight {
-    limits: Arc<Limits>,
+    _admission: Arc<crate::bridge::Admission>,
     conn: Arc<ConnState>,
     exchange: Arc<Exchange>,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.limits.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.conn.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.conn.touch();
         self.exchange.mark_disconnected();
@@ -241,6 +263,7 @@ async fn handle(
     ctx: Arc<ConnCtx>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let limits = &ctx.limits;
+    ctx.state.requests.fetch_add(1, Ordering::Relaxed);
     let access = ctx.access_log.then(|| Access {
         client: ctx.info.client,
         method: request.method().clone(),
@@ -252,9 +275,11 @@ async fn handle(
         version: request.version(),
         started: Instant::now(),
     });
-    let in_flight = limits.in_flight.fetch_add(1, Ordering::Relaxed);
-    if limits.max_concurrency != 0 && in_flight >= limits.max_concurrency {
-        limits.in_flight.fetch_sub(1, Ordering::Relaxed);
+    let admission = crate::bridge::Admission::new(ctx.shared.clone());
+    if limits.max_concurrency != 0
+        && ctx.shared.in_flight.load(Ordering::Relaxed) > limits.max_concurrency
+    {
+        drop(admission);
         let mut response = plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "Server busy, retry later\n",
@@ -272,7 +297,7 @@ async fn handle(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > limits.max_body_size) {
-            limits.in_flight.fetch_sub(1, Ordering::Relaxed);
+            drop(admission);
             // Close: we do not read the body we refuse.
             let response = plain(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -283,10 +308,11 @@ async fn handle(
         }
     }
     ctx.state.in_flight.fetch_add(1, Ordering::Relaxed);
+    let version = request.version();
     let (parts, body) = request.into_parts();
     let exchange = Arc::new(Exchange::new(body, limits.max_body_size));
     let guard = InFlight {
-        limits: limits.clone(),
+        _admission: admission.clone(),
         conn: ctx.state.clone(),
         exchange: exchange.clone(),
     };
@@ -298,8 +324,9 @@ async fn handle(
             conn: ctx.info.clone(),
             exchange,
             respond,
+            admission,
         })));
-    let response = match response.await {
+    let mut response = match response.await {
         Ok(response) => response,
         // The exchange was dropped without an answer (worker stopping).
         Err(_) => plain(
@@ -308,6 +335,12 @@ async fn handle(
             true,
         ),
     };
+    if ctx.shared.draining.load(Ordering::Relaxed) && version != http::Version::HTTP_2 {
+        // Tell keep-alive clients to take their next request elsewhere (RFC 9112 9.6).
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     let status = response.status();
     Ok(response.map(|body| {
         body.on_drop(Box::new(move |bytes| {
@@ -319,6 +352,11 @@ async fn handle(
     }))
 }
 
+/// How long a draining worker keeps an idle HTTP/1.1 keep-alive connection open, so a
+/// request the client already sent is answered (with `Connection: close`) instead of
+/// meeting a closed socket.
+const DRAIN_LINGER: Duration = Duration::from_millis(500);
+
 /// Serves one connection until it ends, closing it gracefully when the worker drains or
 /// when it stayed idle (no request in flight) for `keep_alive`.
 async fn drive<I>(
@@ -327,6 +365,7 @@ async fn drive<I>(
     ctx: Arc<ConnCtx>,
     mut stop: watch::Receiver<bool>,
     keep_alive: Duration,
+    header_read_timeout: Duration,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -335,10 +374,11 @@ async fn drive<I>(
     let service = service_fn(move |request| handle(request, ctx.clone()));
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
-    let idle_timer = !keep_alive.is_zero();
     let mut closing = false;
-    let mut check_at = Instant::now() + keep_alive;
+    let mut draining_until: Option<Instant> = None;
     loop {
+        let linger_end = draining_until.unwrap_or_else(Instant::now);
+        let check_at = state.next_check(keep_alive, header_read_timeout);
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(err) = result {
@@ -346,19 +386,24 @@ async fn drive<I>(
                 }
                 return;
             }
-            _ = stopped(&mut stop), if !closing => {
+            _ = stopped(&mut stop), if draining_until.is_none() && !closing => {
+                draining_until = Some(Instant::now() + DRAIN_LINGER.min(keep_alive));
+            }
+            _ = tokio::time::sleep_until(linger_end.into()), if draining_until.is_some() && !closing => {
+                // HTTP/1.1: closes once the response in flight (if any) is written.
+                // HTTP/2: GOAWAY; the streams in flight finish.
                 closing = true;
                 connection.as_mut().graceful_shutdown();
             }
-            _ = tokio::time::sleep_until(check_at.into()), if idle_timer && !closing => {
-                match state.idle_since() {
-                    Some(since) if since + keep_alive <= Instant::now() => {
-                        tracing::trace!(%client, "keep-alive timeout: closing idle connection");
-                        closing = true;
-                        connection.as_mut().graceful_shutdown();
+            _ = tokio::time::sleep_until(check_at.unwrap_or_else(Instant::now).into()), if check_at.is_some() && !closing && draining_until.is_none() => {
+                if state.next_check(keep_alive, header_read_timeout).is_some_and(|at| at <= Instant::now()) {
+                    if state.requests.load(Ordering::Relaxed) == 0 {
+                        tracing::debug!(%client, "no request within header_read_timeout; closing");
+                        return;
                     }
-                    Some(since) => check_at = since + keep_alive,
-                    None => check_at = Instant::now() + keep_alive,
+                    tracing::trace!(%client, "keep-alive timeout: closing idle connection");
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
                 }
             }
         }
@@ -383,7 +428,6 @@ pub async fn serve(
     let limits = Arc::new(Limits {
         max_concurrency: config.limits.max_concurrency,
         max_body_size: config.limits.max_body_size,
-        in_flight: AtomicUsize::new(0),
     });
     let keep_alive = config.server.keep_alive_timeout;
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -434,11 +478,29 @@ pub async fn serve(
         tokio::spawn(async move {
             let _live = live;
             match tls {
-                None => drive(TokioIo::new(stream), builder, ctx, stop, keep_alive).await,
+                None => {
+                    drive(
+                        TokioIo::new(stream),
+                        builder,
+                        ctx,
+                        stop,
+                        keep_alive,
+                        handshake_timeout,
+                    )
+                    .await
+                }
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
-                            drive(TokioIo::new(stream), builder, ctx, stop, keep_alive).await
+                            drive(
+                                TokioIo::new(stream),
+                                builder,
+                                ctx,
+                                stop,
+                                keep_alive,
+                                handshake_timeout,
+                            )
+                            .await
                         }
                         Ok(Err(err)) => tracing::debug!(%client, "TLS handshake failed: {err}"),
                         Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
@@ -447,6 +509,7 @@ pub async fn serve(
             }
         });
     }
+    shared.draining.store(true, Ordering::Relaxed);
     drop(listener);
     drop(live);
     let grace = config.server.graceful_timeout;
@@ -459,7 +522,7 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!(
-            in_flight = limits.in_flight.load(Ordering::Relaxed),
+            in_flight = shared.in_flight.load(Ordering::Relaxed),
             "graceful_timeout reached with requests still in flight; cancelling them"
         );
     }
