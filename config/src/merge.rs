@@ -745,7 +745,8 @@ secret_key = "xxxxx"
             ("[limits] max_header_size ", "[limits] max_header_size = 65536 (default)"),
             ("[debug] allowed_ips ", "[debug] allowed_ips = 127.0.0.1 (default) (not active yet: remote debugging (future issue))"),
             ("[ssl] keyfile_password ", "[ssl] keyfile_password = (default)"),
-            ("[server] max_requests ", "[server] max_requests = 0 (default) (not active yet: worker lifecycle (issue 3))"),
+            ("[server] max_requests ", "[server] max_requests = 0 (default)"),
+            ("[metrics] enabled ", "[metrics] enabled = false (default) (not active yet: observability (issue 5))"),
         ];
         for (prefix, want) in cases {
             assert_eq!(line(prefix).as_deref(), Some(want), "{text}");

@@ -119,7 +119,6 @@ const fn planned(issue: &'static str, mut def: KeyDef) -> KeyDef {
     def
 }
 
-const LIFECYCLE: &str = "worker lifecycle (issue 3)";
 const OBSERVABILITY: &str = "observability (issue 5)";
 const REMOTE_DEBUG: &str = "remote debugging (future issue)";
 
@@ -164,13 +163,13 @@ pub static SCHEMA: &[KeyDef] = &[
     k("server", "backlog", Kind::Int { min: 1, max: 65535 }, "1024", "Maximum number of pending connections in the listen queue."),
     k("server", "graceful_timeout", Kind::Seconds { min: 0.0, max: HOUR }, "30", "On shutdown, time allowed to finish in-flight requests before workers are killed."),
     k("server", "keep_alive_timeout", Kind::Seconds { min: 0.0, max: HOUR }, "5", "Idle keep-alive connections (no request in flight) are closed after this time: HTTP/1.1 by closing, HTTP/2 with GOAWAY. 0 = no keep-alive (one request per HTTP/1.1 connection)."),
-    k("server", "run_dir", Kind::Path, "", "Directory for runtime files (control socket). Empty = automatic: `$XDG_RUNTIME_DIR/genro-asgi-<pid>` or `/tmp/genro-asgi-<uid>-<pid>`."),
+    k("server", "run_dir", Kind::Path, "", "Directory for runtime files (control socket). Empty = automatic, one per port so `genro-asgi ctl --config FILE` finds it: `$XDG_RUNTIME_DIR/genro-asgi-<port>` or `/tmp/genro-asgi-<uid>-<port>`."),
     k("server", "loop", Kind::Enum(&["auto", "asyncio", "uvloop"]), "auto", "Python event loop; `auto` uses uvloop when installed, else asyncio."),
     k("server", "threads", Kind::Int { min: 1, max: 64 }, "1", "Tokio (I/O) threads per worker process."),
     k("server", "root_path", Kind::Str, "", "ASGI `root_path`: the URL prefix when the app is mounted below a path behind a proxy."),
-    planned(LIFECYCLE, k("server", "worker_timeout", Kind::Seconds { min: 1.0, max: DAY }, "30", "A worker that does not answer the supervisor's heartbeat for this long is restarted.")),
-    planned(LIFECYCLE, k("server", "max_requests", Kind::Int { min: 0, max: 1_000_000_000 }, "0", "Restart a worker after this many requests (0 = never).")),
-    planned(LIFECYCLE, k("server", "max_requests_jitter", Kind::Int { min: 0, max: 1_000_000_000 }, "0", "Random extra 0..N requests added to `max_requests` per worker, so workers do not all restart together.")),
+    k("server", "worker_timeout", Kind::Seconds { min: 1.0, max: DAY }, "30", "A ready worker whose heartbeats (one per second) stop for this long is killed and respawned into its slot."),
+    k("server", "max_requests", Kind::Int { min: 0, max: 1_000_000_000 }, "0", "Replace a worker after this many requests (0 = never), like a reload of its slot: the new worker starts first, then the old one drains."),
+    k("server", "max_requests_jitter", Kind::Int { min: 0, max: 1_000_000_000 }, "0", "Random extra 0..N requests added to `max_requests` per worker, so workers do not all restart together."),
     // [limits]
     k("limits", "max_header_size", Kind::Size { min: 8 * KIB, max: 16 * MIB }, "64KiB", "Maximum size of the request line plus headers; larger requests get 431."),
     k("limits", "max_body_size", Kind::Size { min: 0, max: i64::MAX as u64 }, "100MiB", "Maximum request body size; larger bodies get 413. 0 = unlimited."),
