@@ -251,3 +251,42 @@ def test_systemd_watchdog_keepalives(server, tmp_path):
             if sock.recv(4096) == b"WATCHDOG=1":
                 seen += 1
         assert seen >= 3
+
+
+def test_systemd_socket_activation(server, tmp_path):
+    """LISTEN_FDS: the workers share the socket passed on fd 3 instead of binding."""
+    from conftest import BIN
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    port = listener.getsockname()[1]
+    s = server(workers=2, start=False)
+    configured = s.port
+    script = 'export LISTEN_PID=$$ LISTEN_FDS=1; exec "$0" serve --config "$1"'
+    proc = subprocess.Popen(
+        ["sh", "-c", script, BIN, str(s.config)],
+        pass_fds=(listener.fileno(), 3),  # closed after preexec_fn otherwise
+        preexec_fn=lambda: os.dup2(listener.fileno(), 3),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=s.env,
+    )
+    listener.close()
+    try:
+        seen = set()
+        deadline = time.monotonic() + 30
+        while len(seen) < 2 and time.monotonic() < deadline:
+            try:
+                r = httpx.get("http://127.0.0.1:%d/pid" % port, headers={"connection": "close"}, timeout=5)
+                seen.add(r.text)
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert len(seen) == 2, "both workers serve the passed socket"
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", configured), timeout=2)
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=30)[0].decode()
+        assert proc.returncode == 0, out
+        assert "LISTEN_FDS" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()

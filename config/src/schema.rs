@@ -171,7 +171,7 @@ pub static SCHEMA: &[KeyDef] = &[
     k("server", "max_requests", Kind::Int { min: 0, max: 1_000_000_000 }, "0", "Replace a worker after this many requests (0 = never), like a reload of its slot: the new worker starts first, then the old one drains."),
     k("server", "max_requests_jitter", Kind::Int { min: 0, max: 1_000_000_000 }, "0", "Random extra 0..N requests added to `max_requests` per worker, so workers do not all restart together."),
     // [limits]
-    k("limits", "max_header_size", Kind::Size { min: 8 * KIB, max: 16 * MIB }, "64KiB", "Maximum size of the request line plus headers; larger requests get 431."),
+    k("limits", "max_header_size", Kind::Size { min: 8 * KIB, max: 16 * MIB }, "64KiB", "Maximum size of the request line plus headers; larger requests get 431 (so do HTTP/1.1 requests with more than 100 header fields, hyper's fixed limit)."),
     k("limits", "max_body_size", Kind::Size { min: 0, max: i64::MAX as u64 }, "100MiB", "Maximum request body size; larger bodies get 413. 0 = unlimited."),
     k("limits", "header_read_timeout", Kind::Seconds { min: 0.1, max: HOUR }, "30", "Time a client has to send the complete request headers (slowloris protection)."),
     k("limits", "max_concurrency", Kind::Int { min: 0, max: 10_000_000 }, "0", "Maximum requests handled at once per worker; extra requests get 503. 0 = unlimited."),

@@ -37,6 +37,13 @@ pub fn run(loaded: Loaded, reloader: Reloader) -> i32 {
         eprintln!("genro-asgi: configuration error: {message}");
         return exit::CONFIG;
     }
+    let activated = match crate::sockets::activated() {
+        Ok(activated) => activated,
+        Err(err) => {
+            eprintln!("genro-asgi: {err:#}");
+            return exit::INTERNAL;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -48,7 +55,7 @@ pub fn run(loaded: Loaded, reloader: Reloader) -> i32 {
         }
     };
     let run_dir = run_dir(config);
-    let code = match runtime.block_on(supervise(&loaded, &run_dir, reloader)) {
+    let code = match runtime.block_on(supervise(&loaded, &run_dir, reloader, activated)) {
         Ok(code) => code,
         Err(err) => {
             tracing::error!("{err:#}");
@@ -110,6 +117,8 @@ struct Spawner {
     config_json: String,
     control_path: PathBuf,
     sockets: Vec<Option<Socket>>,
+    /// The socket passed by systemd (LISTEN_FDS), shared by all slots.
+    activated: Option<Socket>,
     /// ` [name]` for process titles, or empty.
     title: String,
     secret_key: Option<String>,
@@ -128,11 +137,17 @@ impl Spawner {
     }
 
     fn bind(&mut self, slot: usize) -> anyhow::Result<()> {
-        let mut sockets = crate::sockets::bind_slots(self.addr, 1, self.backlog)?;
+        let socket = match &self.activated {
+            // Socket activation: every slot shares the socket systemd passed.
+            Some(shared) => shared.try_clone()?,
+            None => crate::sockets::bind_slots(self.addr, 1, self.backlog)?
+                .pop()
+                .context("bound no socket")?,
+        };
         if self.sockets.len() <= slot {
             self.sockets.resize_with(slot + 1, || None);
         }
-        self.sockets[slot] = sockets.pop();
+        self.sockets[slot] = Some(socket);
         Ok(())
     }
 
@@ -489,13 +504,26 @@ impl Supervisor {
     }
 }
 
-async fn supervise(loaded: &Loaded, run_dir: &Path, reloader: Reloader) -> anyhow::Result<i32> {
+async fn supervise(
+    loaded: &Loaded,
+    run_dir: &Path,
+    reloader: Reloader,
+    activated: Option<Socket>,
+) -> anyhow::Result<i32> {
     use tokio::signal::unix::{signal, SignalKind};
     let config = &loaded.config;
     std::fs::create_dir_all(run_dir)
         .with_context(|| format!("creating run_dir {}", run_dir.display()))?;
     let addr = crate::sockets::resolve(&config.server.host, config.server.port)?;
-    let sockets = crate::sockets::bind_slots(addr, config.server.workers, config.server.backlog)?;
+    let sockets = match &activated {
+        Some(socket) => {
+            tracing::info!("using the listening socket passed by systemd (LISTEN_FDS); [server] host/port are not bound");
+            (0..config.server.workers)
+                .map(|_| socket.try_clone())
+                .collect::<std::io::Result<Vec<_>>>()?
+        }
+        None => crate::sockets::bind_slots(addr, config.server.workers, config.server.backlog)?,
+    };
     let bound = sockets[0]
         .local_addr()?
         .as_socket()
@@ -523,6 +551,7 @@ async fn supervise(loaded: &Loaded, run_dir: &Path, reloader: Reloader) -> anyho
         config_json: String::new(),
         control_path,
         sockets: sockets.into_iter().map(Some).collect(),
+        activated,
         title: String::new(),
         secret_key: None,
     };

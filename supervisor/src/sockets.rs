@@ -44,6 +44,41 @@ fn bind_one(addr: SocketAddr, backlog: u32) -> std::io::Result<Socket> {
     Ok(socket)
 }
 
+/// The listening socket passed by systemd socket activation (`LISTEN_PID` = our pid,
+/// `LISTEN_FDS` >= 1: the first fd, 3, is used), or `None`. The variables are removed so
+/// the workers do not see them.
+pub fn activated() -> anyhow::Result<Option<Socket>> {
+    let for_us = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .is_some_and(|pid| pid == std::process::id());
+    let count = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(0);
+    for name in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        // Called at start-up on the main thread, before the runtime or any child exists.
+        std::env::remove_var(name);
+    }
+    if !for_us || count == 0 {
+        return Ok(None);
+    }
+    const FIRST_FD: i32 = 3;
+    // SAFETY: systemd's protocol hands us fd 3 open; we take ownership of it once.
+    let socket = unsafe { <Socket as std::os::fd::FromRawFd>::from_raw_fd(FIRST_FD) };
+    // Check what we were given: a listening TCP socket.
+    let is_stream = socket
+        .r#type()
+        .context("LISTEN_FDS: fd 3 is not a socket")?
+        == Type::STREAM;
+    let local = socket.local_addr().context("LISTEN_FDS: fd 3")?;
+    if !is_stream || local.as_socket().is_none() {
+        anyhow::bail!("LISTEN_FDS: fd 3 is not a TCP stream socket");
+    }
+    socket.set_cloexec(true)?;
+    Ok(Some(socket))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
