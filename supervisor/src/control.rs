@@ -77,19 +77,16 @@ async fn connection(stream: UnixStream, events: mpsc::Sender<Incoming>) {
         })) => return admin(read, write, buf, events).await,
         Ok(None) => return,
         Ok(Some(other)) => {
-            let message = format!("expected hello first, got {}", other.kind());
-            let _ = protocol::write_frame(&mut write, &Message::Error { message }).await;
+            reply_error(
+                &mut write,
+                format!("expected hello first, got {}", other.kind()),
+            )
+            .await;
             return;
         }
         Err(err) => {
             tracing::warn!("control socket: {err}");
-            let _ = protocol::write_frame(
-                &mut write,
-                &Message::Error {
-                    message: err.to_string(),
-                },
-            )
-            .await;
+            reply_error(&mut write, err.to_string()).await;
             return;
         }
     };
@@ -140,13 +137,7 @@ async fn admin(
             Ok(Some(request)) => request,
             Ok(None) => return,
             Err(err) => {
-                let _ = protocol::write_frame(
-                    &mut write,
-                    &Message::Error {
-                        message: err.to_string(),
-                    },
-                )
-                .await;
+                reply_error(&mut write, err.to_string()).await;
                 return;
             }
         };
@@ -180,4 +171,9 @@ async fn admin(
             return;
         }
     }
+}
+
+/// Answers with an error frame; the caller then closes the connection.
+async fn reply_error(write: &mut tokio::net::unix::OwnedWriteHalf, message: String) {
+    let _ = protocol::write_frame(write, &Message::Error { message }).await;
 }

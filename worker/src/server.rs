@@ -357,53 +357,65 @@ async fn handle(
 /// meeting a closed socket.
 const DRAIN_LINGER: Duration = Duration::from_millis(500);
 
-/// Serves one connection until it ends, closing it gracefully when the worker drains or
-/// when it stayed idle (no request in flight) for `keep_alive`.
-async fn drive<I>(
-    io: I,
+/// What serving one connection needs besides its socket.
+struct Driver {
     builder: auto::Builder<TokioExecutor>,
     ctx: Arc<ConnCtx>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     keep_alive: Duration,
     header_read_timeout: Duration,
-) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let client = ctx.info.client;
-    let state = ctx.state.clone();
-    let service = service_fn(move |request| handle(request, ctx.clone()));
-    let connection = builder.serve_connection(io, service);
-    tokio::pin!(connection);
-    let mut closing = false;
-    let mut draining_until: Option<Instant> = None;
-    loop {
-        let linger_end = draining_until.unwrap_or_else(Instant::now);
-        let check_at = state.next_check(keep_alive, header_read_timeout);
-        tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(err) = result {
-                    tracing::debug!(%client, "connection ended: {err}");
-                }
-                return;
-            }
-            _ = stopped(&mut stop), if draining_until.is_none() && !closing => {
-                draining_until = Some(Instant::now() + DRAIN_LINGER.min(keep_alive));
-            }
-            _ = tokio::time::sleep_until(linger_end.into()), if draining_until.is_some() && !closing => {
-                // HTTP/1.1: closes once the response in flight (if any) is written.
-                // HTTP/2: GOAWAY; the streams in flight finish.
-                closing = true;
-                connection.as_mut().graceful_shutdown();
-            }
-            _ = tokio::time::sleep_until(check_at.unwrap_or_else(Instant::now).into()), if check_at.is_some() && !closing && draining_until.is_none() => {
-                if state.next_check(keep_alive, header_read_timeout).is_some_and(|at| at <= Instant::now()) {
-                    if state.requests.load(Ordering::Relaxed) == 0 {
-                        tracing::debug!(%client, "no request within header_read_timeout; closing");
-                        return;
+}
+
+impl Driver {
+    /// Serves one connection until it ends, closing it gracefully when the worker drains or
+    /// when it stayed idle (no request in flight) for `keep_alive`.
+    async fn drive<I>(self, io: I)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let Driver {
+            builder,
+            ctx,
+            mut stop,
+            keep_alive,
+            header_read_timeout,
+        } = self;
+        let client = ctx.info.client;
+        let state = ctx.state.clone();
+        let service = service_fn(move |request| handle(request, ctx.clone()));
+        let connection = builder.serve_connection(io, service);
+        tokio::pin!(connection);
+        let mut closing = false;
+        let mut draining_until: Option<Instant> = None;
+        loop {
+            let linger_end = draining_until.unwrap_or_else(Instant::now);
+            let check_at = state.next_check(keep_alive, header_read_timeout);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(err) = result {
+                        tracing::debug!(%client, "connection ended: {err}");
                     }
-                    tracing::trace!(%client, "keep-alive timeout: closing idle connection");
+                    return;
+                }
+                _ = stopped(&mut stop), if draining_until.is_none() && !closing => {
+                    draining_until = Some(Instant::now() + DRAIN_LINGER.min(keep_alive));
+                }
+                _ = tokio::time::sleep_until(linger_end.into()), if draining_until.is_some() && !closing => {
+                    // HTTP/1.1: closes once the response in flight (if any) is written.
+                    // HTTP/2: GOAWAY; the streams in flight finish.
                     closing = true;
                     connection.as_mut().graceful_shutdown();
+                }
+                _ = tokio::time::sleep_until(check_at.unwrap_or_else(Instant::now).into()), if check_at.is_some() && !closing && draining_until.is_none() => {
+                    if state.next_check(keep_alive, header_read_timeout).is_some_and(|at| at <= Instant::now()) {
+                        if state.requests.load(Ordering::Relaxed) == 0 {
+                            tracing::debug!(%client, "no request within header_read_timeout; closing");
+                            return;
+                        }
+                        tracing::trace!(%client, "keep-alive timeout: closing idle connection");
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
                 }
             }
         }
@@ -475,33 +487,20 @@ pub async fn serve(
         let stop = stop.clone();
         let live = live.clone();
         let tls = tls.clone();
+        let driver = Driver {
+            builder,
+            ctx,
+            stop,
+            keep_alive,
+            header_read_timeout: handshake_timeout,
+        };
         tokio::spawn(async move {
             let _live = live;
             match tls {
-                None => {
-                    drive(
-                        TokioIo::new(stream),
-                        builder,
-                        ctx,
-                        stop,
-                        keep_alive,
-                        handshake_timeout,
-                    )
-                    .await
-                }
+                None => driver.drive(TokioIo::new(stream)).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            drive(
-                                TokioIo::new(stream),
-                                builder,
-                                ctx,
-                                stop,
-                                keep_alive,
-                                handshake_timeout,
-                            )
-                            .await
-                        }
+                        Ok(Ok(stream)) => driver.drive(TokioIo::new(stream)).await,
                         Ok(Err(err)) => tracing::debug!(%client, "TLS handshake failed: {err}"),
                         Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
                     }
