@@ -68,3 +68,30 @@ def test_check_reports_the_virtualenv(tmp_path, venv):
     prefix = prefix_lines[0].split(":", 1)[1].strip()
     assert pathlib.Path(prefix).resolve() == venv_dir.resolve(), result.stdout
     assert "venvapp:app" in result.stdout
+
+
+def test_venv_first_on_path_without_virtual_env(server, tmp_path, venv):
+    """A venv put on PATH without activating it (systemd units, containers) is used."""
+    venv_dir, _, env = venv
+    env = dict(env, VIRTUAL_ENV="")
+    s = server(env=env, workers=1,
+               sections={"application": {"app": "venvapp:app", "app_dir": str(tmp_path)}})
+    marker, prefix, _ = httpx.get(s.url + "/", timeout=10).text.split("|")
+    assert marker == "from-venv"
+    assert pathlib.Path(prefix).resolve() == venv_dir.resolve()
+
+
+def test_venv_of_another_installation_is_refused_clearly(server, tmp_path):
+    """A venv made from another Python installation would mix its stdlib with our
+    libpython (Debian's 3.11 fails on `_socket`): refused with a message, exit 3."""
+    other = pathlib.Path("/usr/bin/python3.11")
+    if not other.exists() or other.resolve() == pathlib.Path(sys.executable).resolve():
+        pytest.skip("no second Python 3.11 installation on this machine")
+    venv = tmp_path / "foreign"
+    if subprocess.run([str(other), "-m", "venv", "--without-pip", str(venv)], capture_output=True,
+                      timeout=60).returncode != 0:
+        pytest.skip("the second installation cannot create venvs (python3.11-venv missing)")
+    s = server(start=False, env={"VIRTUAL_ENV": str(venv)})
+    s.start(wait=False)
+    assert s.wait_exit(30) == 3
+    assert "was created from /usr/bin" in s.log and "recreate the venv" in s.log

@@ -1,9 +1,10 @@
 //! Starting the embedded CPython for the user's environment.
 //!
 //! The interpreter is initialised with a `PyConfig` whose `executable` is the python of the
-//! active virtualenv (`VIRTUAL_ENV`) or, without one, the interpreter this binary was built
-//! against — never whatever `python3` comes first on PATH, whose stdlib may not match the
-//! libpython we link (DESIGN.md, "Pitfalls"). CPython's own signal handlers stay off: the
+//! active virtualenv (`VIRTUAL_ENV`), or of a virtualenv first on PATH, or else the
+//! interpreter this binary was built against — never a `python3` of another installation,
+//! whose stdlib does not match the libpython we link (DESIGN.md, "Pitfalls"; measured:
+//! Debian's /usr/bin/python3.11 with a pyenv 3.11.7 libpython fails on `_socket`). CPython's own signal handlers stay off: the
 //! worker's signals belong to tokio.
 
 use std::ffi::{CStr, CString};
@@ -25,33 +26,83 @@ pub enum InitError {
         /// Its version.
         found: String,
     },
+    /// The virtualenv was made from another Python installation: its stdlib would not
+    /// match the libpython this binary links (e.g. `No module named '_socket'`).
+    #[error("VIRTUAL_ENV={venv} was created from {home}, but this genro-asgi embeds the Python at {BUILD_EXECUTABLE}; recreate the venv with that interpreter or rebuild genro-asgi with the venv's python3 first on PATH")]
+    ForeignVenv {
+        /// The venv folder.
+        venv: String,
+        /// Its base installation (`home` in pyvenv.cfg).
+        home: String,
+    },
     /// CPython refused the configuration.
     #[error("CPython failed to initialise: {0}")]
     Status(String),
 }
 
-/// The python executable whose environment the app runs in.
+/// The python executable whose environment the app runs in: the active virtualenv's
+/// (`VIRTUAL_ENV`), else a virtualenv whose `bin` provides the first `python3` on PATH
+/// (a venv put on PATH without activating it, as in systemd units and containers), else
+/// the interpreter this binary was built against. A foreign `python3` (another
+/// installation, a pyenv shim) is never used: its stdlib would not match our libpython.
 pub fn executable() -> Result<PathBuf, InitError> {
     if let Some(venv) = std::env::var_os("VIRTUAL_ENV").filter(|v| !v.is_empty()) {
         let venv = PathBuf::from(venv);
-        if let Some(found) = venv_version(&venv) {
-            if !same_minor(&found, EMBEDDED_VERSION) {
-                return Err(InitError::VersionMismatch {
-                    venv: venv.display().to_string(),
-                    found,
-                });
-            }
-        }
+        check_venv(&venv)?;
         return Ok(venv.join("bin").join("python3"));
     }
-    Ok(PathBuf::from(BUILD_EXECUTABLE))
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    Ok(venv_on_path(&path).unwrap_or_else(|| PathBuf::from(BUILD_EXECUTABLE)))
 }
 
-fn venv_version(venv: &Path) -> Option<String> {
+fn check_venv(venv: &Path) -> Result<(), InitError> {
+    if let Some(found) = venv_setting(venv, &["version", "version_info"]) {
+        if !same_minor(&found, EMBEDDED_VERSION) {
+            return Err(InitError::VersionMismatch {
+                venv: venv.display().to_string(),
+                found,
+            });
+        }
+    }
+    if let Some(home) = venv_setting(venv, &["home"]) {
+        if !is_build_installation(Path::new(&home)) {
+            return Err(InitError::ForeignVenv {
+                venv: venv.display().to_string(),
+                home,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether `bin_dir` is the `bin` folder of the interpreter we were built against.
+fn is_build_installation(bin_dir: &Path) -> bool {
+    let build_bin = Path::new(BUILD_EXECUTABLE).parent();
+    match (
+        std::fs::canonicalize(bin_dir),
+        build_bin.map(std::fs::canonicalize),
+    ) {
+        (Ok(a), Some(Ok(b))) => a == b,
+        _ => false,
+    }
+}
+
+/// The first `python3` on `path` when it belongs to a virtualenv of our installation.
+fn venv_on_path(path: &std::ffi::OsStr) -> Option<PathBuf> {
+    let python = std::env::split_paths(path)
+        .map(|dir| dir.join("python3"))
+        .find(|candidate| candidate.is_file())?;
+    let venv = python.parent()?.parent()?;
+    venv.join("pyvenv.cfg").is_file().then_some(())?;
+    check_venv(venv).ok()?;
+    Some(python)
+}
+
+fn venv_setting(venv: &Path, keys: &[&str]) -> Option<String> {
     let text = std::fs::read_to_string(venv.join("pyvenv.cfg")).ok()?;
     text.lines().find_map(|line| {
         let (key, value) = line.split_once('=')?;
-        matches!(key.trim(), "version" | "version_info").then(|| value.trim().to_owned())
+        keys.contains(&key.trim()).then(|| value.trim().to_owned())
     })
 }
 
