@@ -102,6 +102,8 @@ pub struct Worker {
     pub served: u64,
     /// Requests in flight, as of the last heartbeat.
     pub in_flight: u64,
+    /// Killed for silence; its exit is awaited.
+    killed: bool,
 }
 
 /// One slot: a listening socket and the worker(s) serving it.
@@ -273,6 +275,7 @@ impl Fleet {
             last_heartbeat: now,
             served: 0,
             in_flight: 0,
+            killed: false,
         };
         if s.incoming_generation == Some(generation) {
             s.incoming = Some(worker);
@@ -452,7 +455,7 @@ impl Fleet {
                     .slots
                     .iter()
                     .filter_map(|s| s.worker.as_ref())
-                    .filter(|w| w.state == WorkerState::Ready)
+                    .filter(|w| w.state == WorkerState::Ready && !w.killed)
                     .map(|w| w.last_heartbeat + self.settings.worker_timeout);
                 respawns.chain(timeouts).min()
             }
@@ -471,19 +474,15 @@ impl Fleet {
                 .collect(),
             Phase::Starting | Phase::Serving => {
                 let timeout = self.settings.worker_timeout;
-                let mut commands: Vec<Command> = self
-                    .slots
-                    .iter()
-                    .filter_map(|s| s.worker.as_ref())
-                    .filter(|w| w.state == WorkerState::Ready && w.last_heartbeat + timeout <= now)
-                    .map(|w| Command::Kill(w.pid))
-                    .collect();
-                for s in &mut self.slots {
-                    // One kill per silent worker: the next deadline is the exit, not this.
-                    if let Some(w) = s.worker.as_mut().filter(|w| {
-                        w.state == WorkerState::Ready && w.last_heartbeat + timeout <= now
-                    }) {
-                        w.last_heartbeat = now + BACKOFF_MAX * 100;
+                let mut commands = Vec::new();
+                for w in self.slots.iter_mut().filter_map(|s| s.worker.as_mut()) {
+                    if w.state == WorkerState::Ready
+                        && !w.killed
+                        && w.last_heartbeat + timeout <= now
+                    {
+                        // One kill per silent worker: what follows is its exit.
+                        w.killed = true;
+                        commands.push(Command::Kill(w.pid));
                     }
                 }
                 let due: Vec<usize> = (0..self.slots.len())

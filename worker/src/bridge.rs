@@ -360,11 +360,9 @@ fn wake(py: Python<'_>, waiter: Py<PyAny>, value: Wake) -> PyResult<()> {
         Wake::Body(data, more) => request_message(py, &data, more)?.into_any().unbind(),
         Wake::Disconnect => disconnect_message(py)?.into_any().unbind(),
         Wake::TooLarge(handle) => {
-            handle.get().respond_error(
-                py,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "Request body too large\n",
-            );
+            handle
+                .get()
+                .respond_error(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large\n");
             disconnect_message(py)?.into_any().unbind()
         }
     };
@@ -737,7 +735,7 @@ impl Handle {
         let state = py_state(py)?;
         let outbound = match outbound_from_py(message) {
             Ok(outbound) => outbound,
-            Err(why) => return Err(self.protocol_failure(py, &why)),
+            Err(why) => return Err(self.protocol_failure(&why)),
         };
         let mut inner = lock(&self.inner);
         if inner.gone || (self.exchange.is_disconnected() && !inner.state.is_done()) {
@@ -755,7 +753,7 @@ impl Handle {
             Ok(action) => action,
             Err(err) => {
                 drop(inner);
-                return Err(self.protocol_failure(py, err.0));
+                return Err(self.protocol_failure(err.0));
             }
         };
         match action {
@@ -787,13 +785,10 @@ impl Handle {
                     Ok(file) => file,
                     Err(err) => {
                         drop(inner);
-                        return Err(self.protocol_failure(
-                            py,
-                            &format!(
-                                "http.response.pathsend: cannot open {}: {err}",
-                                path.display()
-                            ),
-                        ));
+                        return Err(self.protocol_failure(&format!(
+                            "http.response.pathsend: cannot open {}: {err}",
+                            path.display()
+                        )));
                     }
                 };
                 let (body, tx) = ResponseBody::channel();
@@ -814,7 +809,7 @@ impl Handle {
     }
 
     /// Called by `glue.run_http` when the app returned normally.
-    fn finished(&self, py: Python<'_>) {
+    fn finished(&self) {
         let mut inner = lock(&self.inner);
         inner.admission = None;
         if inner.state.is_done() || inner.failed {
@@ -825,12 +820,12 @@ impl Handle {
             return;
         }
         drop(inner);
-        let _ = self.protocol_failure(py, "the app returned without completing the response");
+        let _ = self.protocol_failure("the app returned without completing the response");
     }
 
     /// Called by `glue.run_http` when the request task was cancelled (the drain's
     /// graceful_timeout ran out): 503 if nothing was sent, else abort.
-    fn cancelled(&self, py: Python<'_>) {
+    fn cancelled(&self) {
         let mut inner = lock(&self.inner);
         inner.admission = None;
         if inner.failed || inner.state.is_done() {
@@ -839,7 +834,6 @@ impl Handle {
         inner.failed = true;
         tracing::warn!(method = %self.method, path = %self.path, "request cancelled: still running when graceful_timeout ran out");
         self.fail_locked(
-            py,
             &mut inner,
             StatusCode::SERVICE_UNAVAILABLE,
             "Server shutting down\n",
@@ -847,7 +841,7 @@ impl Handle {
     }
 
     /// Called by `glue.run_http` with the formatted traceback when the app raised.
-    fn failed(&self, py: Python<'_>, traceback: &str) {
+    fn failed(&self, traceback: &str) {
         let mut inner = lock(&self.inner);
         inner.admission = None;
         if inner.failed {
@@ -878,27 +872,27 @@ impl Handle {
             String::new()
         };
         let body = format!("Internal Server Error (error id: {id}){detail}\n");
-        self.fail_locked(py, &mut inner, StatusCode::INTERNAL_SERVER_ERROR, &body);
+        self.fail_locked(&mut inner, StatusCode::INTERNAL_SERVER_ERROR, &body);
     }
 }
 
 impl Handle {
     /// An invalid message or an incomplete response: log it, answer 500 (or abort), and
     /// return the RuntimeError to raise in the app.
-    fn protocol_failure(&self, py: Python<'_>, why: &str) -> PyErr {
+    fn protocol_failure(&self, why: &str) -> PyErr {
         let mut inner = lock(&self.inner);
         if !inner.failed {
             inner.failed = true;
             let id = error_id();
             tracing::error!(error_id = %id, method = %self.method, path = %self.path, "ASGI protocol error: {why} (error id {id})");
             let body = format!("Internal Server Error (error id: {id})\n");
-            self.fail_locked(py, &mut inner, StatusCode::INTERNAL_SERVER_ERROR, &body);
+            self.fail_locked(&mut inner, StatusCode::INTERNAL_SERVER_ERROR, &body);
         }
         PyRuntimeError::new_err(why.to_owned())
     }
 
     /// Answers `status` if nothing was sent yet, else aborts the stream.
-    fn fail_locked(&self, _py: Python<'_>, inner: &mut Inner, status: StatusCode, body: &str) {
+    fn fail_locked(&self, inner: &mut Inner, status: StatusCode, body: &str) {
         if inner.respond.is_some() {
             let mut headers = HeaderMap::new();
             headers.insert(
@@ -921,11 +915,11 @@ impl Handle {
     }
 
     /// Answers with a plain error status if the response has not started (used for 413).
-    fn respond_error(&self, py: Python<'_>, status: StatusCode, body: &str) {
+    fn respond_error(&self, status: StatusCode, body: &str) {
         let mut inner = lock(&self.inner);
         if inner.respond.is_some() {
             inner.failed = true;
-            self.fail_locked(py, &mut inner, status, body);
+            self.fail_locked(&mut inner, status, body);
         }
     }
 
