@@ -188,8 +188,8 @@ fn run_inner(args: WorkerArgs) -> anyhow::Result<i32> {
             (shared.bridge.fd(), Drainer::new(shared.clone())),
         )?;
 
-        // Serve; when the drain is over, stop the loop through the bridge.
-        {
+        // Serve; when the drain is over, `serve` stops the loop through the bridge.
+        let serving = {
             let shared_for_serve = shared.clone();
             let config = config.clone();
             let stop_rx = stop_rx.clone();
@@ -198,10 +198,10 @@ fn run_inner(args: WorkerArgs) -> anyhow::Result<i32> {
                     server::serve(listener, config, shared_for_serve.clone(), tls, stop_rx).await
                 {
                     tracing::error!("server failed: {err:#}");
+                    shared_for_serve.bridge.push(Event::Shutdown);
                 }
-                shared_for_serve.bridge.push(Event::Shutdown);
-            });
-        }
+            })
+        };
         runtime.spawn(control_loop(
             control_read,
             control_write,
@@ -235,6 +235,8 @@ fn run_inner(args: WorkerArgs) -> anyhow::Result<i32> {
             sys.getattr("stdout")?.call_method0("flush")?;
             sys.getattr("stderr")?.call_method0("flush")
         });
+        // Let the server finish writing what the cancelled requests answered.
+        py.allow_threads(|| runtime.block_on(serving)).ok();
         Ok(exit::OK)
     })
 }

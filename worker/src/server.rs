@@ -427,7 +427,9 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
 
-/// Serves `listener` until `stop` turns true, then drains within `graceful_timeout`.
+/// Serves `listener` until `stop` turns true, then drains within `graceful_timeout`,
+/// pushing [`Event::Shutdown`] once the drain is over (or timed out). On `Err` (before
+/// serving) it pushes nothing.
 pub async fn serve(
     listener: std::net::TcpListener,
     config: Arc<Config>,
@@ -516,14 +518,22 @@ pub async fn serve(
         "draining: no longer accepting; waiting up to {:.1}s for in-flight requests",
         grace.as_secs_f64()
     );
-    if tokio::time::timeout(grace, all_closed.recv())
-        .await
-        .is_err()
-    {
+    let drained = tokio::time::timeout(grace, all_closed.recv()).await.is_ok();
+    if !drained {
         tracing::warn!(
             in_flight = shared.in_flight.load(Ordering::Relaxed),
             "graceful_timeout reached with requests still in flight; cancelling them"
         );
     }
+    // Stop the event loop (exactly once): the Python side then cancels what still runs,
+    // whose answers (503, or aborts) travel back over the connections still open...
+    shared.bridge.push(Event::Shutdown);
+    if !drained {
+        // ...so give those connections a moment to write them before the process exits.
+        let _ = tokio::time::timeout(CANCEL_FLUSH, all_closed.recv()).await;
+    }
     Ok(())
 }
+
+/// How long cancelled requests' answers get to reach their clients after the drain.
+const CANCEL_FLUSH: Duration = Duration::from_secs(3);
