@@ -3,6 +3,7 @@ a config written to a temp dir, wait for its "serving" log line, and stop it wit
 
 The binary is target/debug/genro-asgi unless GENRO_ASGI_BIN names another one."""
 
+import json
 import os
 import pathlib
 import signal
@@ -179,3 +180,27 @@ def run_cli(*args, env=None, cwd=None, timeout=60):
     full_env = dict(os.environ)
     full_env.update(env or {})
     return subprocess.run([BIN, *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout)
+
+
+def ctl(s, *args):
+    return run_cli("ctl", "--socket", str(s.tmp_path / "run" / "control.sock"), *args, timeout=60)
+
+
+def status(s):
+    r = ctl(s, "status", "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["status"]
+
+
+def wait_for(predicate, timeout=20, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for " + what)
+
+
+def ready_pids(s):
+    return sorted(w["pid"] for w in status(s)["workers"] if w["state"] == "ready")

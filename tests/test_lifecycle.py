@@ -14,35 +14,11 @@ import time
 import httpx
 import pytest
 
-from conftest import run_cli
+from conftest import ctl, ready_pids, run_cli, status, wait_for
 
 needs_load_tools = pytest.mark.skipif(
     not shutil.which("wrk"), reason="wrk (Debian package) is installed by scripts/test.sh"
 )
-
-
-def ctl(s, *args):
-    return run_cli("ctl", "--socket", str(s.tmp_path / "run" / "control.sock"), *args, timeout=60)
-
-
-def status(s):
-    r = ctl(s, "status", "--json")
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)["status"]
-
-
-def wait_for(predicate, timeout=20, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for " + what)
-
-
-def ready_pids(s):
-    return sorted(w["pid"] for w in status(s)["workers"] if w["state"] == "ready")
 
 
 def start_wrk(url, seconds, connections=16):

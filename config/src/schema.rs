@@ -167,7 +167,7 @@ pub static SCHEMA: &[KeyDef] = &[
     k("server", "loop", Kind::Enum(&["auto", "asyncio", "uvloop"]), "auto", "Python event loop; `auto` uses uvloop when installed, else asyncio."),
     k("server", "threads", Kind::Int { min: 1, max: 64 }, "1", "Tokio (I/O) threads per worker process."),
     k("server", "root_path", Kind::Str, "", "ASGI `root_path`: the URL prefix when the app is mounted below a path behind a proxy."),
-    k("server", "worker_timeout", Kind::Seconds { min: 1.0, max: DAY }, "30", "A ready worker whose heartbeats (one per second) stop for this long is killed and respawned into its slot."),
+    k("server", "worker_timeout", Kind::Seconds { min: 1.0, max: DAY }, "30", "A ready worker whose heartbeats (one per second) stop, or whose Python event loop does not run, for this long has its Python stacks logged, is killed and is respawned into its slot."),
     k("server", "max_requests", Kind::Int { min: 0, max: 1_000_000_000 }, "0", "Replace a worker after this many requests (0 = never), like a reload of its slot: the new worker starts first, then the old one drains."),
     k("server", "max_requests_jitter", Kind::Int { min: 0, max: 1_000_000_000 }, "0", "Random extra 0..N requests added to `max_requests` per worker, so workers do not all restart together."),
     // [limits]

@@ -41,12 +41,20 @@ pub enum Message {
     },
     /// The worker imported the app, finished lifespan startup and accepts connections.
     Ready,
-    /// Periodic report of a worker.
+    /// Periodic report of a worker (every second, from its Rust side, so it keeps coming
+    /// while the Python loop is blocked: the loop's health is in the fields).
     Heartbeat {
         /// Requests in flight.
         in_flight: u64,
         /// Requests served since start.
         served: u64,
+        /// Worst lateness of the Python loop's ticker since the last heartbeat, in ms.
+        #[serde(default)]
+        loop_lag_ms: f64,
+        /// How long ago the Python loop last ran its ticker, in ms: grows while the loop
+        /// is blocked.
+        #[serde(default)]
+        loop_stalled_ms: u64,
     },
     /// Supervisor to worker: stop accepting, finish in-flight work, exit. Admin to
     /// supervisor: do that for the whole fleet, then exit (like SIGTERM).
@@ -61,6 +69,30 @@ pub enum Message {
     Scale {
         /// The new number of workers.
         workers: u32,
+    },
+    /// Admin: the requests in flight in every worker.
+    Requests,
+    /// Admin: the Python stack of every thread of every worker.
+    Stacks,
+    /// Supervisor to worker: report something; the answer is an [`Message::Answer`] with
+    /// the same `id`.
+    Query {
+        /// Correlates the answer.
+        id: u64,
+        /// What to report.
+        what: QueryKind,
+    },
+    /// Worker to supervisor: the answer to a [`Message::Query`].
+    Answer {
+        /// The query's id.
+        id: u64,
+        /// The report.
+        report: WorkerReport,
+    },
+    /// Answer to a `requests` or `stacks` request: one report per worker.
+    WorkersReport {
+        /// The workers, in slot order.
+        workers: Vec<WorkerReport>,
     },
     /// Answer to a `status` request.
     StatusReport {
@@ -91,11 +123,66 @@ impl Message {
             Message::Reload => "reload",
             Message::Stop => "stop",
             Message::Scale { .. } => "scale",
+            Message::Requests => "requests",
+            Message::Stacks => "stacks",
+            Message::Query { .. } => "query",
+            Message::Answer { .. } => "answer",
+            Message::WorkersReport { .. } => "workers_report",
             Message::StatusReport { .. } => "status_report",
             Message::Done { .. } => "done",
             Message::Error { .. } => "error",
         }
     }
+}
+
+/// What a [`Message::Query`] asks a worker for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryKind {
+    /// The requests in flight.
+    Requests,
+    /// The Python stacks of every thread.
+    Stacks,
+}
+
+/// One worker's answer to a query, as relayed to `genro-asgi ctl`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerReport {
+    /// Slot (filled in by the supervisor).
+    #[serde(default)]
+    pub slot: u32,
+    /// Process id (filled in by the supervisor).
+    #[serde(default)]
+    pub pid: u32,
+    /// Requests in flight, oldest first (possibly cut to a maximum).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requests: Vec<InFlightRequest>,
+    /// How many requests were in flight in all (`requests` may list fewer).
+    #[serde(default)]
+    pub total: u64,
+    /// Python stack traces of every thread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stacks: Option<String>,
+    /// Why this worker has no report (did not answer in time, not connected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One request in flight in a worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InFlightRequest {
+    /// Worker-local request id.
+    pub id: u64,
+    /// HTTP method.
+    pub method: String,
+    /// Path (without the query string; cut to 256 bytes).
+    pub path: String,
+    /// Client address.
+    pub client: String,
+    /// `http/1.1`, `http/2`.
+    pub protocol: String,
+    /// Seconds since the request started.
+    pub age: f64,
 }
 
 /// The fleet as reported to `genro-asgi ctl status`.
@@ -113,6 +200,22 @@ pub struct FleetStatus {
     pub restarts: u64,
     /// Every worker process, including replacements and retiring ones.
     pub workers: Vec<WorkerStatus>,
+    /// Slots that are waiting to respawn a worker (backoff after failures).
+    #[serde(default)]
+    pub respawning: Vec<RespawnStatus>,
+}
+
+/// A slot waiting to respawn its worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RespawnStatus {
+    /// Slot.
+    pub slot: u32,
+    /// Seconds until the next attempt.
+    pub respawn_in: f64,
+    /// Failures in a row (reset once a worker stays up 10 s).
+    pub failures: u32,
+    /// The slot is crash-looping (several failures in a row).
+    pub crash_loop: bool,
 }
 
 /// One worker in a [`FleetStatus`].
@@ -132,6 +235,22 @@ pub struct WorkerStatus {
     pub served: u64,
     /// Requests in flight (as of its last heartbeat).
     pub in_flight: u64,
+    /// Worst Python loop lag in the last heartbeat period, in ms.
+    #[serde(default)]
+    pub loop_lag_ms: f64,
+}
+
+/// Cuts `text` to at most `max` bytes (at a character boundary), marking the cut.
+pub fn cut_text(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text.push_str("\n... (cut)\n");
 }
 
 #[derive(Serialize, Deserialize)]
@@ -196,7 +315,8 @@ pub fn encode(message: &Message, buf: &mut BytesMut) {
         v: VERSION,
         message: message.clone(),
     };
-    // Serializing these plain enums cannot fail: no maps with non-string keys, no floats.
+    // Serializing these plain enums cannot fail: no maps with non-string keys. (Senders
+    // keep floats finite: serde_json writes NaN as null, which would not decode.)
     let body = serde_json::to_vec(&frame).expect("control message serializes");
     buf.reserve(4 + body.len());
     buf.put_u32(body.len() as u32);
@@ -257,6 +377,38 @@ mod tests {
             Message::Heartbeat {
                 in_flight: 3,
                 served: 9,
+                loop_lag_ms: 1.5,
+                loop_stalled_ms: 200,
+            },
+            Message::Requests,
+            Message::Stacks,
+            Message::Query {
+                id: 4,
+                what: QueryKind::Stacks,
+            },
+            Message::Answer {
+                id: 4,
+                report: WorkerReport {
+                    requests: vec![InFlightRequest {
+                        id: 1,
+                        method: "GET".into(),
+                        path: "/x".into(),
+                        client: "127.0.0.1:5".into(),
+                        protocol: "http/1.1".into(),
+                        age: 0.5,
+                    }],
+                    total: 1,
+                    stacks: Some("Thread 0x1".into()),
+                    ..WorkerReport::default()
+                },
+            },
+            Message::WorkersReport {
+                workers: vec![WorkerReport {
+                    slot: 1,
+                    pid: 2,
+                    error: Some("no answer".into()),
+                    ..WorkerReport::default()
+                }],
             },
             Message::Drain,
             Message::Status,
@@ -278,6 +430,13 @@ mod tests {
                         uptime: 1.0,
                         served: 10,
                         in_flight: 1,
+                        loop_lag_ms: 0.25,
+                    }],
+                    respawning: vec![RespawnStatus {
+                        slot: 1,
+                        respawn_in: 0.5,
+                        failures: 4,
+                        crash_loop: true,
                     }],
                 },
             },

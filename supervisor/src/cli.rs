@@ -58,6 +58,10 @@ enum CtlCommand {
         /// The new number of workers.
         workers: u32,
     },
+    /// The requests in flight in every worker: id, method, path, client, age.
+    Requests,
+    /// The Python stack of every thread of every worker (works while a loop is blocked).
+    Stacks,
 }
 
 /// Where the configuration comes from; flags override env vars, which override the file.
@@ -163,6 +167,8 @@ fn run_ctl(ctl: CtlCli) -> i32 {
         CtlCommand::Drain => Message::Drain,
         CtlCommand::Stop => Message::Stop,
         CtlCommand::Scale { workers } => Message::Scale { workers },
+        CtlCommand::Requests => Message::Requests,
+        CtlCommand::Stacks => Message::Stacks,
     };
     crate::ctl::run(&socket, request, ctl.json)
 }

@@ -146,6 +146,8 @@ async fn admin(
             | Message::Reload
             | Message::Drain
             | Message::Stop
+            | Message::Requests
+            | Message::Stacks
             | Message::Scale { .. } => {
                 let (reply, answer) = oneshot::channel();
                 if events
@@ -161,7 +163,7 @@ async fn admin(
             }
             other => Message::Error {
                 message: format!(
-                    "{} is not an admin request (status, reload, drain, stop, scale)",
+                    "{} is not an admin request (status, reload, drain, stop, scale, requests, stacks)",
                     other.kind()
                 ),
             },

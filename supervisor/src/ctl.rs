@@ -2,7 +2,7 @@
 //! answer as a table (or JSON with `--json`), exits 0 on success and 1 on an error answer.
 
 use bytes::BytesMut;
-use genro_shared::protocol::{self, FleetStatus, Message, Role};
+use genro_shared::protocol::{self, FleetStatus, Message, Role, WorkerReport};
 use std::path::Path;
 
 /// Sends `request` to the supervisor listening on `socket`; returns the exit code.
@@ -55,6 +55,10 @@ pub fn run(socket: &Path, request: Message, json: bool) -> i32 {
             print!("{}", table(&status));
             0
         }
+        Message::WorkersReport { workers } => {
+            print!("{}", workers_text(&workers));
+            0
+        }
         Message::Done { message } => {
             println!("{message}");
             0
@@ -81,14 +85,68 @@ pub fn table(status: &FleetStatus) -> String {
         status.restarts
     );
     out.push_str(&format!(
-        "{:>4}  {:>8}  {:>4}  {:<9} {:>9}  {:>9}  {:>9}\n",
-        "slot", "pid", "gen", "state", "uptime", "requests", "in flight"
+        "{:>4}  {:>8}  {:>4}  {:<9} {:>9}  {:>9}  {:>9}  {:>9}\n",
+        "slot", "pid", "gen", "state", "uptime", "requests", "in flight", "loop lag"
     ));
     for w in &status.workers {
         out.push_str(&format!(
-            "{:>4}  {:>8}  {:>4}  {:<9} {:>8.1}s  {:>9}  {:>9}\n",
-            w.slot, w.pid, w.generation, w.state, w.uptime, w.served, w.in_flight
+            "{:>4}  {:>8}  {:>4}  {:<9} {:>8.1}s  {:>9}  {:>9}  {:>7.1}ms\n",
+            w.slot, w.pid, w.generation, w.state, w.uptime, w.served, w.in_flight, w.loop_lag_ms
         ));
+    }
+    for r in &status.respawning {
+        out.push_str(&format!(
+            "{:>4}  respawning in {:.1}s after {} failure(s) in a row{}\n",
+            r.slot,
+            r.respawn_in,
+            r.failures,
+            if r.crash_loop { " (crash loop)" } else { "" }
+        ));
+    }
+    out
+}
+
+/// The human-readable answer to `ctl requests` or `ctl stacks`.
+pub fn workers_text(workers: &[WorkerReport]) -> String {
+    let mut out = String::new();
+    let listing = workers.iter().any(|w| w.stacks.is_none() && w.total > 0);
+    if listing {
+        out.push_str(&format!(
+            "{:>4}  {:>8}  {:>8}  {:>9}  {:<8} {:<7} {:<22} {}\n",
+            "slot", "pid", "id", "age", "protocol", "method", "client", "path"
+        ));
+    }
+    for w in workers {
+        if let Some(error) = &w.error {
+            out.push_str(&format!("slot {} pid {}: {error}\n", w.slot, w.pid));
+        }
+        if let Some(stacks) = &w.stacks {
+            out.push_str(&format!(
+                "=== slot {} pid {} ===\n{stacks}\n",
+                w.slot, w.pid
+            ));
+        }
+        for r in &w.requests {
+            out.push_str(&format!(
+                "{:>4}  {:>8}  {:>8}  {:>8.3}s  {:<8} {:<7} {:<22} {}\n",
+                w.slot, w.pid, r.id, r.age, r.protocol, r.method, r.client, r.path
+            ));
+        }
+        if w.total > w.requests.len() as u64 {
+            out.push_str(&format!(
+                "slot {} pid {}: {} more not listed\n",
+                w.slot,
+                w.pid,
+                w.total - w.requests.len() as u64
+            ));
+        }
+    }
+    if !listing
+        && workers
+            .iter()
+            .all(|w| w.stacks.is_none() && w.error.is_none())
+    {
+        out.push_str("no requests in flight\n");
     }
     out
 }

@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// Failures in a row from which a slot counts as crash-looping.
+pub const CRASH_LOOP: u32 = 3;
 
 /// What the executor must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,8 +41,24 @@ pub enum Command {
     },
     /// Ask a worker to drain and exit.
     Drain(u32),
-    /// Kill a worker (drain deadline passed, or its heartbeats stopped).
+    /// Kill a worker: the drain deadline passed.
     Kill(u32),
+    /// A worker hangs: log its stacks if it can still tell them, then kill it.
+    Hung {
+        /// The worker.
+        pid: u32,
+        /// What was seen.
+        why: Hang,
+    },
+    /// A slot's worker failed; the next one starts after `delay`.
+    Backoff {
+        /// The slot.
+        slot: usize,
+        /// Until the respawn.
+        delay: Duration,
+        /// Failures in a row (see [`CRASH_LOOP`]).
+        failures: u32,
+    },
     /// Close the socket of a removed slot.
     Close(usize),
     /// Every slot is ready for the first time.
@@ -56,6 +74,28 @@ pub enum Command {
     },
     /// The fleet is gone: exit with this code.
     Exit(i32),
+}
+
+/// How a hanging worker was noticed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hang {
+    /// No heartbeat for `worker_timeout`: the whole process is stuck (or stopped).
+    Silent,
+    /// Heartbeats come, but the Python loop has not run for this long.
+    LoopBlocked(Duration),
+}
+
+/// One heartbeat's content.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Beat {
+    /// Requests in flight.
+    pub in_flight: u64,
+    /// Requests started since the worker started.
+    pub served: u64,
+    /// Worst loop lag since the previous beat, in ms.
+    pub loop_lag_ms: f64,
+    /// Time since the loop last ran its ticker.
+    pub loop_stalled: Duration,
 }
 
 /// Why a request to the fleet was refused.
@@ -102,7 +142,9 @@ pub struct Worker {
     pub served: u64,
     /// Requests in flight, as of the last heartbeat.
     pub in_flight: u64,
-    /// Killed for silence; its exit is awaited.
+    /// Worst loop lag in the last heartbeat period, in ms.
+    pub loop_lag_ms: f64,
+    /// Killed as hung; its exit is awaited.
     killed: bool,
 }
 
@@ -121,6 +163,8 @@ pub struct Slot {
     backoff: Duration,
     /// Respawns after a crash so far.
     pub restarts: u64,
+    /// Failures in a row (reset once a worker stayed up [`STABLE_AFTER`]).
+    failures: u32,
     /// Removed by scale-down: not respawned, closed once empty.
     removed: bool,
 }
@@ -136,6 +180,7 @@ impl Slot {
             respawn_at: None,
             backoff: BACKOFF_START,
             restarts: 0,
+            failures: 0,
             removed: false,
         }
     }
@@ -229,6 +274,11 @@ impl Fleet {
         self.slots.iter().map(|s| s.restarts).sum()
     }
 
+    /// The timing and recycling settings.
+    pub fn settings(&self) -> Settings {
+        self.settings
+    }
+
     /// New settings (after a config reload).
     pub fn set_settings(&mut self, settings: Settings) {
         self.settings = settings;
@@ -275,6 +325,7 @@ impl Fleet {
             last_heartbeat: now,
             served: 0,
             in_flight: 0,
+            loop_lag_ms: 0.0,
             killed: false,
         };
         if s.incoming_generation == Some(generation) {
@@ -300,8 +351,7 @@ impl Fleet {
             self.reload = None;
             return vec![Command::ReloadFailed { slot, code: None }];
         }
-        self.schedule_respawn(slot, now);
-        Vec::new()
+        vec![self.schedule_respawn(slot, now)]
     }
 
     /// A worker reported ready.
@@ -349,13 +399,7 @@ impl Fleet {
     }
 
     /// A worker's periodic report.
-    pub fn handle_heartbeat(
-        &mut self,
-        pid: u32,
-        in_flight: u64,
-        served: u64,
-        now: Instant,
-    ) -> Vec<Command> {
+    pub fn handle_heartbeat(&mut self, pid: u32, beat: Beat, now: Instant) -> Vec<Command> {
         let Some((slot, role)) = self.find(pid) else {
             return Vec::new();
         };
@@ -365,8 +409,20 @@ impl Fleet {
             return Vec::new();
         };
         worker.last_heartbeat = now;
-        worker.in_flight = in_flight;
-        worker.served = served;
+        worker.in_flight = beat.in_flight;
+        worker.served = beat.served;
+        worker.loop_lag_ms = beat.loop_lag_ms;
+        let served = beat.served;
+        if worker.state == WorkerState::Ready
+            && !worker.killed
+            && beat.loop_stalled >= settings.worker_timeout
+        {
+            worker.killed = true;
+            return vec![Command::Hung {
+                pid,
+                why: Hang::LoopBlocked(beat.loop_stalled),
+            }];
+        }
         let limit = settings.max_requests + jitter(pid, settings.max_requests_jitter);
         let due = settings.max_requests != 0
             && served >= limit
@@ -432,16 +488,35 @@ impl Fleet {
         }
         if worker.state == WorkerState::Ready && now.duration_since(worker.since) >= STABLE_AFTER {
             self.slots[slot].backoff = BACKOFF_START;
+            self.slots[slot].failures = 0;
         }
-        self.schedule_respawn(slot, now);
+        commands.push(self.schedule_respawn(slot, now));
         commands
     }
 
-    fn schedule_respawn(&mut self, slot: usize, now: Instant) {
+    fn schedule_respawn(&mut self, slot: usize, now: Instant) -> Command {
         let s = &mut self.slots[slot];
         s.restarts += 1;
-        s.respawn_at = Some(now + s.backoff);
+        s.failures += 1;
+        let delay = s.backoff;
+        s.respawn_at = Some(now + delay);
         s.backoff = (s.backoff * 2).min(BACKOFF_MAX);
+        Command::Backoff {
+            slot,
+            delay,
+            failures: s.failures,
+        }
+    }
+
+    /// Slots waiting to respawn: (slot, time left, failures in a row).
+    pub fn respawning(&self, now: Instant) -> Vec<(usize, Duration, u32)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                Some((i, s.respawn_at?.saturating_duration_since(now), s.failures))
+            })
+            .collect()
     }
 
     /// When the executor should call [`Fleet::handle_tick`] next.
@@ -482,7 +557,10 @@ impl Fleet {
                     {
                         // One kill per silent worker: what follows is its exit.
                         w.killed = true;
-                        commands.push(Command::Kill(w.pid));
+                        commands.push(Command::Hung {
+                            pid: w.pid,
+                            why: Hang::Silent,
+                        });
                     }
                 }
                 let due: Vec<usize> = (0..self.slots.len())
@@ -696,10 +774,24 @@ mod tests {
         );
     }
 
+    fn served(served: u64) -> Beat {
+        Beat {
+            served,
+            ..Beat::default()
+        }
+    }
+
     #[test]
     fn crashed_worker_respawns_into_its_slot_with_backoff() {
         let (mut fleet, now) = serving(2);
-        assert!(fleet.handle_exited(101, None, now).is_empty());
+        assert_eq!(
+            fleet.handle_exited(101, None, now),
+            vec![Command::Backoff {
+                slot: 1,
+                delay: BACKOFF_START,
+                failures: 1
+            }]
+        );
         assert_eq!(fleet.poll_deadline(), Some(now + BACKOFF_START));
         assert!(fleet.handle_tick(now).is_empty(), "not before the backoff");
         let t1 = now + BACKOFF_START;
@@ -726,7 +818,7 @@ mod tests {
         fleet.handle_spawned(0, 2, 101, t1);
         fleet.handle_ready(101, t1);
         let t2 = t1 + STABLE_AFTER;
-        fleet.handle_heartbeat(101, 0, 0, t2);
+        fleet.handle_heartbeat(101, served(0), t2);
         fleet.handle_exited(101, None, t2);
         assert_eq!(fleet.poll_deadline(), Some(t2 + BACKOFF_START));
     }
@@ -745,9 +837,10 @@ mod tests {
     #[test]
     fn fatal_code_after_ready_is_a_crash_not_a_stop() {
         let (mut fleet, now) = serving(1);
-        assert!(fleet
-            .handle_exited(100, Some(exit::APP_LOAD), now)
-            .is_empty());
+        assert!(matches!(
+            fleet.handle_exited(100, Some(exit::APP_LOAD), now)[..],
+            [Command::Backoff { slot: 0, .. }]
+        ));
         assert_eq!(fleet.phase(), Phase::Serving);
     }
 
@@ -845,14 +938,68 @@ mod tests {
         let (mut fleet, now) = serving(1);
         let late = now + Duration::from_secs(30);
         assert_eq!(fleet.poll_deadline(), Some(late));
-        fleet.handle_heartbeat(100, 0, 5, now + Duration::from_secs(1));
+        fleet.handle_heartbeat(100, served(5), now + Duration::from_secs(1));
         assert!(
             fleet.handle_tick(late).is_empty(),
             "a heartbeat moved the deadline"
         );
         let later = now + Duration::from_secs(31);
-        assert_eq!(fleet.handle_tick(later), vec![Command::Kill(100)]);
+        assert_eq!(
+            fleet.handle_tick(later),
+            vec![Command::Hung {
+                pid: 100,
+                why: Hang::Silent
+            }]
+        );
         assert!(fleet.handle_tick(later).is_empty());
+    }
+
+    #[test]
+    fn blocked_loop_is_a_hang_although_heartbeats_come() {
+        let (mut fleet, now) = serving(1);
+        let beat = |secs| Beat {
+            loop_stalled: Duration::from_secs(secs),
+            ..Beat::default()
+        };
+        assert!(fleet.handle_heartbeat(100, beat(29), now).is_empty());
+        let hung = vec![Command::Hung {
+            pid: 100,
+            why: Hang::LoopBlocked(Duration::from_secs(30)),
+        }];
+        assert_eq!(fleet.handle_heartbeat(100, beat(30), now), hung);
+        assert!(
+            fleet.handle_heartbeat(100, beat(31), now).is_empty(),
+            "one kill per hang"
+        );
+    }
+
+    #[test]
+    fn crash_loop_counts_failures_until_a_stable_run() {
+        let (mut fleet, mut now) = serving(1);
+        let mut pid = 100;
+        for failure in 1..=4u32 {
+            let commands = fleet.handle_exited(pid, Some(1), now);
+            let Some(Command::Backoff {
+                failures, delay, ..
+            }) = commands.last().cloned()
+            else {
+                panic!("no backoff in {commands:?}");
+            };
+            assert_eq!(failures, failure);
+            assert_eq!(fleet.respawning(now), vec![(0, delay, failure)]);
+            now += delay;
+            fleet.handle_tick(now);
+            pid += 1;
+            fleet.handle_spawned(0, u64::from(failure) + 1, pid, now);
+        }
+        assert!(fleet.respawning(now).is_empty());
+        fleet.handle_ready(pid, now);
+        now += STABLE_AFTER;
+        let commands = fleet.handle_exited(pid, None, now);
+        assert!(matches!(
+            commands.last(),
+            Some(Command::Backoff { failures: 1, .. })
+        ));
     }
 
     #[test]
@@ -865,16 +1012,16 @@ mod tests {
             },
         );
         fleet.handle_ready(100, now);
-        assert!(fleet.handle_heartbeat(100, 0, 99, now).is_empty());
+        assert!(fleet.handle_heartbeat(100, served(99), now).is_empty());
         assert_eq!(
-            fleet.handle_heartbeat(100, 0, 100, now),
+            fleet.handle_heartbeat(100, served(100), now),
             vec![Command::Spawn {
                 slot: 0,
                 generation: 2
             }]
         );
         assert!(
-            fleet.handle_heartbeat(100, 0, 150, now).is_empty(),
+            fleet.handle_heartbeat(100, served(150), now).is_empty(),
             "one replacement at a time"
         );
         fleet.handle_spawned(0, 2, 101, now);

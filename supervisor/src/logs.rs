@@ -18,30 +18,21 @@ pub fn init(config: &Config, slot: Option<u32>) {
         LogLevel::Warning => LevelFilter::WARN,
         LogLevel::Error | LogLevel::Critical => LevelFilter::ERROR,
     };
-    let writer: Box<dyn Fn() -> Box<dyn std::io::Write> + Send + Sync> = match &config.logging.file
-    {
-        Some(path) => {
-            let path = path.clone();
-            Box::new(move || -> Box<dyn std::io::Write> {
-                match std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                {
-                    Ok(file) => Box::new(file),
-                    Err(_) => Box::new(std::io::stderr()),
-                }
-            })
+    if let Some(path) = &config.logging.file {
+        if let Err(err) = genro_shared::logfile::open(path) {
+            eprintln!(
+                "genro-asgi: cannot open [logging] file {}: {err}; logging to stderr",
+                path.display()
+            );
         }
-        None => Box::new(|| -> Box<dyn std::io::Write> { Box::new(std::io::stderr()) }),
-    };
+    }
     let process = match slot {
         Some(slot) => format!("worker-{slot}"),
         None => "supervisor".to_owned(),
     };
     let builder = tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_writer(writer)
+        .with_writer(genro_shared::logfile::line)
         .with_ansi(false);
     let format = config.logging.format.trim();
     let result = if format.eq_ignore_ascii_case("json") {

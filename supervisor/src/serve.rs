@@ -11,20 +11,27 @@
 //! worker. Each lifecycle transition is also told to systemd (see [`crate::notify`]).
 
 use crate::control::{self, Incoming};
-use crate::fleet::{Command, Fleet, Phase, Refused, Settings, WorkerState};
+use crate::fleet::{Beat, Command, Fleet, Hang, Phase, Refused, Settings, WorkerState};
 use crate::notify::Notifier;
 use anyhow::Context;
 use genro_config::{Config, ConfigError, Loaded};
 use genro_shared::exit;
-use genro_shared::protocol::{FleetStatus, Message, WorkerStatus};
+use genro_shared::protocol::{
+    FleetStatus, Message, QueryKind, RespawnStatus, WorkerReport, WorkerStatus, MAX_FRAME,
+};
 use socket2::Socket;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
+
+/// How long `ctl requests` / `ctl stacks` wait for the workers' answers.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a hung worker gets to tell its stacks before it is killed.
+const HUNG_STACKS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Re-reads the configuration (same file, environment and flags) for a reload.
 pub type Reloader = Box<dyn Fn() -> Result<Loaded, ConfigError>>;
@@ -200,6 +207,21 @@ impl Spawner {
 enum Event {
     Control(Incoming),
     Exited { pid: u32, code: Option<i32> },
+    QueryTimeout(u64),
+}
+
+/// A query sent to workers, waiting for their answers.
+enum Pending {
+    /// `ctl requests` / `ctl stacks`: answered when every asked worker answered, or at
+    /// the timeout with what came.
+    Admin {
+        reply: oneshot::Sender<Message>,
+        reports: Vec<WorkerReport>,
+        /// Asked workers that have not answered: pid -> index in `reports`.
+        waiting: HashMap<u32, usize>,
+    },
+    /// The stacks of a hung worker, logged before it is killed.
+    Hung { pid: u32 },
 }
 
 /// The executor's state besides the fleet.
@@ -217,6 +239,8 @@ struct Supervisor {
     pending_scale: Option<usize>,
     app: String,
     url: String,
+    queries: HashMap<u64, Pending>,
+    next_query: u64,
 }
 
 impl Supervisor {
@@ -261,16 +285,28 @@ impl Supervisor {
                         }
                     }
                     Command::Kill(pid) => {
-                        let stopping = matches!(self.fleet.phase(), Phase::Stopping { .. });
-                        if stopping {
-                            tracing::warn!(pid, "worker did not stop in time; killing it");
+                        tracing::warn!(pid, "worker did not stop in time; killing it");
+                        signal_pid(pid, libc::SIGKILL);
+                    }
+                    Command::Hung { pid, why } => self.hung(pid, why),
+                    Command::Backoff {
+                        slot,
+                        delay,
+                        failures,
+                    } => {
+                        let delay = delay.as_secs_f64();
+                        if failures >= crate::fleet::CRASH_LOOP {
+                            tracing::error!(slot, failures, "slot is crash-looping: {failures} failures in a row; next worker in {delay:.1}s");
+                            self.notifier.send(&format!(
+                                "STATUS=slot {slot} is crash-looping ({failures} failures in a row)"
+                            ));
                         } else {
-                            tracing::error!(
-                                pid,
-                                "worker sent no heartbeat for worker_timeout; killing it"
+                            tracing::warn!(
+                                slot,
+                                failures,
+                                "respawning the slot's worker in {delay:.1}s"
                             );
                         }
-                        signal_pid(pid, libc::SIGKILL);
                     }
                     Command::Close(slot) => {
                         if let Some(socket) = self.spawner.sockets.get_mut(slot) {
@@ -326,6 +362,141 @@ impl Supervisor {
             pending = next;
         }
         None
+    }
+
+    /// A worker hangs: ask for its stacks (answered from its Rust side unless the whole
+    /// process is stuck), log them, kill it.
+    fn hung(&mut self, pid: u32, why: Hang) {
+        let timeout = self.fleet.settings().worker_timeout.as_secs_f64();
+        match why {
+            Hang::Silent => tracing::error!(
+                pid,
+                "worker sent no heartbeat for worker_timeout ({timeout:.0}s); killing it"
+            ),
+            Hang::LoopBlocked(blocked) => tracing::error!(
+                pid,
+                "worker's Python event loop blocked for {:.1}s (worker_timeout {timeout:.0}s); killing it",
+                blocked.as_secs_f64()
+            ),
+        }
+        let id = self.next_query_id();
+        if self.ask(pid, id, QueryKind::Stacks) {
+            self.queries.insert(id, Pending::Hung { pid });
+            self.expire(id, HUNG_STACKS_TIMEOUT);
+        } else {
+            signal_pid(pid, libc::SIGKILL);
+        }
+    }
+
+    fn next_query_id(&mut self) -> u64 {
+        self.next_query += 1;
+        self.next_query
+    }
+
+    /// Sends a query to a worker; false when it is not connected (or its queue is full).
+    fn ask(&self, pid: u32, id: u64, what: QueryKind) -> bool {
+        self.writers
+            .get(&pid)
+            .is_some_and(|w| w.try_send(Message::Query { id, what }).is_ok())
+    }
+
+    /// Delivers `QueryTimeout(id)` after `after`.
+    fn expire(&self, id: u64, after: Duration) {
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let _ = events.send(Event::QueryTimeout(id)).await;
+        });
+    }
+
+    /// `ctl requests` / `ctl stacks`: ask every worker, answer when all did.
+    fn query_workers(&mut self, what: QueryKind, reply: oneshot::Sender<Message>) {
+        let id = self.next_query_id();
+        let mut reports = Vec::new();
+        let mut waiting = HashMap::new();
+        for (slot, s) in self.fleet.slots().iter().enumerate() {
+            for w in s.worker.iter().chain(s.incoming.iter()).chain(&s.retiring) {
+                let asked = self.ask(w.pid, id, what);
+                if asked {
+                    waiting.insert(w.pid, reports.len());
+                }
+                reports.push(WorkerReport {
+                    slot: slot as u32,
+                    pid: w.pid,
+                    error: Some(if asked {
+                        format!("no answer within {}s", QUERY_TIMEOUT.as_secs())
+                    } else {
+                        "not connected to the control socket".into()
+                    }),
+                    ..WorkerReport::default()
+                });
+            }
+        }
+        let pending = Pending::Admin {
+            reply,
+            reports,
+            waiting,
+        };
+        if let Some(pending) = settle(pending) {
+            self.queries.insert(id, pending);
+            self.expire(id, QUERY_TIMEOUT);
+        }
+    }
+
+    /// A worker answered query `id`.
+    fn answered(&mut self, pid: u32, id: u64, mut report: WorkerReport) {
+        match self.queries.remove(&id) {
+            Some(Pending::Hung { pid: hung }) if hung == pid => {
+                match &report.stacks {
+                    Some(stacks) => tracing::error!(pid, "stacks of the hung worker:\n{stacks}"),
+                    None => tracing::error!(
+                        pid,
+                        "no stacks from the hung worker: {}",
+                        report.error.as_deref().unwrap_or("empty answer")
+                    ),
+                }
+                signal_pid(pid, libc::SIGKILL);
+            }
+            Some(Pending::Admin {
+                reply,
+                mut reports,
+                mut waiting,
+            }) => {
+                if let Some(at) = waiting.remove(&pid) {
+                    report.slot = reports[at].slot;
+                    report.pid = pid;
+                    reports[at] = report;
+                }
+                let pending = Pending::Admin {
+                    reply,
+                    reports,
+                    waiting,
+                };
+                if let Some(pending) = settle(pending) {
+                    self.queries.insert(id, pending);
+                }
+            }
+            Some(other) => {
+                self.queries.insert(id, other);
+            }
+            None => tracing::debug!(pid, id, "late answer to a finished query"),
+        }
+    }
+
+    /// Query `id` ran out of time: answer with what came / kill the hung worker anyway.
+    fn query_expired(&mut self, id: u64) {
+        match self.queries.remove(&id) {
+            Some(Pending::Hung { pid }) => {
+                tracing::error!(pid, "the hung worker did not answer for its stacks");
+                signal_pid(pid, libc::SIGKILL);
+            }
+            Some(Pending::Admin { reply, reports, .. }) => {
+                let _ = reply.send(Message::WorkersReport {
+                    workers: fit_reports(reports),
+                });
+            }
+            None => {}
+        }
     }
 
     fn answer_reload(&mut self, answer: Message) {
@@ -437,6 +608,7 @@ impl Supervisor {
                     uptime: now.duration_since(w.started).as_secs_f64(),
                     served: w.served,
                     in_flight: w.in_flight,
+                    loop_lag_ms: w.loop_lag_ms,
                 });
             }
         }
@@ -447,11 +619,30 @@ impl Supervisor {
             uptime: now.duration_since(self.started).as_secs_f64(),
             restarts: self.fleet.restarts(),
             workers,
+            respawning: self
+                .fleet
+                .respawning(now)
+                .into_iter()
+                .map(|(slot, left, failures)| RespawnStatus {
+                    slot: slot as u32,
+                    respawn_in: left.as_secs_f64(),
+                    failures,
+                    crash_loop: failures >= crate::fleet::CRASH_LOOP,
+                })
+                .collect(),
         }
     }
 
     fn admin(&mut self, request: Message, reply: oneshot::Sender<Message>) -> Vec<Command> {
         match request {
+            Message::Requests => {
+                self.query_workers(QueryKind::Requests, reply);
+                Vec::new()
+            }
+            Message::Stacks => {
+                self.query_workers(QueryKind::Stacks, reply);
+                Vec::new()
+            }
             Message::Status => {
                 let _ = reply.send(Message::StatusReport {
                     status: self.status(),
@@ -576,12 +767,15 @@ async fn supervise(
         pending_scale: None,
         app: config.application.app.clone(),
         url,
+        queries: HashMap::new(),
+        next_query: 0,
     };
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut sigttin = signal(SignalKind::from_raw(libc::SIGTTIN))?;
     let mut sigttou = signal(SignalKind::from_raw(libc::SIGTTOU))?;
+    let mut sigusr1 = signal(SignalKind::user_defined1())?;
     let mut watchdog = sup.notifier.watchdog_interval().map(tokio::time::interval);
     let mut pending = sup.fleet.handle_start();
     loop {
@@ -612,8 +806,18 @@ async fn supervise(
                     tracing::debug!(pid, "worker ready");
                     sup.fleet.handle_ready(pid, now())
                 }
-                Event::Control(Incoming::Message { pid, message: Message::Heartbeat { in_flight, served } }) => {
-                    sup.fleet.handle_heartbeat(pid, in_flight, served, now())
+                Event::Control(Incoming::Message { pid, message: Message::Heartbeat { in_flight, served, loop_lag_ms, loop_stalled_ms } }) => {
+                    let beat = Beat {
+                        in_flight,
+                        served,
+                        loop_lag_ms,
+                        loop_stalled: Duration::from_millis(loop_stalled_ms),
+                    };
+                    sup.fleet.handle_heartbeat(pid, beat, now())
+                }
+                Event::Control(Incoming::Message { pid, message: Message::Answer { id, report } }) => {
+                    sup.answered(pid, id, report);
+                    Vec::new()
                 }
                 Event::Control(Incoming::Message { pid, message }) => {
                     tracing::warn!(pid, "unexpected control message {} from a worker", message.kind());
@@ -631,6 +835,10 @@ async fn supervise(
                         None => tracing::warn!(pid, "worker killed by a signal"),
                     }
                     sup.fleet.handle_exited(pid, code, now())
+                }
+                Event::QueryTimeout(id) => {
+                    sup.query_expired(id);
+                    Vec::new()
                 }
             },
             _ = sigterm.recv() => {
@@ -653,6 +861,17 @@ async fn supervise(
                 let workers = sup.fleet.size().saturating_sub(1).max(1);
                 sup.scale(workers)
             }
+            _ = sigusr1.recv() => {
+                match genro_shared::logfile::reopen() {
+                    Ok(true) => tracing::info!("SIGUSR1: log file reopened"),
+                    Ok(false) => tracing::info!("SIGUSR1: logging to stderr, nothing to reopen"),
+                    Err(err) => tracing::error!("SIGUSR1: cannot reopen the log file: {err}"),
+                }
+                for pid in sup.writers.keys() {
+                    signal_pid(*pid, libc::SIGUSR1);
+                }
+                Vec::new()
+            }
             _ = keepalive => {
                 sup.notifier.send("WATCHDOG=1");
                 Vec::new()
@@ -660,6 +879,38 @@ async fn supervise(
             _ = sleep => sup.fleet.handle_tick(now()),
         };
     }
+}
+
+/// Answers a query that waits for nobody; gives it back otherwise.
+fn settle(pending: Pending) -> Option<Pending> {
+    match pending {
+        Pending::Admin {
+            reply,
+            reports,
+            waiting,
+        } if waiting.is_empty() => {
+            let _ = reply.send(Message::WorkersReport {
+                workers: fit_reports(reports),
+            });
+            None
+        }
+        other => Some(other),
+    }
+}
+
+/// Cuts the reports so that the answer fits in one control frame: each worker gets an
+/// equal share of the room.
+fn fit_reports(mut reports: Vec<WorkerReport>) -> Vec<WorkerReport> {
+    let n = reports.len().max(1);
+    let max_requests = (3000 / n).max(20);
+    let max_stacks = (MAX_FRAME * 3 / 4 / n).max(8 * 1024);
+    for r in &mut reports {
+        r.requests.truncate(max_requests);
+        if let Some(stacks) = r.stacks.as_mut() {
+            genro_shared::protocol::cut_text(stacks, max_stacks);
+        }
+    }
+    reports
 }
 
 fn signal_pid(pid: u32, signal: i32) {

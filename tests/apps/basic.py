@@ -3,6 +3,7 @@
 import asyncio
 import json
 import os
+import time
 import urllib.parse
 
 LIFESPAN_LOG = os.environ.get("LIFESPAN_LOG")
@@ -12,6 +13,16 @@ def note(text):
     if LIFESPAN_LOG:
         with open(LIFESPAN_LOG, "a") as f:
             f.write(text + "\n")
+
+
+def block_the_loop_in_sleep(seconds):
+    time.sleep(seconds)  # releases the GIL, but the event loop is stuck
+
+
+def block_the_loop_spinning(seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:  # holds the GIL (but for the interpreter's switches)
+        pass
 
 
 async def start(send, status=200, headers=(), trailers=False):
@@ -99,6 +110,14 @@ async def app(scope, receive, send):
         await asyncio.sleep(float(query.get("s", "1")))
         await start(send)
         await body(send, b"slept")
+    elif path == "/block":
+        block_the_loop_in_sleep(float(query.get("s", "1")))
+        await start(send)
+        await body(send, b"unblocked")
+    elif path == "/spin":
+        block_the_loop_spinning(float(query.get("s", "1")))
+        await start(send)
+        await body(send, b"spun")
     elif path == "/raise":
         raise ValueError("boom before start")
     elif path == "/raise-after-start":

@@ -154,10 +154,29 @@ class Lifespan:
             _log("ERROR", "lifespan shutdown failed: %s" % answer.get("message", ""))
 
 
+_ticker = None  # the loop-lag ticker task, started by start_ticker()
+
+
+async def _tick(report, period):
+    loop = asyncio.get_running_loop()
+    while True:
+        start = loop.time()
+        await asyncio.sleep(period)
+        report(loop.time() - start - period)
+
+
+def start_ticker(report, period):
+    """Measure the loop's lag: `report(seconds_late)` after every `period` of sleep."""
+    global _ticker
+    _ticker = asyncio.get_event_loop().create_task(_tick(report, period))
+
+
 async def cancel_remaining(timeout, lifespan):
     """Cancel the request tasks still running after the drain (not the lifespan task,
     which must still see lifespan.shutdown) and give them a moment to unwind."""
-    keep = {asyncio.current_task(), lifespan.task}
+    if _ticker is not None:
+        _ticker.cancel()
+    keep = {asyncio.current_task(), lifespan.task, _ticker}
     tasks = [t for t in asyncio.all_tasks() if t not in keep and not t.done()]
     for task in tasks:
         task.cancel()

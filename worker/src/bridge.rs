@@ -134,6 +134,10 @@ pub struct Shared {
     pub in_flight: std::sync::atomic::AtomicUsize,
     /// The worker is draining: HTTP/1.1 responses carry `Connection: close`.
     pub draining: std::sync::atomic::AtomicBool,
+    /// Requests in flight, for `ctl requests`.
+    pub registry: crate::registry::Registry,
+    /// The Python loop's lag and liveness.
+    pub health: crate::health::LoopHealth,
 }
 
 /// The request half of an exchange, shared with the tokio task that reads the body.
@@ -217,23 +221,38 @@ impl Exchange {
     }
 }
 
-/// One admitted request, counted in [`Shared::in_flight`] until both the transport (the
-/// response body or the service future) and the app's task let go of it: a client that
-/// disconnects does not free its slot while the app still runs for it.
+/// One admitted request, counted in [`Shared::in_flight`] and listed in
+/// [`Shared::registry`] until both the transport (the response body or the service future)
+/// and the app's task let go of it: a client that disconnects does not free its slot while
+/// the app still runs for it.
 #[derive(Debug)]
-pub struct Admission(Arc<Shared>);
+pub struct Admission {
+    shared: Arc<Shared>,
+    id: u64,
+}
 
 impl Admission {
     /// Counts a request in.
-    pub fn new(shared: Arc<Shared>) -> Arc<Self> {
+    pub fn new<B>(
+        shared: Arc<Shared>,
+        request: &http::Request<B>,
+        client: SocketAddr,
+    ) -> Arc<Self> {
         shared.in_flight.fetch_add(1, Ordering::Relaxed);
-        Arc::new(Admission(shared))
+        let id = shared.registry.insert(
+            request.method(),
+            request.uri().path(),
+            client,
+            request.version(),
+        );
+        Arc::new(Admission { shared, id })
     }
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.shared.registry.remove(self.id);
+        self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -12,7 +12,9 @@
 
 pub mod body;
 pub mod bridge;
+pub mod health;
 pub mod python;
+pub mod registry;
 pub mod response;
 pub mod server;
 
@@ -128,6 +130,8 @@ fn run_inner(args: WorkerArgs) -> anyhow::Result<i32> {
         started: AtomicU64::new(0),
         in_flight: std::sync::atomic::AtomicUsize::new(0),
         draining: std::sync::atomic::AtomicBool::new(false),
+        registry: registry::Registry::default(),
+        health: health::LoopHealth::default(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -187,6 +191,17 @@ fn run_inner(args: WorkerArgs) -> anyhow::Result<i32> {
             "add_reader",
             (shared.bridge.fd(), Drainer::new(shared.clone())),
         )?;
+        glue.call_method1(
+            "start_ticker",
+            (health::Ticker(shared.clone()), health::TICK_PERIOD),
+        )?;
+        let stacks = match health::Stacks::install(py) {
+            Ok(stacks) => Some(Arc::new(stacks)),
+            Err(err) => {
+                tracing::warn!("stack dumps unavailable: {err:#}");
+                None
+            }
+        };
 
         // Serve; when the drain is over, `serve` stops the loop through the bridge.
         let serving = {
@@ -206,6 +221,7 @@ fn run_inner(args: WorkerArgs) -> anyhow::Result<i32> {
             control_read,
             control_write,
             shared.clone(),
+            stacks,
             stop_tx.clone(),
         ));
         runtime.spawn(signal_loop(stop_tx));
@@ -253,12 +269,18 @@ fn format_py_error(py: Python<'_>, glue: &Bound<'_, PyModule>, err: &PyErr) -> S
         .unwrap_or_else(|_| err.to_string())
 }
 
-/// Reports ready and heartbeats to the supervisor, and turns a `drain` (or the
-/// supervisor's disappearance) into a stop.
+/// Most requests listed in one answer to `ctl requests` (the frame limit is 1 MiB).
+const MAX_LISTED: usize = 2000;
+/// Most bytes of stack traces in one answer.
+const MAX_STACKS: usize = 512 * 1024;
+
+/// Reports ready and heartbeats to the supervisor, answers its queries, and turns a
+/// `drain` (or the supervisor's disappearance) into a stop.
 async fn control_loop(
     mut read: tokio::net::unix::OwnedReadHalf,
     mut write: tokio::net::unix::OwnedWriteHalf,
     shared: Arc<Shared>,
+    stacks: Option<Arc<health::Stacks>>,
     stop: watch::Sender<bool>,
 ) {
     use std::sync::atomic::Ordering;
@@ -269,15 +291,21 @@ async fn control_loop(
         stop.send_replace(true);
         return;
     }
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Message>(16);
+    let beats = shared.clone();
     let writer = tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
-            tick.tick().await;
-            let beat = Message::Heartbeat {
-                in_flight: shared.in_flight.load(Ordering::Relaxed) as u64,
-                served: shared.started.load(Ordering::Relaxed),
+            let message = tokio::select! {
+                _ = tick.tick() => Message::Heartbeat {
+                    in_flight: beats.in_flight.load(Ordering::Relaxed) as u64,
+                    served: beats.started.load(Ordering::Relaxed),
+                    loop_lag_ms: beats.health.take_lag_ms(),
+                    loop_stalled_ms: beats.health.stalled_ms(),
+                },
+                Some(message) = out_rx.recv() => message,
             };
-            if protocol::write_frame(&mut write, &beat).await.is_err() {
+            if protocol::write_frame(&mut write, &message).await.is_err() {
                 return;
             }
         }
@@ -289,7 +317,17 @@ async fn control_loop(
                 tracing::info!("drain requested by the supervisor");
                 break;
             }
-            Ok(Some(other)) => tracing::debug!("ignoring control message {other:?}"),
+            Ok(Some(Message::Query { id, what })) => {
+                let shared = shared.clone();
+                let stacks = stacks.clone();
+                let out = out_tx.clone();
+                // Stack dumps block for a moment: off the async threads.
+                tokio::task::spawn_blocking(move || {
+                    let report = answer(&shared, stacks.as_deref(), what);
+                    let _ = out.blocking_send(Message::Answer { id, report });
+                });
+            }
+            Ok(Some(other)) => tracing::debug!("ignoring control message {}", other.kind()),
             Ok(None) | Err(_) => {
                 tracing::warn!("lost the control connection to the supervisor; draining");
                 break;
@@ -300,12 +338,37 @@ async fn control_loop(
     stop.send_replace(true);
 }
 
-/// SIGTERM / SIGINT start a drain; a second one exits at once.
+/// This worker's answer to a supervisor query.
+fn answer(
+    shared: &Shared,
+    stacks: Option<&health::Stacks>,
+    what: protocol::QueryKind,
+) -> protocol::WorkerReport {
+    let mut report = protocol::WorkerReport::default();
+    match what {
+        protocol::QueryKind::Requests => {
+            (report.requests, report.total) = shared.registry.snapshot(MAX_LISTED);
+        }
+        protocol::QueryKind::Stacks => match stacks.map(health::Stacks::dump) {
+            Some(Ok(mut text)) => {
+                protocol::cut_text(&mut text, MAX_STACKS);
+                report.stacks = Some(text);
+            }
+            Some(Err(err)) => report.error = Some(format!("stack dump failed: {err}")),
+            None => report.error = Some("stack dumps are not available in this worker".into()),
+        },
+    }
+    report
+}
+
+/// SIGTERM / SIGINT start a drain; a second one exits at once. SIGUSR1 reopens the log
+/// file.
 async fn signal_loop(stop: watch::Sender<bool>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut usr1)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::user_defined1()),
     ) else {
         tracing::error!("cannot install signal handlers");
         return;
@@ -315,6 +378,12 @@ async fn signal_loop(stop: watch::Sender<bool>) {
         tokio::select! {
             _ = term.recv() => {},
             _ = int.recv() => {},
+            _ = usr1.recv() => {
+                if let Err(err) = genro_shared::logfile::reopen() {
+                    tracing::error!("SIGUSR1: cannot reopen the log file: {err}");
+                }
+                continue;
+            }
         }
         if seen {
             tracing::warn!("second stop signal: exiting now");

@@ -275,7 +275,7 @@ async fn handle(
         version: request.version(),
         started: Instant::now(),
     });
-    let admission = crate::bridge::Admission::new(ctx.shared.clone());
+    let admission = crate::bridge::Admission::new(ctx.shared.clone(), &request, ctx.info.client);
     if limits.max_concurrency != 0
         && ctx.shared.in_flight.load(Ordering::Relaxed) > limits.max_concurrency
     {

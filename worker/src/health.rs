@@ -1,0 +1,158 @@
+//! The health of the worker's Python side, observed from Rust.
+//!
+//! - Loop lag: a ticker task on the asyncio loop (`glue.tick`) sleeps a fixed period and
+//!   reports how late it woke up; the heartbeat carries the worst lag and how long ago the
+//!   ticker last ran, so the supervisor sees a blocked loop although the heartbeats (sent
+//!   from a tokio thread) keep coming.
+//! - Stacks: `faulthandler` is registered on a private real-time signal, writing into a
+//!   memfd. Raising that signal on a tokio thread runs faulthandler's C handler right
+//!   there; it walks every Python thread without taking the GIL, so the dump works also
+//!   while the loop thread holds the GIL in a busy loop or a C call.
+
+use pyo3::prelude::*;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Seconds between two ticks of the loop ticker.
+pub const TICK_PERIOD: f64 = 0.5;
+
+/// Loop lag and liveness, written by the ticker, read by the heartbeat.
+#[derive(Debug)]
+pub struct LoopHealth {
+    epoch: Instant,
+    /// Last tick, in ms since `epoch`.
+    last_tick_ms: AtomicU64,
+    /// Worst lag since the last heartbeat, in µs.
+    worst_lag_us: AtomicU64,
+}
+
+impl Default for LoopHealth {
+    fn default() -> Self {
+        LoopHealth {
+            epoch: Instant::now(),
+            last_tick_ms: AtomicU64::new(0),
+            worst_lag_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LoopHealth {
+    /// The ticker woke up `lag` seconds late.
+    pub fn tick(&self, lag: f64) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_tick_ms.store(ms, Ordering::Relaxed);
+        let us = if lag.is_finite() && lag > 0.0 {
+            (lag * 1e6) as u64
+        } else {
+            0
+        };
+        self.worst_lag_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// The worst lag since the previous call, in ms.
+    pub fn take_lag_ms(&self) -> f64 {
+        self.worst_lag_us.swap(0, Ordering::Relaxed) as f64 / 1000.0
+    }
+
+    /// Milliseconds since the last tick (beyond the tick period itself).
+    pub fn stalled_ms(&self) -> u64 {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let since = now.saturating_sub(self.last_tick_ms.load(Ordering::Relaxed));
+        since.saturating_sub((TICK_PERIOD * 1000.0) as u64)
+    }
+}
+
+/// Reports ticks into a [`LoopHealth`]; called by `glue.tick` on the loop.
+#[pyclass(frozen)]
+pub struct Ticker(pub std::sync::Arc<crate::bridge::Shared>);
+
+impl std::fmt::Debug for Ticker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ticker")
+    }
+}
+
+#[pymethods]
+impl Ticker {
+    fn __call__(&self, lag: f64) {
+        self.0.health.tick(lag);
+    }
+}
+
+/// Dumps the Python stacks of every thread through faulthandler.
+#[derive(Debug)]
+pub struct Stacks {
+    file: Mutex<std::fs::File>,
+    signal: i32,
+    /// pthread id of the thread running the event loop, to mark it in the dump.
+    loop_thread: u64,
+}
+
+impl Stacks {
+    /// Registers faulthandler on a private signal; call with the GIL, on the loop thread.
+    pub fn install(py: Python<'_>) -> anyhow::Result<Self> {
+        // SAFETY: memfd_create with a valid C string; the fd is owned below.
+        let fd = unsafe { libc::memfd_create(c"genro-asgi-stacks".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        // SAFETY: fd is a fresh descriptor nobody else owns.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        // glibc keeps the first real-time signals for itself; SIGRTMIN() is past them.
+        let signal = libc::SIGRTMIN() + 2;
+        let kwargs = pyo3::types::PyDict::new(py);
+        kwargs.set_item("file", fd)?;
+        kwargs.set_item("all_threads", true)?;
+        kwargs.set_item("chain", false)?;
+        py.import("faulthandler")?
+            .call_method("register", (signal,), Some(&kwargs))?;
+        Ok(Stacks {
+            file: Mutex::new(std::fs::File::from(owned)),
+            signal,
+            // SAFETY: pthread_self has no preconditions.
+            loop_thread: unsafe { libc::pthread_self() } as u64,
+        })
+    }
+
+    /// The stacks of every Python thread, as faulthandler prints them. Blocks briefly:
+    /// call off the async threads.
+    pub fn dump(&self) -> std::io::Result<String> {
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        file.set_len(0)?;
+        file.seek(SeekFrom::Start(0))?;
+        // SAFETY: raise runs the faulthandler handler on this thread before returning;
+        // the handler only writes to the memfd.
+        if unsafe { libc::raise(self.signal) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        file.seek(SeekFrom::Start(0))?;
+        let mut raw = Vec::new();
+        file.read_to_end(&mut raw)?;
+        let text = String::from_utf8_lossy(&raw);
+        let marker = format!("0x{:016x} (most recent call first)", self.loop_thread);
+        let marked = format!(
+            "0x{:016x} [event loop] (most recent call first)",
+            self.loop_thread
+        );
+        Ok(text.replace(&marker, &marked))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_the_worst_since_last_taken() {
+        let h = LoopHealth::default();
+        h.tick(0.002);
+        h.tick(0.010);
+        h.tick(f64::NAN);
+        assert_eq!(h.take_lag_ms(), 10.0);
+        assert_eq!(h.take_lag_ms(), 0.0);
+        assert_eq!(h.stalled_ms(), 0);
+    }
+}
