@@ -4,6 +4,7 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod exit;
+pub mod logfile;
 pub mod protocol;
 
 /// Environment variable carrying the effective configuration (JSON) to a child.
