@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from conftest import ctl, ready_pids, run_cli, status, wait_for
+from conftest import ctl, ready_pids, recv_all, run_cli, status, wait_for
 
 needs_load_tools = pytest.mark.skipif(
     not shutil.which("wrk"), reason="wrk (Debian package) is installed by scripts/test.sh"
@@ -184,7 +184,35 @@ def test_control_socket_refuses_garbage_and_survives(server):
             c.settimeout(5)
             answer = c.recv(65536)
             assert b'"type":"error"' in answer, answer
+
+    def frame(obj):
+        body = json.dumps(obj).encode()
+        return len(body).to_bytes(4, "big") + body
+
+    # A peer that says hello as a worker, then sends garbage: error reply, then closed.
+    hello = {"v": 1, "type": "hello", "role": "worker", "slot": 0, "pid": os.getpid(), "generation": 1}
+    for garbage in [b"\x00\x00\x00\x03abc", frame({"v": 1, "type": "explode"}), frame({"v": 7, "type": "ready"})]:
+        with socket.socket(socket.AF_UNIX) as c:
+            c.connect(path)
+            c.sendall(frame(hello) + garbage)
+            c.settimeout(5)
+            assert b'"type":"error"' in recv_all(c)
+    # A hello that lies about the peer's pid is refused.
+    with socket.socket(socket.AF_UNIX) as c:
+        c.connect(path)
+        c.sendall(frame(dict(hello, pid=1)))
+        c.settimeout(5)
+        assert b"hello says pid 1 but the peer is pid %d" % os.getpid() in recv_all(c)
+    # An admin peer asking a worker-only thing gets a specific error.
+    with socket.socket(socket.AF_UNIX) as c:
+        c.connect(path)
+        admin = dict(hello, role="admin")
+        c.sendall(frame(admin) + frame({"v": 1, "type": "heartbeat", "in_flight": 0, "served": 0}))
+        c.settimeout(5)
+        answer = recv_all(c)
+        assert b"heartbeat is not an admin request" in answer, answer
     assert status(s)["phase"] == "serving"
+    assert httpx.get(s.url, timeout=5).status_code == 200
 
 
 def test_systemd_notify_sequence(server, tmp_path):

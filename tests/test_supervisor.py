@@ -2,6 +2,7 @@
 start-up errors, graceful SIGTERM with requests in flight, IPv6."""
 
 import os
+import re
 import signal
 import socket
 import threading
@@ -157,6 +158,7 @@ def test_graceful_timeout_bounds_the_drain(server):
     t.join(5)
     assert outcome == [503], "a request cut by the drain timeout is answered 503"
     assert "graceful_timeout reached" in s.log
+    assert re.search(r"cancelling request \d+ GET /sleep from 127\.0\.0\.1:\d+ \(http/1\.1, running", s.log), s.log
     assert "request cancelled" in s.log
 
 

@@ -53,7 +53,8 @@ pub async fn serve(listener: UnixListener, events: mpsc::Sender<Incoming>) {
         };
         match stream.peer_cred() {
             Ok(cred) if cred.uid() == uid || cred.uid() == 0 => {
-                tokio::spawn(connection(stream, events.clone()));
+                let peer = cred.pid().map(|p| p as u32);
+                tokio::spawn(connection(stream, peer, events.clone()));
             }
             Ok(cred) => {
                 tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "control socket: refused a peer of another user")
@@ -63,7 +64,7 @@ pub async fn serve(listener: UnixListener, events: mpsc::Sender<Incoming>) {
     }
 }
 
-async fn connection(stream: UnixStream, events: mpsc::Sender<Incoming>) {
+async fn connection(stream: UnixStream, peer: Option<u32>, events: mpsc::Sender<Incoming>) {
     let (mut read, mut write) = stream.into_split();
     let mut buf = BytesMut::new();
     let pid = match protocol::read_frame(&mut read, &mut buf).await {
@@ -71,7 +72,20 @@ async fn connection(stream: UnixStream, events: mpsc::Sender<Incoming>) {
             role: Role::Worker,
             pid,
             ..
-        })) => pid,
+        })) if peer.is_none_or(|peer| peer == pid) => pid,
+        Ok(Some(Message::Hello {
+            role: Role::Worker,
+            pid,
+            ..
+        })) => {
+            let message = format!(
+                "hello says pid {pid} but the peer is pid {}",
+                peer.unwrap_or(0)
+            );
+            tracing::warn!("control socket: {message}");
+            reply_error(&mut write, message).await;
+            return;
+        }
         Ok(Some(Message::Hello {
             role: Role::Admin, ..
         })) => return admin(read, write, buf, events).await,
@@ -91,6 +105,7 @@ async fn connection(stream: UnixStream, events: mpsc::Sender<Incoming>) {
         }
     };
     let (tx, mut rx) = mpsc::channel::<Message>(16);
+    let errors = tx.clone();
     if events
         .send(Incoming::Hello { pid, writer: tx })
         .await
@@ -100,7 +115,9 @@ async fn connection(stream: UnixStream, events: mpsc::Sender<Incoming>) {
     }
     tokio::spawn(async move {
         while let Some(message) = rx.recv().await {
-            if protocol::write_frame(&mut write, &message).await.is_err() {
+            let last = matches!(message, Message::Error { .. });
+            // After an error frame the connection is over: dropping `write` closes it.
+            if protocol::write_frame(&mut write, &message).await.is_err() || last {
                 return;
             }
         }
@@ -119,6 +136,11 @@ async fn connection(stream: UnixStream, events: mpsc::Sender<Incoming>) {
             Ok(None) => return,
             Err(err) => {
                 tracing::warn!(pid, "control socket: {err}; closing the connection");
+                let _ = errors
+                    .send(Message::Error {
+                        message: err.to_string(),
+                    })
+                    .await;
                 return;
             }
         }

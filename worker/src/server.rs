@@ -520,10 +520,22 @@ pub async fn serve(
     );
     let drained = tokio::time::timeout(grace, all_closed.recv()).await.is_ok();
     if !drained {
+        let (left, total) = shared.registry.snapshot(LOG_CANCELLED);
         tracing::warn!(
-            in_flight = shared.in_flight.load(Ordering::Relaxed),
+            in_flight = total,
             "graceful_timeout reached with requests still in flight; cancelling them"
         );
+        for r in &left {
+            tracing::warn!(
+                "cancelling request {} {} {} from {} ({}, running {:.1}s)",
+                r.id,
+                r.method,
+                r.path,
+                r.client,
+                r.protocol,
+                r.age
+            );
+        }
     }
     // Stop the event loop (exactly once): the Python side then cancels what still runs,
     // whose answers (503, or aborts) travel back over the connections still open...
@@ -534,6 +546,9 @@ pub async fn serve(
     }
     Ok(())
 }
+
+/// Most cancelled requests listed one by one in the log.
+const LOG_CANCELLED: usize = 50;
 
 /// How long cancelled requests' answers get to reach their clients after the drain.
 const CANCEL_FLUSH: Duration = Duration::from_secs(3);
