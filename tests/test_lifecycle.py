@@ -68,7 +68,9 @@ def test_kill9_under_load_slot_serves_again_within_a_second(server):
     killed = time.monotonic()
     os.kill(victim, signal.SIGKILL)
     wait_for(lambda: len(ready_pids(s)) == 2 and victim not in ready_pids(s), 5, "respawn")
-    assert time.monotonic() - killed < 1.5
+    took = time.monotonic() - killed
+    print("respawn took %.3fs" % took)
+    assert took < 1.0, "the slot serves again within a second (took %.3fs)" % took
     total, errors, bad, out = wrk_result(wrk)
     # Only requests in flight on the killed worker's connections may fail.
     assert bad == 0 and errors <= 8, out

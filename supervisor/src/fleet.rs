@@ -4,8 +4,9 @@
 //!
 //! Lifecycle:
 //! 1. `start` spawns every slot; when every worker reported ready, `Serving` is emitted once.
-//! 2. A worker that exits is respawned into its slot after a backoff that doubles on each
-//!    consecutive failure (0.1 s .. 30 s) and resets once a worker stayed up 10 s. A worker
+//! 2. A worker that exits is respawned into its slot: at once after a first failure, then
+//!    after a backoff that doubles on each further failure in a row (0.1 s .. 30 s); the
+//!    count resets once a worker stayed up 10 s. Three failures in a row is a crash loop. A worker
 //!    whose heartbeats stop for `worker_timeout` is killed (and so respawned).
 //! 3. A worker that exits with a fatal code (app cannot load, lifespan startup failed)
 //!    before it was ever ready stops the whole fleet with that code: no respawn loop.
@@ -498,9 +499,16 @@ impl Fleet {
         let s = &mut self.slots[slot];
         s.restarts += 1;
         s.failures += 1;
-        let delay = s.backoff;
+        // The first failure in a row respawns at once (its slot's queue is waiting); the
+        // backoff starts with the second.
+        let delay = if s.failures == 1 {
+            Duration::ZERO
+        } else {
+            let delay = s.backoff;
+            s.backoff = (s.backoff * 2).min(BACKOFF_MAX);
+            delay
+        };
         s.respawn_at = Some(now + delay);
-        s.backoff = (s.backoff * 2).min(BACKOFF_MAX);
         Command::Backoff {
             slot,
             delay,
@@ -788,13 +796,12 @@ mod tests {
             fleet.handle_exited(101, None, now),
             vec![Command::Backoff {
                 slot: 1,
-                delay: BACKOFF_START,
+                delay: Duration::ZERO,
                 failures: 1
             }]
         );
-        assert_eq!(fleet.poll_deadline(), Some(now + BACKOFF_START));
-        assert!(fleet.handle_tick(now).is_empty(), "not before the backoff");
-        let t1 = now + BACKOFF_START;
+        assert_eq!(fleet.poll_deadline(), Some(now), "the first respawn is at once");
+        let t1 = now;
         assert_eq!(
             fleet.handle_tick(t1),
             vec![Command::Spawn {
@@ -802,24 +809,40 @@ mod tests {
                 generation: 2
             }]
         );
-        // It crashes again right away: the backoff doubles.
+        // It crashes again right away: the backoff starts, then doubles.
         fleet.handle_spawned(1, 2, 102, t1);
         fleet.handle_exited(102, Some(1), t1);
-        assert_eq!(fleet.poll_deadline(), Some(t1 + BACKOFF_START * 2));
-        assert_eq!(fleet.restarts(), 2);
+        assert_eq!(fleet.poll_deadline(), Some(t1 + BACKOFF_START));
+        assert!(fleet.handle_tick(t1).is_empty(), "not before the backoff");
+        let t2 = t1 + BACKOFF_START;
+        fleet.handle_tick(t2);
+        fleet.handle_spawned(1, 3, 103, t2);
+        fleet.handle_exited(103, Some(1), t2);
+        assert_eq!(fleet.poll_deadline(), Some(t2 + BACKOFF_START * 2));
+        assert_eq!(fleet.restarts(), 3);
     }
 
     #[test]
     fn backoff_resets_after_a_stable_run() {
         let (mut fleet, now) = serving(1);
+        // Two quick failures: the backoff grew.
         fleet.handle_exited(100, None, now);
+        fleet.handle_tick(now);
+        fleet.handle_spawned(0, 2, 101, now);
+        fleet.handle_exited(101, None, now);
         let t1 = now + BACKOFF_START;
         fleet.handle_tick(t1);
-        fleet.handle_spawned(0, 2, 101, t1);
-        fleet.handle_ready(101, t1);
+        fleet.handle_spawned(0, 3, 102, t1);
+        fleet.handle_ready(102, t1);
         let t2 = t1 + STABLE_AFTER;
-        fleet.handle_heartbeat(101, served(0), t2);
-        fleet.handle_exited(101, None, t2);
+        fleet.handle_heartbeat(102, served(0), t2);
+        // After a stable run, the next failure respawns at once again...
+        fleet.handle_exited(102, None, t2);
+        assert_eq!(fleet.poll_deadline(), Some(t2));
+        fleet.handle_tick(t2);
+        fleet.handle_spawned(0, 4, 103, t2);
+        // ...and the one after starts the backoff from the beginning.
+        fleet.handle_exited(103, None, t2);
         assert_eq!(fleet.poll_deadline(), Some(t2 + BACKOFF_START));
     }
 
