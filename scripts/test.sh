@@ -14,6 +14,6 @@ if ! command -v wrk >/dev/null; then
     echo "note: wrk is not installed; the load tests will be skipped" >&2
   fi
 fi
-cargo build --locked -p genro-asgi
+cargo build --locked -p genro-asgi -p genro-loadgen
 cargo test --locked --workspace
 python3 -m pytest -q tests/ "$@"

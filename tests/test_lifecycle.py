@@ -37,12 +37,8 @@ def wrk_result(proc):
 @needs_load_tools
 def test_three_reloads_under_load_fail_no_request(server):
     """HTTP/1.1 keep-alive load (wrk, 16 connections, 22 s) across three reloads: no error.
-
-    HTTP/2 is not in this test yet, for want of a load client that survives a graceful
-    GOAWAY here: h2load stops a client at its first GOAWAY and counts the requests it could
-    not submit as failed; python-h2 4.4.1 (httpx) rejects the PING that follows a GOAWAY
-    (RFC 9113 6.8 allows it) and fails its streams; curl 7.88 cannot reuse an h2c
-    prior-knowledge connection at all (also against hypercorn)."""
+    HTTP/2 is covered by tests/test_load.py with genro-loadgen (h2load, httpx and curl do not
+    survive a graceful GOAWAY: see docs/ARCHITECTURE.md)."""
     s = server(workers=2, sections={"server": {"keep_alive_timeout": 5}})
     wrk = start_wrk(s.url + "/", 22)
     first = ready_pids(s)

@@ -63,9 +63,21 @@ def test_queued_connections_survive_a_worker_crash(server):
     served by the successor on the same socket."""
     s = server(workers=1)
     (victim,) = s.worker_pids()
+    socks = queue_behind_stopped_worker(s.port, victim)
+    os.kill(victim, signal.SIGKILL)
+    for sock in socks:
+        with sock:
+            data = recv_all(sock)
+            assert data.startswith(b"HTTP/1.1 200"), data
+            assert data.endswith(b"Hello, world!")
+
+
+def queue_behind_stopped_worker(port, victim, n=5):
+    """SIGSTOPs the worker, then opens n connections with a request each: the kernel queues
+    them on the slot's socket. Returns the sockets."""
     os.kill(victim, signal.SIGSTOP)  # the worker stops accepting; the kernel still queues
     # SIGSTOP is asynchronous: wait until every thread of the worker is stopped, so no
-    # connection below is accepted by the process about to be killed.
+    # connection below is accepted before the test wants it.
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         states = []
@@ -76,16 +88,31 @@ def test_queued_connections_survive_a_worker_crash(server):
             break
         time.sleep(0.01)
     socks = []
-    for _ in range(5):
-        sock = socket.create_connection(("127.0.0.1", s.port), timeout=20)
+    for _ in range(n):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=20)
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         socks.append(sock)
-    os.kill(victim, signal.SIGKILL)
+    return socks
+
+
+def test_stop_serves_connections_already_queued(server):
+    """Connections the kernel queued before SIGTERM are served by the draining worker (which
+    sweeps its accept queue before closing the listener), not reset; new ones are refused."""
+    s = server(workers=1)
+    (victim,) = s.worker_pids()
+    socks = queue_behind_stopped_worker(s.port, victim)
+    s.proc.send_signal(signal.SIGTERM)
+    s.wait_log("SIGTERM: draining")
+    time.sleep(0.3)  # the drain message waits in the stopped worker's control socket
+    os.kill(victim, signal.SIGCONT)
     for sock in socks:
         with sock:
             data = recv_all(sock)
             assert data.startswith(b"HTTP/1.1 200"), data
             assert data.endswith(b"Hello, world!")
+    assert s.wait_exit(20) == 0
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", s.port), timeout=5)
 
 
 def test_app_that_cannot_import_stops_with_code_3(server):

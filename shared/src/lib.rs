@@ -3,6 +3,7 @@
 //! environment variables the supervisor uses to hand work to its children.
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod codec_check;
 pub mod exit;
 pub mod logfile;
 pub mod protocol;

@@ -348,6 +348,10 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
 ) -> Result<(), CodecError> {
     let mut buf = BytesMut::new();
     encode(message, &mut buf);
+    if buf.len() - 4 > MAX_FRAME {
+        // The peer would refuse it: report the sender's bug here instead.
+        return Err(CodecError::Oversized(buf.len() - 4));
+    }
     writer.write_all(&buf).await?;
     writer.flush().await?;
     Ok(())
@@ -456,6 +460,20 @@ mod tests {
         }
         assert!(buf.is_empty());
         assert!(decode(&mut buf).unwrap().is_none());
+    }
+
+    #[test]
+    fn oversized_messages_are_not_sent() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let big = Message::Done {
+            message: "x".repeat(MAX_FRAME),
+        };
+        let mut sink = Vec::new();
+        let err = rt.block_on(write_frame(&mut sink, &big)).unwrap_err();
+        assert!(matches!(err, CodecError::Oversized(n) if n > MAX_FRAME));
+        assert!(sink.is_empty(), "nothing written");
     }
 
     #[test]

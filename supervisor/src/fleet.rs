@@ -800,7 +800,11 @@ mod tests {
                 failures: 1
             }]
         );
-        assert_eq!(fleet.poll_deadline(), Some(now), "the first respawn is at once");
+        assert_eq!(
+            fleet.poll_deadline(),
+            Some(now),
+            "the first respawn is at once"
+        );
         let t1 = now;
         assert_eq!(
             fleet.handle_tick(t1),

@@ -573,6 +573,11 @@ impl Supervisor {
 
     fn stop(&mut self, fast: bool) -> Vec<Command> {
         self.notifier.send("STOPPING=1\nSTATUS=draining");
+        // Nothing respawns from here on: let go of the listening sockets, so that once the
+        // workers stop accepting, new connections are refused (which a client or load
+        // balancer may retry) instead of queued where nobody will accept them.
+        self.spawner.sockets.iter_mut().for_each(|s| *s = None);
+        self.spawner.activated = None;
         let mut commands = self.fleet.handle_stop(Instant::now(), exit::OK);
         if fast {
             commands.extend(self.fleet.handle_stop(Instant::now(), exit::OK));
@@ -902,8 +907,9 @@ fn settle(pending: Pending) -> Option<Pending> {
 /// equal share of the room.
 fn fit_reports(mut reports: Vec<WorkerReport>) -> Vec<WorkerReport> {
     let n = reports.len().max(1);
-    let max_requests = (3000 / n).max(20);
-    let max_stacks = (MAX_FRAME * 3 / 4 / n).max(8 * 1024);
+    // A listed request takes at most ~300 bytes of JSON (the path is cut to 256).
+    let max_requests = (MAX_FRAME * 3 / 4 / 300 / n).max(1);
+    let max_stacks = MAX_FRAME * 3 / 4 / n;
     for r in &mut reports {
         r.requests.truncate(max_requests);
         if let Some(stacks) = r.stacks.as_mut() {

@@ -459,19 +459,8 @@ pub async fn serve(
     let handshake_timeout = config.limits.header_read_timeout;
     // Every connection task holds a clone; the drain waits until all are dropped.
     let (live, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
-    loop {
-        let (stream, client) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(err) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!("accept failed: {err}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stopped(&mut stop) => break,
-        };
+    let conn_stop = stop.clone();
+    let spawn_connection = |stream: tokio::net::TcpStream, client: std::net::SocketAddr| {
         let _ = stream.set_nodelay(true);
         let server = stream.local_addr().unwrap_or(client);
         let ctx = Arc::new(ConnCtx {
@@ -486,7 +475,7 @@ pub async fn serve(
             access_log: config.logging.access_log,
         });
         let builder = builder.clone();
-        let stop = stop.clone();
+        let stop = conn_stop.clone();
         let live = live.clone();
         let tls = tls.clone();
         let driver = Driver {
@@ -509,8 +498,44 @@ pub async fn serve(
                 }
             }
         });
+    };
+    loop {
+        let (stream, client) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!("accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut stop) => break,
+        };
+        spawn_connection(stream, client);
     }
     shared.draining.store(true, Ordering::Relaxed);
+    // Serve what the kernel already queued for us (on a full stop, closing the listener
+    // would reset those connections), then close it.
+    let listener = listener.into_std()?;
+    loop {
+        match listener.accept() {
+            Ok((stream, client)) => {
+                match stream
+                    .set_nonblocking(true)
+                    .and_then(|()| tokio::net::TcpStream::from_std(stream))
+                {
+                    Ok(stream) => spawn_connection(stream, client),
+                    Err(err) => tracing::warn!("queued connection: {err}"),
+                }
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(err) => {
+                tracing::warn!("accept failed while draining: {err}");
+                break;
+            }
+        }
+    }
     drop(listener);
     drop(live);
     let grace = config.server.graceful_timeout;

@@ -1,0 +1,126 @@
+//! The control codec's invariants ([`crate::protocol`]) checked on arbitrary bytes, by
+//! panicking. One checker for the `cargo fuzz` target in `shared/fuzz/` and the stable test
+//! `tests/codec_fuzz.rs`, so CI, which has no nightly toolchain, checks the same properties.
+
+use bytes::BytesMut;
+
+use crate::protocol::{decode, encode, CodecError, Message, MAX_FRAME};
+
+/// Feeds `data` to [`decode`] as a peer could deliver it (all at once, and in chunks cut at
+/// points derived from the data), decoding until `Ok(None)` or an error after each
+/// delivery, and panics if the codec breaks one of its invariants:
+///
+/// 1. `decode` does not panic;
+/// 2. `Ok(None)` leaves the buffer untouched, and comes only while the frame is incomplete;
+/// 3. a header announcing more than [`MAX_FRAME`] bytes is refused as
+///    [`CodecError::Oversized`] as soon as it arrives, so an oversized body is never
+///    buffered;
+/// 4. other errors come only once the whole frame is there;
+/// 5. a decoded message takes exactly its frame off the buffer, and re-encodes to a frame
+///    that decodes to an equal message;
+/// 6. the chunked delivery yields the same messages and error as the whole one.
+///
+/// Each run stops at the first error, as a peer closes the connection then.
+pub fn exercise(data: &[u8]) {
+    let whole = decode_stream(data, &[data.len()]);
+    for outcome in &whole {
+        if let Outcome::Message(message) = outcome {
+            assert_round_trip(message);
+        }
+    }
+    let chunked = decode_stream(data, &cut_points(data));
+    assert_eq!(whole, chunked, "chunked decoding differs from whole");
+}
+
+/// One result of [`decode`], comparable between two runs.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Message(Message),
+    Error(String),
+}
+
+/// Delivers `data` up to each of `cuts` (ascending, the last one `data.len()`), decoding
+/// after each delivery until `Ok(None)`; stops at the first error.
+fn decode_stream(data: &[u8], cuts: &[usize]) -> Vec<Outcome> {
+    let mut buf = BytesMut::new();
+    let mut outcomes = Vec::new();
+    let mut fed = 0;
+    for &cut in cuts {
+        buf.extend_from_slice(&data[fed..cut]);
+        fed = cut;
+        loop {
+            // `buf` holds the unconsumed tail of what was fed: `decode_checked` asserts it.
+            let pending = &data[fed - buf.len()..fed];
+            match decode_checked(&mut buf, pending) {
+                Ok(Some(message)) => outcomes.push(Outcome::Message(message)),
+                Ok(None) => break,
+                Err(error) => {
+                    outcomes.push(Outcome::Error(error.to_string()));
+                    return outcomes;
+                }
+            }
+        }
+    }
+    outcomes
+}
+
+/// Calls [`decode`] on `buf`, which holds `pending`, and checks the result against the
+/// length that the frame's header announces.
+fn decode_checked(buf: &mut BytesMut, pending: &[u8]) -> Result<Option<Message>, CodecError> {
+    let result = decode(buf);
+    let Some(header) = pending.first_chunk::<4>() else {
+        assert!(
+            matches!(result, Ok(None)) && buf[..] == *pending,
+            "{} bytes, less than a header, gave {result:?}",
+            pending.len()
+        );
+        return result;
+    };
+    let len = u32::from_be_bytes(*header) as usize;
+    let complete = len <= MAX_FRAME && pending.len() - 4 >= len;
+    match &result {
+        Ok(None) => {
+            assert!(len <= MAX_FRAME, "waits for the body of a {len}-byte frame");
+            assert!(!complete, "Ok(None) on a complete {len}-byte frame");
+            assert!(buf[..] == *pending, "Ok(None) changed the buffer");
+        }
+        Ok(Some(message)) => {
+            assert!(
+                complete && buf[..] == pending[4 + len..],
+                "decoding {} did not take exactly its {len}-byte frame",
+                message.kind()
+            );
+        }
+        Err(CodecError::Oversized(announced)) => assert!(
+            *announced == len && len > MAX_FRAME,
+            "Oversized({announced}) on a {len}-byte frame"
+        ),
+        Err(error) => assert!(complete, "{error} before the {len}-byte frame arrived"),
+    }
+    result
+}
+
+/// Panics unless `message` re-encodes to exactly one frame that decodes to an equal message.
+fn assert_round_trip(message: &Message) {
+    let mut frame = BytesMut::new();
+    encode(message, &mut frame);
+    match decode(&mut frame) {
+        Ok(Some(again)) if again == *message && frame.is_empty() => {}
+        again => panic!("{message:?} re-encodes to a frame that decodes to {again:?}"),
+    }
+}
+
+/// Where the chunked delivery cuts `data`: each byte in turn gives the length of the next
+/// chunk (1 to 64 bytes), so the fuzzer steers where frames are split.
+fn cut_points(data: &[u8]) -> Vec<usize> {
+    let mut cuts: Vec<usize> = data
+        .iter()
+        .scan(0, |at, &byte| {
+            *at += 1 + usize::from(byte % 64);
+            Some(*at)
+        })
+        .take_while(|&at| at < data.len())
+        .collect();
+    cuts.push(data.len());
+    cuts
+}
