@@ -4,7 +4,10 @@
 
 use bytes::BytesMut;
 
-use crate::protocol::{decode, encode, CodecError, Message, MAX_FRAME};
+use crate::protocol::{
+    decode, encode, CodecError, FleetStatus, InFlightRequest, Message, QueryKind, RespawnStatus,
+    Role, WorkerReport, WorkerStatus, MAX_FRAME,
+};
 
 /// Feeds `data` to [`decode`] as a peer could deliver it (all at once, and in chunks cut at
 /// points derived from the data), decoding until `Ok(None)` or an error after each
@@ -123,4 +126,93 @@ fn cut_points(data: &[u8]) -> Vec<usize> {
         .collect();
     cuts.push(data.len());
     cuts
+}
+
+/// Every message kind, with fields set to values that survive a round trip.
+pub fn samples() -> Vec<Message> {
+    let report = WorkerReport {
+        slot: 1,
+        pid: 2,
+        requests: vec![InFlightRequest {
+            id: 1,
+            method: "GET".into(),
+            path: "/x?é".into(),
+            client: "127.0.0.1:5".into(),
+            protocol: "http/1.1".into(),
+            age: 0.5,
+        }],
+        total: 3,
+        stacks: Some("Thread 0x1\n  \"quoted\"".into()),
+        error: None,
+    };
+    vec![
+        Message::Hello {
+            role: Role::Admin,
+            slot: 2,
+            pid: 42,
+            generation: 7,
+        },
+        Message::Ready,
+        Message::Heartbeat {
+            in_flight: 3,
+            served: 9,
+            loop_lag_ms: 1.5,
+            loop_stalled_ms: 200,
+        },
+        Message::Drain,
+        Message::Status,
+        Message::Reload,
+        Message::Stop,
+        Message::Scale { workers: 3 },
+        Message::Requests,
+        Message::Stacks,
+        Message::Query {
+            id: 4,
+            what: QueryKind::Requests,
+        },
+        Message::Answer {
+            id: 4,
+            report: report.clone(),
+        },
+        Message::WorkersReport {
+            workers: vec![
+                report,
+                WorkerReport {
+                    error: Some("no answer".into()),
+                    ..WorkerReport::default()
+                },
+            ],
+        },
+        Message::StatusReport {
+            status: FleetStatus {
+                pid: 1,
+                phase: "serving".into(),
+                reloading: false,
+                uptime: 1.5,
+                restarts: 0,
+                workers: vec![WorkerStatus {
+                    slot: 0,
+                    pid: 2,
+                    generation: 1,
+                    state: "ready".into(),
+                    uptime: 1.0,
+                    served: 10,
+                    in_flight: 1,
+                    loop_lag_ms: 0.25,
+                }],
+                respawning: vec![RespawnStatus {
+                    slot: 1,
+                    respawn_in: 0.5,
+                    failures: 4,
+                    crash_loop: true,
+                }],
+            },
+        },
+        Message::Done {
+            message: "ok".into(),
+        },
+        Message::Error {
+            message: "x".into(),
+        },
+    ]
 }

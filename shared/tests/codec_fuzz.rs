@@ -6,11 +6,8 @@ use std::panic::catch_unwind;
 use std::path::Path;
 
 use bytes::BytesMut;
-use genro_shared::codec_check::exercise;
-use genro_shared::protocol::{
-    encode, FleetStatus, InFlightRequest, Message, QueryKind, RespawnStatus, Role, WorkerReport,
-    WorkerStatus, MAX_FRAME,
-};
+use genro_shared::codec_check::{exercise, samples};
+use genro_shared::protocol::{encode, MAX_FRAME};
 
 #[test]
 fn seed_corpus() {
@@ -40,7 +37,7 @@ fn seed_corpus() {
 
 #[test]
 fn mutated_frames() {
-    let bodies: Vec<Vec<u8>> = sample_messages()
+    let bodies: Vec<Vec<u8>> = samples()
         .iter()
         .map(|message| {
             let mut frame = BytesMut::new();
@@ -129,95 +126,6 @@ fn mutate(rng: &mut XorShift, body: &mut Vec<u8>) {
             body.splice(at..end, rng.pick(TOKENS).bytes());
         }
     }
-}
-
-/// Every message kind, with fields set to values that survive a round trip.
-fn sample_messages() -> Vec<Message> {
-    let report = WorkerReport {
-        slot: 1,
-        pid: 2,
-        requests: vec![InFlightRequest {
-            id: 1,
-            method: "GET".into(),
-            path: "/x?é".into(),
-            client: "127.0.0.1:5".into(),
-            protocol: "http/1.1".into(),
-            age: 0.5,
-        }],
-        total: 3,
-        stacks: Some("Thread 0x1\n  \"quoted\"".into()),
-        error: None,
-    };
-    vec![
-        Message::Hello {
-            role: Role::Admin,
-            slot: 2,
-            pid: 42,
-            generation: 7,
-        },
-        Message::Ready,
-        Message::Heartbeat {
-            in_flight: 3,
-            served: 9,
-            loop_lag_ms: 1.5,
-            loop_stalled_ms: 200,
-        },
-        Message::Drain,
-        Message::Status,
-        Message::Reload,
-        Message::Stop,
-        Message::Scale { workers: 3 },
-        Message::Requests,
-        Message::Stacks,
-        Message::Query {
-            id: 4,
-            what: QueryKind::Requests,
-        },
-        Message::Answer {
-            id: 4,
-            report: report.clone(),
-        },
-        Message::WorkersReport {
-            workers: vec![
-                report,
-                WorkerReport {
-                    error: Some("no answer".into()),
-                    ..WorkerReport::default()
-                },
-            ],
-        },
-        Message::StatusReport {
-            status: FleetStatus {
-                pid: 1,
-                phase: "serving".into(),
-                reloading: false,
-                uptime: 1.5,
-                restarts: 0,
-                workers: vec![WorkerStatus {
-                    slot: 0,
-                    pid: 2,
-                    generation: 1,
-                    state: "ready".into(),
-                    uptime: 1.0,
-                    served: 10,
-                    in_flight: 1,
-                    loop_lag_ms: 0.25,
-                }],
-                respawning: vec![RespawnStatus {
-                    slot: 1,
-                    respawn_in: 0.5,
-                    failures: 4,
-                    crash_loop: true,
-                }],
-            },
-        },
-        Message::Done {
-            message: "ok".into(),
-        },
-        Message::Error {
-            message: "x".into(),
-        },
-    ]
 }
 
 /// Marsaglia's xorshift64: a fixed, dependency-free stream of cases.

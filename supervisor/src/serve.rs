@@ -432,15 +432,32 @@ impl Supervisor {
                 });
             }
         }
+        if self.settle(id, reply, reports, waiting) {
+            self.expire(id, QUERY_TIMEOUT);
+        }
+    }
+
+    /// Answers an admin query that waits for nobody, or keeps it; true if kept.
+    fn settle(
+        &mut self,
+        id: u64,
+        reply: oneshot::Sender<Message>,
+        reports: Vec<WorkerReport>,
+        waiting: HashMap<u32, usize>,
+    ) -> bool {
+        if waiting.is_empty() {
+            let _ = reply.send(Message::WorkersReport {
+                workers: fit_reports(reports),
+            });
+            return false;
+        }
         let pending = Pending::Admin {
             reply,
             reports,
             waiting,
         };
-        if let Some(pending) = settle(pending) {
-            self.queries.insert(id, pending);
-            self.expire(id, QUERY_TIMEOUT);
-        }
+        self.queries.insert(id, pending);
+        true
     }
 
     /// A worker answered query `id`.
@@ -467,14 +484,7 @@ impl Supervisor {
                     report.pid = pid;
                     reports[at] = report;
                 }
-                let pending = Pending::Admin {
-                    reply,
-                    reports,
-                    waiting,
-                };
-                if let Some(pending) = settle(pending) {
-                    self.queries.insert(id, pending);
-                }
+                self.settle(id, reply, reports, waiting);
             }
             Some(other) => {
                 self.queries.insert(id, other);
@@ -883,23 +893,6 @@ async fn supervise(
             }
             _ = sleep => sup.fleet.handle_tick(now()),
         };
-    }
-}
-
-/// Answers a query that waits for nobody; gives it back otherwise.
-fn settle(pending: Pending) -> Option<Pending> {
-    match pending {
-        Pending::Admin {
-            reply,
-            reports,
-            waiting,
-        } if waiting.is_empty() => {
-            let _ = reply.send(Message::WorkersReport {
-                workers: fit_reports(reports),
-            });
-            None
-        }
-        other => Some(other),
     }
 }
 
