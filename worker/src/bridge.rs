@@ -239,12 +239,9 @@ impl Admission {
         client: SocketAddr,
     ) -> Arc<Self> {
         shared.in_flight.fetch_add(1, Ordering::Relaxed);
-        let id = shared.registry.insert(
-            request.method(),
-            request.uri().path(),
-            client,
-            request.version(),
-        );
+        let id = shared
+            .registry
+            .insert(request.method(), request.uri(), client, request.version());
         Arc::new(Admission { shared, id })
     }
 }

@@ -16,7 +16,8 @@ const MAX_PATH: usize = 256;
 #[derive(Debug)]
 struct Entry {
     method: http::Method,
-    path: String,
+    /// The request's URI: cloning it shares the parsed bytes (no copy on the hot path).
+    uri: http::Uri,
     client: SocketAddr,
     version: http::Version,
     started: Instant,
@@ -34,18 +35,14 @@ impl Registry {
     pub fn insert(
         &self,
         method: &http::Method,
-        path: &str,
+        uri: &http::Uri,
         client: SocketAddr,
         version: http::Version,
     ) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut cut = path.len().min(MAX_PATH);
-        while !path.is_char_boundary(cut) {
-            cut -= 1;
-        }
         let entry = Entry {
             method: method.clone(),
-            path: path[..cut].to_owned(),
+            uri: uri.clone(),
             client,
             version,
             started: Instant::now(),
@@ -72,7 +69,7 @@ impl Registry {
             .map(|(&id, e)| InFlightRequest {
                 id,
                 method: e.method.to_string(),
-                path: e.path.clone(),
+                path: cut_path(e.uri.path()),
                 client: e.client.to_string(),
                 protocol: match e.version {
                     http::Version::HTTP_2 => "http/2",
@@ -92,6 +89,15 @@ impl Registry {
     }
 }
 
+/// The path, cut to [`MAX_PATH`] bytes at a character boundary.
+fn cut_path(path: &str) -> String {
+    let mut cut = path.len().min(MAX_PATH);
+    while !path.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    path[..cut].to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,10 +106,26 @@ mod tests {
     fn snapshot_lists_oldest_first_and_counts_all() {
         let r = Registry::default();
         let client: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let a = r.insert(&http::Method::GET, "/a", client, http::Version::HTTP_11);
+        let uri = |p: &str| p.parse::<http::Uri>().unwrap();
+        let a = r.insert(
+            &http::Method::GET,
+            &uri("/a?q"),
+            client,
+            http::Version::HTTP_11,
+        );
         std::thread::sleep(std::time::Duration::from_millis(2));
-        let b = r.insert(&http::Method::POST, "/b", client, http::Version::HTTP_2);
-        r.insert(&http::Method::PUT, "/c", client, http::Version::HTTP_10);
+        let b = r.insert(
+            &http::Method::POST,
+            &uri("/b"),
+            client,
+            http::Version::HTTP_2,
+        );
+        r.insert(
+            &http::Method::PUT,
+            &uri("/c"),
+            client,
+            http::Version::HTTP_10,
+        );
         let (list, total) = r.snapshot(2);
         assert_eq!(total, 3);
         assert_eq!(list.len(), 2);
@@ -117,10 +139,10 @@ mod tests {
     #[test]
     fn long_paths_are_cut_on_a_character_boundary() {
         let r = Registry::default();
-        let path = format!("/{}", "é".repeat(200));
+        let path = format!("/{}", "%C3%A9".repeat(100));
         r.insert(
             &http::Method::GET,
-            &path,
+            &path.parse().unwrap(),
             "[::1]:1".parse().unwrap(),
             http::Version::HTTP_11,
         );
