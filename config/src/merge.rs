@@ -249,6 +249,14 @@ fn build(v: &Values) -> Config {
             ca_certs: v.path("ssl.ca_certs"),
             min_version: TlsVersion::from_word(&v.text("ssl.min_version")),
         },
+        http3: Http3 {
+            enabled: v.bool("http3.enabled"),
+            port: v.int("http3.port"),
+            alt_svc_max_age: v.secs("http3.alt_svc_max_age"),
+            max_field_section_size: v.size("http3.max_field_section_size"),
+            idle_timeout: v.secs("http3.idle_timeout"),
+            max_concurrent_streams: v.int("http3.max_concurrent_streams"),
+        },
         logging: Logging {
             level: LogLevel::from_word(&v.text("logging.level")),
             format: v.text("logging.format"),
@@ -312,6 +320,12 @@ fn check(loaded: &Loaded) -> Result<(), ConfigError> {
                 missing.join(" and ")
             )));
         }
+    }
+    if c.http3.enabled && !c.ssl.enabled {
+        return Err(ConfigError::Conflict(format!(
+            "{}: [http3] enabled = true requires [ssl] enabled = true with a certificate (QUIC is always encrypted)",
+            from("http3.enabled")
+        )));
     }
     if c.errors.show_traceback && !c.server.debug {
         return Err(ConfigError::Conflict(format!(
@@ -671,6 +685,7 @@ secret_key = "xxxxx"
             ("[server]\ndebug = on\n[errors]\nshow_traceback = yes\n", &[], None),
             ("[watchdog]\ncritical = 10\n", &[], Some("conf/server.ini:2: [watchdog] critical = 10 must be >= [watchdog] timeout = 60 (default)")),
             ("[watchdog]\ncritical = 60\n", &[], None),
+            ("[http3]\nenabled = yes\n", &[], Some("conf/server.ini:2: [http3] enabled = true requires [ssl] enabled = true with a certificate (QUIC is always encrypted)")),
         ];
         for (file, vars, want) in cases {
             let got = run(file, vars, &[]).map(|_| ());

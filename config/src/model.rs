@@ -16,6 +16,8 @@ pub struct Config {
     pub limits: Limits,
     /// `[ssl]`
     pub ssl: Ssl,
+    /// `[http3]`
+    pub http3: Http3,
     /// `[logging]`
     pub logging: Logging,
     /// `[metrics]` (planned)
@@ -79,6 +81,23 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Maximum concurrent requests per worker; 0 = unlimited.
     pub max_concurrency: usize,
+}
+
+/// `[http3]`: HTTP/3 front.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Http3 {
+    /// Serve HTTP/3.
+    pub enabled: bool,
+    /// UDP port (0: the server port).
+    pub port: u16,
+    /// `Alt-Svc` max age.
+    pub alt_svc_max_age: Duration,
+    /// Largest request header section.
+    pub max_field_section_size: u64,
+    /// QUIC idle timeout.
+    pub idle_timeout: Duration,
+    /// Concurrent requests per connection.
+    pub max_concurrent_streams: u32,
 }
 
 /// `[ssl]`: HTTPS.

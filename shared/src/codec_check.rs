@@ -6,7 +6,7 @@ use bytes::BytesMut;
 
 use crate::protocol::{
     decode, encode, CodecError, FleetStatus, InFlightRequest, Message, QueryKind, RespawnStatus,
-    Role, WorkerReport, WorkerStatus, MAX_FRAME,
+    Role, SlotSocket, WorkerReport, WorkerStatus, MAX_FRAME,
 };
 
 /// Feeds `data` to [`decode`] as a peer could deliver it (all at once, and in chunks cut at
@@ -164,6 +164,12 @@ pub fn samples() -> Vec<Message> {
         Message::Reload,
         Message::Stop,
         Message::Scale { workers: 3 },
+        Message::Slots {
+            slots: vec![SlotSocket {
+                slot: 0,
+                path: "/run/genro-asgi/slot-0.sock".into(),
+            }],
+        },
         Message::Requests,
         Message::Stacks,
         Message::Query {

@@ -12,5 +12,13 @@ pub mod protocol;
 pub const ENV_CONFIG: &str = "GENRO_ASGI_INTERNAL_CONFIG";
 /// Environment variable carrying the path of the supervisor's control socket.
 pub const ENV_CONTROL: &str = "GENRO_ASGI_INTERNAL_CONTROL";
-/// File descriptor number on which a worker finds its slot's listening socket.
+/// File descriptor number on which a worker finds its slot's listening socket (and the
+/// HTTP/3 front its UDP socket).
 pub const LISTEN_FD: i32 = 3;
+/// File descriptor number on which a worker finds its slot's private Unix socket (the
+/// HTTP/3 front's way in), when HTTP/3 is on.
+pub const FRONT_FD: i32 = 4;
+/// Request header the HTTP/3 front sets to the QUIC peer's `ip:port` on the private Unix
+/// socket. Workers read it only there (a TCP client cannot set it); the front drops any
+/// copy a client sent.
+pub const CLIENT_HEADER: &str = "x-genro-asgi-client";

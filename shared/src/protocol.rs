@@ -22,6 +22,8 @@ pub enum Role {
     Worker,
     /// An administrator (`genro-asgi ctl`).
     Admin,
+    /// The HTTP/3 front.
+    Front,
 }
 
 /// Every message of the protocol.
@@ -69,6 +71,12 @@ pub enum Message {
     Scale {
         /// The new number of workers.
         workers: u32,
+    },
+    /// Supervisor to the HTTP/3 front: the worker slots' private Unix sockets (sent after
+    /// its hello and whenever the slots change).
+    Slots {
+        /// Every active slot.
+        slots: Vec<SlotSocket>,
     },
     /// Admin: the requests in flight in every worker.
     Requests,
@@ -123,6 +131,7 @@ impl Message {
             Message::Reload => "reload",
             Message::Stop => "stop",
             Message::Scale { .. } => "scale",
+            Message::Slots { .. } => "slots",
             Message::Requests => "requests",
             Message::Stacks => "stacks",
             Message::Query { .. } => "query",
@@ -133,6 +142,15 @@ impl Message {
             Message::Error { .. } => "error",
         }
     }
+}
+
+/// A worker slot's private Unix socket, where the HTTP/3 front forwards requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotSocket {
+    /// Slot.
+    pub slot: u32,
+    /// Path of its Unix socket.
+    pub path: String,
 }
 
 /// What a [`Message::Query`] asks a worker for.
