@@ -61,6 +61,17 @@ def test_scope_http11(server):
     assert "http.response.pathsend" in scope["extensions"]
 
 
+def test_tcp_client_cannot_forge_the_front_client_header(server):
+    """x-genro-asgi-client is how the HTTP/3 front names the client on its private socket;
+    from a TCP client it is dropped, never trusted, and no Alt-Svc is sent with HTTP/3 off."""
+    s = server()
+    r = h1(s).get("/scope", headers={"X-Genro-Asgi-Client": "203.0.113.9:4444"})
+    scope = r.json()
+    assert scope["client"][0] == "127.0.0.1"
+    assert not [h for h in scope["headers"] if h[0] == "x-genro-asgi-client"]
+    assert "alt-svc" not in r.headers
+
+
 def test_path_is_percent_decoded_and_raw_path_kept(server):
     s = server()
     r = raw(s, b"GET /scope/caf%C3%A9/a%2Fb?q=%C3%A9 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")

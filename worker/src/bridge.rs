@@ -262,6 +262,9 @@ pub struct ConnInfo {
     pub server: SocketAddr,
     /// TLS or not.
     pub https: bool,
+    /// Forwarded by the HTTP/3 front over the slot's private Unix socket: the request is
+    /// HTTP/3 for the app, and `client` comes from [`genro_shared::CLIENT_HEADER`].
+    pub front: bool,
 }
 
 /// Everything the Python thread needs to start an exchange.
@@ -449,6 +452,7 @@ fn build_scope<'py>(
     scope.set_item(intern!(py, "type"), intern!(py, "http"))?;
     scope.set_item(intern!(py, "asgi"), state.asgi.bind(py))?;
     let version = match parts.version {
+        _ if start.conn.front => intern!(py, "3"),
         Version::HTTP_10 => intern!(py, "1.0"),
         Version::HTTP_2 => intern!(py, "2"),
         _ => intern!(py, "1.1"),

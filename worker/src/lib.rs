@@ -100,6 +100,11 @@ fn run_inner(args: WorkerArgs) -> anyhow::Result<i32> {
     // SAFETY: the supervisor passed the slot's listening socket on this fd, and nothing
     // else in this process owns it.
     let listener = unsafe { std::net::TcpListener::from_raw_fd(args.listen_fd) };
+    let front = config.http3.enabled.then(|| {
+        // SAFETY: with HTTP/3 on, the supervisor passes the slot's private Unix socket on
+        // this fd, and nothing else in this process owns it.
+        unsafe { std::os::unix::net::UnixListener::from_raw_fd(genro_shared::FRONT_FD) }
+    });
     let tls = match server::tls_acceptor(&config) {
         Ok(tls) => tls,
         Err(err) => {
@@ -209,8 +214,15 @@ fn run_inner(args: WorkerArgs) -> anyhow::Result<i32> {
             let config = config.clone();
             let stop_rx = stop_rx.clone();
             runtime.spawn(async move {
-                if let Err(err) =
-                    server::serve(listener, config, shared_for_serve.clone(), tls, stop_rx).await
+                if let Err(err) = server::serve(
+                    listener,
+                    front,
+                    config,
+                    shared_for_serve.clone(),
+                    tls,
+                    stop_rx,
+                )
+                .await
                 {
                     tracing::error!("server failed: {err:#}");
                     shared_for_serve.bridge.push(Event::Shutdown);

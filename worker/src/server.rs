@@ -6,7 +6,8 @@ use crate::body::ResponseBody;
 use crate::bridge::{ConnInfo, Event, Exchange, RequestStart, Shared};
 use bytes::Bytes;
 use genro_config::{Config, TlsVersion};
-use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use genro_shared::CLIENT_HEADER;
+use http::header::{HeaderValue, ALT_SVC, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -27,6 +28,8 @@ pub struct Limits {
     pub max_concurrency: usize,
     /// `[limits] max_body_size` (0: unlimited).
     pub max_body_size: u64,
+    /// `Alt-Svc` announcing HTTP/3 on TCP responses, when it is on.
+    pub alt_svc: Option<HeaderValue>,
 }
 
 /// Builds the rustls acceptor from `[ssl]`, or `None` when TLS is off.
@@ -262,10 +265,23 @@ async fn handle(
     request: Request<Incoming>,
     ctx: Arc<ConnCtx>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    let mut request = request;
     let limits = &ctx.limits;
     ctx.state.requests.fetch_add(1, Ordering::Relaxed);
+    // Only the front may say who the client is, and only on its private socket.
+    let forwarded = request.headers_mut().remove(CLIENT_HEADER);
+    let info = match forwarded {
+        Some(value) if ctx.info.front => {
+            let client = value.to_str().ok().and_then(|v| v.parse().ok());
+            Arc::new(ConnInfo {
+                client: client.unwrap_or(ctx.info.client),
+                ..(*ctx.info).clone()
+            })
+        }
+        _ => ctx.info.clone(),
+    };
     let access = ctx.access_log.then(|| Access {
-        client: ctx.info.client,
+        client: info.client,
         method: request.method().clone(),
         target: request
             .uri()
@@ -275,7 +291,7 @@ async fn handle(
         version: request.version(),
         started: Instant::now(),
     });
-    let admission = crate::bridge::Admission::new(ctx.shared.clone(), &request, ctx.info.client);
+    let admission = crate::bridge::Admission::new(ctx.shared.clone(), &request, info.client);
     if limits.max_concurrency != 0
         && ctx.shared.in_flight.load(Ordering::Relaxed) > limits.max_concurrency
     {
@@ -321,7 +337,7 @@ async fn handle(
         .bridge
         .push(Event::Request(Box::new(RequestStart {
             parts,
-            conn: ctx.info.clone(),
+            conn: info,
             exchange,
             respond,
             admission,
@@ -335,6 +351,12 @@ async fn handle(
             true,
         ),
     };
+    if let Some(alt_svc) = limits.alt_svc.as_ref().filter(|_| !ctx.info.front) {
+        response
+            .headers_mut()
+            .entry(ALT_SVC)
+            .or_insert_with(|| alt_svc.clone());
+    }
     if ctx.shared.draining.load(Ordering::Relaxed) && version != http::Version::HTTP_2 {
         // Tell keep-alive clients to take their next request elsewhere (RFC 9112 9.6).
         response
@@ -432,6 +454,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// serving) it pushes nothing.
 pub async fn serve(
     listener: std::net::TcpListener,
+    front: Option<std::os::unix::net::UnixListener>,
     config: Arc<Config>,
     shared: Arc<Shared>,
     tls: Option<TlsAcceptor>,
@@ -439,9 +462,27 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
+    let front = match front {
+        Some(front) => {
+            front.set_nonblocking(true)?;
+            Some(tokio::net::UnixListener::from_std(front)?)
+        }
+        None => None,
+    };
+    let local = listener.local_addr()?;
+    let alt_svc = config.http3.enabled.then(|| {
+        let port = match config.http3.port {
+            0 => local.port(),
+            port => port,
+        };
+        let max_age = config.http3.alt_svc_max_age.as_secs();
+        HeaderValue::from_str(&format!("h3=\":{port}\"; ma={max_age}"))
+            .expect("digits and quotes are a valid header value")
+    });
     let limits = Arc::new(Limits {
         max_concurrency: config.limits.max_concurrency,
         max_body_size: config.limits.max_body_size,
+        alt_svc,
     });
     let keep_alive = config.server.keep_alive_timeout;
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -468,6 +509,7 @@ pub async fn serve(
                 client,
                 server,
                 https: tls.is_some(),
+                front: false,
             }),
             state: Arc::new(ConnState::new()),
             shared: shared.clone(),
@@ -499,21 +541,61 @@ pub async fn serve(
             }
         });
     };
+    // The front's connections: HTTP/2 from a trusted peer; the client is per request.
+    let front_info = Arc::new(ConnInfo {
+        client: local,
+        server: local,
+        https: true,
+        front: true,
+    });
+    let spawn_front = |stream: tokio::net::UnixStream| {
+        let ctx = Arc::new(ConnCtx {
+            info: front_info.clone(),
+            state: Arc::new(ConnState::new()),
+            shared: shared.clone(),
+            limits: limits.clone(),
+            access_log: config.logging.access_log,
+        });
+        let driver = Driver {
+            builder: builder.clone(),
+            ctx,
+            stop: conn_stop.clone(),
+            keep_alive: Duration::ZERO,
+            header_read_timeout: handshake_timeout,
+        };
+        let live = live.clone();
+        tokio::spawn(async move {
+            let _live = live;
+            driver.drive(TokioIo::new(stream)).await;
+        });
+    };
     loop {
-        let (stream, client) = tokio::select! {
+        let accept_front = async {
+            match &front {
+                Some(front) => front.accept().await.map(|(stream, _)| stream),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
+                Ok((stream, client)) => spawn_connection(stream, client),
                 Err(err) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!("accept failed: {err}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+                }
+            },
+            accepted = accept_front => match accepted {
+                Ok(stream) => spawn_front(stream),
+                Err(err) => {
+                    tracing::warn!("accept on the front socket failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
             _ = stopped(&mut stop) => break,
-        };
-        spawn_connection(stream, client);
+        }
     }
+    drop(front);
     shared.draining.store(true, Ordering::Relaxed);
     // Serve what the kernel already queued for us (on a full stop, closing the listener
     // would reset those connections), then close it.
