@@ -116,6 +116,30 @@ fn settings(config: &Config) -> Settings {
     }
 }
 
+/// A slot's private Unix socket for the HTTP/3 front (mode 0600), removed from the file
+/// system when dropped.
+struct FrontSocket {
+    listener: std::os::unix::net::UnixListener,
+    path: PathBuf,
+}
+
+impl FrontSocket {
+    fn bind(path: PathBuf) -> anyhow::Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path)
+            .with_context(|| format!("binding {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(FrontSocket { listener, path })
+    }
+}
+
+impl Drop for FrontSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Starts worker processes; owns the slot sockets.
 struct Spawner {
     exe: PathBuf,
@@ -126,6 +150,10 @@ struct Spawner {
     sockets: Vec<Option<Socket>>,
     /// The socket passed by systemd (LISTEN_FDS), shared by all slots.
     activated: Option<Socket>,
+    /// Each slot's private Unix socket for the HTTP/3 front (when `[http3]` is on).
+    front_sockets: Vec<Option<FrontSocket>>,
+    /// Where the front sockets live (`[http3]` on), else `None`.
+    front_dir: Option<PathBuf>,
     /// ` [name]` for process titles, or empty.
     title: String,
     secret_key: Option<String>,
@@ -143,7 +171,21 @@ impl Spawner {
         Ok(())
     }
 
+    /// Binds the slot's private Unix socket for the HTTP/3 front, if HTTP/3 is on.
+    fn bind_front(&mut self, slot: usize) -> anyhow::Result<()> {
+        let Some(dir) = &self.front_dir else {
+            return Ok(());
+        };
+        let socket = FrontSocket::bind(dir.join(format!("slot-{slot}.sock")))?;
+        if self.front_sockets.len() <= slot {
+            self.front_sockets.resize_with(slot + 1, || None);
+        }
+        self.front_sockets[slot] = Some(socket);
+        Ok(())
+    }
+
     fn bind(&mut self, slot: usize) -> anyhow::Result<()> {
+        self.bind_front(slot)?;
         let socket = match &self.activated {
             // Socket activation: every slot shares the socket systemd passed.
             Some(shared) => shared.try_clone()?,
@@ -166,6 +208,15 @@ impl Spawner {
                     "slot {slot} has no listening socket"
                 )))
             }
+        };
+        let front_fd = match self.front_sockets.get(slot) {
+            Some(Some(front)) => Some(front.listener.as_raw_fd()),
+            _ if self.front_dir.is_some() => {
+                return Err(std::io::Error::other(format!(
+                    "slot {slot} has no front socket"
+                )))
+            }
+            _ => None,
         };
         let mut command = std::process::Command::new(&self.exe);
         if let Some(secret) = &self.secret_key {
@@ -192,6 +243,11 @@ impl Spawner {
             command.pre_exec(move || {
                 if libc::dup2(fd, genro_shared::LISTEN_FD) < 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if let Some(front) = front_fd {
+                    if libc::dup2(front, genro_shared::FRONT_FD) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 libc::setpgid(0, 0);
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
@@ -311,6 +367,9 @@ impl Supervisor {
                     Command::Close(slot) => {
                         if let Some(socket) = self.spawner.sockets.get_mut(slot) {
                             *socket = None;
+                        }
+                        if let Some(front) = self.spawner.front_sockets.get_mut(slot) {
+                            *front = None;
                         }
                         tracing::info!(slot, "slot removed");
                     }
@@ -587,6 +646,10 @@ impl Supervisor {
         // workers stop accepting, new connections are refused (which a client or load
         // balancer may retry) instead of queued where nobody will accept them.
         self.spawner.sockets.iter_mut().for_each(|s| *s = None);
+        self.spawner
+            .front_sockets
+            .iter_mut()
+            .for_each(|s| *s = None);
         self.spawner.activated = None;
         let mut commands = self.fleet.handle_stop(Instant::now(), exit::OK);
         if fast {
@@ -758,10 +821,15 @@ async fn supervise(
         control_path,
         sockets: sockets.into_iter().map(Some).collect(),
         activated,
+        front_sockets: Vec::new(),
+        front_dir: config.http3.enabled.then(|| run_dir.to_owned()),
         title: String::new(),
         secret_key: None,
     };
     spawner.configure(config)?;
+    for slot in 0..config.server.workers {
+        spawner.bind_front(slot)?;
+    }
     let scheme = if config.ssl.enabled { "https" } else { "http" };
     let url = format!("{scheme}://{bound}");
     tracing::info!(
