@@ -30,6 +30,7 @@ def uds_client(path):
 def test_slot_socket_serves_front_requests_as_http3(server, certs):  # noqa: F811
     s = http3_server(server, certs, workers=2)
     run = s.tmp_path / "run"
+    assert oct(os.stat(run).st_mode & 0o777) == "0o700", "a run dir the server creates is private"
     for slot in (0, 1):
         path = run / ("slot-%d.sock" % slot)
         assert oct(os.stat(path).st_mode & 0o777) == "0o600"

@@ -781,8 +781,15 @@ async fn supervise(
 ) -> anyhow::Result<i32> {
     use tokio::signal::unix::{signal, SignalKind};
     let config = &loaded.config;
-    std::fs::create_dir_all(run_dir)
-        .with_context(|| format!("creating run_dir {}", run_dir.display()))?;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        // Directories created here are private (0700); an existing one is left as it is.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(run_dir)
+            .with_context(|| format!("creating run_dir {}", run_dir.display()))?;
+    }
     let addr = crate::sockets::resolve(&config.server.host, config.server.port)?;
     let sockets = match &activated {
         Some(socket) => {
