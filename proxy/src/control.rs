@@ -1,0 +1,122 @@
+//! The front's side of the control connection to the supervisor: hello, the slot lists
+//! (fed to the pool), ready once the first list arrived, a heartbeat every second, and a
+//! drain when the supervisor asks for one or goes away.
+
+use crate::upstream::Pool;
+use genro_shared::protocol::{self, CodecError, Message, Role, WorkerReport};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::watch;
+
+/// Heartbeat period.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// The counters reported in heartbeats.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    in_flight: AtomicU64,
+    served: AtomicU64,
+}
+
+/// One request counted in [`Stats`] until dropped.
+#[derive(Debug)]
+pub(crate) struct Counted(Arc<Stats>);
+
+impl Stats {
+    /// Counts a request: started now, in flight until the guard is dropped.
+    pub(crate) fn enter(self: &Arc<Self>) -> Counted {
+        self.served.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Counted(self.clone())
+    }
+
+    fn heartbeat(&self) -> Message {
+        Message::Heartbeat {
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            served: self.served.load(Ordering::Relaxed),
+            loop_lag_ms: 0.0,
+            loop_stalled_ms: 0,
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Says who we are (the front has no slot: 0).
+pub(crate) async fn hello(write: &mut OwnedWriteHalf, generation: u64) -> Result<(), CodecError> {
+    let hello = Message::Hello {
+        role: Role::Front,
+        slot: 0,
+        pid: std::process::id(),
+        generation,
+    };
+    protocol::write_frame(write, &hello).await
+}
+
+/// Runs the control connection until it ends; sets `drain` on a `drain` message or when
+/// the connection is lost. Heartbeats continue while draining, so the supervisor sees the
+/// requests still in flight.
+pub(crate) async fn run(
+    mut read: OwnedReadHalf,
+    mut write: OwnedWriteHalf,
+    pool: Arc<Pool>,
+    stats: Arc<Stats>,
+    drain: watch::Sender<bool>,
+) {
+    let mut buf = bytes::BytesMut::new();
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ready = false;
+    loop {
+        // `read_frame` is cancel-safe here: partial frames stay in `buf`.
+        let reply = tokio::select! {
+            message = protocol::read_frame(&mut read, &mut buf) => match message {
+                Ok(Some(Message::Slots { slots })) => {
+                    pool.update(slots);
+                    if ready {
+                        None
+                    } else {
+                        ready = true;
+                        tracing::info!("HTTP/3 front ready");
+                        Some(Message::Ready)
+                    }
+                }
+                Ok(Some(Message::Drain)) => {
+                    tracing::info!("drain requested by the supervisor");
+                    drain.send_replace(true);
+                    None
+                }
+                Ok(Some(Message::Query { id, .. })) => Some(Message::Answer {
+                    id,
+                    report: WorkerReport {
+                        error: Some("not available in the HTTP/3 front".into()),
+                        ..WorkerReport::default()
+                    },
+                }),
+                Ok(Some(other)) => {
+                    tracing::debug!("ignoring control message {}", other.kind());
+                    None
+                }
+                Ok(None) | Err(_) => {
+                    tracing::warn!("lost the control connection to the supervisor; draining");
+                    drain.send_replace(true);
+                    return;
+                }
+            },
+            _ = tick.tick() => Some(stats.heartbeat()),
+        };
+        if let Some(reply) = reply {
+            if protocol::write_frame(&mut write, &reply).await.is_err() {
+                tracing::warn!("lost the control connection to the supervisor; draining");
+                drain.send_replace(true);
+                return;
+            }
+        }
+    }
+}

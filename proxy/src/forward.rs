@@ -1,0 +1,594 @@
+//! One HTTP/3 request: read its head, map it to an HTTP/2 request for a worker slot, send
+//! it (retrying when that is safe), and relay the response head, body and trailers back.
+//!
+//! Retry rules. An attempt is repeated, on another slot when there is one (else on the
+//! same slot over a new connection), at most [`MAX_ATTEMPTS`] times in all, only when the
+//! worker certainly did not process it:
+//! - the slot's socket refused the connection or the HTTP/2 handshake failed;
+//! - hyper never handed the request to the connection (`ready()` failed, or
+//!   `is_canceled`: the connection closed first, e.g. after the worker's GOAWAY);
+//! - the worker refused the stream (RST_STREAM REFUSED_STREAM, RFC 9113 §8.7);
+//! - the worker's graceful GOAWAY failed the request, *and* the method is idempotent
+//!   (RFC 9110 §9.2.2). hyper reports two different things with the same
+//!   GOAWAY(NO_ERROR) error: a stream above the GOAWAY's last-stream-id (not processed,
+//!   RFC 9113 §6.8), and a request whose stream it had just opened when the connection
+//!   task took in the GOAWAY (its HEADERS may already be out, and the worker then runs
+//!   the app). Measured: 3,000 sequential POSTs to a worker that sends GOAWAY after every
+//!   response, on a loaded machine, with every GOAWAY error retried: 5 ran twice. So
+//!   only requests that may run twice are retried after a GOAWAY; others answer 502 in
+//!   that narrow window (6 of those 3,000);
+//! - and at most the first [`REPLAY_LIMIT`](crate::body::REPLAY_LIMIT) bytes of the
+//!   body (and no trailers) went with it: bodies are streamed, not buffered, and only
+//!   that much is kept for a replay (`body.rs`).
+//!
+//! Anything else after the request was handed over (the worker died, reset the stream)
+//! answers 502: the app may have run. There is no upstream timeout: a slow app is the
+//! app's business, and the workers bound their own work.
+//!
+//! Mapping: the method, `https://<authority><path?query>` (HTTP/3 always carries an
+//! authority), and the headers minus connection-specific ones (RFC 9113 §8.2.2) and
+//! `Host` (HTTP/2 carries it in `:authority`). The front replaces any client copy of
+//! [`genro_shared::CLIENT_HEADER`] with the QUIC peer's `ip:port`.
+
+use crate::body::{BodyHandle, RequestBody};
+use crate::control::Stats;
+use crate::upstream::{ConnectError, InFlight, Pool, Upstream};
+use bytes::Bytes;
+use genro_shared::CLIENT_HEADER;
+use h3::error::{Code, StreamError};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::error::Error as StdError;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The sending half of an HTTP/3 request stream.
+pub(crate) type SendStream = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+/// An accepted HTTP/3 request whose head is not read yet.
+pub(crate) type Resolver = h3::server::RequestResolver<h3_quinn::Connection, Bytes>;
+
+/// Attempts per request, the first included.
+pub(crate) const MAX_ATTEMPTS: usize = 3;
+
+/// What every request needs.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// The worker slots.
+    pub(crate) pool: Arc<Pool>,
+    /// Heartbeat counters.
+    pub(crate) stats: Arc<Stats>,
+}
+
+/// Serves one request to the end (or until the client goes away).
+pub(crate) async fn handle(resolver: Resolver, shared: Arc<Shared>, peer: SocketAddr) {
+    let (request, stream) = match resolver.resolve_request().await {
+        Ok(resolved) => resolved,
+        Err(StreamError::HeaderTooBig {
+            actual_size,
+            max_size,
+            ..
+        }) => {
+            // h3 has already answered 431 on the stream (RFC 9114 §4.2.2).
+            tracing::debug!(%peer, "431: header section of {actual_size} bytes, limit {max_size}");
+            return;
+        }
+        Err(err) => {
+            tracing::debug!(%peer, "request head not received: {err}");
+            return;
+        }
+    };
+    let _counted = shared.stats.enter();
+    let (mut send, recv) = stream.split();
+    let (body, handle) = RequestBody::new(recv);
+    let method = request.method().clone();
+    let target = request.uri().path().to_owned();
+    match forward(request, body, &handle, &shared.pool, peer).await {
+        Ok((response, _in_flight)) => {
+            if let Err(err) = relay(response, &mut send).await {
+                tracing::debug!(%peer, "{method} {target}: response not relayed: {err}");
+            }
+        }
+        Err(failure) => {
+            if failure.status().is_server_error() {
+                tracing::warn!(%peer, "{method} {target}: {}: {failure}", failure.status());
+            } else {
+                tracing::debug!(%peer, "{method} {target}: {}: {failure}", failure.status());
+            }
+            if let Err(err) = answer(&mut send, failure.status(), failure.text()).await {
+                tracing::debug!(%peer, "error response not sent: {err}");
+            }
+        }
+    }
+    // RFC 9114 §4.1: a complete response may precede the end of the request.
+    handle.discard_rest().await;
+}
+
+/// Refuses a request that arrived after this connection's GOAWAY (see `server.rs`):
+/// H3_REQUEST_REJECTED tells the client it was not processed and may be retried. The
+/// receiving side is stopped by dropping it (see `body.rs` on h3-quinn's `stop_sending`).
+pub(crate) async fn reject(resolver: Resolver) {
+    if let Ok((_, mut stream)) = resolver.resolve_request().await {
+        stream.stop_stream(Code::H3_REQUEST_REJECTED);
+    }
+}
+
+/// Why a request got no upstream response.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// The request cannot be expressed upstream.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// CONNECT (plain or extended) is not forwarded.
+    #[error("CONNECT is not supported over HTTP/3")]
+    Connect,
+    /// The supervisor announced no worker slot.
+    #[error("no worker slot known")]
+    NoWorker,
+    /// Every attempt failed.
+    #[error("{attempts} attempt(s) failed, last: {last}")]
+    Upstream {
+        /// How many attempts were made.
+        attempts: usize,
+        /// The last attempt's error.
+        last: AttemptError,
+    },
+}
+
+impl Failure {
+    fn status(&self) -> StatusCode {
+        match self {
+            Failure::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Failure::Connect => StatusCode::NOT_IMPLEMENTED,
+            Failure::NoWorker => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::Upstream { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    fn text(&self) -> &'static str {
+        match self {
+            Failure::BadRequest(_) => "Bad Request\n",
+            Failure::Connect => "CONNECT is not supported over HTTP/3\n",
+            Failure::NoWorker => "Service Unavailable: no worker is available\n",
+            Failure::Upstream { .. } => "Bad Gateway: the worker connection failed\n",
+        }
+    }
+}
+
+/// Why one attempt failed.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    /// No connection to the slot.
+    #[error("slot {slot}: {source}")]
+    Connect {
+        slot: u32,
+        #[source]
+        source: ConnectError,
+    },
+    /// The connection failed while sending the request or waiting for the head.
+    #[error("slot {slot}: {}", describe(source))]
+    Send {
+        slot: u32,
+        #[source]
+        source: hyper::Error,
+        verdict: Verdict,
+    },
+}
+
+impl AttemptError {
+    fn may_retry(&self) -> bool {
+        match self {
+            AttemptError::Connect { .. } => true,
+            AttemptError::Send { verdict, .. } => verdict.retry,
+        }
+    }
+}
+
+/// What an attempt's error allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Verdict {
+    /// The request may be sent again (see the module docs).
+    retry: bool,
+    /// The connection is closing or closed: the next request opens a new one.
+    reconnect: bool,
+}
+
+/// The HTTP/2 facts about an error (what `h2::Error` tells), apart so the decision is a
+/// pure function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct H2Facts {
+    reason: Option<h2::Reason>,
+    go_away: bool,
+    reset: bool,
+    remote: bool,
+}
+
+impl H2Facts {
+    fn of(err: &h2::Error) -> Self {
+        H2Facts {
+            reason: err.reason(),
+            go_away: err.is_go_away(),
+            reset: err.is_reset(),
+            remote: err.is_remote(),
+        }
+    }
+}
+
+fn verdict(canceled: bool, h2: Option<H2Facts>, idempotent: bool) -> Verdict {
+    let (retry, reconnect) = match h2 {
+        // hyper never handed it to the connection, which is closing or closed.
+        _ if canceled => (true, true),
+        Some(f) if f.remote && f.reset && f.reason == Some(h2::Reason::REFUSED_STREAM) => {
+            (true, false)
+        }
+        // Only a graceful GOAWAY is considered: after an error GOAWAY the connection may
+        // fail the remaining streams with the same error although they were processed.
+        Some(f) if f.go_away => {
+            let graceful = f.remote && f.reason == Some(h2::Reason::NO_ERROR);
+            (graceful && idempotent, true)
+        }
+        _ => (false, false),
+    };
+    Verdict { retry, reconnect }
+}
+
+fn classify(err: &hyper::Error, method: &Method) -> Verdict {
+    verdict(
+        err.is_canceled(),
+        h2_error(err).map(H2Facts::of),
+        method.is_idempotent(),
+    )
+}
+
+/// The `h2::Error` in an error's source chain (hyper keeps the HTTP/2 code there).
+fn h2_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a h2::Error> {
+    let mut next = Some(err);
+    while let Some(err) = next {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return Some(h2);
+        }
+        next = err.source();
+    }
+    None
+}
+
+/// One line for an error and its causes; hyper's own message names only the kind.
+fn describe(err: &(dyn StdError + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        next = cause.source();
+    }
+    text
+}
+
+/// The upstream request head, reused by every attempt.
+#[derive(Debug, Clone)]
+struct Head {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Head {
+    fn of(request: &Request<()>, peer: SocketAddr) -> Result<Head, Failure> {
+        if request.method() == Method::CONNECT {
+            return Err(Failure::Connect);
+        }
+        let uri = request.uri();
+        let authority = uri
+            .authority()
+            .ok_or(Failure::BadRequest("no :authority"))?;
+        let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        let uri = Uri::builder()
+            .scheme("https")
+            .authority(authority.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|_| Failure::BadRequest("bad :path"))?;
+        Ok(Head {
+            method: request.method().clone(),
+            uri,
+            headers: upstream_headers(request.headers(), peer),
+        })
+    }
+
+    fn request(&self, body: RequestBody) -> Request<RequestBody> {
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = http::Version::HTTP_2;
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+}
+
+/// Connection-specific header fields, forbidden in HTTP/2 and HTTP/3 (RFC 9113 §8.2.2,
+/// RFC 9114 §4.2); a well-behaved HTTP/3 peer sends none.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::TE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
+/// Drops the connection-specific fields and any field the `Connection` header names.
+fn without_hop_by_hop(headers: &HeaderMap) -> HeaderMap {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .collect();
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if !is_hop_by_hop(name) && !named.iter().any(|n| n == name.as_str()) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+fn upstream_headers(headers: &HeaderMap, peer: SocketAddr) -> HeaderMap {
+    let mut out = without_hop_by_hop(headers);
+    out.remove(header::HOST);
+    out.remove(CLIENT_HEADER);
+    let client =
+        HeaderValue::try_from(peer.to_string()).expect("a socket address is a valid header value");
+    out.insert(HeaderName::from_static(CLIENT_HEADER), client);
+    out
+}
+
+async fn forward(
+    request: Request<()>,
+    body: RequestBody,
+    handle: &BodyHandle,
+    pool: &Pool,
+    peer: SocketAddr,
+) -> Result<(Response<Incoming>, InFlight), Failure> {
+    let head = Head::of(&request, peer)?;
+    let mut body = Some(body);
+    let mut tried: Vec<u32> = Vec::with_capacity(MAX_ATTEMPTS);
+    let mut last = None;
+    while tried.len() < MAX_ATTEMPTS {
+        let Some(upstream) = pool.pick(&tried) else {
+            break;
+        };
+        let Some(attempt_body) = body.take().or_else(|| handle.reclaim()) else {
+            break;
+        };
+        tried.push(upstream.slot);
+        let in_flight = upstream.enter();
+        match attempt(&upstream, head.request(attempt_body)).await {
+            Ok(response) => {
+                handle.commit();
+                return Ok((response, in_flight));
+            }
+            Err(err) => {
+                let retry = err.may_retry();
+                tracing::debug!(
+                    %peer,
+                    "attempt {} failed ({}): {err}",
+                    tried.len(),
+                    if retry { "not processed" } else { "final" }
+                );
+                last = Some(err);
+                if !retry {
+                    break;
+                }
+            }
+        }
+    }
+    match last {
+        Some(last) => Err(Failure::Upstream {
+            attempts: tried.len(),
+            last,
+        }),
+        None => Err(Failure::NoWorker),
+    }
+}
+
+async fn attempt(
+    upstream: &Upstream,
+    request: Request<RequestBody>,
+) -> Result<Response<Incoming>, AttemptError> {
+    let slot = upstream.slot;
+    let (id, mut send) = upstream
+        .sender()
+        .await
+        .map_err(|source| AttemptError::Connect { slot, source })?;
+    if let Err(source) = send.ready().await {
+        upstream.invalidate(id).await;
+        return Err(AttemptError::Send {
+            slot,
+            source,
+            verdict: Verdict {
+                retry: true,
+                reconnect: true,
+            },
+        });
+    }
+    let method = request.method().clone();
+    match send.send_request(request).await {
+        Ok(response) => Ok(response),
+        Err(source) => {
+            let verdict = classify(&source, &method);
+            if verdict.reconnect {
+                upstream.invalidate(id).await;
+            }
+            Err(AttemptError::Send {
+                slot,
+                source,
+                verdict,
+            })
+        }
+    }
+}
+
+/// Why a response was not relayed to the end.
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    /// The HTTP/3 client went away or reset the stream.
+    #[error("client: {0}")]
+    Client(#[source] StreamError),
+    /// The worker reset the stream or the connection broke mid-body; the client's stream
+    /// was reset too (the response cannot be completed).
+    #[error("worker: {}", describe(.0))]
+    Upstream(#[source] hyper::Error),
+}
+
+async fn relay(response: Response<Incoming>, send: &mut SendStream) -> Result<(), RelayError> {
+    let (parts, mut body) = response.into_parts();
+    let mut head = Response::new(());
+    *head.status_mut() = parts.status;
+    *head.headers_mut() = without_hop_by_hop(&parts.headers);
+    send.send_response(head).await.map_err(RelayError::Client)?;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(err) => {
+                send.stop_stream(Code::H3_INTERNAL_ERROR);
+                return Err(RelayError::Upstream(err));
+            }
+        };
+        match frame.into_data() {
+            Ok(data) if data.is_empty() => {}
+            Ok(data) => send.send_data(data).await.map_err(RelayError::Client)?,
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    send.send_trailers(trailers)
+                        .await
+                        .map_err(RelayError::Client)?;
+                }
+            }
+        }
+    }
+    send.finish().await.map_err(RelayError::Client)
+}
+
+async fn answer(
+    send: &mut SendStream,
+    status: StatusCode,
+    text: &'static str,
+) -> Result<(), StreamError> {
+    let mut head = Response::new(());
+    *head.status_mut() = status;
+    let headers = head.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(text.len()));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    send.send_response(head).await?;
+    send.send_data(Bytes::from_static(text.as_bytes())).await?;
+    send.finish().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts() {
+        use h2::Reason;
+        let facts = |reason, go_away, reset, remote| {
+            Some(H2Facts {
+                reason: Some(reason),
+                go_away,
+                reset,
+                remote,
+            })
+        };
+        let v = |retry, reconnect| Verdict { retry, reconnect };
+        let graceful = facts(Reason::NO_ERROR, true, false, true);
+        #[rustfmt::skip]
+        let table: &[(&str, bool, Option<H2Facts>, bool, Verdict)] = &[
+            ("canceled: never sent", true, None, false, v(true, true)),
+            ("refused stream", false, facts(Reason::REFUSED_STREAM, false, true, true), false, v(true, false)),
+            ("graceful goaway, GET", false, graceful, true, v(true, true)),
+            ("graceful goaway, POST", false, graceful, false, v(false, true)),
+            ("error goaway", false, facts(Reason::INTERNAL_ERROR, true, false, true), true, v(false, true)),
+            ("local goaway", false, facts(Reason::NO_ERROR, true, false, false), true, v(false, true)),
+            ("local refused", false, facts(Reason::REFUSED_STREAM, false, true, false), true, v(false, false)),
+            ("reset by the app", false, facts(Reason::INTERNAL_ERROR, false, true, true), true, v(false, false)),
+            ("cancel", false, facts(Reason::CANCEL, false, true, true), true, v(false, false)),
+            ("io error", false, None, true, v(false, false)),
+        ];
+        for (name, canceled, h2, idempotent, want) in table {
+            assert_eq!(verdict(*canceled, *h2, *idempotent), *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn upstream_headers_are_cleaned() {
+        let peer: SocketAddr = "[2001:db8::1]:4433".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("host", "example.com"),
+            ("connection", "x-private, keep-alive"),
+            ("x-private", "1"),
+            ("keep-alive", "5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-connection", "close"),
+            (CLIENT_HEADER, "6.6.6.6:666"),
+            (CLIENT_HEADER, "7.7.7.7:777"),
+            ("accept", "a"),
+            ("accept", "b"),
+            ("cookie", "c=1"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let out = upstream_headers(&headers, peer);
+        let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["accept", "cookie", CLIENT_HEADER]);
+        let accept: Vec<_> = out.get_all("accept").iter().collect();
+        assert_eq!(accept, ["a", "b"]);
+        let client: Vec<_> = out.get_all(CLIENT_HEADER).iter().collect();
+        assert_eq!(client, ["[2001:db8::1]:4433"]);
+    }
+
+    #[test]
+    fn head_maps_to_https_with_the_authority() {
+        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let request = |method: Method, uri: &str| {
+            let mut r = Request::new(());
+            *r.method_mut() = method;
+            *r.uri_mut() = uri.parse().unwrap();
+            r
+        };
+        let head = Head::of(
+            &request(Method::GET, "https://example.com:8443/a/b?x=1"),
+            peer,
+        )
+        .expect("maps");
+        assert_eq!(head.uri, "https://example.com:8443/a/b?x=1");
+        let head = Head::of(&request(Method::OPTIONS, "https://example.com/"), peer).unwrap();
+        assert_eq!(head.uri.path(), "/");
+        assert!(matches!(
+            Head::of(&request(Method::CONNECT, "example.com:443"), peer),
+            Err(Failure::Connect)
+        ));
+        assert!(matches!(
+            Head::of(&request(Method::GET, "/no-authority"), peer),
+            Err(Failure::BadRequest(_))
+        ));
+    }
+}
