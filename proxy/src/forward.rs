@@ -167,7 +167,7 @@ enum AttemptError {
         source: ConnectError,
     },
     /// The connection failed while sending the request or waiting for the head.
-    #[error("slot {slot}: {}", describe(source))]
+    #[error("slot {slot}: {}", genro_shared::describe_error(source))]
     Send {
         slot: u32,
         #[source]
@@ -251,21 +251,6 @@ fn h2_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a h2::Error> {
         next = err.source();
     }
     None
-}
-
-/// One line for an error and its causes; hyper's own message names only the kind.
-fn describe(err: &(dyn StdError + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut next = err.source();
-    while let Some(cause) = next {
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        next = cause.source();
-    }
-    text
 }
 
 /// The upstream request head, reused by every attempt.
@@ -442,7 +427,7 @@ enum RelayError {
     Client(#[source] StreamError),
     /// The worker reset the stream or the connection broke mid-body; the client's stream
     /// was reset too (the response cannot be completed).
-    #[error("worker: {}", describe(.0))]
+    #[error("worker: {}", genro_shared::describe_error(.0))]
     Upstream(#[source] hyper::Error),
 }
 

@@ -74,7 +74,7 @@ pub fn run(args: FrontArgs) -> i32 {
             }
         };
         let (stop_tx, stop) = watch::channel(false);
-        tokio::spawn(signal_loop(stop_tx));
+        tokio::spawn(genro_shared::signals::stop_loop(stop_tx));
         serve(Parts {
             config: Arc::new(args.config),
             control,
@@ -172,35 +172,4 @@ fn endpoint(
         socket,
         Arc::new(quinn::TokioRuntime),
     )
-}
-
-/// SIGTERM / SIGINT start a drain; a second one exits at once. SIGUSR1 reopens the log
-/// file.
-async fn signal_loop(stop: watch::Sender<bool>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut usr1)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::user_defined1()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
-            _ = usr1.recv() => {
-                if let Err(err) = genro_shared::logfile::reopen() {
-                    tracing::error!("SIGUSR1: cannot reopen the log file: {err}");
-                }
-                continue;
-            }
-        }
-        if *stop.borrow() {
-            tracing::warn!("second stop signal: exiting now");
-            std::process::exit(exit::OK);
-        }
-        stop.send_replace(true);
-    }
 }

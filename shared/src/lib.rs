@@ -7,6 +7,7 @@ pub mod codec_check;
 pub mod exit;
 pub mod logfile;
 pub mod protocol;
+pub mod signals;
 
 /// Environment variable carrying the effective configuration (JSON) to a child.
 pub const ENV_CONFIG: &str = "GENRO_ASGI_INTERNAL_CONFIG";
@@ -22,3 +23,19 @@ pub const FRONT_FD: i32 = 4;
 /// socket. Workers read it only there (a TCP client cannot set it); the front drops any
 /// copy a client sent.
 pub const CLIENT_HEADER: &str = "x-genro-asgi-client";
+
+/// One line for an error and its causes (`a: b: c`); hyper's own message names only the
+/// kind ("http2 error") and keeps the detail in the source chain.
+pub fn describe_error(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        next = cause.source();
+    }
+    text
+}

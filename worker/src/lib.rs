@@ -236,7 +236,7 @@ fn run_inner(args: WorkerArgs) -> anyhow::Result<i32> {
             stacks,
             stop_tx.clone(),
         ));
-        runtime.spawn(signal_loop(stop_tx));
+        runtime.spawn(genro_shared::signals::stop_loop(stop_tx));
         tracing::info!(
             slot = args.slot,
             pid = std::process::id(),
@@ -371,39 +371,6 @@ fn answer(
         },
     }
     report
-}
-
-/// SIGTERM / SIGINT start a drain; a second one exits at once. SIGUSR1 reopens the log
-/// file.
-async fn signal_loop(stop: watch::Sender<bool>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut usr1)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::user_defined1()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    let mut seen = false;
-    loop {
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
-            _ = usr1.recv() => {
-                if let Err(err) = genro_shared::logfile::reopen() {
-                    tracing::error!("SIGUSR1: cannot reopen the log file: {err}");
-                }
-                continue;
-            }
-        }
-        if seen {
-            tracing::warn!("second stop signal: exiting now");
-            std::process::exit(exit::OK);
-        }
-        seen = true;
-        stop.send_replace(true);
-    }
 }
 
 /// `genro-asgi check`, child side: start the interpreter, import the app, print what the
