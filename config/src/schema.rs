@@ -120,7 +120,6 @@ const fn planned(issue: &'static str, mut def: KeyDef) -> KeyDef {
 }
 
 const OBSERVABILITY: &str = "observability (issue 5)";
-const HTTP3: &str = "HTTP/3 front (issue 4)";
 const REMOTE_DEBUG: &str = "remote debugging (future issue)";
 
 const KIB: u64 = 1024;
@@ -188,12 +187,12 @@ pub static SCHEMA: &[KeyDef] = &[
     k("ssl", "ca_certs", Kind::Path, "", "PEM CA bundle; when set, clients must present a certificate signed by it (mutual TLS)."),
     k("ssl", "min_version", Kind::Enum(&["1.2", "1.3"]), "1.2", "Minimum TLS protocol version."),
     // [http3]
-    planned(HTTP3, k("http3", "enabled", Kind::Bool, "false", "Serve HTTP/3 (QUIC, UDP) with the `[ssl]` certificate; TCP responses then announce it with `Alt-Svc`.")),
-    planned(HTTP3, k("http3", "port", Kind::Int { min: 0, max: 65535 }, "0", "UDP port for HTTP/3; 0 = the same number as `[server] port`.")),
-    planned(HTTP3, k("http3", "alt_svc_max_age", Kind::Seconds { min: 0.0, max: 365.0 * DAY }, "86400", "`ma=` of the `Alt-Svc` header: how long clients may remember that HTTP/3 is offered.")),
-    planned(HTTP3, k("http3", "max_field_section_size", Kind::Size { min: KIB, max: 16 * MIB }, "64k", "Largest request header section accepted over HTTP/3 (the h3 default is unlimited).")),
-    planned(HTTP3, k("http3", "idle_timeout", Kind::Seconds { min: 1.0, max: HOUR }, "30", "A QUIC connection with no traffic for this long is closed.")),
-    planned(HTTP3, k("http3", "max_concurrent_streams", Kind::Int { min: 1, max: 10_000 }, "100", "Requests one HTTP/3 connection may have open at once.")),
+    k("http3", "enabled", Kind::Bool, "false", "Serve HTTP/3 (QUIC, UDP) with the `[ssl]` certificate; TCP responses then announce it with `Alt-Svc`."),
+    k("http3", "port", Kind::Int { min: 0, max: 65535 }, "0", "UDP port for HTTP/3; 0 = the same number as `[server] port`."),
+    k("http3", "alt_svc_max_age", Kind::Seconds { min: 0.0, max: 365.0 * DAY }, "86400", "`ma=` of the `Alt-Svc` header: how long clients may remember that HTTP/3 is offered."),
+    k("http3", "max_field_section_size", Kind::Size { min: KIB, max: 16 * MIB }, "64k", "Largest request header section accepted over HTTP/3 (the h3 default is unlimited)."),
+    k("http3", "idle_timeout", Kind::Seconds { min: 1.0, max: HOUR }, "30", "A QUIC connection with no traffic for this long is closed."),
+    k("http3", "max_concurrent_streams", Kind::Int { min: 1, max: 10_000 }, "100", "Requests one HTTP/3 connection may have open at once."),
     // [logging]
     k("logging", "level", Kind::Enum(&["TRACE", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]), "INFO", "Minimum log level (case-insensitive)."),
     k("logging", "format", Kind::Str, "%(asctime)s %(levelname)s %(name)s %(message)s", "A Python `logging` format string (`%(asctime)s` (UTC) `%(levelname)s` `%(levelno)s` `%(name)s` `%(message)s` `%(process)d` `%(thread)s` `%(module)s`), or `json` for one JSON object per line."),

@@ -1,8 +1,9 @@
 //! The front's side of the control connection to the supervisor: hello, the slot lists
-//! (fed to the pool), ready once the first list arrived, a heartbeat every second, and a
-//! drain when the supervisor asks for one or goes away.
+//! (fed to the pool), ready once the first list arrived, a heartbeat every second, new
+//! configurations on reload, and a drain when the supervisor asks for one or goes away.
 
 use crate::upstream::Pool;
+use genro_config::Config;
 use genro_shared::protocol::{self, CodecError, Message, Role, WorkerReport};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -68,6 +69,7 @@ pub(crate) async fn run(
     pool: Arc<Pool>,
     stats: Arc<Stats>,
     drain: watch::Sender<bool>,
+    configure: watch::Sender<Arc<Config>>,
 ) {
     let mut buf = bytes::BytesMut::new();
     let mut tick = tokio::time::interval(HEARTBEAT);
@@ -86,6 +88,15 @@ pub(crate) async fn run(
                         tracing::info!("HTTP/3 front ready");
                         Some(Message::Ready)
                     }
+                }
+                Ok(Some(Message::Configure { config })) => {
+                    match serde_json::from_str::<Config>(&config) {
+                        Ok(config) => {
+                            configure.send_replace(Arc::new(config));
+                        }
+                        Err(err) => tracing::error!("reload: unreadable configuration from the supervisor ({err}); keeping the current one"),
+                    }
+                    None
                 }
                 Ok(Some(Message::Drain)) => {
                     tracing::info!("drain requested by the supervisor");

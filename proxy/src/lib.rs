@@ -10,7 +10,9 @@
 //! 3. when the first slot list arrives, report ready; heartbeat every second;
 //! 4. serve: a task per QUIC connection, a task per request (`forward.rs`), each request
 //!    sent to the slot with the fewest requests in flight (`upstream.rs`);
-//! 5. on a drain (the supervisor's `drain`, the control connection lost, SIGTERM/SIGINT):
+//! 5. on a reload, the supervisor sends the new configuration: new connections get its
+//!    certificate and QUIC/HTTP/3 limits, open ones keep theirs (`reconfigure`);
+//! 6. on a drain (the supervisor's `drain`, the control connection lost, SIGTERM/SIGINT):
 //!    refuse new connections, GOAWAY every connection, let requests finish within
 //!    `[server] graceful_timeout` (`server.rs`), exit 0.
 #![warn(missing_docs, missing_debug_implementations)]
@@ -133,6 +135,9 @@ pub async fn serve(parts: Parts) -> i32 {
     if let Ok(addr) = endpoint.local_addr() {
         tracing::info!("HTTP/3 front on udp {addr}");
     }
+    let (settings_tx, settings) = watch::channel(server::Settings::of(&config));
+    let (configure, configured) = watch::channel(config.clone());
+    let reconfigure_task = tokio::spawn(reconfigure(endpoint.clone(), configured, settings_tx));
     let shared = Arc::new(forward::Shared {
         pool: Arc::new(upstream::Pool::default()),
         stats: Arc::new(control::Stats::default()),
@@ -144,6 +149,7 @@ pub async fn serve(parts: Parts) -> i32 {
         shared.pool.clone(),
         shared.stats.clone(),
         drain_tx.clone(),
+        configure,
     ));
     let stop_task = tokio::spawn(async move {
         if stop.wait_for(|stop| *stop).await.is_ok() {
@@ -151,14 +157,34 @@ pub async fn serve(parts: Parts) -> i32 {
             drain_tx.send_replace(true);
         }
     });
-    let settings = server::Settings {
-        max_field_section_size: config.http3.max_field_section_size,
-        graceful_timeout: config.server.graceful_timeout,
-    };
     server::serve(endpoint, shared, settings, drain).await;
+    reconfigure_task.abort();
     stop_task.abort();
     control_task.abort();
     exit::OK
+}
+
+/// Applies each configuration the supervisor sends on reload to new connections: TLS and
+/// QUIC through the endpoint, HTTP/3 limits and the grace through `settings`. A
+/// configuration whose certificate does not load is refused and the current one kept.
+async fn reconfigure(
+    endpoint: quinn::Endpoint,
+    mut configured: watch::Receiver<Arc<Config>>,
+    settings: watch::Sender<server::Settings>,
+) {
+    while configured.changed().await.is_ok() {
+        let config = configured.borrow_and_update().clone();
+        match tls::server_config(&config) {
+            Ok(server_config) => {
+                endpoint.set_server_config(Some(server_config));
+                settings.send_replace(server::Settings::of(&config));
+                tracing::info!("reload: new connections get the new TLS and HTTP/3 settings");
+            }
+            Err(err) => {
+                tracing::error!("reload: {err}; new connections keep the current certificate")
+            }
+        }
+    }
 }
 
 fn endpoint(

@@ -37,11 +37,22 @@ pub(crate) struct Settings {
     pub(crate) graceful_timeout: Duration,
 }
 
-/// Serves until `drain` turns true, then drains (see the module docs) and returns.
+impl Settings {
+    /// The settings `config` asks for.
+    pub(crate) fn of(config: &genro_config::Config) -> Self {
+        Settings {
+            max_field_section_size: config.http3.max_field_section_size,
+            graceful_timeout: config.server.graceful_timeout,
+        }
+    }
+}
+
+/// Serves until `drain` turns true, then drains (see the module docs) and returns. Each
+/// connection takes the `settings` current when it arrives.
 pub(crate) async fn serve(
     endpoint: quinn::Endpoint,
     shared: Arc<Shared>,
-    settings: Settings,
+    settings: watch::Receiver<Settings>,
     mut drain: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
@@ -49,6 +60,7 @@ pub(crate) async fn serve(
         tokio::select! {
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => {
+                    let settings = *settings.borrow();
                     connections.spawn(connection(incoming, shared.clone(), settings, drain.clone()));
                 }
                 None => break,
@@ -61,7 +73,7 @@ pub(crate) async fn serve(
         "HTTP/3 front draining: {} connection(s) open",
         connections.len()
     );
-    let deadline = Instant::now() + settings.graceful_timeout;
+    let deadline = Instant::now() + settings.borrow().graceful_timeout;
     let mut timeout = pin!(tokio::time::sleep_until(deadline));
     loop {
         tokio::select! {

@@ -164,6 +164,9 @@ pub fn samples() -> Vec<Message> {
         Message::Reload,
         Message::Stop,
         Message::Scale { workers: 3 },
+        Message::Configure {
+            config: "{\"server\": {}}".into(),
+        },
         Message::Slots {
             slots: vec![SlotSocket {
                 slot: 0,
@@ -208,10 +211,21 @@ pub fn samples() -> Vec<Message> {
                 }],
                 respawning: vec![RespawnStatus {
                     slot: 1,
+                    front: false,
                     respawn_in: 0.5,
                     failures: 4,
                     crash_loop: true,
                 }],
+                front: Some(WorkerStatus {
+                    slot: 0,
+                    pid: 3,
+                    generation: 2,
+                    state: "ready".into(),
+                    uptime: 0.5,
+                    served: 7,
+                    in_flight: 0,
+                    loop_lag_ms: 0.0,
+                }),
             },
         },
         Message::Done {

@@ -78,6 +78,12 @@ pub enum Message {
         /// Every active slot.
         slots: Vec<SlotSocket>,
     },
+    /// Supervisor to the HTTP/3 front, on reload: the new effective configuration (JSON),
+    /// for the TLS and QUIC settings of new connections.
+    Configure {
+        /// The configuration as JSON, like the [`crate::ENV_CONFIG`] environment value.
+        config: String,
+    },
     /// Admin: the requests in flight in every worker.
     Requests,
     /// Admin: the Python stack of every thread of every worker.
@@ -132,6 +138,7 @@ impl Message {
             Message::Stop => "stop",
             Message::Scale { .. } => "scale",
             Message::Slots { .. } => "slots",
+            Message::Configure { .. } => "configure",
             Message::Requests => "requests",
             Message::Stacks => "stacks",
             Message::Query { .. } => "query",
@@ -221,13 +228,19 @@ pub struct FleetStatus {
     /// Slots that are waiting to respawn a worker (backoff after failures).
     #[serde(default)]
     pub respawning: Vec<RespawnStatus>,
+    /// The HTTP/3 front process, when `[http3]` is on and it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub front: Option<WorkerStatus>,
 }
 
 /// A slot waiting to respawn its worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RespawnStatus {
-    /// Slot.
+    /// Slot (0 for the front).
     pub slot: u32,
+    /// It is the HTTP/3 front that waits, not a slot.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub front: bool,
     /// Seconds until the next attempt.
     pub respawn_in: f64,
     /// Failures in a row (reset once a worker stays up 10 s).

@@ -1,5 +1,5 @@
-//! Command line: `serve`, `check`, and the hidden `worker` subcommand the supervisor uses to
-//! re-execute itself for its children.
+//! Command line: `serve`, `check`, `ctl`, and the hidden `worker` and `front` subcommands
+//! the supervisor uses to re-execute itself for its children.
 
 use clap::{Args, Parser, Subcommand};
 use genro_config::{ConfigError, Loaded, Override};
@@ -26,6 +26,15 @@ enum Command {
     /// Internal: one worker process (started by `serve`).
     #[command(hide = true)]
     Worker(WorkerCli),
+    /// Internal: the HTTP/3 front process (started by `serve` when `[http3]` is on).
+    #[command(hide = true)]
+    Front(FrontCli),
+}
+
+#[derive(Debug, Args)]
+struct FrontCli {
+    #[arg(long)]
+    generation: u64,
 }
 
 #[derive(Debug, Args)]
@@ -134,6 +143,7 @@ pub fn run() -> i32 {
             Err(err) => config_error(&err),
         },
         Command::Worker(worker) => run_worker(worker),
+        Command::Front(front) => run_front(front),
     }
 }
 
@@ -173,34 +183,68 @@ fn run_ctl(ctl: CtlCli) -> i32 {
     crate::ctl::run(&socket, request, ctl.json)
 }
 
-fn run_worker(cli: WorkerCli) -> i32 {
-    let config = match std::env::var(genro_shared::ENV_CONFIG)
+/// The configuration the supervisor passed to a child in the environment.
+fn child_config(who: &str) -> Result<genro_config::Config, i32> {
+    std::env::var(genro_shared::ENV_CONFIG)
         .map_err(|e| e.to_string())
         .and_then(|json| {
             serde_json::from_str::<genro_config::Config>(&json).map_err(|e| e.to_string())
-        }) {
+        })
+        .map_err(|err| {
+            eprintln!("genro-asgi {who}: no usable configuration from the supervisor ({err}); this subcommand is internal");
+            exit::CONFIG
+        })
+}
+
+/// The supervisor's control socket, passed to a child in the environment.
+fn child_control(who: &str) -> Result<PathBuf, i32> {
+    std::env::var_os(genro_shared::ENV_CONTROL)
+        .map(PathBuf::from)
+        .ok_or_else(|| {
+            eprintln!(
+                "genro-asgi {who}: {} is not set; this subcommand is internal",
+                genro_shared::ENV_CONTROL
+            );
+            exit::CONFIG
+        })
+}
+
+fn run_front(cli: FrontCli) -> i32 {
+    let config = match child_config("front") {
         Ok(config) => config,
-        Err(err) => {
-            eprintln!("genro-asgi worker: no usable configuration from the supervisor ({err}); this subcommand is internal");
-            return exit::CONFIG;
-        }
+        Err(code) => return code,
     };
-    crate::logs::init(&config, Some(cli.slot));
+    crate::logs::init(&config, crate::logs::Process::Front);
+    let control = match child_control("front") {
+        Ok(control) => control,
+        Err(code) => return code,
+    };
+    genro_proxy::run(genro_proxy::FrontArgs {
+        config,
+        control,
+        udp_fd: genro_shared::LISTEN_FD,
+        generation: cli.generation,
+    })
+}
+
+fn run_worker(cli: WorkerCli) -> i32 {
+    let config = match child_config("worker") {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    crate::logs::init(&config, crate::logs::Process::Worker(cli.slot));
     if cli.check {
         return genro_worker::check(&config);
     }
-    let Some(control) = std::env::var_os(genro_shared::ENV_CONTROL) else {
-        eprintln!(
-            "genro-asgi worker: {} is not set; this subcommand is internal",
-            genro_shared::ENV_CONTROL
-        );
-        return exit::CONFIG;
+    let control = match child_control("worker") {
+        Ok(control) => control,
+        Err(code) => return code,
     };
     genro_worker::run(genro_worker::WorkerArgs {
         slot: cli.slot,
         generation: cli.generation,
         config,
-        control: control.into(),
+        control,
         listen_fd: genro_shared::LISTEN_FD,
     })
 }

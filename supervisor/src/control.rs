@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 /// An event from a control connection.
 #[derive(Debug)]
 pub enum Incoming {
-    /// A worker said hello; `writer` sends it messages.
+    /// A worker (or the HTTP/3 front) said hello; `writer` sends it messages.
     Hello {
         /// Its pid.
         pid: u32,
@@ -69,12 +69,12 @@ async fn connection(stream: UnixStream, peer: Option<u32>, events: mpsc::Sender<
     let mut buf = BytesMut::new();
     let pid = match protocol::read_frame(&mut read, &mut buf).await {
         Ok(Some(Message::Hello {
-            role: Role::Worker,
+            role: Role::Worker | Role::Front,
             pid,
             ..
         })) if peer.is_none_or(|peer| peer == pid) => pid,
         Ok(Some(Message::Hello {
-            role: Role::Worker,
+            role: Role::Worker | Role::Front,
             pid,
             ..
         })) => {

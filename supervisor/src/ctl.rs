@@ -94,10 +94,20 @@ pub fn table(status: &FleetStatus) -> String {
             w.slot, w.pid, w.generation, w.state, w.uptime, w.served, w.in_flight, w.loop_lag_ms
         ));
     }
+    if let Some(w) = &status.front {
+        out.push_str(&format!(
+            "{:>4}  {:>8}  {:>4}  {:<9} {:>8.1}s  {:>9}  {:>9}  {:>9}\n",
+            "h3", w.pid, w.generation, w.state, w.uptime, w.served, w.in_flight, "-"
+        ));
+    }
     for r in &status.respawning {
         out.push_str(&format!(
             "{:>4}  respawning in {:.1}s after {} failure(s) in a row{}\n",
-            r.slot,
+            if r.front {
+                "h3".to_owned()
+            } else {
+                r.slot.to_string()
+            },
             r.respawn_in,
             r.failures,
             if r.crash_loop { " (crash loop)" } else { "" }

@@ -51,10 +51,15 @@ pub enum Command {
         /// What was seen.
         why: Hang,
     },
-    /// A slot's worker failed; the next one starts after `delay`.
+    /// Start the HTTP/3 front process.
+    SpawnFront {
+        /// The new front's generation.
+        generation: u64,
+    },
+    /// A slot's worker (or the front) failed; the next one starts after `delay`.
     Backoff {
-        /// The slot.
-        slot: usize,
+        /// The slot, or the front.
+        unit: Unit,
         /// Until the respawn.
         delay: Duration,
         /// Failures in a row (see [`CRASH_LOOP`]).
@@ -75,6 +80,24 @@ pub enum Command {
     },
     /// The fleet is gone: exit with this code.
     Exit(i32),
+}
+
+/// What respawns: a worker slot or the HTTP/3 front.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// A worker slot.
+    Slot(usize),
+    /// The HTTP/3 front.
+    Front,
+}
+
+impl std::fmt::Display for Unit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unit::Slot(slot) => write!(f, "slot {slot}"),
+            Unit::Front => f.write_str("the HTTP/3 front"),
+        }
+    }
 }
 
 /// How a hanging worker was noticed.
@@ -160,12 +183,7 @@ pub struct Slot {
     incoming_generation: Option<u64>,
     /// Old workers draining.
     pub retiring: Vec<Worker>,
-    respawn_at: Option<Instant>,
-    backoff: Duration,
-    /// Respawns after a crash so far.
-    pub restarts: u64,
-    /// Failures in a row (reset once a worker stayed up [`STABLE_AFTER`]).
-    failures: u32,
+    respawn: Respawn,
     /// Removed by scale-down: not respawned, closed once empty.
     removed: bool,
 }
@@ -178,12 +196,14 @@ impl Slot {
             incoming: None,
             incoming_generation: None,
             retiring: Vec::new(),
-            respawn_at: None,
-            backoff: BACKOFF_START,
-            restarts: 0,
-            failures: 0,
+            respawn: Respawn::default(),
             removed: false,
         }
+    }
+
+    /// Not removed by a scale-down.
+    pub fn is_active(&self) -> bool {
+        !self.removed
     }
 
     fn is_empty(&self) -> bool {
@@ -196,6 +216,68 @@ impl Slot {
             .chain(self.incoming.iter())
             .chain(self.retiring.iter())
     }
+}
+
+/// When a failed process (a slot's worker or the front) comes back.
+#[derive(Debug)]
+struct Respawn {
+    /// When the next process starts, if one is due.
+    at: Option<Instant>,
+    backoff: Duration,
+    /// Respawns after a crash so far.
+    restarts: u64,
+    /// Failures in a row (reset once a process stayed up [`STABLE_AFTER`]).
+    failures: u32,
+}
+
+impl Default for Respawn {
+    fn default() -> Self {
+        Respawn {
+            at: None,
+            backoff: BACKOFF_START,
+            restarts: 0,
+            failures: 0,
+        }
+    }
+}
+
+impl Respawn {
+    /// A process failed at `now`: the first failure in a row respawns at once (its queue
+    /// is waiting), the backoff starts with the second. Returns the delay.
+    fn schedule(&mut self, now: Instant) -> Duration {
+        self.restarts += 1;
+        self.failures += 1;
+        let delay = if self.failures == 1 {
+            Duration::ZERO
+        } else {
+            let delay = self.backoff;
+            self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+            delay
+        };
+        self.at = Some(now + delay);
+        delay
+    }
+
+    /// A process exited: if it had served steadily, the failure count starts over.
+    fn forgive(&mut self, gone: &Worker, now: Instant) {
+        if gone.state == WorkerState::Ready && now.duration_since(gone.since) >= STABLE_AFTER {
+            self.backoff = BACKOFF_START;
+            self.failures = 0;
+        }
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        self.at.is_some_and(|t| t <= now)
+    }
+}
+
+/// The HTTP/3 front: one process, respawned like a slot's worker.
+#[derive(Debug, Default)]
+pub struct Front {
+    generation: u64,
+    /// The running front process.
+    pub process: Option<Worker>,
+    respawn: Respawn,
 }
 
 /// Where the fleet is.
@@ -237,6 +319,11 @@ pub struct Fleet {
     settings: Settings,
     /// Slots still to replace in the running reload.
     reload: Option<VecDeque<usize>>,
+    /// The HTTP/3 front, when `[http3]` is on.
+    front: Option<Front>,
+    /// Stopping: the workers keep serving until the front drained (its requests travel
+    /// to them).
+    held: bool,
 }
 
 impl Fleet {
@@ -247,7 +334,37 @@ impl Fleet {
             phase: Phase::Starting,
             settings,
             reload: None,
+            front: None,
+            held: false,
         }
+    }
+
+    /// The fleet also runs the HTTP/3 front.
+    pub fn with_front(mut self) -> Self {
+        self.front = Some(Front::default());
+        self
+    }
+
+    /// The HTTP/3 front, if any.
+    pub fn front(&self) -> Option<&Front> {
+        self.front.as_ref()
+    }
+
+    /// Whether `pid` is the HTTP/3 front.
+    pub fn is_front(&self, pid: u32) -> bool {
+        self.front_pid() == Some(pid)
+    }
+
+    fn front_pid(&self) -> Option<u32> {
+        self.front.as_ref()?.process.as_ref().map(|w| w.pid)
+    }
+
+    fn front_mut(&mut self, pid: u32) -> Option<&mut Worker> {
+        self.front
+            .as_mut()?
+            .process
+            .as_mut()
+            .filter(|w| w.pid == pid)
     }
 
     /// The current phase.
@@ -272,7 +389,8 @@ impl Fleet {
 
     /// Total restarts so far.
     pub fn restarts(&self) -> u64 {
-        self.slots.iter().map(|s| s.restarts).sum()
+        let front = self.front.as_ref().map_or(0, |f| f.respawn.restarts);
+        self.slots.iter().map(|s| s.respawn.restarts).sum::<u64>() + front
     }
 
     /// The timing and recycling settings.
@@ -285,15 +403,27 @@ impl Fleet {
         self.settings = settings;
     }
 
-    /// Spawns every slot.
+    /// Spawns every slot, and the front.
     pub fn handle_start(&mut self) -> Vec<Command> {
-        (0..self.slots.len()).map(|slot| self.spawn(slot)).collect()
+        let mut commands: Vec<Command> =
+            (0..self.slots.len()).map(|slot| self.spawn(slot)).collect();
+        commands.extend(self.spawn_front());
+        commands
+    }
+
+    fn spawn_front(&mut self) -> Option<Command> {
+        let front = self.front.as_mut()?;
+        front.generation += 1;
+        front.respawn.at = None;
+        Some(Command::SpawnFront {
+            generation: front.generation,
+        })
     }
 
     fn spawn(&mut self, slot: usize) -> Command {
         let s = &mut self.slots[slot];
         s.generation += 1;
-        s.respawn_at = None;
+        s.respawn.at = None;
         Command::Spawn {
             slot,
             generation: s.generation,
@@ -317,18 +447,7 @@ impl Fleet {
         let Some(s) = self.slots.get_mut(slot) else {
             return Vec::new();
         };
-        let worker = Worker {
-            pid,
-            generation,
-            state: WorkerState::Starting,
-            started: now,
-            since: now,
-            last_heartbeat: now,
-            served: 0,
-            in_flight: 0,
-            loop_lag_ms: 0.0,
-            killed: false,
-        };
+        let worker = Worker::new(pid, generation, now);
         if s.incoming_generation == Some(generation) {
             s.incoming = Some(worker);
         } else {
@@ -338,6 +457,38 @@ impl Fleet {
             return vec![Command::Drain(pid)];
         }
         Vec::new()
+    }
+
+    /// The executor started the front process.
+    pub fn handle_spawned_front(
+        &mut self,
+        generation: u64,
+        pid: u32,
+        now: Instant,
+    ) -> Vec<Command> {
+        let Some(front) = self.front.as_mut() else {
+            return Vec::new();
+        };
+        front.process = Some(Worker::new(pid, generation, now));
+        if let Phase::Stopping { .. } = self.phase {
+            return vec![Command::Drain(pid)];
+        }
+        Vec::new()
+    }
+
+    /// The executor could not start the front process.
+    pub fn handle_front_spawn_failed(&mut self, now: Instant) -> Vec<Command> {
+        self.schedule_front_respawn(now).into_iter().collect()
+    }
+
+    fn schedule_front_respawn(&mut self, now: Instant) -> Option<Command> {
+        let front = self.front.as_mut()?;
+        let delay = front.respawn.schedule(now);
+        Some(Command::Backoff {
+            unit: Unit::Front,
+            delay,
+            failures: front.respawn.failures,
+        })
     }
 
     /// The executor could not start a process for `slot` / `generation`.
@@ -357,6 +508,10 @@ impl Fleet {
 
     /// A worker reported ready.
     pub fn handle_ready(&mut self, pid: u32, now: Instant) -> Vec<Command> {
+        if let Some(front) = self.front_mut(pid) {
+            front.mark_ready(now);
+            return self.check_serving().into_iter().collect();
+        }
         let Some((slot, role)) = self.find(pid) else {
             return Vec::new();
         };
@@ -369,11 +524,7 @@ impl Fleet {
         let Some(worker) = worker else {
             return Vec::new();
         };
-        if worker.state == WorkerState::Starting {
-            worker.state = WorkerState::Ready;
-            worker.since = now;
-            worker.last_heartbeat = now;
-        }
+        worker.mark_ready(now);
         let mut commands = Vec::new();
         if role == Role::Incoming {
             // The replacement serves: the old worker drains.
@@ -386,21 +537,40 @@ impl Fleet {
             }
             commands.extend(self.next_replacement());
         }
+        commands.extend(self.check_serving());
+        commands
+    }
+
+    /// `Serving` once every slot's worker and the front are ready for the first time.
+    fn check_serving(&mut self) -> Option<Command> {
+        let ready = |w: Option<&Worker>| w.is_some_and(|w| w.state == WorkerState::Ready);
+        let front_ready = self
+            .front
+            .as_ref()
+            .is_none_or(|f| ready(f.process.as_ref()));
         if self.phase == Phase::Starting
-            && self.slots.iter().filter(|s| !s.removed).all(|s| {
-                s.worker
-                    .as_ref()
-                    .is_some_and(|w| w.state == WorkerState::Ready)
-            })
+            && front_ready
+            && self
+                .slots
+                .iter()
+                .filter(|s| !s.removed)
+                .all(|s| ready(s.worker.as_ref()))
         {
             self.phase = Phase::Serving;
-            commands.push(Command::Serving);
+            return Some(Command::Serving);
         }
-        commands
+        None
     }
 
     /// A worker's periodic report.
     pub fn handle_heartbeat(&mut self, pid: u32, beat: Beat, now: Instant) -> Vec<Command> {
+        if let Some(front) = self.front_mut(pid) {
+            // The front runs no Python: no loop to watch, no requests limit.
+            front.last_heartbeat = now;
+            front.in_flight = beat.in_flight;
+            front.served = beat.served;
+            return Vec::new();
+        }
         let Some((slot, role)) = self.find(pid) else {
             return Vec::new();
         };
@@ -439,6 +609,9 @@ impl Fleet {
 
     /// A worker process exited with `code` (`None`: killed by a signal).
     pub fn handle_exited(&mut self, pid: u32, code: Option<i32>, now: Instant) -> Vec<Command> {
+        if self.is_front(pid) {
+            return self.front_exited(code, now);
+        }
         let Some((slot, role)) = self.find(pid) else {
             return Vec::new();
         };
@@ -487,43 +660,55 @@ impl Fleet {
                 return commands;
             }
         }
-        if worker.state == WorkerState::Ready && now.duration_since(worker.since) >= STABLE_AFTER {
-            self.slots[slot].backoff = BACKOFF_START;
-            self.slots[slot].failures = 0;
-        }
+        self.slots[slot].respawn.forgive(&worker, now);
         commands.push(self.schedule_respawn(slot, now));
         commands
     }
 
+    /// The front exited: while stopping, the held workers drain now; before it was ever
+    /// ready with a fatal code, the fleet stops; otherwise it respawns.
+    fn front_exited(&mut self, code: Option<i32>, now: Instant) -> Vec<Command> {
+        let Some(front) = self.front.as_mut() else {
+            return Vec::new();
+        };
+        let Some(gone) = front.process.take() else {
+            return Vec::new();
+        };
+        match self.phase {
+            Phase::Stopping { .. } | Phase::Done if self.held => return self.release_workers(now),
+            Phase::Stopping { .. } | Phase::Done => return self.exit_if_empty(),
+            Phase::Starting | Phase::Serving => {}
+        }
+        if let Some(code) = code.filter(|c| exit::is_fatal(*c)) {
+            if gone.state == WorkerState::Starting && self.phase == Phase::Starting {
+                return self.handle_stop(now, code);
+            }
+        }
+        front.respawn.forgive(&gone, now);
+        self.schedule_front_respawn(now).into_iter().collect()
+    }
+
     fn schedule_respawn(&mut self, slot: usize, now: Instant) -> Command {
         let s = &mut self.slots[slot];
-        s.restarts += 1;
-        s.failures += 1;
-        // The first failure in a row respawns at once (its slot's queue is waiting); the
-        // backoff starts with the second.
-        let delay = if s.failures == 1 {
-            Duration::ZERO
-        } else {
-            let delay = s.backoff;
-            s.backoff = (s.backoff * 2).min(BACKOFF_MAX);
-            delay
-        };
-        s.respawn_at = Some(now + delay);
+        let delay = s.respawn.schedule(now);
         Command::Backoff {
-            slot,
+            unit: Unit::Slot(slot),
             delay,
-            failures: s.failures,
+            failures: s.respawn.failures,
         }
     }
 
-    /// Slots waiting to respawn: (slot, time left, failures in a row).
-    pub fn respawning(&self, now: Instant) -> Vec<(usize, Duration, u32)> {
-        self.slots
+    /// What waits to respawn: (unit, time left, failures in a row).
+    pub fn respawning(&self, now: Instant) -> Vec<(Unit, Duration, u32)> {
+        let slots = self
+            .slots
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| {
-                Some((i, s.respawn_at?.saturating_duration_since(now), s.failures))
-            })
+            .map(|(i, s)| (Unit::Slot(i), &s.respawn));
+        let front = self.front.iter().map(|f| (Unit::Front, &f.respawn));
+        slots
+            .chain(front)
+            .filter_map(|(unit, r)| Some((unit, r.at?.saturating_duration_since(now), r.failures)))
             .collect()
     }
 
@@ -533,11 +718,18 @@ impl Fleet {
             Phase::Stopping { deadline, .. } => Some(deadline),
             Phase::Done => None,
             _ => {
-                let respawns = self.slots.iter().filter_map(|s| s.respawn_at);
+                let front = self.front.as_ref();
+                let respawns = self
+                    .slots
+                    .iter()
+                    .map(|s| &s.respawn)
+                    .chain(front.map(|f| &f.respawn))
+                    .filter_map(|r| r.at);
                 let timeouts = self
                     .slots
                     .iter()
                     .filter_map(|s| s.worker.as_ref())
+                    .chain(front.and_then(|f| f.process.as_ref()))
                     .filter(|w| w.state == WorkerState::Ready && !w.killed)
                     .map(|w| w.last_heartbeat + self.settings.worker_timeout);
                 respawns.chain(timeouts).min()
@@ -549,16 +741,30 @@ impl Fleet {
     /// past the drain deadline.
     pub fn handle_tick(&mut self, now: Instant) -> Vec<Command> {
         match self.phase {
-            Phase::Stopping { deadline, .. } if now >= deadline => self
-                .slots
-                .iter()
-                .flat_map(|s| s.workers())
-                .map(|w| Command::Kill(w.pid))
-                .collect(),
+            Phase::Stopping { deadline, code } if now >= deadline => {
+                // Kill again each second until the exits arrive.
+                self.phase = Phase::Stopping {
+                    deadline: now + Duration::from_secs(1),
+                    code,
+                };
+                let front = self.front.iter().filter_map(|f| f.process.as_ref());
+                if self.held {
+                    // Only the front is late; its exit releases the workers.
+                    return front.map(|w| Command::Kill(w.pid)).collect();
+                }
+                self.slots
+                    .iter()
+                    .flat_map(|s| s.workers())
+                    .chain(front)
+                    .map(|w| Command::Kill(w.pid))
+                    .collect()
+            }
             Phase::Starting | Phase::Serving => {
                 let timeout = self.settings.worker_timeout;
                 let mut commands = Vec::new();
-                for w in self.slots.iter_mut().filter_map(|s| s.worker.as_mut()) {
+                let front = self.front.as_mut().and_then(|f| f.process.as_mut());
+                let current = self.slots.iter_mut().filter_map(|s| s.worker.as_mut());
+                for w in current.chain(front) {
                     if w.state == WorkerState::Ready
                         && !w.killed
                         && w.last_heartbeat + timeout <= now
@@ -572,9 +778,12 @@ impl Fleet {
                     }
                 }
                 let due: Vec<usize> = (0..self.slots.len())
-                    .filter(|&i| self.slots[i].respawn_at.is_some_and(|t| t <= now))
+                    .filter(|&i| self.slots[i].respawn.due(now))
                     .collect();
                 commands.extend(due.into_iter().map(|slot| self.spawn(slot)));
+                if self.front.as_ref().is_some_and(|f| f.respawn.due(now)) {
+                    commands.extend(self.spawn_front());
+                }
                 commands
             }
             _ => Vec::new(),
@@ -638,7 +847,7 @@ impl Fleet {
             for &slot in active.iter().skip(workers) {
                 let s = &mut self.slots[slot];
                 s.removed = true;
-                s.respawn_at = None;
+                s.respawn.at = None;
                 if let Some(w) = s.worker.as_mut() {
                     w.state = WorkerState::Draining;
                     commands.push(Command::Drain(w.pid));
@@ -652,8 +861,12 @@ impl Fleet {
     }
 
     /// Drain everything and exit with `code` once empty. A second stop kills at once.
+    ///
+    /// With a front, it drains first: the workers keep serving the requests it forwards
+    /// until it exited (or was killed at its deadline), then drain in turn.
     pub fn handle_stop(&mut self, now: Instant, code: i32) -> Vec<Command> {
         if let Phase::Stopping { code: first, .. } = self.phase {
+            self.held = false;
             self.phase = Phase::Stopping {
                 deadline: now,
                 code: first,
@@ -663,15 +876,45 @@ impl Fleet {
         if self.phase == Phase::Done {
             return Vec::new();
         }
+        self.reload = None;
+        for s in &mut self.slots {
+            s.respawn.at = None;
+        }
+        let front = self.front.as_mut().and_then(|f| {
+            f.respawn.at = None;
+            f.process.as_mut()
+        });
+        if let Some(front) = front {
+            front.state = WorkerState::Draining;
+            let pid = front.pid;
+            // The front's own drain ends within the grace; one more second to exit.
+            self.phase = Phase::Stopping {
+                deadline: now + self.settings.grace + Duration::from_secs(1),
+                code,
+            };
+            self.held = true;
+            return vec![Command::Drain(pid)];
+        }
+        self.phase = Phase::Stopping {
+            deadline: now,
+            code,
+        };
+        self.release_workers(now)
+    }
+
+    /// Stopping: drain the workers (held while the front drained), exit if none is left.
+    fn release_workers(&mut self, now: Instant) -> Vec<Command> {
+        let Phase::Stopping { code, .. } = self.phase else {
+            return Vec::new();
+        };
+        self.held = false;
         // Workers get the grace to finish requests, plus time for lifespan shutdown.
         self.phase = Phase::Stopping {
             deadline: now + self.settings.grace + Duration::from_secs(5),
             code,
         };
-        self.reload = None;
         let mut commands = Vec::new();
         for s in &mut self.slots {
-            s.respawn_at = None;
             for w in s.workers_mut() {
                 if w.state != WorkerState::Draining {
                     w.state = WorkerState::Draining;
@@ -685,7 +928,8 @@ impl Fleet {
 
     fn exit_if_empty(&mut self) -> Vec<Command> {
         if let Phase::Stopping { code, .. } = self.phase {
-            if self.slots.iter().all(Slot::is_empty) {
+            let front_gone = self.front.as_ref().is_none_or(|f| f.process.is_none());
+            if front_gone && self.slots.iter().all(Slot::is_empty) {
                 self.phase = Phase::Done;
                 return vec![Command::Exit(code)];
             }
@@ -705,6 +949,31 @@ impl Fleet {
                 None
             }
         })
+    }
+}
+
+impl Worker {
+    fn new(pid: u32, generation: u64, now: Instant) -> Self {
+        Worker {
+            pid,
+            generation,
+            state: WorkerState::Starting,
+            started: now,
+            since: now,
+            last_heartbeat: now,
+            served: 0,
+            in_flight: 0,
+            loop_lag_ms: 0.0,
+            killed: false,
+        }
+    }
+
+    fn mark_ready(&mut self, now: Instant) {
+        if self.state == WorkerState::Starting {
+            self.state = WorkerState::Ready;
+            self.since = now;
+            self.last_heartbeat = now;
+        }
     }
 }
 
@@ -795,7 +1064,7 @@ mod tests {
         assert_eq!(
             fleet.handle_exited(101, None, now),
             vec![Command::Backoff {
-                slot: 1,
+                unit: Unit::Slot(1),
                 delay: Duration::ZERO,
                 failures: 1
             }]
@@ -866,7 +1135,10 @@ mod tests {
         let (mut fleet, now) = serving(1);
         assert!(matches!(
             fleet.handle_exited(100, Some(exit::APP_LOAD), now)[..],
-            [Command::Backoff { slot: 0, .. }]
+            [Command::Backoff {
+                unit: Unit::Slot(0),
+                ..
+            }]
         ));
         assert_eq!(fleet.phase(), Phase::Serving);
     }
@@ -1013,7 +1285,7 @@ mod tests {
                 panic!("no backoff in {commands:?}");
             };
             assert_eq!(failures, failure);
-            assert_eq!(fleet.respawning(now), vec![(0, delay, failure)]);
+            assert_eq!(fleet.respawning(now), vec![(Unit::Slot(0), delay, failure)]);
             now += delay;
             fleet.handle_tick(now);
             pid += 1;
@@ -1108,5 +1380,131 @@ mod tests {
                 .is_none_or(|t| t > now + Duration::from_secs(1)),
             "removed slots are not respawned"
         );
+    }
+
+    /// A serving fleet of `n` workers (pids 100..) and a front (pid 900).
+    fn serving_with_front(n: usize) -> (Fleet, Instant) {
+        let now = Instant::now();
+        let mut fleet = Fleet::new(n, settings()).with_front();
+        let commands = fleet.handle_start();
+        assert_eq!(
+            commands.last(),
+            Some(&Command::SpawnFront { generation: 1 })
+        );
+        for slot in 0..n {
+            fleet.handle_spawned(slot, 1, 100 + slot as u32, now);
+            fleet.handle_ready(100 + slot as u32, now);
+        }
+        assert_eq!(fleet.phase(), Phase::Starting, "the front is not ready yet");
+        fleet.handle_spawned_front(1, 900, now);
+        assert_eq!(fleet.handle_ready(900, now), vec![Command::Serving]);
+        (fleet, now)
+    }
+
+    #[test]
+    fn front_crash_respawns_with_its_own_backoff() {
+        let (mut fleet, now) = serving_with_front(1);
+        assert!(fleet.is_front(900));
+        assert_eq!(
+            fleet.handle_exited(900, None, now),
+            vec![Command::Backoff {
+                unit: Unit::Front,
+                delay: Duration::ZERO,
+                failures: 1
+            }]
+        );
+        assert_eq!(
+            fleet.handle_tick(now),
+            vec![Command::SpawnFront { generation: 2 }]
+        );
+        fleet.handle_spawned_front(2, 901, now);
+        fleet.handle_exited(901, Some(1), now);
+        assert_eq!(fleet.respawning(now), vec![(Unit::Front, BACKOFF_START, 2)]);
+        assert!(fleet.handle_tick(now).is_empty(), "not before the backoff");
+        assert_eq!(fleet.restarts(), 2);
+        assert_eq!(fleet.phase(), Phase::Serving);
+    }
+
+    #[test]
+    fn a_silent_front_is_killed() {
+        let (mut fleet, now) = serving_with_front(1);
+        let later = now + settings().worker_timeout;
+        fleet.handle_heartbeat(100, served(1), later);
+        assert_eq!(
+            fleet.handle_tick(later),
+            vec![Command::Hung {
+                pid: 900,
+                why: Hang::Silent
+            }]
+        );
+    }
+
+    #[test]
+    fn a_front_that_cannot_start_stops_the_fleet() {
+        let now = Instant::now();
+        let mut fleet = Fleet::new(1, settings()).with_front();
+        fleet.handle_start();
+        fleet.handle_spawned(0, 1, 100, now);
+        fleet.handle_spawned_front(1, 900, now);
+        assert_eq!(
+            fleet.handle_exited(900, Some(exit::CONFIG), now),
+            vec![Command::Drain(100)]
+        );
+        assert_eq!(
+            fleet.handle_exited(100, Some(0), now),
+            vec![Command::Exit(exit::CONFIG)]
+        );
+    }
+
+    #[test]
+    fn stop_drains_the_front_first_and_the_workers_once_it_is_gone() {
+        let (mut fleet, now) = serving_with_front(2);
+        assert_eq!(fleet.handle_stop(now, 0), vec![Command::Drain(900)]);
+        // The workers keep serving what the front forwards.
+        assert!(fleet.handle_heartbeat(100, served(5), now).is_empty());
+        let later = now + Duration::from_secs(1);
+        assert_eq!(
+            fleet.handle_exited(900, Some(0), later),
+            vec![Command::Drain(100), Command::Drain(101)]
+        );
+        assert_eq!(
+            fleet.poll_deadline(),
+            Some(later + settings().grace + Duration::from_secs(5)),
+            "the workers get their whole grace"
+        );
+        fleet.handle_exited(100, Some(0), later);
+        assert_eq!(
+            fleet.handle_exited(101, Some(0), later),
+            vec![Command::Exit(0)]
+        );
+    }
+
+    #[test]
+    fn a_front_past_its_deadline_is_killed_then_the_workers_drain() {
+        let (mut fleet, now) = serving_with_front(1);
+        fleet.handle_stop(now, 0);
+        let deadline = fleet.poll_deadline().expect("stopping has a deadline");
+        assert_eq!(fleet.handle_tick(deadline), vec![Command::Kill(900)]);
+        assert_eq!(
+            fleet.poll_deadline(),
+            Some(deadline + Duration::from_secs(1)),
+            "killed again each second, not in a busy loop"
+        );
+        assert_eq!(
+            fleet.handle_exited(900, None, deadline),
+            vec![Command::Drain(100)]
+        );
+    }
+
+    #[test]
+    fn a_second_stop_kills_the_front_and_the_workers() {
+        let (mut fleet, now) = serving_with_front(1);
+        fleet.handle_stop(now, 0);
+        assert_eq!(
+            fleet.handle_stop(now, 0),
+            vec![Command::Kill(100), Command::Kill(900)]
+        );
+        fleet.handle_exited(900, None, now);
+        assert_eq!(fleet.handle_exited(100, None, now), vec![Command::Exit(0)]);
     }
 }

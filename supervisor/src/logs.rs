@@ -9,8 +9,19 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
-/// Installs the subscriber; `slot` tags worker lines.
-pub fn init(config: &Config, slot: Option<u32>) {
+/// Which process logs: its lines are tagged with it (`%(processName)s`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Process {
+    /// The supervisor.
+    Supervisor,
+    /// A worker, by slot.
+    Worker(u32),
+    /// The HTTP/3 front.
+    Front,
+}
+
+/// Installs the subscriber for `process`.
+pub fn init(config: &Config, process: Process) {
     let level = match config.logging.level {
         LogLevel::Trace => LevelFilter::TRACE,
         LogLevel::Debug => LevelFilter::DEBUG,
@@ -26,9 +37,10 @@ pub fn init(config: &Config, slot: Option<u32>) {
             );
         }
     }
-    let process = match slot {
-        Some(slot) => format!("worker-{slot}"),
-        None => "supervisor".to_owned(),
+    let process = match process {
+        Process::Supervisor => "supervisor".to_owned(),
+        Process::Worker(slot) => format!("worker-{slot}"),
+        Process::Front => "http3-front".to_owned(),
     };
     let builder = tracing_subscriber::fmt()
         .with_max_level(level)

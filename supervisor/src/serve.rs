@@ -11,13 +11,16 @@
 //! worker. Each lifecycle transition is also told to systemd (see [`crate::notify`]).
 
 use crate::control::{self, Incoming};
-use crate::fleet::{Beat, Command, Fleet, Hang, Phase, Refused, Settings, WorkerState};
+use crate::fleet::{
+    Beat, Command, Fleet, Hang, Phase, Refused, Settings, Unit, Worker, WorkerState,
+};
 use crate::notify::Notifier;
 use anyhow::Context;
 use genro_config::{Config, ConfigError, Loaded};
 use genro_shared::exit;
 use genro_shared::protocol::{
-    FleetStatus, Message, QueryKind, RespawnStatus, WorkerReport, WorkerStatus, MAX_FRAME,
+    FleetStatus, Message, QueryKind, RespawnStatus, SlotSocket, WorkerReport, WorkerStatus,
+    MAX_FRAME,
 };
 use socket2::Socket;
 use std::collections::HashMap;
@@ -39,7 +42,7 @@ pub type Reloader = Box<dyn Fn() -> Result<Loaded, ConfigError>>;
 /// Runs the server; returns the exit code.
 pub fn run(loaded: Loaded, reloader: Reloader) -> i32 {
     let config = &loaded.config;
-    crate::logs::init(config, None);
+    crate::logs::init(config, crate::logs::Process::Supervisor);
     if let Err(message) = preflight(config) {
         eprintln!("genro-asgi: configuration error: {message}");
         return exit::CONFIG;
@@ -154,6 +157,10 @@ struct Spawner {
     front_sockets: Vec<Option<FrontSocket>>,
     /// Where the front sockets live (`[http3]` on), else `None`.
     front_dir: Option<PathBuf>,
+    /// The HTTP/3 front's UDP socket (`[http3]` on), kept for its respawns.
+    udp: Option<std::net::UdpSocket>,
+    /// Its port, kept after a stop let go of the socket.
+    udp_port: Option<u16>,
     /// ` [name]` for process titles, or empty.
     title: String,
     secret_key: Option<String>,
@@ -209,43 +216,62 @@ impl Spawner {
                 )))
             }
         };
-        let front_fd = match self.front_sockets.get(slot) {
-            Some(Some(front)) => Some(front.listener.as_raw_fd()),
+        let mut fds = vec![(fd, genro_shared::LISTEN_FD)];
+        match self.front_sockets.get(slot) {
+            Some(Some(front)) => fds.push((front.listener.as_raw_fd(), genro_shared::FRONT_FD)),
             _ if self.front_dir.is_some() => {
                 return Err(std::io::Error::other(format!(
                     "slot {slot} has no front socket"
                 )))
             }
-            _ => None,
+            _ => {}
+        }
+        let args = [
+            "worker",
+            "--slot",
+            &slot.to_string(),
+            "--generation",
+            &generation.to_string(),
+        ];
+        self.launch(&format!("worker {slot}"), &args, fds)
+    }
+
+    /// Starts the HTTP/3 front with the UDP socket on [`genro_shared::LISTEN_FD`].
+    fn spawn_front(&self, generation: u64) -> std::io::Result<tokio::process::Child> {
+        let Some(udp) = &self.udp else {
+            return Err(std::io::Error::other("no UDP socket for the HTTP/3 front"));
         };
+        let fds = vec![(udp.as_raw_fd(), genro_shared::LISTEN_FD)];
+        let args = ["front", "--generation", &generation.to_string()];
+        self.launch("http3 front", &args, fds)
+    }
+
+    /// Re-executes this binary as a child: `fds` are (ours, theirs) descriptors to pass.
+    fn launch(
+        &self,
+        what: &str,
+        args: &[&str],
+        fds: Vec<(i32, i32)>,
+    ) -> std::io::Result<tokio::process::Child> {
         let mut command = std::process::Command::new(&self.exe);
         if let Some(secret) = &self.secret_key {
             // The app reads its secret from the environment, whatever source set it.
             command.env("GENRO_ASGI_APPLICATION_SECRET_KEY", secret);
         }
         command
-            .arg0(format!("genro-asgi: worker {slot}{}", self.title))
-            .args([
-                "worker",
-                "--slot",
-                &slot.to_string(),
-                "--generation",
-                &generation.to_string(),
-            ])
+            .arg0(format!("genro-asgi: {what}{}", self.title))
+            .args(args)
             .env(genro_shared::ENV_CONFIG, &self.config_json)
             .env(genro_shared::ENV_CONTROL, &self.control_path)
             .stdin(std::process::Stdio::null());
         // SAFETY: between fork and exec only async-signal-safe calls are made: dup2 puts
-        // the slot's socket on the agreed fd (clearing close-on-exec), setpgid keeps the
+        // each socket on the agreed fd (clearing close-on-exec), setpgid keeps the
         // terminal's signals for the supervisor alone, and prctl asks the kernel to stop
-        // the worker if the supervisor dies.
+        // the child if the supervisor dies.
         unsafe {
             command.pre_exec(move || {
-                if libc::dup2(fd, genro_shared::LISTEN_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if let Some(front) = front_fd {
-                    if libc::dup2(front, genro_shared::FRONT_FD) < 0 {
+                for &(ours, theirs) in &fds {
+                    if libc::dup2(ours, theirs) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
@@ -257,6 +283,22 @@ impl Spawner {
         tokio::process::Command::from(command)
             .kill_on_drop(false)
             .spawn()
+    }
+
+    /// The slot sockets the front forwards to: every active slot's.
+    fn front_slots(&self, fleet: &Fleet) -> Vec<SlotSocket> {
+        let active = |slot: usize| fleet.slots().get(slot).is_some_and(|s| s.is_active());
+        self.front_sockets
+            .iter()
+            .enumerate()
+            .filter(|(slot, _)| active(*slot))
+            .filter_map(|(slot, front)| {
+                Some(SlotSocket {
+                    slot: slot as u32,
+                    path: front.as_ref()?.path.to_string_lossy().into_owned(),
+                })
+            })
+            .collect()
     }
 }
 
@@ -297,6 +339,8 @@ struct Supervisor {
     url: String,
     queries: HashMap<u64, Pending>,
     next_query: u64,
+    /// The slot list the connected front has (`None`: not sent since its hello).
+    front_slots: Option<Vec<SlotSocket>>,
 }
 
 impl Supervisor {
@@ -314,19 +358,28 @@ impl Supervisor {
                     }
                     Command::Spawn { slot, generation } => {
                         match self.spawner.spawn(slot, generation) {
-                            Ok(mut child) => {
-                                let pid = child.id().unwrap_or(0);
+                            Ok(child) => {
+                                let pid = self.watch(child);
                                 tracing::info!(slot, pid, generation, "worker started");
-                                let events = self.events.clone();
-                                tokio::spawn(async move {
-                                    let code = child.wait().await.ok().and_then(|s| s.code());
-                                    let _ = events.send(Event::Exited { pid, code }).await;
-                                });
                                 next.extend(self.fleet.handle_spawned(slot, generation, pid, now));
                             }
                             Err(err) => {
                                 tracing::error!(slot, "cannot start a worker: {err}");
                                 next.extend(self.fleet.handle_spawn_failed(slot, generation, now));
+                            }
+                        }
+                    }
+                    Command::SpawnFront { generation } => {
+                        match self.spawner.spawn_front(generation) {
+                            Ok(child) => {
+                                let pid = self.watch(child);
+                                tracing::info!(pid, generation, "HTTP/3 front started");
+                                self.front_slots = None;
+                                next.extend(self.fleet.handle_spawned_front(generation, pid, now));
+                            }
+                            Err(err) => {
+                                tracing::error!("cannot start the HTTP/3 front: {err}");
+                                next.extend(self.fleet.handle_front_spawn_failed(now));
                             }
                         }
                     }
@@ -341,27 +394,23 @@ impl Supervisor {
                         }
                     }
                     Command::Kill(pid) => {
-                        tracing::warn!(pid, "worker did not stop in time; killing it");
+                        tracing::warn!(pid, "process did not stop in time; killing it");
                         signal_pid(pid, libc::SIGKILL);
                     }
                     Command::Hung { pid, why } => self.hung(pid, why),
                     Command::Backoff {
-                        slot,
+                        unit,
                         delay,
                         failures,
                     } => {
                         let delay = delay.as_secs_f64();
                         if failures >= crate::fleet::CRASH_LOOP {
-                            tracing::error!(slot, failures, "slot is crash-looping: {failures} failures in a row; next worker in {delay:.1}s");
+                            tracing::error!(failures, "{unit} is crash-looping: {failures} failures in a row; next start in {delay:.1}s");
                             self.notifier.send(&format!(
-                                "STATUS=slot {slot} is crash-looping ({failures} failures in a row)"
+                                "STATUS={unit} is crash-looping ({failures} failures in a row)"
                             ));
                         } else {
-                            tracing::warn!(
-                                slot,
-                                failures,
-                                "respawning the slot's worker in {delay:.1}s"
-                            );
+                            tracing::warn!(failures, "respawning {unit} in {delay:.1}s");
                         }
                     }
                     Command::Close(slot) => {
@@ -423,10 +472,61 @@ impl Supervisor {
         None
     }
 
+    /// Waits for a started child's exit in the background; returns its pid.
+    fn watch(&self, mut child: tokio::process::Child) -> u32 {
+        let pid = child.id().unwrap_or(0);
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let code = child.wait().await.ok().and_then(|s| s.code());
+            let _ = events.send(Event::Exited { pid, code }).await;
+        });
+        pid
+    }
+
+    /// Sends the front the slot list when it changed (or it has none yet).
+    fn sync_front(&mut self) {
+        let Some(pid) = self
+            .fleet
+            .front()
+            .and_then(|f| f.process.as_ref())
+            .map(|w| w.pid)
+        else {
+            return;
+        };
+        let Some(writer) = self.writers.get(&pid) else {
+            return;
+        };
+        let slots = self.spawner.front_slots(&self.fleet);
+        if self.front_slots.as_ref() == Some(&slots) {
+            return;
+        }
+        if writer
+            .try_send(Message::Slots {
+                slots: slots.clone(),
+            })
+            .is_ok()
+        {
+            tracing::debug!(
+                pid,
+                slots = slots.len(),
+                "slot list sent to the HTTP/3 front"
+            );
+            self.front_slots = Some(slots);
+        }
+    }
+
     /// A worker hangs: ask for its stacks (answered from its Rust side unless the whole
     /// process is stuck), log them, kill it.
     fn hung(&mut self, pid: u32, why: Hang) {
         let timeout = self.fleet.settings().worker_timeout.as_secs_f64();
+        if self.fleet.is_front(pid) {
+            tracing::error!(
+                pid,
+                "the HTTP/3 front sent no heartbeat for worker_timeout ({timeout:.0}s); killing it"
+            );
+            signal_pid(pid, libc::SIGKILL);
+            return;
+        }
         match why {
             Hang::Silent => tracing::error!(
                 pid,
@@ -597,10 +697,12 @@ impl Supervisor {
                 )
             }
         };
-        let config = &loaded.config;
-        if let Err(message) = preflight(config) {
+        let mut config = loaded.config;
+        if let Err(message) = preflight(&config) {
             return refuse(reply, format!("reload aborted: configuration error: {message}; the running workers keep serving"));
         }
+        self.keep_http3(&mut config);
+        let config = &config;
         let addr = crate::sockets::resolve(&config.server.host, config.server.port).ok();
         if addr.is_some_and(|a| a != self.spawner.addr && config.server.port != 0) {
             tracing::warn!(
@@ -615,6 +717,26 @@ impl Supervisor {
         if let Err(err) = self.spawner.configure(config) {
             return refuse(reply, format!("reload aborted: {err:#}"));
         }
+        if let Some(pid) = self
+            .fleet
+            .front()
+            .and_then(|f| f.process.as_ref())
+            .map(|w| w.pid)
+        {
+            let configure = Message::Configure {
+                config: self.spawner.config_json.clone(),
+            };
+            if !self
+                .writers
+                .get(&pid)
+                .is_some_and(|w| w.try_send(configure).is_ok())
+            {
+                tracing::warn!(
+                    pid,
+                    "the HTTP/3 front is not connected: it keeps its settings"
+                );
+            }
+        }
         self.fleet.set_settings(settings(config));
         self.app = config.application.app.clone();
         self.pending_scale = Some(config.server.workers).filter(|n| *n != self.fleet.size());
@@ -625,6 +747,23 @@ impl Supervisor {
         self.notifier.reloading();
         self.reload_reply = reply;
         commands
+    }
+
+    /// Whether HTTP/3 runs and on which UDP port is fixed at start (the sockets are bound
+    /// then): a reload that changes them keeps the running values and says so.
+    fn keep_http3(&self, config: &mut Config) {
+        let running = self.spawner.udp_port;
+        let wanted = config.http3.enabled.then_some(match config.http3.port {
+            0 => self.spawner.addr.port(),
+            port => port,
+        });
+        if wanted != running {
+            tracing::warn!("[http3] enabled/port changed: a restart is needed for that; keeping the running HTTP/3 setup");
+        }
+        config.http3.enabled = running.is_some();
+        if let Some(port) = running {
+            config.http3.port = port;
+        }
     }
 
     fn scale(&mut self, workers: usize) -> Vec<Command> {
@@ -645,11 +784,11 @@ impl Supervisor {
         // Nothing respawns from here on: let go of the listening sockets, so that once the
         // workers stop accepting, new connections are refused (which a client or load
         // balancer may retry) instead of queued where nobody will accept them.
+        // The front's UDP socket too: it drains first and, once it exited, QUIC clients
+        // get "port unreachable" at once. The slot sockets the front forwards to stay
+        // until the supervisor exits: the workers serve the front until it is gone.
         self.spawner.sockets.iter_mut().for_each(|s| *s = None);
-        self.spawner
-            .front_sockets
-            .iter_mut()
-            .for_each(|s| *s = None);
+        self.spawner.udp = None;
         self.spawner.activated = None;
         let mut commands = self.fleet.handle_stop(Instant::now(), exit::OK);
         if fast {
@@ -665,6 +804,21 @@ impl Supervisor {
             Phase::Serving => "serving",
             Phase::Stopping { .. } | Phase::Done => "stopping",
         };
+        let report = |slot: usize, w: &Worker| WorkerStatus {
+            slot: slot as u32,
+            pid: w.pid,
+            generation: w.generation,
+            state: match w.state {
+                WorkerState::Starting => "starting",
+                WorkerState::Ready => "ready",
+                WorkerState::Draining => "draining",
+            }
+            .into(),
+            uptime: now.duration_since(w.started).as_secs_f64(),
+            served: w.served,
+            in_flight: w.in_flight,
+            loop_lag_ms: w.loop_lag_ms,
+        };
         let mut workers = Vec::new();
         for (slot, s) in self.fleet.slots().iter().enumerate() {
             for w in s
@@ -673,21 +827,7 @@ impl Supervisor {
                 .chain(s.incoming.iter())
                 .chain(s.retiring.iter())
             {
-                workers.push(WorkerStatus {
-                    slot: slot as u32,
-                    pid: w.pid,
-                    generation: w.generation,
-                    state: match w.state {
-                        WorkerState::Starting => "starting",
-                        WorkerState::Ready => "ready",
-                        WorkerState::Draining => "draining",
-                    }
-                    .into(),
-                    uptime: now.duration_since(w.started).as_secs_f64(),
-                    served: w.served,
-                    in_flight: w.in_flight,
-                    loop_lag_ms: w.loop_lag_ms,
-                });
+                workers.push(report(slot, w));
             }
         }
         FleetStatus {
@@ -701,13 +841,22 @@ impl Supervisor {
                 .fleet
                 .respawning(now)
                 .into_iter()
-                .map(|(slot, left, failures)| RespawnStatus {
-                    slot: slot as u32,
+                .map(|(unit, left, failures)| RespawnStatus {
+                    slot: match unit {
+                        Unit::Slot(slot) => slot as u32,
+                        Unit::Front => 0,
+                    },
+                    front: unit == Unit::Front,
                     respawn_in: left.as_secs_f64(),
                     failures,
                     crash_loop: failures >= crate::fleet::CRASH_LOOP,
                 })
                 .collect(),
+            front: self
+                .fleet
+                .front()
+                .and_then(|f| f.process.as_ref())
+                .map(|w| report(0, w)),
         }
     }
 
@@ -804,6 +953,15 @@ async fn supervise(
         .local_addr()?
         .as_socket()
         .context("bound address")?;
+    let udp = if config.http3.enabled {
+        let port = match config.http3.port {
+            0 => bound.port(),
+            port => port,
+        };
+        Some(crate::sockets::bind_udp(SocketAddr::new(bound.ip(), port))?)
+    } else {
+        None
+    };
     let control_path = run_dir.join("control.sock");
     let listener = control::bind(&control_path)
         .with_context(|| format!("control socket {}", control_path.display()))?;
@@ -830,6 +988,11 @@ async fn supervise(
         activated,
         front_sockets: Vec::new(),
         front_dir: config.http3.enabled.then(|| run_dir.to_owned()),
+        udp_port: udp
+            .as_ref()
+            .and_then(|u| u.local_addr().ok())
+            .map(|a| a.port()),
+        udp,
         title: String::new(),
         secret_key: None,
     };
@@ -838,15 +1001,22 @@ async fn supervise(
         spawner.bind_front(slot)?;
     }
     let scheme = if config.ssl.enabled { "https" } else { "http" };
-    let url = format!("{scheme}://{bound}");
+    let mut url = format!("{scheme}://{bound}");
+    if let Some(udp) = spawner.udp.as_ref().and_then(|u| u.local_addr().ok()) {
+        url.push_str(&format!(" (HTTP/3 on udp {udp})"));
+    }
     tracing::info!(
         "genro-asgi {} starting {} worker(s) for {} on {url}",
         env!("CARGO_PKG_VERSION"),
         config.server.workers,
         config.application.app
     );
+    let mut fleet = Fleet::new(config.server.workers, settings(config));
+    if config.http3.enabled {
+        fleet = fleet.with_front();
+    }
     let mut sup = Supervisor {
-        fleet: Fleet::new(config.server.workers, settings(config)),
+        fleet,
         spawner,
         notifier: Notifier::from_env(),
         reloader,
@@ -859,6 +1029,7 @@ async fn supervise(
         url,
         queries: HashMap::new(),
         next_query: 0,
+        front_slots: None,
     };
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -872,6 +1043,7 @@ async fn supervise(
         if let Some(code) = sup.execute(pending) {
             return Ok(code);
         }
+        sup.sync_front();
         let deadline = sup.fleet.poll_deadline();
         let sleep = async {
             match deadline {
@@ -889,6 +1061,9 @@ async fn supervise(
         pending = tokio::select! {
             Some(event) = events.recv() => match event {
                 Event::Control(Incoming::Hello { pid, writer }) => {
+                    if sup.fleet.is_front(pid) {
+                        sup.front_slots = None;
+                    }
                     sup.writers.insert(pid, writer);
                     Vec::new()
                 }
@@ -917,12 +1092,17 @@ async fn supervise(
                 Event::Exited { pid, code } => {
                     sup.writers.remove(&pid);
                     let stopping = matches!(sup.fleet.phase(), Phase::Stopping { .. });
+                    let (what, fatal) = if sup.fleet.is_front(pid) {
+                        ("HTTP/3 front", "HTTP/3 front could not start")
+                    } else {
+                        ("worker", "worker could not start the app")
+                    };
                     match code {
-                        Some(0) => tracing::info!(pid, "worker exited"),
-                        Some(code) if exit::is_fatal(code) => tracing::error!(pid, code, "worker could not start the app"),
-                        Some(code) => tracing::warn!(pid, code, "worker exited unexpectedly"),
-                        None if stopping => tracing::warn!(pid, "worker killed"),
-                        None => tracing::warn!(pid, "worker killed by a signal"),
+                        Some(0) => tracing::info!(pid, "{what} exited"),
+                        Some(code) if exit::is_fatal(code) => tracing::error!(pid, code, "{fatal}"),
+                        Some(code) => tracing::warn!(pid, code, "{what} exited unexpectedly"),
+                        None if stopping => tracing::warn!(pid, "{what} killed"),
+                        None => tracing::warn!(pid, "{what} killed by a signal"),
                     }
                     sup.fleet.handle_exited(pid, code, now())
                 }
