@@ -4,14 +4,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
-# wrk drives the reload-under-load tests (Debian package).
-if ! command -v wrk >/dev/null; then
+# Debian packages: wrk drives the reload-under-load tests; chromium is the browser the
+# HTTP/3 tests force onto QUIC.
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+command -v chromium >/dev/null || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && apt-get install -y -qq wrk >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   elif command -v sudo >/dev/null; then
-    sudo apt-get update -qq && sudo apt-get install -y -qq wrk >/dev/null
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "note: wrk is not installed; the load tests will be skipped" >&2
+    echo "note: ${missing[*]} not installed; the tests that need them will be skipped" >&2
   fi
 fi
 cargo build --locked -p genro-asgi -p genro-loadgen

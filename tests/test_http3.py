@@ -1,15 +1,26 @@
-"""HTTP/3 front, worker side: with [http3] on, each slot's worker also serves the slot's
-private Unix socket (`<run_dir>/slot-N.sock`, mode 0600), where the front forwards QUIC
-requests as HTTP/2 and names the client with a header only that socket trusts; TCP
-responses announce HTTP/3 with Alt-Svc. (The QUIC front itself is wired in a later step.)"""
+"""HTTP/3: with [http3] on, the supervisor binds the UDP port and runs one QUIC front
+process (quinn + h3) that forwards each request over HTTP/2 to a worker slot's private Unix
+socket (`<run_dir>/slot-N.sock`, mode 0600), naming the client with a header only that
+socket trusts; TCP responses announce HTTP/3 with Alt-Svc. Clients here: aioquic
+(tests/h3client.py), headless Chromium forced onto QUIC, and genro-loadgen's h3 mode."""
 
+import json
 import os
+import re
+import shutil
 import signal
 import ssl
+import subprocess
+import tempfile
+import threading
+import time
 
 import httpx
+import pytest
+import trustme
 
-from conftest import status, wait_for
+import h3client
+from conftest import ctl, ready_pids, run_cli, status, wait_for
 from test_tls import certs, ssl_section  # noqa: F401 - fixture
 
 FRONT_HEADER = "x-genro-asgi-client"
@@ -66,3 +77,145 @@ def test_slot_sockets_follow_scaling_and_stop(server, certs):  # noqa: F811
         assert c.get("/scope").json()["http_version"] == "3"
     assert s.stop() == 0
     assert not list(run.glob("slot-*.sock")), "slot sockets are removed at exit"
+
+
+def front_status(s):
+    return status(s).get("front")
+
+
+def test_aioquic_client_gets_http3_with_its_true_address(server, certs):  # noqa: F811
+    s = http3_server(server, certs, workers=2)
+    (r,), port = h3client.fetch(s.port, [("GET", "/scope?q=1")], cafile=certs["ca"])
+    assert r.status == 200
+    scope = json.loads(r.body)
+    assert scope["http_version"] == "3"
+    assert scope["scheme"] == "https"
+    assert scope["client"] == ["127.0.0.1", port], "the app sees the QUIC peer's address and port"
+    assert scope["server"] == ["127.0.0.1", s.port]
+    assert scope["query_string"] == "q=1"
+    assert ["host", "127.0.0.1:%d" % s.port] in scope["headers"]
+    assert not [h for h in scope["headers"] if h[0] == FRONT_HEADER]
+    assert r.header("alt-svc") == ""
+    front = front_status(s)
+    assert front["state"] == "ready" and front["pid"] not in ready_pids(s)
+
+
+def test_a_client_cannot_forge_its_address_over_http3(server, certs):  # noqa: F811
+    s = http3_server(server, certs)
+    (r,), port = h3client.fetch(
+        s.port, [("GET", "/scope", [(FRONT_HEADER, "203.0.113.9:4444")])], cafile=certs["ca"])
+    scope = json.loads(r.body)
+    assert scope["client"] == ["127.0.0.1", port]
+    assert not [h for h in scope["headers"] if h[0] == FRONT_HEADER]
+
+
+def test_many_concurrent_streams_spread_over_the_workers(server, certs):  # noqa: F811
+    s = http3_server(server, certs, workers=2)
+    responses, _ = h3client.fetch(s.port, [("GET", "/pid")] * 100 + [("GET", "/sleep?s=0.5")] * 20)
+    assert [r.status for r in responses] == [200] * 120
+    pids = {int(r.body) for r in responses[:100]}
+    assert pids <= set(ready_pids(s))
+    assert len(pids) == 2, "the front picks the worker with the fewest requests in flight"
+
+
+def test_bodies_of_10_mib_travel_both_ways(server, certs):  # noqa: F811
+    s = http3_server(server, certs)
+    data = os.urandom(10 << 20)
+    (echo, count, stream), _ = h3client.fetch(s.port, [
+        ("POST", "/echo", [], data),
+        ("POST", "/count", [], data),
+        ("GET", "/stream?n=160&size=65536"),
+    ], timeout=60)
+    assert echo.status == 200 and bytes(echo.body) == data
+    counted = json.loads(count.body)
+    assert counted["bytes"] == len(data)
+    assert counted["messages"] > 1 and counted["largest"] < len(data), "the body streams in pieces"
+    assert len(stream.body) == 160 * 65536
+
+
+def test_an_oversized_header_section_gets_431(server, certs):  # noqa: F811
+    s = http3_server(server, certs, max_field_section_size="16k")
+    big, small = h3client.fetch(s.port, [("GET", "/", [("x-big", "a" * 20000)]), ("GET", "/")])[0]
+    assert big.status == 431
+    assert small.status == 200, "the connection survives"
+
+
+def test_a_dead_front_is_respawned(server, certs):  # noqa: F811
+    s = http3_server(server, certs)
+    first = front_status(s)
+    os.kill(first["pid"], signal.SIGKILL)
+    wait_for(lambda: (front_status(s) or {}).get("pid") not in (None, first["pid"])
+             and front_status(s)["state"] == "ready", 20, "a new front")
+    assert status(s)["restarts"] == 1
+    assert h3client.get(s.port, "/").body == b"Hello, world!"
+    assert "h3 " in ctl(s, "status").stdout
+
+
+def test_sigterm_drains_the_front_first_and_lets_http3_requests_finish(server, certs):  # noqa: F811
+    s = http3_server(server, certs, workers=2)
+    got = {}
+    client = threading.Thread(target=lambda: got.update(r=h3client.get(s.port, "/sleep?s=2")))
+    client.start()
+    wait_for(lambda: sum(w["in_flight"] for w in status(s)["workers"]) == 1, 10, "the request in flight")
+    s.proc.send_signal(signal.SIGTERM)
+    assert s.wait_exit(20) == 0
+    client.join(10)
+    assert got["r"].status == 200 and got["r"].body == b"slept"
+    log = s.log
+    workers_drain = re.search(r"worker-\d drain requested by the supervisor", log)
+    assert log.index("HTTP/3 front drained") < workers_drain.start(), log
+
+
+def test_reload_gives_new_http3_connections_the_new_certificate(server, certs, tmp_path):  # noqa: F811
+    s = http3_server(server, certs)
+    assert h3client.get(s.port, "/", cafile=certs["ca"]).status == 200
+    new_ca = trustme.CA()
+    cert = new_ca.issue_cert("127.0.0.1")
+    cert.private_key_pem.write_to_path(certs["keyfile"])
+    with open(certs["certfile"], "wb") as f:
+        f.write(b"".join(p.bytes() for p in cert.cert_chain_pems))
+    new_cafile = tmp_path / "new-ca.pem"
+    new_ca.cert_pem.write_to_path(str(new_cafile))
+    s.proc.send_signal(signal.SIGHUP)
+    s.wait_log("reload complete")
+    s.wait_log("new connections get the new TLS and HTTP/3 settings")
+    assert h3client.get(s.port, "/", cafile=str(new_cafile)).status == 200
+    with pytest.raises(Exception):
+        h3client.get(s.port, "/", cafile=certs["ca"], timeout=5)
+
+
+def test_http3_without_a_certificate_is_a_config_error(tmp_path):
+    r = run_cli("check", "--app", "basic:app", "--set", "http3.enabled=true", cwd=str(tmp_path))
+    assert r.returncode == 2, r
+    assert "http3" in r.stderr and "ssl" in r.stderr, r.stderr
+
+
+def spki_pin(certfile):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    import base64
+    with open(certfile, "rb") as f:
+        cert = x509.load_pem_x509_certificate(f.read())
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(spki)
+    return base64.b64encode(digest.finalize()).decode()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (scripts/test.sh installs it)")
+def test_chromium_loads_a_page_over_quic(server, certs):  # noqa: F811
+    s = http3_server(server, certs)
+    origin = "127.0.0.1:%d" % s.port
+    with tempfile.TemporaryDirectory() as profile:
+        r = subprocess.run([
+            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--user-data-dir=" + profile, "--origin-to-force-quic-on=" + origin,
+            "--ignore-certificate-errors-spki-list=" + spki_pin(certs["certfile"]),
+            "--dump-dom", "https://%s/scope/page" % origin,
+        ], capture_output=True, text=True, timeout=90)
+    assert '"http_version": "3"' in r.stdout, (r.stdout[-2000:], r.stderr[-3000:])
+    assert '"path": "/scope/page"' in r.stdout
