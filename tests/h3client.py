@@ -66,6 +66,17 @@ class _Client(QuicConnectionProtocol):
         return await fut
 
 
+    async def stall(self):
+        """Opens a request stream, sends the start of a HEADERS frame and nothing more;
+        returns the stream's Response once the server resets it."""
+        sid = self._quic.get_next_available_stream_id()
+        fut = asyncio.get_running_loop().create_future()
+        self.waiting[sid] = (fut, Response())
+        self._quic.send_stream_data(sid, b"\x01\x40\x80", end_stream=False)  # HEADERS, 128 bytes coming
+        self.transmit()
+        return await fut
+
+
 async def _run(host, port, requests, cafile, timeout):
     cfg = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, server_name=host,
                             max_data=64 << 20, max_stream_data=16 << 20)
@@ -77,14 +88,15 @@ async def _run(host, port, requests, cafile, timeout):
         # aioquic binds a dual-stack "::" socket: only the port says who we are.
         local_port = client._transport.get_extra_info("sockname")[1]
         authority = "%s:%d" % (host, port)
-        calls = [client.request(authority, *r) for r in requests]
+        calls = [client.stall() if r == ("STALL",) else client.request(authority, *r) for r in requests]
         responses = await asyncio.wait_for(asyncio.gather(*calls), timeout)
     return responses, local_port
 
 
 def fetch(port, requests, host="127.0.0.1", cafile=None, timeout=30):
     """Sends every (method, path[, headers[, body]]) at once on one connection; returns
-    ([Response], the client's UDP port)."""
+    ([Response], the client's UDP port). ("STALL",) opens a stream that never completes
+    its header section."""
     return asyncio.run(_run(host, port, [tuple(r) for r in requests], cafile, timeout))
 
 

@@ -140,6 +140,17 @@ def test_an_oversized_header_section_gets_431(server, certs):  # noqa: F811
     assert small.status == 200, "the connection survives"
 
 
+def test_a_stream_whose_headers_never_complete_is_reset(server, certs):  # noqa: F811
+    s = server(workers=1, sections={**ssl_section(certs), "http3": {"enabled": True},
+                                    "limits": {"header_read_timeout": 1}})
+    began = time.monotonic()
+    (stalled, ok), _ = h3client.fetch(s.port, [("STALL",), ("GET", "/")], timeout=10)
+    took = time.monotonic() - began
+    assert ok.status == 200
+    assert stalled.reset is not None, ("the server reset the stalled stream", stalled.headers, stalled.body)
+    assert 0.9 < took < 5, took
+
+
 def test_a_dead_front_is_respawned(server, certs):  # noqa: F811
     s = http3_server(server, certs)
     first = front_status(s)

@@ -46,6 +46,8 @@ use std::sync::Arc;
 
 /// The sending half of an HTTP/3 request stream.
 pub(crate) type SendStream = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+/// A whole HTTP/3 request stream, before it is split.
+type BidiRequestStream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 /// An accepted HTTP/3 request whose head is not read yet.
 pub(crate) type Resolver = h3::server::RequestResolver<h3_quinn::Connection, Bytes>;
 
@@ -61,9 +63,20 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<Stats>,
 }
 
-/// Serves one request to the end (or until the client goes away).
-pub(crate) async fn handle(resolver: Resolver, shared: Arc<Shared>, peer: SocketAddr) {
-    let (request, stream) = match resolver.resolve_request().await {
+/// Serves one request to the end (or until the client goes away). A client that opened
+/// the stream but has not sent its HEADERS frame within `head_timeout` gets the stream
+/// reset with H3_REQUEST_INCOMPLETE.
+pub(crate) async fn handle(
+    resolver: Resolver,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    head_timeout: std::time::Duration,
+) {
+    let Some(resolved) = resolve(resolver, head_timeout).await else {
+        tracing::debug!(%peer, "request head not received within header_read_timeout");
+        return;
+    };
+    let (request, stream) = match resolved {
         Ok(resolved) => resolved,
         Err(StreamError::HeaderTooBig {
             actual_size,
@@ -103,6 +116,32 @@ pub(crate) async fn handle(resolver: Resolver, shared: Arc<Shared>, peer: Socket
     }
     // RFC 9114 §4.1: a complete response may precede the end of the request.
     handle.discard_rest().await;
+}
+
+/// Reads a request's header section within `timeout`. h3's `resolve_request` has no
+/// limit, and dropping it mid-way would *finish* the stream (quinn's drop), which reads as
+/// an empty, complete response; so the first frame is read here and a late stream reset.
+/// (`frame_stream` is public but hidden in h3 0.0.8, marked to become private: revisit
+/// on upgrade.)
+/// `None`: timed out (the stream is reset).
+async fn resolve(
+    mut resolver: Resolver,
+    timeout: std::time::Duration,
+) -> Option<Result<(Request<()>, BidiRequestStream), StreamError>> {
+    let first = std::future::poll_fn(|cx| resolver.frame_stream.poll_next(cx));
+    match tokio::time::timeout(timeout, first).await {
+        Ok(frame) => Some(match resolver.accept_with_frame(frame) {
+            Ok(resolved) => resolved.resolve().await,
+            Err(err) => Err(err),
+        }),
+        Err(_) => {
+            use h3::quic::SendStream as _;
+            resolver
+                .frame_stream
+                .reset(Code::H3_REQUEST_INCOMPLETE.value());
+            None
+        }
+    }
 }
 
 /// Refuses a request that arrived after this connection's GOAWAY (see `server.rs`):

@@ -35,6 +35,9 @@ pub(crate) struct Settings {
     pub(crate) max_field_section_size: u64,
     /// `[server] graceful_timeout`.
     pub(crate) graceful_timeout: Duration,
+    /// `[limits] header_read_timeout`: time a client has to send a request's header
+    /// section once it opened the stream.
+    pub(crate) header_read_timeout: Duration,
 }
 
 impl Settings {
@@ -43,6 +46,7 @@ impl Settings {
         Settings {
             max_field_section_size: config.http3.max_field_section_size,
             graceful_timeout: config.server.graceful_timeout,
+            header_read_timeout: config.limits.header_read_timeout,
         }
     }
 }
@@ -143,7 +147,8 @@ async fn connection(
                     lingering = false;
                 }
                 Ok(Some(resolver)) => {
-                    requests.spawn(forward::handle(resolver, shared.clone(), peer));
+                    let head_timeout = settings.header_read_timeout;
+                    requests.spawn(forward::handle(resolver, shared.clone(), peer, head_timeout));
                 }
                 // The client's GOAWAY, and every request answered.
                 Ok(None) => break,
