@@ -1,11 +1,14 @@
 //! The command line, and its validation into a [`Plan`]: what to request, over which
-//! protocol, how many connections and streams, and when to stop.
+//! protocol, how many connections and streams, when to stop, and (HTTP/3) which server
+//! certificates to trust.
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use http::{HeaderValue, Method, Uri};
-use std::path::PathBuf;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Command-line arguments, as typed.
@@ -13,21 +16,23 @@ use std::time::Duration;
 #[command(
     name = "genro-loadgen",
     version,
-    about = "HTTP/1.1 and h2c load generator that reconnects after `Connection: close` or GOAWAY, \
-             re-sends the requests the protocol says were not processed, and prints one JSON \
-             report"
+    about = "HTTP/1.1, h2c and HTTP/3 load generator that reconnects after `Connection: close` \
+             or GOAWAY, re-sends the requests the protocol says were not processed, and prints \
+             one JSON report"
 )]
 pub struct Args {
-    /// Target, e.g. http://127.0.0.1:8000/path (plain TCP only).
+    /// Target: http://host:port/path for h1 and h2 (plain TCP), https://host:port/path for
+    /// h3 (QUIC).
     #[arg(long)]
     pub url: String,
-    /// h1: HTTP/1.1 keep-alive; h2: HTTP/2 with prior knowledge (h2c).
+    /// h1: HTTP/1.1 keep-alive; h2: HTTP/2 with prior knowledge (h2c); h3: HTTP/3 over QUIC
+    /// (needs --ca or --insecure).
     #[arg(long, value_enum, default_value_t = Protocol::H1)]
     pub protocol: Protocol,
     /// Concurrent connections.
     #[arg(long, default_value_t = 8)]
     pub connections: usize,
-    /// h2: concurrent requests (streams) per connection; h1 sends one at a time.
+    /// h2, h3: concurrent requests (streams) per connection; h1 sends one at a time.
     #[arg(long, default_value_t = 4)]
     pub streams: usize,
     /// Stop starting new requests after this many seconds.
@@ -49,6 +54,12 @@ pub struct Args {
     /// Seconds one request may take, from sending to the end of the response body.
     #[arg(long, default_value_t = 30.0)]
     pub timeout: f64,
+    /// h3: trust the server certificates signed by these PEM roots (SNI is the URL's host).
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    pub ca: Option<PathBuf>,
+    /// h3: do not check the server's certificate (self-signed test certificates).
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// Wire protocol.
@@ -58,6 +69,8 @@ pub enum Protocol {
     H1,
     /// HTTP/2 over cleartext TCP, with prior knowledge.
     H2,
+    /// HTTP/3 over QUIC (TLS 1.3, ALPN `h3`).
+    H3,
 }
 
 /// Request method.
@@ -76,12 +89,24 @@ pub enum MethodArg {
 pub struct Target {
     /// `host:port`, to connect to.
     pub authority: String,
+    /// The host alone (no port, no IPv6 brackets): the TLS server name (SNI) for HTTP/3.
+    pub server_name: String,
     /// The `Host` header for HTTP/1.1.
     pub host: HeaderValue,
     /// `/path?query`: the HTTP/1.1 request target.
     pub origin_form: Uri,
-    /// `http://host:port/path?query`: HTTP/2 takes `:scheme` and `:authority` from it.
+    /// `http://host:port/path?query` (`https://` for HTTP/3): HTTP/2 and HTTP/3 take
+    /// `:scheme` and `:authority` from it.
     pub absolute: Uri,
+}
+
+/// Which HTTP/3 server certificates are accepted.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// Any certificate (`--insecure`); the handshake signatures are still checked.
+    Insecure,
+    /// Certificates that chain to these roots (`--ca`) and name the URL's host.
+    Roots(Vec<CertificateDer<'static>>),
 }
 
 /// When the run stops starting new requests.
@@ -114,12 +139,30 @@ pub struct Plan {
     pub log: Option<PathBuf>,
     /// Per-request time limit.
     pub timeout: Duration,
+    /// Server certificate checking: set for HTTP/3 only.
+    pub trust: Option<Trust>,
 }
 
 impl Args {
     /// Checks the arguments and turns them into a [`Plan`]; the error names the argument.
     pub fn plan(self) -> anyhow::Result<Plan> {
-        let target = parse_url(&self.url).with_context(|| format!("--url {}", self.url))?;
+        let target =
+            parse_url(&self.url, self.protocol).with_context(|| format!("--url {}", self.url))?;
+        let trust = match (self.protocol, &self.ca, self.insecure) {
+            (Protocol::H3, Some(ca), _) => Some(Trust::Roots(
+                load_roots(ca).with_context(|| format!("--ca {}", ca.display()))?,
+            )),
+            (Protocol::H3, None, true) => Some(Trust::Insecure),
+            (Protocol::H3, None, false) => bail!(
+                "--protocol h3 checks the server's certificate and has no system roots: give \
+                 --ca FILE (PEM roots) or --insecure (no verification, for self-signed test \
+                 certificates)"
+            ),
+            (_, Some(_), _) | (_, None, true) => {
+                bail!("--ca and --insecure apply to --protocol h3 only")
+            }
+            (_, None, false) => None,
+        };
         if self.connections == 0 {
             bail!("--connections must be at least 1");
         }
@@ -143,7 +186,7 @@ impl Args {
             connections: self.connections,
             streams: match self.protocol {
                 Protocol::H1 => 1,
-                Protocol::H2 => self.streams,
+                Protocol::H2 | Protocol::H3 => self.streams,
             },
             stop: Stop {
                 duration,
@@ -156,8 +199,20 @@ impl Args {
             body: Bytes::from(vec![b'x'; self.body_size]),
             log: self.log,
             timeout,
+            trust,
         })
     }
+}
+
+/// The PEM certificates of a `--ca` file; at least one.
+fn load_roots(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let roots = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .context("not a readable PEM file")?;
+    if roots.is_empty() {
+        bail!("no certificate found");
+    }
+    Ok(roots)
 }
 
 fn seconds(secs: f64, name: &str) -> anyhow::Result<Duration> {
@@ -167,13 +222,15 @@ fn seconds(secs: f64, name: &str) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(secs).with_context(|| format!("{name} {secs}"))
 }
 
-fn parse_url(url: &str) -> anyhow::Result<Target> {
+fn parse_url(url: &str, protocol: Protocol) -> anyhow::Result<Target> {
     let uri: Uri = url.parse().context("not a URL")?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => bail!("https is not supported (plain TCP only)"),
+    let (scheme, default_port) = match (uri.scheme_str(), protocol) {
+        (Some("http"), Protocol::H1 | Protocol::H2) => ("http", 80),
+        (Some("https"), Protocol::H3) => ("https", 443),
+        (Some("https"), _) => bail!("https needs --protocol h3 (h1 and h2 are plain TCP)"),
+        (_, Protocol::H3) => bail!("--protocol h3 expects https://host:port/path"),
         _ => bail!("expected http://host:port/path"),
-    }
+    };
     let Some(authority) = uri.authority() else {
         bail!("no host");
     };
@@ -183,15 +240,26 @@ fn parse_url(url: &str) -> anyhow::Result<Target> {
     let host = HeaderValue::from_str(authority.as_str()).context("host")?;
     let connect_to = match authority.port_u16() {
         Some(_) => authority.as_str().to_string(),
-        None => format!("{}:80", authority.as_str()),
+        None => format!("{}:{default_port}", authority.as_str()),
     };
+    let server_name = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    if protocol == Protocol::H3 {
+        // rustls takes an IP address or a DNS name; anything else cannot be checked.
+        ServerName::try_from(server_name.as_str())
+            .with_context(|| format!("{server_name} is not a valid TLS server name"))?;
+    }
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let origin_form: Uri = path.parse().context("path")?;
-    let absolute: Uri = format!("http://{}{}", authority.as_str(), path)
+    let absolute: Uri = format!("{scheme}://{}{}", authority.as_str(), path)
         .parse()
         .context("URL")?;
     Ok(Target {
         authority: connect_to,
+        server_name,
         host,
         origin_form,
         absolute,
@@ -212,6 +280,7 @@ mod tests {
     fn url_splits_into_connect_address_host_and_both_request_forms() {
         let p = plan(&["--url", "http://127.0.0.1:8000/a?b=1", "--requests", "5"]).unwrap();
         assert_eq!(p.target.authority, "127.0.0.1:8000");
+        assert_eq!(p.target.server_name, "127.0.0.1");
         assert_eq!(p.target.host, "127.0.0.1:8000");
         assert_eq!(p.target.origin_form, "/a?b=1");
         assert_eq!(p.target.absolute, "http://127.0.0.1:8000/a?b=1");
@@ -219,6 +288,44 @@ mod tests {
         assert_eq!(p.target.authority, "[::1]:80");
         assert_eq!(p.target.origin_form, "/");
         assert_eq!(p.stop.duration, Some(Duration::from_millis(1500)));
+        assert!(p.trust.is_none());
+    }
+
+    #[test]
+    fn h3_takes_an_https_url_and_a_trust_choice() {
+        let p = plan(&[
+            "--url",
+            "https://[::1]/a",
+            "--protocol",
+            "h3",
+            "--insecure",
+            "--requests",
+            "1",
+        ])
+        .unwrap();
+        assert_eq!(p.target.authority, "[::1]:443");
+        assert_eq!(p.target.server_name, "::1");
+        assert_eq!(p.target.absolute, "https://[::1]/a");
+        assert_eq!(p.streams, 4);
+        assert!(matches!(p.trust, Some(Trust::Insecure)));
+
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let ca = std::env::temp_dir().join(format!("genro-loadgen-ca-{}.pem", std::process::id()));
+        std::fs::write(&ca, certified.cert.pem()).unwrap();
+        let p = plan(&[
+            "--url",
+            "https://localhost:4433/",
+            "--protocol",
+            "h3",
+            "--ca",
+            ca.to_str().unwrap(),
+            "--requests",
+            "1",
+        ]);
+        std::fs::remove_file(&ca).unwrap();
+        let p = p.unwrap();
+        assert_eq!(p.target.server_name, "localhost");
+        assert!(matches!(&p.trust, Some(Trust::Roots(roots)) if roots.len() == 1));
     }
 
     #[test]
@@ -275,18 +382,46 @@ mod tests {
                 "--streams",
             ),
         ];
+        let h3 = |extra: &[&'static str]| {
+            let mut argv = vec![
+                "--url",
+                "https://h:1/",
+                "--requests",
+                "1",
+                "--protocol",
+                "h3",
+            ];
+            argv.extend_from_slice(extra);
+            argv
+        };
+        let owned: Vec<(Vec<&str>, &str)> = vec![
+            (h3(&[]), "--ca FILE (PEM roots) or --insecure"),
+            (h3(&["--ca", "/nonexistent.pem"]), "--ca /nonexistent.pem"),
+            (h3(&["--ca", "/dev/null"]), "no certificate"),
+            (h3(&["--ca", "x.pem", "--insecure"]), "cannot be used with"),
+            (
+                vec!["--url", "http://h:1/", "--requests", "1", "--insecure"],
+                "--protocol h3 only",
+            ),
+            (
+                vec![
+                    "--url",
+                    "http://h:1/",
+                    "--requests",
+                    "1",
+                    "--protocol",
+                    "h3",
+                ],
+                "https://",
+            ),
+        ];
+        let cases = cases
+            .iter()
+            .map(|(argv, needle)| (argv.to_vec(), *needle))
+            .chain(owned);
         for (argv, needle) in cases {
-            let err = format!("{:#}", plan(argv).unwrap_err());
+            let err = format!("{:#}", plan(&argv).unwrap_err());
             assert!(err.contains(needle), "{argv:?}: {err}");
         }
-        assert!(plan(&[
-            "--url",
-            "http://h:1/",
-            "--requests",
-            "1",
-            "--protocol",
-            "h3"
-        ])
-        .is_err());
     }
 }

@@ -1,19 +1,22 @@
 //! The connection tasks that generate the load. Each of the `--connections` tasks:
 //!
-//! 1. connects (TCP_NODELAY) and handshakes HTTP/1.1 or HTTP/2 with prior knowledge; a
-//!    failure counts as a connect error and is tried again after 10 ms;
+//! 1. connects (TCP_NODELAY) and handshakes HTTP/1.1 or HTTP/2 with prior knowledge, or
+//!    connects over QUIC and sets up HTTP/3 (`quic.rs`); a failure counts as a connect
+//!    error and is tried again after 10 ms;
 //! 2. sends requests back-to-back on the connection, one at a time (HTTP/1.1) or
-//!    `--streams` at once (HTTP/2), taking first the requests waiting to be re-sent, then
-//!    new ones while the stop condition allows;
+//!    `--streams` at once (HTTP/2, HTTP/3), taking first the requests waiting to be re-sent,
+//!    then new ones while the stop condition allows;
 //! 3. leaves the connection when the server closes it (`Connection: close`, GOAWAY, EOF),
 //!    after an HTTP/1.1 failure (the connection's state is unknown), or as soon as an
-//!    attempt has to be re-sent (so it goes out on a new connection), and goes back to 1;
+//!    attempt has to be re-sent (so it goes out on a new connection): it stops starting
+//!    requests there, lets the ones in flight finish, and goes back to 1;
 //! 4. ends once the run is over and nothing waits to be re-sent. Requests still waiting when
 //!    no connection can be made any more (after the deadline, or `--timeout` seconds of
 //!    failed connects without one), or refused [`MAX_ATTEMPTS`] times, are counted unsent.
 
 use crate::args::{Plan, Protocol};
 use crate::classify::{describe, retry_cause, RetryCause};
+use crate::quic;
 use crate::tally::Tally;
 use anyhow::Context;
 use bytes::Bytes;
@@ -47,7 +50,7 @@ type Body = Full<Bytes>;
 
 /// Runs the plan to its end and returns the JSON report.
 pub async fn run(plan: Plan, log: Option<File>) -> anyhow::Result<Value> {
-    let run = Arc::new(Run::new(plan, log));
+    let run = Arc::new(Run::new(plan, log)?);
     let mut tasks = JoinSet::new();
     for index in 0..run.plan.connections {
         tasks.spawn(connection_task(run.clone(), index));
@@ -69,8 +72,10 @@ pub async fn run(plan: Plan, log: Option<File>) -> anyhow::Result<Value> {
 
 /// State shared by every task of a run.
 #[derive(Debug)]
-struct Run {
-    plan: Plan,
+pub(crate) struct Run {
+    pub(crate) plan: Plan,
+    /// The QUIC client configuration, for HTTP/3.
+    pub(crate) tls: Option<quinn::ClientConfig>,
     started: Instant,
     deadline: Option<Instant>,
     /// Requests not started yet, with `--requests`.
@@ -88,27 +93,35 @@ struct Log {
 
 /// One request, across its attempts.
 #[derive(Debug)]
-struct Job {
-    id: String,
+pub(crate) struct Job {
+    pub(crate) id: String,
     /// Milliseconds since the start when it was first handed to a connection.
-    sent_ms: Option<u64>,
+    pub(crate) sent_ms: Option<u64>,
     /// Attempts that were not processed so far.
     refused: u32,
 }
 
 /// What one connection task owns: its request counter and its requests to re-send.
 #[derive(Debug)]
-struct Slot {
+pub(crate) struct Slot {
     index: usize,
     seq: u64,
-    retry: VecDeque<Job>,
+    pub(crate) retry: VecDeque<Job>,
+}
+
+/// A complete response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    /// Body bytes.
+    pub(crate) bytes: u64,
 }
 
 /// How one attempt ended.
 #[derive(Debug)]
-enum Attempt {
+pub(crate) enum Attempt {
     /// A complete response; `close` when it said `Connection: close`.
-    Done { status: u16, close: bool },
+    Done { answer: Answer, close: bool },
     /// Not processed by the server: send it again.
     Retry(RetryCause, String),
     /// Anything else after the request was handed to the connection.
@@ -119,12 +132,20 @@ enum Attempt {
 enum Conn {
     H1(http1::SendRequest<Body>),
     H2(http2::SendRequest<Body>),
+    H3(quic::Connection),
 }
 
 impl Run {
-    fn new(plan: Plan, log: Option<File>) -> Self {
+    /// The run's shared state; the clock starts now.
+    pub(crate) fn new(plan: Plan, log: Option<File>) -> anyhow::Result<Self> {
+        let tls = plan
+            .trust
+            .as_ref()
+            .map(crate::tls::client_config)
+            .transpose()?;
         let started = Instant::now();
-        Run {
+        Ok(Run {
+            tls,
             deadline: plan.stop.duration.map(|d| started + d),
             remaining: plan.stop.requests.map(AtomicU64::new),
             started,
@@ -136,7 +157,7 @@ impl Run {
                 })
             }),
             plan,
-        }
+        })
     }
 
     fn is_past_deadline(&self) -> bool {
@@ -165,11 +186,12 @@ impl Run {
         }
     }
 
-    fn ms(&self) -> u64 {
+    pub(crate) fn ms(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn request(&self, id: &str) -> Request<Body> {
+    /// The request for `id`, in the form the protocol needs.
+    pub(crate) fn request(&self, id: &str) -> Request<Body> {
         let target = &self.plan.target;
         let mut request = Request::new(Full::new(self.plan.body.clone()));
         *request.method_mut() = self.plan.method.clone();
@@ -182,17 +204,17 @@ impl Run {
                 *request.uri_mut() = target.origin_form.clone();
                 request.headers_mut().insert(HOST, target.host.clone());
             }
-            // HTTP/2 takes :scheme and :authority from the absolute URI.
-            Protocol::H2 => *request.uri_mut() = target.absolute.clone(),
+            // HTTP/2 and HTTP/3 take :scheme and :authority from the absolute URI.
+            Protocol::H2 | Protocol::H3 => *request.uri_mut() = target.absolute.clone(),
         }
         request
     }
 
     /// Records a request's final outcome.
-    fn handle_final(&self, job: &Job, outcome: Result<u16, &str>) {
+    pub(crate) fn handle_final(&self, job: &Job, outcome: Result<Answer, &str>) {
         let label = match outcome {
-            Ok(status) => {
-                lock(&self.tally).handle_ok(status);
+            Ok(answer) => {
+                lock(&self.tally).handle_ok(answer.status, answer.bytes);
                 if job.refused > 0 {
                     "retried-ok"
                 } else {
@@ -204,11 +226,11 @@ impl Run {
                 "failed"
             }
         };
-        self.write_log(job, label, outcome.ok());
+        self.write_log(job, label, outcome.ok().map(|answer| answer.status));
     }
 
     /// Records an attempt that was not processed; `false` when the request is given up.
-    fn handle_refused(&self, job: &mut Job, cause: RetryCause, error: &str) -> bool {
+    pub(crate) fn handle_refused(&self, job: &mut Job, cause: RetryCause, error: &str) -> bool {
         lock(&self.tally).handle_retry(cause, error);
         job.refused += 1;
         if job.refused >= MAX_ATTEMPTS {
@@ -241,7 +263,9 @@ impl Run {
 }
 
 impl Slot {
-    fn next_job(&mut self, run: &Run) -> Option<Job> {
+    /// The next request to send: one waiting to be re-sent, else a new one if the run
+    /// allows.
+    pub(crate) fn next_job(&mut self, run: &Run) -> Option<Job> {
         if let Some(job) = self.retry.pop_front() {
             return Some(job);
         }
@@ -259,6 +283,13 @@ impl Slot {
 
 /// One of the `--connections` tasks (see the module steps).
 async fn connection_task(run: Arc<Run>, index: usize) {
+    let mut endpoint = quic::Endpoint::default();
+    connections(&run, index, &mut endpoint).await;
+    endpoint.wait_idle().await;
+}
+
+/// Steps 1 to 4, with the QUIC endpoint the HTTP/3 connections of this task share.
+async fn connections(run: &Arc<Run>, index: usize, endpoint: &mut quic::Endpoint) {
     let slot = Arc::new(Mutex::new(Slot {
         index,
         seq: 0,
@@ -270,7 +301,7 @@ async fn connection_task(run: Arc<Run>, index: usize) {
         if run.is_over() && lock(&slot).retry.is_empty() {
             return;
         }
-        let conn = match open(&run).await {
+        let conn = match open(run, endpoint).await {
             Ok(conn) => conn,
             Err(error) => {
                 lock(&run.tally).handle_connect_error(&error);
@@ -293,14 +324,36 @@ async fn connection_task(run: Arc<Run>, index: usize) {
         }
         connected_before = true;
         match conn {
-            Conn::H1(sender) => drive_h1(&run, &slot, sender).await,
-            Conn::H2(sender) => drive_h2(&run, &slot, sender).await,
+            Conn::H1(sender) => drive_h1(run, &slot, sender).await,
+            Conn::H2(sender) => drive_h2(run, &slot, sender).await,
+            Conn::H3(connection) => quic::drive(run, &slot, connection).await,
         }
     }
 }
 
 /// Connects and handshakes; the connection's I/O runs in its own task.
-async fn open(run: &Run) -> Result<Conn, String> {
+async fn open(run: &Run, endpoint: &mut quic::Endpoint) -> Result<Conn, String> {
+    match run.plan.protocol {
+        Protocol::H1 => {
+            let (sender, connection) = http1::handshake(connect_tcp(run).await?)
+                .await
+                .map_err(|err| format!("handshake: {}", describe(&err)))?;
+            tokio::spawn(connection);
+            Ok(Conn::H1(sender))
+        }
+        Protocol::H2 => {
+            let io = connect_tcp(run).await?;
+            let (sender, connection) = http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(|err| format!("handshake: {}", describe(&err)))?;
+            tokio::spawn(connection);
+            Ok(Conn::H2(sender))
+        }
+        Protocol::H3 => endpoint.connect(run).await.map(Conn::H3),
+    }
+}
+
+async fn connect_tcp(run: &Run) -> Result<TokioIo<TcpStream>, String> {
     let connect = TcpStream::connect(&run.plan.target.authority);
     let tcp = match tokio::time::timeout(run.plan.timeout, connect).await {
         Ok(Ok(tcp)) => tcp,
@@ -309,23 +362,7 @@ async fn open(run: &Run) -> Result<Conn, String> {
     };
     tcp.set_nodelay(true)
         .map_err(|err| format!("TCP_NODELAY: {err}"))?;
-    let io = TokioIo::new(tcp);
-    match run.plan.protocol {
-        Protocol::H1 => {
-            let (sender, connection) = http1::handshake(io)
-                .await
-                .map_err(|err| format!("handshake: {}", describe(&err)))?;
-            tokio::spawn(connection);
-            Ok(Conn::H1(sender))
-        }
-        Protocol::H2 => {
-            let (sender, connection) = http2::handshake(TokioExecutor::new(), io)
-                .await
-                .map_err(|err| format!("handshake: {}", describe(&err)))?;
-            tokio::spawn(connection);
-            Ok(Conn::H2(sender))
-        }
-    }
+    Ok(TokioIo::new(tcp))
 }
 
 /// HTTP/1.1: one request at a time until the connection is done.
@@ -341,8 +378,8 @@ async fn drive_h1(run: &Run, slot: &Mutex<Slot>, mut sender: http1::SendRequest<
         }
         job.sent_ms.get_or_insert_with(|| run.ms());
         match attempt(run, sender.send_request(run.request(&job.id))).await {
-            Attempt::Done { status, close } => {
-                run.handle_final(&job, Ok(status));
+            Attempt::Done { answer, close } => {
+                run.handle_final(&job, Ok(answer));
                 if close {
                     return;
                 }
@@ -394,7 +431,7 @@ async fn stream_loop(
         }
         job.sent_ms.get_or_insert_with(|| run.ms());
         match attempt(run, sender.send_request(run.request(&job.id))).await {
-            Attempt::Done { status, .. } => run.handle_final(&job, Ok(status)),
+            Attempt::Done { answer, .. } => run.handle_final(&job, Ok(answer)),
             Attempt::Retry(cause, error) => {
                 leaving.store(true, Ordering::Relaxed);
                 if run.handle_refused(&mut job, cause, &error) {
@@ -426,12 +463,21 @@ async fn attempt(
         let status = response.status().as_u16();
         let close = wants_close(response.headers());
         let mut body = response.into_body();
+        let mut bytes = 0;
         while let Some(frame) = body.frame().await {
-            if let Err(err) = frame {
-                return Attempt::Failed(format!("response body: {}", describe(&err)));
+            match frame {
+                Ok(frame) => {
+                    bytes += frame.data_ref().map_or(0, |data| data.len() as u64);
+                }
+                Err(err) => {
+                    return Attempt::Failed(format!("response body: {}", describe(&err)));
+                }
             }
         }
-        Attempt::Done { status, close }
+        Attempt::Done {
+            answer: Answer { status, bytes },
+            close,
+        }
     };
     tokio::time::timeout(run.plan.timeout, exchange)
         .await
@@ -451,7 +497,7 @@ fn wants_close(headers: &HeaderMap) -> bool {
 
 /// Locks a mutex; a panicked holder cannot leave these counters half-updated in a way that
 /// matters more than losing the whole report.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -464,7 +510,7 @@ mod tests {
     fn run_with(argv: &[&str]) -> Run {
         let mut full = vec!["genro-loadgen", "--url", "http://127.0.0.1:9/p"];
         full.extend_from_slice(argv);
-        Run::new(Args::try_parse_from(full).unwrap().plan().unwrap(), None)
+        Run::new(Args::try_parse_from(full).unwrap().plan().unwrap(), None).unwrap()
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! genro-loadgen: a small load generator for genro-asgi's reload and drain tests. It keeps
-//! `--connections` HTTP/1.1 keep-alive or HTTP/2 (h2c, prior knowledge) connections busy,
-//! opens a new connection whenever the server closes one (`Connection: close`, GOAWAY), and
-//! prints one JSON report. Every request carries `x-load-id: <connection>-<seq>`.
+//! `--connections` connections busy, over HTTP/1.1 keep-alive, HTTP/2 (h2c, prior
+//! knowledge) or HTTP/3 (QUIC, `--ca FILE` or `--insecure`), opens a new connection whenever
+//! the server closes one (`Connection: close`, GOAWAY), and prints one JSON report. Every
+//! request carries `x-load-id: <connection>-<seq>`.
 //!
 //! Each request ends in exactly one final outcome:
 //! - `ok`: a complete response, body read to the end (counted per status code);
@@ -10,17 +11,26 @@
 //! - `unsent`: never processed, and the run ended before it could be re-sent.
 //!
 //! An attempt the protocol guarantees the server did not process is counted `retried` and
-//! sent again, with the same id, on a new connection: hyper never wrote it
-//! (`Error::is_canceled`), the server refused the stream (RST_STREAM REFUSED_STREAM, RFC 9113
-//! §8.7), or the stream is above the last-stream-id of the server's graceful GOAWAY (RFC 9113
-//! §6.8: "streams ... with identifiers higher than the last stream identifier ... were not
-//! processed" and "can be safely retried"). Exit code 0 even when requests failed (the caller
-//! judges the report), 2 on bad arguments, 1 on an internal error.
+//! sent again, with the same id, on a new connection (`classify.rs`):
+//! - HTTP/1.1 and HTTP/2: hyper never wrote it (`Error::is_canceled`), or the server refused
+//!   the stream (RST_STREAM REFUSED_STREAM, RFC 9113 §8.7), or the request failed with the
+//!   server's graceful GOAWAY: assumed to be a stream above its last-stream-id (RFC 9113
+//!   §6.8), since h2 and hyper do not say; the tests' app-side ledger checks that no
+//!   re-sent request ran twice;
+//! - HTTP/3: the server reset or stopped the stream with H3_REQUEST_REJECTED (RFC 9114
+//!   §4.1.1; an h3 server does so for streams above its GOAWAY's id), or the request's
+//!   stream could not be opened because the server's GOAWAY had arrived or the connection
+//!   had ended (RFC 9114 §5.2).
+//!
+//! Exit code 0 even when requests failed (the caller judges the report), 2 on bad
+//! arguments, 1 on an internal error.
 
 mod args;
 mod classify;
 mod drive;
+mod quic;
 mod tally;
+mod tls;
 
 use anyhow::Context;
 use clap::Parser;

@@ -25,15 +25,18 @@ pub struct Tally {
     pub connect_errors: u64,
     /// Connections opened after a task's first one.
     pub reconnects: u64,
+    /// Response body bytes of the complete responses.
+    pub response_bytes: u64,
     statuses: BTreeMap<u16, u64>,
     retry_causes: BTreeMap<&'static str, u64>,
     errors: HashMap<String, u64>,
 }
 
 impl Tally {
-    /// A complete response.
-    pub fn handle_ok(&mut self, status: u16) {
+    /// A complete response with a body of `bytes`.
+    pub fn handle_ok(&mut self, status: u16, bytes: u64) {
         self.ok += 1;
+        self.response_bytes += bytes;
         *self.statuses.entry(status).or_default() += 1;
     }
 
@@ -90,17 +93,13 @@ impl Tally {
             .iter()
             .map(|(status, count)| (status.to_string(), json!(count)))
             .collect();
-        let causes: serde_json::Map<String, Value> = [
-            RetryCause::NotSent,
-            RetryCause::RefusedStream,
-            RetryCause::GoAway,
-        ]
-        .into_iter()
-        .map(|cause| {
-            let count = self.retry_causes.get(cause.name()).copied().unwrap_or(0);
-            (cause.name().to_string(), json!(count))
-        })
-        .collect();
+        let causes: serde_json::Map<String, Value> = RetryCause::ALL
+            .into_iter()
+            .map(|cause| {
+                let count = self.retry_causes.get(cause.name()).copied().unwrap_or(0);
+                (cause.name().to_string(), json!(count))
+            })
+            .collect();
         let rps = if seconds > 0.0 {
             self.ok as f64 / seconds
         } else {
@@ -114,6 +113,7 @@ impl Tally {
             "unsent": self.unsent,
             "connect_errors": self.connect_errors,
             "reconnects": self.reconnects,
+            "response_bytes": self.response_bytes,
             "statuses": statuses,
             "errors": errors,
             "seconds": (seconds * 1000.0).round() / 1000.0,
@@ -129,9 +129,9 @@ mod tests {
     #[test]
     fn report_counts_statuses_causes_and_top_errors() {
         let mut t = Tally::default();
-        t.handle_ok(200);
-        t.handle_ok(200);
-        t.handle_ok(503);
+        t.handle_ok(200, 10);
+        t.handle_ok(200, 10);
+        t.handle_ok(503, 0);
         t.handle_failed("timeout");
         t.handle_retry(RetryCause::NotSent, "connection closed");
         t.handle_retry(RetryCause::NotSent, "connection closed");
@@ -146,8 +146,9 @@ mod tests {
         assert_eq!(r["statuses"], json!({"200": 2, "503": 1}));
         assert_eq!(
             r["retry_causes"],
-            json!({"not_sent": 2, "refused_stream": 0, "goaway": 0})
+            json!({"not_sent": 2, "refused_stream": 0, "request_rejected": 0, "goaway": 0})
         );
+        assert_eq!(r["response_bytes"], 20);
         assert_eq!(
             r["errors"][0],
             json!({"error": "retried: connection closed", "count": 2})
