@@ -21,6 +21,8 @@ import trustme
 
 import h3client
 from conftest import ctl, ready_pids, run_cli, status, wait_for
+from test_load import (LOADGEN, assert_processed_once, ledger_server, loadgen, loadgen_report, read_ledger,
+                       read_outcomes, reloads_under_load)
 from test_tls import certs, ssl_section  # noqa: F401 - fixture
 
 FRONT_HEADER = "x-genro-asgi-client"
@@ -230,3 +232,70 @@ def test_chromium_loads_a_page_over_quic(server, certs):  # noqa: F811
         ], capture_output=True, text=True, timeout=90)
     assert '"http_version": "3"' in r.stdout, (r.stdout[-2000:], r.stderr[-3000:])
     assert '"path": "/scope/page"' in r.stdout
+
+
+def h3_load(s, certs, *args, timeout=120):
+    """genro-loadgen over HTTP/3 (a Rust client: quinn + h3) until done; its report."""
+    argv = [LOADGEN, "--protocol", "h3", "--ca", certs["ca"], *map(str, args)]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_rust_h3_client_gets_posts_10_mib_and_runs_many_streams(server, certs):  # noqa: F811
+    s = http3_server(server, certs, workers=2)
+    url = "https://127.0.0.1:%d" % s.port
+    many = h3_load(s, certs, "--url", url + "/", "--connections", 4, "--streams", 50, "--requests", 4000)
+    assert many["ok"] == 4000 and many["failed"] == 0 and many["retried"] == 0, many
+    assert many["statuses"] == {"200": 4000}, many
+    size = 10 << 20
+    posts = h3_load(s, certs, "--url", url + "/echo", "--method", "POST", "--body-size", size,
+                    "--connections", 2, "--streams", 2, "--requests", 6)
+    assert posts["ok"] == 6 and posts["failed"] == 0, posts
+    assert posts["response_bytes"] == 6 * size, "every 10 MiB body came back whole"
+    wait_for(lambda: front_status(s)["served"] >= 4006, 5, "the front's heartbeat counting them")
+
+
+def test_three_reloads_under_h3_load_fail_no_request(server, certs, tmp_path):  # noqa: F811
+    """HTTP/3 (4 QUIC connections x 8 streams, 20 s) across three worker reloads: the front
+    moves each slot's HTTP/2 connection to the new worker and re-sends what an old worker's
+    GOAWAY said it had not processed, so the HTTP/3 client sees no failure, and the ledger
+    shows every request the app accepted completed once."""
+    sections = {**ssl_section(certs), "http3": {"enabled": True}}
+    s, ledger = ledger_server(server, tmp_path, 0, workers=2, sections=sections)
+    report, outcomes = reloads_under_load(
+        tmp_path, s, "h3", reloads=3, seconds=20, connections=4, streams=8,
+        url="https://127.0.0.1:%d/" % s.port, extra=("--ca", certs["ca"]))
+    print(report)
+    assert s.log.count("reload complete") == 3
+    assert report["failed"] == 0 and report["connect_errors"] == 0 and report["unsent"] == 0, report
+    assert report["retried"] == 0, "the front hides the reloads from HTTP/3 clients"
+    assert set(report["statuses"]) == {"200"}, report
+    assert report["ok"] > 1000, report
+    assert_processed_once(ledger, outcomes, report)
+
+
+def test_sigterm_under_h3_load_completes_every_accepted_request(server, certs, tmp_path):  # noqa: F811
+    """SIGTERM after 3 s of HTTP/3 load (8 connections x 4 streams, 0.2 s requests): the
+    front sends GOAWAY and rejects later streams (H3_REQUEST_REJECTED: not processed), its
+    requests finish on workers that still serve, then the workers drain; exit 0, and every
+    request the app accepted completed with 200."""
+    sections = {**ssl_section(certs), "http3": {"enabled": True}}
+    s, ledger = ledger_server(server, tmp_path, 0.2, workers=2, sections=sections)
+    log = tmp_path / "loadgen.log"
+    with loadgen("https://127.0.0.1:%d/" % s.port, "h3", 8, connections=8, streams=4, log=log,
+                 extra=("--ca", certs["ca"])) as load:
+        time.sleep(3)
+        signalled = time.monotonic()
+        s.proc.send_signal(signal.SIGTERM)
+        code = s.wait_exit(30)
+        took = time.monotonic() - signalled
+        report = loadgen_report(load)
+    outcomes = read_outcomes(log)
+    started, _ = read_ledger(ledger)
+    print("exit %s after %.2fs; accepted %d; %s" % (code, took, len(started), report))
+    assert code == 0, s.log
+    assert report["ok"] >= 100 and report["failed"] == 0, report
+    assert_processed_once(ledger, outcomes, report)
+    lost = sorted(i for i, (outcome, _, _, _) in outcomes.items() if outcome in ("failed", "unsent") and i in started)
+    assert not lost, lost

@@ -28,10 +28,10 @@ def loadgen_built():
 
 
 @contextlib.contextmanager
-def loadgen(url, protocol, seconds, connections=8, streams=4, log=None):
+def loadgen(url, protocol, seconds, connections=8, streams=4, log=None, extra=()):
     """A running genro-loadgen (killed if the test fails before reading its report)."""
     argv = [LOADGEN, "--url", url, "--protocol", protocol, "--connections", str(connections),
-            "--streams", str(streams), "--duration", str(seconds)]
+            "--streams", str(streams), "--duration", str(seconds), *extra]
     if log is not None:
         argv += ["--log", str(log)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -104,10 +104,10 @@ def assert_processed_once(ledger, outcomes, report):
         % (sorted(set(started) - completed(outcomes))[:20], sorted(completed(outcomes) - set(started))[:20], report))
 
 
-def reloads_under_load(tmp_path, s, protocol, reloads, seconds, connections, streams=4):
+def reloads_under_load(tmp_path, s, protocol, reloads, seconds, connections, streams=4, url=None, extra=()):
     log = tmp_path / "loadgen.log"
     began = time.monotonic()
-    with loadgen(s.url + "/", protocol, seconds, connections, streams, log=log) as load:
+    with loadgen(url or s.url + "/", protocol, seconds, connections, streams, log=log, extra=extra) as load:
         time.sleep(2)
         for n in range(1, reloads + 1):
             s.proc.send_signal(signal.SIGHUP)
