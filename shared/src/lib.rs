@@ -1,6 +1,7 @@
 //! Code shared by the genro-asgi processes: the control-plane protocol (a sans-IO codec
-//! plus thin async helpers), the process exit codes, and the names of the internal
-//! environment variables the supervisor uses to hand work to its children.
+//! plus thin async helpers), the process exit codes, the TLS server configuration from
+//! `[ssl]`, and the names of the internal environment variables the supervisor uses to
+//! hand work to its children.
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod codec_check;
@@ -8,6 +9,7 @@ pub mod exit;
 pub mod logfile;
 pub mod protocol;
 pub mod signals;
+pub mod tls;
 
 /// Environment variable carrying the effective configuration (JSON) to a child.
 pub const ENV_CONFIG: &str = "GENRO_ASGI_INTERNAL_CONFIG";

@@ -5,8 +5,8 @@
 use crate::body::ResponseBody;
 use crate::bridge::{ConnInfo, Event, Exchange, RequestStart, Shared};
 use bytes::Bytes;
-use genro_config::{Config, TlsVersion};
-use genro_shared::CLIENT_HEADER;
+use genro_config::Config;
+use genro_shared::{tls, CLIENT_HEADER};
 use http::header::{HeaderValue, ALT_SVC, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -32,100 +32,15 @@ pub struct Limits {
     pub alt_svc: Option<HeaderValue>,
 }
 
-/// Builds the rustls acceptor from `[ssl]`, or `None` when TLS is off.
-pub fn tls_acceptor(config: &Config) -> anyhow::Result<Option<TlsAcceptor>> {
-    use anyhow::Context;
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::CertificateDer;
+/// Builds the rustls acceptor from `[ssl]` (ALPN `h2`, then `http/1.1`), or `None` when
+/// TLS is off.
+pub fn tls_acceptor(config: &Config) -> Result<Option<TlsAcceptor>, tls::TlsError> {
     let ssl = &config.ssl;
     if !ssl.enabled {
         return Ok(None);
     }
-    let (Some(certfile), Some(keyfile)) = (&ssl.certfile, &ssl.keyfile) else {
-        anyhow::bail!("[ssl] enabled = true needs certfile and keyfile");
-    };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certfile)
-        .and_then(|it| it.collect::<Result<_, _>>())
-        .with_context(|| {
-            format!(
-                "[ssl] certfile {}: not a readable PEM certificate chain",
-                certfile.display()
-            )
-        })?;
-    if certs.is_empty() {
-        anyhow::bail!(
-            "[ssl] certfile {}: no certificate found",
-            certfile.display()
-        );
-    }
-    let key = load_key(keyfile, ssl.keyfile_password.as_deref())?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let versions: &[&rustls::SupportedProtocolVersion] = match ssl.min_version {
-        TlsVersion::Tls13 => &[&rustls::version::TLS13],
-        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
-    };
-    let builder = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions)
-        .context("TLS versions")?;
-    let builder = match &ssl.ca_certs {
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(ca)
-                .with_context(|| format!("[ssl] ca_certs {}", ca.display()))?
-            {
-                let cert = cert.with_context(|| format!("[ssl] ca_certs {}", ca.display()))?;
-                roots
-                    .add(cert)
-                    .with_context(|| format!("[ssl] ca_certs {}", ca.display()))?;
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
-                .build()
-                .context("[ssl] ca_certs: client verifier")?;
-            builder.with_client_cert_verifier(verifier)
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let mut tls = builder
-        .with_single_cert(certs, key)
-        .context("[ssl] certfile/keyfile do not form a valid certificate and key")?;
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Some(TlsAcceptor::from(Arc::new(tls))))
-}
-
-/// Reads the PEM private key; an `ENCRYPTED PRIVATE KEY` (PKCS#8, PBES2) needs
-/// `[ssl] keyfile_password`.
-fn load_key(
-    keyfile: &std::path::Path,
-    password: Option<&str>,
-) -> anyhow::Result<rustls_pki_types::PrivateKeyDer<'static>> {
-    use anyhow::Context;
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-    let name = keyfile.display();
-    let text = std::fs::read_to_string(keyfile)
-        .with_context(|| format!("[ssl] keyfile {name}: cannot read"))?;
-    if !text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
-        if text.contains("Proc-Type: 4,ENCRYPTED") {
-            anyhow::bail!("[ssl] keyfile {name}: legacy OpenSSL-encrypted PEM is not supported; convert it with `openssl pkcs8 -topk8 -v2 aes-256-cbc`");
-        }
-        return PrivateKeyDer::from_pem_slice(text.as_bytes())
-            .with_context(|| format!("[ssl] keyfile {name}: not a PEM private key"));
-    }
-    let Some(password) = password else {
-        anyhow::bail!("[ssl] keyfile {name} is encrypted: set [ssl] keyfile_password");
-    };
-    let (_, document) = pkcs8::der::Document::from_pem(&text)
-        .map_err(|e| anyhow::anyhow!("[ssl] keyfile {name}: malformed PEM: {e}"))?;
-    let info = pkcs8::EncryptedPrivateKeyInfo::try_from(document.as_bytes())
-        .map_err(|e| anyhow::anyhow!("[ssl] keyfile {name}: malformed encrypted key: {e}"))?;
-    let secret = info.decrypt(password).map_err(|_| {
-        anyhow::anyhow!(
-            "[ssl] keyfile {name}: cannot decrypt: wrong keyfile_password or unsupported cipher"
-        )
-    })?;
-    Ok(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-        secret.as_bytes().to_vec(),
-    )))
+    let server_config = tls::server_config(ssl, ssl.min_version, &[b"h2", b"http/1.1"])?;
+    Ok(Some(TlsAcceptor::from(Arc::new(server_config))))
 }
 
 fn plain(status: StatusCode, text: &'static str, close: bool) -> Response<ResponseBody> {
