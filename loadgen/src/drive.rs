@@ -229,6 +229,32 @@ impl Run {
         self.write_log(job, label, outcome.ok().map(|answer| answer.status));
     }
 
+    /// Books a stream's attempt: final outcomes are recorded; a request the server did not
+    /// process marks the connection as being left and goes back to `slot` to be re-sent
+    /// on a new one. Returns `false` when the stream must stop (the connection is left).
+    pub(crate) fn settle(
+        &self,
+        slot: &Mutex<Slot>,
+        leaving: &AtomicBool,
+        mut job: Job,
+        attempt: Attempt,
+    ) -> bool {
+        match attempt {
+            Attempt::Done { answer, .. } => self.handle_final(&job, Ok(answer)),
+            Attempt::Retry(cause, error) => {
+                leaving.store(true, Ordering::Relaxed);
+                if self.handle_refused(&mut job, cause, &error) {
+                    lock(slot).retry.push_back(job);
+                }
+                return false;
+            }
+            // One stream failed; the connection may be fine (if not, the next request's
+            // readiness check says so).
+            Attempt::Failed(error) => self.handle_final(&job, Err(&error)),
+        }
+        true
+    }
+
     /// Records an attempt that was not processed; `false` when the request is given up.
     pub(crate) fn handle_refused(&self, job: &mut Job, cause: RetryCause, error: &str) -> bool {
         lock(&self.tally).handle_retry(cause, error);
@@ -430,17 +456,9 @@ async fn stream_loop(
             return;
         }
         job.sent_ms.get_or_insert_with(|| run.ms());
-        match attempt(run, sender.send_request(run.request(&job.id))).await {
-            Attempt::Done { answer, .. } => run.handle_final(&job, Ok(answer)),
-            Attempt::Retry(cause, error) => {
-                leaving.store(true, Ordering::Relaxed);
-                if run.handle_refused(&mut job, cause, &error) {
-                    lock(slot).retry.push_back(job);
-                }
-                return;
-            }
-            // One stream failed; the connection may be fine (if not, `ready` says so).
-            Attempt::Failed(error) => run.handle_final(&job, Err(&error)),
+        let outcome = attempt(run, sender.send_request(run.request(&job.id))).await;
+        if !run.settle(slot, leaving, job, outcome) {
+            return;
         }
     }
 }

@@ -158,17 +158,9 @@ async fn stream_loop(
             return;
         };
         job.sent_ms.get_or_insert_with(|| run.ms());
-        match attempt(run, &mut send, &job.id).await {
-            Attempt::Done { answer, .. } => run.handle_final(&job, Ok(answer)),
-            Attempt::Retry(cause, error) => {
-                leaving.store(true, Ordering::Relaxed);
-                if run.handle_refused(&mut job, cause, &error) {
-                    lock(slot).retry.push_back(job);
-                }
-                return;
-            }
-            // One stream failed; the connection may be fine (if not, `close_reason` says so).
-            Attempt::Failed(error) => run.handle_final(&job, Err(&error)),
+        let outcome = attempt(run, &mut send, &job.id).await;
+        if !run.settle(slot, leaving, job, outcome) {
+            return;
         }
     }
 }
