@@ -112,7 +112,7 @@ def test_crash_loop_is_visible_in_status_and_log(server, tmp_path):
 
     (slot,) = wait_for(crash_looping, 20, "crash loop in status")
     assert slot["slot"] == 0 and slot["failures"] >= 3 and slot["respawn_in"] >= 0
-    assert "slot is crash-looping" in s.log
+    assert "slot 0 is crash-looping" in s.log
     table = ctl(s, "status").stdout
     assert "(crash loop)" in table
     marker.unlink()

@@ -355,7 +355,8 @@ impl Fleet {
         self.front_pid() == Some(pid)
     }
 
-    fn front_pid(&self) -> Option<u32> {
+    /// The running front's pid.
+    pub fn front_pid(&self) -> Option<u32> {
         self.front.as_ref()?.process.as_ref().map(|w| w.pid)
     }
 

@@ -485,12 +485,7 @@ impl Supervisor {
 
     /// Sends the front the slot list when it changed (or it has none yet).
     fn sync_front(&mut self) {
-        let Some(pid) = self
-            .fleet
-            .front()
-            .and_then(|f| f.process.as_ref())
-            .map(|w| w.pid)
-        else {
+        let Some(pid) = self.fleet.front_pid() else {
             return;
         };
         let Some(writer) = self.writers.get(&pid) else {
@@ -717,20 +712,15 @@ impl Supervisor {
         if let Err(err) = self.spawner.configure(config) {
             return refuse(reply, format!("reload aborted: {err:#}"));
         }
-        if let Some(pid) = self
-            .fleet
-            .front()
-            .and_then(|f| f.process.as_ref())
-            .map(|w| w.pid)
-        {
+        if let Some(pid) = self.fleet.front_pid() {
             let configure = Message::Configure {
                 config: self.spawner.config_json.clone(),
             };
-            if !self
+            let sent = self
                 .writers
                 .get(&pid)
-                .is_some_and(|w| w.try_send(configure).is_ok())
-            {
+                .is_some_and(|w| w.try_send(configure).is_ok());
+            if !sent {
                 tracing::warn!(
                     pid,
                     "the HTTP/3 front is not connected: it keeps its settings"
