@@ -299,3 +299,26 @@ def test_sigterm_under_h3_load_completes_every_accepted_request(server, certs, t
     assert_processed_once(ledger, outcomes, report)
     lost = sorted(i for i, (outcome, _, _, _) in outcomes.items() if outcome in ("failed", "unsent") and i in started)
     assert not lost, lost
+
+
+def test_scaling_under_h3_load_fails_no_request(server, certs, tmp_path):  # noqa: F811
+    """The front follows the slot list: a slot added by `ctl scale 3` gets requests, and a
+    slot removed by `ctl scale 1` leaves the list before its worker drains; HTTP/3 load
+    across both sees no failure."""
+    s = http3_server(server, certs, workers=2)
+    with loadgen("https://127.0.0.1:%d/pid" % s.port, "h3", 9, connections=4, streams=4,
+                 extra=("--ca", certs["ca"])) as load:
+        time.sleep(1.5)
+        assert ctl(s, "scale", "3").returncode == 0
+        wait_for(lambda: len(ready_pids(s)) == 3, 20, "three workers")
+        new_slot = [w["pid"] for w in status(s)["workers"] if w["slot"] == 2][0]
+        time.sleep(2)
+        wait_for(lambda: any(w["slot"] == 2 and w["served"] > 0 for w in status(s)["workers"]), 10,
+                 "requests on the new slot")
+        assert ctl(s, "scale", "1").returncode == 0
+        wait_for(lambda: len(status(s)["workers"]) == 1, 20, "one worker left")
+        report = loadgen_report(load)
+    print(report)
+    assert new_slot not in ready_pids(s)
+    assert report["failed"] == 0 and report["connect_errors"] == 0 and report["unsent"] == 0, report
+    assert report["ok"] > 500 and set(report["statuses"]) == {"200"}, report
