@@ -319,6 +319,7 @@ def test_scaling_under_h3_load_fails_no_request(server, certs, tmp_path):  # noq
         wait_for(lambda: len(status(s)["workers"]) == 1, 20, "one worker left")
         report = loadgen_report(load)
     print(report)
+    print(s.log)
     assert new_slot not in ready_pids(s)
     assert report["failed"] == 0 and report["connect_errors"] == 0 and report["unsent"] == 0, report
     assert report["ok"] > 500 and set(report["statuses"]) == {"200"}, report

@@ -35,6 +35,10 @@ use tokio::sync::{mpsc, oneshot};
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a hung worker gets to tell its stacks before it is killed.
 const HUNG_STACKS_TIMEOUT: Duration = Duration::from_secs(1);
+/// Between telling the HTTP/3 front that a slot is gone and draining the slot's worker:
+/// requests the front had already routed there are sent by then, so the worker's GOAWAY
+/// and close do not race them.
+const FRONT_LET_GO: Duration = Duration::from_millis(300);
 
 /// Re-reads the configuration (same file, environment and flags) for a reload.
 pub type Reloader = Box<dyn Fn() -> Result<Loaded, ConfigError>>;
@@ -304,8 +308,13 @@ impl Spawner {
 
 enum Event {
     Control(Incoming),
-    Exited { pid: u32, code: Option<i32> },
+    Exited {
+        pid: u32,
+        code: Option<i32>,
+    },
     QueryTimeout(u64),
+    /// A removed slot's worker may drain now: the front has let go of the slot.
+    Drain(u32),
 }
 
 /// A query sent to workers, waiting for their answers.
@@ -383,16 +392,16 @@ impl Supervisor {
                             }
                         }
                     }
-                    Command::Drain(pid) => {
-                        let sent = self
-                            .writers
-                            .get(&pid)
-                            .is_some_and(|w| w.try_send(Message::Drain).is_ok());
-                        if !sent {
-                            // Not connected yet (or gone): the signal does the same.
-                            signal_pid(pid, libc::SIGTERM);
-                        }
+                    Command::Drain(pid) if self.leaves_the_front(pid) => {
+                        // Out of the front's slot list first, then drained.
+                        self.sync_front();
+                        let events = self.events.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(FRONT_LET_GO).await;
+                            let _ = events.send(Event::Drain(pid)).await;
+                        });
                     }
+                    Command::Drain(pid) => self.drain(pid),
                     Command::Kill(pid) => {
                         tracing::warn!(pid, "process did not stop in time; killing it");
                         signal_pid(pid, libc::SIGKILL);
@@ -481,6 +490,30 @@ impl Supervisor {
             let _ = events.send(Event::Exited { pid, code }).await;
         });
         pid
+    }
+
+    /// Asks a process to drain and exit.
+    fn drain(&self, pid: u32) {
+        let sent = self
+            .writers
+            .get(&pid)
+            .is_some_and(|w| w.try_send(Message::Drain).is_ok());
+        if !sent {
+            // Not connected yet (or gone): the signal does the same.
+            signal_pid(pid, libc::SIGTERM);
+        }
+    }
+
+    /// Whether `pid` is the worker of a slot that scaling removed, while the front
+    /// forwards requests to the slots.
+    fn leaves_the_front(&self, pid: u32) -> bool {
+        self.fleet.front_pid().is_some()
+            && self.fleet.phase() == Phase::Serving
+            && self
+                .fleet
+                .slots()
+                .iter()
+                .any(|s| !s.is_active() && s.worker.as_ref().is_some_and(|w| w.pid == pid))
     }
 
     /// Sends the front the slot list when it changed (or it has none yet).
@@ -1098,6 +1131,10 @@ async fn supervise(
                 }
                 Event::QueryTimeout(id) => {
                     sup.query_expired(id);
+                    Vec::new()
+                }
+                Event::Drain(pid) => {
+                    sup.drain(pid);
                     Vec::new()
                 }
             },
