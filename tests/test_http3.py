@@ -1,6 +1,6 @@
 """HTTP/3: with [http3] on, the supervisor binds the UDP port and runs one QUIC front
 process (quinn + h3) that forwards each request over HTTP/2 to a worker slot's private Unix
-socket (`<run_dir>/slot-N.sock`, mode 0600), naming the client with a header only that
+socket (`<run_dir>/slot-N-GENERATION.sock`, mode 0600, one per worker process), naming the client with a header only that
 socket trusts; TCP responses announce HTTP/3 with Alt-Svc. Clients here: aioquic
 (tests/h3client.py), headless Chromium forced onto QUIC, and genro-loadgen's h3 mode."""
 
@@ -34,6 +34,12 @@ def http3_server(server, certs, workers=1, **http3):  # noqa: F811
     return server(workers=workers, sections=sections)
 
 
+def front_socket(run, slot):
+    """The private socket of the slot's worker: `<run_dir>/slot-N-GENERATION.sock`."""
+    (path,) = run.glob("slot-%d-*.sock" % slot)
+    return path
+
+
 def uds_client(path):
     # HTTP/2 with prior knowledge over the Unix socket, as the front speaks it.
     return httpx.Client(transport=httpx.HTTPTransport(uds=str(path), http1=False, http2=True),
@@ -45,7 +51,7 @@ def test_slot_socket_serves_front_requests_as_http3(server, certs):  # noqa: F81
     run = s.tmp_path / "run"
     assert oct(os.stat(run).st_mode & 0o777) == "0o700", "a run dir the server creates is private"
     for slot in (0, 1):
-        path = run / ("slot-%d.sock" % slot)
+        path = front_socket(run, slot)
         assert oct(os.stat(path).st_mode & 0o777) == "0o600"
         with uds_client(path) as c:
             r = c.get("/scope?x=1", headers={FRONT_HEADER: "203.0.113.9:4444"})
@@ -70,13 +76,19 @@ def test_tcp_responses_announce_http3(server, certs):  # noqa: F811
     assert r.headers["alt-svc"] == 'h3=":4433"; ma=86400'
 
 
-def test_slot_sockets_follow_scaling_and_stop(server, certs):  # noqa: F811
+def test_worker_sockets_follow_scaling_reload_and_stop(server, certs):  # noqa: F811
     s = http3_server(server, certs)
     run = s.tmp_path / "run"
     s.proc.send_signal(signal.SIGTTIN)
     wait_for(lambda: len([w for w in status(s)["workers"] if w["state"] == "ready"]) == 2, 30, "scale up")
-    with uds_client(run / "slot-1.sock") as c:
+    with uds_client(front_socket(run, 1)) as c:
         assert c.get("/scope").json()["http_version"] == "3"
+    before = {front_socket(run, 0), front_socket(run, 1)}
+    s.proc.send_signal(signal.SIGHUP)
+    s.wait_log("reload complete")
+    wait_for(lambda: len(list(run.glob("slot-*.sock"))) == 2, 20, "the old workers' sockets removed")
+    after = {front_socket(run, 0), front_socket(run, 1)}
+    assert not before & after, "each new worker has its own socket"
     assert s.stop() == 0
     assert not list(run.glob("slot-*.sock")), "slot sockets are removed at exit"
 
@@ -256,16 +268,19 @@ def test_rust_h3_client_gets_posts_10_mib_and_runs_many_streams(server, certs): 
     wait_for(lambda: front_status(s)["served"] >= 4006, 5, "the front's heartbeat counting them")
 
 
-def test_three_reloads_under_h3_load_fail_no_request(server, certs, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_three_reloads_under_h3_load_fail_no_request(server, certs, tmp_path, method):  # noqa: F811
     """HTTP/3 (4 QUIC connections x 8 streams, 20 s) across three worker reloads: the front
-    moves each slot's HTTP/2 connection to the new worker and re-sends what an old worker's
-    GOAWAY said it had not processed, so the HTTP/3 client sees no failure, and the ledger
-    shows every request the app accepted completed once."""
+    is moved to each slot's new worker before the old one drains, so no request races the
+    old worker's GOAWAY; the HTTP/3 client sees no failure and nothing re-sent (POST
+    included, which could not be re-sent safely), and the ledger shows every request the
+    app accepted completed once."""
     sections = {**ssl_section(certs), "http3": {"enabled": True}}
     s, ledger = ledger_server(server, tmp_path, 0, workers=2, sections=sections)
     report, outcomes = reloads_under_load(
         tmp_path, s, "h3", reloads=3, seconds=20, connections=4, streams=8,
-        url="https://127.0.0.1:%d/" % s.port, extra=("--ca", certs["ca"]))
+        url="https://127.0.0.1:%d/" % s.port,
+        extra=("--ca", certs["ca"], "--method", method, "--body-size", "1000" if method == "POST" else "0"))
     print(report)
     assert s.log.count("reload complete") == 3
     assert report["failed"] == 0 and report["connect_errors"] == 0 and report["unsent"] == 0, report

@@ -35,9 +35,9 @@ use tokio::sync::{mpsc, oneshot};
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a hung worker gets to tell its stacks before it is killed.
 const HUNG_STACKS_TIMEOUT: Duration = Duration::from_secs(1);
-/// Between telling the HTTP/3 front that a slot is gone and draining the slot's worker:
-/// requests the front had already routed there are sent by then, so the worker's GOAWAY
-/// and close do not race them.
+/// Between taking a worker out of the HTTP/3 front's list (replaced by a reload, or its
+/// slot removed) and draining it: requests the front had already routed there are sent by
+/// then, so the worker's GOAWAY and close do not race them.
 const FRONT_LET_GO: Duration = Duration::from_millis(300);
 
 /// Re-reads the configuration (same file, environment and flags) for a reload.
@@ -123,21 +123,22 @@ fn settings(config: &Config) -> Settings {
     }
 }
 
-/// A slot's private Unix socket for the HTTP/3 front (mode 0600), removed from the file
-/// system when dropped.
+/// A worker's private Unix socket for the HTTP/3 front (mode 0600). The supervisor
+/// hands the listener to the worker and keeps only the path, removed when this is
+/// dropped (the worker exited): one socket per worker process, so the front moves to a
+/// slot's new worker by its path, and a dead worker's socket refuses at once.
 struct FrontSocket {
-    listener: std::os::unix::net::UnixListener,
     path: PathBuf,
 }
 
 impl FrontSocket {
-    fn bind(path: PathBuf) -> anyhow::Result<Self> {
+    fn bind(path: PathBuf) -> std::io::Result<(Self, std::os::unix::net::UnixListener)> {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::remove_file(&path);
-        let listener = std::os::unix::net::UnixListener::bind(&path)
-            .with_context(|| format!("binding {}", path.display()))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        Ok(FrontSocket { listener, path })
+        let listener = std::os::unix::net::UnixListener::bind(&path)?;
+        let socket = FrontSocket { path };
+        std::fs::set_permissions(&socket.path, std::fs::Permissions::from_mode(0o600))?;
+        Ok((socket, listener))
     }
 }
 
@@ -157,8 +158,8 @@ struct Spawner {
     sockets: Vec<Option<Socket>>,
     /// The socket passed by systemd (LISTEN_FDS), shared by all slots.
     activated: Option<Socket>,
-    /// Each slot's private Unix socket for the HTTP/3 front (when `[http3]` is on).
-    front_sockets: Vec<Option<FrontSocket>>,
+    /// Each worker's private Unix socket for the HTTP/3 front, by pid (`[http3]` on).
+    front_sockets: HashMap<u32, FrontSocket>,
     /// Where the front sockets live (`[http3]` on), else `None`.
     front_dir: Option<PathBuf>,
     /// The HTTP/3 front's UDP socket (`[http3]` on), kept for its respawns.
@@ -182,21 +183,7 @@ impl Spawner {
         Ok(())
     }
 
-    /// Binds the slot's private Unix socket for the HTTP/3 front, if HTTP/3 is on.
-    fn bind_front(&mut self, slot: usize) -> anyhow::Result<()> {
-        let Some(dir) = &self.front_dir else {
-            return Ok(());
-        };
-        let socket = FrontSocket::bind(dir.join(format!("slot-{slot}.sock")))?;
-        if self.front_sockets.len() <= slot {
-            self.front_sockets.resize_with(slot + 1, || None);
-        }
-        self.front_sockets[slot] = Some(socket);
-        Ok(())
-    }
-
     fn bind(&mut self, slot: usize) -> anyhow::Result<()> {
-        self.bind_front(slot)?;
         let socket = match &self.activated {
             // Socket activation: every slot shares the socket systemd passed.
             Some(shared) => shared.try_clone()?,
@@ -211,7 +198,8 @@ impl Spawner {
         Ok(())
     }
 
-    fn spawn(&self, slot: usize, generation: u64) -> std::io::Result<tokio::process::Child> {
+    /// Starts a worker for `slot`, with its front socket when HTTP/3 is on.
+    fn spawn(&mut self, slot: usize, generation: u64) -> std::io::Result<tokio::process::Child> {
         let fd = match self.sockets.get(slot) {
             Some(Some(socket)) => socket.as_raw_fd(),
             _ => {
@@ -221,15 +209,16 @@ impl Spawner {
             }
         };
         let mut fds = vec![(fd, genro_shared::LISTEN_FD)];
-        match self.front_sockets.get(slot) {
-            Some(Some(front)) => fds.push((front.listener.as_raw_fd(), genro_shared::FRONT_FD)),
-            _ if self.front_dir.is_some() => {
-                return Err(std::io::Error::other(format!(
-                    "slot {slot} has no front socket"
-                )))
+        let front = match &self.front_dir {
+            Some(dir) => {
+                let path = dir.join(format!("slot-{slot}-{generation}.sock"));
+                let (socket, listener) = FrontSocket::bind(path)?;
+                fds.push((listener.as_raw_fd(), genro_shared::FRONT_FD));
+                // The listener goes to the worker; ours closes when this scope ends.
+                Some((socket, listener))
             }
-            _ => {}
-        }
+            None => None,
+        };
         let args = [
             "worker",
             "--slot",
@@ -237,7 +226,11 @@ impl Spawner {
             "--generation",
             &generation.to_string(),
         ];
-        self.launch(&format!("worker {slot}"), &args, fds)
+        let child = self.launch(&format!("worker {slot}"), &args, fds)?;
+        if let (Some((socket, _listener)), Some(pid)) = (front, child.id()) {
+            self.front_sockets.insert(pid, socket);
+        }
+        Ok(child)
     }
 
     /// Starts the HTTP/3 front with the UDP socket on [`genro_shared::LISTEN_FD`].
@@ -289,17 +282,27 @@ impl Spawner {
             .spawn()
     }
 
-    /// The slot sockets the front forwards to: every active slot's.
+    /// Where the front forwards: the socket of every active slot's ready worker (not a
+    /// starting one, nor one about to drain).
     fn front_slots(&self, fleet: &Fleet) -> Vec<SlotSocket> {
-        let active = |slot: usize| fleet.slots().get(slot).is_some_and(|s| s.is_active());
-        self.front_sockets
+        fleet
+            .slots()
             .iter()
             .enumerate()
-            .filter(|(slot, _)| active(*slot))
-            .filter_map(|(slot, front)| {
+            .filter(|(_, s)| s.is_active())
+            .filter_map(|(slot, s)| {
+                let worker = s
+                    .worker
+                    .as_ref()
+                    .filter(|w| w.state == WorkerState::Ready)?;
                 Some(SlotSocket {
                     slot: slot as u32,
-                    path: front.as_ref()?.path.to_string_lossy().into_owned(),
+                    path: self
+                        .front_sockets
+                        .get(&worker.pid)?
+                        .path
+                        .to_string_lossy()
+                        .into_owned(),
                 })
             })
             .collect()
@@ -392,8 +395,8 @@ impl Supervisor {
                             }
                         }
                     }
-                    Command::Drain(pid) if self.leaves_the_front(pid) => {
-                        // Out of the front's slot list first, then drained.
+                    Command::Drain(pid) if self.front_forwards() => {
+                        // Out of the front's list first, then drained.
                         self.sync_front();
                         let events = self.events.clone();
                         tokio::spawn(async move {
@@ -425,9 +428,6 @@ impl Supervisor {
                     Command::Close(slot) => {
                         if let Some(socket) = self.spawner.sockets.get_mut(slot) {
                             *socket = None;
-                        }
-                        if let Some(front) = self.spawner.front_sockets.get_mut(slot) {
-                            *front = None;
                         }
                         tracing::info!(slot, "slot removed");
                     }
@@ -504,16 +504,10 @@ impl Supervisor {
         }
     }
 
-    /// Whether `pid` is the worker of a slot that scaling removed, while the front
-    /// forwards requests to the slots.
-    fn leaves_the_front(&self, pid: u32) -> bool {
-        self.fleet.front_pid().is_some()
-            && self.fleet.phase() == Phase::Serving
-            && self
-                .fleet
-                .slots()
-                .iter()
-                .any(|s| !s.is_active() && s.worker.as_ref().is_some_and(|w| w.pid == pid))
+    /// Whether the front forwards requests to the workers (while serving; a stop drains
+    /// the front before the workers).
+    fn front_forwards(&self) -> bool {
+        self.fleet.front_pid().is_some() && self.fleet.phase() == Phase::Serving
     }
 
     /// Sends the front the slot list when it changed (or it has none yet).
@@ -808,8 +802,8 @@ impl Supervisor {
         // workers stop accepting, new connections are refused (which a client or load
         // balancer may retry) instead of queued where nobody will accept them.
         // The front's UDP socket too: it drains first and, once it exited, QUIC clients
-        // get "port unreachable" at once. The slot sockets the front forwards to stay
-        // until the supervisor exits: the workers serve the front until it is gone.
+        // get "port unreachable" at once. The workers' front sockets stay until each
+        // worker exits: the workers serve the front until it is gone.
         self.spawner.sockets.iter_mut().for_each(|s| *s = None);
         self.spawner.udp = None;
         self.spawner.activated = None;
@@ -1009,7 +1003,7 @@ async fn supervise(
         control_path,
         sockets: sockets.into_iter().map(Some).collect(),
         activated,
-        front_sockets: Vec::new(),
+        front_sockets: HashMap::new(),
         front_dir: config.http3.enabled.then(|| run_dir.to_owned()),
         udp_port: udp
             .as_ref()
@@ -1020,9 +1014,6 @@ async fn supervise(
         secret_key: None,
     };
     spawner.configure(config)?;
-    for slot in 0..config.server.workers {
-        spawner.bind_front(slot)?;
-    }
     let scheme = if config.ssl.enabled { "https" } else { "http" };
     let mut url = format!("{scheme}://{bound}");
     if let Some(udp) = spawner.udp.as_ref().and_then(|u| u.local_addr().ok()) {
@@ -1114,6 +1105,7 @@ async fn supervise(
                 Event::Control(Incoming::Admin { request, reply }) => sup.admin(request, reply),
                 Event::Exited { pid, code } => {
                     sup.writers.remove(&pid);
+                    sup.spawner.front_sockets.remove(&pid);
                     let stopping = matches!(sup.fleet.phase(), Phase::Stopping { .. });
                     let (what, fatal) = if sup.fleet.is_front(pid) {
                         ("HTTP/3 front", "HTTP/3 front could not start")
