@@ -84,11 +84,11 @@ def test_worker_sockets_follow_scaling_reload_and_stop(server, certs):  # noqa: 
     with uds_client(front_socket(run, 1)) as c:
         assert c.get("/scope").json()["http_version"] == "3"
     before = {front_socket(run, 0), front_socket(run, 1)}
+    # The reload replaces both workers, then applies the file's workers = 1.
     s.proc.send_signal(signal.SIGHUP)
     s.wait_log("reload complete")
-    wait_for(lambda: len(list(run.glob("slot-*.sock"))) == 2, 20, "the old workers' sockets removed")
-    after = {front_socket(run, 0), front_socket(run, 1)}
-    assert not before & after, "each new worker has its own socket"
+    wait_for(lambda: len(list(run.glob("slot-*.sock"))) == 1, 20, "the old and removed workers' sockets gone")
+    assert front_socket(run, 0) not in before, "the new worker has its own socket"
     assert s.stop() == 0
     assert not list(run.glob("slot-*.sock")), "slot sockets are removed at exit"
 
