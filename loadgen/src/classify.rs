@@ -17,8 +17,8 @@
 //! written), the server's GOAWAY or the connection's end. h3 does not tell a client the
 //! GOAWAY's stream id; an h3 server rejects the streams above it with H3_REQUEST_REJECTED.
 
+use genro_shared::find_source;
 use h3::error::{Code, StreamError};
-use std::error::Error as StdError;
 
 /// Why an attempt may be re-sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,7 +106,7 @@ pub fn retry_cause(err: &hyper::Error) -> Option<RetryCause> {
     if err.is_canceled() {
         return Some(RetryCause::NotSent);
     }
-    h2_error(err).and_then(|h2| H2Facts::of(h2).retry_cause())
+    find_source::<h2::Error>(err).and_then(|h2| H2Facts::of(h2).retry_cause())
 }
 
 /// How far an HTTP/3 attempt had got when it failed.
@@ -162,34 +162,6 @@ impl H3Facts {
             _ => None,
         }
     }
-}
-
-/// The `h2::Error` in an error's source chain.
-fn h2_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a h2::Error> {
-    let mut next = Some(err);
-    while let Some(err) = next {
-        if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            return Some(h2);
-        }
-        next = err.source();
-    }
-    None
-}
-
-/// One line for an error and its causes (`a: b: c`); hyper's own message names only the
-/// kind ("http2 error") and keeps the detail in the source chain.
-pub fn describe(err: &(dyn StdError + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut next = err.source();
-    while let Some(cause) = next {
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        next = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
@@ -300,6 +272,8 @@ mod tests {
 
     #[test]
     fn h2_error_is_found_down_the_source_chain() {
+        use genro_shared::describe_error;
+        use std::error::Error as StdError;
         #[derive(Debug)]
         struct Wrapper(h2::Error);
         impl std::fmt::Display for Wrapper {
@@ -313,14 +287,14 @@ mod tests {
             }
         }
         let err = Wrapper(h2::Error::from(Reason::REFUSED_STREAM));
-        let found = h2_error(&err).expect("h2 error in the chain");
+        let found = find_source::<h2::Error>(&err).expect("h2 error in the chain");
         assert_eq!(found.reason(), Some(Reason::REFUSED_STREAM));
         // A protocol error we raised ourselves is not a promise from the peer.
         assert_eq!(H2Facts::of(found).retry_cause(), None);
         assert_eq!(
-            describe(&err),
+            describe_error(&err),
             "http2 error: protocol error: refused stream before processing any application logic"
         );
-        assert!(h2_error(&std::io::Error::other("x")).is_none());
+        assert!(find_source::<h2::Error>(&std::io::Error::other("x")).is_none());
     }
 }

@@ -15,11 +15,12 @@
 //!    failed connects without one), or refused [`MAX_ATTEMPTS`] times, are counted unsent.
 
 use crate::args::{Plan, Protocol};
-use crate::classify::{describe, retry_cause, RetryCause};
+use crate::classify::{retry_cause, RetryCause};
 use crate::quic;
 use crate::tally::Tally;
 use anyhow::Context;
 use bytes::Bytes;
+use genro_shared::describe_error;
 use http::header::{HeaderName, HeaderValue, CONNECTION, HOST};
 use http::{HeaderMap, Request, Response};
 use http_body_util::{BodyExt, Full};
@@ -363,7 +364,7 @@ async fn open(run: &Run, endpoint: &mut quic::Endpoint) -> Result<Conn, String> 
         Protocol::H1 => {
             let (sender, connection) = http1::handshake(connect_tcp(run).await?)
                 .await
-                .map_err(|err| format!("handshake: {}", describe(&err)))?;
+                .map_err(|err| format!("handshake: {}", describe_error(&err)))?;
             tokio::spawn(connection);
             Ok(Conn::H1(sender))
         }
@@ -371,7 +372,7 @@ async fn open(run: &Run, endpoint: &mut quic::Endpoint) -> Result<Conn, String> 
             let io = connect_tcp(run).await?;
             let (sender, connection) = http2::handshake(TokioExecutor::new(), io)
                 .await
-                .map_err(|err| format!("handshake: {}", describe(&err)))?;
+                .map_err(|err| format!("handshake: {}", describe_error(&err)))?;
             tokio::spawn(connection);
             Ok(Conn::H2(sender))
         }
@@ -473,8 +474,8 @@ async fn attempt(
             Ok(response) => response,
             Err(err) => {
                 return match retry_cause(&err) {
-                    Some(cause) => Attempt::Retry(cause, describe(&err)),
-                    None => Attempt::Failed(describe(&err)),
+                    Some(cause) => Attempt::Retry(cause, describe_error(&err)),
+                    None => Attempt::Failed(describe_error(&err)),
                 }
             }
         };
@@ -488,7 +489,7 @@ async fn attempt(
                     bytes += frame.data_ref().map_or(0, |data| data.len() as u64);
                 }
                 Err(err) => {
-                    return Attempt::Failed(format!("response body: {}", describe(&err)));
+                    return Attempt::Failed(format!("response body: {}", describe_error(&err)));
                 }
             }
         }

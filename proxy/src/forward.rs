@@ -40,7 +40,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use std::error::Error as StdError;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -275,21 +274,9 @@ fn verdict(canceled: bool, h2: Option<H2Facts>, idempotent: bool) -> Verdict {
 fn classify(err: &hyper::Error, method: &Method) -> Verdict {
     verdict(
         err.is_canceled(),
-        h2_error(err).map(H2Facts::of),
+        genro_shared::find_source::<h2::Error>(err).map(H2Facts::of),
         method.is_idempotent(),
     )
-}
-
-/// The `h2::Error` in an error's source chain (hyper keeps the HTTP/2 code there).
-fn h2_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a h2::Error> {
-    let mut next = Some(err);
-    while let Some(err) = next {
-        if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            return Some(h2);
-        }
-        next = err.source();
-    }
-    None
 }
 
 /// The upstream request head, reused by every attempt.

@@ -26,6 +26,21 @@ pub const FRONT_FD: i32 = 4;
 /// copy a client sent.
 pub const CLIENT_HEADER: &str = "x-genro-asgi-client";
 
+/// The first error of type `T` in an error's source chain (hyper, for one, keeps h2's
+/// error code there).
+pub fn find_source<'a, T: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut next = Some(err);
+    while let Some(err) = next {
+        if let Some(found) = err.downcast_ref::<T>() {
+            return Some(found);
+        }
+        next = err.source();
+    }
+    None
+}
+
 /// One line for an error and its causes (`a: b: c`); hyper's own message names only the
 /// kind ("http2 error") and keeps the detail in the source chain.
 pub fn describe_error(err: &(dyn std::error::Error + 'static)) -> String {
