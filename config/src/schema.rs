@@ -199,10 +199,10 @@ pub static SCHEMA: &[KeyDef] = &[
     k("logging", "file", Kind::Path, "", "Log file; empty = standard error."),
     k("logging", "access_log", Kind::Bool, "false", "Log one line per request (`client - \"METHOD target VERSION\" status bytes duration`), under the logger name `genro_asgi.access`."),
     // [metrics]
-    planned(OBSERVABILITY, k("metrics", "enabled", Kind::Bool, "false", "Expose Prometheus metrics.")),
-    planned(OBSERVABILITY, k("metrics", "endpoint", Kind::UrlPath, "/metrics", "URL path of the metrics endpoint.")),
-    planned(OBSERVABILITY, k("metrics", "export_port", Kind::Int { min: 1, max: 65535 }, "9090", "Port of the metrics listener.")),
-    planned(OBSERVABILITY, k("metrics", "host", Kind::Str, "127.0.0.1", "Interface address of the metrics listener.")),
+    k("metrics", "enabled", Kind::Bool, "false", "Expose Prometheus metrics."),
+    k("metrics", "endpoint", Kind::UrlPath, "/metrics", "URL path of the metrics endpoint."),
+    k("metrics", "export_port", Kind::Int { min: 1, max: 65535 }, "9090", "Port of the metrics listener."),
+    k("metrics", "host", Kind::Str, "127.0.0.1", "Interface address of the metrics listener (`/metrics`, `/healthz`, `/readyz`); use 0.0.0.0 for Kubernetes probes and scrapes from other hosts."),
     // [watchdog]
     planned(OBSERVABILITY, k("watchdog", "enabled", Kind::Bool, "true", "Watch for stuck requests and blocked event loops.")),
     planned(OBSERVABILITY, k("watchdog", "interval", Kind::Seconds { min: 0.1, max: HOUR }, "5", "How often the watchdog checks.")),

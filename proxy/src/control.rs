@@ -4,7 +4,7 @@
 
 use crate::upstream::Pool;
 use genro_config::Config;
-use genro_shared::protocol::{self, CodecError, Message, Role, WorkerReport};
+use genro_shared::protocol::{self, CodecError, Message, QueryKind, Role, WorkerReport};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,11 +14,63 @@ use tokio::sync::watch;
 /// Heartbeat period.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
-/// The counters reported in heartbeats.
-#[derive(Debug, Default)]
+/// The counters reported in heartbeats, and the front's metrics (`worker="h3"`): its
+/// QUIC connections and its own errors; the requests it forwards are counted by the
+/// workers, as `protocol="http3"`.
+#[derive(Debug)]
 pub(crate) struct Stats {
     in_flight: AtomicU64,
     served: AtomicU64,
+    registry: prometheus::Registry,
+    connections_total: prometheus::IntCounter,
+    connections_active: prometheus::IntGauge,
+    errors: prometheus::IntCounterVec,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        use prometheus::{IntCounterVec, IntGaugeVec, Opts};
+        let registry = genro_shared::metrics::registry("h3");
+        let total = IntCounterVec::new(
+            Opts::new("connections_total", "Connections accepted, by protocol."),
+            &["protocol"],
+        )
+        .expect("valid metric");
+        let active = IntGaugeVec::new(
+            Opts::new("connections_active", "Connections open, by protocol."),
+            &["protocol"],
+        )
+        .expect("valid metric");
+        let errors = IntCounterVec::new(
+            Opts::new("errors_total", "Errors, by kind: client, app, internal."),
+            &["kind"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(total.clone())).expect("once");
+        registry.register(Box::new(active.clone())).expect("once");
+        registry.register(Box::new(errors.clone())).expect("once");
+        for kind in ["client", "internal"] {
+            errors.with_label_values(&[kind]);
+        }
+        Stats {
+            in_flight: AtomicU64::new(0),
+            served: AtomicU64::new(0),
+            connections_total: total.with_label_values(&["http3"]),
+            connections_active: active.with_label_values(&["http3"]),
+            errors,
+            registry,
+        }
+    }
+}
+
+/// An open QUIC connection, counted in the metrics until dropped.
+#[derive(Debug)]
+pub(crate) struct Connection(Arc<Stats>);
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.0.connections_active.dec();
+    }
 }
 
 /// One request counted in [`Stats`] until dropped.
@@ -31,6 +83,20 @@ impl Stats {
         self.served.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         Counted(self.clone())
+    }
+
+    /// Counts a QUIC connection (HTTP/3 set up).
+    pub(crate) fn connection(self: &Arc<Self>) -> Connection {
+        self.connections_total.inc();
+        self.connections_active.inc();
+        Connection(self.clone())
+    }
+
+    /// Counts an error: `client` (bad request, failed handshake) or `internal` (no
+    /// worker, worker connection failed).
+    pub(crate) fn error(&self, client: bool) {
+        let kind = if client { "client" } else { "internal" };
+        self.errors.with_label_values(&[kind]).inc();
     }
 
     fn heartbeat(&self) -> Message {
@@ -103,6 +169,13 @@ pub(crate) async fn run(
                     drain.send_replace(true);
                     None
                 }
+                Ok(Some(Message::Query { id, what: QueryKind::Metrics })) => Some(Message::Answer {
+                    id,
+                    report: WorkerReport {
+                        metrics: Some(genro_shared::metrics::encode(&stats.registry)),
+                        ..WorkerReport::default()
+                    },
+                }),
                 Ok(Some(Message::Query { id, .. })) => Some(Message::Answer {
                     id,
                     report: WorkerReport {

@@ -103,6 +103,7 @@ pub(crate) async fn handle(
             }
         }
         Err(failure) => {
+            shared.stats.error(!failure.status().is_server_error());
             if failure.status().is_server_error() {
                 tracing::warn!(%peer, "{method} {target}: {}: {failure}", failure.status());
             } else {

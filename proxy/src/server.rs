@@ -115,6 +115,7 @@ async fn connection(
         Ok(quic) => quic,
         Err(err) => {
             tracing::debug!(%peer, "QUIC handshake failed: {err}");
+            shared.stats.error(true);
             return;
         }
     };
@@ -130,6 +131,7 @@ async fn connection(
         }
     };
     tracing::debug!(%peer, "HTTP/3 connection");
+    let _counted = shared.stats.connection();
     let mut requests = JoinSet::new();
     let mut draining = false;
     // Armed while draining with nothing in flight.

@@ -133,6 +133,7 @@ pub fn samples() -> Vec<Message> {
     let report = WorkerReport {
         slot: 1,
         pid: 2,
+        front: true,
         requests: vec![InFlightRequest {
             id: 1,
             method: "GET".into(),
@@ -143,6 +144,7 @@ pub fn samples() -> Vec<Message> {
         }],
         total: 3,
         stacks: Some("Thread 0x1\n  \"quoted\"".into()),
+        metrics: Some("# TYPE genro_asgi_up gauge\ngenro_asgi_up 1\n".into()),
         error: None,
     };
     vec![

@@ -7,6 +7,7 @@
 pub mod codec_check;
 pub mod exit;
 pub mod logfile;
+pub mod metrics;
 pub mod protocol;
 pub mod signals;
 pub mod tls;

@@ -168,6 +168,8 @@ pub enum QueryKind {
     Requests,
     /// The Python stacks of every thread.
     Stacks,
+    /// The process's metrics, in the Prometheus text format.
+    Metrics,
 }
 
 /// One worker's answer to a query, as relayed to `genro-asgi ctl`.
@@ -188,6 +190,12 @@ pub struct WorkerReport {
     /// Python stack traces of every thread.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stacks: Option<String>,
+    /// The report is the HTTP/3 front's (filled in by the supervisor).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub front: bool,
+    /// Metrics in the Prometheus text format (answer to a metrics query).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
     /// Why this worker has no report (did not answer in time, not connected).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

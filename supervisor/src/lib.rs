@@ -6,6 +6,7 @@ pub mod check;
 pub mod cli;
 pub mod control;
 pub mod ctl;
+pub mod endpoints;
 pub mod fleet;
 pub mod logs;
 pub mod notify;

@@ -11,6 +11,7 @@
 //! worker. Each lifecycle transition is also told to systemd (see [`crate::notify`]).
 
 use crate::control::{self, Incoming};
+use crate::endpoints::{Observed, Probe};
 use crate::fleet::{
     Beat, Command, Fleet, Hang, Phase, Refused, Settings, Unit, Worker, WorkerState,
 };
@@ -316,16 +317,41 @@ enum Event {
         code: Option<i32>,
     },
     QueryTimeout(u64),
+    /// A request on the metrics listener.
+    Probe(Probe),
     /// A removed slot's worker may drain now: the front has let go of the slot.
     Drain(u32),
 }
 
+/// Where the answers to a query go.
+enum Reply {
+    /// `ctl requests` / `ctl stacks`.
+    Admin(oneshot::Sender<Message>),
+    /// A metrics scrape.
+    Scrape(oneshot::Sender<Vec<WorkerReport>>),
+}
+
+impl Reply {
+    fn send(self, reports: Vec<WorkerReport>) {
+        match self {
+            Reply::Admin(reply) => {
+                let _ = reply.send(Message::WorkersReport {
+                    workers: fit_reports(reports),
+                });
+            }
+            Reply::Scrape(reply) => {
+                let _ = reply.send(reports);
+            }
+        }
+    }
+}
+
 /// A query sent to workers, waiting for their answers.
 enum Pending {
-    /// `ctl requests` / `ctl stacks`: answered when every asked worker answered, or at
-    /// the timeout with what came.
+    /// `ctl requests` / `ctl stacks` / a scrape: answered when every asked worker
+    /// answered, or at the timeout with what came.
     Admin {
-        reply: oneshot::Sender<Message>,
+        reply: Reply,
         reports: Vec<WorkerReport>,
         /// Asked workers that have not answered: pid -> index in `reports`.
         waiting: HashMap<u32, usize>,
@@ -353,6 +379,14 @@ struct Supervisor {
     next_query: u64,
     /// The slot list the connected front has (`None`: not sent since its hello).
     front_slots: Option<Vec<SlotSocket>>,
+    /// The supervisor's own metrics.
+    observed: Observed,
+    /// Processes killed because they hung (their restart's reason).
+    hung_pids: std::collections::HashSet<u32>,
+    /// How the last process exited, for the reason of the restart that follows.
+    last_exit: Option<&'static str>,
+    /// A reload (not a `max_requests` recycle) is replacing the workers.
+    reloading: bool,
 }
 
 impl Supervisor {
@@ -369,6 +403,10 @@ impl Supervisor {
                         }
                     }
                     Command::Spawn { slot, generation } => {
+                        if self.fleet.slots().get(slot).is_some_and(|s| s.worker.is_some()) {
+                            // A replacement beside the serving worker.
+                            self.observed.restart(if self.reloading { "reload" } else { "max_requests" });
+                        }
                         match self.spawner.spawn(slot, generation) {
                             Ok(child) => {
                                 let pid = self.watch(child);
@@ -415,6 +453,8 @@ impl Supervisor {
                         delay,
                         failures,
                     } => {
+                        self.observed
+                            .restart(self.last_exit.take().unwrap_or("spawn_failed"));
                         let delay = delay.as_secs_f64();
                         if failures >= crate::fleet::CRASH_LOOP {
                             tracing::error!(failures, "{unit} is crash-looping: {failures} failures in a row; next start in {delay:.1}s");
@@ -444,6 +484,9 @@ impl Supervisor {
                         ));
                     }
                     Command::Reloaded => {
+                        if std::mem::take(&mut self.reloading) {
+                            self.observed.reload(true);
+                        }
                         tracing::info!("reload complete: every slot runs a new worker");
                         self.notifier.send(&format!(
                             "READY=1\nSTATUS=serving {} with {} worker(s)",
@@ -462,6 +505,9 @@ impl Supervisor {
                             Some(code) => format!("exited with code {code}"),
                             None => "could not start".into(),
                         };
+                        if std::mem::take(&mut self.reloading) {
+                            self.observed.reload(false);
+                        }
                         let message = format!("reload aborted: the new worker for slot {slot} {why} before it was ready; the running workers keep serving");
                         tracing::error!("{message}");
                         self.pending_scale = None;
@@ -540,6 +586,7 @@ impl Supervisor {
     /// A worker hangs: ask for its stacks (answered from its Rust side unless the whole
     /// process is stuck), log them, kill it.
     fn hung(&mut self, pid: u32, why: Hang) {
+        self.hung_pids.insert(pid);
         let timeout = self.fleet.settings().worker_timeout.as_secs_f64();
         if self.fleet.is_front(pid) {
             tracing::error!(
@@ -590,31 +637,77 @@ impl Supervisor {
         });
     }
 
-    /// `ctl requests` / `ctl stacks`: ask every worker, answer when all did.
-    fn query_workers(&mut self, what: QueryKind, reply: oneshot::Sender<Message>) {
+    /// `ctl requests` / `ctl stacks`: ask every worker process; a scrape: ask each slot's
+    /// serving worker and the front. Answers when all did.
+    fn query_workers(&mut self, what: QueryKind, reply: Reply) {
         let id = self.next_query_id();
         let mut reports = Vec::new();
         let mut waiting = HashMap::new();
+        let scrape = matches!(reply, Reply::Scrape(_));
+        let mut asks: Vec<(u32, u32, bool)> = Vec::new();
         for (slot, s) in self.fleet.slots().iter().enumerate() {
-            for w in s.worker.iter().chain(s.incoming.iter()).chain(&s.retiring) {
-                let asked = self.ask(w.pid, id, what);
-                if asked {
-                    waiting.insert(w.pid, reports.len());
-                }
-                reports.push(WorkerReport {
-                    slot: slot as u32,
-                    pid: w.pid,
-                    error: Some(if asked {
-                        format!("no answer within {}s", QUERY_TIMEOUT.as_secs())
-                    } else {
-                        "not connected to the control socket".into()
-                    }),
-                    ..WorkerReport::default()
-                });
+            let serving = s.worker.iter().filter(|w| w.state == WorkerState::Ready);
+            let all = s.worker.iter().chain(s.incoming.iter()).chain(&s.retiring);
+            let processes: Vec<&Worker> = if scrape {
+                serving.collect()
+            } else {
+                all.collect()
+            };
+            asks.extend(processes.iter().map(|w| (slot as u32, w.pid, false)));
+        }
+        if scrape {
+            if let Some(pid) = self.fleet.front_pid() {
+                asks.push((0, pid, true));
             }
+        }
+        for (slot, pid, front) in asks {
+            let asked = self.ask(pid, id, what);
+            if asked {
+                waiting.insert(pid, reports.len());
+            }
+            reports.push(WorkerReport {
+                slot,
+                pid,
+                front,
+                error: Some(if asked {
+                    format!("no answer within {}s", QUERY_TIMEOUT.as_secs())
+                } else {
+                    "not connected to the control socket".into()
+                }),
+                ..WorkerReport::default()
+            });
         }
         if self.settle(id, reply, reports, waiting) {
             self.expire(id, QUERY_TIMEOUT);
+        }
+    }
+
+    /// A request on the metrics listener.
+    fn probe(&mut self, probe: Probe) {
+        match probe {
+            Probe::Alive(reply) => {
+                let _ = reply.send(());
+            }
+            Probe::Ready(reply) => {
+                let ready = self
+                    .fleet
+                    .slots()
+                    .iter()
+                    .filter(|s| s.worker.as_ref().is_some_and(|w| w.state == WorkerState::Ready))
+                    .count();
+                let size = self.fleet.size();
+                let answer = match self.fleet.phase() {
+                    Phase::Starting => Err(format!("starting: {ready} of {size} worker(s) ready")),
+                    Phase::Stopping { .. } | Phase::Done => Err("draining: shutting down".into()),
+                    Phase::Serving if ready == 0 => Err(format!("no worker ready (of {size})")),
+                    Phase::Serving => Ok(format!("ready: {ready} of {size} worker(s) serving")),
+                };
+                let _ = reply.send(answer);
+            }
+            Probe::Metrics(reply) => {
+                self.observed.set_workers(self.fleet.size());
+                self.query_workers(QueryKind::Metrics, Reply::Scrape(reply));
+            }
         }
     }
 
@@ -622,14 +715,12 @@ impl Supervisor {
     fn settle(
         &mut self,
         id: u64,
-        reply: oneshot::Sender<Message>,
+        reply: Reply,
         reports: Vec<WorkerReport>,
         waiting: HashMap<u32, usize>,
     ) -> bool {
         if waiting.is_empty() {
-            let _ = reply.send(Message::WorkersReport {
-                workers: fit_reports(reports),
-            });
+            reply.send(reports);
             return false;
         }
         let pending = Pending::Admin {
@@ -662,6 +753,7 @@ impl Supervisor {
             }) => {
                 if let Some(at) = waiting.remove(&pid) {
                     report.slot = reports[at].slot;
+                    report.front = reports[at].front;
                     report.pid = pid;
                     reports[at] = report;
                 }
@@ -681,11 +773,7 @@ impl Supervisor {
                 tracing::error!(pid, "the hung worker did not answer for its stacks");
                 signal_pid(pid, libc::SIGKILL);
             }
-            Some(Pending::Admin { reply, reports, .. }) => {
-                let _ = reply.send(Message::WorkersReport {
-                    workers: fit_reports(reports),
-                });
-            }
+            Some(Pending::Admin { reply, reports, .. }) => reply.send(reports),
             None => {}
         }
     }
@@ -698,8 +786,10 @@ impl Supervisor {
 
     /// Re-reads the configuration and starts replacing the workers.
     fn reload(&mut self, reply: Option<oneshot::Sender<Message>>) -> Vec<Command> {
+        let observed = self.observed.clone();
         let refuse = |reply: Option<oneshot::Sender<Message>>, message: String| {
             tracing::error!("{message}");
+            observed.reload(false);
             if let Some(reply) = reply {
                 let _ = reply.send(Message::Error { message });
             }
@@ -763,6 +853,7 @@ impl Supervisor {
         );
         self.notifier.reloading();
         self.reload_reply = reply;
+        self.reloading = true;
         commands
     }
 
@@ -880,11 +971,11 @@ impl Supervisor {
     fn admin(&mut self, request: Message, reply: oneshot::Sender<Message>) -> Vec<Command> {
         match request {
             Message::Requests => {
-                self.query_workers(QueryKind::Requests, reply);
+                self.query_workers(QueryKind::Requests, Reply::Admin(reply));
                 Vec::new()
             }
             Message::Stacks => {
-                self.query_workers(QueryKind::Stacks, reply);
+                self.query_workers(QueryKind::Stacks, Reply::Admin(reply));
                 Vec::new()
             }
             Message::Status => {
@@ -979,6 +1070,19 @@ async fn supervise(
     } else {
         None
     };
+    let metrics_listener = if config.metrics.enabled {
+        let addr = crate::sockets::resolve(&config.metrics.host, config.metrics.export_port)?;
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("[metrics] host/export_port: cannot listen on {addr} for the metrics endpoint")
+        })?;
+        tracing::info!(
+            "metrics on http://{addr}{} (and /healthz, /readyz)",
+            config.metrics.endpoint
+        );
+        Some(listener)
+    } else {
+        None
+    };
     let control_path = run_dir.join("control.sock");
     let listener = control::bind(&control_path)
         .with_context(|| format!("control socket {}", control_path.display()))?;
@@ -1044,7 +1148,28 @@ async fn supervise(
         queries: HashMap::new(),
         next_query: 0,
         front_slots: None,
+        observed: Observed::new(),
+        hung_pids: Default::default(),
+        last_exit: None,
+        reloading: false,
     };
+    if let Some(listener) = metrics_listener {
+        let (probes_tx, mut probes_rx) = mpsc::channel::<Probe>(64);
+        tokio::spawn(crate::endpoints::serve(
+            listener,
+            config.metrics.endpoint.clone(),
+            sup.observed.clone(),
+            probes_tx,
+        ));
+        let events_tx = sup.events.clone();
+        tokio::spawn(async move {
+            while let Some(probe) = probes_rx.recv().await {
+                if events_tx.send(Event::Probe(probe)).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
@@ -1105,6 +1230,13 @@ async fn supervise(
                 Event::Control(Incoming::Admin { request, reply }) => sup.admin(request, reply),
                 Event::Exited { pid, code } => {
                     sup.writers.remove(&pid);
+                    sup.last_exit = Some(if sup.hung_pids.remove(&pid) {
+                        "hung"
+                    } else if code.is_none() {
+                        "signal"
+                    } else {
+                        "exit"
+                    });
                     sup.spawner.front_sockets.remove(&pid);
                     let stopping = matches!(sup.fleet.phase(), Phase::Stopping { .. });
                     let (what, fatal) = if sup.fleet.is_front(pid) {
@@ -1127,6 +1259,10 @@ async fn supervise(
                 }
                 Event::Drain(pid) => {
                     sup.drain(pid);
+                    Vec::new()
+                }
+                Event::Probe(probe) => {
+                    sup.probe(probe);
                     Vec::new()
                 }
             },

@@ -11,6 +11,7 @@
 //!    that a tokio task resolves through step 1's queue.
 
 use crate::body::{Chunk, ResponseBody};
+use crate::metrics::ErrorKind;
 use crate::response::{Action, Head, Outbound, State};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
@@ -138,6 +139,17 @@ pub struct Shared {
     pub registry: crate::registry::Registry,
     /// The Python loop's lag and liveness.
     pub health: crate::health::LoopHealth,
+    /// `[metrics] enabled`.
+    pub metrics: Option<crate::metrics::Metrics>,
+}
+
+impl Shared {
+    /// Counts an error in the metrics (when they are on).
+    pub fn error(&self, kind: crate::metrics::ErrorKind) {
+        if let Some(metrics) = &self.metrics {
+            metrics.error(kind);
+        }
+    }
 }
 
 /// The request half of an exchange, shared with the tokio task that reads the body.
@@ -148,6 +160,8 @@ pub struct Exchange {
     /// Every `http.request` message has been handed out.
     finished: std::sync::atomic::AtomicBool,
     disconnected: watch::Sender<bool>,
+    /// Body bytes read so far (for the metrics).
+    read: AtomicU64,
 }
 
 /// The outcome of one body read.
@@ -178,7 +192,13 @@ impl Exchange {
                 limit,
             }),
             disconnected: watch::Sender::new(false),
+            read: AtomicU64::new(0),
         }
+    }
+
+    /// Request body bytes read so far.
+    pub fn body_bytes(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
     }
 
     /// The client is gone, or the response is fully handed to the transport.
@@ -206,6 +226,7 @@ impl Exchange {
                         continue;
                     };
                     reader.read += data.len() as u64;
+                    self.read.store(reader.read, Ordering::Relaxed);
                     if reader.limit != 0 && reader.read > reader.limit {
                         break Read::TooLarge;
                     }
@@ -379,9 +400,9 @@ fn wake(py: Python<'_>, waiter: Py<PyAny>, value: Wake) -> PyResult<()> {
         Wake::Body(data, more) => request_message(py, &data, more)?.into_any().unbind(),
         Wake::Disconnect => disconnect_message(py)?.into_any().unbind(),
         Wake::TooLarge(handle) => {
-            handle
-                .get()
-                .respond_error(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large\n");
+            let handle = handle.get();
+            handle.shared.error(ErrorKind::Client);
+            handle.respond_error(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large\n");
             disconnect_message(py)?.into_any().unbind()
         }
     };
@@ -837,6 +858,7 @@ impl Handle {
         }
         if inner.gone || self.exchange.is_disconnected() {
             tracing::debug!(method = %self.method, path = %self.path, "client disconnected before the response completed");
+            self.shared.error(ErrorKind::Client);
             return;
         }
         drop(inner);
@@ -852,6 +874,7 @@ impl Handle {
             return;
         }
         inner.failed = true;
+        self.shared.error(ErrorKind::Internal);
         tracing::warn!(method = %self.method, path = %self.path, "request cancelled: still running when graceful_timeout ran out");
         self.fail_locked(
             &mut inner,
@@ -874,9 +897,11 @@ impl Handle {
         {
             // The app let our disconnect error propagate: that is a normal ending.
             tracing::debug!(method = %self.method, path = %self.path, "client disconnected");
+            self.shared.error(ErrorKind::Client);
             return;
         }
         inner.failed = true;
+        self.shared.error(ErrorKind::App);
         let id = error_id();
         tracing::error!(
             error_id = %id,
@@ -903,6 +928,7 @@ impl Handle {
         let mut inner = lock(&self.inner);
         if !inner.failed {
             inner.failed = true;
+            self.shared.error(ErrorKind::App);
             let id = error_id();
             tracing::error!(error_id = %id, method = %self.method, path = %self.path, "ASGI protocol error: {why} (error id {id})");
             let body = format!("Internal Server Error (error id: {id})\n");

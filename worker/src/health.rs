@@ -79,6 +79,10 @@ impl std::fmt::Debug for Ticker {
 impl Ticker {
     fn __call__(&self, lag: f64) {
         self.0.health.tick(lag);
+        if let Some(metrics) = &self.0.metrics {
+            let lag = if lag.is_finite() { lag.clamp(0.0, 1e6) } else { 0.0 };
+            metrics.loop_lag(std::time::Duration::from_secs_f64(lag));
+        }
     }
 }
 

@@ -13,6 +13,7 @@
 pub mod body;
 pub mod bridge;
 pub mod health;
+pub mod metrics;
 pub mod python;
 pub mod registry;
 pub mod response;
@@ -137,6 +138,10 @@ fn run_inner(args: WorkerArgs) -> anyhow::Result<i32> {
         draining: std::sync::atomic::AtomicBool::new(false),
         registry: registry::Registry::default(),
         health: health::LoopHealth::default(),
+        metrics: config
+            .metrics
+            .enabled
+            .then(|| metrics::Metrics::new(&args.slot.to_string())),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -368,6 +373,12 @@ fn answer(
             }
             Some(Err(err)) => report.error = Some(format!("stack dump failed: {err}")),
             None => report.error = Some("stack dumps are not available in this worker".into()),
+        },
+        protocol::QueryKind::Metrics => match &shared.metrics {
+            Some(metrics) => {
+                report.metrics = Some(metrics.encode(shared.in_flight.load(std::sync::atomic::Ordering::Relaxed)))
+            }
+            None => report.error = Some("metrics are off in this worker".into()),
         },
     }
     report

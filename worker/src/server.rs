@@ -4,6 +4,7 @@
 
 use crate::body::ResponseBody;
 use crate::bridge::{ConnInfo, Event, Exchange, RequestStart, Shared};
+use crate::metrics::{ErrorKind, Protocol};
 use bytes::Bytes;
 use genro_config::Config;
 use genro_shared::{tls, CLIENT_HEADER};
@@ -67,6 +68,8 @@ struct ConnState {
     /// When the last response finished, in milliseconds since `epoch`.
     last_active_ms: AtomicU64,
     epoch: Instant,
+    /// The protocol of the first request, once counted in the metrics.
+    protocol: std::sync::OnceLock<Protocol>,
 }
 
 impl ConnState {
@@ -76,6 +79,7 @@ impl ConnState {
             requests: AtomicU64::new(0),
             last_active_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            protocol: std::sync::OnceLock::new(),
         }
     }
 
@@ -115,29 +119,45 @@ impl ConnState {
     }
 }
 
-/// One access-log line, written when the response body is done.
-#[derive(Debug)]
-struct Access {
+/// What is recorded when a response is done (written whole, or abandoned): its metrics
+/// and its access-log line.
+struct Done {
+    shared: Arc<Shared>,
     client: std::net::SocketAddr,
     method: http::Method,
-    target: String,
+    /// The request target, for the access log (`None`: no access log).
+    target: Option<String>,
     version: http::Version,
+    protocol: Protocol,
     started: Instant,
 }
 
-impl Access {
-    fn log(&self, status: StatusCode, bytes: u64) {
-        tracing::info!(
-            target: "genro_asgi::access",
-            "{} - \"{} {} {:?}\" {} {} {:.3}ms",
-            self.client,
-            self.method,
-            self.target,
-            self.version,
-            status.as_u16(),
-            bytes,
-            self.started.elapsed().as_secs_f64() * 1000.0
-        );
+impl Done {
+    fn record(&self, status: StatusCode, bytes: u64, request_bytes: u64) {
+        let elapsed = self.started.elapsed();
+        if let Some(metrics) = &self.shared.metrics {
+            metrics.request_done(
+                self.protocol,
+                &self.method,
+                status,
+                elapsed,
+                request_bytes,
+                bytes,
+            );
+        }
+        if let Some(target) = &self.target {
+            tracing::info!(
+                target: "genro_asgi::access",
+                "{} - \"{} {} {:?}\" {} {} {:.3}ms",
+                self.client,
+                self.method,
+                target,
+                self.version,
+                status.as_u16(),
+                bytes,
+                elapsed.as_secs_f64() * 1000.0
+            );
+        }
     }
 }
 
@@ -167,13 +187,13 @@ struct ConnCtx {
     access_log: bool,
 }
 
-/// Attaches the access-log line (if enabled) to a response that is complete on its own.
-fn finish(response: Response<ResponseBody>, access: Option<Access>) -> Response<ResponseBody> {
-    let Some(access) = access else {
+/// Attaches the metrics and access-log line (if on) to a response the server wrote itself.
+fn finish(response: Response<ResponseBody>, done: Option<Done>) -> Response<ResponseBody> {
+    let Some(done) = done else {
         return response;
     };
     let status = response.status();
-    response.map(|body| body.on_drop(Box::new(move |bytes| access.log(status, bytes))))
+    response.map(|body| body.on_drop(Box::new(move |bytes| done.record(status, bytes, 0))))
 }
 
 async fn handle(
@@ -182,7 +202,13 @@ async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let mut request = request;
     let limits = &ctx.limits;
-    ctx.state.requests.fetch_add(1, Ordering::Relaxed);
+    let protocol = Protocol::of(request.version(), ctx.info.front);
+    if ctx.state.requests.fetch_add(1, Ordering::Relaxed) == 0 && !ctx.info.front {
+        if let Some(metrics) = &ctx.shared.metrics {
+            let _ = ctx.state.protocol.set(protocol);
+            metrics.connection_opened(protocol);
+        }
+    }
     // Only the front may say who the client is, and only on its private socket.
     let forwarded = request.headers_mut().remove(CLIENT_HEADER);
     let info = match forwarded {
@@ -195,15 +221,19 @@ async fn handle(
         }
         _ => ctx.info.clone(),
     };
-    let access = ctx.access_log.then(|| Access {
+    let done = (ctx.access_log || ctx.shared.metrics.is_some()).then(|| Done {
+        shared: ctx.shared.clone(),
         client: info.client,
         method: request.method().clone(),
-        target: request
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned(),
+        target: ctx.access_log.then(|| {
+            request
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned()
+        }),
         version: request.version(),
+        protocol,
         started: Instant::now(),
     });
     let admission = crate::bridge::Admission::new(ctx.shared.clone(), &request, info.client);
@@ -211,6 +241,7 @@ async fn handle(
         && ctx.shared.in_flight.load(Ordering::Relaxed) > limits.max_concurrency
     {
         drop(admission);
+        ctx.shared.error(ErrorKind::Internal);
         let mut response = plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "Server busy, retry later\n",
@@ -219,7 +250,7 @@ async fn handle(
         response
             .headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-        return Ok(finish(response, access));
+        return Ok(finish(response, done));
     }
     if limits.max_body_size != 0 {
         let declared = request
@@ -229,13 +260,14 @@ async fn handle(
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > limits.max_body_size) {
             drop(admission);
+            ctx.shared.error(ErrorKind::Client);
             // Close: we do not read the body we refuse.
             let response = plain(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "Request body too large\n",
                 true,
             );
-            return Ok(finish(response, access));
+            return Ok(finish(response, done));
         }
     }
     ctx.state.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -260,11 +292,14 @@ async fn handle(
     let mut response = match response.await {
         Ok(response) => response,
         // The exchange was dropped without an answer (worker stopping).
-        Err(_) => plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Server shutting down\n",
-            true,
-        ),
+        Err(_) => {
+            ctx.shared.error(ErrorKind::Internal);
+            plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Server shutting down\n",
+                true,
+            )
+        }
     };
     if let Some(alt_svc) = limits.alt_svc.as_ref().filter(|_| !ctx.info.front) {
         response
@@ -281,10 +316,10 @@ async fn handle(
     let status = response.status();
     Ok(response.map(|body| {
         body.on_drop(Box::new(move |bytes| {
-            drop(guard);
-            if let Some(access) = access {
-                access.log(status, bytes);
+            if let Some(done) = done {
+                done.record(status, bytes, guard.exchange.body_bytes());
             }
+            drop(guard);
         }))
     }))
 }
@@ -319,6 +354,11 @@ impl Driver {
         } = self;
         let client = ctx.info.client;
         let state = ctx.state.clone();
+        let _counted = (!ctx.info.front && ctx.shared.metrics.is_some()).then(|| Counted {
+            shared: ctx.shared.clone(),
+            state: state.clone(),
+        });
+        let shared = ctx.shared.clone();
         let service = service_fn(move |request| handle(request, ctx.clone()));
         let connection = builder.serve_connection(io, service);
         tokio::pin!(connection);
@@ -331,6 +371,12 @@ impl Driver {
                 result = connection.as_mut() => {
                     if let Err(err) = result {
                         tracing::debug!(%client, "connection ended: {err}");
+                        if err
+                            .downcast_ref::<hyper::Error>()
+                            .is_some_and(|e| e.is_parse() || e.is_parse_too_large() || e.is_timeout())
+                        {
+                            shared.error(ErrorKind::Client);
+                        }
                     }
                     return;
                 }
@@ -347,6 +393,7 @@ impl Driver {
                     if state.next_check(keep_alive, header_read_timeout).is_some_and(|at| at <= Instant::now()) {
                         if state.requests.load(Ordering::Relaxed) == 0 {
                             tracing::debug!(%client, "no request within header_read_timeout; closing");
+                            shared.error(ErrorKind::Client);
                             return;
                         }
                         tracing::trace!(%client, "keep-alive timeout: closing idle connection");
@@ -355,6 +402,24 @@ impl Driver {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Counts a connection in the metrics when it closes.
+struct Counted {
+    shared: Arc<Shared>,
+    state: Arc<ConnState>,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let Some(metrics) = &self.shared.metrics else {
+            return;
+        };
+        match self.state.protocol.get() {
+            Some(protocol) => metrics.connection_closed(*protocol),
+            None => metrics.connection_unknown(),
         }
     }
 }
@@ -435,6 +500,7 @@ pub async fn serve(
         let stop = conn_stop.clone();
         let live = live.clone();
         let tls = tls.clone();
+        let shared = shared.clone();
         let driver = Driver {
             builder,
             ctx,
@@ -449,8 +515,14 @@ pub async fn serve(
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => driver.drive(TokioIo::new(stream)).await,
-                        Ok(Err(err)) => tracing::debug!(%client, "TLS handshake failed: {err}"),
-                        Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
+                        Ok(Err(err)) => {
+                            tracing::debug!(%client, "TLS handshake failed: {err}");
+                            shared.error(ErrorKind::Client);
+                        }
+                        Err(_) => {
+                            tracing::debug!(%client, "TLS handshake timed out");
+                            shared.error(ErrorKind::Client);
+                        }
                     }
                 }
             }
@@ -497,6 +569,7 @@ pub async fn serve(
                 Err(err) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!("accept failed: {err}");
+                    shared.error(ErrorKind::Internal);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },

@@ -1,0 +1,255 @@
+//! The supervisor's HTTP listener (`[metrics] host`:`export_port`): Prometheus metrics at
+//! `[metrics] endpoint`, `/healthz` and `/readyz`.
+//!
+//! Every request is answered by the supervisor's main loop (through [`Probe`]s), so a
+//! liveness probe also proves that the loop turns. A metrics scrape asks every serving
+//! worker and the HTTP/3 front for their series over the control plane, at scrape time;
+//! one that does not answer within the query timeout is shown as `genro_asgi_worker_up 0`
+//! and the scrape still succeeds with everything else.
+
+use bytes::Bytes;
+use genro_shared::metrics::{self, CONTENT_TYPE};
+use genro_shared::protocol::WorkerReport;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// A question for the supervisor's main loop.
+#[derive(Debug)]
+pub enum Probe {
+    /// `/healthz`: answered at once by a live loop.
+    Alive(oneshot::Sender<()>),
+    /// `/readyz`: `Ok` when at least one worker is ready and the fleet does not drain, else
+    /// why not.
+    Ready(oneshot::Sender<Result<String, String>>),
+    /// The metrics of every serving worker and the front (answered when all did, or at
+    /// the query timeout with an error for the silent ones).
+    Metrics(oneshot::Sender<Vec<WorkerReport>>),
+}
+
+/// The supervisor's own series: restarts, reloads, build info.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    registry: Registry,
+    restarts: IntCounterVec,
+    reloads: IntCounterVec,
+    workers: IntGauge,
+}
+
+impl Default for Observed {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Observed {
+    /// Registers the series.
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some(metrics::PREFIX.to_owned()), None)
+            .expect("valid prefix");
+        let restarts = IntCounterVec::new(
+            Opts::new(
+                "worker_restarts_total",
+                "Worker (and HTTP/3 front) processes replaced, by reason: exit, signal, hung, spawn_failed, max_requests, reload.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let reloads = IntCounterVec::new(
+            Opts::new("reloads_total", "Reloads, by result: ok or failed."),
+            &["result"],
+        )
+        .expect("valid metric");
+        let workers = IntGauge::new("workers", "Worker slots configured.").expect("valid");
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "build_info",
+                "Always 1; the labels tell the genro-asgi and embedded Python versions.",
+            ),
+            &["version", "python_version"],
+        )
+        .expect("valid metric");
+        build
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                genro_worker::python::EMBEDDED_VERSION,
+            ])
+            .set(1);
+        for metric in [
+            Box::new(restarts.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(reloads.clone()),
+            Box::new(workers.clone()),
+            Box::new(build),
+        ] {
+            registry.register(metric).expect("registered once");
+        }
+        // The labels an operator alerts on exist from the start, at 0.
+        for reason in ["exit", "signal", "hung"] {
+            restarts.with_label_values(&[reason]);
+        }
+        for result in ["ok", "failed"] {
+            reloads.with_label_values(&[result]);
+        }
+        Observed {
+            registry,
+            restarts,
+            reloads,
+            workers,
+        }
+    }
+
+    /// A worker (or the front) was replaced for `reason`.
+    pub fn restart(&self, reason: &str) {
+        self.restarts.with_label_values(&[reason]).inc();
+    }
+
+    /// A reload ended.
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.reloads.with_label_values(&[result]).inc();
+    }
+
+    /// The configured number of worker slots.
+    pub fn set_workers(&self, workers: usize) {
+        self.workers.set(workers as i64);
+    }
+
+    /// The whole exposition: the supervisor's series, `worker_up` for every asked process,
+    /// and the series of those that answered.
+    pub fn render(&self, reports: &[WorkerReport]) -> String {
+        let up = Registry::new_custom(Some(metrics::PREFIX.to_owned()), None).expect("prefix");
+        let gauge = IntGaugeVec::new(
+            Opts::new(
+                "worker_up",
+                "1 if the worker (or the HTTP/3 front, worker=\"h3\") answered this scrape in time, else 0.",
+            ),
+            &["worker"],
+        )
+        .expect("valid metric");
+        up.register(Box::new(gauge.clone())).expect("once");
+        let mut texts = vec![metrics::encode(&self.registry)];
+        let mut notes = String::new();
+        for report in reports {
+            let label = if report.front {
+                "h3".to_owned()
+            } else {
+                report.slot.to_string()
+            };
+            let answered = report.metrics.is_some();
+            gauge.with_label_values(&[&label]).set(i64::from(answered));
+            match &report.metrics {
+                Some(text) => texts.push(text.clone()),
+                None => notes.push_str(&format!(
+                    "# worker {label} (pid {}): {}\n",
+                    report.pid,
+                    report.error.as_deref().unwrap_or("no metrics")
+                )),
+            }
+        }
+        texts.insert(1, metrics::encode(&up));
+        let mut out = metrics::merge(texts.iter().map(String::as_str));
+        out.push_str(&notes);
+        out
+    }
+}
+
+/// Longest a request waits for the main loop before it is answered 503.
+const LOOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves the listener until the process exits.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    endpoint: String,
+    observed: Observed,
+    probes: mpsc::Sender<Probe>,
+) {
+    let ctx = Arc::new((endpoint, observed, probes));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                tracing::warn!("metrics listener: accept failed: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(request, &ctx).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .max_buf_size(16 * 1024)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("valid response")
+}
+
+async fn ask<T>(probes: &mpsc::Sender<Probe>, probe: impl FnOnce(oneshot::Sender<T>) -> Probe) -> Option<T> {
+    let (tx, rx) = oneshot::channel();
+    probes.send(probe(tx)).await.ok()?;
+    tokio::time::timeout(LOOP_TIMEOUT, rx).await.ok()?.ok()
+}
+
+async fn answer(
+    request: Request<Incoming>,
+    ctx: &(String, Observed, mpsc::Sender<Probe>),
+) -> Response<Full<Bytes>> {
+    let (endpoint, observed, probes) = ctx;
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let mut response = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            PLAIN,
+            "only GET and HEAD\n".into(),
+        );
+        response
+            .headers_mut()
+            .insert(http::header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    let unavailable = || {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            PLAIN,
+            "the supervisor did not answer in time\n".into(),
+        )
+    };
+    match request.uri().path() {
+        path if path == endpoint => match ask(probes, Probe::Metrics).await {
+            Some(reports) => text(StatusCode::OK, CONTENT_TYPE, observed.render(&reports)),
+            None => unavailable(),
+        },
+        "/healthz" => match ask(probes, Probe::Alive).await {
+            Some(()) => text(StatusCode::OK, PLAIN, "ok\n".into()),
+            None => unavailable(),
+        },
+        "/readyz" => match ask(probes, Probe::Ready).await {
+            Some(Ok(why)) => text(StatusCode::OK, PLAIN, format!("{why}\n")),
+            Some(Err(why)) => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, format!("{why}\n")),
+            None => unavailable(),
+        },
+        _ => text(
+            StatusCode::NOT_FOUND,
+            PLAIN,
+            format!("not found; try {endpoint}, /healthz or /readyz\n"),
+        ),
+    }
+}

@@ -1,0 +1,334 @@
+//! The worker's metrics: counters, gauges and histograms on atomics, the label children
+//! resolved once (at start-up, or lazily the first time a combination is seen) so that a
+//! request pays a few atomic adds and no label lookups. The supervisor scrapes them over
+//! the control plane ([`Metrics::encode`]); see docs/OBSERVABILITY.md for the list.
+
+use genro_shared::metrics::{registry, DURATION_BUCKETS, LAG_BUCKETS};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry,
+};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// How a request or connection reached the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 (or 1.0).
+    Http1,
+    /// HTTP/2.
+    Http2,
+    /// HTTP/3, forwarded by the front.
+    Http3,
+    /// WebSocket.
+    Websocket,
+}
+
+impl Protocol {
+    const ALL: [Protocol; 4] = [
+        Protocol::Http1,
+        Protocol::Http2,
+        Protocol::Http3,
+        Protocol::Websocket,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::Http2 => "http2",
+            Protocol::Http3 => "http3",
+            Protocol::Websocket => "websocket",
+        }
+    }
+
+    /// The protocol of a request: its HTTP version, or HTTP/3 when the front forwarded it.
+    pub fn of(version: http::Version, via_front: bool) -> Self {
+        if via_front {
+            Protocol::Http3
+        } else if version == http::Version::HTTP_2 {
+            Protocol::Http2
+        } else {
+            Protocol::Http1
+        }
+    }
+}
+
+/// What an error was caused by; sets the metric label (and, where it is logged, the level).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request was bad or the client went away: 400/413/431 from the server, header
+    /// or TLS timeouts and failures, a disconnect before the response was complete.
+    Client,
+    /// The app raised or broke the ASGI protocol: 500 with an error id, or an aborted
+    /// response.
+    App,
+    /// The server could not serve: 503 because `max_concurrency` is reached or the worker
+    /// is stopping, a request cancelled at the end of the drain, failed accepts.
+    Internal,
+}
+
+impl ErrorKind {
+    const ALL: [ErrorKind; 3] = [ErrorKind::Client, ErrorKind::App, ErrorKind::Internal];
+
+    fn label(self) -> &'static str {
+        match self {
+            ErrorKind::Client => "client",
+            ErrorKind::App => "app",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+/// Methods with a label value of their own; any other is counted as `OTHER`.
+const METHODS: [http::Method; 9] = [
+    http::Method::GET,
+    http::Method::HEAD,
+    http::Method::POST,
+    http::Method::PUT,
+    http::Method::DELETE,
+    http::Method::CONNECT,
+    http::Method::OPTIONS,
+    http::Method::TRACE,
+    http::Method::PATCH,
+];
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+const PROTOCOLS: usize = Protocol::ALL.len();
+const METHOD_SLOTS: usize = METHODS.len() + 1;
+type RequestCells = [[[OnceLock<IntCounter>; STATUS_CLASSES.len()]; METHOD_SLOTS]; PROTOCOLS];
+
+/// Every series a worker exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    connections_total: IntCounterVec,
+    connections_active: [IntGauge; PROTOCOLS],
+    connections_unknown: IntCounter,
+    requests_total: IntCounterVec,
+    requests: Box<RequestCells>,
+    duration: [Histogram; PROTOCOLS],
+    in_flight: IntGauge,
+    stuck: [IntGauge; 2],
+    request_bytes: [IntCounter; PROTOCOLS],
+    response_bytes: [IntCounter; PROTOCOLS],
+    ws_messages: [IntCounter; 2],
+    errors: [IntCounter; 3],
+    loop_lag: Histogram,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("registered once");
+    metric
+}
+
+fn each<T, const N: usize, L: Copy>(labels: [L; N], f: impl Fn(L) -> T) -> [T; N] {
+    labels.map(f)
+}
+
+impl Metrics {
+    /// The series of worker `worker` (its slot number).
+    pub fn new(worker: &str) -> Self {
+        let registry = registry(worker);
+        let connections_total = counter_vec(
+            &registry,
+            "connections_total",
+            "Connections accepted, by protocol (`unknown`: closed before a first request).",
+            &["protocol"],
+        );
+        let connections_unknown = connections_total.with_label_values(&["unknown"]);
+        let active = IntGaugeVec::new(
+            Opts::new("connections_active", "Connections open, by protocol."),
+            &["protocol"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(active.clone())).expect("once");
+        let requests_total = counter_vec(
+            &registry,
+            "requests_total",
+            "Requests answered, by protocol, method and status class.",
+            &["protocol", "method", "status"],
+        );
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "request_duration_seconds",
+                "Time from the request head to the end of the response, by protocol.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["protocol"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(duration.clone())).expect("once");
+        let in_flight = IntGauge::new("requests_in_flight", "Requests being served.")
+            .expect("valid metric");
+        registry.register(Box::new(in_flight.clone())).expect("once");
+        let stuck = IntGaugeVec::new(
+            Opts::new(
+                "requests_stuck",
+                "Requests older than [watchdog] timeout (warning) or critical (critical), at the last watchdog check.",
+            ),
+            &["level"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(stuck.clone())).expect("once");
+        let request_bytes = counter_vec(
+            &registry,
+            "request_body_bytes_total",
+            "Request body bytes read, by protocol.",
+            &["protocol"],
+        );
+        let response_bytes = counter_vec(
+            &registry,
+            "response_body_bytes_total",
+            "Response body bytes written, by protocol.",
+            &["protocol"],
+        );
+        let ws_messages = counter_vec(
+            &registry,
+            "websocket_messages_total",
+            "WebSocket messages, by direction (received from / sent to clients).",
+            &["direction"],
+        );
+        let errors = counter_vec(
+            &registry,
+            "errors_total",
+            "Errors, by kind: client, app, internal.",
+            &["kind"],
+        );
+        let loop_lag = Histogram::with_opts(
+            HistogramOpts::new(
+                "loop_lag_seconds",
+                "How late the Python event loop ran the watchdog's ticker (sampled every 0.5 s).",
+            )
+            .buckets(LAG_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        registry.register(Box::new(loop_lag.clone())).expect("once");
+        Metrics {
+            connections_active: each(Protocol::ALL, |p| active.with_label_values(&[p.label()])),
+            duration: each(Protocol::ALL, |p| duration.with_label_values(&[p.label()])),
+            request_bytes: each(Protocol::ALL, |p| {
+                request_bytes.with_label_values(&[p.label()])
+            }),
+            response_bytes: each(Protocol::ALL, |p| {
+                response_bytes.with_label_values(&[p.label()])
+            }),
+            stuck: each(["warning", "critical"], |l| stuck.with_label_values(&[l])),
+            ws_messages: each(["received", "sent"], |d| ws_messages.with_label_values(&[d])),
+            errors: each(ErrorKind::ALL, |k| errors.with_label_values(&[k.label()])),
+            requests: Box::default(),
+            connections_total,
+            connections_unknown,
+            requests_total,
+            in_flight,
+            loop_lag,
+            registry,
+        }
+    }
+
+    /// A connection's first request arrived over `protocol`.
+    pub fn connection_opened(&self, protocol: Protocol) {
+        self.connections_total
+            .with_label_values(&[protocol.label()])
+            .inc();
+        self.connections_active[protocol as usize].inc();
+    }
+
+    /// A connection counted by [`Self::connection_opened`] closed.
+    pub fn connection_closed(&self, protocol: Protocol) {
+        self.connections_active[protocol as usize].dec();
+    }
+
+    /// A connection closed before its first request.
+    pub fn connection_unknown(&self) {
+        self.connections_unknown.inc();
+    }
+
+    /// A response finished (written whole, or abandoned by the client).
+    pub fn request_done(
+        &self,
+        protocol: Protocol,
+        method: &http::Method,
+        status: http::StatusCode,
+        elapsed: Duration,
+        request_bytes: u64,
+        response_bytes: u64,
+    ) {
+        let m = METHODS
+            .iter()
+            .position(|known| known == method)
+            .unwrap_or(METHODS.len());
+        let class = (usize::from(status.as_u16() / 100)).clamp(1, 5) - 1;
+        let p = protocol as usize;
+        self.requests[p][m][class]
+            .get_or_init(|| {
+                let method = METHODS.get(m).map_or("OTHER", |known| known.as_str());
+                self.requests_total
+                    .with_label_values(&[protocol.label(), method, STATUS_CLASSES[class]])
+            })
+            .inc();
+        self.duration[p].observe(elapsed.as_secs_f64());
+        self.request_bytes[p].inc_by(request_bytes);
+        self.response_bytes[p].inc_by(response_bytes);
+    }
+
+    /// Counts an error.
+    pub fn error(&self, kind: ErrorKind) {
+        self.errors[kind as usize].inc();
+    }
+
+    /// A WebSocket message went in (`received`) or out.
+    pub fn websocket_message(&self, received: bool) {
+        self.ws_messages[usize::from(!received)].inc();
+    }
+
+    /// The Python loop ran its ticker `lag` late.
+    pub fn loop_lag(&self, lag: Duration) {
+        self.loop_lag.observe(lag.as_secs_f64());
+    }
+
+    /// The watchdog's last count of stuck requests.
+    pub fn set_stuck(&self, warning: u64, critical: u64) {
+        self.stuck[0].set(warning as i64);
+        self.stuck[1].set(critical as i64);
+    }
+
+    /// The Prometheus text, with `in_flight` requests.
+    pub fn encode(&self, in_flight: usize) -> String {
+        self.in_flight.set(in_flight as i64);
+        genro_shared::metrics::encode(&self.registry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_lands_in_its_labels() {
+        let m = Metrics::new("3");
+        let ms = Duration::from_millis(2);
+        m.request_done(Protocol::Http2, &http::Method::GET, http::StatusCode::OK, ms, 0, 5);
+        m.request_done(Protocol::Http2, &http::Method::GET, http::StatusCode::OK, ms, 0, 5);
+        let purge = http::Method::from_bytes(b"PURGE").unwrap();
+        m.request_done(Protocol::Http1, &purge, http::StatusCode::NOT_FOUND, ms, 7, 0);
+        m.error(ErrorKind::App);
+        let text = m.encode(4);
+        for line in [
+            "genro_asgi_requests_total{method=\"GET\",protocol=\"http2\",status=\"2xx\",worker=\"3\"} 2",
+            "genro_asgi_requests_total{method=\"OTHER\",protocol=\"http1\",status=\"4xx\",worker=\"3\"} 1",
+            "genro_asgi_request_duration_seconds_count{protocol=\"http2\",worker=\"3\"} 2",
+            "genro_asgi_request_body_bytes_total{protocol=\"http1\",worker=\"3\"} 7",
+            "genro_asgi_response_body_bytes_total{protocol=\"http2\",worker=\"3\"} 10",
+            "genro_asgi_errors_total{kind=\"app\",worker=\"3\"} 1",
+            "genro_asgi_errors_total{kind=\"client\",worker=\"3\"} 0",
+            "genro_asgi_requests_in_flight{worker=\"3\"} 4",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+        // Combinations never seen are not exported.
+        assert!(!text.contains("method=\"POST\""));
+    }
+}
