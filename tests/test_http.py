@@ -264,7 +264,7 @@ def test_pathsend_missing_file_is_500(server, tmp_path):
 
 
 def error_id(text):
-    m = re.search(r"error id: ([0-9a-f]{8})", text)
+    m = re.search(r"error id: ([0-9a-f]{16})", text)
     assert m, text
     return m.group(1)
 
@@ -275,6 +275,7 @@ def test_exception_before_start_is_500_with_error_id(server, client):
     r = client(s).get("/raise")
     assert r.status_code == 500
     eid = error_id(r.text)
+    assert r.headers["x-request-id"] == eid, "the error id is the request id"
     assert "boom" not in r.text, "no traceback unless show_traceback"
     s.wait_log("error id %s" % eid)
     log = s.log

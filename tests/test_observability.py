@@ -224,3 +224,30 @@ def test_metrics_off_means_no_listener(server, enabled):
     server(sections={"metrics": {"enabled": enabled, "export_port": port}})
     with pytest.raises(httpx.ConnectError):
         httpx.get("http://127.0.0.1:%d/metrics" % port, timeout=2)
+
+
+def test_every_request_has_an_envelope_and_an_id(server):
+    s = server(workers=1)
+    with httpx.Client(base_url=s.url, timeout=10) as c:
+        r1, r2 = c.get("/scope"), c.get("/scope")
+        ext = c.get("/scope", headers={"x-request-id": "lb-7f3a/abc"})
+        long = c.get("/scope", headers={"x-request-id": "a" * 129})
+        busy = c.post("/echo", content=b"x")
+    before = time.time()
+    ids = [r.headers["x-request-id"] for r in (r1, r2, ext, long, busy)]
+    assert all(len(i) == 16 and int(i, 16) >= 0 for i in ids)
+    assert len(set(ids)) == 5, "unique"
+    assert ids[0][:8] == ids[1][:8], "one worker: same prefix, then its sequence"
+    envelope = r1.json()["extensions"]["genro.envelope"]
+    assert envelope["id"] == ids[0]
+    assert before - 30 < envelope["start"] <= before
+    assert envelope["external_id"] is None
+    assert ext.json()["extensions"]["genro.envelope"]["external_id"] == "lb-7f3a/abc"
+    assert ext.headers["x-request-id"] != "lb-7f3a/abc", "ours is returned; theirs is kept"
+    assert long.json()["extensions"]["genro.envelope"]["external_id"] is None, "over 128 bytes: ignored"
+
+
+def test_server_answers_carry_the_request_id_too(server):
+    s = server(workers=1, sections={"limits": {"max_body_size": 10}})
+    r = httpx.post(s.url + "/echo", content=b"x" * 11, headers={"content-length": "11"})
+    assert r.status_code == 413 and len(r.headers["x-request-id"]) == 16

@@ -136,6 +136,8 @@ pub fn samples() -> Vec<Message> {
         front: true,
         requests: vec![InFlightRequest {
             id: 1,
+            request_id: "0123456789abcdef".into(),
+            external_id: Some("ext-1".into()),
             method: "GET".into(),
             path: "/x?é".into(),
             client: "127.0.0.1:5".into(),

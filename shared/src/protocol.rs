@@ -204,15 +204,21 @@ pub struct WorkerReport {
 /// One request in flight in a worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InFlightRequest {
-    /// Worker-local request id.
+    /// Worker-local request number.
     pub id: u64,
+    /// The request's id (its `X-Request-ID`).
+    #[serde(default)]
+    pub request_id: String,
+    /// The client's own `X-Request-ID`, if it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
     /// HTTP method.
     pub method: String,
     /// Path (without the query string; cut to 256 bytes).
     pub path: String,
     /// Client address.
     pub client: String,
-    /// `http/1.1`, `http/2`.
+    /// `http1`, `http2`, `http3`, `websocket`.
     pub protocol: String,
     /// Seconds since the request started.
     pub age: f64,

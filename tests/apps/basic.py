@@ -51,7 +51,7 @@ def jsonable(scope):
         elif isinstance(value, bytes):
             out[key] = value.decode("latin-1")
         elif key == "extensions":
-            out[key] = sorted(value)
+            out[key] = {name: dict(ext) for name, ext in sorted(value.items())}
         elif isinstance(value, tuple):
             out[key] = list(value)
         else:

@@ -250,7 +250,13 @@ impl Exchange {
 pub struct Admission {
     shared: Arc<Shared>,
     id: u64,
+    /// Wall-clock start (seconds since the epoch), for the app's envelope.
+    wall: f64,
 }
+
+/// The request header whose value a client may send as its own request id; the response
+/// carries ours under the same name.
+pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 impl Admission {
     /// Counts a request in.
@@ -258,12 +264,25 @@ impl Admission {
         shared: Arc<Shared>,
         request: &http::Request<B>,
         client: SocketAddr,
+        protocol: crate::metrics::Protocol,
     ) -> Arc<Self> {
         shared.in_flight.fetch_add(1, Ordering::Relaxed);
-        let id = shared
-            .registry
-            .insert(request.method(), request.uri(), client, request.version());
-        Arc::new(Admission { shared, id })
+        let id = shared.registry.insert(
+            request.method(),
+            request.uri(),
+            client,
+            protocol,
+            request.headers().get(REQUEST_ID),
+        );
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        Arc::new(Admission { shared, id, wall })
+    }
+
+    /// The request's id.
+    pub fn request_id(&self) -> crate::registry::RequestId {
+        self.shared.registry.request_id(self.id)
     }
 }
 
@@ -437,6 +456,7 @@ fn start_request(
     let scope = build_scope(py, state, shared, &start)?;
     let is_h2 = start.parts.version == Version::HTTP_2;
     let handle = Handle {
+        id: start.admission.request_id(),
         shared: shared.clone(),
         exchange: start.exchange,
         method: start.parts.method.clone(),
@@ -544,6 +564,17 @@ fn build_scope<'py>(
     let extensions = PyDict::new(py);
     extensions.set_item(intern!(py, "http.response.trailers"), state.empty.bind(py))?;
     extensions.set_item(intern!(py, "http.response.pathsend"), state.empty.bind(py))?;
+    let admission = &start.admission;
+    let envelope = PyDict::new(py);
+    envelope.set_item(intern!(py, "id"), admission.request_id().as_str())?;
+    envelope.set_item(intern!(py, "start"), admission.wall)?;
+    let external = start
+        .parts
+        .headers
+        .get(REQUEST_ID)
+        .and_then(|_| shared.registry.external_id(admission.id));
+    envelope.set_item(intern!(py, "external_id"), external)?;
+    extensions.set_item(intern!(py, "genro.envelope"), envelope)?;
     scope.set_item(intern!(py, "extensions"), extensions)?;
     Ok(scope)
 }
@@ -680,6 +711,8 @@ fn waiting(py: Python<'_>, future: &Py<PyAny>) -> PyResult<Py<PyAny>> {
 /// The per-exchange object behind the app's `receive` and `send`.
 #[pyclass(frozen)]
 pub struct Handle {
+    /// The request's id, also its error id.
+    id: crate::registry::RequestId,
     shared: Arc<Shared>,
     exchange: Arc<Exchange>,
     method: http::Method,
@@ -702,16 +735,6 @@ struct Inner {
     failed: bool,
 }
 
-static ERROR_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// A short id tying a 500 response to its log line.
-fn error_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(ERROR_COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u32(std::process::id());
-    format!("{:08x}", h.finish() as u32)
-}
 
 impl std::fmt::Debug for Handle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -902,7 +925,7 @@ impl Handle {
         }
         inner.failed = true;
         self.shared.error(ErrorKind::App);
-        let id = error_id();
+        let id = self.id;
         tracing::error!(
             error_id = %id,
             method = %self.method,
@@ -929,7 +952,7 @@ impl Handle {
         if !inner.failed {
             inner.failed = true;
             self.shared.error(ErrorKind::App);
-            let id = error_id();
+            let id = self.id;
             tracing::error!(error_id = %id, method = %self.method, path = %self.path, "ASGI protocol error: {why} (error id {id})");
             let body = format!("Internal Server Error (error id: {id})\n");
             self.fail_locked(&mut inner, StatusCode::INTERNAL_SERVER_ERROR, &body);

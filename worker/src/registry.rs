@@ -1,8 +1,14 @@
-//! The worker's registry of requests in flight: an entry from admission until both the
-//! transport and the app's task let go of the request (see [`crate::bridge::Admission`]).
-//! It is read on the Rust side only, so `genro-asgi ctl requests` answers even while the
-//! Python loop is blocked.
+//! The worker's registry of requests in flight (their envelopes): an entry from admission
+//! until both the transport and the app's task let go of the request (see
+//! [`crate::bridge::Admission`]). It is read on the Rust side only, so `genro-asgi ctl
+//! requests` and the watchdog work even while the Python loop is blocked.
+//!
+//! Every request gets an id of 16 hex digits: 8 drawn at random when the worker starts,
+//! then the worker-local sequence number (so ids from different workers do not collide).
+//! It is the `X-Request-ID` of the response, `scope["extensions"]["genro.envelope"]["id"]`,
+//! and the error id of a 500.
 
+use crate::metrics::Protocol;
 use genro_shared::protocol::InFlightRequest;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,42 +19,183 @@ use std::time::Instant;
 /// Longest path kept in an entry (bytes, cut at a character boundary).
 const MAX_PATH: usize = 256;
 
+/// Longest incoming `X-Request-ID` kept as the external id; a longer one is ignored.
+pub const MAX_EXTERNAL_ID: usize = 128;
+
 #[derive(Debug)]
 struct Entry {
     method: http::Method,
     /// The request's URI: cloning it shares the parsed bytes (no copy on the hot path).
     uri: http::Uri,
     client: SocketAddr,
-    version: http::Version,
+    protocol: Protocol,
     started: Instant,
+    /// The client's own `X-Request-ID`.
+    external: Option<http::HeaderValue>,
+    /// The highest watchdog level already logged for it.
+    reported: Level,
+}
+
+/// How stuck a request is, by the watchdog's measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// Younger than `[watchdog] timeout`.
+    Fine,
+    /// Older than `[watchdog] timeout`.
+    Warning,
+    /// Older than `[watchdog] critical`.
+    Critical,
+}
+
+/// A stuck request the watchdog just found (reported once per level).
+#[derive(Debug)]
+pub struct Stuck {
+    /// Its level now.
+    pub level: Level,
+    /// What `ctl requests` shows of it.
+    pub request: InFlightRequest,
 }
 
 /// Requests in flight, by worker-local id.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
+    seed: u32,
     next: AtomicU64,
     entries: Mutex<HashMap<u64, Entry>>,
 }
 
+impl Default for Registry {
+    fn default() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        Registry {
+            seed: h.finish() as u32,
+            next: AtomicU64::new(0),
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// A request's id as text: 16 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestId([u8; 16]);
+
+impl RequestId {
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits")
+    }
+
+    /// The id as a header value.
+    pub fn header(&self) -> http::HeaderValue {
+        http::HeaderValue::from_bytes(&self.0).expect("hex digits are a valid header value")
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Registry {
-    /// Records a request; returns its id.
+    /// Records a request; returns its worker-local number (see [`Registry::request_id`]).
     pub fn insert(
         &self,
         method: &http::Method,
         uri: &http::Uri,
         client: SocketAddr,
-        version: http::Version,
+        protocol: Protocol,
+        external: Option<&http::HeaderValue>,
     ) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let entry = Entry {
             method: method.clone(),
             uri: uri.clone(),
             client,
-            version,
+            protocol,
             started: Instant::now(),
+            external: external
+                .filter(|v| v.len() <= MAX_EXTERNAL_ID && v.to_str().is_ok())
+                .cloned(),
+            reported: Level::Fine,
         };
         self.lock().insert(id, entry);
         id
+    }
+
+    /// The id of request number `n`.
+    pub fn request_id(&self, n: u64) -> RequestId {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let value = (u64::from(self.seed) << 32) | (n & 0xffff_ffff);
+        let mut out = [0u8; 16];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = HEX[((value >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        RequestId(out)
+    }
+
+    /// The client's own `X-Request-ID` of request `n`, if it sent a usable one.
+    pub fn external_id(&self, n: u64) -> Option<String> {
+        let entries = self.lock();
+        let value = entries.get(&n)?.external.as_ref()?;
+        value.to_str().ok().map(str::to_owned)
+    }
+
+    fn describe(&self, n: u64, e: &Entry, now: Instant) -> InFlightRequest {
+        InFlightRequest {
+            id: n,
+            request_id: self.request_id(n).to_string(),
+            external_id: e
+                .external
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            method: e.method.to_string(),
+            path: cut_path(e.uri.path()),
+            client: e.client.to_string(),
+            protocol: e.protocol.label().into(),
+            age: now.duration_since(e.started).as_secs_f64(),
+        }
+    }
+
+    /// The watchdog's round: requests that reached a new level (older than `timeout`:
+    /// warning, older than `critical`: critical) since the last round, and how many are
+    /// at each level now.
+    pub fn check(
+        &self,
+        timeout: std::time::Duration,
+        critical: std::time::Duration,
+    ) -> (Vec<Stuck>, u64, u64) {
+        let now = Instant::now();
+        let mut entries = self.lock();
+        let (mut warning, mut critical_count) = (0, 0);
+        let mut news = Vec::new();
+        for (&n, e) in entries.iter_mut() {
+            let age = now.duration_since(e.started);
+            let level = if age >= critical {
+                critical_count += 1;
+                Level::Critical
+            } else if age >= timeout {
+                warning += 1;
+                Level::Warning
+            } else {
+                continue;
+            };
+            if level > e.reported {
+                e.reported = level;
+                news.push((n, level));
+            }
+        }
+        let news = news
+            .into_iter()
+            .map(|(n, level)| Stuck {
+                level,
+                request: self.describe(n, &entries[&n], now),
+            })
+            .collect();
+        (news, warning, critical_count)
     }
 
     /// Forgets a finished request.
@@ -66,19 +213,7 @@ impl Registry {
         let list = oldest
             .into_iter()
             .take(max)
-            .map(|(&id, e)| InFlightRequest {
-                id,
-                method: e.method.to_string(),
-                path: cut_path(e.uri.path()),
-                client: e.client.to_string(),
-                protocol: match e.version {
-                    http::Version::HTTP_2 => "http/2",
-                    http::Version::HTTP_10 => "http/1.0",
-                    _ => "http/1.1",
-                }
-                .into(),
-                age: now.duration_since(e.started).as_secs_f64(),
-            })
+            .map(|(&n, e)| self.describe(n, e, now))
             .collect();
         (list, total)
     }
@@ -111,29 +246,65 @@ mod tests {
             &http::Method::GET,
             &uri("/a?q"),
             client,
-            http::Version::HTTP_11,
+            Protocol::Http1,
+            None,
         );
         std::thread::sleep(std::time::Duration::from_millis(2));
         let b = r.insert(
             &http::Method::POST,
             &uri("/b"),
             client,
-            http::Version::HTTP_2,
+            Protocol::Http2,
+            None,
         );
         r.insert(
             &http::Method::PUT,
             &uri("/c"),
             client,
-            http::Version::HTTP_10,
+            Protocol::Http3,
+            None,
         );
         let (list, total) = r.snapshot(2);
         assert_eq!(total, 3);
         assert_eq!(list.len(), 2);
         assert_eq!((list[0].id, list[0].path.as_str()), (a, "/a"));
-        assert_eq!((list[1].id, list[1].protocol.as_str()), (b, "http/2"));
+        assert_eq!((list[1].id, list[1].protocol.as_str()), (b, "http2"));
+        assert_eq!(list[0].request_id, r.request_id(a).to_string());
+        assert_eq!(list[0].request_id.len(), 16);
+        assert_ne!(r.request_id(a), r.request_id(b));
         assert!(list[0].age >= list[1].age);
         r.remove(a);
         assert_eq!(r.snapshot(10).1, 2);
+    }
+
+    #[test]
+    fn the_watchdog_reports_each_level_once() {
+        let r = Registry::default();
+        let client: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let external = http::HeaderValue::from_static("abc-123");
+        let n = r.insert(
+            &http::Method::GET,
+            &"/slow".parse().unwrap(),
+            client,
+            Protocol::Http1,
+            Some(&external),
+        );
+        let ms = std::time::Duration::from_millis;
+        assert_eq!(r.check(ms(50), ms(100)).0.len(), 0);
+        std::thread::sleep(ms(60));
+        let (news, warning, critical) = r.check(ms(50), ms(100));
+        assert_eq!((news.len(), warning, critical), (1, 1, 0));
+        assert_eq!(news[0].level, Level::Warning);
+        assert_eq!(news[0].request.external_id.as_deref(), Some("abc-123"));
+        assert_eq!(r.check(ms(50), ms(100)).0.len(), 0, "logged once");
+        std::thread::sleep(ms(50));
+        let (news, warning, critical) = r.check(ms(50), ms(100));
+        assert_eq!((news.len(), warning, critical), (1, 0, 1));
+        assert_eq!(news[0].level, Level::Critical);
+        assert_eq!(r.external_id(n).as_deref(), Some("abc-123"));
+        let long = http::HeaderValue::from_bytes(&[b'a'; MAX_EXTERNAL_ID + 1]).unwrap();
+        let m = r.insert(&http::Method::GET, &"/".parse().unwrap(), client, Protocol::Http1, Some(&long));
+        assert_eq!(r.external_id(m), None);
     }
 
     #[test]
@@ -144,7 +315,8 @@ mod tests {
             &http::Method::GET,
             &path.parse().unwrap(),
             "[::1]:1".parse().unwrap(),
-            http::Version::HTTP_11,
+            Protocol::Http1,
+            None,
         );
         let (list, _) = r.snapshot(1);
         assert!(list[0].path.len() <= MAX_PATH);

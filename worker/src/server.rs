@@ -3,7 +3,7 @@
 //! `[limits]`, and drains gracefully when told to stop.
 
 use crate::body::ResponseBody;
-use crate::bridge::{ConnInfo, Event, Exchange, RequestStart, Shared};
+use crate::bridge::{ConnInfo, Event, Exchange, RequestStart, Shared, REQUEST_ID};
 use crate::metrics::{ErrorKind, Protocol};
 use bytes::Bytes;
 use genro_config::Config;
@@ -236,7 +236,9 @@ async fn handle(
         protocol,
         started: Instant::now(),
     });
-    let admission = crate::bridge::Admission::new(ctx.shared.clone(), &request, info.client);
+    let admission =
+        crate::bridge::Admission::new(ctx.shared.clone(), &request, info.client, protocol);
+    let request_id = admission.request_id().header();
     if limits.max_concurrency != 0
         && ctx.shared.in_flight.load(Ordering::Relaxed) > limits.max_concurrency
     {
@@ -247,9 +249,9 @@ async fn handle(
             "Server busy, retry later\n",
             false,
         );
-        response
-            .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        let headers = response.headers_mut();
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        headers.insert(REQUEST_ID, request_id);
         return Ok(finish(response, done));
     }
     if limits.max_body_size != 0 {
@@ -262,11 +264,12 @@ async fn handle(
             drop(admission);
             ctx.shared.error(ErrorKind::Client);
             // Close: we do not read the body we refuse.
-            let response = plain(
+            let mut response = plain(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "Request body too large\n",
                 true,
             );
+            response.headers_mut().insert(REQUEST_ID, request_id);
             return Ok(finish(response, done));
         }
     }
@@ -301,6 +304,11 @@ async fn handle(
             )
         }
     };
+    // The app may name the request itself; otherwise it carries our id.
+    response
+        .headers_mut()
+        .entry(REQUEST_ID)
+        .or_insert(request_id);
     if let Some(alt_svc) = limits.alt_svc.as_ref().filter(|_| !ctx.info.front) {
         response
             .headers_mut()
