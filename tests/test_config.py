@@ -1,6 +1,7 @@
 """Configuration as users meet it: the INI people write for Python, TOML, env vars and
 flags with their precedence, `check`, and errors that name key, source and expectation."""
 
+import re
 import httpx
 
 from conftest import APPS, run_cli
@@ -100,7 +101,9 @@ def test_access_log_and_python_log_format(server):
     lines = s.log.splitlines()
     assert any(line.startswith("INFO|genro_asgi.supervisor|serving ") for line in lines), s.log
     access = [line for line in lines if '"GET /scope?x=1 HTTP/1.1" 200' in line][0]
-    assert access.startswith("INFO|genro_asgi.access|127.0.0.1:")
+    # The default access_format is the Common Log Format.
+    assert re.fullmatch(r'INFO\|genro_asgi\.access\|127\.0\.0\.1 - - \[\d\d/[A-Z][a-z]{2}/\d{4}:\d\d:\d\d:\d\d \+0000\] '
+                        r'"GET /scope\?x=1 HTTP/1\.1" 200 \d+', access), access
 
 
 def test_no_access_log_by_default(server):

@@ -251,3 +251,224 @@ def test_server_answers_carry_the_request_id_too(server):
     s = server(workers=1, sections={"limits": {"max_body_size": 10}})
     r = httpx.post(s.url + "/echo", content=b"x" * 11, headers={"content-length": "11"})
     assert r.status_code == 413 and len(r.headers["x-request-id"]) == 16
+
+
+def lines_with(s, needle):
+    return [line for line in s.log.splitlines() if needle in line]
+
+
+def test_app_logging_records_share_the_sink_and_format(server):
+    s = server(sections={"logging": {"format": "%(levelname)s|%(name)s|%(module)s|%(process)d|%(message)s"}})
+    assert httpx.get(s.url + "/log?tag=T1").text == "logged"
+    s.wait_log("caught in the app T1")
+    pid = ready_pids(s)[0]
+    assert "INFO|myapp.views|basic|%d|info from the app T1" % pid in s.log
+    assert "WARNING|myapp.views|basic|%d|warning from the app T1" % pid in s.log
+    assert "CRITICAL|myapp.views|basic|%d|critical from the app T1" % pid in s.log
+    error = s.log.split("ERROR|myapp.views|basic|%d|caught in the app T1\n" % pid)[1]
+    assert error.startswith("Traceback (most recent call last):") and "ZeroDivisionError" in error
+    assert "debug from the app" not in s.log, "below [logging] level"
+
+
+def test_json_logs_are_one_object_per_line_for_server_and_app(server):
+    import json
+    s = server(sections={"logging": {"format": "json", "level": "debug"}})
+    httpx.get(s.url + "/log?tag=J1")
+    s.wait_log("debug from the app J1")
+    records = [json.loads(line) for line in s.log.splitlines() if line.startswith("{")]
+    assert len(records) == len([line for line in s.log.splitlines() if line.strip()]), s.log
+    app = [r for r in records if r.get("logger") == "myapp.views"]
+    assert {r["levelname"] for r in app} == {"DEBUG", "INFO", "WARNING", "CRITICAL", "ERROR"}
+    caught = [r for r in app if r["levelname"] == "ERROR"][0]
+    assert "ZeroDivisionError" in caught["message"]
+    assert any("serving basic:app" in r.get("message", "") for r in records)
+
+
+def test_watchdog_warns_then_escalates_once_per_level(server):
+    s = metrics_server(server, workers=1,
+                       sections={"watchdog": {"interval": 0.2, "timeout": 1, "critical": 2}})
+    done = []
+    t = threading.Thread(target=lambda: done.append(
+        httpx.get(s.url + "/sleep?s=3.5", headers={"x-request-id": "ext-42"}, timeout=30)))
+    t.start()
+    s.wait_log("watchdog timeout 1s", timeout=10)
+    values = samples(scrape(s))
+    assert total(values, "genro_asgi_requests_stuck", level="warning") == 1
+    listed = ctl(s, "requests").stdout
+    assert "/sleep" in listed
+    s.wait_log("watchdog critical 2s", timeout=10)
+    wait_for(lambda: total(samples(scrape(s)), "genro_asgi_requests_stuck", level="critical") == 1, timeout=5,
+             what="critical gauge")
+    t.join()
+    rid = done[0].headers["x-request-id"]
+    assert rid in listed, "ctl requests shows the request id"
+    time.sleep(0.6)
+    warn = lines_with(s, "watchdog timeout 1s")
+    crit = lines_with(s, "watchdog critical 2s")
+    assert len(warn) == 1 and len(crit) == 1, s.log
+    for line in warn + crit:
+        assert rid in line and "(external id ext-42) GET /sleep" in line
+    assert " WARNING " in warn[0] and " CRITICAL " in crit[0]
+    wait_for(lambda: total(samples(scrape(s)), "genro_asgi_requests_stuck") == 0, timeout=5, what="gauge reset")
+
+
+def test_watchdog_reports_a_blocked_loop_with_the_loop_stack(server):
+    s = server(workers=1, sections={"watchdog": {"interval": 0.2, "timeout": 1, "critical": 30}})
+    t = threading.Thread(target=lambda: httpx.get(s.url + "/block?s=3", timeout=30))
+    t.start()
+    s.wait_log("the Python event loop has been blocked for", timeout=10)
+    # The stack of the loop thread follows, from Rust, while the loop is still blocked.
+    listed = ctl(s, "requests")
+    assert listed.returncode == 0 and "/block" in listed.stdout
+    t.join()
+    s.wait_log("the Python event loop runs again", timeout=10)
+    report = s.log.split("the Python event loop has been blocked for")[1]
+    assert "[event loop]" in report and "block_the_loop_in_sleep" in report
+    assert len(lines_with(s, "the Python event loop has been blocked for")) == 1
+
+
+def test_watchdog_off(server):
+    s = server(workers=1, sections={"watchdog": {"enabled": False, "interval": 0.2, "timeout": 0.5, "critical": 1}})
+    httpx.get(s.url + "/sleep?s=1.5", timeout=30)
+    assert "still running after" not in s.log
+
+
+def access_lines(s, needle):
+    s.wait_log(needle)
+    return [line.split("|", 1)[1] for line in s.log.splitlines() if line.startswith("genro_asgi.access|")]
+
+
+def test_access_formats_combined_json_and_template(server):
+    import json
+    fmt = "%(name)s|%(message)s"
+    s = server(sections={"logging": {"access_log": True, "format": fmt, "access_format": "combined"}})
+    r = httpx.get(s.url + "/?q=1", headers={"user-agent": 'evil" \\agent', "referer": "http://r/"})
+    (line,) = access_lines(s, "http://r/")
+    # A client cannot close the quotes or fake fields: " and \ are escaped as in nginx.
+    assert line.endswith('"GET /?q=1 HTTP/1.1" 200 13 "http://r/" "evil\\x22 \\x5Cagent"'), line
+    s.stop()
+
+    s = server(sections={"logging": {"access_log": True, "format": fmt, "access_format": "json"}})
+    r = httpx.post(s.url + "/echo?a=b", content=b"12345", headers={"x-request-id": "outer"})
+    (line,) = access_lines(s, '"status"')
+    record = json.loads(line)
+    assert record["method"] == "POST" and record["path"] == "/echo" and record["query"] == "a=b"
+    assert record["status"] == 200 and record["bytes"] == 5 and record["protocol"] == "http1"
+    assert record["request_id"] == r.headers["x-request-id"]
+    assert record["duration_ms"] >= 0 and record["client"].startswith("127.0.0.1:")
+    s.stop()
+
+    template = "{client_ip} {method} {target} {status} {bytes}B {protocol} id={request_id} ua={header:User-Agent} x={header:x-missing} {{lit}}"
+    s = server(sections={"logging": {"access_log": True, "format": fmt, "access_format": template}})
+    with httpx.Client(http1=False, http2=True, base_url=s.url) as c:
+        r = c.get("/status?code=404", headers={"user-agent": "ua/1"})
+    (line,) = access_lines(s, " 404 ")
+    assert line == "127.0.0.1 GET /status?code=404 404 1B http2 id=%s ua=ua/1 x=- {lit}" % r.headers["x-request-id"]
+
+
+def test_a_bad_access_format_is_a_config_error(server):
+    s = server(start=False, sections={"logging": {"access_log": True, "access_format": "{method} {nope}"}})
+    s.start(wait=False)
+    assert s.wait_exit(30) != 0
+    assert '[logging] access_format = "{method} {nope}": unknown atom {nope}' in s.log
+
+
+class Receiver:
+    """A local webhook endpoint: records the JSON bodies POSTed to it; answers `status`."""
+
+    def __init__(self, status=200):
+        import http.server
+        import json
+        receiver = self
+        self.events = []
+        self.status = status
+        self.cond = threading.Condition()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["content-length"]))
+                with receiver.cond:
+                    receiver.events.append((self.path, self.headers.get("content-type"), json.loads(body)))
+                    receiver.cond.notify_all()
+                self.send_response(receiver.status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = "http://127.0.0.1:%d/hook?token=t" % self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def wait(self, kind, timeout=20):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                found = [e for (_, _, e) in self.events if e.get("event") == kind]
+                if found:
+                    return found
+                left = deadline - time.monotonic()
+                assert left > 0, "no %s event; got %r" % (kind, self.events)
+                self.cond.wait(left)
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+def test_critical_events_are_posted_to_the_webhook(server, tmp_path):
+    receiver = Receiver()
+    marker = tmp_path / "break-startup"
+    try:
+        s = server(workers=1, sections={
+            "errors": {"notify_critical": True, "notify_webhook": receiver.url},
+            "watchdog": {"interval": 0.2, "timeout": 0.5, "critical": 1},
+        })
+        r = httpx.get(s.url + "/raise")
+        assert r.status_code == 500
+        (event,) = receiver.wait("app_exception")
+        assert event["request_id"] == r.headers["x-request-id"]
+        assert event["path"] == "/raise" and event["method"] == "GET" and event["worker"] == 0
+        assert "ValueError: boom before start" in event["traceback"]
+        assert event["service"] == "genro-asgi" and event["time"] and event["host"]
+        path, content_type, _ = receiver.events[0]
+        assert path == "/hook?token=t" and content_type == "application/json"
+        slow = httpx.get(s.url + "/sleep?s=1.6", timeout=30)
+        (stuck,) = receiver.wait("stuck_request")
+        assert stuck["request_id"] == slow.headers["x-request-id"] and stuck["path"] == "/sleep"
+        assert stuck["age_seconds"] >= 1
+    finally:
+        receiver.close()
+
+
+def test_crash_loop_is_posted_and_a_failing_webhook_is_only_logged(server, tmp_path):
+    receiver = Receiver(status=500)
+    marker = tmp_path / "break-startup"
+    try:
+        s = server(app="flaky_startup:app", workers=1, env={"FLAKY_MARKER": str(marker)},
+                   sections={"errors": {"notify_critical": True, "notify_webhook": receiver.url}})
+        (first,) = s.worker_pids()
+        marker.write_text("x")
+        os.kill(first, signal.SIGKILL)
+        (event,) = receiver.wait("crash_loop", timeout=30)
+        assert event["unit"] == "slot 0" and event["failures"] >= 3
+        # The receiver answers 500: the first crash_loop event is tried 3 times, then
+        # given up with a warning; the server is unaffected.
+        def attempts():
+            return len([e for (_, _, e) in receiver.events if e["event"] == "crash_loop" and e["failures"] == 3])
+        wait_for(lambda: attempts() == 3, 15, "three attempts")
+        s.wait_log("webhook", timeout=15)
+        time.sleep(4.5)
+        assert attempts() == 3, "not retried forever"
+        marker.unlink()
+        wait_for(lambda: ready_pids(s), 30, "a worker again once startup works")
+        assert httpx.get(s.url, timeout=5).status_code == 200
+    finally:
+        receiver.close()
+
+
+def test_notify_critical_needs_a_webhook(server):
+    s = server(start=False, sections={"errors": {"notify_critical": True}})
+    s.start(wait=False)
+    assert s.wait_exit(30) != 0
+    assert "[errors] notify_critical = true requires [errors] notify_webhook" in s.log

@@ -262,6 +262,7 @@ fn build(v: &Values) -> Config {
             format: v.text("logging.format"),
             file: v.path("logging.file"),
             access_log: v.bool("logging.access_log"),
+            access_format: v.text("logging.access_format"),
         },
         metrics: Metrics {
             enabled: v.bool("metrics.enabled"),
@@ -331,6 +332,12 @@ fn check(loaded: &Loaded) -> Result<(), ConfigError> {
         return Err(ConfigError::Conflict(format!(
             "{}: [errors] show_traceback = true requires [server] debug = true (tracebacks are only shown in debug mode)",
             from("errors.show_traceback")
+        )));
+    }
+    if c.errors.notify_critical && c.errors.notify_webhook.is_none() {
+        return Err(ConfigError::Conflict(format!(
+            "{}: [errors] notify_critical = true requires [errors] notify_webhook = an http(s) URL to post to",
+            from("errors.notify_critical")
         )));
     }
     if c.watchdog.critical < c.watchdog.timeout {
@@ -685,6 +692,8 @@ secret_key = "xxxxx"
             ("[server]\ndebug = on\n[errors]\nshow_traceback = yes\n", &[], None),
             ("[watchdog]\ncritical = 10\n", &[], Some("conf/server.ini:2: [watchdog] critical = 10 must be >= [watchdog] timeout = 60 (default)")),
             ("[watchdog]\ncritical = 60\n", &[], None),
+            ("[errors]\nnotify_critical = true\n", &[], Some("conf/server.ini:2: [errors] notify_critical = true requires [errors] notify_webhook = an http(s) URL to post to")),
+            ("[errors]\nnotify_critical = true\nnotify_webhook = http://127.0.0.1:9/x\n", &[], None),
             ("[http3]\nenabled = yes\n", &[], Some("conf/server.ini:2: [http3] enabled = true requires [ssl] enabled = true with a certificate (QUIC is always encrypted)")),
         ];
         for (file, vars, want) in cases {
@@ -761,7 +770,7 @@ secret_key = "xxxxx"
             ("[debug] allowed_ips ", "[debug] allowed_ips = 127.0.0.1 (default) (not active yet: remote debugging (future issue))"),
             ("[ssl] keyfile_password ", "[ssl] keyfile_password = (default)"),
             ("[server] max_requests ", "[server] max_requests = 0 (default)"),
-            ("[metrics] enabled ", "[metrics] enabled = false (default) (not active yet: observability (issue 5))"),
+            ("[metrics] enabled ", "[metrics] enabled = false (default)"),
         ];
         for (prefix, want) in cases {
             assert_eq!(line(prefix).as_deref(), Some(want), "{text}");

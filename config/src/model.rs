@@ -128,6 +128,8 @@ pub struct Logging {
     pub file: Option<PathBuf>,
     /// One line per request.
     pub access_log: bool,
+    /// `common`, `combined`, `json`, or a template of `{atom}`s.
+    pub access_format: String,
 }
 
 /// `[metrics]` (planned).

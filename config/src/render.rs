@@ -227,6 +227,6 @@ mod tests {
             );
             assert!(md.contains(&def.env_var()), "{}", def.full_name());
         }
-        assert!(md.contains("*Planned: observability (issue 5).*"));
+        assert!(md.contains("*Planned: remote debugging (future issue).*"));
     }
 }

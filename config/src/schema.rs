@@ -119,7 +119,6 @@ const fn planned(issue: &'static str, mut def: KeyDef) -> KeyDef {
     def
 }
 
-const OBSERVABILITY: &str = "observability (issue 5)";
 const REMOTE_DEBUG: &str = "remote debugging (future issue)";
 
 const KIB: u64 = 1024;
@@ -197,21 +196,22 @@ pub static SCHEMA: &[KeyDef] = &[
     k("logging", "level", Kind::Enum(&["TRACE", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]), "INFO", "Minimum log level (case-insensitive)."),
     k("logging", "format", Kind::Str, "%(asctime)s %(levelname)s %(name)s %(message)s", "A Python `logging` format string (`%(asctime)s` (UTC) `%(levelname)s` `%(levelno)s` `%(name)s` `%(message)s` `%(process)d` `%(thread)s` `%(module)s`), or `json` for one JSON object per line."),
     k("logging", "file", Kind::Path, "", "Log file; empty = standard error."),
-    k("logging", "access_log", Kind::Bool, "false", "Log one line per request (`client - \"METHOD target VERSION\" status bytes duration`), under the logger name `genro_asgi.access`."),
+    k("logging", "access_log", Kind::Bool, "false", "Log one line per request, written from Rust when the response is done, under the logger name `genro_asgi.access`, in `access_format`."),
+    k("logging", "access_format", Kind::Str, "common", "Access-log line: `common` (Apache CLF), `combined` (CLF + referer and user agent), `json`, or a template of atoms `{method}` `{path}` `{query}` `{target}` `{status}` `{bytes}` `{duration_ms}` `{client}` `{client_ip}` `{protocol}` `{request_id}` `{time}` `{header:NAME}` (`{{`/`}}` for braces); see docs/OBSERVABILITY.md."),
     // [metrics]
     k("metrics", "enabled", Kind::Bool, "false", "Expose Prometheus metrics."),
     k("metrics", "endpoint", Kind::UrlPath, "/metrics", "URL path of the metrics endpoint."),
     k("metrics", "export_port", Kind::Int { min: 1, max: 65535 }, "9090", "Port of the metrics listener."),
     k("metrics", "host", Kind::Str, "127.0.0.1", "Interface address of the metrics listener (`/metrics`, `/healthz`, `/readyz`); use 0.0.0.0 for Kubernetes probes and scrapes from other hosts."),
     // [watchdog]
-    planned(OBSERVABILITY, k("watchdog", "enabled", Kind::Bool, "true", "Watch for stuck requests and blocked event loops.")),
-    planned(OBSERVABILITY, k("watchdog", "interval", Kind::Seconds { min: 0.1, max: HOUR }, "5", "How often the watchdog checks.")),
-    planned(OBSERVABILITY, k("watchdog", "timeout", Kind::Seconds { min: 0.1, max: DAY }, "60", "Log a warning when a request or event loop is stuck this long.")),
-    planned(OBSERVABILITY, k("watchdog", "critical", Kind::Seconds { min: 0.1, max: DAY }, "300", "Report a critical error when stuck this long; must be >= `timeout`.")),
+    k("watchdog", "enabled", Kind::Bool, "true", "Watch for stuck requests and blocked event loops."),
+    k("watchdog", "interval", Kind::Seconds { min: 0.1, max: HOUR }, "5", "How often the watchdog checks."),
+    k("watchdog", "timeout", Kind::Seconds { min: 0.1, max: DAY }, "60", "Log a warning when a request or event loop is stuck this long."),
+    k("watchdog", "critical", Kind::Seconds { min: 0.1, max: DAY }, "300", "Report a critical error when stuck this long; must be >= `timeout`."),
     // [errors]
     k("errors", "show_traceback", Kind::Bool, "false", "Include the Python traceback in 500 responses; requires `server.debug = true`."),
-    planned(OBSERVABILITY, k("errors", "notify_critical", Kind::Bool, "false", "Send a notification on critical errors.")),
-    planned(OBSERVABILITY, k("errors", "notify_webhook", Kind::Url, "", "Webhook (http/https URL) that receives critical-error notifications; empty = none.")),
+    k("errors", "notify_critical", Kind::Bool, "false", "Send a notification on critical errors."),
+    k("errors", "notify_webhook", Kind::Url, "", "Webhook (http/https URL) that receives critical-error notifications; empty = none."),
     // [debug]
     planned(REMOTE_DEBUG, k("debug", "enabled", Kind::Bool, "false", "Enable remote debugging.")),
     planned(REMOTE_DEBUG, k("debug", "remote_pdb", Kind::Bool, "false", "Serve a remote pdb session.")),

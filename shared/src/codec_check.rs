@@ -150,6 +150,9 @@ pub fn samples() -> Vec<Message> {
         error: None,
     };
     vec![
+        Message::Critical {
+            event: serde_json::json!({"event": "app_exception", "path": "/x", "n": 1.5}),
+        },
         Message::Hello {
             role: Role::Admin,
             slot: 2,

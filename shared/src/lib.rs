@@ -4,6 +4,7 @@
 //! hand work to its children.
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod access;
 pub mod codec_check;
 pub mod exit;
 pub mod logfile;

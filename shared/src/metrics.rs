@@ -92,7 +92,12 @@ pub fn merge<'a>(texts: impl IntoIterator<Item = &'a str>) -> String {
     let mut out = String::new();
     for name in order {
         let family = &families[&name];
-        for line in family.help.iter().chain(&family.kind).chain(&family.samples) {
+        for line in family
+            .help
+            .iter()
+            .chain(&family.kind)
+            .chain(&family.samples)
+        {
             out.push_str(line);
             out.push('\n');
         }
@@ -126,7 +131,9 @@ mod tests {
         let b = worker_text("1", 4);
         let merged = merge([a.as_str(), b.as_str()]);
         assert_eq!(
-            merged.matches("# TYPE genro_asgi_requests_total counter").count(),
+            merged
+                .matches("# TYPE genro_asgi_requests_total counter")
+                .count(),
             1
         );
         assert_eq!(

@@ -84,6 +84,12 @@ pub enum Message {
         /// The configuration as JSON, like the [`crate::ENV_CONFIG`] environment value.
         config: String,
     },
+    /// Worker to supervisor: a critical event for the `[errors] notify_webhook` (an app
+    /// exception, a critical stuck request, a blocked loop), as a JSON object.
+    Critical {
+        /// The event.
+        event: serde_json::Value,
+    },
     /// Admin: the requests in flight in every worker.
     Requests,
     /// Admin: the Python stack of every thread of every worker.
@@ -139,6 +145,7 @@ impl Message {
             Message::Scale { .. } => "scale",
             Message::Slots { .. } => "slots",
             Message::Configure { .. } => "configure",
+            Message::Critical { .. } => "critical",
             Message::Requests => "requests",
             Message::Stacks => "stacks",
             Message::Query { .. } => "query",

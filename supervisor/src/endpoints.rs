@@ -50,8 +50,8 @@ impl Default for Observed {
 impl Observed {
     /// Registers the series.
     pub fn new() -> Self {
-        let registry = Registry::new_custom(Some(metrics::PREFIX.to_owned()), None)
-            .expect("valid prefix");
+        let registry =
+            Registry::new_custom(Some(metrics::PREFIX.to_owned()), None).expect("valid prefix");
         let restarts = IntCounterVec::new(
             Opts::new(
                 "worker_restarts_total",
@@ -202,7 +202,10 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
         .expect("valid response")
 }
 
-async fn ask<T>(probes: &mpsc::Sender<Probe>, probe: impl FnOnce(oneshot::Sender<T>) -> Probe) -> Option<T> {
+async fn ask<T>(
+    probes: &mpsc::Sender<Probe>,
+    probe: impl FnOnce(oneshot::Sender<T>) -> Probe,
+) -> Option<T> {
     let (tx, rx) = oneshot::channel();
     probes.send(probe(tx)).await.ok()?;
     tokio::time::timeout(LOOP_TIMEOUT, rx).await.ok()?.ok()
@@ -220,9 +223,10 @@ async fn answer(
             PLAIN,
             "only GET and HEAD\n".into(),
         );
-        response
-            .headers_mut()
-            .insert(http::header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+        response.headers_mut().insert(
+            http::header::ALLOW,
+            http::HeaderValue::from_static("GET, HEAD"),
+        );
         return response;
     }
     let unavailable = || {

@@ -938,6 +938,11 @@ impl Fleet {
         Vec::new()
     }
 
+    /// The slot a worker process belongs to (serving, starting or retiring).
+    pub fn slot_of(&self, pid: u32) -> Option<usize> {
+        self.find(pid).map(|(slot, _)| slot)
+    }
+
     fn find(&self, pid: u32) -> Option<(usize, Role)> {
         self.slots.iter().enumerate().find_map(|(i, s)| {
             if s.worker.as_ref().is_some_and(|w| w.pid == pid) {

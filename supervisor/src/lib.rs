@@ -12,3 +12,4 @@ pub mod logs;
 pub mod notify;
 pub mod serve;
 pub mod sockets;
+pub mod webhook;

@@ -154,37 +154,114 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> std::fmt::Result {
+        let _ = ctx;
         let meta = event.metadata();
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let (levelname, levelno) = python_level(meta.level());
+        let levelname = fields.levelname.as_deref().unwrap_or(levelname);
         for piece in &self.pieces {
             match piece {
                 Piece::Text(text) => writer.write_str(text)?,
                 Piece::Asctime => write_asctime(&mut writer, std::time::SystemTime::now())?,
-                Piece::Levelname => writer.write_str(python_level(meta.level()).0)?,
-                Piece::Levelno => write!(writer, "{}", python_level(meta.level()).1)?,
-                Piece::Name => match meta.target() {
-                    "genro_asgi::access" => write!(writer, "genro_asgi.access")?,
-                    "genro_asgi::app" => write!(writer, "genro_asgi.app.{}", self.process)?,
-                    _ => write!(writer, "genro_asgi.{}", self.process)?,
+                Piece::Levelname => writer.write_str(levelname)?,
+                Piece::Levelno => match (fields.levelno, levelname) {
+                    (Some(n), _) => write!(writer, "{n}")?,
+                    (None, "CRITICAL") => writer.write_str("50")?,
+                    (None, _) => write!(writer, "{levelno}")?,
                 },
-                Piece::Message => ctx.field_format().format_fields(writer.by_ref(), event)?,
-                Piece::Process => write!(writer, "{}", std::process::id())?,
-                Piece::Thread => write!(
-                    writer,
-                    "{}",
-                    std::thread::current().name().unwrap_or("main")
-                )?,
-                Piece::Module => {
-                    let module = meta
-                        .module_path()
-                        .unwrap_or("")
-                        .rsplit("::")
-                        .next()
-                        .unwrap_or("");
-                    writer.write_str(module)?
+                Piece::Name => match (&fields.logger, meta.target()) {
+                    (Some(logger), _) => writer.write_str(logger)?,
+                    (None, "genro_asgi::access") => write!(writer, "genro_asgi.access")?,
+                    (None, "genro_asgi::app") => write!(writer, "genro_asgi.app.{}", self.process)?,
+                    (None, _) => write!(writer, "genro_asgi.{}", self.process)?,
+                },
+                Piece::Message => {
+                    writer.write_str(&fields.message)?;
+                    writer.write_str(&fields.rest)?;
                 }
+                Piece::Process => write!(writer, "{}", std::process::id())?,
+                Piece::Thread => match &fields.thread {
+                    Some(thread) => writer.write_str(thread)?,
+                    None => write!(
+                        writer,
+                        "{}",
+                        std::thread::current().name().unwrap_or("main")
+                    )?,
+                },
+                Piece::Module => match &fields.module {
+                    Some(module) => writer.write_str(module)?,
+                    None => {
+                        let module = meta
+                            .module_path()
+                            .unwrap_or("")
+                            .rsplit("::")
+                            .next()
+                            .unwrap_or("");
+                        writer.write_str(module)?
+                    }
+                },
             }
         }
         writeln!(writer)
+    }
+}
+
+/// An event's fields: the message, the Python record attributes that override ours
+/// (`levelname`, `levelno`, `logger`, `module`, `thread`: set for the app's `logging`
+/// records, and `levelname = "CRITICAL"` for critical events), and the rest as ` k=v`.
+#[derive(Default)]
+struct Fields {
+    message: String,
+    levelname: Option<String>,
+    levelno: Option<u64>,
+    logger: Option<String>,
+    module: Option<String>,
+    thread: Option<String>,
+    rest: String,
+}
+
+impl tracing::field::Visit for Fields {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        let slot = match field.name() {
+            "levelname" => &mut self.levelname,
+            "logger" => &mut self.logger,
+            "module" => &mut self.module,
+            "thread" => &mut self.thread,
+            "message" => {
+                self.message.push_str(value);
+                return;
+            }
+            name => {
+                use std::fmt::Write;
+                let _ = write!(self.rest, " {name}={value}");
+                return;
+            }
+        };
+        *slot = Some(value.to_owned());
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        if field.name() == "levelno" {
+            self.levelno = Some(value);
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write;
+        match field.name() {
+            "message" => {
+                let _ = write!(self.message, "{value:?}");
+            }
+            "levelname" | "logger" | "module" | "thread" => {
+                self.record_str(field, format!("{value:?}").trim_matches('"'))
+            }
+            name => {
+                let _ = write!(self.rest, " {name}={value:?}");
+            }
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use crate::fleet::{
     Beat, Command, Fleet, Hang, Phase, Refused, Settings, Unit, Worker, WorkerState,
 };
 use crate::notify::Notifier;
+use crate::webhook::Webhook;
 use anyhow::Context;
 use genro_config::{Config, ConfigError, Loaded};
 use genro_shared::exit;
@@ -91,6 +92,12 @@ fn preflight(config: &Config) -> Result<(), String> {
         return Err("no app to serve: set [application] app = module:attr in the config file, GENRO_ASGI_APPLICATION_APP, or --app".into());
     }
     genro_worker::server::tls_acceptor(config).map_err(|e| format!("{e:#}"))?;
+    genro_shared::access::AccessFormat::parse(&config.logging.access_format).map_err(|e| {
+        format!(
+            "[logging] access_format = {:?}: {e}",
+            config.logging.access_format
+        )
+    })?;
     Ok(())
 }
 
@@ -387,6 +394,8 @@ struct Supervisor {
     last_exit: Option<&'static str>,
     /// A reload (not a `max_requests` recycle) is replacing the workers.
     reloading: bool,
+    /// `[errors] notify_critical`: the webhook sender.
+    webhook: Option<Webhook>,
 }
 
 impl Supervisor {
@@ -403,9 +412,18 @@ impl Supervisor {
                         }
                     }
                     Command::Spawn { slot, generation } => {
-                        if self.fleet.slots().get(slot).is_some_and(|s| s.worker.is_some()) {
+                        if self
+                            .fleet
+                            .slots()
+                            .get(slot)
+                            .is_some_and(|s| s.worker.is_some())
+                        {
                             // A replacement beside the serving worker.
-                            self.observed.restart(if self.reloading { "reload" } else { "max_requests" });
+                            self.observed.restart(if self.reloading {
+                                "reload"
+                            } else {
+                                "max_requests"
+                            });
                         }
                         match self.spawner.spawn(slot, generation) {
                             Ok(child) => {
@@ -458,6 +476,14 @@ impl Supervisor {
                         let delay = delay.as_secs_f64();
                         if failures >= crate::fleet::CRASH_LOOP {
                             tracing::error!(failures, "{unit} is crash-looping: {failures} failures in a row; next start in {delay:.1}s");
+                            if let Some(webhook) = &self.webhook {
+                                webhook.notify(serde_json::json!({
+                                    "event": "crash_loop",
+                                    "unit": unit.to_string(),
+                                    "failures": failures,
+                                    "next_start_seconds": delay,
+                                }));
+                            }
                             self.notifier.send(&format!(
                                 "STATUS={unit} is crash-looping ({failures} failures in a row)"
                             ));
@@ -693,7 +719,11 @@ impl Supervisor {
                     .fleet
                     .slots()
                     .iter()
-                    .filter(|s| s.worker.as_ref().is_some_and(|w| w.state == WorkerState::Ready))
+                    .filter(|s| {
+                        s.worker
+                            .as_ref()
+                            .is_some_and(|w| w.state == WorkerState::Ready)
+                    })
                     .count();
                 let size = self.fleet.size();
                 let answer = match self.fleet.phase() {
@@ -845,6 +875,10 @@ impl Supervisor {
             }
         }
         self.fleet.set_settings(settings(config));
+        match start_webhook(config) {
+            Ok(webhook) => self.webhook = webhook,
+            Err(err) => tracing::error!("{err:#}; critical events are not sent"),
+        }
         self.app = config.application.app.clone();
         self.pending_scale = Some(config.server.workers).filter(|n| *n != self.fleet.size());
         tracing::info!(
@@ -1152,6 +1186,7 @@ async fn supervise(
         hung_pids: Default::default(),
         last_exit: None,
         reloading: false,
+        webhook: start_webhook(config)?,
     };
     if let Some(listener) = metrics_listener {
         let (probes_tx, mut probes_rx) = mpsc::channel::<Probe>(64);
@@ -1221,6 +1256,16 @@ async fn supervise(
                 }
                 Event::Control(Incoming::Message { pid, message: Message::Answer { id, report } }) => {
                     sup.answered(pid, id, report);
+                    Vec::new()
+                }
+                Event::Control(Incoming::Message { pid, message: Message::Critical { mut event } }) => {
+                    if let (Some(webhook), Some(fields)) = (&sup.webhook, event.as_object_mut()) {
+                        if let Some(slot) = sup.fleet.slot_of(pid) {
+                            fields.insert("worker".into(), slot.into());
+                        }
+                        fields.insert("pid".into(), pid.into());
+                        webhook.notify(event);
+                    }
                     Vec::new()
                 }
                 Event::Control(Incoming::Message { pid, message }) => {
@@ -1303,6 +1348,16 @@ async fn supervise(
             }
             _ = sleep => sup.fleet.handle_tick(now()),
         };
+    }
+}
+
+/// The `[errors] notify_webhook` sender, when `notify_critical` is on.
+fn start_webhook(config: &Config) -> anyhow::Result<Option<Webhook>> {
+    match (&config.errors.notify_webhook, config.errors.notify_critical) {
+        (Some(url), true) => Webhook::start(url)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("[errors] notify_webhook: {e}")),
+        _ => Ok(None),
     }
 }
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import logging
 import os
 import time
 import urllib.parse
@@ -181,6 +182,18 @@ async def app(scope, receive, send):
                 break
         await start(send)
         await asyncio.ensure_future(send({"type": "http.response.body", "body": b"".join(parts)}))
+    elif path == "/log":
+        log = logging.getLogger("myapp.views")
+        log.info("info from the app %s", query.get("tag", ""))
+        log.warning("warning from the app %s", query.get("tag", ""))
+        log.critical("critical from the app %s", query.get("tag", ""))
+        try:
+            1 / 0
+        except ZeroDivisionError:
+            log.exception("caught in the app %s", query.get("tag", ""))
+        log.debug("debug from the app %s", query.get("tag", ""))
+        await start(send)
+        await body(send, b"logged")
     elif path == "/pid":
         await start(send)
         await body(send, str(os.getpid()).encode())

@@ -4,15 +4,42 @@ holds what is clearer in Python and is off the hot path (or one call per request
 
 import asyncio
 import importlib
+import logging
 import sys
 import traceback
 
 _log = None  # set by setup(): a callable (level, message) into the Rust log sink
 
 
-def setup(log):
+class _Handler(logging.Handler):
+    """Sends the app's `logging` records to the server's sink: same destination, same
+    format, the record's logger name and level."""
+
+    def __init__(self, emit):
+        super().__init__()
+        self._emit = emit
+        self._formatter = logging.Formatter()
+
+    def emit(self, record):
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + self._formatter.formatException(record.exc_info)
+            if record.stack_info:
+                message += "\n" + self._formatter.formatStack(record.stack_info)
+            self._emit(record.name, record.levelno, record.levelname, message, record.module,
+                       record.threadName or "")
+        except Exception:
+            self.handleError(record)
+
+
+def setup(log, emit, level):
     global _log
     _log = log
+    # On the root logger: records of every logger propagate here unless the app configures
+    # logging otherwise (logging.basicConfig then sees a handler and keeps it).
+    logging.root.addHandler(_Handler(emit))
+    logging.root.setLevel(level)
 
 
 def format_exception(exc):

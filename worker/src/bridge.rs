@@ -141,9 +141,32 @@ pub struct Shared {
     pub health: crate::health::LoopHealth,
     /// `[metrics] enabled`.
     pub metrics: Option<crate::metrics::Metrics>,
+    /// Where critical events go (to the supervisor, then the webhook), when
+    /// `[errors] notify_critical` is on.
+    pub notices: Option<mpsc::Sender<genro_shared::protocol::Message>>,
+}
+
+/// Most bytes of a traceback sent to the webhook (its end: the exception is last).
+const MAX_NOTIFIED_TRACEBACK: usize = 16 * 1024;
+
+/// The last `max` bytes of `text` (cut at a character boundary).
+fn tail(text: &str, max: usize) -> &str {
+    let mut at = text.len().saturating_sub(max);
+    while !text.is_char_boundary(at) {
+        at += 1;
+    }
+    &text[at..]
 }
 
 impl Shared {
+    /// Passes a critical event on to the supervisor's webhook sender, if notifications are
+    /// on; never waits (dropped when the queue is full).
+    pub fn notify(&self, event: serde_json::Value) {
+        if let Some(notices) = &self.notices {
+            let _ = notices.try_send(genro_shared::protocol::Message::Critical { event });
+        }
+    }
+
     /// Counts an error in the metrics (when they are on).
     pub fn error(&self, kind: crate::metrics::ErrorKind) {
         if let Some(metrics) = &self.metrics {
@@ -735,7 +758,6 @@ struct Inner {
     failed: bool,
 }
 
-
 impl std::fmt::Debug for Handle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Handle")
@@ -934,6 +956,15 @@ impl Handle {
             "exception in ASGI app (error id {id})\n{}",
             traceback.trim_end()
         );
+        self.shared.notify(serde_json::json!({
+            "event": "app_exception",
+            "request_id": id.as_str(),
+            "method": self.method.as_str(),
+            "path": self.path,
+            "client": self.client.to_string(),
+            "pid": std::process::id(),
+            "traceback": tail(traceback.trim_end(), MAX_NOTIFIED_TRACEBACK),
+        }));
         let detail = if self.shared.show_traceback {
             format!("\n\n{traceback}")
         } else {

@@ -80,7 +80,11 @@ impl Ticker {
     fn __call__(&self, lag: f64) {
         self.0.health.tick(lag);
         if let Some(metrics) = &self.0.metrics {
-            let lag = if lag.is_finite() { lag.clamp(0.0, 1e6) } else { 0.0 };
+            let lag = if lag.is_finite() {
+                lag.clamp(0.0, 1e6)
+            } else {
+                0.0
+            };
             metrics.loop_lag(std::time::Duration::from_secs_f64(lag));
         }
     }
@@ -143,6 +147,26 @@ impl Stacks {
         );
         Ok(text.replace(&marker, &marked))
     }
+
+    /// The stack of the thread running the event loop only.
+    pub fn loop_stack(&self) -> std::io::Result<String> {
+        Ok(loop_section(&self.dump()?))
+    }
+}
+
+/// The event loop's section of a [`Stacks::dump`]: from its marked header to the blank
+/// line (or the next thread) after it.
+fn loop_section(dump: &str) -> String {
+    let mut lines = dump.lines().skip_while(|l| !l.contains("[event loop]"));
+    let Some(header) = lines.next() else {
+        return dump.to_owned();
+    };
+    let mut out = format!("{header}\n");
+    for line in lines.take_while(|l| l.starts_with(' ')) {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -158,5 +182,14 @@ mod tests {
         assert_eq!(h.take_lag_ms(), 10.0);
         assert_eq!(h.take_lag_ms(), 0.0);
         assert_eq!(h.stalled_ms(), 0);
+    }
+
+    #[test]
+    fn the_loop_section_is_cut_out_of_a_dump() {
+        let dump = "Thread 0x0000000000000002 (most recent call first):\n  File \"a.py\", line 1 in other\n\nCurrent thread 0x0000000000000001 [event loop] (most recent call first):\n  File \"app.py\", line 9 in handler\n  File \"glue.py\", line 3 in run_http\n\nThread 0x3 (most recent call first):\n  File \"b.py\", line 2 in x\n";
+        assert_eq!(
+            loop_section(dump),
+            "Current thread 0x0000000000000001 [event loop] (most recent call first):\n  File \"app.py\", line 9 in handler\n  File \"glue.py\", line 3 in run_http\n"
+        );
     }
 }

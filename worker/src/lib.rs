@@ -18,9 +18,10 @@ pub mod python;
 pub mod registry;
 pub mod response;
 pub mod server;
+pub mod watchdog;
 
 use bridge::{Bridge, Drainer, Event, PyParts, Shared};
-use genro_config::{Config, Lifespan, LoopKind};
+use genro_config::{Config, Lifespan, LogLevel, LoopKind};
 use genro_shared::exit;
 use genro_shared::protocol::{self, Message, Role};
 use pyo3::prelude::*;
@@ -58,6 +59,39 @@ fn log(level: &str, message: &str) {
         "WARNING" => tracing::warn!(target: "genro_asgi::app", "{message}"),
         "DEBUG" => tracing::debug!(target: "genro_asgi::app", "{message}"),
         _ => tracing::info!(target: "genro_asgi::app", "{message}"),
+    }
+}
+
+/// Writes one record of the app's Python `logging` into the worker's tracing sink, with the
+/// record's own logger name, level name, module and thread (see supervisor/src/logs.rs).
+#[pyfunction]
+fn log_record(
+    name: &str,
+    levelno: u64,
+    levelname: &str,
+    message: &str,
+    module: &str,
+    thread: &str,
+) {
+    macro_rules! emit {
+        ($level:ident) => {
+            tracing::$level!(
+                target: "genro_asgi::py",
+                logger = name,
+                levelname = levelname,
+                levelno = levelno,
+                module = module,
+                thread = thread,
+                "{message}"
+            )
+        };
+    }
+    match levelno {
+        40.. => emit!(error),
+        30..=39 => emit!(warn),
+        20..=29 => emit!(info),
+        10..=19 => emit!(debug),
+        _ => emit!(trace),
     }
 }
 
@@ -127,7 +161,15 @@ fn run_inner(args: WorkerArgs) -> anyhow::Result<i32> {
         executable.display()
     );
 
+    let notify = config.errors.notify_critical && config.errors.notify_webhook.is_some();
+    let (notices, notices_rx) = if notify {
+        let (tx, rx) = tokio::sync::mpsc::channel(NOTICES);
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
     let shared = Arc::new(Shared {
+        notices,
         bridge: Bridge::new().context("eventfd")?,
         runtime: runtime.handle().clone(),
         root_path: config.server.root_path.clone(),
@@ -147,7 +189,22 @@ fn run_inner(args: WorkerArgs) -> anyhow::Result<i32> {
 
     Python::with_gil(|py| -> anyhow::Result<i32> {
         let glue = load_glue(py).context("loading the worker glue")?;
-        glue.call_method1("setup", (wrap_pyfunction!(log, py)?,))?;
+        let python_level = match config.logging.level {
+            LogLevel::Trace => 1,
+            LogLevel::Debug => 10,
+            LogLevel::Info => 20,
+            LogLevel::Warning => 30,
+            LogLevel::Error => 40,
+            LogLevel::Critical => 50,
+        };
+        glue.call_method1(
+            "setup",
+            (
+                wrap_pyfunction!(log, py)?,
+                wrap_pyfunction!(log_record, py)?,
+                python_level,
+            ),
+        )?;
         let spec = &config.application.app;
         let app_dir = config.application.app_dir.display().to_string();
         let app = match glue.call_method1("load_app", (spec, app_dir, config.application.factory)) {
@@ -234,12 +291,20 @@ fn run_inner(args: WorkerArgs) -> anyhow::Result<i32> {
                 }
             })
         };
+        if config.watchdog.enabled {
+            runtime.spawn(watchdog::run(
+                shared.clone(),
+                stacks.clone(),
+                config.watchdog.clone(),
+            ));
+        }
         runtime.spawn(control_loop(
             control_read,
             control_write,
             shared.clone(),
             stacks,
             stop_tx.clone(),
+            notices_rx,
         ));
         runtime.spawn(genro_shared::signals::stop_loop(stop_tx));
         tracing::info!(
@@ -288,6 +353,8 @@ fn format_py_error(py: Python<'_>, glue: &Bound<'_, PyModule>, err: &PyErr) -> S
 
 /// Most requests listed in one answer to `ctl requests` (the frame limit is 1 MiB).
 const MAX_LISTED: usize = 2000;
+/// Critical events waiting for the control connection; more are dropped.
+const NOTICES: usize = 32;
 /// Most bytes of stack traces in one answer.
 const MAX_STACKS: usize = 512 * 1024;
 
@@ -299,6 +366,7 @@ async fn control_loop(
     shared: Arc<Shared>,
     stacks: Option<Arc<health::Stacks>>,
     stop: watch::Sender<bool>,
+    notices: Option<tokio::sync::mpsc::Receiver<Message>>,
 ) {
     use std::sync::atomic::Ordering;
     if protocol::write_frame(&mut write, &Message::Ready)
@@ -310,10 +378,18 @@ async fn control_loop(
     }
     let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Message>(16);
     let beats = shared.clone();
+    let mut notices = notices;
     let writer = tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
+            let notice = async {
+                match notices.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             let message = tokio::select! {
+                Some(message) = notice => message,
                 _ = tick.tick() => Message::Heartbeat {
                     in_flight: beats.in_flight.load(Ordering::Relaxed) as u64,
                     served: beats.started.load(Ordering::Relaxed),
@@ -376,7 +452,9 @@ fn answer(
         },
         protocol::QueryKind::Metrics => match &shared.metrics {
             Some(metrics) => {
-                report.metrics = Some(metrics.encode(shared.in_flight.load(std::sync::atomic::Ordering::Relaxed)))
+                report.metrics = Some(
+                    metrics.encode(shared.in_flight.load(std::sync::atomic::Ordering::Relaxed)),
+                )
             }
             None => report.error = Some("metrics are off in this worker".into()),
         },

@@ -5,8 +5,8 @@
 
 use genro_shared::metrics::{registry, DURATION_BUCKETS, LAG_BUCKETS};
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -161,9 +161,11 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(duration.clone())).expect("once");
-        let in_flight = IntGauge::new("requests_in_flight", "Requests being served.")
-            .expect("valid metric");
-        registry.register(Box::new(in_flight.clone())).expect("once");
+        let in_flight =
+            IntGauge::new("requests_in_flight", "Requests being served.").expect("valid metric");
+        registry
+            .register(Box::new(in_flight.clone()))
+            .expect("once");
         let stuck = IntGaugeVec::new(
             Opts::new(
                 "requests_stuck",
@@ -216,7 +218,9 @@ impl Metrics {
                 response_bytes.with_label_values(&[p.label()])
             }),
             stuck: each(["warning", "critical"], |l| stuck.with_label_values(&[l])),
-            ws_messages: each(["received", "sent"], |d| ws_messages.with_label_values(&[d])),
+            ws_messages: each(["received", "sent"], |d| {
+                ws_messages.with_label_values(&[d])
+            }),
             errors: each(ErrorKind::ALL, |k| errors.with_label_values(&[k.label()])),
             requests: Box::default(),
             connections_total,
@@ -265,8 +269,11 @@ impl Metrics {
         self.requests[p][m][class]
             .get_or_init(|| {
                 let method = METHODS.get(m).map_or("OTHER", |known| known.as_str());
-                self.requests_total
-                    .with_label_values(&[protocol.label(), method, STATUS_CLASSES[class]])
+                self.requests_total.with_label_values(&[
+                    protocol.label(),
+                    method,
+                    STATUS_CLASSES[class],
+                ])
             })
             .inc();
         self.duration[p].observe(elapsed.as_secs_f64());
@@ -310,10 +317,31 @@ mod tests {
     fn a_request_lands_in_its_labels() {
         let m = Metrics::new("3");
         let ms = Duration::from_millis(2);
-        m.request_done(Protocol::Http2, &http::Method::GET, http::StatusCode::OK, ms, 0, 5);
-        m.request_done(Protocol::Http2, &http::Method::GET, http::StatusCode::OK, ms, 0, 5);
+        m.request_done(
+            Protocol::Http2,
+            &http::Method::GET,
+            http::StatusCode::OK,
+            ms,
+            0,
+            5,
+        );
+        m.request_done(
+            Protocol::Http2,
+            &http::Method::GET,
+            http::StatusCode::OK,
+            ms,
+            0,
+            5,
+        );
         let purge = http::Method::from_bytes(b"PURGE").unwrap();
-        m.request_done(Protocol::Http1, &purge, http::StatusCode::NOT_FOUND, ms, 7, 0);
+        m.request_done(
+            Protocol::Http1,
+            &purge,
+            http::StatusCode::NOT_FOUND,
+            ms,
+            7,
+            0,
+        );
         m.error(ErrorKind::App);
         let text = m.encode(4);
         for line in [

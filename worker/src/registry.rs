@@ -303,7 +303,13 @@ mod tests {
         assert_eq!(news[0].level, Level::Critical);
         assert_eq!(r.external_id(n).as_deref(), Some("abc-123"));
         let long = http::HeaderValue::from_bytes(&[b'a'; MAX_EXTERNAL_ID + 1]).unwrap();
-        let m = r.insert(&http::Method::GET, &"/".parse().unwrap(), client, Protocol::Http1, Some(&long));
+        let m = r.insert(
+            &http::Method::GET,
+            &"/".parse().unwrap(),
+            client,
+            Protocol::Http1,
+            Some(&long),
+        );
         assert_eq!(r.external_id(m), None);
     }
 

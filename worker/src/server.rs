@@ -7,6 +7,7 @@ use crate::bridge::{ConnInfo, Event, Exchange, RequestStart, Shared, REQUEST_ID}
 use crate::metrics::{ErrorKind, Protocol};
 use bytes::Bytes;
 use genro_config::Config;
+use genro_shared::access::{AccessFormat, AccessRecord};
 use genro_shared::{tls, CLIENT_HEADER};
 use http::header::{HeaderValue, ALT_SVC, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{Request, Response, StatusCode};
@@ -123,16 +124,60 @@ impl ConnState {
 /// and its access-log line.
 struct Done {
     shared: Arc<Shared>,
-    client: std::net::SocketAddr,
     method: http::Method,
-    /// The request target, for the access log (`None`: no access log).
-    target: Option<String>,
-    version: http::Version,
     protocol: Protocol,
     started: Instant,
+    /// What the access-log line needs (`None`: no access log).
+    access: Option<Box<AccessData>>,
+}
+
+/// The request facts an access-log line shows besides the response's.
+struct AccessData {
+    format: Arc<AccessFormat>,
+    client: std::net::SocketAddr,
+    uri: http::Uri,
+    version: http::Version,
+    time: std::time::SystemTime,
+    request_id: crate::registry::RequestId,
+    /// The request headers the format names, in [`AccessFormat::headers`] order.
+    headers: Vec<Option<HeaderValue>>,
 }
 
 impl Done {
+    fn new(
+        ctx: &ConnCtx,
+        request: &Request<Incoming>,
+        client: std::net::SocketAddr,
+        protocol: Protocol,
+        request_id: crate::registry::RequestId,
+    ) -> Option<Self> {
+        if ctx.access.is_none() && ctx.shared.metrics.is_none() {
+            return None;
+        }
+        let access = ctx.access.as_ref().map(|format| {
+            Box::new(AccessData {
+                client,
+                uri: request.uri().clone(),
+                version: request.version(),
+                time: std::time::SystemTime::now(),
+                request_id,
+                headers: format
+                    .headers()
+                    .iter()
+                    .map(|name| request.headers().get(name).cloned())
+                    .collect(),
+                format: format.clone(),
+            })
+        });
+        Some(Done {
+            shared: ctx.shared.clone(),
+            method: request.method().clone(),
+            protocol,
+            started: Instant::now(),
+            access,
+        })
+    }
+
     fn record(&self, status: StatusCode, bytes: u64, request_bytes: u64) {
         let elapsed = self.started.elapsed();
         if let Some(metrics) = &self.shared.metrics {
@@ -145,18 +190,22 @@ impl Done {
                 bytes,
             );
         }
-        if let Some(target) = &self.target {
-            tracing::info!(
-                target: "genro_asgi::access",
-                "{} - \"{} {} {:?}\" {} {} {:.3}ms",
-                self.client,
-                self.method,
-                target,
-                self.version,
-                status.as_u16(),
+        if let Some(a) = &self.access {
+            let line = a.format.format(&AccessRecord {
+                time: a.time,
+                client: a.client,
+                method: &self.method,
+                path: a.uri.path(),
+                query: a.uri.query().unwrap_or(""),
+                protocol: self.protocol.label(),
+                version: a.version,
+                status: status.as_u16(),
                 bytes,
-                elapsed.as_secs_f64() * 1000.0
-            );
+                duration: elapsed,
+                request_id: a.request_id.as_str(),
+                headers: &a.headers,
+            });
+            tracing::info!(target: "genro_asgi::access", "{line}");
         }
     }
 }
@@ -184,7 +233,8 @@ struct ConnCtx {
     state: Arc<ConnState>,
     shared: Arc<Shared>,
     limits: Arc<Limits>,
-    access_log: bool,
+    /// The access-log format, when `[logging] access_log` is on.
+    access: Option<Arc<AccessFormat>>,
 }
 
 /// Attaches the metrics and access-log line (if on) to a response the server wrote itself.
@@ -221,23 +271,15 @@ async fn handle(
         }
         _ => ctx.info.clone(),
     };
-    let done = (ctx.access_log || ctx.shared.metrics.is_some()).then(|| Done {
-        shared: ctx.shared.clone(),
-        client: info.client,
-        method: request.method().clone(),
-        target: ctx.access_log.then(|| {
-            request
-                .uri()
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_owned()
-        }),
-        version: request.version(),
-        protocol,
-        started: Instant::now(),
-    });
     let admission =
         crate::bridge::Admission::new(ctx.shared.clone(), &request, info.client, protocol);
+    let done = Done::new(
+        &ctx,
+        &request,
+        info.client,
+        protocol,
+        admission.request_id(),
+    );
     let request_id = admission.request_id().header();
     if limits.max_concurrency != 0
         && ctx.shared.in_flight.load(Ordering::Relaxed) > limits.max_concurrency
@@ -486,6 +528,13 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_header_list_size(config.limits.max_header_size.min(u32::MAX as u64) as u32);
     let handshake_timeout = config.limits.header_read_timeout;
+    let access = if config.logging.access_log {
+        let format = AccessFormat::parse(&config.logging.access_format)
+            .map_err(|e| anyhow::anyhow!("[logging] access_format: {e}"))?;
+        Some(Arc::new(format))
+    } else {
+        None
+    };
     // Every connection task holds a clone; the drain waits until all are dropped.
     let (live, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     let conn_stop = stop.clone();
@@ -502,7 +551,7 @@ pub async fn serve(
             state: Arc::new(ConnState::new()),
             shared: shared.clone(),
             limits: limits.clone(),
-            access_log: config.logging.access_log,
+            access: access.clone(),
         });
         let builder = builder.clone();
         let stop = conn_stop.clone();
@@ -549,7 +598,7 @@ pub async fn serve(
             state: Arc::new(ConnState::new()),
             shared: shared.clone(),
             limits: limits.clone(),
-            access_log: config.logging.access_log,
+            access: access.clone(),
         });
         let driver = Driver {
             builder: builder.clone(),
