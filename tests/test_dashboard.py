@@ -14,7 +14,7 @@ from test_observability import metrics_server, samples, scrape
 DASHBOARD = ROOT / "deploy" / "grafana" / "genro-asgi.json"
 DOC = ROOT / "docs" / "OBSERVABILITY.md"
 
-NAME = re.compile(r"\bgenro_asgi_[a-zA-Z0-9_]+")
+NAME = re.compile(r"\bgenro_asgi_[a-zA-Z0-9_]+\b(?!\.py)")
 # A metric selector with its matchers: genro_asgi_x{a="b", c=~"d"}.
 SELECTOR = re.compile(r"\b(genro_asgi_[a-zA-Z0-9_]+)\s*\{([^}]*)\}")
 MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)\s*\"")

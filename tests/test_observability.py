@@ -262,12 +262,22 @@ def test_app_logging_records_share_the_sink_and_format(server):
     assert httpx.get(s.url + "/log?tag=T1").text == "logged"
     s.wait_log("caught in the app T1")
     pid = ready_pids(s)[0]
-    assert "INFO|myapp.views|basic|%d|info from the app T1" % pid in s.log
+    (info,) = lines_with(s, "info from the app T1")
+    assert info.startswith("INFO|myapp.views|basic|%d|info from the app T1 ident=" % pid), info
     assert "WARNING|myapp.views|basic|%d|warning from the app T1" % pid in s.log
     assert "CRITICAL|myapp.views|basic|%d|critical from the app T1" % pid in s.log
     error = s.log.split("ERROR|myapp.views|basic|%d|caught in the app T1\n" % pid)[1]
     assert error.startswith("Traceback (most recent call last):") and "ZeroDivisionError" in error
     assert "debug from the app" not in s.log, "below [logging] level"
+
+
+def test_thread_attribute_is_the_python_thread_ident(server):
+    s = server(sections={"logging": {"format": "%(thread)d|%(threadName)s|%(message)s"}})
+    httpx.get(s.url + "/log?tag=T2")
+    (info,) = lines_with(s, "info from the app T2")
+    thread, name, message = info.split("|", 2)
+    assert message.endswith("ident=" + thread), info
+    assert name == "MainThread"
 
 
 def test_json_logs_are_one_object_per_line_for_server_and_app(server):

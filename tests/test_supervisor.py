@@ -185,7 +185,7 @@ def test_graceful_timeout_bounds_the_drain(server):
     t.join(5)
     assert outcome == [503], "a request cut by the drain timeout is answered 503"
     assert "graceful_timeout reached" in s.log
-    assert re.search(r"cancelling request \d+ GET /sleep from 127\.0\.0\.1:\d+ \(http/1\.1, running", s.log), s.log
+    assert re.search(r"cancelling request [0-9a-f]{16} GET /sleep from 127\.0\.0\.1:\d+ \(http1, running", s.log), s.log
     assert "request cancelled" in s.log
 
 

@@ -194,7 +194,7 @@ pub static SCHEMA: &[KeyDef] = &[
     k("http3", "max_concurrent_streams", Kind::Int { min: 1, max: 10_000 }, "100", "Requests one HTTP/3 connection may have open at once."),
     // [logging]
     k("logging", "level", Kind::Enum(&["TRACE", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]), "INFO", "Minimum log level (case-insensitive)."),
-    k("logging", "format", Kind::Str, "%(asctime)s %(levelname)s %(name)s %(message)s", "A Python `logging` format string (`%(asctime)s` (UTC) `%(levelname)s` `%(levelno)s` `%(name)s` `%(message)s` `%(process)d` `%(thread)s` `%(module)s`), or `json` for one JSON object per line."),
+    k("logging", "format", Kind::Str, "%(asctime)s %(levelname)s %(name)s %(message)s", "A Python `logging` format string (`%(asctime)s` (UTC) `%(levelname)s` `%(levelno)s` `%(name)s` `%(message)s` `%(process)d` `%(thread)d` `%(threadName)s` `%(module)s`), or `json` for one JSON object per line."),
     k("logging", "file", Kind::Path, "", "Log file; empty = standard error."),
     k("logging", "access_log", Kind::Bool, "false", "Log one line per request, written from Rust when the response is done, under the logger name `genro_asgi.access`, in `access_format`."),
     k("logging", "access_format", Kind::Str, "common", "Access-log line: `common` (Apache CLF), `combined` (CLF + referer and user agent), `json`, or a template of atoms `{method}` `{path}` `{query}` `{target}` `{status}` `{bytes}` `{duration_ms}` `{client}` `{client_ip}` `{protocol}` `{request_id}` `{time}` `{header:NAME}` (`{{`/`}}` for braces); see docs/OBSERVABILITY.md."),

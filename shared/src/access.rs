@@ -7,10 +7,11 @@
 //! `0x7F`–`0xFF`) become `\xHH` (uppercase hex), so a client cannot end the line or fake a
 //! field. An empty or absent text value is written as `-`, so fields never vanish.
 
+use crate::clock::{Civil, Rfc3339};
 use std::borrow::Cow;
 use std::fmt::{self, Display, Write as _};
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use http::{HeaderName, HeaderValue, Method, Version};
 use serde::ser::{Serialize, SerializeStruct, Serializer};
@@ -411,52 +412,6 @@ impl Serialize for JsonHeader<'_> {
     }
 }
 
-/// A UTC calendar time, to the millisecond.
-struct Civil {
-    year: i64,
-    month: u32,
-    day: u32,
-    hour: u32,
-    minute: u32,
-    second: u32,
-    millis: u32,
-}
-
-impl Civil {
-    fn of(time: SystemTime) -> Civil {
-        // A clock set before 1970 logs as the epoch.
-        let since = time.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-        let secs = since.as_secs();
-        let (year, month, day) = civil_from_days((secs / 86_400) as i64);
-        let of_day = (secs % 86_400) as u32;
-        Civil {
-            year,
-            month,
-            day,
-            hour: of_day / 3600,
-            minute: of_day / 60 % 60,
-            second: of_day % 60,
-            millis: since.subsec_millis(),
-        }
-    }
-}
-
-/// Howard Hinnant's `civil_from_days`, the inverse of `days_from_civil`
-/// (<http://howardhinnant.github.io/date_algorithms.html>): days since 1970-01-01 to a
-/// proleptic Gregorian (year, month, day).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // day of era, [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of March-based year, [0, 365]
-    let mp = (5 * doy + 2) / 153; // month from March, [0, 11]
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 /// `10/Oct/2000:13:55:36 +0000`, CLF's `%d/%b/%Y:%H:%M:%S %z` in UTC.
 struct Clf(SystemTime);
 
@@ -479,23 +434,10 @@ impl Display for Clf {
     }
 }
 
-/// `2000-10-10T13:55:36.123Z`.
-struct Rfc3339(SystemTime);
-
-impl Display for Rfc3339 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let c = Civil::of(self.0);
-        write!(
-            f,
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-            c.year, c.month, c.day, c.hour, c.minute, c.second, c.millis
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
     use std::net::{IpAddr, Ipv6Addr};
 
     /// 2000-10-10T13:55:36.123Z, Apache's documentation example moved to UTC.
@@ -760,28 +702,5 @@ mod tests {
             Rfc3339(UNIX_EPOCH - Duration::from_secs(5)).to_string(),
             "1970-01-01T00:00:00.000Z"
         );
-    }
-
-    /// Hinnant's `days_from_civil`, to check `civil_from_days` against its inverse.
-    fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-        let y = y - i64::from(m <= 2);
-        let era = y.div_euclid(400);
-        let yoe = y.rem_euclid(400);
-        let m = i64::from(m);
-        let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        era * 146_097 + doe - 719_468
-    }
-
-    #[test]
-    fn civil_round_trip() {
-        let mut previous = civil_from_days(-1);
-        for days in 0..200_000 {
-            let (y, m, d) = civil_from_days(days);
-            assert!((1..=12).contains(&m) && (1..=31).contains(&d), "{days}");
-            assert_eq!(days_from_civil(y, m, d), days);
-            assert!((y, m, d) > previous);
-            previous = (y, m, d);
-        }
     }
 }

@@ -143,6 +143,7 @@ pub fn samples() -> Vec<Message> {
             client: "127.0.0.1:5".into(),
             protocol: "http/1.1".into(),
             age: 0.5,
+            stuck: Some("warning".into()),
         }],
         total: 3,
         stacks: Some("Thread 0x1\n  \"quoted\"".into()),

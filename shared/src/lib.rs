@@ -5,6 +5,7 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod access;
+pub mod clock;
 pub mod codec_check;
 pub mod exit;
 pub mod logfile;

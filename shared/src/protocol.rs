@@ -229,6 +229,9 @@ pub struct InFlightRequest {
     pub protocol: String,
     /// Seconds since the request started.
     pub age: f64,
+    /// `warning` or `critical` once the watchdog found it stuck.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stuck: Option<String>,
 }
 
 /// The fleet as reported to `genro-asgi ctl status`.

@@ -122,8 +122,8 @@ pub fn workers_text(workers: &[WorkerReport]) -> String {
     let listing = workers.iter().any(|w| w.stacks.is_none() && w.total > 0);
     if listing {
         out.push_str(&format!(
-            "{:>4}  {:>8}  {:<16}  {:>9}  {:<9} {:<7} {:<22} {}\n",
-            "slot", "pid", "id", "age", "protocol", "method", "client", "path"
+            "{:>4}  {:>8}  {:<16}  {:>9}  {:<8}  {:<9} {:<7} {:<22} {}\n",
+            "slot", "pid", "id", "age", "stuck", "protocol", "method", "client", "path"
         ));
     }
     for w in workers {
@@ -138,8 +138,16 @@ pub fn workers_text(workers: &[WorkerReport]) -> String {
         }
         for r in &w.requests {
             out.push_str(&format!(
-                "{:>4}  {:>8}  {:<16}  {:>8.3}s  {:<9} {:<7} {:<22} {}\n",
-                w.slot, w.pid, r.request_id, r.age, r.protocol, r.method, r.client, r.path
+                "{:>4}  {:>8}  {:<16}  {:>8.3}s  {:<8}  {:<9} {:<7} {:<22} {}\n",
+                w.slot,
+                w.pid,
+                r.request_id,
+                r.age,
+                r.stuck.as_deref().unwrap_or("-"),
+                r.protocol,
+                r.method,
+                r.client,
+                r.path
             ));
         }
         if w.total > w.requests.len() as u64 {

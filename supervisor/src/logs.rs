@@ -71,6 +71,9 @@ enum Piece {
     Name,
     Message,
     Process,
+    /// `%(thread)d`: the thread's id, as Python's `threading.get_ident()`.
+    ThreadId,
+    /// `%(threadName)s`.
     Thread,
     Module,
 }
@@ -100,7 +103,8 @@ fn parse(format: &str) -> Vec<Piece> {
                 "name" => Piece::Name,
                 "message" => Piece::Message,
                 "process" => Piece::Process,
-                "thread" | "threadName" => Piece::Thread,
+                "thread" => Piece::ThreadId,
+                "threadName" => Piece::Thread,
                 "module" => Piece::Module,
                 _ => return None,
             };
@@ -163,7 +167,11 @@ where
         for piece in &self.pieces {
             match piece {
                 Piece::Text(text) => writer.write_str(text)?,
-                Piece::Asctime => write_asctime(&mut writer, std::time::SystemTime::now())?,
+                Piece::Asctime => write!(
+                    writer,
+                    "{}",
+                    genro_shared::clock::Asctime(std::time::SystemTime::now())
+                )?,
                 Piece::Levelname => writer.write_str(levelname)?,
                 Piece::Levelno => match (fields.levelno, levelname) {
                     (Some(n), _) => write!(writer, "{n}")?,
@@ -181,6 +189,11 @@ where
                     writer.write_str(&fields.rest)?;
                 }
                 Piece::Process => write!(writer, "{}", std::process::id())?,
+                // Events are formatted on the thread that emits them (app records too: the
+                // handler calls into Rust synchronously), and on Linux Python's thread ident
+                // is that thread's pthread_t.
+                // SAFETY: pthread_self has no preconditions.
+                Piece::ThreadId => write!(writer, "{}", unsafe { libc::pthread_self() } as u64)?,
                 Piece::Thread => match &fields.thread {
                     Some(thread) => writer.write_str(thread)?,
                     None => write!(
@@ -265,36 +278,6 @@ impl tracing::field::Visit for Fields {
     }
 }
 
-/// Python's default `asctime`: `YYYY-MM-DD HH:MM:SS,mmm` (UTC here).
-fn write_asctime(
-    writer: &mut impl std::fmt::Write,
-    now: std::time::SystemTime,
-) -> std::fmt::Result {
-    let since = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, day_secs) = ((secs / 86_400) as i64, secs % 86_400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    write!(
-        writer,
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02},{:03}",
-        day_secs / 3_600,
-        day_secs % 3_600 / 60,
-        day_secs % 60,
-        since.subsec_millis()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,20 +317,5 @@ mod tests {
         for (format, want) in table {
             assert_eq!(&parse(format), want, "{format}");
         }
-    }
-
-    #[test]
-    fn asctime_matches_python_layout() {
-        let mut out = String::new();
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_795_833_754_123);
-        write_asctime(&mut out, t).unwrap();
-        assert_eq!(out, "2026-11-28 02:42:34,123");
-        out.clear();
-        write_asctime(
-            &mut out,
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs(951_782_400),
-        )
-        .unwrap();
-        assert_eq!(out, "2000-02-29 00:00:00,000", "leap day");
     }
 }

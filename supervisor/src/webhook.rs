@@ -18,7 +18,7 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HOST, USER_AGENT};
@@ -197,7 +197,10 @@ fn enrich(event: Value, wall: SystemTime, host: &str, suppressed: u64) -> Value 
             object
         }
     };
-    object.insert("time".to_owned(), Value::String(rfc3339(wall)));
+    object.insert(
+        "time".to_owned(),
+        Value::String(genro_shared::clock::Rfc3339(wall).to_string()),
+    );
     object.insert("host".to_owned(), Value::String(host.to_owned()));
     object.insert("service".to_owned(), Value::String(SERVICE.to_owned()));
     if suppressed > 0 {
@@ -506,45 +509,10 @@ fn hostname() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-/// `2024-02-29T12:34:56.789Z`: RFC 3339 in UTC with milliseconds.
-fn rfc3339(wall: SystemTime) -> String {
-    // A clock before 1970 is a broken clock; report the epoch rather than fail.
-    let since_epoch = wall.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let seconds = since_epoch.as_secs();
-    let (year, month, day) = civil_from_days(seconds / 86_400);
-    let of_day = seconds % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        of_day / 3600,
-        of_day % 3600 / 60,
-        of_day % 60,
-        since_epoch.subsec_millis()
-    )
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's `civil_from_days`,
-/// restricted to dates from the epoch on).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468; // days since 0000-03-01
-    let era = z / 146_097;
-    let day_of_era = z % 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    };
-    let year = era * 400 + year_of_era + u64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     use std::sync::atomic::AtomicU16;
 
@@ -971,20 +939,5 @@ mod tests {
         assert_eq!(first["time"], "1970-01-01T00:00:00.000Z");
         assert!(sender.handle_raised(raise(2)).is_none());
         assert_eq!(sender.suppressed, 1);
-    }
-
-    #[test]
-    fn rfc3339_table() {
-        let cases = [
-            (0, 0, "1970-01-01T00:00:00.000Z"),
-            (951_782_400, 0, "2000-02-29T00:00:00.000Z"),
-            (1_709_164_800 + 45_296, 789, "2024-02-29T12:34:56.789Z"),
-            (1_735_689_599, 999, "2024-12-31T23:59:59.999Z"),
-            (253_402_300_799, 0, "9999-12-31T23:59:59.000Z"),
-        ];
-        for (seconds, millis, expected) in cases {
-            let wall = UNIX_EPOCH + Duration::from_secs(seconds) + Duration::from_millis(millis);
-            assert_eq!(rfc3339(wall), expected);
-        }
     }
 }

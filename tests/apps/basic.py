@@ -4,6 +4,7 @@ import asyncio
 import json
 import logging
 import os
+import threading
 import time
 import urllib.parse
 
@@ -184,7 +185,7 @@ async def app(scope, receive, send):
         await asyncio.ensure_future(send({"type": "http.response.body", "body": b"".join(parts)}))
     elif path == "/log":
         log = logging.getLogger("myapp.views")
-        log.info("info from the app %s", query.get("tag", ""))
+        log.info("info from the app %s ident=%d", query.get("tag", ""), threading.get_ident())
         log.warning("warning from the app %s", query.get("tag", ""))
         log.critical("critical from the app %s", query.get("tag", ""))
         try:

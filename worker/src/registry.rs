@@ -157,6 +157,11 @@ impl Registry {
             client: e.client.to_string(),
             protocol: e.protocol.label().into(),
             age: now.duration_since(e.started).as_secs_f64(),
+            stuck: match e.reported {
+                Level::Fine => None,
+                Level::Warning => Some("warning".into()),
+                Level::Critical => Some("critical".into()),
+            },
         }
     }
 

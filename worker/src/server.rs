@@ -680,7 +680,7 @@ pub async fn serve(
         for r in &left {
             tracing::warn!(
                 "cancelling request {} {} {} from {} ({}, running {:.1}s)",
-                r.id,
+                r.request_id,
                 r.method,
                 r.path,
                 r.client,
