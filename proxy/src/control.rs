@@ -29,26 +29,26 @@ pub(crate) struct Stats {
 
 impl Default for Stats {
     fn default() -> Self {
-        use prometheus::{IntCounterVec, IntGaugeVec, Opts};
+        use genro_shared::metrics::{counter_vec, gauge_vec};
         let registry = genro_shared::metrics::registry("h3");
-        let total = IntCounterVec::new(
-            Opts::new("connections_total", "Connections accepted, by protocol."),
+        let total = counter_vec(
+            &registry,
+            "connections_total",
+            "Connections accepted, by protocol.",
             &["protocol"],
-        )
-        .expect("valid metric");
-        let active = IntGaugeVec::new(
-            Opts::new("connections_active", "Connections open, by protocol."),
+        );
+        let active = gauge_vec(
+            &registry,
+            "connections_active",
+            "Connections open, by protocol.",
             &["protocol"],
-        )
-        .expect("valid metric");
-        let errors = IntCounterVec::new(
-            Opts::new("errors_total", "Errors, by kind: client, app, internal."),
+        );
+        let errors = counter_vec(
+            &registry,
+            "errors_total",
+            "Errors, by kind: client, app, internal.",
             &["kind"],
-        )
-        .expect("valid metric");
-        registry.register(Box::new(total.clone())).expect("once");
-        registry.register(Box::new(active.clone())).expect("once");
-        registry.register(Box::new(errors.clone())).expect("once");
+        );
         for kind in ["client", "internal"] {
             errors.with_label_values(&[kind]);
         }

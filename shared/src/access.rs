@@ -437,8 +437,8 @@ impl Display for Clf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::UNIX_EPOCH;
     use std::net::{IpAddr, Ipv6Addr};
+    use std::time::UNIX_EPOCH;
 
     /// 2000-10-10T13:55:36.123Z, Apache's documentation example moved to UTC.
     fn start() -> SystemTime {

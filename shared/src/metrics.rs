@@ -4,7 +4,7 @@
 //! [`merge`]s the texts with its own, so that each metric family appears once, with one
 //! `# HELP` and one `# TYPE` line, as the text format requires.
 
-use prometheus::{Encoder, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use std::collections::HashMap;
 
 /// Prefix of every metric name.
@@ -29,6 +29,24 @@ pub fn registry(worker: &str) -> Registry {
     let labels = HashMap::from([("worker".to_owned(), worker.to_owned())]);
     Registry::new_custom(Some(PREFIX.to_owned()), Some(labels))
         .expect("the prefix and the label name are valid")
+}
+
+/// Registers a counter family with `labels`.
+pub fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("a valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("registered once");
+    metric
+}
+
+/// Registers a gauge family with `labels`.
+pub fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("a valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("registered once");
+    metric
 }
 
 /// The registry's metrics in the Prometheus text format.

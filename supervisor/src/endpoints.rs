@@ -14,7 +14,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounterVec, IntGauge, Registry};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -52,42 +52,33 @@ impl Observed {
     pub fn new() -> Self {
         let registry =
             Registry::new_custom(Some(metrics::PREFIX.to_owned()), None).expect("valid prefix");
-        let restarts = IntCounterVec::new(
-            Opts::new(
-                "worker_restarts_total",
-                "Worker (and HTTP/3 front) processes replaced, by reason: exit, signal, hung, spawn_failed, max_requests, reload.",
-            ),
+        let restarts = metrics::counter_vec(
+            &registry,
+            "worker_restarts_total",
+            "Worker (and HTTP/3 front) processes replaced, by reason: exit, signal, hung, spawn_failed, max_requests, reload.",
             &["reason"],
-        )
-        .expect("valid metric");
-        let reloads = IntCounterVec::new(
-            Opts::new("reloads_total", "Reloads, by result: ok or failed."),
+        );
+        let reloads = metrics::counter_vec(
+            &registry,
+            "reloads_total",
+            "Reloads, by result: ok or failed.",
             &["result"],
-        )
-        .expect("valid metric");
+        );
         let workers = IntGauge::new("workers", "Worker slots configured.").expect("valid");
-        let build = IntGaugeVec::new(
-            Opts::new(
-                "build_info",
-                "Always 1; the labels tell the genro-asgi and embedded Python versions.",
-            ),
+        registry
+            .register(Box::new(workers.clone()))
+            .expect("registered once");
+        metrics::gauge_vec(
+            &registry,
+            "build_info",
+            "Always 1; the labels tell the genro-asgi and embedded Python versions.",
             &["version", "python_version"],
         )
-        .expect("valid metric");
-        build
-            .with_label_values(&[
-                env!("CARGO_PKG_VERSION"),
-                genro_worker::python::EMBEDDED_VERSION,
-            ])
-            .set(1);
-        for metric in [
-            Box::new(restarts.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(reloads.clone()),
-            Box::new(workers.clone()),
-            Box::new(build),
-        ] {
-            registry.register(metric).expect("registered once");
-        }
+        .with_label_values(&[
+            env!("CARGO_PKG_VERSION"),
+            genro_worker::python::EMBEDDED_VERSION,
+        ])
+        .set(1);
         // The labels an operator alerts on exist from the start, at 0.
         for reason in ["exit", "signal", "hung"] {
             restarts.with_label_values(&[reason]);
@@ -123,15 +114,12 @@ impl Observed {
     /// and the series of those that answered.
     pub fn render(&self, reports: &[WorkerReport]) -> String {
         let up = Registry::new_custom(Some(metrics::PREFIX.to_owned()), None).expect("prefix");
-        let gauge = IntGaugeVec::new(
-            Opts::new(
-                "worker_up",
-                "1 if the worker (or the HTTP/3 front, worker=\"h3\") answered this scrape in time, else 0.",
-            ),
+        let gauge = metrics::gauge_vec(
+            &up,
+            "worker_up",
+            "1 if the worker (or the HTTP/3 front, worker=\"h3\") answered this scrape in time, else 0.",
             &["worker"],
-        )
-        .expect("valid metric");
-        up.register(Box::new(gauge.clone())).expect("once");
+        );
         let mut texts = vec![metrics::encode(&self.registry)];
         let mut notes = String::new();
         for report in reports {

@@ -3,10 +3,9 @@
 //! request pays a few atomic adds and no label lookups. The supervisor scrapes them over
 //! the control plane ([`Metrics::encode`]); see docs/OBSERVABILITY.md for the list.
 
-use genro_shared::metrics::{registry, DURATION_BUCKETS, LAG_BUCKETS};
+use genro_shared::metrics::{counter_vec, gauge_vec, registry, DURATION_BUCKETS, LAG_BUCKETS};
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry,
 };
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -116,14 +115,6 @@ pub struct Metrics {
     loop_lag: Histogram,
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("registered once");
-    metric
-}
-
 fn each<T, const N: usize, L: Copy>(labels: [L; N], f: impl Fn(L) -> T) -> [T; N] {
     labels.map(f)
 }
@@ -139,12 +130,12 @@ impl Metrics {
             &["protocol"],
         );
         let connections_unknown = connections_total.with_label_values(&["unknown"]);
-        let active = IntGaugeVec::new(
-            Opts::new("connections_active", "Connections open, by protocol."),
+        let active = gauge_vec(
+            &registry,
+            "connections_active",
+            "Connections open, by protocol.",
             &["protocol"],
-        )
-        .expect("valid metric");
-        registry.register(Box::new(active.clone())).expect("once");
+        );
         let requests_total = counter_vec(
             &registry,
             "requests_total",
@@ -166,15 +157,12 @@ impl Metrics {
         registry
             .register(Box::new(in_flight.clone()))
             .expect("once");
-        let stuck = IntGaugeVec::new(
-            Opts::new(
-                "requests_stuck",
-                "Requests older than [watchdog] timeout (warning) or critical (critical), at the last watchdog check.",
-            ),
+        let stuck = gauge_vec(
+            &registry,
+            "requests_stuck",
+            "Requests older than [watchdog] timeout (warning) or critical (critical), at the last watchdog check.",
             &["level"],
-        )
-        .expect("valid metric");
-        registry.register(Box::new(stuck.clone())).expect("once");
+        );
         let request_bytes = counter_vec(
             &registry,
             "request_body_bytes_total",
