@@ -214,14 +214,13 @@ def test_metrics_port_in_use_is_a_clear_error(server, tmp_path):
     s = server(start=False, sections={"metrics": {"enabled": True, "export_port": port}})
     s.start(wait=False)
     assert s.wait_exit(30) != 0
-    assert "[metrics] host/export_port: cannot listen on 127.0.0.1:%d" % port in s.log
+    s.wait_log("[metrics] host/export_port: cannot listen on 127.0.0.1:%d" % port)
     taken.close()
 
 
-@pytest.mark.parametrize("enabled", [False])
-def test_metrics_off_means_no_listener(server, enabled):
+def test_metrics_off_means_no_listener(server):
     port = free_port()
-    server(sections={"metrics": {"enabled": enabled, "export_port": port}})
+    server(sections={"metrics": {"enabled": False, "export_port": port}})
     with pytest.raises(httpx.ConnectError):
         httpx.get("http://127.0.0.1:%d/metrics" % port, timeout=2)
 
@@ -271,6 +270,24 @@ def test_app_logging_records_share_the_sink_and_format(server):
     assert "debug from the app" not in s.log, "below [logging] level"
 
 
+def test_level_critical_keeps_only_critical_lines(server):
+    s = server(start=False, sections={"logging": {"level": "CRITICAL", "format": "%(levelname)s|%(name)s|%(message)s"}})
+    s.start(wait=False)  # the "serving" line is INFO: not written at this level
+
+    def answers():
+        try:
+            return httpx.get(s.url + "/log?tag=C1").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(answers, 30, "the server to answer")
+    httpx.get(s.url + "/raise")
+    s.wait_log("critical from the app C1")
+    time.sleep(0.5)
+    levels = {line.split("|")[0] for line in s.log.splitlines() if "|" in line}
+    assert levels == {"CRITICAL"}, s.log
+
+
 def test_thread_attribute_is_the_python_thread_ident(server):
     s = server(sections={"logging": {"format": "%(thread)d|%(threadName)s|%(message)s"}})
     httpx.get(s.url + "/log?tag=T2")
@@ -287,11 +304,17 @@ def test_json_logs_are_one_object_per_line_for_server_and_app(server):
     s.wait_log("debug from the app J1")
     records = [json.loads(line) for line in s.log.splitlines() if line.startswith("{")]
     assert len(records) == len([line for line in s.log.splitlines() if line.strip()]), s.log
-    app = [r for r in records if r.get("logger") == "myapp.views"]
-    assert {r["levelname"] for r in app} == {"DEBUG", "INFO", "WARNING", "CRITICAL", "ERROR"}
+    app = [r for r in records if r["name"] == "myapp.views"]
+    assert {(r["levelname"], r["levelno"]) for r in app} == {
+        ("DEBUG", 10), ("INFO", 20), ("WARNING", 30), ("CRITICAL", 50), ("ERROR", 40)}
     caught = [r for r in app if r["levelname"] == "ERROR"][0]
     assert "ZeroDivisionError" in caught["message"]
-    assert any("serving basic:app" in r.get("message", "") for r in records)
+    assert all(r["module"] == "basic" and r["threadName"] == "MainThread" for r in app)
+    (serving,) = [r for r in records if "serving basic:app" in r["message"]]
+    assert serving["name"] == "genro_asgi.supervisor" and serving["process"] == s.proc.pid
+    workers = {r["process"] for r in records if r["name"] == "genro_asgi.worker-0"}
+    assert workers == set(ready_pids(s)), "worker lines name their process"
+    assert all(r["time"].endswith("Z") for r in records)
 
 
 def test_watchdog_warns_then_escalates_once_per_level(server):
@@ -380,7 +403,7 @@ def test_a_bad_access_format_is_a_config_error(server):
     s = server(start=False, sections={"logging": {"access_log": True, "access_format": "{method} {nope}"}})
     s.start(wait=False)
     assert s.wait_exit(30) != 0
-    assert '[logging] access_format = "{method} {nope}": unknown atom {nope}' in s.log
+    s.wait_log('[logging] access_format = "{method} {nope}": unknown atom {nope}')
 
 
 class Receiver:
@@ -428,7 +451,6 @@ class Receiver:
 
 def test_critical_events_are_posted_to_the_webhook(server, tmp_path):
     receiver = Receiver()
-    marker = tmp_path / "break-startup"
     try:
         s = server(workers=1, sections={
             "errors": {"notify_critical": True, "notify_webhook": receiver.url},
@@ -481,4 +503,49 @@ def test_notify_critical_needs_a_webhook(server):
     s = server(start=False, sections={"errors": {"notify_critical": True}})
     s.start(wait=False)
     assert s.wait_exit(30) != 0
-    assert "[errors] notify_critical = true requires [errors] notify_webhook" in s.log
+    s.wait_log("[errors] notify_critical = true requires [errors] notify_webhook")
+
+
+def test_an_aborted_upload_is_a_client_error_not_an_app_one(server):
+    s = metrics_server(server, workers=1)
+    with socket.create_connection(("127.0.0.1", s.port)) as raw:
+        raw.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
+        time.sleep(0.3)
+    # The app (like Starlette's ClientDisconnect) raises on the disconnect it receives.
+    wait_for(lambda: total(samples(scrape(s)), "genro_asgi_errors_total", kind="client") == 1, 10,
+             what="one client error")
+    time.sleep(0.5)
+    values = samples(scrape(s))
+    assert total(values, "genro_asgi_errors_total", kind="app") == 0
+    assert total(values, "genro_asgi_errors_total", kind="client") == 1
+    assert "exception in ASGI app" not in s.log
+
+
+def test_a_request_abandoned_before_the_answer_is_counted_as_499(server):
+    s = metrics_server(server, workers=1, sections={"logging": {"access_log": True}})
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.get(s.url + "/sleep?s=1.2", timeout=0.3)
+    s.wait_log('"GET /sleep?s=1.2 HTTP/1.1" 499 -')
+    values = samples(scrape(s))
+    assert total(values, "genro_asgi_requests_total", status="4xx") == 1
+    assert total(values, "genro_asgi_request_duration_seconds_count") == 1
+
+
+def test_http3_access_lines_say_http3(server, certs):  # noqa: F811
+    sections = ssl_section(certs)
+    sections["http3"] = {"enabled": True}
+    sections["logging"] = {"access_log": True}
+    s = server(sections=sections)
+    (response,), _ = h3client.fetch(s.port, [("GET", "/?h3")], cafile=certs["ca"])
+    assert response.status == 200
+    s.wait_log('"GET /?h3 HTTP/3.0" 200 13')
+
+
+def test_a_reload_keeps_the_metrics_setup(server):
+    s = metrics_server(server, workers=1)
+    s.config.write_text(s.config.read_text().replace("enabled = true", "enabled = false"))
+    assert ctl(s, "reload").returncode == 0
+    s.wait_log("[metrics] changed: a restart is needed")
+    values = samples(scrape(s))
+    assert values[("genro_asgi_worker_up", frozenset({("worker", "0")}))] == 1
+    assert total(values, "genro_asgi_worker_restarts_total", reason="reload") == 1

@@ -146,6 +146,9 @@ impl Observed {
     }
 }
 
+/// Connections the listener serves at once (Prometheus and two probes need three).
+const MAX_CONNECTIONS: usize = 16;
+
 /// Longest a request waits for the main loop before it is answered 503.
 const LOOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -157,7 +160,12 @@ pub async fn serve(
     probes: mpsc::Sender<Probe>,
 ) {
     let ctx = Arc::new((endpoint, observed, probes));
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        // At most MAX_CONNECTIONS at once; more wait in the listen queue.
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(err) => {
@@ -168,6 +176,7 @@ pub async fn serve(
         };
         let ctx = ctx.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = hyper::service::service_fn(move |request| {
                 let ctx = ctx.clone();
                 async move { Ok::<_, std::convert::Infallible>(answer(request, &ctx).await) }
@@ -195,7 +204,8 @@ async fn ask<T>(
     probe: impl FnOnce(oneshot::Sender<T>) -> Probe,
 ) -> Option<T> {
     let (tx, rx) = oneshot::channel();
-    probes.send(probe(tx)).await.ok()?;
+    // A full queue means the main loop is behind: answer 503 rather than wait.
+    probes.try_send(probe(tx)).ok()?;
     tokio::time::timeout(LOOP_TIMEOUT, rx).await.ok()?.ok()
 }
 

@@ -47,16 +47,13 @@ pub fn init(config: &Config, process: Process) {
         .with_writer(genro_shared::logfile::line)
         .with_ansi(false);
     let format = config.logging.format.trim();
-    let result = if format.eq_ignore_ascii_case("json") {
-        builder.json().flatten_event(true).try_init()
-    } else {
-        builder
-            .event_format(PyFormat {
-                pieces: parse(format),
-                process,
-            })
-            .try_init()
-    };
+    let result = builder
+        .event_format(PyFormat {
+            pieces: (!format.eq_ignore_ascii_case("json")).then(|| parse(format)),
+            process,
+            critical_only: config.logging.level == LogLevel::Critical,
+        })
+        .try_init();
     // A subscriber is already installed only in tests that call init twice.
     let _ = result;
 }
@@ -131,19 +128,128 @@ fn parse(format: &str) -> Vec<Piece> {
     pieces
 }
 
-/// Formats events like Python's `logging.Formatter` with the configured format string.
+/// Formats every event as a Python `logging` record would be: with the configured format
+/// string, or as one JSON object.
 struct PyFormat {
-    pieces: Vec<Piece>,
+    /// `None`: JSON.
+    pieces: Option<Vec<Piece>>,
     process: String,
+    /// `[logging] level = CRITICAL`: tracing stops at ERROR, so the rest of the way is here.
+    critical_only: bool,
 }
 
-fn python_level(level: &Level) -> (&'static str, u8) {
+fn python_level(level: &Level) -> (&'static str, u64) {
     match *level {
         Level::ERROR => ("ERROR", 40),
         Level::WARN => ("WARNING", 30),
         Level::INFO => ("INFO", 20),
         Level::DEBUG => ("DEBUG", 10),
         Level::TRACE => ("TRACE", 5),
+    }
+}
+
+/// An event as a Python log record: our own events get the process's logger name and
+/// Rust's level and module; the app's `logging` records (and CRITICAL events) carry
+/// theirs in fields (`logger`, `levelname`, `levelno`, `module`, `thread`).
+struct Record {
+    levelname: String,
+    levelno: u64,
+    name: String,
+    module: String,
+    thread_name: String,
+    message: String,
+    /// The event's other fields.
+    extra: Vec<(&'static str, serde_json::Value)>,
+}
+
+impl Record {
+    fn of(event: &Event<'_>, process: &str) -> Record {
+        let meta = event.metadata();
+        let mut f = Fields::default();
+        event.record(&mut f);
+        let (rust_name, rust_no) = python_level(meta.level());
+        let levelname = f.levelname.unwrap_or_else(|| rust_name.to_owned());
+        let levelno = f
+            .levelno
+            .unwrap_or(if levelname == "CRITICAL" { 50 } else { rust_no });
+        let name = f.logger.unwrap_or_else(|| match meta.target() {
+            "genro_asgi::access" => "genro_asgi.access".to_owned(),
+            "genro_asgi::app" => format!("genro_asgi.app.{process}"),
+            _ => format!("genro_asgi.{process}"),
+        });
+        let module = f.module.unwrap_or_else(|| {
+            let path = meta.module_path().unwrap_or("");
+            path.rsplit("::").next().unwrap_or("").to_owned()
+        });
+        let thread_name = f
+            .thread
+            .unwrap_or_else(|| std::thread::current().name().unwrap_or("main").to_owned());
+        Record {
+            levelname,
+            levelno,
+            name,
+            module,
+            thread_name,
+            message: f.message,
+            extra: f.extra,
+        }
+    }
+
+    /// Python's `thread` attribute: events are formatted on the thread that emits them
+    /// (app records too: the handler calls into Rust synchronously), and on Linux Python's
+    /// thread ident is that thread's pthread_t.
+    fn thread_id() -> u64 {
+        // SAFETY: pthread_self has no preconditions.
+        unsafe { libc::pthread_self() as u64 }
+    }
+
+    fn write_text(&self, pieces: &[Piece], writer: &mut Writer<'_>) -> std::fmt::Result {
+        for piece in pieces {
+            match piece {
+                Piece::Text(text) => writer.write_str(text)?,
+                Piece::Asctime => write!(
+                    writer,
+                    "{}",
+                    genro_shared::clock::Asctime(std::time::SystemTime::now())
+                )?,
+                Piece::Levelname => writer.write_str(&self.levelname)?,
+                Piece::Levelno => write!(writer, "{}", self.levelno)?,
+                Piece::Name => writer.write_str(&self.name)?,
+                Piece::Message => {
+                    writer.write_str(&self.message)?;
+                    for (key, value) in &self.extra {
+                        match value {
+                            serde_json::Value::String(text) => write!(writer, " {key}={text}")?,
+                            other => write!(writer, " {key}={other}")?,
+                        }
+                    }
+                }
+                Piece::Process => write!(writer, "{}", std::process::id())?,
+                Piece::ThreadId => write!(writer, "{}", Self::thread_id())?,
+                Piece::Thread => writer.write_str(&self.thread_name)?,
+                Piece::Module => writer.write_str(&self.module)?,
+            }
+        }
+        writeln!(writer)
+    }
+
+    fn write_json(self, writer: &mut Writer<'_>) -> std::fmt::Result {
+        use serde_json::Value;
+        let mut object = serde_json::Map::new();
+        let time = genro_shared::clock::Rfc3339(std::time::SystemTime::now());
+        object.insert("time".into(), Value::String(time.to_string()));
+        object.insert("levelname".into(), Value::String(self.levelname));
+        object.insert("levelno".into(), self.levelno.into());
+        object.insert("name".into(), Value::String(self.name));
+        object.insert("process".into(), std::process::id().into());
+        object.insert("thread".into(), Self::thread_id().into());
+        object.insert("threadName".into(), Value::String(self.thread_name));
+        object.insert("module".into(), Value::String(self.module));
+        object.insert("message".into(), Value::String(self.message));
+        for (key, value) in self.extra {
+            object.entry(key).or_insert(value);
+        }
+        writeln!(writer, "{}", Value::Object(object))
     }
 }
 
@@ -154,75 +260,23 @@ where
 {
     fn format_event(
         &self,
-        ctx: &FmtContext<'_, S, N>,
+        _ctx: &FmtContext<'_, S, N>,
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> std::fmt::Result {
-        let _ = ctx;
-        let meta = event.metadata();
-        let mut fields = Fields::default();
-        event.record(&mut fields);
-        let (levelname, levelno) = python_level(meta.level());
-        let levelname = fields.levelname.as_deref().unwrap_or(levelname);
-        for piece in &self.pieces {
-            match piece {
-                Piece::Text(text) => writer.write_str(text)?,
-                Piece::Asctime => write!(
-                    writer,
-                    "{}",
-                    genro_shared::clock::Asctime(std::time::SystemTime::now())
-                )?,
-                Piece::Levelname => writer.write_str(levelname)?,
-                Piece::Levelno => match (fields.levelno, levelname) {
-                    (Some(n), _) => write!(writer, "{n}")?,
-                    (None, "CRITICAL") => writer.write_str("50")?,
-                    (None, _) => write!(writer, "{levelno}")?,
-                },
-                Piece::Name => match (&fields.logger, meta.target()) {
-                    (Some(logger), _) => writer.write_str(logger)?,
-                    (None, "genro_asgi::access") => write!(writer, "genro_asgi.access")?,
-                    (None, "genro_asgi::app") => write!(writer, "genro_asgi.app.{}", self.process)?,
-                    (None, _) => write!(writer, "genro_asgi.{}", self.process)?,
-                },
-                Piece::Message => {
-                    writer.write_str(&fields.message)?;
-                    writer.write_str(&fields.rest)?;
-                }
-                Piece::Process => write!(writer, "{}", std::process::id())?,
-                // Events are formatted on the thread that emits them (app records too: the
-                // handler calls into Rust synchronously), and on Linux Python's thread ident
-                // is that thread's pthread_t.
-                // SAFETY: pthread_self has no preconditions.
-                Piece::ThreadId => write!(writer, "{}", unsafe { libc::pthread_self() } as u64)?,
-                Piece::Thread => match &fields.thread {
-                    Some(thread) => writer.write_str(thread)?,
-                    None => write!(
-                        writer,
-                        "{}",
-                        std::thread::current().name().unwrap_or("main")
-                    )?,
-                },
-                Piece::Module => match &fields.module {
-                    Some(module) => writer.write_str(module)?,
-                    None => {
-                        let module = meta
-                            .module_path()
-                            .unwrap_or("")
-                            .rsplit("::")
-                            .next()
-                            .unwrap_or("");
-                        writer.write_str(module)?
-                    }
-                },
-            }
+        let record = Record::of(event, &self.process);
+        if self.critical_only && record.levelno < 50 {
+            return Ok(());
         }
-        writeln!(writer)
+        match &self.pieces {
+            Some(pieces) => record.write_text(pieces, &mut writer),
+            None => record.write_json(&mut writer),
+        }
     }
 }
 
-/// An event's fields: the message, the Python record attributes that override ours
-/// (`levelname`, `levelno`, `logger`, `module`, `thread`: set for the app's `logging`
-/// records, and `levelname = "CRITICAL"` for critical events), and the rest as ` k=v`.
+/// An event's fields: the message, the Python record attributes that override ours, and
+/// the others.
 #[derive(Default)]
 struct Fields {
     message: String,
@@ -231,50 +285,47 @@ struct Fields {
     logger: Option<String>,
     module: Option<String>,
     thread: Option<String>,
-    rest: String,
+    extra: Vec<(&'static str, serde_json::Value)>,
+}
+
+impl Fields {
+    fn put(&mut self, field: &tracing::field::Field, value: serde_json::Value) {
+        use serde_json::Value;
+        let text = |value: Value| match value {
+            Value::String(text) => text,
+            other => other.to_string(),
+        };
+        match field.name() {
+            "message" => self.message.push_str(&text(value)),
+            "levelname" => self.levelname = Some(text(value)),
+            "logger" => self.logger = Some(text(value)),
+            "module" => self.module = Some(text(value)),
+            "thread" => self.thread = Some(text(value)),
+            "levelno" => self.levelno = value.as_u64(),
+            name => self.extra.push((name, value)),
+        }
+    }
 }
 
 impl tracing::field::Visit for Fields {
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        let slot = match field.name() {
-            "levelname" => &mut self.levelname,
-            "logger" => &mut self.logger,
-            "module" => &mut self.module,
-            "thread" => &mut self.thread,
-            "message" => {
-                self.message.push_str(value);
-                return;
-            }
-            name => {
-                use std::fmt::Write;
-                let _ = write!(self.rest, " {name}={value}");
-                return;
-            }
-        };
-        *slot = Some(value.to_owned());
+        self.put(field, value.into());
     }
 
     fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
-        if field.name() == "levelno" {
-            self.levelno = Some(value);
-        } else {
-            self.record_debug(field, &value);
-        }
+        self.put(field, value.into());
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.put(field, value.into());
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.put(field, value.into());
     }
 
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        use std::fmt::Write;
-        match field.name() {
-            "message" => {
-                let _ = write!(self.message, "{value:?}");
-            }
-            "levelname" | "logger" | "module" | "thread" => {
-                self.record_str(field, format!("{value:?}").trim_matches('"'))
-            }
-            name => {
-                let _ = write!(self.rest, " {name}={value:?}");
-            }
-        }
+        self.put(field, format!("{value:?}").into());
     }
 }
 

@@ -390,12 +390,12 @@ struct Supervisor {
     observed: Observed,
     /// Processes killed because they hung (their restart's reason).
     hung_pids: std::collections::HashSet<u32>,
-    /// How the last process exited, for the reason of the restart that follows.
-    last_exit: Option<&'static str>,
     /// A reload (not a `max_requests` recycle) is replacing the workers.
     reloading: bool,
     /// `[errors] notify_critical`: the webhook sender.
     webhook: Option<Webhook>,
+    /// `[metrics]` as started (fixed until a restart).
+    metrics: genro_config::Metrics,
 }
 
 impl Supervisor {
@@ -433,6 +433,7 @@ impl Supervisor {
                             }
                             Err(err) => {
                                 tracing::error!(slot, "cannot start a worker: {err}");
+                                self.observed.restart("spawn_failed");
                                 next.extend(self.fleet.handle_spawn_failed(slot, generation, now));
                             }
                         }
@@ -447,6 +448,7 @@ impl Supervisor {
                             }
                             Err(err) => {
                                 tracing::error!("cannot start the HTTP/3 front: {err}");
+                                self.observed.restart("spawn_failed");
                                 next.extend(self.fleet.handle_front_spawn_failed(now));
                             }
                         }
@@ -471,8 +473,6 @@ impl Supervisor {
                         delay,
                         failures,
                     } => {
-                        self.observed
-                            .restart(self.last_exit.take().unwrap_or("spawn_failed"));
                         let delay = delay.as_secs_f64();
                         if failures >= crate::fleet::CRASH_LOOP {
                             tracing::error!(failures, "{unit} is crash-looping: {failures} failures in a row; next start in {delay:.1}s");
@@ -726,11 +726,17 @@ impl Supervisor {
                     })
                     .count();
                 let size = self.fleet.size();
+                // One ready worker is enough to take traffic, also while other slots
+                // still start (or crash-loop).
                 let answer = match self.fleet.phase() {
-                    Phase::Starting => Err(format!("starting: {ready} of {size} worker(s) ready")),
                     Phase::Stopping { .. } | Phase::Done => Err("draining: shutting down".into()),
+                    Phase::Starting if ready == 0 => {
+                        Err(format!("starting: 0 of {size} worker(s) ready"))
+                    }
                     Phase::Serving if ready == 0 => Err(format!("no worker ready (of {size})")),
-                    Phase::Serving => Ok(format!("ready: {ready} of {size} worker(s) serving")),
+                    Phase::Starting | Phase::Serving => {
+                        Ok(format!("ready: {ready} of {size} worker(s) serving"))
+                    }
                 };
                 let _ = reply.send(answer);
             }
@@ -844,6 +850,7 @@ impl Supervisor {
             return refuse(reply, format!("reload aborted: configuration error: {message}; the running workers keep serving"));
         }
         self.keep_http3(&mut config);
+        self.keep_metrics(&mut config);
         let config = &config;
         let addr = crate::sockets::resolve(&config.server.host, config.server.port).ok();
         if addr.is_some_and(|a| a != self.spawner.addr && config.server.port != 0) {
@@ -905,6 +912,15 @@ impl Supervisor {
         config.http3.enabled = running.is_some();
         if let Some(port) = running {
             config.http3.port = port;
+        }
+    }
+
+    /// The metrics listener is bound at start: a reload keeps `[metrics]` as it runs (the
+    /// workers must keep counting for it), and says so if the file asks otherwise.
+    fn keep_metrics(&self, config: &mut Config) {
+        if config.metrics != self.metrics {
+            tracing::warn!("[metrics] changed: a restart is needed for that; keeping the running metrics setup");
+            config.metrics = self.metrics.clone();
         }
     }
 
@@ -1184,9 +1200,9 @@ async fn supervise(
         front_slots: None,
         observed: Observed::new(),
         hung_pids: Default::default(),
-        last_exit: None,
         reloading: false,
         webhook: start_webhook(config)?,
+        metrics: config.metrics.clone(),
     };
     if let Some(listener) = metrics_listener {
         let (probes_tx, mut probes_rx) = mpsc::channel::<Probe>(64);
@@ -1275,13 +1291,13 @@ async fn supervise(
                 Event::Control(Incoming::Admin { request, reply }) => sup.admin(request, reply),
                 Event::Exited { pid, code } => {
                     sup.writers.remove(&pid);
-                    sup.last_exit = Some(if sup.hung_pids.remove(&pid) {
+                    let reason = if sup.hung_pids.remove(&pid) {
                         "hung"
                     } else if code.is_none() {
                         "signal"
                     } else {
                         "exit"
-                    });
+                    };
                     sup.spawner.front_sockets.remove(&pid);
                     let stopping = matches!(sup.fleet.phase(), Phase::Stopping { .. });
                     let (what, fatal) = if sup.fleet.is_front(pid) {
@@ -1296,7 +1312,12 @@ async fn supervise(
                         None if stopping => tracing::warn!(pid, "{what} killed"),
                         None => tracing::warn!(pid, "{what} killed by a signal"),
                     }
-                    sup.fleet.handle_exited(pid, code, now())
+                    let commands = sup.fleet.handle_exited(pid, code, now());
+                    // A serving worker (or the front) that exited and will be respawned.
+                    if commands.iter().any(|c| matches!(c, Command::Backoff { .. })) {
+                        sup.observed.restart(reason);
+                    }
+                    commands
                 }
                 Event::QueryTimeout(id) => {
                     sup.query_expired(id);

@@ -185,6 +185,10 @@ pub struct Exchange {
     disconnected: watch::Sender<bool>,
     /// Body bytes read so far (for the metrics).
     read: AtomicU64,
+    /// The body read failed: the client aborted the upload, or it was too large.
+    aborted: std::sync::atomic::AtomicBool,
+    /// This exchange's client error is counted (once, whoever notices first).
+    client_error: std::sync::atomic::AtomicBool,
 }
 
 /// The outcome of one body read.
@@ -216,7 +220,22 @@ impl Exchange {
             }),
             disconnected: watch::Sender::new(false),
             read: AtomicU64::new(0),
+            aborted: std::sync::atomic::AtomicBool::new(false),
+            client_error: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Counts this exchange's client error in the metrics, once.
+    fn client_error(&self, shared: &Shared) {
+        if !self.client_error.swap(true, Ordering::Relaxed) {
+            shared.error(ErrorKind::Client);
+        }
+    }
+
+    /// The client is at fault for how this exchange ends: it aborted its upload or sent
+    /// too large a body, or it went away before the response was complete.
+    fn client_at_fault(&self, response_done: bool) -> bool {
+        self.aborted.load(Ordering::Relaxed) || (self.is_disconnected() && !response_done)
     }
 
     /// Request body bytes read so far.
@@ -242,7 +261,10 @@ impl Exchange {
         let read = loop {
             match reader.incoming.frame().await {
                 None => break Read::Data(Bytes::new(), false),
-                Some(Err(_)) => break Read::Gone,
+                Some(Err(_)) => {
+                    self.aborted.store(true, Ordering::Relaxed);
+                    break Read::Gone;
+                }
                 Some(Ok(frame)) => {
                     // Request trailers have no ASGI message; skip them.
                     let Ok(data) = frame.into_data() else {
@@ -251,6 +273,7 @@ impl Exchange {
                     reader.read += data.len() as u64;
                     self.read.store(reader.read, Ordering::Relaxed);
                     if reader.limit != 0 && reader.read > reader.limit {
+                        self.aborted.store(true, Ordering::Relaxed);
                         break Read::TooLarge;
                     }
                     let more = !hyper::body::Body::is_end_stream(&reader.incoming);
@@ -443,7 +466,7 @@ fn wake(py: Python<'_>, waiter: Py<PyAny>, value: Wake) -> PyResult<()> {
         Wake::Disconnect => disconnect_message(py)?.into_any().unbind(),
         Wake::TooLarge(handle) => {
             let handle = handle.get();
-            handle.shared.error(ErrorKind::Client);
+            handle.exchange.client_error(&handle.shared);
             handle.respond_error(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large\n");
             disconnect_message(py)?.into_any().unbind()
         }
@@ -903,7 +926,7 @@ impl Handle {
         }
         if inner.gone || self.exchange.is_disconnected() {
             tracing::debug!(method = %self.method, path = %self.path, "client disconnected before the response completed");
-            self.shared.error(ErrorKind::Client);
+            self.exchange.client_error(&self.shared);
             return;
         }
         drop(inner);
@@ -935,14 +958,18 @@ impl Handle {
         if inner.failed {
             return;
         }
-        if inner.gone
-            && traceback
-                .trim_end()
-                .ends_with("OSError: client disconnected")
-        {
-            // The app let our disconnect error propagate: that is a normal ending.
-            tracing::debug!(method = %self.method, path = %self.path, "client disconnected");
-            self.shared.error(ErrorKind::Client);
+        if inner.gone || self.exchange.client_at_fault(inner.state.is_done()) {
+            // The client went away or aborted its upload, and the app raised because of it
+            // (our `OSError: client disconnected`, or a framework's own exception such as
+            // Starlette's ClientDisconnect): a client error, not an app one.
+            let last = traceback.trim_end().lines().last().unwrap_or("");
+            tracing::debug!(method = %self.method, path = %self.path, "client disconnected; the app ended with {last}");
+            self.exchange.client_error(&self.shared);
+            if inner.respond.is_some() || inner.stream.is_some() {
+                // Nothing more reaches the client; end the exchange quietly.
+                inner.failed = true;
+                self.fail_locked(&mut inner, StatusCode::BAD_REQUEST, "");
+            }
             return;
         }
         inner.failed = true;

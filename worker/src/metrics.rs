@@ -100,7 +100,7 @@ type RequestCells = [[[OnceLock<IntCounter>; STATUS_CLASSES.len()]; METHOD_SLOTS
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    connections_total: IntCounterVec,
+    connections_total: [IntCounter; PROTOCOLS],
     connections_active: [IntGauge; PROTOCOLS],
     connections_unknown: IntCounter,
     requests_total: IntCounterVec,
@@ -197,6 +197,9 @@ impl Metrics {
         .expect("valid metric");
         registry.register(Box::new(loop_lag.clone())).expect("once");
         Metrics {
+            connections_total: each(Protocol::ALL, |p| {
+                connections_total.with_label_values(&[p.label()])
+            }),
             connections_active: each(Protocol::ALL, |p| active.with_label_values(&[p.label()])),
             duration: each(Protocol::ALL, |p| duration.with_label_values(&[p.label()])),
             request_bytes: each(Protocol::ALL, |p| {
@@ -211,7 +214,6 @@ impl Metrics {
             }),
             errors: each(ErrorKind::ALL, |k| errors.with_label_values(&[k.label()])),
             requests: Box::default(),
-            connections_total,
             connections_unknown,
             requests_total,
             in_flight,
@@ -222,9 +224,7 @@ impl Metrics {
 
     /// A connection's first request arrived over `protocol`.
     pub fn connection_opened(&self, protocol: Protocol) {
-        self.connections_total
-            .with_label_values(&[protocol.label()])
-            .inc();
+        self.connections_total[protocol as usize].inc();
         self.connections_active[protocol as usize].inc();
     }
 

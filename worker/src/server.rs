@@ -158,7 +158,12 @@ impl Done {
             Box::new(AccessData {
                 client,
                 uri: request.uri().clone(),
-                version: request.version(),
+                // The front forwards HTTP/3 over HTTP/2: log what the client spoke.
+                version: if ctx.info.front {
+                    http::Version::HTTP_3
+                } else {
+                    request.version()
+                },
                 time: std::time::SystemTime::now(),
                 request_id,
                 headers: format
@@ -334,7 +339,13 @@ async fn handle(
             respond,
             admission,
         })));
-    let mut response = match response.await {
+    let mut unanswered = Unanswered {
+        done,
+        exchange: guard.exchange.clone(),
+    };
+    let answer = response.await;
+    let done = unanswered.done.take();
+    let mut response = match answer {
         Ok(response) => response,
         // The exchange was dropped without an answer (worker stopping).
         Err(_) => {
@@ -372,6 +383,26 @@ async fn handle(
             drop(guard);
         }))
     }))
+}
+
+/// Status recorded (metrics, access log) for a request whose client left before the
+/// response head: nginx's 499 "client closed request".
+const CLIENT_CLOSED: u16 = 499;
+
+/// Records a request whose client left while the app had not answered yet (hyper drops
+/// the service future then): counted and logged with [`CLIENT_CLOSED`].
+struct Unanswered {
+    done: Option<Done>,
+    exchange: Arc<Exchange>,
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            let status = StatusCode::from_u16(CLIENT_CLOSED).expect("499 is a valid status");
+            done.record(status, 0, self.exchange.body_bytes());
+        }
+    }
 }
 
 /// How long a draining worker keeps an idle HTTP/1.1 keep-alive connection open, so a
@@ -634,6 +665,7 @@ pub async fn serve(
                 Ok(stream) => spawn_front(stream),
                 Err(err) => {
                     tracing::warn!("accept on the front socket failed: {err}");
+                    shared.error(ErrorKind::Internal);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
