@@ -549,3 +549,12 @@ def test_a_reload_keeps_the_metrics_setup(server):
     values = samples(scrape(s))
     assert values[("genro_asgi_worker_up", frozenset({("worker", "0")}))] == 1
     assert total(values, "genro_asgi_worker_restarts_total", reason="reload") == 1
+
+
+def test_check_validates_the_access_format(tmp_path):
+    from conftest import APPS, run_cli
+    path = tmp_path / "server.ini"
+    path.write_text("[application]\napp = basic:app\napp_dir = %s\n[logging]\naccess_format = {method} {bogus}\n" % APPS)
+    r = run_cli("check", "--config", str(path))
+    assert r.returncode != 0
+    assert '[logging] access_format = "{method} {bogus}": unknown atom {bogus}' in r.stderr

@@ -14,8 +14,8 @@ pub fn run(loaded: &Loaded) -> i32 {
             .map_or("(no file)".into(), |f| f.display().to_string())
     );
     println!("{}", loaded.render());
-    if loaded.config.application.app.is_empty() {
-        eprintln!("genro-asgi: configuration error: no app: set [application] app = module:attr, GENRO_ASGI_APPLICATION_APP, or --app");
+    if let Err(message) = crate::serve::preflight(&loaded.config) {
+        eprintln!("genro-asgi: configuration error: {message}");
         return exit::CONFIG;
     }
     let json = match serde_json::to_string(&loaded.config) {

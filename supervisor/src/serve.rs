@@ -87,7 +87,7 @@ pub fn run(loaded: Loaded, reloader: Reloader) -> i32 {
 
 /// Checks what the schema cannot: an app to serve, and TLS files that load (in Rust, before
 /// any worker: a bad file is a configuration error, not a worker crash loop).
-fn preflight(config: &Config) -> Result<(), String> {
+pub(crate) fn preflight(config: &Config) -> Result<(), String> {
     if config.application.app.is_empty() {
         return Err("no app to serve: set [application] app = module:attr in the config file, GENRO_ASGI_APPLICATION_APP, or --app".into());
     }
