@@ -296,6 +296,8 @@ impl Exchange {
 pub struct Admission {
     shared: Arc<Shared>,
     id: u64,
+    /// The request's id as text, formatted once.
+    request_id: crate::registry::RequestId,
     /// Wall-clock start (seconds since the epoch), for the app's envelope.
     wall: f64,
 }
@@ -323,12 +325,18 @@ impl Admission {
         let wall = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        Arc::new(Admission { shared, id, wall })
+        let request_id = shared.registry.request_id(id);
+        Arc::new(Admission {
+            shared,
+            id,
+            request_id,
+            wall,
+        })
     }
 
     /// The request's id.
     pub fn request_id(&self) -> crate::registry::RequestId {
-        self.shared.registry.request_id(self.id)
+        self.request_id
     }
 }
 

@@ -218,14 +218,32 @@ impl Done {
 /// Decrements the in-flight counts and tells the exchange the client is done when dropped:
 /// with the response body (written or abandoned), or with the service future (client gone
 /// before the app answered).
+///
+/// It also holds what is recorded when the response is done ([`InFlight::finish`]); one
+/// dropped before that (the client left while the app had not answered: hyper drops the
+/// service future) records [`CLIENT_CLOSED`].
 struct InFlight {
     _admission: Arc<crate::bridge::Admission>,
     conn: Arc<ConnState>,
     exchange: Arc<Exchange>,
+    done: Option<Done>,
+}
+
+impl InFlight {
+    /// The response is done: record it with its status and body bytes.
+    fn finish(mut self, status: StatusCode, bytes: u64) {
+        if let Some(done) = self.done.take() {
+            done.record(status, bytes, self.exchange.body_bytes());
+        }
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            let status = StatusCode::from_u16(CLIENT_CLOSED).expect("499 is a valid status");
+            done.record(status, 0, self.exchange.body_bytes());
+        }
         self.conn.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.conn.touch();
         self.exchange.mark_disconnected();
@@ -328,6 +346,7 @@ async fn handle(
         _admission: admission.clone(),
         conn: ctx.state.clone(),
         exchange: exchange.clone(),
+        done,
     };
     let (respond, response) = tokio::sync::oneshot::channel();
     ctx.shared
@@ -339,13 +358,7 @@ async fn handle(
             respond,
             admission,
         })));
-    let mut unanswered = Unanswered {
-        done,
-        exchange: guard.exchange.clone(),
-    };
-    let answer = response.await;
-    let done = unanswered.done.take();
-    let mut response = match answer {
+    let mut response = match response.await {
         Ok(response) => response,
         // The exchange was dropped without an answer (worker stopping).
         Err(_) => {
@@ -375,35 +388,12 @@ async fn handle(
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
     let status = response.status();
-    Ok(response.map(|body| {
-        body.on_drop(Box::new(move |bytes| {
-            if let Some(done) = done {
-                done.record(status, bytes, guard.exchange.body_bytes());
-            }
-            drop(guard);
-        }))
-    }))
+    Ok(response.map(|body| body.on_drop(Box::new(move |bytes| guard.finish(status, bytes)))))
 }
 
 /// Status recorded (metrics, access log) for a request whose client left before the
 /// response head: nginx's 499 "client closed request".
 const CLIENT_CLOSED: u16 = 499;
-
-/// Records a request whose client left while the app had not answered yet (hyper drops
-/// the service future then): counted and logged with [`CLIENT_CLOSED`].
-struct Unanswered {
-    done: Option<Done>,
-    exchange: Arc<Exchange>,
-}
-
-impl Drop for Unanswered {
-    fn drop(&mut self) {
-        if let Some(done) = self.done.take() {
-            let status = StatusCode::from_u16(CLIENT_CLOSED).expect("499 is a valid status");
-            done.record(status, 0, self.exchange.body_bytes());
-        }
-    }
-}
 
 /// How long a draining worker keeps an idle HTTP/1.1 keep-alive connection open, so a
 /// request the client already sent is answered (with `Connection: close`) instead of
