@@ -257,6 +257,14 @@ fn build(v: &Values) -> Config {
             idle_timeout: v.secs("http3.idle_timeout"),
             max_concurrent_streams: v.int("http3.max_concurrent_streams"),
         },
+        websocket: Websocket {
+            max_message_size: v.size("websocket.max_message_size"),
+            max_queue: v.int("websocket.max_queue"),
+            ping_interval: v.secs("websocket.ping_interval"),
+            ping_timeout: v.secs("websocket.ping_timeout"),
+            per_message_deflate: v.bool("websocket.per_message_deflate"),
+            drain_grace: v.secs("websocket.drain_grace"),
+        },
         logging: Logging {
             level: LogLevel::from_word(&v.text("logging.level")),
             format: v.text("logging.format"),
@@ -338,6 +346,15 @@ fn check(loaded: &Loaded) -> Result<(), ConfigError> {
         return Err(ConfigError::Conflict(format!(
             "{}: [errors] notify_critical = true requires [errors] notify_webhook = an http(s) URL to post to",
             from("errors.notify_critical")
+        )));
+    }
+    if c.websocket.drain_grace > c.server.graceful_timeout {
+        return Err(ConfigError::Conflict(format!(
+            "{}: [websocket] drain_grace = {} must be <= [server] graceful_timeout = {} ({})",
+            from("websocket.drain_grace"),
+            c.websocket.drain_grace.as_secs_f64(),
+            c.server.graceful_timeout.as_secs_f64(),
+            from("server.graceful_timeout")
         )));
     }
     if c.watchdog.critical < c.watchdog.timeout {
@@ -692,6 +709,8 @@ secret_key = "xxxxx"
             ("[server]\ndebug = on\n[errors]\nshow_traceback = yes\n", &[], None),
             ("[watchdog]\ncritical = 10\n", &[], Some("conf/server.ini:2: [watchdog] critical = 10 must be >= [watchdog] timeout = 60 (default)")),
             ("[watchdog]\ncritical = 60\n", &[], None),
+            ("[websocket]\ndrain_grace = 40\n", &[], Some("conf/server.ini:2: [websocket] drain_grace = 40 must be <= [server] graceful_timeout = 30 (default)")),
+            ("[server]\ngraceful_timeout = 60\n[websocket]\ndrain_grace = 40\n", &[], None),
             ("[errors]\nnotify_critical = true\n", &[], Some("conf/server.ini:2: [errors] notify_critical = true requires [errors] notify_webhook = an http(s) URL to post to")),
             ("[errors]\nnotify_critical = true\nnotify_webhook = http://127.0.0.1:9/x\n", &[], None),
             ("[http3]\nenabled = yes\n", &[], Some("conf/server.ini:2: [http3] enabled = true requires [ssl] enabled = true with a certificate (QUIC is always encrypted)")),

@@ -18,6 +18,8 @@ pub struct Config {
     pub ssl: Ssl,
     /// `[http3]`
     pub http3: Http3,
+    /// `[websocket]`
+    pub websocket: Websocket,
     /// `[logging]`
     pub logging: Logging,
     /// `[metrics]` (planned)
@@ -143,6 +145,26 @@ pub struct Metrics {
     pub export_port: u16,
     /// Listener address.
     pub host: String,
+}
+
+/// `[websocket]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Websocket {
+    /// Largest message a client may send (bytes).
+    pub max_message_size: u64,
+    /// Client messages buffered for the app.
+    pub max_queue: usize,
+    /// Keepalive ping period (zero: none).
+    #[serde(with = "secs")]
+    pub ping_interval: Duration,
+    /// Time a client has to answer a ping.
+    #[serde(with = "secs")]
+    pub ping_timeout: Duration,
+    /// Offer permessage-deflate.
+    pub per_message_deflate: bool,
+    /// Time open WebSockets keep running in a drain before close 1001.
+    #[serde(with = "secs")]
+    pub drain_grace: Duration,
 }
 
 /// `[watchdog]` (planned).

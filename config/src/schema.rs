@@ -123,6 +123,7 @@ const REMOTE_DEBUG: &str = "remote debugging (future issue)";
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
+const GIB: u64 = 1024 * MIB;
 const DAY: f64 = 86_400.0;
 const HOUR: f64 = 3_600.0;
 
@@ -140,6 +141,10 @@ pub static SECTIONS: &[(&str, &str)] = &[
     (
         "http3",
         "HTTP/3 over QUIC, served by one front process that forwards to the workers (needs [ssl]).",
+    ),
+    (
+        "websocket",
+        "WebSocket connections (HTTP/1.1 Upgrade and HTTP/2 extended CONNECT).",
     ),
     ("logging", "Log level, format and destination."),
     ("metrics", "Prometheus metrics endpoint."),
@@ -192,6 +197,13 @@ pub static SCHEMA: &[KeyDef] = &[
     k("http3", "max_field_section_size", Kind::Size { min: KIB, max: 16 * MIB }, "64k", "Largest request header section accepted over HTTP/3 (the h3 default is unlimited)."),
     k("http3", "idle_timeout", Kind::Seconds { min: 1.0, max: HOUR }, "30", "A QUIC connection with no traffic for this long is closed."),
     k("http3", "max_concurrent_streams", Kind::Int { min: 1, max: 10_000 }, "100", "Requests one HTTP/3 connection may have open at once."),
+    // [websocket]
+    k("websocket", "max_message_size", Kind::Size { min: 1, max: GIB }, "16MiB", "Largest message (after reassembling fragments and decompressing) a client may send; a larger one closes the connection with 1009 (message too big)."),
+    k("websocket", "max_queue", Kind::Int { min: 1, max: 10_000 }, "32", "Messages received from a client and not yet taken by the app's `receive()`; when full, the worker stops reading from that client (TCP backpressure) until the app catches up."),
+    k("websocket", "ping_interval", Kind::Seconds { min: 0.0, max: HOUR }, "20", "Send a ping to every client silent for this long (keepalive, and detection of dead peers); 0 = never."),
+    k("websocket", "ping_timeout", Kind::Seconds { min: 0.1, max: HOUR }, "20", "A client that does not answer a ping within this time is closed (code 1011, like uvicorn)."),
+    k("websocket", "per_message_deflate", Kind::Bool, "true", "Offer permessage-deflate compression (RFC 7692) to clients that ask for it."),
+    k("websocket", "drain_grace", Kind::Seconds { min: 0.0, max: HOUR }, "5", "On shutdown or reload, open WebSockets keep running this long, then get close 1001 (going away) and the app sees `websocket.disconnect`; must be <= `[server] graceful_timeout`."),
     // [logging]
     k("logging", "level", Kind::Enum(&["TRACE", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]), "INFO", "Minimum log level (case-insensitive)."),
     k("logging", "format", Kind::Str, "%(asctime)s %(levelname)s %(name)s %(message)s", "A Python `logging` format string (`%(asctime)s` (UTC) `%(levelname)s` `%(levelno)s` `%(name)s` `%(message)s` `%(process)d` `%(thread)d` `%(threadName)s` `%(module)s`), or `json` for one JSON object per line."),

@@ -46,6 +46,8 @@ pub struct Bridge {
 pub enum Event {
     /// Start an HTTP exchange.
     Request(Box<RequestStart>),
+    /// Start a WebSocket session.
+    WebSocket(Box<crate::websocket::WsStart>),
     /// Resolve a future handed to the app by `receive()` or `send()`.
     Wake {
         /// The asyncio future.
@@ -68,6 +70,12 @@ pub enum Wake {
     Disconnect,
     /// The body went over `max_body_size`: answer 413 and disconnect the app.
     TooLarge(Py<Handle>),
+    /// A `websocket.receive` message.
+    WsMessage(crate::websocket::Inbound),
+    /// A `websocket.disconnect` message with the close code and reason.
+    WsDisconnect(u16, String),
+    /// A waiting `websocket.send` found the connection closed: raise OSError.
+    WsClosed,
 }
 
 impl Bridge {
@@ -147,10 +155,10 @@ pub struct Shared {
 }
 
 /// Most bytes of a traceback sent to the webhook (its end: the exception is last).
-const MAX_NOTIFIED_TRACEBACK: usize = 16 * 1024;
+pub(crate) const MAX_NOTIFIED_TRACEBACK: usize = 16 * 1024;
 
 /// The last `max` bytes of `text` (cut at a character boundary).
-fn tail(text: &str, max: usize) -> &str {
+pub(crate) fn tail(text: &str, max: usize) -> &str {
     let mut at = text.len().saturating_sub(max);
     while !text.is_char_boundary(at) {
         at += 1;
@@ -338,6 +346,11 @@ impl Admission {
     pub fn request_id(&self) -> crate::registry::RequestId {
         self.request_id
     }
+
+    /// The request's key in the registry.
+    pub fn registry_id(&self) -> u64 {
+        self.id
+    }
 }
 
 impl Drop for Admission {
@@ -456,6 +469,7 @@ impl Drainer {
         for event in self.shared.bridge.take() {
             let result = match event {
                 Event::Request(start) => start_request(py, state, &self.shared, *start),
+                Event::WebSocket(start) => start_websocket(py, state, &self.shared, *start),
                 Event::Wake { waiter, value } => wake(py, waiter, value),
                 Event::Shutdown => state.stop_loop.call0(py).map(drop),
             };
@@ -477,6 +491,16 @@ fn wake(py: Python<'_>, waiter: Py<PyAny>, value: Wake) -> PyResult<()> {
             handle.exchange.client_error(&handle.shared);
             handle.respond_error(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large\n");
             disconnect_message(py)?.into_any().unbind()
+        }
+        Wake::WsMessage(value) => crate::websocket::message(py, Some(value), (0, ""))?,
+        Wake::WsDisconnect(code, reason) => crate::websocket::message(py, None, (code, &reason))?,
+        Wake::WsClosed => {
+            let waiter = waiter.bind(py);
+            if !waiter.call_method0(intern!(py, "done"))?.is_truthy()? {
+                let error = PyOSError::new_err("WebSocket closed");
+                waiter.call_method1(intern!(py, "set_exception"), (error.value(py),))?;
+            }
+            return Ok(());
         }
     };
     let waiter = waiter.bind(py);
@@ -507,7 +531,17 @@ fn start_request(
     start: RequestStart,
 ) -> PyResult<()> {
     shared.started.fetch_add(1, Ordering::Relaxed);
-    let scope = build_scope(py, state, shared, &start)?;
+    let scope = build_scope(
+        py,
+        state,
+        shared,
+        Scoped {
+            parts: &start.parts,
+            conn: &start.conn,
+            admission: &start.admission,
+            websocket: false,
+        },
+    )?;
     let is_h2 = start.parts.version == Version::HTTP_2;
     let handle = Handle {
         id: start.admission.request_id(),
@@ -536,15 +570,55 @@ fn start_request(
     Ok(())
 }
 
+fn start_websocket(
+    py: Python<'_>,
+    state: &PyState,
+    shared: &Arc<Shared>,
+    start: crate::websocket::WsStart,
+) -> PyResult<()> {
+    shared.started.fetch_add(1, Ordering::Relaxed);
+    let scope = build_scope(
+        py,
+        state,
+        shared,
+        Scoped {
+            parts: &start.parts,
+            conn: &start.conn,
+            admission: &start.admission,
+            websocket: true,
+        },
+    )?;
+    let handle = Bound::new(py, crate::websocket::WsHandle::new(shared.clone(), start))?;
+    let coro = state
+        .run_http
+        .call1(py, (state.app.clone_ref(py), scope, handle))?;
+    state.create_task.call1(py, (coro,))?;
+    Ok(())
+}
+
+/// What a scope is built from.
+struct Scoped<'a> {
+    parts: &'a http::request::Parts,
+    conn: &'a ConnInfo,
+    admission: &'a Admission,
+    /// A `websocket` scope (else `http`).
+    websocket: bool,
+}
+
 fn build_scope<'py>(
     py: Python<'py>,
     state: &PyState,
     shared: &Shared,
-    start: &RequestStart,
+    start: Scoped<'_>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let parts = &start.parts;
+    let parts = start.parts;
     let scope = PyDict::new(py);
-    scope.set_item(intern!(py, "type"), intern!(py, "http"))?;
+    let kind = if start.websocket {
+        intern!(py, "websocket")
+    } else {
+        intern!(py, "http")
+    };
+    scope.set_item(intern!(py, "type"), kind)?;
     scope.set_item(intern!(py, "asgi"), state.asgi.bind(py))?;
     let version = match parts.version {
         _ if start.conn.front => intern!(py, "3"),
@@ -553,12 +627,26 @@ fn build_scope<'py>(
         _ => intern!(py, "1.1"),
     };
     scope.set_item(intern!(py, "http_version"), version)?;
-    scope.set_item(intern!(py, "method"), parts.method.as_str())?;
-    let scheme = if start.conn.https {
-        intern!(py, "https")
-    } else {
-        intern!(py, "http")
+    let scheme = match (start.websocket, start.conn.https) {
+        (false, false) => intern!(py, "http"),
+        (false, true) => intern!(py, "https"),
+        (true, false) => intern!(py, "ws"),
+        (true, true) => intern!(py, "wss"),
     };
+    if start.websocket {
+        let subprotocols = PyList::empty(py);
+        for value in parts.headers.get_all(http::header::SEC_WEBSOCKET_PROTOCOL) {
+            for name in value.to_str().unwrap_or("").split(',') {
+                let name = name.trim();
+                if !name.is_empty() {
+                    subprotocols.append(name)?;
+                }
+            }
+        }
+        scope.set_item(intern!(py, "subprotocols"), subprotocols)?;
+    } else {
+        scope.set_item(intern!(py, "method"), parts.method.as_str())?;
+    }
     scope.set_item(intern!(py, "scheme"), scheme)?;
     let raw_path = parts.uri.path();
     let path = percent_encoding::percent_decode_str(raw_path).decode_utf8_lossy();
@@ -616,14 +704,17 @@ fn build_scope<'py>(
     )?;
     scope.set_item(intern!(py, "state"), state.lifespan_state.bind(py).copy()?)?;
     let extensions = PyDict::new(py);
-    extensions.set_item(intern!(py, "http.response.trailers"), state.empty.bind(py))?;
-    extensions.set_item(intern!(py, "http.response.pathsend"), state.empty.bind(py))?;
-    let admission = &start.admission;
+    if start.websocket {
+        extensions.set_item(intern!(py, "websocket.http.response"), state.empty.bind(py))?;
+    } else {
+        extensions.set_item(intern!(py, "http.response.trailers"), state.empty.bind(py))?;
+        extensions.set_item(intern!(py, "http.response.pathsend"), state.empty.bind(py))?;
+    }
+    let admission = start.admission;
     let envelope = PyDict::new(py);
     envelope.set_item(intern!(py, "id"), admission.request_id().as_str())?;
     envelope.set_item(intern!(py, "start"), admission.wall)?;
-    let external = start
-        .parts
+    let external = parts
         .headers
         .get(REQUEST_ID)
         .and_then(|_| shared.registry.external_id(admission.id));
@@ -754,7 +845,7 @@ impl Waiting {
 }
 
 /// Wraps a loop future for the app (see [`Waiting`]).
-fn waiting(py: Python<'_>, future: &Py<PyAny>) -> PyResult<Py<PyAny>> {
+pub(crate) fn waiting(py: Python<'_>, future: &Py<PyAny>) -> PyResult<Py<PyAny>> {
     let iter = future
         .bind(py)
         .call_method0(intern!(py, "__await__"))?
@@ -1237,14 +1328,14 @@ fn outbound_from_py(message: &Bound<'_, PyAny>) -> Result<Outbound, String> {
     }
 }
 
-fn type_name(obj: &Bound<'_, PyAny>) -> String {
+pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
     obj.get_type()
         .name()
         .map(|n| n.to_string())
         .unwrap_or_else(|_| "?".into())
 }
 
-fn bytes_from_py(obj: &Bound<'_, PyAny>) -> Option<Bytes> {
+pub(crate) fn bytes_from_py(obj: &Bound<'_, PyAny>) -> Option<Bytes> {
     if let Ok(b) = obj.downcast::<PyBytes>() {
         return Some(Bytes::copy_from_slice(b.as_bytes()));
     }
@@ -1254,7 +1345,7 @@ fn bytes_from_py(obj: &Bound<'_, PyAny>) -> Option<Bytes> {
     None
 }
 
-fn headers_from_py(value: Option<Bound<'_, PyAny>>, kind: &str) -> Result<HeaderMap, String> {
+pub(crate) fn headers_from_py(value: Option<Bound<'_, PyAny>>, kind: &str) -> Result<HeaderMap, String> {
     let mut headers = HeaderMap::new();
     let Some(value) = value else {
         return Ok(headers);
@@ -1293,7 +1384,17 @@ fn headers_from_py(value: Option<Bound<'_, PyAny>>, kind: &str) -> Result<Header
     Ok(headers)
 }
 
-fn ready(py: Python<'_>, value: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+/// A new future of the event loop, for a `receive()`/`send()` that must wait.
+pub(crate) fn new_future(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    py_state(py)?.create_future.call0(py)
+}
+
+/// The completed awaitable a `send()` that need not wait returns.
+pub(crate) fn sent(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    Ok(py_state(py)?.sent.clone_ref(py).into_any())
+}
+
+pub(crate) fn ready(py: Python<'_>, value: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
     Ok(Py::new(
         py,
         Ready {

@@ -19,6 +19,7 @@ pub mod registry;
 pub mod response;
 pub mod server;
 pub mod watchdog;
+pub mod websocket;
 
 use bridge::{Bridge, Drainer, Event, PyParts, Shared};
 use genro_config::{Config, Lifespan, LogLevel, LoopKind};

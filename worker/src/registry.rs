@@ -30,6 +30,9 @@ struct Entry {
     client: SocketAddr,
     protocol: Protocol,
     started: Instant,
+    /// Since when the request waits on the app (the watchdog's clock); `None`: it does
+    /// not (an accepted WebSocket whose app keeps up with its client).
+    busy_since: Option<Instant>,
     /// The client's own `X-Request-ID`.
     external: Option<http::HeaderValue>,
     /// The highest watchdog level already logged for it.
@@ -110,12 +113,14 @@ impl Registry {
         external: Option<&http::HeaderValue>,
     ) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = Instant::now();
         let entry = Entry {
             method: method.clone(),
             uri: uri.clone(),
             client,
             protocol,
-            started: Instant::now(),
+            started: now,
+            busy_since: Some(now),
             external: external
                 .filter(|v| v.len() <= MAX_EXTERNAL_ID && v.to_str().is_ok())
                 .cloned(),
@@ -178,7 +183,10 @@ impl Registry {
         let (mut warning, mut critical_count) = (0, 0);
         let mut news = Vec::new();
         for (&n, e) in entries.iter_mut() {
-            let age = now.duration_since(e.started);
+            let Some(since) = e.busy_since else {
+                continue;
+            };
+            let age = now.duration_since(since);
             let level = if age >= critical {
                 critical_count += 1;
                 Level::Critical
@@ -201,6 +209,20 @@ impl Registry {
             })
             .collect();
         (news, warning, critical_count)
+    }
+
+    /// Starts (`true`) or stops the watchdog's clock of a long-lived request: a WebSocket
+    /// is stuck only while its app does not take the client's messages. Stopping it also
+    /// forgets what was reported, so a later stall is reported again.
+    pub fn set_busy(&self, id: u64, busy: bool) {
+        if let Some(e) = self.lock().get_mut(&id) {
+            if busy {
+                e.busy_since.get_or_insert_with(Instant::now);
+            } else {
+                e.busy_since = None;
+                e.reported = Level::Fine;
+            }
+        }
     }
 
     /// Forgets a finished request.

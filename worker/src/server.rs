@@ -32,6 +32,8 @@ pub struct Limits {
     pub max_body_size: u64,
     /// `Alt-Svc` announcing HTTP/3 on TCP responses, when it is on.
     pub alt_svc: Option<HeaderValue>,
+    /// `[websocket]`.
+    pub websocket: Arc<crate::websocket::Settings>,
 }
 
 /// Builds the rustls acceptor from `[ssl]` (ALPN `h2`, then `http/1.1`), or `None` when
@@ -258,6 +260,90 @@ struct ConnCtx {
     limits: Arc<Limits>,
     /// The access-log format, when `[logging] access_log` is on.
     access: Option<Arc<AccessFormat>>,
+    /// Turns true when the worker drains.
+    stop: watch::Receiver<bool>,
+    /// Held while the connection (or a WebSocket it upgraded to) lives: the drain waits
+    /// for every clone to go.
+    _live: tokio::sync::mpsc::Sender<()>,
+}
+
+/// Counts a WebSocket as a request in flight on its connection (for the idle timer).
+struct ConnBusy(Arc<ConnState>);
+
+impl ConnBusy {
+    fn new(state: Arc<ConnState>) -> Self {
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        ConnBusy(state)
+    }
+}
+
+impl Drop for ConnBusy {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+/// Validates a WebSocket handshake and hands the session to the app; answers with what
+/// the app decides (101/200 on accept, 403 on close, its own denial response).
+async fn open_websocket(
+    mut request: Request<Incoming>,
+    ctx: &Arc<ConnCtx>,
+    info: Arc<ConnInfo>,
+    admission: Arc<crate::bridge::Admission>,
+    done: Option<Done>,
+    request_id: HeaderValue,
+) -> Response<ResponseBody> {
+    let handshake = match crate::websocket::Handshake::new(&mut request, &ctx.limits.websocket) {
+        Ok(handshake) => handshake,
+        Err((status, text)) => {
+            drop(admission);
+            ctx.shared.error(ErrorKind::Client);
+            let mut response = plain(status, text, false);
+            let headers = response.headers_mut();
+            if status == StatusCode::UPGRADE_REQUIRED {
+                headers.insert(
+                    http::header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                );
+            }
+            headers.insert(REQUEST_ID, request_id);
+            return finish(response, done);
+        }
+    };
+    let (parts, _) = request.into_parts();
+    let hold: crate::websocket::Hold = Box::new((ctx.clone(), ConnBusy::new(ctx.state.clone())));
+    let (respond, response) = tokio::sync::oneshot::channel();
+    ctx.shared
+        .bridge
+        .push(Event::WebSocket(Box::new(crate::websocket::WsStart {
+            parts,
+            conn: info,
+            admission,
+            respond,
+            session: crate::websocket::Session {
+                handshake,
+                settings: ctx.limits.websocket.clone(),
+                stop: ctx.stop.clone(),
+                hold,
+            },
+        })));
+    let mut response = match response.await {
+        Ok(response) => response,
+        Err(_) => {
+            ctx.shared.error(ErrorKind::Internal);
+            plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Server shutting down\n",
+                true,
+            )
+        }
+    };
+    response
+        .headers_mut()
+        .entry(REQUEST_ID)
+        .or_insert(request_id);
+    finish(response, done)
 }
 
 /// Attaches the metrics and access-log line (if on) to a response the server wrote itself.
@@ -275,12 +361,16 @@ async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let mut request = request;
     let limits = &ctx.limits;
-    let protocol = Protocol::of(request.version(), ctx.info.front);
+    let mut protocol = Protocol::of(request.version(), ctx.info.front);
     if ctx.state.requests.fetch_add(1, Ordering::Relaxed) == 0 && !ctx.info.front {
         if let Some(metrics) = &ctx.shared.metrics {
             let _ = ctx.state.protocol.set(protocol);
             metrics.connection_opened(protocol);
         }
+    }
+    let websocket = !ctx.info.front && crate::websocket::is_websocket(&request);
+    if websocket {
+        protocol = Protocol::Websocket;
     }
     // Only the front may say who the client is, and only on its private socket.
     let forwarded = request.headers_mut().remove(CLIENT_HEADER);
@@ -318,6 +408,9 @@ async fn handle(
         headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
         headers.insert(REQUEST_ID, request_id);
         return Ok(finish(response, done));
+    }
+    if websocket {
+        return Ok(open_websocket(request, &ctx, info, admission, done, request_id).await);
     }
     if limits.max_body_size != 0 {
         let declared = request
@@ -431,7 +524,7 @@ impl Driver {
         });
         let shared = ctx.shared.clone();
         let service = service_fn(move |request| handle(request, ctx.clone()));
-        let connection = builder.serve_connection(io, service);
+        let connection = builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(connection);
         let mut closing = false;
         let mut draining_until: Option<Instant> = None;
@@ -534,6 +627,7 @@ pub async fn serve(
         max_concurrency: config.limits.max_concurrency,
         max_body_size: config.limits.max_body_size,
         alt_svc,
+        websocket: Arc::new(crate::websocket::Settings::new(&config.websocket)),
     });
     let keep_alive = config.server.keep_alive_timeout;
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -547,6 +641,8 @@ pub async fn serve(
     builder
         .http2()
         .timer(TokioTimer::new())
+        // RFC 8441: WebSockets over HTTP/2 (extended CONNECT).
+        .enable_connect_protocol()
         .max_header_list_size(config.limits.max_header_size.min(u32::MAX as u64) as u32);
     let handshake_timeout = config.limits.header_read_timeout;
     let access = if config.logging.access_log {
@@ -573,6 +669,8 @@ pub async fn serve(
             shared: shared.clone(),
             limits: limits.clone(),
             access: access.clone(),
+            stop: conn_stop.clone(),
+            _live: live.clone(),
         });
         let builder = builder.clone();
         let stop = conn_stop.clone();
@@ -620,6 +718,8 @@ pub async fn serve(
             shared: shared.clone(),
             limits: limits.clone(),
             access: access.clone(),
+            stop: conn_stop.clone(),
+            _live: live.clone(),
         });
         let driver = Driver {
             builder: builder.clone(),

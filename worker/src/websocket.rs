@@ -1,0 +1,1045 @@
+//! WebSocket: the ASGI `websocket` scope over HTTP/1.1 Upgrade (RFC 6455) and HTTP/2
+//! extended CONNECT (RFC 8441), on plain TCP and TLS.
+//!
+//! The frame protocol (masking, fragmentation, UTF-8 validation of text, ping -> pong, close
+//! codes, permessage-deflate) is `yawc`'s; this module joins it to the app:
+//!
+//! 1. The hyper service sees an upgrade request, validates the handshake
+//!    ([`Handshake::new`]) and pushes an [`Event::WebSocket`](crate::bridge::Event) to the
+//!    Python thread, which starts `glue.run_http(app, scope, handle)` with a [`WsHandle`].
+//! 2. The app's first `receive()` is `websocket.connect`. `websocket.accept` sends the
+//!    101 (HTTP/1.1) or 200 (HTTP/2) response and spawns the [`pump`]; `websocket.close` or a
+//!    `websocket.http.response.*` denial before that answers with an HTTP response instead
+//!    (403 for a bare close).
+//! 3. The pump owns the socket: client messages go into a queue of `[websocket] max_queue`
+//!    messages that `receive()` drains (a full queue stops reading: TCP backpressure), app
+//!    messages come through a small queue whose `send()` waits when the client is slow. It
+//!    pings idle clients, answers the drain with close 1001, and records how the connection
+//!    ended for the app's `websocket.disconnect`.
+
+use crate::bridge::{lock, ready, waiting, Admission, ConnInfo, Event, Shared, Wake};
+use crate::metrics::{ErrorKind, Protocol};
+use crate::registry::RequestId;
+use bytes::Bytes;
+use futures_util::SinkExt;
+use http::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
+use http::{HeaderMap, Response, StatusCode};
+use pyo3::exceptions::{PyOSError, PyRuntimeError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyString};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+use yawc::close::CloseCode;
+use yawc::{Frame, OpCode, WebSocketError};
+
+use crate::body::ResponseBody;
+
+/// `[websocket]`, as the request path uses it.
+#[derive(Debug)]
+pub struct Settings {
+    options: yawc::Options,
+    max_queue: usize,
+    ping_interval: Duration,
+    ping_timeout: Duration,
+    drain_grace: Duration,
+}
+
+/// Messages from the app to the pump; a few suffice, since each may be large and `send()`
+/// waits when they are all taken.
+const OUT_QUEUE: usize = 4;
+
+/// How long a closing side waits for the peer's close frame (or for a close frame to be
+/// written) before dropping the connection.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Settings {
+    /// From the effective configuration.
+    pub fn new(config: &genro_config::Websocket) -> Self {
+        // Inclusive in the config, exclusive in yawc; one message in one frame or fragments.
+        let max = usize::try_from(config.max_message_size)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1);
+        let mut options = yawc::Options::default()
+            .with_utf8()
+            .with_no_delay()
+            .with_max_payload_read(max)
+            .with_max_read_buffer(max);
+        if config.per_message_deflate {
+            options = options.with_low_latency_compression();
+        }
+        Settings {
+            options,
+            max_queue: config.max_queue.max(1),
+            ping_interval: config.ping_interval,
+            ping_timeout: config.ping_timeout,
+            drain_grace: config.drain_grace,
+        }
+    }
+}
+
+/// Whether `request` opens a WebSocket: an HTTP/1.1 `GET` with `Upgrade: websocket` and
+/// `Connection: upgrade`, or an HTTP/2 `CONNECT` with `:protocol = websocket`.
+pub fn is_websocket<B>(request: &http::Request<B>) -> bool {
+    fn has_token(headers: &HeaderMap, name: http::header::HeaderName, token: &str) -> bool {
+        headers.get_all(name).iter().any(|value| {
+            value.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|part| part.trim().eq_ignore_ascii_case(token))
+            })
+        })
+    }
+    match request.version() {
+        http::Version::HTTP_11 => {
+            request.method() == http::Method::GET
+                && has_token(request.headers(), http::header::UPGRADE, "websocket")
+                && has_token(request.headers(), http::header::CONNECTION, "upgrade")
+        }
+        http::Version::HTTP_2 => {
+            request.method() == http::Method::CONNECT
+                && request
+                    .extensions()
+                    .get::<hyper::ext::Protocol>()
+                    .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+        }
+        _ => false,
+    }
+}
+
+/// A validated handshake: the response head to send on accept, and the upgrade to await.
+pub struct Handshake {
+    head: http::response::Parts,
+    upgrade: yawc::UpgradeFut,
+}
+
+impl std::fmt::Debug for Handshake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Handshake")
+    }
+}
+
+impl Handshake {
+    /// Checks the handshake headers (key, version) and negotiates the extensions; `Err` is
+    /// the status and text to answer the client with.
+    pub fn new<B>(
+        request: &mut http::Request<B>,
+        settings: &Settings,
+    ) -> Result<Self, (StatusCode, &'static str)> {
+        match yawc::WebSocket::upgrade_with_options(&mut *request, settings.options.clone()) {
+            Ok((response, upgrade)) => Ok(Handshake {
+                head: response.into_parts().0,
+                upgrade,
+            }),
+            Err(WebSocketError::InvalidSecWebsocketVersion) => Err((
+                StatusCode::UPGRADE_REQUIRED,
+                "Unsupported WebSocket version (expected Sec-WebSocket-Version: 13)\n",
+            )),
+            Err(WebSocketError::MissingSecWebSocketKey) => Err((
+                StatusCode::BAD_REQUEST,
+                "Invalid WebSocket handshake: no Sec-WebSocket-Key\n",
+            )),
+            Err(_) => Err((
+                StatusCode::BAD_REQUEST,
+                "Invalid WebSocket handshake (Sec-WebSocket-Extensions)\n",
+            )),
+        }
+    }
+}
+
+/// Keeps what must live as long as the connection: the worker's drain waits for it, and
+/// the connection counts as busy for the idle timer.
+pub type Hold = Box<dyn Send + Sync>;
+
+/// Everything the Python thread needs to start a WebSocket session.
+#[derive(Debug)]
+pub struct WsStart {
+    /// Method, URI, version, headers of the handshake request.
+    pub parts: http::request::Parts,
+    /// Connection facts.
+    pub conn: Arc<ConnInfo>,
+    /// The session's admission (registry entry, in-flight count).
+    pub admission: Arc<Admission>,
+    /// Where the handshake response (or the denial) goes.
+    pub respond: oneshot::Sender<Response<ResponseBody>>,
+    /// The rest, for the pump.
+    pub session: Session,
+}
+
+/// What the pump is started with when the app accepts.
+pub struct Session {
+    /// The handshake.
+    pub handshake: Handshake,
+    /// `[websocket]`.
+    pub settings: Arc<Settings>,
+    /// Turns true when the worker drains.
+    pub stop: watch::Receiver<bool>,
+    /// Held until the connection ends.
+    pub hold: Hold,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Session")
+    }
+}
+
+/// A client message for the app.
+#[derive(Debug)]
+pub enum Inbound {
+    /// `websocket.receive` with `text`.
+    Text(Bytes),
+    /// `websocket.receive` with `bytes`.
+    Binary(Bytes),
+}
+
+/// An app message for the client.
+enum Outbound {
+    Frame(Frame),
+    Close(u16, String),
+}
+
+/// How the connection ended, for `websocket.disconnect`; set by whoever ends it first.
+#[derive(Debug, Default)]
+struct Ending(Mutex<Option<(u16, String)>>);
+
+impl Ending {
+    fn set(&self, code: u16, reason: &str) {
+        lock(&self.0).get_or_insert_with(|| (code, reason.to_owned()));
+    }
+
+    fn get(&self) -> (u16, String) {
+        lock(&self.0)
+            .clone()
+            .unwrap_or((ABNORMAL, String::new()))
+    }
+}
+
+/// Close code for a connection that ended without a close frame.
+const ABNORMAL: u16 = 1006;
+
+/// Where a session is in the ASGI protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// `websocket.connect` not yet received by the app.
+    Connect,
+    /// Waiting for accept, close or a denial response.
+    Handshake,
+    /// A denial response is being sent (`websocket.http.response.start` seen).
+    Denying,
+    /// Accepted: messages flow.
+    Open,
+    /// Closed by the app, denied, or ended by the client.
+    Closed,
+}
+
+struct WsInner {
+    phase: Phase,
+    respond: Option<oneshot::Sender<Response<ResponseBody>>>,
+    session: Option<Session>,
+    /// The app's side of the pump's queues, set on accept.
+    outbound: Option<mpsc::Sender<Outbound>>,
+    /// The denial response being assembled.
+    denial: Option<(StatusCode, HeaderMap, Vec<u8>)>,
+    admission: Option<Arc<Admission>>,
+    /// An error was logged for this session.
+    failed: bool,
+}
+
+/// The per-connection object behind the app's `receive` and `send`.
+#[pyclass(frozen)]
+pub struct WsHandle {
+    id: RequestId,
+    shared: Arc<Shared>,
+    path: String,
+    client: SocketAddr,
+    inner: Mutex<WsInner>,
+    inbound: Arc<tokio::sync::Mutex<mpsc::Receiver<Inbound>>>,
+    /// The pump's end of the inbound queue, until accept hands it over.
+    inbound_tx: Mutex<Option<mpsc::Sender<Inbound>>>,
+    ending: Arc<Ending>,
+}
+
+impl std::fmt::Debug for WsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WsHandle")
+    }
+}
+
+impl WsHandle {
+    /// A handle for a session starting on the Python thread.
+    pub fn new(shared: Arc<Shared>, start: WsStart) -> Self {
+        let (tx, rx) = mpsc::channel(start.session.settings.max_queue);
+        WsHandle {
+            id: start.admission.request_id(),
+            shared,
+            path: start.parts.uri.path().to_owned(),
+            client: start.conn.client,
+            inner: Mutex::new(WsInner {
+                phase: Phase::Connect,
+                respond: Some(start.respond),
+                session: Some(start.session),
+                outbound: None,
+                denial: None,
+                admission: Some(start.admission),
+                failed: false,
+            }),
+            inbound: Arc::new(tokio::sync::Mutex::new(rx)),
+            inbound_tx: Mutex::new(Some(tx)),
+            ending: Arc::new(Ending::default()),
+        }
+    }
+}
+
+/// Builds the `websocket.receive` / `websocket.disconnect` message for a wake-up.
+pub fn message(py: Python<'_>, value: Option<Inbound>, ending: (u16, &str)) -> PyResult<Py<PyAny>> {
+    let m = PyDict::new(py);
+    match value {
+        Some(Inbound::Text(text)) => {
+            m.set_item(intern!(py, "type"), intern!(py, "websocket.receive"))?;
+            // yawc validated the UTF-8 (`with_utf8`); a failure here would be a bug there.
+            let text = std::str::from_utf8(&text)
+                .map_err(|e| PyRuntimeError::new_err(format!("invalid UTF-8 in a text message: {e}")))?;
+            m.set_item(intern!(py, "text"), PyString::new(py, text))?;
+        }
+        Some(Inbound::Binary(data)) => {
+            m.set_item(intern!(py, "type"), intern!(py, "websocket.receive"))?;
+            m.set_item(intern!(py, "bytes"), PyBytes::new(py, &data))?;
+        }
+        None => {
+            m.set_item(intern!(py, "type"), intern!(py, "websocket.disconnect"))?;
+            m.set_item(intern!(py, "code"), ending.0)?;
+            m.set_item(intern!(py, "reason"), ending.1)?;
+        }
+    }
+    Ok(m.into_any().unbind())
+}
+
+/// Sends `response` as the answer to the handshake; false when the client is gone.
+fn answer(inner: &mut WsInner, response: Response<ResponseBody>) -> bool {
+    match inner.respond.take() {
+        Some(respond) => respond.send(response).is_ok(),
+        None => false,
+    }
+}
+
+fn plain_response(status: StatusCode, body: String) -> Response<ResponseBody> {
+    let len = body.len();
+    let mut response = Response::new(ResponseBody::full(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+    response
+}
+
+#[pymethods]
+impl WsHandle {
+    /// ASGI `receive()`.
+    fn receive(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        {
+            let mut inner = lock(&this.inner);
+            if inner.phase == Phase::Connect {
+                inner.phase = Phase::Handshake;
+                let m = PyDict::new(py);
+                m.set_item(intern!(py, "type"), intern!(py, "websocket.connect"))?;
+                return ready(py, m.into_any());
+            }
+        }
+        if let Ok(mut rx) = this.inbound.try_lock() {
+            match rx.try_recv() {
+                Ok(value) => return ready(py, message(py, Some(value), (0, ""))?.into_bound(py)),
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    let (code, reason) = this.ending.get();
+                    return ready(py, message(py, None, (code, &reason))?.into_bound(py));
+                }
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+        }
+        let waiter = crate::bridge::new_future(py)?;
+        let waiter_for_task = waiter.clone_ref(py);
+        let inbound = this.inbound.clone();
+        let ending = this.ending.clone();
+        let shared = this.shared.clone();
+        this.shared.runtime.spawn(async move {
+            let value = inbound.lock().await.recv().await;
+            let value = match value {
+                Some(value) => Wake::WsMessage(value),
+                None => {
+                    let (code, reason) = ending.get();
+                    Wake::WsDisconnect(code, reason)
+                }
+            };
+            shared.bridge.push(Event::Wake {
+                waiter: waiter_for_task,
+                value,
+            });
+        });
+        waiting(py, &waiter)
+    }
+
+    /// ASGI `send(message)`.
+    fn send(&self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let outbound = match parse_outbound(message) {
+            Ok(outbound) => outbound,
+            Err(why) => return Err(self.protocol_failure(&why)),
+        };
+        let mut inner = lock(&self.inner);
+        if inner.failed {
+            return Err(PyRuntimeError::new_err(
+                "the WebSocket already failed (see the server log)",
+            ));
+        }
+        match (inner.phase, outbound) {
+            (Phase::Connect | Phase::Handshake, AppMessage::Accept { subprotocol, headers }) => {
+                let Some(session) = inner.session.take() else {
+                    return Err(PyRuntimeError::new_err("websocket.accept sent twice"));
+                };
+                let Handshake { head, upgrade } = session.handshake;
+                let mut response = Response::from_parts(head, ResponseBody::full(Bytes::new()));
+                let response_headers = response.headers_mut();
+                if let Some(subprotocol) = subprotocol {
+                    response_headers.insert(SEC_WEBSOCKET_PROTOCOL, subprotocol);
+                }
+                for (name, value) in headers.iter() {
+                    if !response_headers.contains_key(name) {
+                        response_headers.append(name.clone(), value.clone());
+                    }
+                }
+                let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
+                inner.outbound = Some(out_tx);
+                inner.phase = Phase::Open;
+                if !answer(&mut inner, response) {
+                    // The client left during the handshake.
+                    inner.phase = Phase::Closed;
+                    inner.outbound = None;
+                    self.ending.set(ABNORMAL, "");
+                    *lock(&self.inbound_tx) = None;
+                    return Ok(crate::bridge::sent(py)?);
+                }
+                let inbound = lock(&self.inbound_tx).take();
+                if let Some(inbound) = inbound {
+                    let link = Link {
+                        shared: self.shared.clone(),
+                        id: inner.admission.as_ref().map(|a| a.registry_id()),
+                        inbound,
+                        outbound: out_rx,
+                        ending: self.ending.clone(),
+                    };
+                    self.shared.runtime.spawn(pump(upgrade, session.settings, session.stop, session.hold, link));
+                }
+                Ok(crate::bridge::sent(py)?)
+            }
+            (Phase::Connect | Phase::Handshake, AppMessage::Close { .. }) => {
+                // ASGI: a close before accept refuses the handshake with 403.
+                self.deny(&mut inner, plain_response(StatusCode::FORBIDDEN, "WebSocket connection refused\n".into()));
+                Ok(crate::bridge::sent(py)?)
+            }
+            (Phase::Connect | Phase::Handshake, AppMessage::DenyStart { status, headers }) => {
+                inner.denial = Some((status, headers, Vec::new()));
+                inner.phase = Phase::Denying;
+                Ok(crate::bridge::sent(py)?)
+            }
+            (Phase::Denying, AppMessage::DenyBody { body, more }) => {
+                if let Some((_, _, buffer)) = inner.denial.as_mut() {
+                    buffer.extend_from_slice(&body);
+                }
+                if !more {
+                    let (status, headers, body) = inner.denial.take().expect("set in DenyStart");
+                    let len = body.len();
+                    let mut response = Response::new(ResponseBody::full(Bytes::from(body)));
+                    *response.status_mut() = status;
+                    *response.headers_mut() = headers;
+                    response
+                        .headers_mut()
+                        .entry(http::header::CONTENT_LENGTH)
+                        .or_insert_with(|| HeaderValue::from(len));
+                    self.deny(&mut inner, response);
+                }
+                Ok(crate::bridge::sent(py)?)
+            }
+            (Phase::Open, AppMessage::Send(frame)) => {
+                let Some(tx) = inner.outbound.clone() else {
+                    return Err(PyOSError::new_err("WebSocket closed"));
+                };
+                drop(inner);
+                self.forward(py, tx, Outbound::Frame(frame))
+            }
+            (Phase::Open, AppMessage::Close { code, reason }) => {
+                inner.phase = Phase::Closed;
+                let Some(tx) = inner.outbound.take() else {
+                    return Ok(crate::bridge::sent(py)?);
+                };
+                drop(inner);
+                self.forward(py, tx, Outbound::Close(code, reason))
+                    .or_else(|_| crate::bridge::sent(py))
+            }
+            (Phase::Closed, AppMessage::Send(_) | AppMessage::Close { .. }) => {
+                // ASGI 2.4: send() on a closed connection raises OSError.
+                Err(PyOSError::new_err("WebSocket closed"))
+            }
+            (phase, message) => {
+                drop(inner);
+                Err(self.protocol_failure(&format!(
+                    "{} is not allowed {}",
+                    message.name(),
+                    match phase {
+                        Phase::Connect | Phase::Handshake => "before websocket.accept",
+                        Phase::Denying => "during a denial response (only websocket.http.response.body)",
+                        Phase::Open => "after websocket.accept",
+                        Phase::Closed => "after the WebSocket closed",
+                    }
+                )))
+            }
+        }
+    }
+
+    /// Called by `glue.run_http` when the app returned normally.
+    fn finished(&self) {
+        let mut inner = lock(&self.inner);
+        inner.admission = None;
+        match inner.phase {
+            Phase::Connect | Phase::Handshake | Phase::Denying => {
+                drop(inner);
+                let _ = self.protocol_failure("the app returned without accepting or closing the WebSocket");
+            }
+            Phase::Open => {
+                // Returning is closing: a normal close, like uvicorn's.
+                inner.phase = Phase::Closed;
+                if let Some(tx) = inner.outbound.take() {
+                    let _ = tx.try_send(Outbound::Close(1000, String::new()));
+                }
+            }
+            Phase::Closed => {}
+        }
+    }
+
+    /// Called by `glue.run_http` when the task was cancelled (the drain's graceful_timeout
+    /// ran out).
+    fn cancelled(&self) {
+        let mut inner = lock(&self.inner);
+        inner.admission = None;
+        tracing::warn!(path = %self.path, "WebSocket cancelled: still running when graceful_timeout ran out");
+        self.end_with(&mut inner, StatusCode::SERVICE_UNAVAILABLE, "Server shutting down\n".into(), 1001);
+    }
+
+    /// Called by `glue.run_http` with the formatted traceback when the app raised.
+    fn failed(&self, traceback: &str) {
+        let mut inner = lock(&self.inner);
+        inner.admission = None;
+        if inner.failed {
+            return;
+        }
+        inner.failed = true;
+        let id = self.id;
+        if inner.phase == Phase::Closed && self.ending.0.lock().map(|e| e.is_some()).unwrap_or(false) {
+            // The client went away and the app raised because of it (send() on a closed
+            // socket): a client matter.
+            let last = traceback.trim_end().lines().last().unwrap_or("");
+            tracing::debug!(path = %self.path, "WebSocket closed by the client; the app ended with {last}");
+            return;
+        }
+        self.shared.error(ErrorKind::App);
+        tracing::error!(
+            error_id = %id,
+            path = %self.path,
+            client = %self.client,
+            "exception in ASGI app (WebSocket, error id {id})\n{}",
+            traceback.trim_end()
+        );
+        self.shared.notify(serde_json::json!({
+            "event": "app_exception",
+            "request_id": id.as_str(),
+            "method": "GET",
+            "path": self.path,
+            "client": self.client.to_string(),
+            "pid": std::process::id(),
+            "traceback": crate::bridge::tail(traceback.trim_end(), crate::bridge::MAX_NOTIFIED_TRACEBACK),
+        }));
+        let body = format!("Internal Server Error (error id: {id})\n");
+        self.end_with(&mut inner, StatusCode::INTERNAL_SERVER_ERROR, body, 1011);
+    }
+}
+
+impl WsHandle {
+    /// Refuses the handshake with `response`.
+    fn deny(&self, inner: &mut WsInner, response: Response<ResponseBody>) {
+        inner.phase = Phase::Closed;
+        inner.session = None;
+        answer(inner, response);
+        self.ending.set(ABNORMAL, "");
+        *lock(&self.inbound_tx) = None;
+    }
+
+    /// Ends the session on an error: `status` before accept, close `code` after.
+    fn end_with(&self, inner: &mut WsInner, status: StatusCode, body: String, code: u16) {
+        match inner.phase {
+            Phase::Connect | Phase::Handshake | Phase::Denying => {
+                self.deny(inner, plain_response(status, body));
+            }
+            Phase::Open => {
+                inner.phase = Phase::Closed;
+                if let Some(tx) = inner.outbound.take() {
+                    let _ = tx.try_send(Outbound::Close(code, String::new()));
+                }
+            }
+            Phase::Closed => {}
+        }
+    }
+
+    /// An invalid message or sequence: log it, end the session (500 or close 1011), and
+    /// return the RuntimeError to raise in the app.
+    fn protocol_failure(&self, why: &str) -> PyErr {
+        let mut inner = lock(&self.inner);
+        if !inner.failed {
+            inner.failed = true;
+            self.shared.error(ErrorKind::App);
+            let id = self.id;
+            tracing::error!(error_id = %id, path = %self.path, "ASGI protocol error (WebSocket): {why} (error id {id})");
+            let body = format!("Internal Server Error (error id: {id})\n");
+            self.end_with(&mut inner, StatusCode::INTERNAL_SERVER_ERROR, body, 1011);
+        }
+        PyRuntimeError::new_err(why.to_owned())
+    }
+
+    /// Hands a message to the pump: at once when the queue has room, else through a future
+    /// that completes when it does (the client is slow: backpressure on the app).
+    fn forward(&self, py: Python<'_>, tx: mpsc::Sender<Outbound>, out: Outbound) -> PyResult<Py<PyAny>> {
+        match tx.try_send(out) {
+            Ok(()) => crate::bridge::sent(py),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                lock(&self.inner).phase = Phase::Closed;
+                Err(PyOSError::new_err("WebSocket closed"))
+            }
+            Err(mpsc::error::TrySendError::Full(out)) => {
+                let waiter = crate::bridge::new_future(py)?;
+                let waiter_for_task = waiter.clone_ref(py);
+                let shared = self.shared.clone();
+                self.shared.runtime.spawn(async move {
+                    let value = match tx.send(out).await {
+                        Ok(()) => Wake::Sent,
+                        Err(_) => Wake::WsClosed,
+                    };
+                    shared.bridge.push(Event::Wake {
+                        waiter: waiter_for_task,
+                        value,
+                    });
+                });
+                waiting(py, &waiter)
+            }
+        }
+    }
+}
+
+/// A message the app sent, checked.
+enum AppMessage {
+    Accept {
+        subprotocol: Option<HeaderValue>,
+        headers: HeaderMap,
+    },
+    Send(Frame),
+    Close {
+        code: u16,
+        reason: String,
+    },
+    DenyStart {
+        status: StatusCode,
+        headers: HeaderMap,
+    },
+    DenyBody {
+        body: Bytes,
+        more: bool,
+    },
+}
+
+impl AppMessage {
+    fn name(&self) -> &'static str {
+        match self {
+            AppMessage::Accept { .. } => "websocket.accept",
+            AppMessage::Send(_) => "websocket.send",
+            AppMessage::Close { .. } => "websocket.close",
+            AppMessage::DenyStart { .. } => "websocket.http.response.start",
+            AppMessage::DenyBody { .. } => "websocket.http.response.body",
+        }
+    }
+}
+
+/// Most bytes of a close reason: a close frame's payload is at most 125 bytes, 2 of them
+/// the code.
+const MAX_REASON: usize = 123;
+
+fn parse_outbound(message: &Bound<'_, PyAny>) -> Result<AppMessage, String> {
+    let py = message.py();
+    let dict = message.downcast::<PyDict>().map_err(|_| {
+        format!(
+            "send() takes a dict, got {}",
+            crate::bridge::type_name(message)
+        )
+    })?;
+    let kind: String = match dict.get_item(intern!(py, "type")).ok().flatten() {
+        Some(kind) => kind
+            .extract()
+            .map_err(|_| "message \"type\" must be a str".to_owned())?,
+        None => return Err("message has no \"type\"".into()),
+    };
+    let field = |name: &str| dict.get_item(name).ok().flatten().filter(|v| !v.is_none());
+    match kind.as_str() {
+        "websocket.accept" => {
+            let subprotocol = match field("subprotocol") {
+                None => None,
+                Some(v) => {
+                    let text: String = v
+                        .extract()
+                        .map_err(|_| "websocket.accept: \"subprotocol\" must be a str".to_owned())?;
+                    Some(HeaderValue::from_str(&text).map_err(|_| {
+                        format!("websocket.accept: invalid subprotocol {text:?}")
+                    })?)
+                }
+            };
+            let headers = crate::bridge::headers_from_py(field("headers"), &kind)?;
+            if headers.contains_key(SEC_WEBSOCKET_PROTOCOL) {
+                return Err("websocket.accept: give the subprotocol in \"subprotocol\", not as a sec-websocket-protocol header".into());
+            }
+            Ok(AppMessage::Accept {
+                subprotocol,
+                headers,
+            })
+        }
+        "websocket.send" => {
+            let bytes = field("bytes");
+            let text = field("text");
+            match (bytes, text) {
+                (Some(b), None) => {
+                    let data = crate::bridge::bytes_from_py(&b).ok_or_else(|| {
+                        format!(
+                            "websocket.send: \"bytes\" must be bytes, got {}",
+                            crate::bridge::type_name(&b)
+                        )
+                    })?;
+                    Ok(AppMessage::Send(Frame::binary(data)))
+                }
+                (None, Some(t)) => {
+                    let text = t.downcast::<PyString>().map_err(|_| {
+                        format!(
+                            "websocket.send: \"text\" must be a str, got {}",
+                            crate::bridge::type_name(&t)
+                        )
+                    })?;
+                    let text = text
+                        .to_str()
+                        .map_err(|e| format!("websocket.send: \"text\": {e}"))?;
+                    Ok(AppMessage::Send(Frame::text(Bytes::copy_from_slice(
+                        text.as_bytes(),
+                    ))))
+                }
+                (Some(_), Some(_)) => {
+                    Err("websocket.send: give exactly one of \"bytes\" and \"text\", not both".into())
+                }
+                (None, None) => Err("websocket.send: needs \"bytes\" or \"text\"".into()),
+            }
+        }
+        "websocket.close" => {
+            let code: u16 = match field("code") {
+                None => 1000,
+                Some(v) => v
+                    .extract()
+                    .map_err(|_| "websocket.close: \"code\" must be an int (1000-4999)".to_owned())?,
+            };
+            if !CloseCode::from(code).is_allowed() {
+                return Err(format!(
+                    "websocket.close: code {code} may not be sent (RFC 6455 7.4: 1000-1003, 1007-1014, 3000-4999)"
+                ));
+            }
+            let mut reason: String = match field("reason") {
+                None => String::new(),
+                Some(v) => v
+                    .extract()
+                    .map_err(|_| "websocket.close: \"reason\" must be a str".to_owned())?,
+            };
+            if reason.len() > MAX_REASON {
+                let mut cut = MAX_REASON;
+                while !reason.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                reason.truncate(cut);
+            }
+            Ok(AppMessage::Close { code, reason })
+        }
+        "websocket.http.response.start" => {
+            let status: u16 = field("status")
+                .ok_or_else(|| "websocket.http.response.start has no \"status\"".to_owned())?
+                .extract()
+                .map_err(|_| "websocket.http.response.start: \"status\" must be an int".to_owned())?;
+            let status = StatusCode::from_u16(status)
+                .ok()
+                .filter(|s| (200..=599).contains(&s.as_u16()))
+                .ok_or_else(|| {
+                    format!("websocket.http.response.start: invalid status {status} (expected 200-599)")
+                })?;
+            let headers = crate::bridge::headers_from_py(field("headers"), &kind)?;
+            Ok(AppMessage::DenyStart { status, headers })
+        }
+        "websocket.http.response.body" => {
+            let body = match field("body") {
+                None => Bytes::new(),
+                Some(b) => crate::bridge::bytes_from_py(&b).ok_or_else(|| {
+                    format!(
+                        "websocket.http.response.body: \"body\" must be bytes, got {}",
+                        crate::bridge::type_name(&b)
+                    )
+                })?,
+            };
+            let more = match field("more_body") {
+                None => false,
+                Some(v) => v.is_truthy().map_err(|_| {
+                    "websocket.http.response.body: \"more_body\" must be a bool".to_owned()
+                })?,
+            };
+            Ok(AppMessage::DenyBody { body, more })
+        }
+        other => Err(format!("unknown message type {other:?} for a WebSocket")),
+    }
+}
+
+/// The pump's ends of the session.
+struct Link {
+    shared: Arc<Shared>,
+    /// The registry entry, marked busy while the app does not take client messages.
+    id: Option<u64>,
+    inbound: mpsc::Sender<Inbound>,
+    outbound: mpsc::Receiver<Outbound>,
+    ending: Arc<Ending>,
+}
+
+/// Counts an open WebSocket in the metrics while it lives.
+struct Open(Arc<Shared>);
+
+impl Open {
+    fn new(shared: Arc<Shared>) -> Self {
+        if let Some(metrics) = &shared.metrics {
+            metrics.connection_opened(Protocol::Websocket);
+        }
+        Open(shared)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Some(metrics) = &self.0.metrics {
+            metrics.connection_closed(Protocol::Websocket);
+        }
+    }
+}
+
+/// The close code a protocol error ends the connection with (the one yawc sends).
+fn error_code(err: &WebSocketError) -> u16 {
+    match err {
+        WebSocketError::FrameTooLarge => 1009,
+        WebSocketError::InvalidUTF8 => 1007,
+        WebSocketError::InvalidOpCode(_) => 1003,
+        WebSocketError::ReservedBitsNotZero
+        | WebSocketError::ControlFrameFragmented
+        | WebSocketError::PingFrameTooLarge
+        | WebSocketError::InvalidFragment
+        | WebSocketError::InvalidCloseFrame
+        | WebSocketError::InvalidCloseCode
+        | WebSocketError::FragmentTimeout
+        | WebSocketError::InvalidContinuationFrame
+        | WebSocketError::CompressionNotSupported => 1002,
+        WebSocketError::ConnectionClosed => ABNORMAL,
+        _ => 1011,
+    }
+}
+
+type Socket = yawc::WebSocket<yawc::HttpStream>;
+
+/// Runs one accepted WebSocket until it closes.
+async fn pump(
+    upgrade: yawc::UpgradeFut,
+    settings: Arc<Settings>,
+    mut stop: watch::Receiver<bool>,
+    hold: Hold,
+    link: Link,
+) {
+    let _hold = hold;
+    let mut ws = match upgrade.await {
+        Ok(ws) => ws,
+        Err(err) => {
+            tracing::debug!("WebSocket upgrade failed: {err}");
+            link.ending.set(ABNORMAL, "");
+            return;
+        }
+    };
+    let _open = Open::new(link.shared.clone());
+    if let Some(id) = link.id {
+        // Accepted: from now on only a stalled app counts as stuck.
+        link.shared.registry.set_busy(id, false);
+    }
+    let (code, reason) = serve(&mut ws, &settings, &mut stop, link.outbound, &link.inbound, &link.shared, link.id).await;
+    link.ending.set(code, &reason);
+    // Dropping the sender (with the socket) lets receive() report the disconnect.
+}
+
+/// What the pump loop does next.
+async fn serve(
+    ws: &mut Socket,
+    settings: &Settings,
+    stop: &mut watch::Receiver<bool>,
+    mut outbound: mpsc::Receiver<Outbound>,
+    inbound: &mpsc::Sender<Inbound>,
+    shared: &Arc<Shared>,
+    id: Option<u64>,
+) -> (u16, String) {
+    let metrics = shared.metrics.as_ref();
+    let mut permit: Option<mpsc::Permit<'_, Inbound>> = None;
+    let mut last_seen = Instant::now();
+    let mut ping_sent: Option<Instant> = None;
+    let mut drain_at: Option<Instant> = None;
+    let mut app_done = false;
+    // The app is not taking client messages (the queue is full): the watchdog may report it.
+    let mut busy = false;
+    let far = Duration::from_secs(86400 * 365);
+    loop {
+        if permit.is_none() && !app_done {
+            match inbound.try_reserve() {
+                Ok(p) => permit = Some(p),
+                Err(mpsc::error::TrySendError::Closed(())) => app_done = true,
+                Err(mpsc::error::TrySendError::Full(())) => {
+                    if !busy {
+                        busy = true;
+                        if let Some(id) = id {
+                            shared.registry.set_busy(id, true);
+                        }
+                    }
+                }
+            }
+        }
+        let ping_at = if settings.ping_interval.is_zero() {
+            Instant::now() + far
+        } else {
+            match ping_sent {
+                Some(sent) => sent + settings.ping_timeout,
+                None => last_seen + settings.ping_interval,
+            }
+        };
+        tokio::select! {
+            out = outbound.recv() => match out {
+                Some(Outbound::Frame(frame)) => {
+                    if ws.send(frame).await.is_err() {
+                        return (ABNORMAL, String::new());
+                    }
+                    if let Some(m) = metrics {
+                        m.websocket_message(false);
+                    }
+                }
+                Some(Outbound::Close(code, reason)) => {
+                    close(ws, code, &reason).await;
+                    return (code, reason);
+                }
+                // The app ended without a close (finished() sends one; a cancelled or
+                // failed task may not have room): close normally.
+                None => {
+                    close(ws, 1000, "").await;
+                    return (1000, String::new());
+                }
+            },
+            reserved = inbound.reserve(), if permit.is_none() && !app_done => match reserved {
+                Ok(p) => {
+                    if busy {
+                        busy = false;
+                        if let Some(id) = id {
+                            shared.registry.set_busy(id, false);
+                        }
+                    }
+                    permit = Some(p);
+                }
+                Err(_) => app_done = true,
+            },
+            frame = ws.next_frame(), if permit.is_some() || app_done => {
+                last_seen = Instant::now();
+                match frame {
+                    Ok(frame) => match frame.opcode() {
+                        OpCode::Text | OpCode::Binary => {
+                            if let Some(m) = metrics {
+                                m.websocket_message(true);
+                            }
+                            let (opcode, _, payload) = frame.into_parts();
+                            let value = if opcode == OpCode::Text {
+                                Inbound::Text(payload)
+                            } else {
+                                Inbound::Binary(payload)
+                            };
+                            if let Some(p) = permit.take() {
+                                p.send(value);
+                            }
+                        }
+                        OpCode::Pong => ping_sent = None,
+                        OpCode::Close => {
+                            let code = frame.close_code().map_or(1005, u16::from);
+                            let reason = frame.close_reason().ok().flatten().unwrap_or("").to_owned();
+                            // The echo is queued; the next read flushes it.
+                            let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.next_frame()).await;
+                            return (code, reason);
+                        }
+                        OpCode::Ping | OpCode::Continuation => {}
+                    },
+                    Err(err) => {
+                        let code = error_code(&err);
+                        tracing::debug!("WebSocket ended: {err}");
+                        if code != ABNORMAL {
+                            shared.error(ErrorKind::Client);
+                            // yawc queued the close frame; a read flushes it.
+                            let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.next_frame()).await;
+                        }
+                        return (code, String::new());
+                    }
+                }
+            },
+            _ = tokio::time::sleep_until(ping_at.into()), if !settings.ping_interval.is_zero() => {
+                if ping_sent.is_some() {
+                    tracing::debug!("WebSocket ping timeout");
+                    close(ws, 1011, "keepalive ping timeout").await;
+                    return (ABNORMAL, String::new());
+                }
+                ping_sent = Some(Instant::now());
+                if ws.send(Frame::ping(Bytes::new())).await.is_err() {
+                    return (ABNORMAL, String::new());
+                }
+            },
+            _ = async { let _ = stop.wait_for(|s| *s).await; }, if drain_at.is_none() => {
+                drain_at = Some(Instant::now() + settings.drain_grace);
+            },
+            _ = tokio::time::sleep_until(drain_at.unwrap_or_else(|| Instant::now() + far).into()), if drain_at.is_some() => {
+                close(ws, 1001, "server shutting down").await;
+                return (1001, String::new());
+            },
+        }
+    }
+}
+
+/// Sends a close frame and waits (a bounded time) for the client's, then lets the socket
+/// go (the server closes the TCP connection first, RFC 6455 7.1.1).
+async fn close(ws: &mut Socket, code: u16, reason: &str) {
+    let frame = Frame::close(CloseCode::from(code), reason.as_bytes());
+    let wait = async {
+        if ws.send(frame).await.is_err() {
+            return;
+        }
+        // Data frames still arriving are dropped; the client's close frame ends the wait
+        // (and is not echoed: this side already sent one).
+        loop {
+            match ws.next_frame().await {
+                Ok(frame) if frame.opcode() == OpCode::Close => return,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, wait).await;
+}
