@@ -41,6 +41,7 @@ use crate::body::ResponseBody;
 #[derive(Debug)]
 pub struct Settings {
     options: yawc::Options,
+    max_message_size: usize,
     max_queue: usize,
     ping_interval: Duration,
     ping_timeout: Duration,
@@ -62,15 +63,16 @@ impl Settings {
         let max = usize::try_from(config.max_message_size)
             .unwrap_or(usize::MAX)
             .saturating_add(1);
+        // Messages are reassembled and validated here ([`Assembler`]); yawc's frame layer
+        // bounds each frame (also after decompression).
         let mut options = yawc::Options::default()
-            .with_utf8()
             .with_no_delay()
-            .with_max_payload_read(max)
-            .with_max_read_buffer(max);
+            .with_max_payload_read(max);
         if config.per_message_deflate {
             options = options.with_low_latency_compression();
         }
         Settings {
+            max_message_size: max - 1,
             options,
             max_queue: config.max_queue.max(1),
             ping_interval: config.ping_interval,
@@ -857,7 +859,83 @@ fn error_code(err: &WebSocketError) -> u16 {
     }
 }
 
-type Socket = yawc::WebSocket<yawc::HttpStream>;
+type Socket = yawc::streaming::Streaming<yawc::HttpStream>;
+
+/// Reassembles fragmented messages, bounds their size and validates text as it arrives
+/// (an invalid UTF-8 sequence fails the connection at the fragment that holds it).
+struct Assembler {
+    max: usize,
+    /// The message being reassembled: `Text` or `Binary`.
+    kind: Option<OpCode>,
+    buffer: bytes::BytesMut,
+    /// Bytes of `buffer` known to be complete UTF-8 (text).
+    valid: usize,
+}
+
+/// Why a message fails the connection: the close code and reason to send.
+type Violation = (u16, &'static str);
+
+impl Assembler {
+    fn new(max: usize) -> Self {
+        Assembler {
+            max,
+            kind: None,
+            buffer: bytes::BytesMut::new(),
+            valid: 0,
+        }
+    }
+
+    /// Takes a data frame; returns a complete message when `fin`.
+    fn push(&mut self, opcode: OpCode, fin: bool, payload: Bytes) -> Result<Option<Inbound>, Violation> {
+        match opcode {
+            OpCode::Text | OpCode::Binary => {
+                if self.kind.is_some() {
+                    return Err((1002, "new message inside a fragmented one"));
+                }
+                if fin {
+                    // The common case: one frame, no copy.
+                    if payload.len() > self.max {
+                        return Err((1009, "message too big"));
+                    }
+                    if opcode == OpCode::Binary {
+                        return Ok(Some(Inbound::Binary(payload)));
+                    }
+                    if std::str::from_utf8(&payload).is_err() {
+                        return Err((1007, "invalid UTF-8 in a text message"));
+                    }
+                    return Ok(Some(Inbound::Text(payload)));
+                }
+                self.kind = Some(opcode);
+                self.buffer.clear();
+                self.valid = 0;
+            }
+            OpCode::Continuation if self.kind.is_none() => {
+                return Err((1002, "continuation frame outside a fragmented message"));
+            }
+            _ => {}
+        }
+        if self.buffer.len() + payload.len() > self.max {
+            return Err((1009, "message too big"));
+        }
+        self.buffer.extend_from_slice(&payload);
+        if self.kind == Some(OpCode::Text) {
+            match std::str::from_utf8(&self.buffer[self.valid..]) {
+                Ok(_) => self.valid = self.buffer.len(),
+                // A sequence cut at the fragment's end may complete in the next one.
+                Err(e) if e.error_len().is_none() && !fin => self.valid += e.valid_up_to(),
+                Err(_) => return Err((1007, "invalid UTF-8 in a text message")),
+            }
+        }
+        if !fin {
+            return Ok(None);
+        }
+        let data = self.buffer.split().freeze();
+        Ok(Some(match self.kind.take() {
+            Some(OpCode::Text) => Inbound::Text(data),
+            _ => Inbound::Binary(data),
+        }))
+    }
+}
 
 /// Runs one accepted WebSocket until it closes.
 async fn pump(
@@ -869,7 +947,7 @@ async fn pump(
 ) {
     let _hold = hold;
     let mut ws = match upgrade.await {
-        Ok(ws) => ws,
+        Ok(ws) => ws.into_streaming(),
         Err(err) => {
             tracing::debug!("WebSocket upgrade failed: {err}");
             link.ending.set(ABNORMAL, "");
@@ -902,6 +980,7 @@ async fn serve(
     let mut ping_sent: Option<Instant> = None;
     let mut drain_at: Option<Instant> = None;
     let mut app_done = false;
+    let mut assembler = Assembler::new(settings.max_message_size);
     // The app is not taking client messages (the queue is full): the watchdog may report it.
     let mut busy = false;
     let far = Duration::from_secs(86400 * 365);
@@ -965,18 +1044,24 @@ async fn serve(
                 last_seen = Instant::now();
                 match frame {
                     Ok(frame) => match frame.opcode() {
-                        OpCode::Text | OpCode::Binary => {
-                            if let Some(m) = metrics {
-                                m.websocket_message(true);
-                            }
-                            let (opcode, _, payload) = frame.into_parts();
-                            let value = if opcode == OpCode::Text {
-                                Inbound::Text(payload)
-                            } else {
-                                Inbound::Binary(payload)
-                            };
-                            if let Some(p) = permit.take() {
-                                p.send(value);
+                        OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                            let (opcode, fin, payload) = frame.into_parts();
+                            match assembler.push(opcode, fin, payload) {
+                                Ok(None) => {}
+                                Ok(Some(value)) => {
+                                    if let Some(m) = metrics {
+                                        m.websocket_message(true);
+                                    }
+                                    if let Some(p) = permit.take() {
+                                        p.send(value);
+                                    }
+                                }
+                                Err((code, reason)) => {
+                                    tracing::debug!("WebSocket failed: {reason}");
+                                    shared.error(ErrorKind::Client);
+                                    close(ws, code, reason).await;
+                                    return (code, reason.to_owned());
+                                }
                             }
                         }
                         OpCode::Pong => ping_sent = None,
@@ -987,7 +1072,7 @@ async fn serve(
                             let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.next_frame()).await;
                             return (code, reason);
                         }
-                        OpCode::Ping | OpCode::Continuation => {}
+                        OpCode::Ping => {}
                     },
                     Err(err) => {
                         let code = error_code(&err);
