@@ -85,8 +85,9 @@ class Server:
         deadline = time.monotonic() + timeout
         with self.cond:
             while True:
-                if any(needle in line for line in self.lines):
-                    return
+                for line in self.lines:
+                    if needle in line:
+                        return line
                 if self.proc.poll() is not None and not self.proc.stdout.readable():
                     break
                 left = deadline - time.monotonic()

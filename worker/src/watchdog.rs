@@ -95,10 +95,19 @@ fn report_request(shared: &Shared, level: Level, r: &InFlightRequest, settings: 
         .as_deref()
         .map(|e| format!(" (external id {e})"))
         .unwrap_or_default();
-    let what = format!(
-        "request {}{external} {} {} from {} ({}) still running after {:.1}s",
-        r.request_id, r.method, r.path, r.client, r.protocol, r.age
-    );
+    let what = if r.protocol == crate::metrics::Protocol::Websocket.label() {
+        // Open WebSockets are long-lived; one is stuck only while its app does not accept
+        // it or does not take the client's messages.
+        format!(
+            "WebSocket {}{external} {} from {} (open {:.1}s) is stuck: the app has not accepted it or stopped taking its messages",
+            r.request_id, r.path, r.client, r.age
+        )
+    } else {
+        format!(
+            "request {}{external} {} {} from {} ({}) still running after {:.1}s",
+            r.request_id, r.method, r.path, r.client, r.protocol, r.age
+        )
+    };
     if level == Level::Critical {
         tracing::error!(
             levelname = "CRITICAL",
