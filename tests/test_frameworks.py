@@ -1,6 +1,12 @@
 """Real frameworks (FastAPI, Starlette, Django) served by genro-asgi with 2 workers."""
 
+import asyncio
+import json
+
 import httpx
+import pytest
+import websockets
+from websockets.asyncio.client import connect
 
 TIMEOUT = httpx.Timeout(10.0)
 
@@ -33,6 +39,27 @@ def test_fastapi_routes_body_and_lifespan(server):
             assert r.json()["started"] == "lifespan-ran"
             pids.add(r.json()["pid"])
         assert pids <= set(s.worker_pids())
+
+
+def test_fastapi_websocket_chat(server):
+    s = server(app="fastapi_app:app", workers=1)
+    base = s.url.replace("http", "ws", 1)
+
+    async def go():
+        async with connect(base + "/ws/ann", subprotocols=["chat"]) as ann, \
+                connect(base + "/ws/bob", subprotocols=["chat"]) as bob:
+            assert ann.subprotocol == "chat"
+            await ann.send(json.dumps({"text": "hi bob"}))
+            assert json.loads(await ann.recv()) == {"from": "ann", "text": "hi bob"}
+            assert json.loads(await bob.recv()) == {"from": "ann", "text": "hi bob"}
+            await bob.close(code=4002)
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with connect(base + "/ws/intruder"):
+                pass
+        return refused.value.response.status_code
+    # Starlette's close before accept is the 403 of the ASGI spec.
+    assert asyncio.run(asyncio.wait_for(go(), 30)) == 403
+    assert "FASTAPI_WS_GONE bob 4002" in s.wait_log("FASTAPI_WS_GONE bob")
 
 
 def test_starlette_url_and_streaming(server):

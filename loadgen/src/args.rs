@@ -71,6 +71,9 @@ pub enum Protocol {
     H2,
     /// HTTP/3 over QUIC (TLS 1.3, ALPN `h3`).
     H3,
+    /// WebSocket over HTTP/1.1 (no compression): each connection sends a binary message of
+    /// `--body-size` bytes and waits for its echo, again and again.
+    Ws,
 }
 
 /// Request method.
@@ -185,7 +188,7 @@ impl Args {
             protocol: self.protocol,
             connections: self.connections,
             streams: match self.protocol {
-                Protocol::H1 => 1,
+                Protocol::H1 | Protocol::Ws => 1,
                 Protocol::H2 | Protocol::H3 => self.streams,
             },
             stop: Stop {
@@ -226,6 +229,8 @@ fn parse_url(url: &str, protocol: Protocol) -> anyhow::Result<Target> {
     let uri: Uri = url.parse().context("not a URL")?;
     let (scheme, default_port) = match (uri.scheme_str(), protocol) {
         (Some("http"), Protocol::H1 | Protocol::H2) => ("http", 80),
+        (Some("ws"), Protocol::Ws) => ("ws", 80),
+        (_, Protocol::Ws) => bail!("--protocol ws expects ws://host:port/path"),
         (Some("https"), Protocol::H3) => ("https", 443),
         (Some("https"), _) => bail!("https needs --protocol h3 (h1 and h2 are plain TCP)"),
         (_, Protocol::H3) => bail!("--protocol h3 expects https://host:port/path"),

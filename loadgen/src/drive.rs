@@ -201,7 +201,7 @@ impl Run {
             request.headers_mut().insert(LOAD_ID, value);
         }
         match self.plan.protocol {
-            Protocol::H1 => {
+            Protocol::H1 | Protocol::Ws => {
                 *request.uri_mut() = target.origin_form.clone();
                 request.headers_mut().insert(HOST, target.host.clone());
             }
@@ -361,7 +361,8 @@ async fn connections(run: &Arc<Run>, index: usize, endpoint: &mut quic::Endpoint
 /// Connects and handshakes; the connection's I/O runs in its own task.
 async fn open(run: &Run, endpoint: &mut quic::Endpoint) -> Result<Conn, String> {
     match run.plan.protocol {
-        Protocol::H1 => {
+        // WebSocket runs are driven by ws.rs, never here.
+        Protocol::H1 | Protocol::Ws => {
             let (sender, connection) = http1::handshake(connect_tcp(run).await?)
                 .await
                 .map_err(|err| format!("handshake: {}", describe_error(&err)))?;

@@ -31,6 +31,7 @@ mod drive;
 mod quic;
 mod tally;
 mod tls;
+mod ws;
 
 use anyhow::Context;
 use clap::Parser;
@@ -70,5 +71,8 @@ fn run(plan: args::Plan) -> anyhow::Result<serde_json::Value> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
+    if plan.protocol == args::Protocol::Ws {
+        return runtime.block_on(ws::run(plan));
+    }
     runtime.block_on(drive::run(plan, log))
 }

@@ -1,10 +1,10 @@
-"""FastAPI app for the framework tests: path params, a pydantic body, and a lifespan
-context manager that sets app.state."""
+"""FastAPI app for the framework tests: path params, a pydantic body, a lifespan
+context manager that sets app.state, and a WebSocket endpoint (a tiny chat room)."""
 
 import contextlib
 import os
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel
 
 
@@ -38,3 +38,24 @@ async def echo(item: Item):
 @app.get("/state")
 async def state(request: Request):
     return {"started": request.app.state.started, "pid": request.app.state.pid}
+
+
+ROOM = set()
+
+
+@app.websocket("/ws/{name}")
+async def chat(websocket: WebSocket, name: str):
+    if name == "intruder":
+        await websocket.close(code=1008)
+        return
+    await websocket.accept(subprotocol="chat")
+    ROOM.add(websocket)
+    try:
+        while True:
+            data = await websocket.receive_json()
+            for peer in list(ROOM):
+                await peer.send_json({"from": name, "text": data["text"]})
+    except WebSocketDisconnect as exc:
+        print("FASTAPI_WS_GONE", name, exc.code, flush=True)
+    finally:
+        ROOM.discard(websocket)

@@ -1345,7 +1345,10 @@ pub(crate) fn bytes_from_py(obj: &Bound<'_, PyAny>) -> Option<Bytes> {
     None
 }
 
-pub(crate) fn headers_from_py(value: Option<Bound<'_, PyAny>>, kind: &str) -> Result<HeaderMap, String> {
+pub(crate) fn headers_from_py(
+    value: Option<Bound<'_, PyAny>>,
+    kind: &str,
+) -> Result<HeaderMap, String> {
     let mut headers = HeaderMap::new();
     let Some(value) = value else {
         return Ok(headers);

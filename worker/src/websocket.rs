@@ -212,9 +212,7 @@ impl Ending {
     }
 
     fn get(&self) -> (u16, String) {
-        lock(&self.0)
-            .clone()
-            .unwrap_or((ABNORMAL, String::new()))
+        lock(&self.0).clone().unwrap_or((ABNORMAL, String::new()))
     }
 }
 
@@ -301,8 +299,9 @@ pub fn message(py: Python<'_>, value: Option<Inbound>, ending: (u16, &str)) -> P
         Some(Inbound::Text(text)) => {
             m.set_item(intern!(py, "type"), intern!(py, "websocket.receive"))?;
             // yawc validated the UTF-8 (`with_utf8`); a failure here would be a bug there.
-            let text = std::str::from_utf8(&text)
-                .map_err(|e| PyRuntimeError::new_err(format!("invalid UTF-8 in a text message: {e}")))?;
+            let text = std::str::from_utf8(&text).map_err(|e| {
+                PyRuntimeError::new_err(format!("invalid UTF-8 in a text message: {e}"))
+            })?;
             m.set_item(intern!(py, "text"), PyString::new(py, text))?;
         }
         Some(Inbound::Binary(data)) => {
@@ -399,7 +398,13 @@ impl WsHandle {
             ));
         }
         match (inner.phase, outbound) {
-            (Phase::Connect | Phase::Handshake, AppMessage::Accept { subprotocol, headers }) => {
+            (
+                Phase::Connect | Phase::Handshake,
+                AppMessage::Accept {
+                    subprotocol,
+                    headers,
+                },
+            ) => {
                 let Some(session) = inner.session.take() else {
                     return Err(PyRuntimeError::new_err("websocket.accept sent twice"));
                 };
@@ -423,7 +428,7 @@ impl WsHandle {
                     inner.outbound = None;
                     self.ending.set(ABNORMAL, "");
                     *lock(&self.inbound_tx) = None;
-                    return Ok(crate::bridge::sent(py)?);
+                    return crate::bridge::sent(py);
                 }
                 let inbound = lock(&self.inbound_tx).take();
                 if let Some(inbound) = inbound {
@@ -434,19 +439,31 @@ impl WsHandle {
                         outbound: out_rx,
                         ending: self.ending.clone(),
                     };
-                    self.shared.runtime.spawn(pump(upgrade, session.settings, session.stop, session.hold, link));
+                    self.shared.runtime.spawn(pump(
+                        upgrade,
+                        session.settings,
+                        session.stop,
+                        session.hold,
+                        link,
+                    ));
                 }
-                Ok(crate::bridge::sent(py)?)
+                crate::bridge::sent(py)
             }
             (Phase::Connect | Phase::Handshake, AppMessage::Close { .. }) => {
                 // ASGI: a close before accept refuses the handshake with 403.
-                self.deny(&mut inner, plain_response(StatusCode::FORBIDDEN, "WebSocket connection refused\n".into()));
-                Ok(crate::bridge::sent(py)?)
+                self.deny(
+                    &mut inner,
+                    plain_response(
+                        StatusCode::FORBIDDEN,
+                        "WebSocket connection refused\n".into(),
+                    ),
+                );
+                crate::bridge::sent(py)
             }
             (Phase::Connect | Phase::Handshake, AppMessage::DenyStart { status, headers }) => {
                 inner.denial = Some((status, headers, Vec::new()));
                 inner.phase = Phase::Denying;
-                Ok(crate::bridge::sent(py)?)
+                crate::bridge::sent(py)
             }
             (Phase::Denying, AppMessage::DenyBody { body, more }) => {
                 if let Some((_, _, buffer)) = inner.denial.as_mut() {
@@ -464,7 +481,7 @@ impl WsHandle {
                         .or_insert_with(|| HeaderValue::from(len));
                     self.deny(&mut inner, response);
                 }
-                Ok(crate::bridge::sent(py)?)
+                crate::bridge::sent(py)
             }
             (Phase::Open, AppMessage::Send(frame)) => {
                 let Some(tx) = inner.outbound.clone() else {
@@ -476,7 +493,7 @@ impl WsHandle {
             (Phase::Open, AppMessage::Close { code, reason }) => {
                 inner.phase = Phase::Closed;
                 let Some(tx) = inner.outbound.take() else {
-                    return Ok(crate::bridge::sent(py)?);
+                    return crate::bridge::sent(py);
                 };
                 drop(inner);
                 self.forward(py, tx, Outbound::Close(code, reason))
@@ -493,7 +510,8 @@ impl WsHandle {
                     message.name(),
                     match phase {
                         Phase::Connect | Phase::Handshake => "before websocket.accept",
-                        Phase::Denying => "during a denial response (only websocket.http.response.body)",
+                        Phase::Denying =>
+                            "during a denial response (only websocket.http.response.body)",
                         Phase::Open => "after websocket.accept",
                         Phase::Closed => "after the WebSocket closed",
                     }
@@ -509,13 +527,15 @@ impl WsHandle {
         match inner.phase {
             Phase::Connect | Phase::Handshake | Phase::Denying => {
                 drop(inner);
-                let _ = self.protocol_failure("the app returned without accepting or closing the WebSocket");
+                let _ = self.protocol_failure(
+                    "the app returned without accepting or closing the WebSocket",
+                );
             }
             Phase::Open => {
                 // Returning is closing: a normal close, like uvicorn's.
                 inner.phase = Phase::Closed;
                 if let Some(tx) = inner.outbound.take() {
-                    let _ = tx.try_send(Outbound::Close(1000, String::new()));
+                    self.send_close(tx, 1000);
                 }
             }
             Phase::Closed => {}
@@ -527,8 +547,15 @@ impl WsHandle {
     fn cancelled(&self) {
         let mut inner = lock(&self.inner);
         inner.admission = None;
-        tracing::warn!(path = %self.path, "WebSocket cancelled: still running when graceful_timeout ran out");
-        self.end_with(&mut inner, StatusCode::SERVICE_UNAVAILABLE, "Server shutting down\n".into(), 1001);
+        if inner.phase != Phase::Closed {
+            tracing::warn!(path = %self.path, "WebSocket cancelled: still running when graceful_timeout ran out");
+        }
+        self.end_with(
+            &mut inner,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Server shutting down\n".into(),
+            1001,
+        );
     }
 
     /// Called by `glue.run_http` with the formatted traceback when the app raised.
@@ -540,7 +567,9 @@ impl WsHandle {
         }
         inner.failed = true;
         let id = self.id;
-        if inner.phase == Phase::Closed && self.ending.0.lock().map(|e| e.is_some()).unwrap_or(false) {
+        if inner.phase == Phase::Closed
+            && self.ending.0.lock().map(|e| e.is_some()).unwrap_or(false)
+        {
             // The client went away and the app raised because of it (send() on a closed
             // socket): a client matter.
             let last = traceback.trim_end().lines().last().unwrap_or("");
@@ -588,10 +617,21 @@ impl WsHandle {
             Phase::Open => {
                 inner.phase = Phase::Closed;
                 if let Some(tx) = inner.outbound.take() {
-                    let _ = tx.try_send(Outbound::Close(code, String::new()));
+                    self.send_close(tx, code);
                 }
             }
             Phase::Closed => {}
+        }
+    }
+
+    /// Queues a close frame, waiting for room (off the Python thread) if the queue is full.
+    fn send_close(&self, tx: mpsc::Sender<Outbound>, code: u16) {
+        if let Err(mpsc::error::TrySendError::Full(close)) =
+            tx.try_send(Outbound::Close(code, String::new()))
+        {
+            self.shared.runtime.spawn(async move {
+                let _ = tx.send(close).await;
+            });
         }
     }
 
@@ -612,7 +652,12 @@ impl WsHandle {
 
     /// Hands a message to the pump: at once when the queue has room, else through a future
     /// that completes when it does (the client is slow: backpressure on the app).
-    fn forward(&self, py: Python<'_>, tx: mpsc::Sender<Outbound>, out: Outbound) -> PyResult<Py<PyAny>> {
+    fn forward(
+        &self,
+        py: Python<'_>,
+        tx: mpsc::Sender<Outbound>,
+        out: Outbound,
+    ) -> PyResult<Py<PyAny>> {
         match tx.try_send(out) {
             Ok(()) => crate::bridge::sent(py),
             Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -693,17 +738,18 @@ fn parse_outbound(message: &Bound<'_, PyAny>) -> Result<AppMessage, String> {
     let field = |name: &str| dict.get_item(name).ok().flatten().filter(|v| !v.is_none());
     match kind.as_str() {
         "websocket.accept" => {
-            let subprotocol = match field("subprotocol") {
-                None => None,
-                Some(v) => {
-                    let text: String = v
-                        .extract()
-                        .map_err(|_| "websocket.accept: \"subprotocol\" must be a str".to_owned())?;
-                    Some(HeaderValue::from_str(&text).map_err(|_| {
-                        format!("websocket.accept: invalid subprotocol {text:?}")
-                    })?)
-                }
-            };
+            let subprotocol =
+                match field("subprotocol") {
+                    None => None,
+                    Some(v) => {
+                        let text: String = v.extract().map_err(|_| {
+                            "websocket.accept: \"subprotocol\" must be a str".to_owned()
+                        })?;
+                        Some(HeaderValue::from_str(&text).map_err(|_| {
+                            format!("websocket.accept: invalid subprotocol {text:?}")
+                        })?)
+                    }
+                };
             let headers = crate::bridge::headers_from_py(field("headers"), &kind)?;
             if headers.contains_key(SEC_WEBSOCKET_PROTOCOL) {
                 return Err("websocket.accept: give the subprotocol in \"subprotocol\", not as a sec-websocket-protocol header".into());
@@ -740,18 +786,18 @@ fn parse_outbound(message: &Bound<'_, PyAny>) -> Result<AppMessage, String> {
                         text.as_bytes(),
                     ))))
                 }
-                (Some(_), Some(_)) => {
-                    Err("websocket.send: give exactly one of \"bytes\" and \"text\", not both".into())
-                }
+                (Some(_), Some(_)) => Err(
+                    "websocket.send: give exactly one of \"bytes\" and \"text\", not both".into(),
+                ),
                 (None, None) => Err("websocket.send: needs \"bytes\" or \"text\"".into()),
             }
         }
         "websocket.close" => {
             let code: u16 = match field("code") {
                 None => 1000,
-                Some(v) => v
-                    .extract()
-                    .map_err(|_| "websocket.close: \"code\" must be an int (1000-4999)".to_owned())?,
+                Some(v) => v.extract().map_err(|_| {
+                    "websocket.close: \"code\" must be an int (1000-4999)".to_owned()
+                })?,
             };
             if !CloseCode::from(code).is_allowed() {
                 return Err(format!(
@@ -777,12 +823,16 @@ fn parse_outbound(message: &Bound<'_, PyAny>) -> Result<AppMessage, String> {
             let status: u16 = field("status")
                 .ok_or_else(|| "websocket.http.response.start has no \"status\"".to_owned())?
                 .extract()
-                .map_err(|_| "websocket.http.response.start: \"status\" must be an int".to_owned())?;
+                .map_err(|_| {
+                    "websocket.http.response.start: \"status\" must be an int".to_owned()
+                })?;
             let status = StatusCode::from_u16(status)
                 .ok()
                 .filter(|s| (200..=599).contains(&s.as_u16()))
                 .ok_or_else(|| {
-                    format!("websocket.http.response.start: invalid status {status} (expected 200-599)")
+                    format!(
+                        "websocket.http.response.start: invalid status {status} (expected 200-599)"
+                    )
                 })?;
             let headers = crate::bridge::headers_from_py(field("headers"), &kind)?;
             Ok(AppMessage::DenyStart { status, headers })
@@ -886,7 +936,12 @@ impl Assembler {
     }
 
     /// Takes a data frame; returns a complete message when `fin`.
-    fn push(&mut self, opcode: OpCode, fin: bool, payload: Bytes) -> Result<Option<Inbound>, Violation> {
+    fn push(
+        &mut self,
+        opcode: OpCode,
+        fin: bool,
+        payload: Bytes,
+    ) -> Result<Option<Inbound>, Violation> {
         match opcode {
             OpCode::Text | OpCode::Binary => {
                 if self.kind.is_some() {
@@ -959,7 +1014,16 @@ async fn pump(
         // Accepted: from now on only a stalled app counts as stuck.
         link.shared.registry.set_busy(id, false);
     }
-    let (code, reason) = serve(&mut ws, &settings, &mut stop, link.outbound, &link.inbound, &link.shared, link.id).await;
+    let (code, reason) = serve(
+        &mut ws,
+        &settings,
+        &mut stop,
+        link.outbound,
+        &link.inbound,
+        &link.shared,
+        link.id,
+    )
+    .await;
     link.ending.set(code, &reason);
     // Dropping the sender (with the socket) lets receive() report the disconnect.
 }
@@ -1032,6 +1096,9 @@ async fn serve(
                 Ok(p) => {
                     if busy {
                         busy = false;
+                        // Frames (pongs too) were not read meanwhile: liveness starts anew.
+                        last_seen = Instant::now();
+                        ping_sent = None;
                         if let Some(id) = id {
                             shared.registry.set_busy(id, false);
                         }
@@ -1086,7 +1153,7 @@ async fn serve(
                     }
                 }
             },
-            _ = tokio::time::sleep_until(ping_at.into()), if !settings.ping_interval.is_zero() => {
+            _ = tokio::time::sleep_until(ping_at.into()), if !settings.ping_interval.is_zero() && (permit.is_some() || app_done) => {
                 if ping_sent.is_some() {
                     tracing::debug!("WebSocket ping timeout");
                     close(ws, 1011, "keepalive ping timeout").await;

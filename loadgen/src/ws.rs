@@ -1,0 +1,191 @@
+//! `--protocol ws`: WebSocket echo load over HTTP/1.1. Each connection completes the
+//! RFC 6455 handshake (no extensions offered), then sends a masked binary message of
+//! `--body-size` bytes and reads the echo, until the stop condition. The report counts
+//! round trips (messages echoed) and their latency.
+
+use crate::args::Plan;
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// One connection's outcome.
+#[derive(Debug, Default)]
+struct Outcome {
+    /// Round-trip times in microseconds.
+    latencies: Vec<u32>,
+    /// The error that ended it early, if any.
+    error: Option<String>,
+}
+
+/// Runs the plan; returns the JSON report.
+pub async fn run(plan: Plan) -> anyhow::Result<Value> {
+    let plan = Arc::new(plan);
+    let started = Instant::now();
+    let deadline = plan.stop.duration.map(|d| started + d);
+    let remaining = Arc::new(AtomicU64::new(plan.stop.requests.unwrap_or(u64::MAX)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0..plan.connections {
+        let (plan, remaining) = (plan.clone(), remaining.clone());
+        tasks.spawn(async move {
+            let mut outcome = Outcome::default();
+            if let Err(err) = connection(&plan, index, deadline, &remaining, &mut outcome).await {
+                outcome.error = Some(format!("{err:#}"));
+            }
+            outcome
+        });
+    }
+    let mut latencies = Vec::new();
+    let mut errors = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let outcome = joined.context("a connection task panicked")?;
+        latencies.extend(outcome.latencies);
+        errors.extend(outcome.error);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let percentile = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        let at = ((latencies.len() - 1) as f64 * p).round() as usize;
+        f64::from(latencies[at]) / 1000.0
+    };
+    errors.truncate(5);
+    Ok(json!({
+        "protocol": "ws",
+        "connections": plan.connections,
+        "message_size": plan.body.len(),
+        "messages": latencies.len(),
+        "seconds": seconds,
+        "rate": latencies.len() as f64 / seconds,
+        "latency_ms": {"p50": percentile(0.5), "p90": percentile(0.9), "p99": percentile(0.99)},
+        "failed_connections": errors.len(),
+        "errors": errors,
+    }))
+}
+
+async fn connection(
+    plan: &Plan,
+    index: usize,
+    deadline: Option<Instant>,
+    remaining: &AtomicU64,
+    outcome: &mut Outcome,
+) -> anyhow::Result<()> {
+    let stream = TcpStream::connect(&plan.target.authority)
+        .await
+        .with_context(|| format!("connecting to {}", plan.target.authority))?;
+    stream.set_nodelay(true)?;
+    let mut stream = BufReader::new(stream);
+    let key = format!("Z2Vucm8tbG9hZGdlbi0{:04}==", index % 10_000);
+    let handshake = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        plan.target.origin_form,
+        plan.target.host.to_str().unwrap_or("localhost"),
+    );
+    stream.get_mut().write_all(handshake.as_bytes()).await?;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let byte = stream
+            .read_u8()
+            .await
+            .context("reading the handshake response")?;
+        head.push(byte);
+        if head.len() > 16 * 1024 {
+            bail!("handshake response too long");
+        }
+    }
+    if !head.starts_with(b"HTTP/1.1 101") {
+        let line = String::from_utf8_lossy(&head);
+        bail!("handshake refused: {}", line.lines().next().unwrap_or(""));
+    }
+    let mask = (index as u32).wrapping_mul(0x9E37_79B9).to_be_bytes();
+    let frame = masked_frame(&plan.body, mask);
+    let mut payload = vec![0u8; plan.body.len()];
+    loop {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        if remaining
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_err()
+        {
+            break;
+        }
+        let sent = Instant::now();
+        stream.get_mut().write_all(&frame).await?;
+        let len = read_frame_header(&mut stream).await?;
+        if len != payload.len() {
+            bail!("echo of {} bytes, sent {}", len, payload.len());
+        }
+        stream.read_exact(&mut payload).await?;
+        let micros = sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+        outcome.latencies.push(micros);
+    }
+    // A normal close; the server's reply is not awaited.
+    let close = masked_frame_op(0x8, &1000u16.to_be_bytes(), mask);
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.get_mut().write_all(&close)).await;
+    Ok(())
+}
+
+fn masked_frame(payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    masked_frame_op(0x2, payload, mask)
+}
+
+fn masked_frame_op(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut out = vec![0x80 | opcode];
+    let n = payload.len();
+    if n < 126 {
+        out.push(0x80 | n as u8);
+    } else if n < 65536 {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(n as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// Reads a server frame header (unmasked binary, FIN) and returns its payload length;
+/// a ping or any other frame is an error here (the echo app sends only echoes).
+async fn read_frame_header(stream: &mut BufReader<TcpStream>) -> anyhow::Result<usize> {
+    let first = stream.read_u8().await?;
+    let second = stream.read_u8().await?;
+    if first != 0x82 {
+        bail!("unexpected frame 0x{first:02x} (expected a final binary frame)");
+    }
+    if second & 0x80 != 0 {
+        bail!("the server masked its frame");
+    }
+    Ok(match second & 0x7F {
+        126 => usize::from(stream.read_u16().await?),
+        127 => usize::try_from(stream.read_u64().await?)?,
+        n => usize::from(n),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_masked_with_the_right_length_encoding() {
+        let mask = [1, 2, 3, 4];
+        let small = masked_frame(b"abc", mask);
+        assert_eq!(&small[..2], &[0x82, 0x83]);
+        assert_eq!(&small[2..6], &mask);
+        assert_eq!(small[6], b'a' ^ 1);
+        let medium = masked_frame(&[0u8; 300], mask);
+        assert_eq!(&medium[..4], &[0x82, 0xFE, 1, 44]);
+        let large = masked_frame(&vec![0u8; 70_000], mask);
+        assert_eq!(large[1], 0xFF);
+        assert_eq!(u64::from_be_bytes(large[2..10].try_into().unwrap()), 70_000);
+    }
+}
