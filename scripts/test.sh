@@ -21,3 +21,6 @@ fi
 cargo build --locked -p genro-asgi -p genro-loadgen
 cargo test --locked --workspace
 python3 -m pytest -q tests/ "$@"
+# WebSocket protocol conformance (docs/CONFORMANCE.md): the Autobahn|Testsuite fuzzing
+# client, quick selection; `scripts/autobahn.sh full` runs every case.
+./scripts/autobahn.sh quick

@@ -228,6 +228,18 @@ def test_close_codes_both_ways(server):
     assert run(app_returns()) == 1000
 
 
+def test_a_cancelled_receive_loses_no_message(server):
+    s = server(app="ws:app")
+
+    async def go():
+        async with connect(ws_url(s, "/cancel")) as ws:
+            assert await ws.recv() == "go"
+            await ws.send("A")
+            await ws.send("B")
+            return [await ws.recv(), await ws.recv()]
+    assert run(go()) == ["got A", "then B"]
+
+
 def test_app_errors(server):
     s = server(app="ws:app")
     raw = Raw(s.port, "/raises-early")

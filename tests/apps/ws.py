@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import time
 
 
 async def app(scope, receive, send):
@@ -150,7 +151,27 @@ async def bad_message(scope, receive, send):
         raise
 
 
+async def cancelled_receive(scope, receive, send):
+    """Cancels a receive() whose message is already on its way (as asyncio.wait_for does on
+    a timeout); the next receive() must still get that message."""
+    await send({"type": "websocket.accept"})
+    task = asyncio.ensure_future(receive())
+    await asyncio.sleep(0.05)  # the task now waits for a message
+    await send({"type": "websocket.send", "text": "go"})
+    time.sleep(0.5)  # blocks the loop: the client's reply is read and handed over meanwhile
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    first = await receive()
+    await send({"type": "websocket.send", "text": "got %s" % first.get("text")})
+    second = await receive()
+    await send({"type": "websocket.send", "text": "then %s" % second.get("text")})
+
+
 ROUTES = {
+    "/cancel": cancelled_receive,
     "/scope": scope_route,
     "/refuse": refuse,
     "/deny": deny,

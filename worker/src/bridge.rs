@@ -70,8 +70,8 @@ pub enum Wake {
     Disconnect,
     /// The body went over `max_body_size`: answer 413 and disconnect the app.
     TooLarge(Py<Handle>),
-    /// A `websocket.receive` message.
-    WsMessage(crate::websocket::Inbound),
+    /// A `websocket.receive` message (kept in the stash if the waiter was cancelled).
+    WsMessage(crate::websocket::Inbound, crate::websocket::Stash),
     /// A `websocket.disconnect` message with the close code and reason.
     WsDisconnect(u16, String),
     /// A waiting `websocket.send` found the connection closed: raise OSError.
@@ -492,7 +492,9 @@ fn wake(py: Python<'_>, waiter: Py<PyAny>, value: Wake) -> PyResult<()> {
             handle.respond_error(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large\n");
             disconnect_message(py)?.into_any().unbind()
         }
-        Wake::WsMessage(value) => crate::websocket::message(py, Some(value), (0, ""))?,
+        Wake::WsMessage(value, stash) => {
+            return crate::websocket::deliver(py, waiter.bind(py), value, &stash);
+        }
         Wake::WsDisconnect(code, reason) => crate::websocket::message(py, None, (code, &reason))?,
         Wake::WsClosed => {
             let waiter = waiter.bind(py);

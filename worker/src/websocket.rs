@@ -256,6 +256,9 @@ pub struct WsHandle {
     client: SocketAddr,
     inner: Mutex<WsInner>,
     inbound: Arc<tokio::sync::Mutex<mpsc::Receiver<Inbound>>>,
+    /// Messages taken from `inbound` for a `receive()` the app cancelled (e.g. under
+    /// `asyncio.wait_for`): the next `receive()` gets them first, in order.
+    stash: Stash,
     /// The pump's end of the inbound queue, until accept hands it over.
     inbound_tx: Mutex<Option<mpsc::Sender<Inbound>>>,
     ending: Arc<Ending>,
@@ -286,10 +289,43 @@ impl WsHandle {
                 failed: false,
             }),
             inbound: Arc::new(tokio::sync::Mutex::new(rx)),
+            stash: Stash::default(),
             inbound_tx: Mutex::new(Some(tx)),
             ending: Arc::new(Ending::default()),
         }
     }
+}
+
+/// Client messages already taken from the queue but not yet delivered to the app.
+pub type Stash = Arc<Mutex<std::collections::VecDeque<Inbound>>>;
+
+/// Resolves a waiting `receive()` with a client message, on the Python thread. A waiter the
+/// app cancelled meanwhile does not lose the message: it goes to the stash, and a live
+/// waiter gets the oldest stashed message first, so the order is kept.
+pub fn deliver(
+    py: Python<'_>,
+    waiter: &Bound<'_, PyAny>,
+    value: Inbound,
+    stash: &Stash,
+) -> PyResult<()> {
+    let mut stash = lock(stash);
+    if waiter.call_method0(intern!(py, "done"))?.is_truthy()? {
+        stash.push_back(value);
+        return Ok(());
+    }
+    let value = match stash.pop_front() {
+        Some(older) => {
+            stash.push_back(value);
+            older
+        }
+        None => value,
+    };
+    drop(stash);
+    waiter.call_method1(
+        intern!(py, "set_result"),
+        (message(py, Some(value), (0, ""))?,),
+    )?;
+    Ok(())
 }
 
 /// Builds the `websocket.receive` / `websocket.disconnect` message for a wake-up.
@@ -353,6 +389,10 @@ impl WsHandle {
                 return ready(py, m.into_any());
             }
         }
+        let stashed = lock(&this.stash).pop_front();
+        if let Some(value) = stashed {
+            return ready(py, message(py, Some(value), (0, ""))?.into_bound(py));
+        }
         if let Ok(mut rx) = this.inbound.try_lock() {
             match rx.try_recv() {
                 Ok(value) => return ready(py, message(py, Some(value), (0, ""))?.into_bound(py)),
@@ -368,10 +408,11 @@ impl WsHandle {
         let inbound = this.inbound.clone();
         let ending = this.ending.clone();
         let shared = this.shared.clone();
+        let stash = this.stash.clone();
         this.shared.runtime.spawn(async move {
             let value = inbound.lock().await.recv().await;
             let value = match value {
-                Some(value) => Wake::WsMessage(value),
+                Some(value) => Wake::WsMessage(value, stash),
                 None => {
                     let (code, reason) = ending.get();
                     Wake::WsDisconnect(code, reason)
