@@ -564,7 +564,16 @@ fn start_request(
             failed: false,
         }),
     };
-    let handle = Bound::new(py, handle)?;
+    run_app(py, state, scope, Bound::new(py, handle)?.into_any())
+}
+
+/// Starts `glue.run_http(app, scope, handle)` as a task of the loop.
+fn run_app(
+    py: Python<'_>,
+    state: &PyState,
+    scope: Bound<'_, PyDict>,
+    handle: Bound<'_, PyAny>,
+) -> PyResult<()> {
     let coro = state
         .run_http
         .call1(py, (state.app.clone_ref(py), scope, handle))?;
@@ -591,11 +600,7 @@ fn start_websocket(
         },
     )?;
     let handle = Bound::new(py, crate::websocket::WsHandle::new(shared.clone(), start))?;
-    let coro = state
-        .run_http
-        .call1(py, (state.app.clone_ref(py), scope, handle))?;
-    state.create_task.call1(py, (coro,))?;
-    Ok(())
+    run_app(py, state, scope, handle.into_any())
 }
 
 /// What a scope is built from.

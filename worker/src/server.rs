@@ -284,6 +284,31 @@ impl Drop for ConnBusy {
     }
 }
 
+/// The response the app's side sends back, with our request id unless the app named the
+/// request itself; 503 if the exchange was dropped without an answer (worker stopping).
+async fn app_answer(
+    ctx: &ConnCtx,
+    response: tokio::sync::oneshot::Receiver<Response<ResponseBody>>,
+    request_id: HeaderValue,
+) -> Response<ResponseBody> {
+    let mut response = match response.await {
+        Ok(response) => response,
+        Err(_) => {
+            ctx.shared.error(ErrorKind::Internal);
+            plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Server shutting down\n",
+                true,
+            )
+        }
+    };
+    response
+        .headers_mut()
+        .entry(REQUEST_ID)
+        .or_insert(request_id);
+    response
+}
+
 /// Validates a WebSocket handshake and hands the session to the app; answers with what
 /// the app decides (101/200 on accept, 403 on close, its own denial response).
 async fn open_websocket(
@@ -328,22 +353,7 @@ async fn open_websocket(
                 hold,
             },
         })));
-    let mut response = match response.await {
-        Ok(response) => response,
-        Err(_) => {
-            ctx.shared.error(ErrorKind::Internal);
-            plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Server shutting down\n",
-                true,
-            )
-        }
-    };
-    response
-        .headers_mut()
-        .entry(REQUEST_ID)
-        .or_insert(request_id);
-    finish(response, done)
+    finish(app_answer(ctx, response, request_id).await, done)
 }
 
 /// Attaches the metrics and access-log line (if on) to a response the server wrote itself.
@@ -451,23 +461,7 @@ async fn handle(
             respond,
             admission,
         })));
-    let mut response = match response.await {
-        Ok(response) => response,
-        // The exchange was dropped without an answer (worker stopping).
-        Err(_) => {
-            ctx.shared.error(ErrorKind::Internal);
-            plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Server shutting down\n",
-                true,
-            )
-        }
-    };
-    // The app may name the request itself; otherwise it carries our id.
-    response
-        .headers_mut()
-        .entry(REQUEST_ID)
-        .or_insert(request_id);
+    let mut response = app_answer(&ctx, response, request_id).await;
     if let Some(alt_svc) = limits.alt_svc.as_ref().filter(|_| !ctx.info.front) {
         response
             .headers_mut()
