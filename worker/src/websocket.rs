@@ -129,6 +129,13 @@ impl Handshake {
         request: &mut http::Request<B>,
         settings: &Settings,
     ) -> Result<Self, (StatusCode, &'static str)> {
+        // yawc reads one offer; pick it here (RFC 7692 5: the first acceptable one).
+        let offer = deflate_offer(request.headers());
+        let headers = request.headers_mut();
+        headers.remove(http::header::SEC_WEBSOCKET_EXTENSIONS);
+        if let Some(offer) = offer {
+            headers.insert(http::header::SEC_WEBSOCKET_EXTENSIONS, offer);
+        }
         match yawc::WebSocket::upgrade_with_options(&mut *request, settings.options.clone()) {
             Ok((response, upgrade)) => Ok(Handshake {
                 head: response.into_parts().0,
@@ -148,6 +155,68 @@ impl Handshake {
             )),
         }
     }
+}
+
+/// The first permessage-deflate offer of `Sec-WebSocket-Extensions` (all its fields, each
+/// a comma-separated list of offers) that this server can accept, normalized; `None` when
+/// there is none. An offer is declined (RFC 7692 7.1) when a parameter is unknown, repeated
+/// or has an invalid value, or when it asks for `server_max_window_bits=8`, which zlib
+/// cannot produce (it would silently use 9).
+fn deflate_offer(headers: &HeaderMap) -> Option<HeaderValue> {
+    for value in headers.get_all(http::header::SEC_WEBSOCKET_EXTENSIONS) {
+        let Ok(value) = value.to_str() else {
+            continue;
+        };
+        for offer in value.split(',') {
+            if let Some(accepted) = accept_offer(offer) {
+                return HeaderValue::from_str(&accepted).ok();
+            }
+        }
+    }
+    None
+}
+
+fn accept_offer(offer: &str) -> Option<String> {
+    let mut params = offer.split(';').map(str::trim);
+    if !params.next()?.eq_ignore_ascii_case("permessage-deflate") {
+        return None;
+    }
+    let mut out = String::from("permessage-deflate");
+    let mut seen: Vec<&str> = Vec::new();
+    for param in params {
+        let (name, value) = match param.split_once('=') {
+            Some((name, value)) => (name.trim(), Some(value.trim().trim_matches('"'))),
+            None => (param, None),
+        };
+        if seen.contains(&name) {
+            return None;
+        }
+        seen.push(name);
+        let bits = |value: Option<&str>| {
+            value.and_then(|v| {
+                v.parse::<u8>()
+                    .ok()
+                    .filter(|b| (8..=15).contains(b) && !v.starts_with('0'))
+            })
+        };
+        match (name, value) {
+            ("server_no_context_takeover" | "client_no_context_takeover", None) => {
+                out.push_str("; ");
+                out.push_str(name);
+            }
+            ("server_max_window_bits", value) => match bits(value) {
+                Some(8) | None => return None,
+                Some(b) => out.push_str(&format!("; server_max_window_bits={b}")),
+            },
+            ("client_max_window_bits", None) => out.push_str("; client_max_window_bits"),
+            ("client_max_window_bits", value) => match bits(value) {
+                None => return None,
+                Some(b) => out.push_str(&format!("; client_max_window_bits={b}")),
+            },
+            _ => return None,
+        }
+    }
+    Some(out)
 }
 
 /// Keeps what must live as long as the connection: the worker's drain waits for it, and
@@ -1235,4 +1304,112 @@ async fn close(ws: &mut Socket, code: u16, reason: &str) {
         }
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, wait).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer(values: &[&str]) -> Option<String> {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append(
+                http::header::SEC_WEBSOCKET_EXTENSIONS,
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        deflate_offer(&headers).map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    #[test]
+    fn the_first_acceptable_deflate_offer_is_chosen() {
+        assert_eq!(offer(&[]), None);
+        assert_eq!(offer(&["x-webkit-deflate-frame"]), None);
+        assert_eq!(
+            offer(&["permessage-deflate; client_max_window_bits"]).as_deref(),
+            Some("permessage-deflate; client_max_window_bits")
+        );
+        // Several offers in one field (Autobahn 13.7), and across fields.
+        assert_eq!(
+            offer(&["permessage-deflate; server_no_context_takeover; server_max_window_bits=9, permessage-deflate; server_no_context_takeover, permessage-deflate"]).as_deref(),
+            Some("permessage-deflate; server_no_context_takeover; server_max_window_bits=9")
+        );
+        assert_eq!(
+            offer(&[
+                "foo, permessage-deflate; server_max_window_bits=8",
+                "permessage-deflate; client_max_window_bits=\"10\""
+            ])
+            .as_deref(),
+            Some("permessage-deflate; client_max_window_bits=10")
+        );
+    }
+
+    #[test]
+    fn invalid_offers_are_declined() {
+        for bad in [
+            "permessage-deflate; server_max_window_bits",
+            "permessage-deflate; server_max_window_bits=16",
+            "permessage-deflate; server_max_window_bits=08",
+            "permessage-deflate; client_max_window_bits=7",
+            "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
+            "permessage-deflate; server_no_context_takeover=1",
+            "permessage-deflate; unknown_param",
+        ] {
+            assert_eq!(offer(&[bad]), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn fragments_reassemble_and_text_fails_fast() {
+        let mut a = Assembler::new(10);
+        let text = |s: &'static [u8]| Bytes::from_static(s);
+        assert!(
+            matches!(a.push(OpCode::Text, true, text(b"hi")), Ok(Some(Inbound::Text(t))) if t == "hi")
+        );
+        assert!(matches!(
+            a.push(OpCode::Text, false, text(b"\xce")),
+            Ok(None)
+        ));
+        assert!(
+            matches!(a.push(OpCode::Continuation, true, text(b"\xba")), Ok(Some(Inbound::Text(t))) if t == "\u{3ba}".as_bytes())
+        );
+        // An invalid byte fails at once, before the message ends.
+        assert_eq!(
+            a.push(OpCode::Text, false, text(b"ok\xff")).err(),
+            Some((1007, "invalid UTF-8 in a text message"))
+        );
+        let mut a = Assembler::new(10);
+        assert_eq!(
+            a.push(OpCode::Continuation, true, text(b"x"))
+                .err()
+                .map(|e| e.0),
+            Some(1002)
+        );
+        assert!(matches!(
+            a.push(OpCode::Binary, false, text(b"123456")),
+            Ok(None)
+        ));
+        assert_eq!(
+            a.push(OpCode::Text, true, text(b"x")).err().map(|e| e.0),
+            Some(1002)
+        );
+        let mut a = Assembler::new(10);
+        assert!(matches!(
+            a.push(OpCode::Binary, false, text(b"123456")),
+            Ok(None)
+        ));
+        assert_eq!(
+            a.push(OpCode::Continuation, true, text(b"12345"))
+                .err()
+                .map(|e| e.0),
+            Some(1009)
+        );
+        assert_eq!(
+            Assembler::new(3)
+                .push(OpCode::Binary, true, text(b"1234"))
+                .err()
+                .map(|e| e.0),
+            Some(1009)
+        );
+    }
 }
