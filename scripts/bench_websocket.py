@@ -51,6 +51,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=6)
     ap.add_argument("--json", help="write the results here as JSON")
     args = ap.parse_args()
+    args.genro, args.loadgen = os.path.abspath(args.genro), os.path.abspath(args.loadgen)
 
     workdir = tempfile.mkdtemp(prefix="genro-wsbench-")
     wanted = [s for s in args.servers.split(",") if s]

@@ -309,6 +309,9 @@ def test_invalid_handshakes(server):
     raw = Raw(s.port, "/echo", key=False)
     assert raw.status == 400
     raw.close()
+    raw = Raw(s.port, "/echo", headers=b"Sec-WebSocket-Key: short\r\n", key=False)
+    assert raw.status == 400
+    raw.close()
     raw = Raw(s.port, "/echo", version=b"8")
     assert raw.status == 426
     assert raw.headers["sec-websocket-version"] == "13"

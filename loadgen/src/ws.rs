@@ -80,7 +80,8 @@ async fn connection(
         .with_context(|| format!("connecting to {}", plan.target.authority))?;
     stream.set_nodelay(true)?;
     let mut stream = BufReader::new(stream);
-    let key = format!("Z2Vucm8tbG9hZGdlbi0{:04}==", index % 10_000);
+    // Any nonce will do for load; this is RFC 6455's example (16 bytes, base64).
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
     let handshake = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",

@@ -129,6 +129,17 @@ impl Handshake {
         request: &mut http::Request<B>,
         settings: &Settings,
     ) -> Result<Self, (StatusCode, &'static str)> {
+        if request.version() == http::Version::HTTP_11
+            && !request
+                .headers()
+                .get(http::header::SEC_WEBSOCKET_KEY)
+                .is_none_or(|key| valid_key(key.as_bytes()))
+        {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "Invalid WebSocket handshake: Sec-WebSocket-Key is not 16 bytes in base64\n",
+            ));
+        }
         // yawc reads one offer; pick it here (RFC 7692 5: the first acceptable one).
         let offer = deflate_offer(request.headers());
         let headers = request.headers_mut();
@@ -155,6 +166,15 @@ impl Handshake {
             )),
         }
     }
+}
+
+/// RFC 6455 4.2.1: the key is 16 bytes in base64, i.e. 22 alphabet characters and `==`.
+fn valid_key(key: &[u8]) -> bool {
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
 }
 
 /// The first permessage-deflate offer of `Sec-WebSocket-Extensions` (all its fields, each
@@ -1342,6 +1362,15 @@ mod tests {
             .as_deref(),
             Some("permessage-deflate; client_max_window_bits=10")
         );
+    }
+
+    #[test]
+    fn keys_must_be_16_bytes_of_base64() {
+        assert!(valid_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!valid_key(b"dGhlIHNhbXBsZSBub25jZQ"));
+        assert!(!valid_key(b"dGhlIHNhbXBsZSBub25jZQ=x"));
+        assert!(!valid_key(b"dGhlIHNhbXBsZSBub25j*Q=="));
+        assert!(!valid_key(b"Z2Vucm8tbG9hZGdlbi0AAAA=="));
     }
 
     #[test]
