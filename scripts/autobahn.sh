@@ -20,6 +20,8 @@ mode=${1:-full}
 bin=${GENRO_ASGI_BIN:-$PWD/target/debug/genro-asgi}
 venv=${AUTOBAHN_DIR:-$PWD/target/autobahn/venv}
 report=${AUTOBAHN_REPORT:-$PWD/target/autobahn/report}
+# The server reads GENRO_ASGI_<SECTION>_<KEY> and refuses unknown ones.
+unset GENRO_ASGI_BIN
 
 case $mode in
   full) cases='"1.*","2.*","3.*","4.*","5.*","6.*","7.*","9.*","10.*","12.*","13.*"' ;;
