@@ -159,6 +159,7 @@ def test_scope_subprotocol_extra_headers_and_envelope(server):
             scope = json.loads(await ws.recv())
             assert ws.subprotocol == "chat.v2"
             assert ws.response.headers["x-extra"] == "yes"
+            assert ws.response.headers.get_all("set-cookie") == ["a=1", "b=2"]
             request_id = ws.response.headers["x-request-id"]
             return scope, request_id
     scope, request_id = run(go())

@@ -45,7 +45,7 @@ async def scope_route(scope, receive, send):
     scope as JSON."""
     subprotocols = scope["subprotocols"]
     await send({"type": "websocket.accept", "subprotocol": subprotocols[0] if subprotocols else None,
-                "headers": [(b"x-extra", b"yes")]})
+                "headers": [(b"x-extra", b"yes"), (b"set-cookie", b"a=1"), (b"set-cookie", b"b=2")]})
     shown = {k: v for k, v in scope.items() if k in (
         "type", "http_version", "scheme", "path", "query_string", "subprotocols", "root_path")}
     shown["query_string"] = shown["query_string"].decode()

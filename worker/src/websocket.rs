@@ -544,8 +544,10 @@ impl WsHandle {
                 if let Some(subprotocol) = subprotocol {
                     response_headers.insert(SEC_WEBSOCKET_PROTOCOL, subprotocol);
                 }
+                // The app's headers, except those the handshake itself sets.
+                let own: Vec<http::HeaderName> = response_headers.keys().cloned().collect();
                 for (name, value) in headers.iter() {
-                    if !response_headers.contains_key(name) {
+                    if !own.contains(name) {
                         response_headers.append(name.clone(), value.clone());
                     }
                 }
