@@ -397,70 +397,86 @@ def test_slow_client_makes_the_app_wait(server):
 
 # --- HTTP/2 extended CONNECT (RFC 8441) ---------------------------------------------------
 
-def h2_websocket(sock, path, authority, scheme="http"):
-    """Opens a WebSocket over HTTP/2 on `sock`; returns (conn, stream_id, status)."""
-    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
-    conn.initiate_connection()
-    sock.sendall(conn.data_to_send())
-    enabled = None
-    while enabled is None:
-        for event in conn.receive_data(sock.recv(65536)):
+class H2:
+    """An HTTP/2 client connection (python-h2) that buffers each stream's data, so a frame
+    arriving in the same read as the response head is not lost."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+        self.conn.initiate_connection()
+        self.sock.sendall(self.conn.data_to_send())
+        self.connect_protocol = None
+        self.status = {}
+        self.data = {}
+        while self.connect_protocol is None:
+            self.pump()
+
+    def pump(self):
+        data = self.sock.recv(65536)
+        assert data, "the server closed the connection"
+        for event in self.conn.receive_data(data):
             if isinstance(event, h2.events.RemoteSettingsChanged):
                 setting = event.changed_settings.get(h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL)
-                enabled = bool(setting and setting.new_value)
-        sock.sendall(conn.data_to_send())
-    assert enabled, "SETTINGS_ENABLE_CONNECT_PROTOCOL = 1"
-    stream = conn.get_next_available_stream_id()
-    conn.send_headers(stream, [(":method", "CONNECT"), (":protocol", "websocket"),
-                               (":scheme", scheme), (":path", path), (":authority", authority),
-                               ("sec-websocket-version", "13"),
-                               ("sec-websocket-protocol", "chat")])
-    sock.sendall(conn.data_to_send())
-    status = None
-    while status is None:
-        for event in conn.receive_data(sock.recv(65536)):
-            if isinstance(event, h2.events.ResponseReceived):
-                status = int(dict(event.headers)[b":status"])
-        sock.sendall(conn.data_to_send())
-    return conn, stream, status
+                self.connect_protocol = bool(setting and setting.new_value)
+            elif isinstance(event, h2.events.ResponseReceived):
+                self.status[event.stream_id] = int(dict(event.headers)[b":status"])
+            elif isinstance(event, h2.events.DataReceived):
+                self.data[event.stream_id] = self.data.get(event.stream_id, b"") + event.data
+                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        self.sock.sendall(self.conn.data_to_send())
+
+    def websocket(self, path, authority, scheme="http", headers=()):
+        """Opens a WebSocket stream (RFC 8441); returns (stream id, status)."""
+        assert self.connect_protocol, "SETTINGS_ENABLE_CONNECT_PROTOCOL = 1"
+        stream = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(stream, [(":method", "CONNECT"), (":protocol", "websocket"),
+                                        (":scheme", scheme), (":path", path), (":authority", authority),
+                                        ("sec-websocket-version", "13"), *headers])
+        self.sock.sendall(self.conn.data_to_send())
+        while stream not in self.status:
+            self.pump()
+        return stream, self.status[stream]
+
+    def send(self, stream, data):
+        self.conn.send_data(stream, data)
+        self.sock.sendall(self.conn.data_to_send())
+
+    def frame(self, stream):
+        """The next complete WebSocket frame from the server on `stream`, as bytes."""
+        while True:
+            got = self.data.get(stream, b"")
+            n, at = (got[1] & 0x7F, 2) if len(got) >= 2 else (None, 0)
+            if n == 126:
+                n, at = (struct.unpack("!H", got[2:4])[0], 4) if len(got) >= 4 else (None, 0)
+            assert n != 127, "the tests' frames are under 64 KiB"
+            if n is not None and len(got) >= at + n:
+                self.data[stream] = got[at + n:]
+                return got[:at + n]
+            self.pump()
 
 
-def h2_exchange(sock, conn, stream, data):
-    """Sends `data` on the stream; returns the bytes received until one frame is complete."""
-    conn.send_data(stream, data)
-    sock.sendall(conn.data_to_send())
-    got = b""
-    while True:
-        for event in conn.receive_data(sock.recv(65536)):
-            if isinstance(event, h2.events.DataReceived):
-                got += event.data
-                conn.acknowledge_received_data(event.flow_controlled_length, stream)
-        sock.sendall(conn.data_to_send())
-        if len(got) >= 2 and len(got) >= 2 + (got[1] & 0x7F):
-            return got
+def h2_websocket(sock, path, authority, scheme="http"):
+    """Opens a WebSocket over HTTP/2 on `sock`; returns (client, stream id, status)."""
+    client = H2(sock)
+    stream, status = client.websocket(path, authority, scheme, [("sec-websocket-protocol", "chat")])
+    return client, stream, status
 
 
 def check_h2_echo(sock, s, scheme):
-    conn, stream, status = h2_websocket(sock, "/scope", "127.0.0.1:%d" % s.port, scheme)
+    client, stream, status = h2_websocket(sock, "/scope", "127.0.0.1:%d" % s.port, scheme)
     assert status == 200
-    got = h2_exchange(sock, conn, stream, b"")
-    scope = json.loads(got[2 + 2:] if got[1] & 0x7F == 126 else got[2:])
+    got = client.frame(stream)
+    scope = json.loads(got[4:] if got[1] & 0x7F == 126 else got[2:])
     assert scope["http_version"] == "2"
     assert scope["scheme"] == ("wss" if scheme == "https" else "ws")
     assert scope["subprotocols"] == ["chat"]
     assert scope["headers"]["host"] == "127.0.0.1:%d" % s.port
-    conn2, stream2, status2 = conn, conn.get_next_available_stream_id(), None
-    conn2.send_headers(stream2, [(":method", "CONNECT"), (":protocol", "websocket"),
-                                 (":scheme", scheme), (":path", "/echo"),
-                                 (":authority", "127.0.0.1"), ("sec-websocket-version", "13")])
-    sock.sendall(conn2.data_to_send())
-    while status2 is None:
-        for event in conn2.receive_data(sock.recv(65536)):
-            if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream2:
-                status2 = int(dict(event.headers)[b":status"])
-        sock.sendall(conn2.data_to_send())
-    assert status2 == 200
-    assert h2_exchange(sock, conn2, stream2, frame(1, b"over h2")) == frame(1, b"over h2", mask=False)
+    # A second WebSocket on the same connection.
+    echo, status = client.websocket("/echo", "127.0.0.1", scheme)
+    assert status == 200
+    client.send(echo, frame(1, b"over h2"))
+    assert client.frame(echo) == frame(1, b"over h2", mask=False)
 
 
 def test_http2_extended_connect(server):
@@ -516,7 +532,7 @@ def test_drain_closes_with_1001_after_the_grace(server, sig):
 def test_drain_closes_http2_websockets_too(server):
     s = server(app="ws:app", sections={"websocket": {"drain_grace": 1}})
     with socket.create_connection(("127.0.0.1", s.port), timeout=10) as sock:
-        conn, stream, status = h2_websocket(sock, "/disconnect", "127.0.0.1:%d" % s.port)
+        _, stream, status = h2_websocket(sock, "/disconnect", "127.0.0.1:%d" % s.port)
         assert status == 200
         s.proc.send_signal(signal.SIGTERM)
         started = time.monotonic()

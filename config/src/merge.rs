@@ -348,7 +348,13 @@ fn check(loaded: &Loaded) -> Result<(), ConfigError> {
             from("errors.notify_critical")
         )));
     }
-    if c.websocket.drain_grace > c.server.graceful_timeout {
+    // The default (5 s) is capped at a shorter graceful_timeout instead (by the worker).
+    if c.websocket.drain_grace > c.server.graceful_timeout
+        && loaded
+            .sources
+            .get("websocket.drain_grace")
+            .is_some_and(|source| !matches!(source, crate::layers::Source::Default))
+    {
         return Err(ConfigError::Conflict(format!(
             "{}: [websocket] drain_grace = {} must be <= [server] graceful_timeout = {} ({})",
             from("websocket.drain_grace"),
@@ -711,6 +717,7 @@ secret_key = "xxxxx"
             ("[watchdog]\ncritical = 60\n", &[], None),
             ("[websocket]\ndrain_grace = 40\n", &[], Some("conf/server.ini:2: [websocket] drain_grace = 40 must be <= [server] graceful_timeout = 30 (default)")),
             ("[server]\ngraceful_timeout = 60\n[websocket]\ndrain_grace = 40\n", &[], None),
+            ("[server]\ngraceful_timeout = 1\n", &[], None),
             ("[errors]\nnotify_critical = true\n", &[], Some("conf/server.ini:2: [errors] notify_critical = true requires [errors] notify_webhook = an http(s) URL to post to")),
             ("[errors]\nnotify_critical = true\nnotify_webhook = http://127.0.0.1:9/x\n", &[], None),
             ("[http3]\nenabled = yes\n", &[], Some("conf/server.ini:2: [http3] enabled = true requires [ssl] enabled = true with a certificate (QUIC is always encrypted)")),

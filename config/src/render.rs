@@ -161,7 +161,8 @@ Keys marked *planned* are accepted and validated but have no effect yet.
 - `ssl.enabled = true` requires `ssl.certfile` and `ssl.keyfile`.
 - `errors.show_traceback = true` requires `server.debug = true`.
 - `watchdog.critical` must be >= `watchdog.timeout`.
-- `websocket.drain_grace` must be <= `server.graceful_timeout`.
+- `websocket.drain_grace`, when set, must be <= `server.graceful_timeout` (the default is
+  capped at it).
 "#;
 
 /// The content of `docs/CONFIG.md`, generated from the schema.

@@ -203,7 +203,7 @@ pub static SCHEMA: &[KeyDef] = &[
     k("websocket", "ping_interval", Kind::Seconds { min: 0.0, max: HOUR }, "20", "Send a ping to every client silent for this long (keepalive, and detection of dead peers); 0 = never."),
     k("websocket", "ping_timeout", Kind::Seconds { min: 0.1, max: HOUR }, "20", "A client that does not answer a ping within this time is closed (code 1011, like uvicorn)."),
     k("websocket", "per_message_deflate", Kind::Bool, "true", "Offer permessage-deflate compression (RFC 7692) to clients that ask for it."),
-    k("websocket", "drain_grace", Kind::Seconds { min: 0.0, max: HOUR }, "5", "On shutdown or reload, open WebSockets keep running this long, then get close 1001 (going away) and the app sees `websocket.disconnect`; must be <= `[server] graceful_timeout`."),
+    k("websocket", "drain_grace", Kind::Seconds { min: 0.0, max: HOUR }, "5", "On shutdown or reload, open WebSockets keep running this long, then get close 1001 (going away) and the app sees `websocket.disconnect`; when set, must be <= `[server] graceful_timeout` (the default is capped at it)."),
     // [logging]
     k("logging", "level", Kind::Enum(&["TRACE", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]), "INFO", "Minimum log level (case-insensitive)."),
     k("logging", "format", Kind::Str, "%(asctime)s %(levelname)s %(name)s %(message)s", "A Python `logging` format string (`%(asctime)s` (UTC) `%(levelname)s` `%(levelno)s` `%(name)s` `%(message)s` `%(process)d` `%(thread)d` `%(threadName)s` `%(module)s`), or `json` for one JSON object per line."),

@@ -621,7 +621,7 @@ pub async fn serve(
         max_concurrency: config.limits.max_concurrency,
         max_body_size: config.limits.max_body_size,
         alt_svc,
-        websocket: Arc::new(crate::websocket::Settings::new(&config.websocket)),
+        websocket: Arc::new(crate::websocket::Settings::new(&config)),
     });
     let keep_alive = config.server.keep_alive_timeout;
     let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -58,7 +58,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Settings {
     /// From the effective configuration.
-    pub fn new(config: &genro_config::Websocket) -> Self {
+    pub fn new(full: &genro_config::Config) -> Self {
+        let config = &full.websocket;
         // Inclusive in the config, exclusive in yawc; one message in one frame or fragments.
         let max = usize::try_from(config.max_message_size)
             .unwrap_or(usize::MAX)
@@ -77,7 +78,8 @@ impl Settings {
             max_queue: config.max_queue.max(1),
             ping_interval: config.ping_interval,
             ping_timeout: config.ping_timeout,
-            drain_grace: config.drain_grace,
+            // The default may exceed a short graceful_timeout; the drain must fit in it.
+            drain_grace: config.drain_grace.min(full.server.graceful_timeout),
         }
     }
 }
