@@ -248,21 +248,15 @@ def test_app_errors(server):
     raw.close()
     s.wait_log("boom before accept")
 
-    async def raises_after_accept():
-        async with connect(ws_url(s, "/raises")) as ws:
+    async def close_code(path):
+        async with connect(ws_url(s, path)) as ws:
             with pytest.raises(websockets.ConnectionClosedError):
                 await ws.recv()
             return ws.close_code
-    assert run(raises_after_accept()) == 1011
+    assert run(close_code("/raises")) == 1011
     line = s.wait_log("boom in a websocket")
     assert "error id" in s.log
-
-    async def bad_message():
-        async with connect(ws_url(s, "/bad")) as ws:
-            with pytest.raises(websockets.ConnectionClosedError):
-                await ws.recv()
-            return ws.close_code
-    assert run(bad_message()) == 1011
+    assert run(close_code("/bad")) == 1011
     s.wait_log("ASGI protocol error (WebSocket): websocket.send: give exactly one")
     assert line
 

@@ -537,12 +537,7 @@ fn start_request(
         py,
         state,
         shared,
-        Scoped {
-            parts: &start.parts,
-            conn: &start.conn,
-            admission: &start.admission,
-            websocket: false,
-        },
+        Scoped::of(&start.parts, &start.conn, &start.admission, false),
     )?;
     let is_h2 = start.parts.version == Version::HTTP_2;
     let handle = Handle {
@@ -592,12 +587,7 @@ fn start_websocket(
         py,
         state,
         shared,
-        Scoped {
-            parts: &start.parts,
-            conn: &start.conn,
-            admission: &start.admission,
-            websocket: true,
-        },
+        Scoped::of(&start.parts, &start.conn, &start.admission, true),
     )?;
     let handle = Bound::new(py, crate::websocket::WsHandle::new(shared.clone(), start))?;
     run_app(py, state, scope, handle.into_any())
@@ -610,6 +600,22 @@ struct Scoped<'a> {
     admission: &'a Admission,
     /// A `websocket` scope (else `http`).
     websocket: bool,
+}
+
+impl<'a> Scoped<'a> {
+    fn of(
+        parts: &'a http::request::Parts,
+        conn: &'a ConnInfo,
+        admission: &'a Admission,
+        websocket: bool,
+    ) -> Self {
+        Scoped {
+            parts,
+            conn,
+            admission,
+            websocket,
+        }
+    }
 }
 
 fn build_scope<'py>(
