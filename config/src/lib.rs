@@ -13,6 +13,7 @@ mod ini;
 mod layers;
 mod merge;
 mod model;
+pub mod net;
 mod render;
 pub mod schema;
 mod tomlfile;

@@ -234,6 +234,8 @@ fn build(v: &Values) -> Config {
             worker_timeout: v.secs("server.worker_timeout"),
             max_requests: v.int("server.max_requests"),
             max_requests_jitter: v.int("server.max_requests_jitter"),
+            proxy_headers: v.bool("server.proxy_headers"),
+            forwarded_allow_ips: v.list("server.forwarded_allow_ips"),
         },
         limits: Limits {
             max_header_size: v.size("limits.max_header_size"),

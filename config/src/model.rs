@@ -69,6 +69,10 @@ pub struct Server {
     pub max_requests: u64,
     /// Random extra requests before restart (planned).
     pub max_requests_jitter: u64,
+    /// Honour forwarding headers from trusted proxies.
+    pub proxy_headers: bool,
+    /// Trusted proxies: addresses, CIDR networks, or `*`.
+    pub forwarded_allow_ips: Vec<String>,
 }
 
 /// `[limits]`: request size, time and concurrency limits.

@@ -86,6 +86,7 @@ fn type_text(kind: &Kind) -> String {
         Kind::Path => "path".into(),
         Kind::Url => "URL".into(),
         Kind::List => "list".into(),
+        Kind::IpList => "IP/CIDR list".into(),
         Kind::Size { min: 0, max } if *max >= i64::MAX as u64 => "size".into(),
         Kind::Size { min, max } if *max >= i64::MAX as u64 => {
             format!("size >= {}", human_size(*min))

@@ -31,6 +31,8 @@ pub enum Kind {
     Url,
     /// A comma-separated list (in TOML also an array).
     List,
+    /// A comma-separated list of IP addresses and CIDR networks, or `*` (everyone).
+    IpList,
     /// A byte size: a plain integer or a number with a `k`, `m` or `g` suffix
     /// (KiB, MiB, GiB; case-insensitive, optional `b`/`ib`), within `min..=max`.
     Size {
@@ -177,6 +179,8 @@ pub static SCHEMA: &[KeyDef] = &[
     k("server", "root_path", Kind::Str, "", "ASGI `root_path`: the URL prefix when the app is mounted below a path behind a proxy."),
     k("server", "worker_timeout", Kind::Seconds { min: 1.0, max: DAY }, "30", "A ready worker whose heartbeats (one per second) stop, or whose Python event loop does not run, for this long has its Python stacks logged, is killed and is respawned into its slot."),
     k("server", "max_requests", Kind::Int { min: 0, max: 1_000_000_000 }, "0", "Replace a worker after this many requests (0 = never), like a reload of its slot: the new worker starts first, then the old one drains."),
+    k("server", "proxy_headers", Kind::Bool, "true", "Honour `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded` (RFC 7239) from peers in `forwarded_allow_ips`: the app's `client` and `scheme` (and the access log's client) become the original client's. Headers from other peers are ignored."),
+    k("server", "forwarded_allow_ips", Kind::IpList, "127.0.0.1, ::1", "Proxies trusted to set the forwarding headers: IP addresses and CIDR networks (`10.0.0.0/8`, `fd00::/8`), or `*` for every peer (only when no client can reach the server directly)."),
     k("server", "max_requests_jitter", Kind::Int { min: 0, max: 1_000_000_000 }, "0", "Random extra 0..N requests added to `max_requests` per worker, so workers do not all restart together."),
     // [limits]
     k("limits", "max_header_size", Kind::Size { min: 8 * KIB, max: 16 * MIB }, "64KiB", "Maximum size of the request line plus headers; larger requests get 431 (so do HTTP/1.1 requests with more than 100 header fields, hyper's fixed limit)."),

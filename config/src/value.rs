@@ -74,6 +74,9 @@ pub(crate) fn expected(kind: &Kind) -> String {
         Kind::Enum(words) => format!("one of {}", words.join(", ")),
         Kind::Url => "an http:// or https:// URL".into(),
         Kind::List => "a comma-separated list".into(),
+        Kind::IpList => {
+            "a comma-separated list of IP addresses and CIDR networks (e.g. 127.0.0.1, 10.0.0.0/8, fd00::/8), or *".into()
+        }
         Kind::Size { min, max } => {
             let base = "a size in bytes (e.g. 65536, 64k, 100m, 1g)";
             match (*min, *max >= i64::MAX as u64) {
@@ -133,6 +136,18 @@ pub(crate) fn parse_value(kind: &Kind, text: &str) -> Result<Value, String> {
                 .map(String::from)
                 .collect(),
         )),
+        Kind::IpList => {
+            let entries: Vec<String> = t
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+            match crate::net::Trusted::parse(&entries) {
+                Ok(_) => Ok(Value::List(entries)),
+                Err(bad) => Err(format!("{} (not {bad:?})", fail())),
+            }
+        }
         Kind::Size { min, max } => match parse_size(t) {
             Some(n) if (*min..=*max).contains(&n) => Ok(Value::Size(n)),
             _ => Err(fail()),

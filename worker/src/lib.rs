@@ -12,6 +12,7 @@
 
 pub mod body;
 pub mod bridge;
+pub mod forwarded;
 pub mod health;
 pub mod metrics;
 pub mod python;

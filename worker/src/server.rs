@@ -34,6 +34,8 @@ pub struct Limits {
     pub alt_svc: Option<HeaderValue>,
     /// `[websocket]`.
     pub websocket: Arc<crate::websocket::Settings>,
+    /// The proxies whose forwarding headers are honoured (`[server] proxy_headers`).
+    pub proxies: Option<genro_config::net::Trusted>,
 }
 
 /// Builds the rustls acceptor from `[ssl]` (ALPN `h2`, then `http/1.1`), or `None` when
@@ -394,6 +396,22 @@ async fn handle(
         }
         _ => ctx.info.clone(),
     };
+    // Behind a trusted proxy, the client and scheme are the original request's.
+    let info = match &limits.proxies {
+        Some(trusted) if trusted.contains(info.client.ip()) => {
+            let origin = crate::forwarded::origin(request.headers(), trusted);
+            if origin == crate::forwarded::Origin::default() {
+                info
+            } else {
+                Arc::new(ConnInfo {
+                    client: origin.client.unwrap_or(info.client),
+                    https: origin.https.unwrap_or(info.https),
+                    ..(*info).clone()
+                })
+            }
+        }
+        _ => info,
+    };
     let admission =
         crate::bridge::Admission::new(ctx.shared.clone(), &request, info.client, protocol);
     let done = Done::new(
@@ -622,6 +640,13 @@ pub async fn serve(
         max_body_size: config.limits.max_body_size,
         alt_svc,
         websocket: Arc::new(crate::websocket::Settings::new(&config)),
+        proxies: match config.server.proxy_headers {
+            true => Some(
+                genro_config::net::Trusted::parse(&config.server.forwarded_allow_ips)
+                    .map_err(|bad| anyhow::anyhow!("[server] forwarded_allow_ips: {bad}"))?,
+            ),
+            false => None,
+        },
     });
     let keep_alive = config.server.keep_alive_timeout;
     let mut builder = auto::Builder::new(TokioExecutor::new());
