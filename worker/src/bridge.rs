@@ -495,7 +495,9 @@ fn wake(py: Python<'_>, waiter: Py<PyAny>, value: Wake) -> PyResult<()> {
         Wake::WsMessage(value, stash) => {
             return crate::websocket::deliver(py, waiter.bind(py), value, &stash);
         }
-        Wake::WsDisconnect(code, reason) => crate::websocket::message(py, None, (code, &reason))?,
+        Wake::WsDisconnect(code, reason) => {
+            crate::websocket::disconnect_message(py, code, &reason)?.unbind()
+        }
         Wake::WsClosed => {
             let waiter = waiter.bind(py);
             if !waiter.call_method0(intern!(py, "done"))?.is_truthy()? {

@@ -302,6 +302,10 @@ impl Ending {
         lock(&self.0).get_or_insert_with(|| (code, reason.to_owned()));
     }
 
+    fn is_set(&self) -> bool {
+        lock(&self.0).is_some()
+    }
+
     fn get(&self) -> (u16, String) {
         lock(&self.0).clone().unwrap_or((ABNORMAL, String::new()))
     }
@@ -331,6 +335,8 @@ struct WsInner {
     session: Option<Session>,
     /// The app's side of the pump's queues, set on accept.
     outbound: Option<mpsc::Sender<Outbound>>,
+    /// The pump's end of the inbound queue, until accept hands it over.
+    inbound_tx: Option<mpsc::Sender<Inbound>>,
     /// The denial response being assembled.
     denial: Option<(StatusCode, HeaderMap, Vec<u8>)>,
     admission: Option<Arc<Admission>>,
@@ -350,8 +356,6 @@ pub struct WsHandle {
     /// Messages taken from `inbound` for a `receive()` the app cancelled (e.g. under
     /// `asyncio.wait_for`): the next `receive()` gets them first, in order.
     stash: Stash,
-    /// The pump's end of the inbound queue, until accept hands it over.
-    inbound_tx: Mutex<Option<mpsc::Sender<Inbound>>>,
     ending: Arc<Ending>,
 }
 
@@ -375,13 +379,13 @@ impl WsHandle {
                 respond: Some(start.respond),
                 session: Some(start.session),
                 outbound: None,
+                inbound_tx: Some(tx),
                 denial: None,
                 admission: Some(start.admission),
                 failed: false,
             }),
             inbound: Arc::new(tokio::sync::Mutex::new(rx)),
             stash: Stash::default(),
-            inbound_tx: Mutex::new(Some(tx)),
             ending: Arc::new(Ending::default()),
         }
     }
@@ -412,36 +416,38 @@ pub fn deliver(
         None => value,
     };
     drop(stash);
-    waiter.call_method1(
-        intern!(py, "set_result"),
-        (message(py, Some(value), (0, ""))?,),
-    )?;
+    waiter.call_method1(intern!(py, "set_result"), (receive_message(py, value)?,))?;
     Ok(())
 }
 
-/// Builds the `websocket.receive` / `websocket.disconnect` message for a wake-up.
-pub fn message(py: Python<'_>, value: Option<Inbound>, ending: (u16, &str)) -> PyResult<Py<PyAny>> {
+/// The `websocket.receive` message for a client message.
+fn receive_message(py: Python<'_>, value: Inbound) -> PyResult<Bound<'_, PyAny>> {
     let m = PyDict::new(py);
+    m.set_item(intern!(py, "type"), intern!(py, "websocket.receive"))?;
     match value {
-        Some(Inbound::Text(text)) => {
-            m.set_item(intern!(py, "type"), intern!(py, "websocket.receive"))?;
-            // yawc validated the UTF-8 (`with_utf8`); a failure here would be a bug there.
+        Inbound::Text(text) => {
+            // The Assembler validated the UTF-8; a failure here would be a bug there.
             let text = std::str::from_utf8(&text).map_err(|e| {
                 PyRuntimeError::new_err(format!("invalid UTF-8 in a text message: {e}"))
             })?;
             m.set_item(intern!(py, "text"), PyString::new(py, text))?;
         }
-        Some(Inbound::Binary(data)) => {
-            m.set_item(intern!(py, "type"), intern!(py, "websocket.receive"))?;
-            m.set_item(intern!(py, "bytes"), PyBytes::new(py, &data))?;
-        }
-        None => {
-            m.set_item(intern!(py, "type"), intern!(py, "websocket.disconnect"))?;
-            m.set_item(intern!(py, "code"), ending.0)?;
-            m.set_item(intern!(py, "reason"), ending.1)?;
-        }
+        Inbound::Binary(data) => m.set_item(intern!(py, "bytes"), PyBytes::new(py, &data))?,
     }
-    Ok(m.into_any().unbind())
+    Ok(m.into_any())
+}
+
+/// The `websocket.disconnect` message with how the connection ended.
+pub fn disconnect_message<'py>(
+    py: Python<'py>,
+    code: u16,
+    reason: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    let m = PyDict::new(py);
+    m.set_item(intern!(py, "type"), intern!(py, "websocket.disconnect"))?;
+    m.set_item(intern!(py, "code"), code)?;
+    m.set_item(intern!(py, "reason"), reason)?;
+    Ok(m.into_any())
 }
 
 /// Sends `response` as the answer to the handshake; false when the client is gone.
@@ -482,14 +488,14 @@ impl WsHandle {
         }
         let stashed = lock(&this.stash).pop_front();
         if let Some(value) = stashed {
-            return ready(py, message(py, Some(value), (0, ""))?.into_bound(py));
+            return ready(py, receive_message(py, value)?);
         }
         if let Ok(mut rx) = this.inbound.try_lock() {
             match rx.try_recv() {
-                Ok(value) => return ready(py, message(py, Some(value), (0, ""))?.into_bound(py)),
+                Ok(value) => return ready(py, receive_message(py, value)?),
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     let (code, reason) = this.ending.get();
-                    return ready(py, message(py, None, (code, &reason))?.into_bound(py));
+                    return ready(py, disconnect_message(py, code, &reason)?);
                 }
                 Err(mpsc::error::TryRecvError::Empty) => {}
             }
@@ -561,11 +567,10 @@ impl WsHandle {
                     inner.phase = Phase::Closed;
                     inner.outbound = None;
                     self.ending.set(ABNORMAL, "");
-                    *lock(&self.inbound_tx) = None;
+                    inner.inbound_tx = None;
                     return crate::bridge::sent(py);
                 }
-                let inbound = lock(&self.inbound_tx).take();
-                if let Some(inbound) = inbound {
+                if let Some(inbound) = inner.inbound_tx.take() {
                     let link = Link {
                         shared: self.shared.clone(),
                         id: inner.admission.as_ref().map(|a| a.registry_id()),
@@ -701,9 +706,7 @@ impl WsHandle {
         }
         inner.failed = true;
         let id = self.id;
-        if inner.phase == Phase::Closed
-            && self.ending.0.lock().map(|e| e.is_some()).unwrap_or(false)
-        {
+        if inner.phase == Phase::Closed && self.ending.is_set() {
             // The client went away and the app raised because of it (send() on a closed
             // socket): a client matter.
             let last = traceback.trim_end().lines().last().unwrap_or("");
@@ -739,7 +742,7 @@ impl WsHandle {
         inner.session = None;
         answer(inner, response);
         self.ending.set(ABNORMAL, "");
-        *lock(&self.inbound_tx) = None;
+        inner.inbound_tx = None;
     }
 
     /// Ends the session on an error: `status` before accept, close `code` after.
