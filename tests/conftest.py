@@ -29,7 +29,7 @@ class Server:
     """One `genro-asgi serve` process."""
 
     def __init__(self, tmp_path, app="basic:app", workers=1, sections=None, env=None, ext="ini",
-                 host="127.0.0.1", args=()):
+                 host="127.0.0.1", args=(), binary=BIN):
         self.tmp_path = pathlib.Path(tmp_path)
         self.port = free_port()
         self.host = host
@@ -51,6 +51,7 @@ class Server:
         self.env = dict(os.environ)
         self.env.update(env or {})
         self.args = list(args)
+        self.binary = str(binary)
 
     @property
     def url(self):
@@ -60,7 +61,7 @@ class Server:
 
     def start(self, wait=True, timeout=60):
         self.proc = subprocess.Popen(
-            [BIN, "serve", "--config", str(self.config), *self.args],
+            [self.binary, "serve", "--config", str(self.config), *self.args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env, cwd=str(self.tmp_path),
         )
         threading.Thread(target=self._read, daemon=True).start()

@@ -19,7 +19,7 @@ pub const BUILD_EXECUTABLE: &str = env!("GENRO_PYTHON_EXECUTABLE");
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
     /// The virtualenv is for another Python version.
-    #[error("VIRTUAL_ENV={venv} is a Python {found} environment, but this genro-asgi embeds Python {EMBEDDED_VERSION}; recreate the venv with python{EMBEDDED_VERSION} or rebuild genro-asgi against that Python")]
+    #[error("the virtualenv {venv} is a Python {found} environment, but this genro-asgi embeds Python {EMBEDDED_VERSION}; recreate the venv with python{EMBEDDED_VERSION} or rebuild genro-asgi against that Python")]
     VersionMismatch {
         /// The venv folder.
         venv: String,
@@ -28,7 +28,7 @@ pub enum InitError {
     },
     /// The virtualenv was made from another Python installation: its stdlib would not
     /// match the libpython this binary links (e.g. `No module named '_socket'`).
-    #[error("VIRTUAL_ENV={venv} was created from {home}, but this genro-asgi embeds the Python at {BUILD_EXECUTABLE}; recreate the venv with that interpreter or rebuild genro-asgi with the venv's python3 first on PATH")]
+    #[error("the virtualenv {venv} was created from {home}, but this genro-asgi embeds the Python at {BUILD_EXECUTABLE}; recreate the venv with that interpreter or rebuild genro-asgi with the venv's python3 first on PATH")]
     ForeignVenv {
         /// The venv folder.
         venv: String,
@@ -40,12 +40,23 @@ pub enum InitError {
     Status(String),
 }
 
-/// The python executable whose environment the app runs in: the active virtualenv's
-/// (`VIRTUAL_ENV`), else a virtualenv whose `bin` provides the first `python3` on PATH
-/// (a venv put on PATH without activating it, as in systemd units and containers), else
-/// the interpreter this binary was built against. A foreign `python3` (another
-/// installation, a pyenv shim) is never used: its stdlib would not match our libpython.
+/// The python executable whose environment the app runs in, first found of:
+/// - the virtualenv this binary is installed in (`<venv>/bin/genro-asgi`, as `pip install`
+///   puts it): the command serves the venv it came with, as a console script would;
+/// - the active virtualenv (`VIRTUAL_ENV`);
+/// - a virtualenv whose `bin` provides the first `python3` on PATH (a venv put on PATH
+///   without activating it, as in systemd units and containers);
+/// - the interpreter this binary was built against.
+///
+/// A foreign `python3` (another installation, a pyenv shim) is never used: its stdlib
+/// would not match our libpython.
 pub fn executable() -> Result<PathBuf, InitError> {
+    if let Some(python) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| own_venv(&exe).transpose())
+    {
+        return python;
+    }
     if let Some(venv) = std::env::var_os("VIRTUAL_ENV").filter(|v| !v.is_empty()) {
         let venv = PathBuf::from(venv);
         check_venv(&venv)?;
@@ -53,6 +64,23 @@ pub fn executable() -> Result<PathBuf, InitError> {
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     Ok(venv_on_path(&path).unwrap_or_else(|| PathBuf::from(BUILD_EXECUTABLE)))
+}
+
+/// The venv's python when `exe` sits in a virtualenv's `bin` folder; an error when that
+/// venv was made from another Python (pip installs a wheel into any venv of the same
+/// version tag, so this is where such a mismatch shows).
+fn own_venv(exe: &Path) -> Result<Option<PathBuf>, InitError> {
+    let Some(bin) = exe.parent() else {
+        return Ok(None);
+    };
+    let python = bin.join("python3");
+    match bin.parent() {
+        Some(venv) if venv.join("pyvenv.cfg").is_file() && python.is_file() => {
+            check_venv(venv)?;
+            Ok(Some(python))
+        }
+        _ => Ok(None),
+    }
 }
 
 fn check_venv(venv: &Path) -> Result<(), InitError> {
@@ -171,5 +199,76 @@ mod tests {
         assert!(same_minor("3.11.7", "3.11"));
         assert!(same_minor("3.11", "3.11"));
         assert!(!same_minor("3.12.1", "3.11"));
+    }
+
+    /// A folder under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> Self {
+            static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dir = std::env::temp_dir().join(format!("genro-venv-{}-{n}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A venv with `home` and `version_info` in its pyvenv.cfg and a `bin/python3`.
+    fn venv(home: &str, version: &str) -> TempDir {
+        let dir = TempDir::new();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        std::fs::write(bin.join("python3"), "").unwrap();
+        std::fs::write(
+            dir.path().join("pyvenv.cfg"),
+            format!("home = {home}\nversion_info = {version}\n"),
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
+    fn binary_in_a_venv_serves_that_venv() {
+        let dir = venv(home_of_build(), &format!("{EMBEDDED_VERSION}.0"));
+        let exe = dir.path().join("bin").join("genro-asgi");
+        let found = own_venv(&exe).unwrap();
+        assert_eq!(found, Some(dir.path().join("bin").join("python3")));
+    }
+
+    #[test]
+    fn binary_outside_a_venv_looks_elsewhere() {
+        let dir = TempDir::new();
+        let exe = dir.path().join("release").join("genro-asgi");
+        assert!(own_venv(&exe).unwrap().is_none());
+    }
+
+    #[test]
+    fn binary_in_a_foreign_venv_is_an_error() {
+        let dir = venv("/opt/other-python/bin", &format!("{EMBEDDED_VERSION}.0"));
+        let exe = dir.path().join("bin").join("genro-asgi");
+        let err = own_venv(&exe).unwrap_err();
+        assert!(matches!(err, InitError::ForeignVenv { .. }), "{err}");
+        let dir = venv(home_of_build(), "2.7.18");
+        let err = own_venv(&dir.path().join("bin").join("genro-asgi")).unwrap_err();
+        assert!(matches!(err, InitError::VersionMismatch { .. }), "{err}");
+    }
+
+    fn home_of_build() -> &'static str {
+        Path::new(BUILD_EXECUTABLE)
+            .parent()
+            .unwrap()
+            .to_str()
+            .unwrap()
     }
 }
