@@ -5,10 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 # Debian packages: wrk drives the reload-under-load tests; chromium is the browser the
-# HTTP/3 tests force onto QUIC.
+# HTTP/3 tests force onto QUIC; tini is the container image's PID 1 (tests/test_docker.py).
 missing=()
 command -v wrk >/dev/null || missing+=(wrk)
 command -v chromium >/dev/null || missing+=(chromium)
+command -v tini >/dev/null || missing+=(tini)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null

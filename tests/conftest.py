@@ -6,9 +6,12 @@ The binary is target/debug/genro-asgi unless GENRO_ASGI_BIN names another one.""
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -206,3 +209,85 @@ def wait_for(predicate, timeout=20, what="condition"):
 
 def ready_pids(s):
     return sorted(w["pid"] for w in status(s)["workers"] if w["state"] == "ready")
+
+
+# The pip route: the wheel is built once per session (a dev-profile build in target/wheel,
+# about two minutes on two cores from scratch, seconds when cached) and installed into a
+# fresh venv made from the interpreter this Python was made from (`sys._base_executable`),
+# as the wheel embeds it.
+BASE_PYTHON = sys._base_executable
+
+
+def run_ok(*args, env=None, cwd=None, timeout=900):
+    """Runs a command; asserts it succeeded."""
+    r = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, cwd=cwd,
+                       timeout=timeout)
+    assert r.returncode == 0, "%s failed (%d):\n%s\n%s" % (args, r.returncode, r.stdout, r.stderr)
+    return r
+
+
+def clean_env(**extra):
+    """An environment with no virtualenv active and no Python on PATH but the system's."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PYENV", "PYTHON", "VIRTUAL_ENV", "GENRO_ASGI_"))}
+    env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wheelhouse")
+    maturin = shutil.which("maturin") or pytest.fail("maturin is not installed (tests/requirements.txt)")
+    env = dict(os.environ, CARGO_TARGET_DIR=str(ROOT / "target" / "wheel"))
+    env.pop("VIRTUAL_ENV", None)
+    run_ok(maturin, "build", "--locked", "-i", BASE_PYTHON, "--out", out, cwd=ROOT, env=env, timeout=1800)
+    (built,) = out.glob("genro_asgi-*.whl")
+    return built
+
+
+@pytest.fixture(scope="session")
+def venv(wheel, tmp_path_factory):
+    """A fresh venv with the wheel, FastAPI and an app package installed."""
+    root = tmp_path_factory.mktemp("venv") / "env"
+    run_ok(BASE_PYTHON, "-m", "venv", root)
+    pip = [root / "bin" / "python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    project = root.parent / "hello-app"
+    (project / "hello_app").mkdir(parents=True)
+    (project / "pyproject.toml").write_text(textwrap.dedent("""\
+        [build-system]
+        requires = ["setuptools"]
+        build-backend = "setuptools.build_meta"
+
+        [project]
+        name = "hello-app"
+        version = "1.0"
+        dependencies = ["fastapi"]
+    """))
+    (project / "hello_app" / "__init__.py").write_text(textwrap.dedent("""\
+        import os
+        import sys
+
+        import fastapi
+        import pydantic
+
+        app = fastapi.FastAPI()
+
+
+        class Item(pydantic.BaseModel):
+            name: str
+            qty: int
+
+
+        @app.get("/")
+        async def where():
+            return {"prefix": sys.prefix, "fastapi": fastapi.__file__,
+                    "executable": sys.executable, "pid": os.getpid()}
+
+
+        @app.post("/items")
+        async def create(item: Item):
+            return {"name": item.name, "total": item.qty * 2}
+    """))
+    run_ok(*pip, wheel, project, env=clean_env())
+    return root

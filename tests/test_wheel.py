@@ -1,99 +1,16 @@
 """The pip route (docs/DEPLOYMENT.md, "Installing with pip"): build the wheel with maturin,
 install it into a fresh virtualenv together with a FastAPI app, and serve requests with
-the `genro-asgi` command the wheel put into the venv.
-
-The wheel is built once per session (a dev-profile build in target/wheel, about two
-minutes on two cores from scratch, seconds when cached). The venv is made from the
-interpreter this Python was made from (`sys._base_executable`), as the wheel embeds it."""
+the `genro-asgi` command the wheel put into the venv (fixtures `wheel` and `venv` in
+conftest.py)."""
 
 import json
-import os
 import pathlib
 import shutil
-import subprocess
 import sys
-import textwrap
 
 import httpx
-import pytest
 
-from conftest import ROOT, Server
-
-BASE_PYTHON = sys._base_executable
-
-
-def run(*args, env=None, cwd=None, timeout=900):
-    r = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, cwd=cwd,
-                       timeout=timeout)
-    assert r.returncode == 0, "%s failed (%d):\n%s\n%s" % (args, r.returncode, r.stdout, r.stderr)
-    return r
-
-
-def clean_env(**extra):
-    """An environment with no virtualenv active and no Python on PATH but the system's."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PYENV", "PYTHON", "VIRTUAL_ENV", "GENRO_ASGI_"))}
-    env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
-    env.update(extra)
-    return env
-
-
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory):
-    out = tmp_path_factory.mktemp("wheelhouse")
-    maturin = shutil.which("maturin") or pytest.fail("maturin is not installed (tests/requirements.txt)")
-    env = dict(os.environ, CARGO_TARGET_DIR=str(ROOT / "target" / "wheel"))
-    env.pop("VIRTUAL_ENV", None)
-    run(maturin, "build", "--locked", "-i", BASE_PYTHON, "--out", out, cwd=ROOT, env=env, timeout=1800)
-    (built,) = out.glob("genro_asgi-*.whl")
-    return built
-
-
-@pytest.fixture(scope="module")
-def venv(wheel, tmp_path_factory):
-    """A fresh venv with the wheel, FastAPI and an app package installed."""
-    root = tmp_path_factory.mktemp("venv") / "env"
-    run(BASE_PYTHON, "-m", "venv", root)
-    pip = [root / "bin" / "python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    project = root.parent / "hello-app"
-    (project / "hello_app").mkdir(parents=True)
-    (project / "pyproject.toml").write_text(textwrap.dedent("""\
-        [build-system]
-        requires = ["setuptools"]
-        build-backend = "setuptools.build_meta"
-
-        [project]
-        name = "hello-app"
-        version = "1.0"
-        dependencies = ["fastapi"]
-    """))
-    (project / "hello_app" / "__init__.py").write_text(textwrap.dedent("""\
-        import os
-        import sys
-
-        import fastapi
-        import pydantic
-
-        app = fastapi.FastAPI()
-
-
-        class Item(pydantic.BaseModel):
-            name: str
-            qty: int
-
-
-        @app.get("/")
-        async def where():
-            return {"prefix": sys.prefix, "fastapi": fastapi.__file__,
-                    "executable": sys.executable, "pid": os.getpid()}
-
-
-        @app.post("/items")
-        async def create(item: Item):
-            return {"name": item.name, "total": item.qty * 2}
-    """))
-    run(*pip, wheel, project, env=clean_env())
-    return root
+from conftest import Server, clean_env, run_ok as run
 
 
 def test_wheel_is_tagged_for_the_build_interpreter(wheel):
