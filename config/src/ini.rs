@@ -27,7 +27,7 @@ fn strip_inline_comment(text: &str) -> &str {
 pub fn parse_ini(text: &str, file: &Path) -> Result<RawLayer, ConfigError> {
     let mut layer = RawLayer {
         file: Some(file.to_path_buf()),
-        entries: Vec::new(),
+        ..RawLayer::default()
     };
     let mut section: Option<String> = None;
     let mut sections_seen: BTreeMap<String, usize> = BTreeMap::new();

@@ -67,6 +67,9 @@ pub struct RawLayer {
     pub file: Option<PathBuf>,
     /// The assignments.
     pub entries: Vec<RawEntry>,
+    /// Variables skipped (environment layer only): Kubernetes service links, see
+    /// [`is_service_link`].
+    pub ignored: Vec<String>,
 }
 
 /// A command-line setting.
@@ -110,7 +113,8 @@ pub(crate) fn unknown_key(origin: String, name: &str) -> ConfigError {
 /// Builds the environment layer from `GENRO_ASGI_<SECTION>_<KEY>` variables.
 ///
 /// Other variables are ignored, as are `GENRO_ASGI_INTERNAL_*`. A `GENRO_ASGI_`
-/// variable that names no key is an error.
+/// variable that names no key is an error, unless it is a Kubernetes service link
+/// (listed in [`RawLayer::ignored`]).
 pub fn parse_env(env: impl IntoIterator<Item = (String, String)>) -> Result<RawLayer, ConfigError> {
     let mut vars: Vec<(String, String)> = env
         .into_iter()
@@ -122,6 +126,10 @@ pub fn parse_env(env: impl IntoIterator<Item = (String, String)>) -> Result<RawL
         let rest = name[ENV_PREFIX.len()..].to_ascii_lowercase();
         let (section, key) = rest.split_once('_').unwrap_or((rest.as_str(), ""));
         if schema::find(section, key).is_none() {
+            if is_service_link(&name[ENV_PREFIX.len()..], &value) {
+                layer.ignored.push(name);
+                continue;
+            }
             let shown = if key.is_empty() {
                 section.to_string()
             } else {
@@ -137,6 +145,52 @@ pub fn parse_env(env: impl IntoIterator<Item = (String, String)>) -> Result<RawL
         });
     }
     Ok(layer)
+}
+
+/// Whether `rest` (a variable name after `GENRO_ASGI_`) with `value` is one the kubelet
+/// sets for a Service whose name starts with `genro-asgi` (`enableServiceLinks`, on by
+/// default): `GENRO_ASGI_SERVICE_HOST=10.0.0.7`, `GENRO_ASGI_PORT=tcp://10.0.0.7:80`,
+/// `GENRO_ASGI_METRICS_PORT_9090_TCP_ADDR=...` and so on. Both the name's shape and the
+/// value's must match, so a misspelt key (`GENRO_ASGI_METRICS_PORT=9090`) is still an
+/// error; names of real keys never get here.
+pub fn is_service_link(rest: &str, value: &str) -> bool {
+    let words: Vec<&str> = rest.split('_').collect();
+    let is_port = |v: &str| !v.is_empty() && v.len() <= 5 && v.bytes().all(|b| b.is_ascii_digit());
+    let is_ip = |v: &str| v.parse::<std::net::IpAddr>().is_ok();
+    let is_proto = |v: &str| matches!(v, "TCP" | "UDP" | "SCTP");
+    let is_url = |v: &str| {
+        v.split_once("://").is_some_and(|(proto, addr)| {
+            is_proto(&proto.to_ascii_uppercase())
+                && addr
+                    .rsplit_once(':')
+                    .is_some_and(|(ip, port)| is_ip(ip.trim_matches(['[', ']'])) && is_port(port))
+        })
+    };
+    // `<name>_SERVICE_HOST`, `<name>_SERVICE_PORT`, `<name>_SERVICE_PORT_<port name>`.
+    // (Port names may contain dashes, so `<port name>` may be several words.)
+    if let [.., "SERVICE", "HOST"] = words.as_slice() {
+        return is_ip(value);
+    }
+    if words.windows(2).any(|w| w == ["SERVICE", "PORT"]) && is_port(value) {
+        return true;
+    }
+    // `<name>_PORT_<n>_<PROTO>_PORT`: the port number alone.
+    if let [.., "PORT", n, proto, "PORT"] = words.as_slice() {
+        if is_port(n) && is_proto(proto) {
+            return is_port(value);
+        }
+    }
+    // `<name>_PORT`, `<name>_PORT_<n>_<PROTO>`, and that with `_PROTO` or `_ADDR`.
+    let Some(at) = words.iter().rposition(|w| *w == "PORT") else {
+        return false;
+    };
+    match &words[at + 1..] {
+        [] => is_url(value),
+        [n, proto] if is_port(n) && is_proto(proto) => is_url(value),
+        [n, proto, "PROTO"] if is_port(n) && is_proto(proto) => value.eq_ignore_ascii_case(proto),
+        [n, proto, "ADDR"] if is_port(n) && is_proto(proto) => is_ip(value),
+        _ => false,
+    }
 }
 
 /// Parses the argument of `--set`, `section.key=value`.
@@ -235,6 +289,45 @@ mod tests {
         for (name, want) in cases {
             let err = parse_env(env(&[(name, "topsecret")])).expect_err(name);
             assert_eq!(err.to_string(), want);
+        }
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_skipped() {
+        // What the kubelet sets for Services `genro-asgi` (ports http 80, metrics 9090)
+        // and `genro-asgi-metrics`.
+        let links = [
+            ("GENRO_ASGI_SERVICE_HOST", "10.96.0.12"),
+            ("GENRO_ASGI_SERVICE_PORT", "80"),
+            ("GENRO_ASGI_SERVICE_PORT_HTTP", "80"),
+            ("GENRO_ASGI_PORT", "tcp://10.96.0.12:80"),
+            ("GENRO_ASGI_PORT_80_TCP", "tcp://10.96.0.12:80"),
+            ("GENRO_ASGI_PORT_80_TCP_PROTO", "tcp"),
+            ("GENRO_ASGI_PORT_80_TCP_PORT", "80"),
+            ("GENRO_ASGI_PORT_80_TCP_ADDR", "10.96.0.12"),
+            ("GENRO_ASGI_PORT_8000_UDP", "udp://[fd00::c]:8000"),
+            ("GENRO_ASGI_METRICS_SERVICE_HOST", "10.96.0.13"),
+            ("GENRO_ASGI_METRICS_SERVICE_PORT_METRICS", "9090"),
+            ("GENRO_ASGI_SERVICE_SERVICE_PORT_HTTP_ALT", "8080"),
+            ("GENRO_ASGI_METRICS_PORT", "tcp://10.96.0.13:9090"),
+            ("GENRO_ASGI_METRICS_PORT_9090_TCP_PORT", "9090"),
+            ("GENRO_ASGI_SERVER_WORKERS", "2"),
+        ];
+        let layer = parse_env(env(&links)).expect("service links are not errors");
+        assert_eq!(layer.entries.len(), 1);
+        assert_eq!(layer.ignored.len(), links.len() - 1);
+        // Right name shape, wrong value shape: still a misspelt key.
+        let typos = [
+            ("GENRO_ASGI_METRICS_PORT", "9090"),
+            ("GENRO_ASGI_SERVICE_HOST", "genro.example"),
+            ("GENRO_ASGI_SERVICE_PORT", "http"),
+            ("GENRO_ASGI_PORT_80_TCP_PROTO", "udp"),
+            ("GENRO_ASGI_PORT_80_TCP_ADDR", "80"),
+            ("GENRO_ASGI_SERVER_PORTS", "tcp://10.0.0.1:80"),
+        ];
+        for (name, value) in typos {
+            let err = parse_env(env(&[(name, value)])).expect_err(name);
+            assert!(err.to_string().contains("unknown key"), "{name}: {err}");
         }
     }
 

@@ -19,6 +19,20 @@ pub struct Loaded {
     pub sources: BTreeMap<String, Source>,
     /// The configuration file, if one was used.
     pub file: Option<PathBuf>,
+    /// `GENRO_ASGI_*` environment variables skipped as Kubernetes service links.
+    pub ignored_env: Vec<String>,
+}
+
+impl Loaded {
+    /// The line `serve` logs and `check` prints when service-link variables were skipped.
+    pub fn ignored_env_note(&self) -> Option<String> {
+        (!self.ignored_env.is_empty()).then(|| {
+            format!(
+                "ignoring {}: Kubernetes service links of a Service named genro-asgi*, not settings (enableServiceLinks: false turns them off)",
+                self.ignored_env.join(", ")
+            )
+        })
+    }
 }
 
 /// Reads the file (if any), the environment and the command-line overrides,
@@ -104,6 +118,7 @@ pub fn merge(
     cwd: &Path,
 ) -> Result<Loaded, ConfigError> {
     let file_path = file.as_ref().and_then(|l| l.file.clone());
+    let ignored_env = env.ignored.clone();
     let mut winners: BTreeMap<String, (Value, Source)> = BTreeMap::new();
     for def in SCHEMA {
         let value =
@@ -160,6 +175,7 @@ pub fn merge(
         config: build(&Values(values)),
         sources,
         file: file_path,
+        ignored_env,
     };
     check(&loaded)?;
     Ok(loaded)

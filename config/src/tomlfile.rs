@@ -76,7 +76,7 @@ pub fn parse_toml(text: &str, file: &Path) -> Result<RawLayer, ConfigError> {
     let doc: Keys = toml::from_str(text).map_err(|e| syntax(file, text, &e))?;
     let mut layer = RawLayer {
         file: Some(file.to_path_buf()),
-        entries: Vec::new(),
+        ..RawLayer::default()
     };
     for (section, keys) in doc {
         for (key, value) in keys {

@@ -49,6 +49,9 @@ pub type Reloader = Box<dyn Fn() -> Result<Loaded, ConfigError>>;
 pub fn run(loaded: Loaded, reloader: Reloader) -> i32 {
     let config = &loaded.config;
     crate::logs::init(config, crate::logs::Process::Supervisor);
+    if let Some(note) = loaded.ignored_env_note() {
+        tracing::info!("{note}");
+    }
     if let Err(message) = preflight(config) {
         eprintln!("genro-asgi: configuration error: {message}");
         return exit::CONFIG;
