@@ -116,7 +116,10 @@ Every key can be set in four places; the first one that sets it wins:
 2. **Environment variables**: `GENRO_ASGI_<SECTION>_<KEY>`, upper case; the section
    is one word and the key is the rest, e.g. `GENRO_ASGI_SERVER_PORT=9000` or
    `GENRO_ASGI_ERRORS_SHOW_TRACEBACK=true`. A `GENRO_ASGI_` variable that names no
-   key is an error (with a did-you-mean hint). `GENRO_ASGI_INTERNAL_*` variables
+   key is an error (with a did-you-mean hint), except the variables the Kubernetes
+   kubelet sets for a Service named `genro-asgi*` (`GENRO_ASGI_SERVICE_HOST=<IP>`,
+   `GENRO_ASGI_PORT=tcp://<IP>:<port>`, ...: recognised by name and value, skipped
+   and logged at start). `GENRO_ASGI_INTERNAL_*` variables
    are reserved for the server's own use and ignored here.
 3. **The configuration file**: `.ini` or `.cfg` (INI), or `.toml` (TOML).
    Any other extension is an error.
