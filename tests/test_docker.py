@@ -87,6 +87,12 @@ def test_multi_stage_on_the_same_python_slim_image():
     (build_cmd,) = [v for v in values(body, "RUN") if "maturin build" in v]
     assert "-i /usr/local/bin/python3" in build_cmd and "--release" in build_cmd
     assert "--locked" in build_cmd
+    # The runtime's venv is made by the runtime image's own `python` (so its pyvenv.cfg
+    # `home` is /usr/local/bin, where the build stage's -i interpreter lives) at the
+    # VIRTUAL_ENV path the command runs with.
+    venv_path = env_of(runtime)["VIRTUAL_ENV"]
+    assert "python -m venv %s" % venv_path in values(runtime, "RUN"), values(runtime, "RUN")
+    assert env_of(runtime)["PATH"].startswith(venv_path + "/bin:")
     # Nothing from the build stage but the wheel reaches the runtime image.
     assert not any("--from=" in v for v in values(runtime, "COPY"))
     assert any("from=build" in v and "pip install" in v for v in values(runtime, "RUN"))

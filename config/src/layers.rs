@@ -125,11 +125,13 @@ pub fn parse_env(env: impl IntoIterator<Item = (String, String)>) -> Result<RawL
     for (name, value) in vars {
         let rest = name[ENV_PREFIX.len()..].to_ascii_lowercase();
         let (section, key) = rest.split_once('_').unwrap_or((rest.as_str(), ""));
+        // Checked before the key lookup: a Service named `genro-asgi-server` gets
+        // `GENRO_ASGI_SERVER_PORT=tcp://IP:80`, which no port key could take anyway.
+        if is_service_link(&name[ENV_PREFIX.len()..], &value) {
+            layer.ignored.push(name);
+            continue;
+        }
         if schema::find(section, key).is_none() {
-            if is_service_link(&name[ENV_PREFIX.len()..], &value) {
-                layer.ignored.push(name);
-                continue;
-            }
             let shown = if key.is_empty() {
                 section.to_string()
             } else {
@@ -152,7 +154,8 @@ pub fn parse_env(env: impl IntoIterator<Item = (String, String)>) -> Result<RawL
 /// default): `GENRO_ASGI_SERVICE_HOST=10.0.0.7`, `GENRO_ASGI_PORT=tcp://10.0.0.7:80`,
 /// `GENRO_ASGI_METRICS_PORT_9090_TCP_ADDR=...` and so on. Both the name's shape and the
 /// value's must match, so a misspelt key (`GENRO_ASGI_METRICS_PORT=9090`) is still an
-/// error; names of real keys never get here.
+/// error and a real key with a real value (`GENRO_ASGI_SERVER_PORT=8000`) is a setting;
+/// no key takes a value of these shapes.
 pub fn is_service_link(rest: &str, value: &str) -> bool {
     let words: Vec<&str> = rest.split('_').collect();
     let is_port = |v: &str| !v.is_empty() && v.len() <= 5 && v.bytes().all(|b| b.is_ascii_digit());
@@ -311,11 +314,24 @@ mod tests {
             ("GENRO_ASGI_SERVICE_SERVICE_PORT_HTTP_ALT", "8080"),
             ("GENRO_ASGI_METRICS_PORT", "tcp://10.96.0.13:9090"),
             ("GENRO_ASGI_METRICS_PORT_9090_TCP_PORT", "9090"),
+            // Services `genro-asgi-server` and `genro-asgi-http3`: names of real keys.
+            ("GENRO_ASGI_SERVER_PORT", "tcp://10.96.0.14:80"),
+            ("GENRO_ASGI_HTTP3_PORT", "udp://10.96.0.15:443"),
+            ("GENRO_ASGI_SERVER_SERVICE_HOST", "10.96.0.14"),
             ("GENRO_ASGI_SERVER_WORKERS", "2"),
         ];
         let layer = parse_env(env(&links)).expect("service links are not errors");
         assert_eq!(layer.entries.len(), 1);
         assert_eq!(layer.ignored.len(), links.len() - 1);
+        // Real keys with their own values stay settings.
+        let layer = parse_env(env(&[
+            ("GENRO_ASGI_SERVER_PORT", "8000"),
+            ("GENRO_ASGI_METRICS_EXPORT_PORT", "9090"),
+            ("GENRO_ASGI_SERVER_HOST", "10.0.0.1"),
+        ]))
+        .unwrap();
+        assert_eq!(layer.entries.len(), 3);
+        assert!(layer.ignored.is_empty());
         // Right name shape, wrong value shape: still a misspelt key.
         let typos = [
             ("GENRO_ASGI_METRICS_PORT", "9090"),
