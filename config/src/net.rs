@@ -28,27 +28,20 @@ impl IpNet {
         }
         let net = IpNet { addr, prefix };
         // `10.0.0.1/8` is almost certainly a typo for `10.0.0.0/8` or `10.0.0.1`.
-        (net.bits(addr) == bits(addr)).then_some(net)
+        (net.masked(addr) == bits(addr)).then_some(net)
     }
 
     /// The address with its host bits cleared.
-    fn bits(&self, addr: IpAddr) -> u128 {
-        let (value, width) = match addr {
-            IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
-            IpAddr::V6(v6) => (u128::from(v6), 128),
-        };
+    fn masked(&self, addr: IpAddr) -> u128 {
+        let width = if addr.is_ipv4() { 32 } else { 128 };
         let host = width - u32::from(self.prefix);
-        if host >= 128 {
-            0
-        } else {
-            (value >> host) << host
-        }
+        bits(addr).checked_shr(host).map_or(0, |net| net << host)
     }
 
     /// Whether `ip` is in this network (IPv4-mapped IPv6 addresses count as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
-        ip.is_ipv4() == self.addr.is_ipv4() && self.bits(ip) == bits(self.addr)
+        ip.is_ipv4() == self.addr.is_ipv4() && self.masked(ip) == bits(self.addr)
     }
 }
 

@@ -70,17 +70,21 @@ pub fn executable() -> Result<PathBuf, InitError> {
 /// venv was made from another Python (pip installs a wheel into any venv of the same
 /// version tag, so this is where such a mismatch shows).
 fn own_venv(exe: &Path) -> Result<Option<PathBuf>, InitError> {
-    let Some(bin) = exe.parent() else {
-        return Ok(None);
-    };
-    let python = bin.join("python3");
-    match bin.parent() {
-        Some(venv) if venv.join("pyvenv.cfg").is_file() && python.is_file() => {
+    match exe.parent().and_then(venv_python) {
+        Some((venv, python)) => {
             check_venv(venv)?;
             Ok(Some(python))
         }
-        _ => Ok(None),
+        None => Ok(None),
     }
+}
+
+/// The virtualenv and its python when `bin` is a venv's `bin` folder (a `python3` in it,
+/// a `pyvenv.cfg` beside it).
+fn venv_python(bin: &Path) -> Option<(&Path, PathBuf)> {
+    let python = bin.join("python3");
+    let venv = bin.parent()?;
+    (python.is_file() && venv.join("pyvenv.cfg").is_file()).then_some((venv, python))
 }
 
 fn check_venv(venv: &Path) -> Result<(), InitError> {
@@ -117,11 +121,8 @@ fn is_build_installation(bin_dir: &Path) -> bool {
 
 /// The first `python3` on `path` when it belongs to a virtualenv of our installation.
 fn venv_on_path(path: &std::ffi::OsStr) -> Option<PathBuf> {
-    let python = std::env::split_paths(path)
-        .map(|dir| dir.join("python3"))
-        .find(|candidate| candidate.is_file())?;
-    let venv = python.parent()?.parent()?;
-    venv.join("pyvenv.cfg").is_file().then_some(())?;
+    let bin = std::env::split_paths(path).find(|dir| dir.join("python3").is_file())?;
+    let (venv, python) = venv_python(&bin)?;
     check_venv(venv).ok()?;
     Some(python)
 }
