@@ -1,15 +1,25 @@
 #!/usr/bin/env bash
 # The whole test suite: Rust unit tests, then end-to-end tests that drive the real binary
-# with real clients. Installs the Python test clients it needs with pip.
+# with real clients, then the wheels on every CPython found (tests/test_matrix.py).
+# Everything runs in a virtualenv, .venv (made from `python3` if missing), the way a user
+# with an activated venv runs genro-asgi: the worker extension is installed into it with
+# `maturin develop`, so the workers run in that venv's python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+[ -x .venv/bin/python ] || python3 -m venv .venv
+# shellcheck disable=SC1091
+. .venv/bin/activate
+python -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 # Debian packages: wrk drives the reload-under-load tests; chromium is the browser the
 # HTTP/3 tests force onto QUIC; tini is the container image's PID 1 (tests/test_docker.py).
 missing=()
 command -v wrk >/dev/null || missing+=(wrk)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v tini >/dev/null || missing+=(tini)
+# Debian's python3 is one of the interpreters the wheels are tested on (tests/test_matrix.py).
+if [ -x /usr/bin/python3 ] && ! /usr/bin/python3 -m ensurepip --version >/dev/null 2>&1; then
+  missing+=(python3-venv)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -20,8 +30,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 cargo build --locked -p genro-asgi -p genro-loadgen
+maturin develop --locked -m worker/Cargo.toml
 cargo test --locked --workspace
-python3 -m pytest -q tests/ "$@"
+# -rs: an interpreter the machine lacks is a visible skip note, not a silent pass.
+python -m pytest -q -rs tests/ "$@"
 # WebSocket protocol conformance (docs/CONFORMANCE.md): the Autobahn|Testsuite fuzzing
 # client, quick selection; `scripts/autobahn.sh full` runs every case.
 ./scripts/autobahn.sh quick

@@ -22,6 +22,14 @@ APPS = ROOT / "tests" / "apps"
 BIN = os.environ.get("GENRO_ASGI_BIN", str(ROOT / "target" / "debug" / "genro-asgi"))
 
 
+def link_worker(site_packages):
+    """Makes the worker extension this suite built (scripts/test.sh: `maturin develop`)
+    importable in another environment, as installing its wheel would."""
+    import genro_asgi_worker
+    folder = pathlib.Path(genro_asgi_worker.__file__).resolve().parent.parent
+    (pathlib.Path(site_packages) / "genro_asgi_worker_dev.pth").write_text(str(folder) + "\n")
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -32,7 +40,7 @@ class Server:
     """One `genro-asgi serve` process."""
 
     def __init__(self, tmp_path, app="basic:app", workers=1, sections=None, env=None, ext="ini",
-                 host="127.0.0.1", args=(), binary=BIN):
+                 host="127.0.0.1", args=(), binary=BIN, cwd=None):
         self.tmp_path = pathlib.Path(tmp_path)
         self.port = free_port()
         self.host = host
@@ -55,6 +63,7 @@ class Server:
         self.env.update(env or {})
         self.args = list(args)
         self.binary = str(binary)
+        self.cwd = str(cwd or self.tmp_path)
 
     @property
     def url(self):
@@ -65,7 +74,7 @@ class Server:
     def start(self, wait=True, timeout=60):
         self.proc = subprocess.Popen(
             [self.binary, "serve", "--config", str(self.config), *self.args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env, cwd=str(self.tmp_path),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd,
         )
         threading.Thread(target=self._read, daemon=True).start()
         if wait:
@@ -211,11 +220,11 @@ def ready_pids(s):
     return sorted(w["pid"] for w in status(s)["workers"] if w["state"] == "ready")
 
 
-# The pip route: the wheel is built once per session (a dev-profile build in target/wheel,
-# about two minutes on two cores from scratch, seconds when cached) and installed into a
-# fresh venv made from the interpreter this Python was made from (`sys._base_executable`),
-# as the wheel embeds it.
+# The pip route: scripts/build-wheels.sh builds the wheels once per session (manylinux_2_28
+# with zig, dev profile, in target/wheel; minutes from scratch, seconds when cached): the
+# `genro-asgi` command's wheel and a worker wheel for every CPython it finds.
 BASE_PYTHON = sys._base_executable
+WHEELHOUSE = ROOT / "target" / "wheels"
 
 
 def run_ok(*args, env=None, cwd=None, timeout=900):
@@ -236,19 +245,37 @@ def clean_env(**extra):
 
 
 @pytest.fixture(scope="session")
-def wheel(tmp_path_factory):
-    out = tmp_path_factory.mktemp("wheelhouse")
-    maturin = shutil.which("maturin") or pytest.fail("maturin is not installed (tests/requirements.txt)")
-    env = dict(os.environ, CARGO_TARGET_DIR=str(ROOT / "target" / "wheel"))
-    env.pop("VIRTUAL_ENV", None)
-    run_ok(maturin, "build", "--locked", "-i", BASE_PYTHON, "--out", out, cwd=ROOT, env=env, timeout=1800)
-    (built,) = out.glob("genro_asgi-*.whl")
-    return built
+def wheelhouse():
+    """The folder of built wheels (scripts/build-wheels.sh)."""
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    run_ok("bash", ROOT / "scripts" / "build-wheels.sh", "--out", WHEELHOUSE, cwd=ROOT, env=env, timeout=3600)
+    return WHEELHOUSE
+
+
+def python_tag(python):
+    """`cp312` for the interpreter at `python`."""
+    r = run_ok(python, "-c", "import sys; print('cp%d%d' % sys.version_info[:2])")
+    return r.stdout.strip()
+
+
+def wheels_for(wheelhouse, python):
+    """The command's wheel and the worker wheel for `python`."""
+    (command,) = wheelhouse.glob("genro_asgi-*-py3-none-*.whl")
+    tag = python_tag(python)
+    workers = list(wheelhouse.glob("genro_asgi_worker-*-%s-%s-*.whl" % (tag, tag)))
+    assert len(workers) == 1, (tag, sorted(p.name for p in wheelhouse.iterdir()))
+    return command, workers[0]
 
 
 @pytest.fixture(scope="session")
-def venv(wheel, tmp_path_factory):
-    """A fresh venv with the wheel, FastAPI and an app package installed."""
+def wheel(wheelhouse):
+    """The `genro-asgi` command's wheel."""
+    return wheels_for(wheelhouse, BASE_PYTHON)[0]
+
+
+@pytest.fixture(scope="session")
+def venv(wheelhouse, tmp_path_factory):
+    """A fresh venv with the wheels, FastAPI and an app package installed."""
     root = tmp_path_factory.mktemp("venv") / "env"
     run_ok(BASE_PYTHON, "-m", "venv", root)
     pip = [root / "bin" / "python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
@@ -289,5 +316,6 @@ def venv(wheel, tmp_path_factory):
         async def create(item: Item):
             return {"name": item.name, "total": item.qty * 2}
     """))
-    run_ok(*pip, wheel, project, env=clean_env())
+    # By file: PyPI has an unrelated project called genro-asgi.
+    run_ok(*pip, *wheels_for(wheelhouse, BASE_PYTHON), project, env=clean_env())
     return root

@@ -6,7 +6,7 @@ docs/DEPLOYMENT.md, "Container image"):
   use the same Python image, every workspace crate is copied, the runtime runs as a
   numeric non-root user, stops with SIGTERM, reads /etc/genro-asgi/server.ini;
 - the runtime stage is replayed on this machine: its ENV, files (COPY), WORKDIR,
-  ENTRYPOINT and CMD run against a venv with the wheel installed (the `venv` fixture,
+  ENTRYPOINT and CMD run against a venv with the wheels installed (the `venv` fixture,
   standing in for /opt/venv) with tini from Debian, then stopped with its STOPSIGNAL."""
 
 import json
@@ -78,33 +78,34 @@ def test_multi_stage_on_the_same_python_slim_image():
     assert len(all_stages) >= 2
     runtime_image, runtime = all_stages[-1]
     assert runtime_image.startswith("python:") and "-slim" in runtime_image, runtime_image
-    # The wheel is built where the runtime's Python lives: same image, same libpython path.
+    # The worker wheel is per CPython version: it is built with the runtime image's
+    # Python (the same image), by the script that builds and audits the manylinux wheels.
     builders = [(image, body) for image, body in all_stages[:-1]
-                if any("maturin build" in v for v in values(body, "RUN"))]
+                if any("build-wheels.sh" in v for v in values(body, "RUN"))]
     assert len(builders) == 1
     image, body = builders[0]
     assert image == runtime_image
-    (build_cmd,) = [v for v in values(body, "RUN") if "maturin build" in v]
-    assert "-i /usr/local/bin/python3" in build_cmd and "--release" in build_cmd
-    assert "--locked" in build_cmd
-    # The runtime's venv is made by the runtime image's own `python` (so its pyvenv.cfg
-    # `home` is /usr/local/bin, where the build stage's -i interpreter lives) at the
-    # VIRTUAL_ENV path the command runs with.
+    (build_cmd,) = [v for v in values(body, "RUN") if "build-wheels.sh" in v]
+    assert build_cmd.rstrip().endswith("/usr/local/bin/python3") and "--profile release" in build_cmd
+    assert "--locked" in (ROOT / "scripts" / "build-wheels.sh").read_text()
+    # The runtime's venv is made by the runtime image's own `python` at the VIRTUAL_ENV
+    # path the command runs with; both wheels go into it.
     venv_path = env_of(runtime)["VIRTUAL_ENV"]
     assert "python -m venv %s" % venv_path in values(runtime, "RUN"), values(runtime, "RUN")
     assert env_of(runtime)["PATH"].startswith(venv_path + "/bin:")
     # Nothing from the build stage but the wheel reaches the runtime image.
     assert not any("--from=" in v for v in values(runtime, "COPY"))
-    assert any("from=build" in v and "pip install" in v for v in values(runtime, "RUN"))
+    (install,) = [v for v in values(runtime, "RUN") if "from=build" in v and "pip install" in v]
+    assert "genro_asgi-*-py3-none-*.whl" in install and "genro_asgi_worker-*.whl" in install, install
 
 
 def test_every_workspace_crate_and_build_input_is_copied():
-    _, body = [s for s in stages() if any("maturin build" in v for v in values(s[1], "RUN"))][0]
+    _, body = [s for s in stages() if any("build-wheels.sh" in v for v in values(s[1], "RUN"))][0]
     copied = {src.rstrip("/") for sources, _ in copies(body) for src in sources}
     members = tomllib.loads((ROOT / "Cargo.toml").read_text())["workspace"]["members"]
     missing = [m for m in members if m not in copied]
     assert not missing, "workspace crates not copied into the build stage: %s" % missing
-    for needed in ("Cargo.toml", "Cargo.lock", "pyproject.toml", "README.md"):
+    for needed in ("Cargo.toml", "Cargo.lock", "pyproject.toml", "README.md", "scripts/build-wheels.sh"):
         assert needed in copied, needed
     readme = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["readme"]
     assert readme in copied

@@ -1,15 +1,19 @@
-"""The app runs in the user's virtualenv (VIRTUAL_ENV), not in the interpreter the binary
-was built against."""
+"""Which Python the workers run in: the user's virtualenv (VIRTUAL_ENV, or a venv first on
+PATH), any installation that can import the worker extension (Debian's python as well as
+pyenv's), `[application] python` / `--python`, and a clear configuration error naming
+what was tried when no interpreter can run a worker."""
 
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import threading
 
 import httpx
 import pytest
 
-from conftest import run_cli
+from conftest import ctl, link_worker, run_cli, wait_for
 
 APP = '''
 import sys
@@ -20,25 +24,42 @@ import venvonly_pkg
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
-    body = ("%s|%s|%s" % (venvonly_pkg.MARKER, sys.prefix, venvonly_pkg.__file__)).encode()
+    body = ("%s|%s|%s|%s" % (venvonly_pkg.MARKER, sys.prefix, venvonly_pkg.__file__,
+                             sys.version.split()[0])).encode()
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": body})
 '''
 
+DEBIAN_PYTHON = pathlib.Path("/usr/bin/python3")
+
+
+def make_venv(tmp_path, base=sys.executable, name="venv", worker=True):
+    """A venv (no pip) with a package only it has and, unless `worker` is false, the
+    worker extension this suite built."""
+    venv = tmp_path / name
+    subprocess.run([str(base), "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    (site,) = (venv / "lib").glob("python3.*/site-packages")
+    pkg = site / "venvonly_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text('MARKER = "from-%s"\n' % name)
+    if worker:
+        link_worker(site)
+    (tmp_path / "venvapp.py").write_text(APP)
+    return venv, pkg
+
 
 @pytest.fixture
 def venv(tmp_path):
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
-    site = list((venv / "lib").glob("python3.*/site-packages"))
-    assert len(site) == 1, site
-    pkg = site[0] / "venvonly_pkg"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text('MARKER = "from-venv"\n')
-    (tmp_path / "venvapp.py").write_text(APP)
+    venv, pkg = make_venv(tmp_path)
     env = {"VIRTUAL_ENV": str(venv), "PATH": "%s/bin:%s" % (venv, os.environ["PATH"])}
     return venv, pkg, env
+
+
+def answer(s):
+    r = httpx.get(s.url + "/", timeout=10)
+    assert r.status_code == 200, (r.text, s.log)
+    return r.text.split("|")
 
 
 def test_app_runs_in_the_virtualenv(server, tmp_path, venv):
@@ -48,12 +69,11 @@ def test_app_runs_in_the_virtualenv(server, tmp_path, venv):
                           cwd="/", timeout=30).returncode != 0
     s = server(env=env, workers=1,
                sections={"application": {"app": "venvapp:app", "app_dir": str(tmp_path)}})
-    r = httpx.get(s.url + "/", timeout=10)
-    assert r.status_code == 200, (r.text, s.log)
-    marker, prefix, location = r.text.split("|")
+    marker, prefix, location, _ = answer(s)
     assert marker == "from-venv"
     assert pathlib.Path(prefix).resolve() == venv_dir.resolve()
     assert pathlib.Path(location).resolve() == (pkg / "__init__.py").resolve()
+    assert "workers run in cpython" in s.log and "VIRTUAL_ENV=%s" % venv_dir in s.log, s.log
 
 
 def test_check_reports_the_virtualenv(tmp_path, venv):
@@ -63,10 +83,12 @@ def test_check_reports_the_virtualenv(tmp_path, venv):
     result = run_cli("check", "--config", str(config), "--app", "venvapp:app", env=env, cwd=str(tmp_path),
                      timeout=60)
     assert result.returncode == 0, (result.stdout, result.stderr)
-    prefix_lines = [l for l in result.stdout.splitlines() if l.startswith("python prefix:")]
-    assert len(prefix_lines) == 1, result.stdout
-    prefix = prefix_lines[0].split(":", 1)[1].strip()
-    assert pathlib.Path(prefix).resolve() == venv_dir.resolve(), result.stdout
+    lines = dict(l.split(": ", 1) for l in result.stdout.splitlines() if l.startswith(("python", "workers'")))
+    assert pathlib.Path(lines["python prefix"]).resolve() == venv_dir.resolve(), result.stdout
+    assert lines["python"].startswith("%d.%d." % sys.version_info[:2]), result.stdout
+    assert lines["workers' python"] == str(venv_dir / "bin" / "python3"), result.stdout
+    assert "site-packages" in lines["python sys.path"], result.stdout
+    assert "chosen as: VIRTUAL_ENV=%s" % venv_dir in result.stdout
     assert "venvapp:app" in result.stdout
 
 
@@ -76,22 +98,122 @@ def test_venv_first_on_path_without_virtual_env(server, tmp_path, venv):
     env = dict(env, VIRTUAL_ENV="")
     s = server(env=env, workers=1,
                sections={"application": {"app": "venvapp:app", "app_dir": str(tmp_path)}})
-    marker, prefix, _ = httpx.get(s.url + "/", timeout=10).text.split("|")
+    marker, prefix, _, _ = answer(s)
     assert marker == "from-venv"
     assert pathlib.Path(prefix).resolve() == venv_dir.resolve()
 
 
-def test_venv_of_another_installation_is_refused_clearly(server, tmp_path):
-    """A venv made from another Python installation would mix its stdlib with our
-    libpython (Debian's 3.11 fails on `_socket`): refused with a message, exit 3."""
-    other = pathlib.Path("/usr/bin/python3.11")
-    if not other.exists() or other.resolve() == pathlib.Path(sys.executable).resolve():
-        pytest.skip("no second Python 3.11 installation on this machine")
-    venv = tmp_path / "foreign"
-    if subprocess.run([str(other), "-m", "venv", "--without-pip", str(venv)], capture_output=True,
-                      timeout=60).returncode != 0:
-        pytest.skip("the second installation cannot create venvs (python3.11-venv missing)")
-    s = server(start=False, env={"VIRTUAL_ENV": str(venv)})
-    s.start(wait=False)
-    assert s.wait_exit(30) == 3
-    assert "was created from /usr/bin" in s.log and "recreate the venv" in s.log
+def test_venv_of_another_installation_serves(server, tmp_path):
+    """Regression: the embedding build refused a venv made from another Python installation
+    (its stdlib did not match the linked libpython). An extension module loads into any
+    python of its ABI: Debian's 3.11 serves with the cp311 extension built from pyenv's."""
+    if not DEBIAN_PYTHON.exists():
+        pytest.skip("no Debian python3 on this machine")
+    version = subprocess.run([str(DEBIAN_PYTHON), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                             capture_output=True, text=True, timeout=30).stdout.strip()
+    if version != "%d.%d" % sys.version_info[:2]:
+        pytest.skip("Debian's python is %s, the suite's extension is for %d.%d" % ((version,) + sys.version_info[:2]))
+    if subprocess.run([str(DEBIAN_PYTHON), "-m", "venv", "--help"], capture_output=True).returncode != 0:
+        pytest.skip("Debian's python cannot create venvs (python3-venv missing)")
+    venv, _ = make_venv(tmp_path, base=DEBIAN_PYTHON, name="debian")
+    s = server(env={"VIRTUAL_ENV": str(venv)},
+               sections={"application": {"app": "venvapp:app", "app_dir": str(tmp_path)}})
+    marker, prefix, _, full_version = answer(s)
+    assert marker == "from-debian"
+    assert pathlib.Path(prefix).resolve() == venv.resolve()
+    debian_version = subprocess.run([str(DEBIAN_PYTHON), "-c", "import sys; print(sys.version.split()[0])"],
+                                    capture_output=True, text=True).stdout.strip()
+    assert full_version == debian_version
+
+
+def test_configured_python_wins_over_virtual_env(server, tmp_path, venv):
+    """[application] python (here as --python, and as its env var) beats VIRTUAL_ENV."""
+    _, _, env = venv
+    other, _ = make_venv(tmp_path, name="other")
+    s = server(env=env, args=["--python", str(other / "bin" / "python")],
+               sections={"application": {"app": "venvapp:app", "app_dir": str(tmp_path)}})
+    assert answer(s)[0] == "from-other"
+    assert "[application] python, from --python" in s.log, s.log
+    s.stop()
+    s2 = server(env=dict(env, GENRO_ASGI_APPLICATION_PYTHON=str(other / "bin" / "python3")),
+                sections={"application": {"app": "venvapp:app", "app_dir": str(tmp_path)}})
+    assert answer(s2)[0] == "from-other"
+
+
+def config_error(tmp_path, env, *args):
+    config = tmp_path / "bad.ini"
+    config.write_text("[server]\nhost = 127.0.0.1\nport = 0\n[application]\napp = venvapp:app\napp_dir = %s\n" % tmp_path)
+    r = run_cli("serve", "--config", str(config), *args, env=env, cwd=str(tmp_path), timeout=60)
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    c = run_cli("check", "--config", str(config), *args, env=env, cwd=str(tmp_path), timeout=60)
+    assert c.returncode == 2, (c.returncode, c.stdout, c.stderr)
+    return r.stderr
+
+
+def test_interpreter_without_the_worker_is_a_config_error(tmp_path):
+    bare, _ = make_venv(tmp_path, name="bare", worker=False)
+    err = config_error(tmp_path, {"VIRTUAL_ENV": str(bare)})
+    assert "configuration error" in err and "VIRTUAL_ENV=%s" % bare in err, err
+    assert "cannot run a worker" in err and "No module named genro_asgi_worker" in err, err
+    assert "pip install genro-asgi-worker==" in err, err
+
+
+def test_missing_configured_python_names_key_and_source(tmp_path):
+    err = config_error(tmp_path, {"GENRO_ASGI_APPLICATION_PYTHON": "/nowhere/bin/python3"})
+    assert "[application] python = /nowhere/bin/python3" in err, err
+    assert "environment variable GENRO_ASGI_APPLICATION_PYTHON" in err and "no such file" in err, err
+    err = config_error(tmp_path, {}, "--python", "python3.77")
+    assert "from --python" in err and "not found on PATH" in err, err
+
+
+def test_python_older_than_3_10_is_refused_clearly(tmp_path):
+    root = subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip() if \
+        subprocess.run(["which", "pyenv"], capture_output=True).returncode == 0 else ""
+    old = sorted(pathlib.Path(root or "/nonexistent").glob("versions/3.[6-9].*/bin/python3"))
+    if not old:
+        pytest.skip("no Python older than 3.10 on this machine")
+    err = config_error(tmp_path, {}, "--python", str(old[-1]))
+    assert "workers need CPython 3.10 or newer" in err and str(old[-1]) in err, err
+
+
+def test_nothing_from_the_current_directory(server, tmp_path, venv):
+    """`python -m` puts the current directory first on sys.path; the worker takes it off,
+    so a module in the directory `genro-asgi serve` was started from is not imported (the
+    app comes from app_dir, as with the embedding build)."""
+    _, _, env = venv
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "venvonly_pkg.py").write_text('MARKER = "from-the-cwd"\n')
+    app_dir = tmp_path / "apps"
+    app_dir.mkdir()
+    (app_dir / "venvapp.py").write_text(APP)
+    s = server(env=env, cwd=cwd, sections={"application": {"app": "venvapp:app", "app_dir": str(app_dir)}})
+    assert answer(s)[0] == "from-venv"
+
+
+def test_sigint_to_a_worker_drains_without_keyboard_interrupt(server):
+    """Python's SIGINT handler is taken off before tokio installs its own: a SIGINT sent to
+    the worker itself drains it (the request in flight completes) and no
+    KeyboardInterrupt reaches the app."""
+    s = server(app="basic:app")
+    (pid,) = s.worker_pids()
+    result = {}
+
+    def slow():
+        result["r"] = httpx.get(s.url + "/sleep?s=1.5", timeout=30)
+
+    t = threading.Thread(target=slow)
+    t.start()
+    wait_for(lambda: any(r["path"] == "/sleep" for r in requests_in_flight(s)), what="the request in flight")
+    os.kill(pid, signal.SIGINT)
+    t.join(30)
+    assert result["r"].status_code == 200, s.log
+    s.wait_log("draining", 10)
+    assert "KeyboardInterrupt" not in s.log, s.log
+
+
+def requests_in_flight(s):
+    import json
+    r = ctl(s, "requests", "--json")
+    assert r.returncode == 0, r.stderr
+    return [req for worker in json.loads(r.stdout).get("workers", []) for req in worker.get("requests", [])]

@@ -1,22 +1,63 @@
-"""The pip route (docs/DEPLOYMENT.md, "Installing with pip"): build the wheel with maturin,
-install it into a fresh virtualenv together with a FastAPI app, and serve requests with
-the `genro-asgi` command the wheel put into the venv (fixtures `wheel` and `venv` in
-conftest.py)."""
+"""The pip route (docs/DEPLOYMENT.md, "Installing"): the manylinux wheels built by
+scripts/build-wheels.sh (the command's py3-none wheel, one worker wheel per CPython),
+installed into a fresh virtualenv together with a FastAPI app, serving requests with the
+`genro-asgi` command pip put into the venv (fixtures `wheelhouse` and `venv` in
+conftest.py). tests/test_matrix.py runs the same wheels on every CPython found."""
 
 import json
 import pathlib
+import re
 import shutil
-import sys
+import tempfile
+import tomllib
+import zipfile
 
 import httpx
 
-from conftest import Server, clean_env, run_ok as run
+from conftest import ROOT, Server, clean_env, run_ok as run
+
+VERSION = tomllib.loads((ROOT / "Cargo.toml").read_text())["workspace"]["package"]["version"]
 
 
-def test_wheel_is_tagged_for_the_build_interpreter(wheel):
-    tag = "cp%d%d" % sys.version_info[:2]
-    assert wheel.name.startswith("genro_asgi-")
-    assert "-%s-%s-linux_" % (tag, tag) in wheel.name, wheel.name
+def auditwheel_show(wheel):
+    tools = ROOT / "target" / "wheel-tools" / "bin" / "auditwheel"
+    auditwheel = str(tools) if tools.exists() else shutil.which("auditwheel")
+    assert auditwheel, "auditwheel is not installed (scripts/build-wheels.sh installs it)"
+    return run(auditwheel, "show", wheel).stdout
+
+
+def test_command_wheel_is_manylinux_and_python_free(wheel):
+    # One wheel for every Python: the command links no libpython.
+    assert re.fullmatch(r"genro_asgi-%s-py3-none-manylinux_2_28_x86_64\.whl" % VERSION, wheel.name), wheel.name
+    shown = auditwheel_show(wheel)
+    assert 'consistent with the following platform tag: "manylinux_2_28_x86_64"' in " ".join(shown.split()), shown
+    with zipfile.ZipFile(wheel) as z:
+        (meta,) = [n for n in z.namelist() if n.endswith(".dist-info/METADATA")]
+        requires = [l for l in z.read(meta).decode().splitlines() if l.startswith("Requires-Dist:")]
+        (binary,) = [n for n in z.namelist() if n.endswith("/scripts/genro-asgi")]
+        exe = pathlib.Path(tempfile.mkdtemp()) / "genro-asgi"
+        exe.write_bytes(z.read(binary))
+    # The worker wheel at exactly this version: the control protocol must match.
+    assert requires == ["Requires-Dist: genro-asgi-worker==%s" % VERSION], requires
+    assert "libpython" not in run("readelf", "-d", exe).stdout
+
+
+def test_worker_wheels_are_manylinux_per_cpython(wheelhouse):
+    workers = sorted(wheelhouse.glob("genro_asgi_worker-*.whl"))
+    assert workers, sorted(p.name for p in wheelhouse.iterdir())
+    for wheel in workers:
+        m = re.fullmatch(r"genro_asgi_worker-%s-(cp3\d+)-(cp3\d+)-manylinux_2_28_x86_64\.whl" % VERSION, wheel.name)
+        assert m and m.group(1) == m.group(2), wheel.name
+        shown = " ".join(auditwheel_show(wheel).split())
+        assert 'consistent with the following platform tag: "manylinux_2_28_x86_64"' in shown, shown
+        with zipfile.ZipFile(wheel) as z:
+            (ext,) = [n for n in z.namelist() if n.startswith("genro_asgi_worker/_native.")]
+            so = pathlib.Path(tempfile.mkdtemp()) / "native.so"
+            so.write_bytes(z.read(ext))
+            assert "genro_asgi_worker/__main__.py" in z.namelist()
+        # An extension module: no libpython of its own, so it loads into any python of its
+        # version, with or without a shared libpython.
+        assert "libpython" not in run("readelf", "-d", so).stdout, wheel.name
 
 
 def test_pip_install_puts_the_command_on_the_venvs_path(venv):
@@ -34,7 +75,8 @@ def test_check_uses_the_venv_it_is_installed_in(venv, tmp_path):
     # the venv it was installed into, as a console script's shebang would.
     r = run(venv / "bin" / "genro-asgi", "check", "--app", "hello_app:app",
             "--set", "application.app_dir=%s" % tmp_path, env=clean_env(), cwd=tmp_path)
-    assert "python executable: %s" % (venv / "bin" / "python3") in r.stdout, r.stdout
+    assert "workers' python: %s" % (venv / "bin" / "python3") in r.stdout, r.stdout
+    assert "chosen as: the virtualenv genro-asgi is installed in" in r.stdout, r.stdout
     assert "python prefix: %s" % venv in r.stdout, r.stdout
     assert "ok: configuration valid and app importable" in r.stdout
 

@@ -4,7 +4,7 @@
 use crate::error::ConfigError;
 use crate::layers::{parse_env, parse_overrides, unknown_key, Override, RawLayer, Source};
 use crate::model::*;
-use crate::schema::{self, SCHEMA};
+use crate::schema::{self, Kind, SCHEMA};
 use crate::value::{parse_value, Value};
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -147,7 +147,11 @@ pub fn merge(
                 }
             })?;
             let value = match value {
-                Value::Path(Some(p)) if p.is_relative() => {
+                // A bare program name (no `/`) is looked up on PATH, not in a folder.
+                Value::Path(Some(p))
+                    if p.is_relative()
+                        && !(def.kind == Kind::Program && p.components().count() == 1) =>
+                {
                     let base = match &entry.source {
                         Source::File { path, .. } => file_dir(path, cwd),
                         _ => cwd.to_path_buf(),
@@ -317,6 +321,7 @@ fn build(v: &Values) -> Config {
         application: Application {
             app: v.text("application.app"),
             app_dir: v.path("application.app_dir").unwrap_or_default(),
+            python: v.path("application.python"),
             factory: v.bool("application.factory"),
             lifespan: Lifespan::from_word(&v.text("application.lifespan")),
             name: v.text("application.name"),

@@ -220,6 +220,8 @@ pub struct Application {
     pub app: String,
     /// Absolute directory put first on `sys.path`.
     pub app_dir: PathBuf,
+    /// The workers' interpreter: a path or a bare command name; `None` = automatic.
+    pub python: Option<PathBuf>,
     /// Call `app()` to get the application.
     pub factory: bool,
     /// Lifespan protocol mode.

@@ -84,6 +84,7 @@ fn type_text(kind: &Kind) -> String {
             .collect::<Vec<_>>()
             .join(" \\| "),
         Kind::Path => "path".into(),
+        Kind::Program => "path or command name".into(),
         Kind::Url => "URL".into(),
         Kind::List => "list".into(),
         Kind::IpList => "IP/CIDR list".into(),

@@ -27,6 +27,9 @@ pub enum Kind {
     /// A filesystem path; empty means unset. Relative paths are resolved against
     /// the config file's folder (file values) or the current directory (env, CLI).
     Path,
+    /// A program: a path (resolved like [`Kind::Path`]) or a bare command name, which is
+    /// looked up on `PATH` when it is used; empty means unset.
+    Program,
     /// An `http://` or `https://` URL; empty means unset.
     Url,
     /// A comma-separated list (in TOML also an array).
@@ -237,6 +240,7 @@ pub static SCHEMA: &[KeyDef] = &[
     // [application]
     k("application", "app", Kind::AppRef, "", "The ASGI application as `module:attribute`, e.g. `myproject.main:app` (usually given on the command line)."),
     k("application", "app_dir", Kind::Path, "", "Directory put first on `sys.path` before importing `app`. Empty = the config file's folder, or the current directory without a file."),
+    k("application", "python", Kind::Program, "", "The Python interpreter the workers run in (a path, or a command name looked up on PATH). Empty = automatic: the virtualenv `genro-asgi` is installed in, else the active one (`VIRTUAL_ENV`), else a virtualenv whose `python3` comes first on PATH, else the `python3` beside the command, else `python3` on PATH. It must be able to import `genro_asgi_worker` (CPython 3.10+)."),
     k("application", "factory", Kind::Bool, "false", "Treat `app` as a factory: call `app()` to obtain the application."),
     k("application", "lifespan", Kind::Enum(&["auto", "on", "off"]), "auto", "ASGI lifespan protocol: `auto` = run it if the app supports it, `on` = required, `off` = never."),
     k("application", "name", Kind::Str, "", "Application name, shown in the workers' process titles (`genro-asgi: worker 0 [name]`)."),

@@ -70,7 +70,7 @@ pub(crate) fn expected(kind: &Kind) -> String {
         Kind::Bool => "a boolean (true/false, yes/no, on/off, 1/0)".into(),
         Kind::Int { min, max } => format!("an integer between {min} and {max}"),
         Kind::Seconds { min, max } => format!("a number of seconds between {min} and {max}"),
-        Kind::Str | Kind::Path => "a string".into(),
+        Kind::Str | Kind::Path | Kind::Program => "a string".into(),
         Kind::Enum(words) => format!("one of {}", words.join(", ")),
         Kind::Url => "an http:// or https:// URL".into(),
         Kind::List => "a comma-separated list".into(),
@@ -114,8 +114,8 @@ pub(crate) fn parse_value(kind: &Kind, text: &str) -> Result<Value, String> {
             .find(|w| w.eq_ignore_ascii_case(t))
             .map(|w| Value::Text((*w).to_string()))
             .ok_or_else(fail),
-        Kind::Path if t.is_empty() => Ok(Value::Path(None)),
-        Kind::Path => Ok(Value::Path(Some(PathBuf::from(t)))),
+        Kind::Path | Kind::Program if t.is_empty() => Ok(Value::Path(None)),
+        Kind::Path | Kind::Program => Ok(Value::Path(Some(PathBuf::from(t)))),
         Kind::Url => {
             let lower = t.to_ascii_lowercase();
             let rest = lower

@@ -5,10 +5,12 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod access;
+pub mod child;
 pub mod clock;
 pub mod codec_check;
 pub mod exit;
 pub mod logfile;
+pub mod logs;
 pub mod metrics;
 pub mod protocol;
 pub mod signals;

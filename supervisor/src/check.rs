@@ -1,5 +1,5 @@
 //! `genro-asgi check`: validate, show the effective configuration with sources, then import
-//! the app in a child worker process (the supervisor never loads Python).
+//! the app in the interpreter the workers will use (the supervisor never loads Python).
 
 use genro_config::Loaded;
 use genro_shared::exit;
@@ -28,15 +28,26 @@ pub fn run(loaded: &Loaded) -> i32 {
             return exit::INTERNAL;
         }
     };
-    let exe = match std::env::current_exe() {
-        Ok(exe) => exe,
+    let python = match crate::interpreter::resolve(loaded) {
+        Ok(python) => python,
         Err(err) => {
-            eprintln!("genro-asgi: cannot locate own binary: {err}");
-            return exit::INTERNAL;
+            eprintln!("genro-asgi: configuration error: {err}");
+            return exit::CONFIG;
         }
     };
-    let status = std::process::Command::new(exe)
-        .args(["worker", "--slot", "0", "--generation", "0", "--check"])
+    println!("workers' python: {}", python.candidate.program.display());
+    println!("  chosen as: {}", python.candidate.choice);
+    // The worker prints the rest (version, sys.prefix, sys.path, the app) from inside.
+    let status = std::process::Command::new(python.program())
+        .args([
+            "-m",
+            crate::interpreter::WORKER_MODULE,
+            "--slot",
+            "0",
+            "--generation",
+            "0",
+            "--check",
+        ])
         .env(genro_shared::ENV_CONFIG, json)
         .status();
     match status {

@@ -1,9 +1,8 @@
-//! Command line: `serve`, `check`, `ctl`, and the hidden `worker` and `front` subcommands
-//! the supervisor uses to re-execute itself for its children.
+//! Command line: `serve`, `check`, `ctl`, and the hidden `front` subcommand the supervisor
+//! re-executes itself with for the HTTP/3 front (workers run in Python: `interpreter.rs`).
 
 use clap::{Args, Parser, Subcommand};
 use genro_config::{ConfigError, Loaded, Override};
-use genro_shared::exit;
 use std::path::PathBuf;
 
 /// A supervised, multi-process ASGI server for Python apps.
@@ -23,9 +22,6 @@ enum Command {
     Check(ConfigArgs),
     /// Talk to a running server: status, reload, drain, stop, scale N.
     Ctl(CtlCli),
-    /// Internal: one worker process (started by `serve`).
-    #[command(hide = true)]
-    Worker(WorkerCli),
     /// Internal: the HTTP/3 front process (started by `serve` when `[http3]` is on).
     #[command(hide = true)]
     Front(FrontCli),
@@ -82,6 +78,10 @@ pub struct ConfigArgs {
     /// The ASGI app as module:attribute ([application] app).
     #[arg(long, value_name = "MODULE:ATTR")]
     pub app: Option<String>,
+    /// The Python interpreter the workers run in ([application] python): a path or a
+    /// command name on PATH.
+    #[arg(long, value_name = "PYTHON")]
+    pub python: Option<String>,
     /// Address to bind ([server] host).
     #[arg(long)]
     pub host: Option<String>,
@@ -96,23 +96,13 @@ pub struct ConfigArgs {
     pub set: Vec<String>,
 }
 
-#[derive(Debug, Args)]
-struct WorkerCli {
-    #[arg(long)]
-    slot: u32,
-    #[arg(long)]
-    generation: u64,
-    /// Import the app, print what `check` shows, and exit.
-    #[arg(long)]
-    check: bool,
-}
-
 impl ConfigArgs {
     /// Loads the configuration from file, environment and these flags.
     pub fn load(&self) -> Result<Loaded, ConfigError> {
         let mut overrides = Vec::new();
         let flags = [
             ("application.app", &self.app, "--app"),
+            ("application.python", &self.python, "--python"),
             ("server.host", &self.host, "--host"),
             ("server.port", &self.port, "--port"),
             ("server.workers", &self.workers, "--workers"),
@@ -142,7 +132,6 @@ pub fn run() -> i32 {
             Ok(loaded) => crate::check::run(&loaded),
             Err(err) => config_error(&err),
         },
-        Command::Worker(worker) => run_worker(worker),
         Command::Front(front) => run_front(front),
     }
 }
@@ -160,6 +149,7 @@ fn run_ctl(ctl: CtlCli) -> i32 {
             let args = ConfigArgs {
                 config: ctl.config,
                 app: None,
+                python: None,
                 host: None,
                 port: None,
                 workers: None,
@@ -183,39 +173,13 @@ fn run_ctl(ctl: CtlCli) -> i32 {
     crate::ctl::run(&socket, request, ctl.json)
 }
 
-/// The configuration the supervisor passed to a child in the environment.
-fn child_config(who: &str) -> Result<genro_config::Config, i32> {
-    std::env::var(genro_shared::ENV_CONFIG)
-        .map_err(|e| e.to_string())
-        .and_then(|json| {
-            serde_json::from_str::<genro_config::Config>(&json).map_err(|e| e.to_string())
-        })
-        .map_err(|err| {
-            eprintln!("genro-asgi {who}: no usable configuration from the supervisor ({err}); this subcommand is internal");
-            exit::CONFIG
-        })
-}
-
-/// The supervisor's control socket, passed to a child in the environment.
-fn child_control(who: &str) -> Result<PathBuf, i32> {
-    std::env::var_os(genro_shared::ENV_CONTROL)
-        .map(PathBuf::from)
-        .ok_or_else(|| {
-            eprintln!(
-                "genro-asgi {who}: {} is not set; this subcommand is internal",
-                genro_shared::ENV_CONTROL
-            );
-            exit::CONFIG
-        })
-}
-
 fn run_front(cli: FrontCli) -> i32 {
-    let config = match child_config("front") {
+    let config = match genro_shared::child::config("front") {
         Ok(config) => config,
         Err(code) => return code,
     };
-    crate::logs::init(&config, crate::logs::Process::Front);
-    let control = match child_control("front") {
+    genro_shared::logs::init(&config, genro_shared::logs::Process::Front);
+    let control = match genro_shared::child::control("front") {
         Ok(control) => control,
         Err(code) => return code,
     };
@@ -224,27 +188,5 @@ fn run_front(cli: FrontCli) -> i32 {
         control,
         udp_fd: genro_shared::LISTEN_FD,
         generation: cli.generation,
-    })
-}
-
-fn run_worker(cli: WorkerCli) -> i32 {
-    let config = match child_config("worker") {
-        Ok(config) => config,
-        Err(code) => return code,
-    };
-    crate::logs::init(&config, crate::logs::Process::Worker(cli.slot));
-    if cli.check {
-        return genro_worker::check(&config);
-    }
-    let control = match child_control("worker") {
-        Ok(control) => control,
-        Err(code) => return code,
-    };
-    genro_worker::run(genro_worker::WorkerArgs {
-        slot: cli.slot,
-        generation: cli.generation,
-        config,
-        control,
-        listen_fd: genro_shared::LISTEN_FD,
     })
 }

@@ -41,15 +41,9 @@ pub struct Observed {
     workers: IntGauge,
 }
 
-impl Default for Observed {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Observed {
-    /// Registers the series.
-    pub fn new() -> Self {
+    /// Registers the series; `python_version` is the workers' (`3.12`).
+    pub fn new(python_version: &str) -> Self {
         let registry =
             Registry::new_custom(Some(metrics::PREFIX.to_owned()), None).expect("valid prefix");
         let restarts = metrics::counter_vec(
@@ -71,13 +65,10 @@ impl Observed {
         metrics::gauge_vec(
             &registry,
             "build_info",
-            "Always 1; the labels tell the genro-asgi and embedded Python versions.",
+            "Always 1; the labels tell the genro-asgi version and the workers' Python version.",
             &["version", "python_version"],
         )
-        .with_label_values(&[
-            env!("CARGO_PKG_VERSION"),
-            genro_worker::python::EMBEDDED_VERSION,
-        ])
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), python_version])
         .set(1);
         // The labels an operator alerts on exist from the start, at 0.
         for reason in ["exit", "signal", "hung"] {

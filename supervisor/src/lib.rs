@@ -8,7 +8,7 @@ pub mod control;
 pub mod ctl;
 pub mod endpoints;
 pub mod fleet;
-pub mod logs;
+pub mod interpreter;
 pub mod notify;
 pub mod serve;
 pub mod sockets;

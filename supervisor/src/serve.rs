@@ -12,6 +12,7 @@
 
 use crate::control::{self, Incoming};
 use crate::endpoints::{Observed, Probe};
+use crate::interpreter::Interpreter;
 use crate::fleet::{
     Beat, Command, Fleet, Hang, Phase, Refused, Settings, Unit, Worker, WorkerState,
 };
@@ -48,7 +49,7 @@ pub type Reloader = Box<dyn Fn() -> Result<Loaded, ConfigError>>;
 /// Runs the server; returns the exit code.
 pub fn run(loaded: Loaded, reloader: Reloader) -> i32 {
     let config = &loaded.config;
-    crate::logs::init(config, crate::logs::Process::Supervisor);
+    genro_shared::logs::init(config, genro_shared::logs::Process::Supervisor);
     if let Some(note) = loaded.ignored_env_note() {
         tracing::info!("{note}");
     }
@@ -56,6 +57,13 @@ pub fn run(loaded: Loaded, reloader: Reloader) -> i32 {
         eprintln!("genro-asgi: configuration error: {message}");
         return exit::CONFIG;
     }
+    let python = match crate::interpreter::resolve(&loaded) {
+        Ok(python) => python,
+        Err(err) => {
+            eprintln!("genro-asgi: configuration error: {err}");
+            return exit::CONFIG;
+        }
+    };
     let activated = match crate::sockets::activated() {
         Ok(activated) => activated,
         Err(err) => {
@@ -74,7 +82,7 @@ pub fn run(loaded: Loaded, reloader: Reloader) -> i32 {
         }
     };
     let run_dir = run_dir(config);
-    let code = match runtime.block_on(supervise(&loaded, &run_dir, reloader, activated)) {
+    let code = match runtime.block_on(supervise(&loaded, python, &run_dir, reloader, activated)) {
         Ok(code) => code,
         Err(err) => {
             tracing::error!("{err:#}");
@@ -94,7 +102,10 @@ pub(crate) fn preflight(config: &Config) -> Result<(), String> {
     if config.application.app.is_empty() {
         return Err("no app to serve: set [application] app = module:attr in the config file, GENRO_ASGI_APPLICATION_APP, or --app".into());
     }
-    genro_worker::server::tls_acceptor(config).map_err(|e| format!("{e:#}"))?;
+    if config.ssl.enabled {
+        genro_shared::tls::server_config(&config.ssl, config.ssl.min_version, &[b"h2"])
+            .map_err(|e| format!("{e:#}"))?;
+    }
     genro_shared::access::AccessFormat::parse(&config.logging.access_format).map_err(|e| {
         format!(
             "[logging] access_format = {:?}: {e}",
@@ -162,6 +173,8 @@ impl Drop for FrontSocket {
 /// Starts worker processes; owns the slot sockets.
 struct Spawner {
     exe: PathBuf,
+    /// The interpreter workers run in (`<python> -m genro_asgi_worker`).
+    python: Interpreter,
     addr: SocketAddr,
     backlog: u32,
     config_json: String,
@@ -183,7 +196,8 @@ struct Spawner {
 }
 
 impl Spawner {
-    fn configure(&mut self, config: &Config) -> anyhow::Result<()> {
+    fn configure(&mut self, config: &Config, python: Interpreter) -> anyhow::Result<()> {
+        self.python = python;
         self.config_json =
             serde_json::to_string(config).context("serializing the configuration")?;
         self.title = match config.application.name.as_str() {
@@ -230,14 +244,21 @@ impl Spawner {
             }
             None => None,
         };
+        // The worker's title is set by the worker itself (`--title`): a custom argv[0] would
+        // make CPython lose the virtualenv's sys.prefix.
+        let title = format!("genro-asgi: worker {slot}{}", self.title);
         let args = [
-            "worker",
+            "-m",
+            crate::interpreter::WORKER_MODULE,
             "--slot",
             &slot.to_string(),
             "--generation",
             &generation.to_string(),
+            "--title",
+            &title,
         ];
-        let child = self.launch(&format!("worker {slot}"), &args, fds)?;
+        let python = self.python.program().to_owned();
+        let child = self.launch(&python, None, &args, fds)?;
         if let (Some((socket, _listener)), Some(pid)) = (front, child.id()) {
             self.front_sockets.insert(pid, socket);
         }
@@ -251,23 +272,28 @@ impl Spawner {
         };
         let fds = vec![(udp.as_raw_fd(), genro_shared::LISTEN_FD)];
         let args = ["front", "--generation", &generation.to_string()];
-        self.launch("http3 front", &args, fds)
+        let title = format!("genro-asgi: http3 front{}", self.title);
+        self.launch(&self.exe, Some(title), &args, fds)
     }
 
-    /// Re-executes this binary as a child: `fds` are (ours, theirs) descriptors to pass.
+    /// Starts `program` as a child (with `arg0` as its process title when given): `fds`
+    /// are (ours, theirs) descriptors to pass.
     fn launch(
         &self,
-        what: &str,
+        program: &Path,
+        arg0: Option<String>,
         args: &[&str],
         fds: Vec<(i32, i32)>,
     ) -> std::io::Result<tokio::process::Child> {
-        let mut command = std::process::Command::new(&self.exe);
+        let mut command = std::process::Command::new(program);
+        if let Some(arg0) = arg0 {
+            command.arg0(arg0);
+        }
         if let Some(secret) = &self.secret_key {
             // The app reads its secret from the environment, whatever source set it.
             command.env("GENRO_ASGI_APPLICATION_SECRET_KEY", secret);
         }
         command
-            .arg0(format!("genro-asgi: {what}{}", self.title))
             .args(args)
             .env(genro_shared::ENV_CONFIG, &self.config_json)
             .env(genro_shared::ENV_CONTROL, &self.control_path)
@@ -848,10 +874,14 @@ impl Supervisor {
                 )
             }
         };
-        let mut config = loaded.config;
-        if let Err(message) = preflight(&config) {
+        if let Err(message) = preflight(&loaded.config) {
             return refuse(reply, format!("reload aborted: configuration error: {message}; the running workers keep serving"));
         }
+        let python = match crate::interpreter::resolve(&loaded) {
+            Ok(python) => python,
+            Err(err) => return refuse(reply, format!("reload aborted: configuration error: {err}; the running workers keep serving")),
+        };
+        let mut config = loaded.config;
         self.keep_http3(&mut config);
         self.keep_metrics(&mut config);
         let config = &config;
@@ -866,7 +896,10 @@ impl Supervisor {
             Ok(commands) => commands,
             Err(refused) => return refuse(reply, format!("reload refused: {refused}")),
         };
-        if let Err(err) = self.spawner.configure(config) {
+        if python.program() != self.spawner.python.program() {
+            tracing::info!("workers now run in {}", python.describe());
+        }
+        if let Err(err) = self.spawner.configure(config, python) {
             return refuse(reply, format!("reload aborted: {err:#}"));
         }
         if let Some(pid) = self.fleet.front_pid() {
@@ -1085,6 +1118,7 @@ impl Supervisor {
 
 async fn supervise(
     loaded: &Loaded,
+    python: Interpreter,
     run_dir: &Path,
     reloader: Reloader,
     activated: Option<Socket>,
@@ -1169,8 +1203,9 @@ async fn supervise(
         udp,
         title: String::new(),
         secret_key: None,
+        python: python.clone(),
     };
-    spawner.configure(config)?;
+    spawner.configure(config, python.clone())?;
     let scheme = if config.ssl.enabled { "https" } else { "http" };
     let mut url = format!("{scheme}://{bound}");
     if let Some(udp) = spawner.udp.as_ref().and_then(|u| u.local_addr().ok()) {
@@ -1182,6 +1217,7 @@ async fn supervise(
         config.server.workers,
         config.application.app
     );
+    tracing::info!("workers run in {}", python.describe());
     let mut fleet = Fleet::new(config.server.workers, settings(config));
     if config.http3.enabled {
         fleet = fleet.with_front();
@@ -1201,7 +1237,10 @@ async fn supervise(
         queries: HashMap::new(),
         next_query: 0,
         front_slots: None,
-        observed: Observed::new(),
+        observed: Observed::new(&format!(
+            "{}.{}",
+            python.probe.version_info.0, python.probe.version_info.1
+        )),
         hung_pids: Default::default(),
         reloading: false,
         webhook: start_webhook(config)?,

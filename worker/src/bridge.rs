@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyStopIteration};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::sync::GILOnceCell;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -402,7 +402,7 @@ struct PyState {
     sent: Py<Ready>,
 }
 
-static PY: GILOnceCell<PyState> = GILOnceCell::new();
+static PY: PyOnceLock<PyState> = PyOnceLock::new();
 
 /// Objects the bridge needs from the Python side, given once at start-up.
 #[derive(Debug)]
@@ -1267,7 +1267,7 @@ async fn pump_file(file: std::fs::File, tx: mpsc::Sender<Chunk>) {
 fn outbound_from_py(message: &Bound<'_, PyAny>) -> Result<Outbound, String> {
     let py = message.py();
     let dict = message
-        .downcast::<PyDict>()
+        .cast::<PyDict>()
         .map_err(|_| format!("send() takes a dict, got {}", type_name(message)))?;
     let kind: String = match dict.get_item(intern!(py, "type")).ok().flatten() {
         Some(kind) => kind
@@ -1351,10 +1351,10 @@ pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
 }
 
 pub(crate) fn bytes_from_py(obj: &Bound<'_, PyAny>) -> Option<Bytes> {
-    if let Ok(b) = obj.downcast::<PyBytes>() {
+    if let Ok(b) = obj.cast::<PyBytes>() {
         return Some(Bytes::copy_from_slice(b.as_bytes()));
     }
-    if let Ok(b) = obj.downcast::<pyo3::types::PyByteArray>() {
+    if let Ok(b) = obj.cast::<pyo3::types::PyByteArray>() {
         return Some(Bytes::from(b.to_vec()));
     }
     None

@@ -1,9 +1,11 @@
-//! The genro-asgi worker: embeds CPython, imports the ASGI app, runs its lifespan, and
-//! serves HTTP/1.1 and HTTP/2 on the slot's inherited socket.
+//! The genro-asgi worker: a CPython extension module (`genro_asgi_worker._native`) that the
+//! supervisor starts in the user's own python as `python -m genro_asgi_worker`. It imports
+//! the ASGI app, runs its lifespan, and serves HTTP/1.1 and HTTP/2 on the slot's inherited
+//! socket.
 //!
-//! Start-up, in order:
+//! Start-up, in order (`module::main`, then [`run`]):
 //! 1. connect to the supervisor's control socket and say hello;
-//! 2. start CPython for the user's environment and import the app (failure: exit 3);
+//! 2. import the app (failure: exit 3);
 //! 3. create the event loop and run lifespan startup (failure: exit 4);
 //! 4. start serving on the tokio threads and report ready;
 //! 5. run the asyncio loop on this (main) thread until the drain finished;
@@ -15,10 +17,11 @@ pub mod bridge;
 pub mod forwarded;
 pub mod health;
 pub mod metrics;
-pub mod python;
+mod module;
 pub mod registry;
 pub mod response;
 pub mod server;
+mod title;
 pub mod watchdog;
 pub mod websocket;
 
@@ -97,9 +100,10 @@ fn log_record(
     }
 }
 
-/// Runs the worker; returns the process exit code.
-pub fn run(args: WorkerArgs) -> i32 {
-    match run_inner(args) {
+/// Runs the worker on the calling (main) thread of the python that imported the module;
+/// returns the process exit code.
+pub fn run(py: Python<'_>, args: WorkerArgs) -> i32 {
+    match run_inner(py, args) {
         Ok(code) => code,
         Err(err) => {
             tracing::error!("worker failed: {err:#}");
@@ -108,7 +112,7 @@ pub fn run(args: WorkerArgs) -> i32 {
     }
 }
 
-fn run_inner(args: WorkerArgs) -> anyhow::Result<i32> {
+fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
     use anyhow::Context;
     let config = Arc::new(args.config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -150,19 +154,6 @@ fn run_inner(args: WorkerArgs) -> anyhow::Result<i32> {
         }
     };
 
-    let executable = match python::initialize() {
-        Ok(exe) => exe,
-        Err(err) => {
-            tracing::error!("{err}");
-            return Ok(exit::APP_LOAD);
-        }
-    };
-    tracing::debug!(
-        "python {} ({})",
-        python::EMBEDDED_VERSION,
-        executable.display()
-    );
-
     let notify = config.errors.notify_critical && config.errors.notify_webhook.is_some();
     let (notices, notices_rx) = if notify {
         let (tx, rx) = tokio::sync::mpsc::channel(NOTICES);
@@ -189,7 +180,7 @@ fn run_inner(args: WorkerArgs) -> anyhow::Result<i32> {
     });
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    Python::with_gil(|py| -> anyhow::Result<i32> {
+    let code = (|| -> anyhow::Result<i32> {
         let glue = load_glue(py).context("loading the worker glue")?;
         let python_level = match config.logging.level {
             LogLevel::Trace => 1,
@@ -336,9 +327,13 @@ fn run_inner(args: WorkerArgs) -> anyhow::Result<i32> {
             sys.getattr("stderr")?.call_method0("flush")
         });
         // Let the server finish writing what the cancelled requests answered.
-        py.allow_threads(|| runtime.block_on(serving)).ok();
+        py.detach(|| runtime.block_on(serving)).ok();
         Ok(exit::OK)
-    })
+    })();
+    // Tokio threads may wait for the GIL (a last wake-up, a dropped Python object): let
+    // them finish without it.
+    py.detach(|| runtime.shutdown_timeout(std::time::Duration::from_secs(1)));
+    code
 }
 
 fn load_glue<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyModule>> {
@@ -464,58 +459,44 @@ fn answer(
     report
 }
 
-/// `genro-asgi check`, child side: start the interpreter, import the app, print what the
-/// workers will use. Returns the exit code.
-pub fn check(config: &Config) -> i32 {
-    let executable = match python::initialize() {
-        Ok(exe) => exe,
+/// `genro-asgi check`, worker side: import the app and print what the workers will use.
+/// Returns the exit code.
+pub fn check(py: Python<'_>, config: &Config) -> i32 {
+    let sys = match py.import("sys") {
+        Ok(sys) => sys,
         Err(err) => {
             eprintln!("python: {err}");
             return exit::APP_LOAD;
         }
     };
-    Python::with_gil(|py| {
-        let sys = match py.import("sys") {
-            Ok(sys) => sys,
-            Err(err) => {
-                eprintln!("python: {err}");
-                return exit::APP_LOAD;
-            }
-        };
-        let attr = |name: &str| sys.getattr(name).map(|v| v.to_string()).unwrap_or_default();
-        println!(
-            "python: {} (embedded {})",
-            attr("version").replace('\n', " "),
-            python::EMBEDDED_VERSION
-        );
-        println!("python executable: {}", executable.display());
-        println!("python prefix: {}", attr("prefix"));
-        println!("python sys.path: {}", attr("path"));
-        let glue = match load_glue(py) {
-            Ok(glue) => glue,
-            Err(err) => {
-                eprintln!("glue: {err}");
-                return exit::INTERNAL;
-            }
-        };
-        let _ = glue.call_method1("setup", (wrap_pyfunction!(log, py).expect("log wraps"),));
-        let spec = &config.application.app;
-        let app_dir = config.application.app_dir.display().to_string();
-        match glue.call_method1("load_app", (spec, app_dir, config.application.factory)) {
-            Ok(app) => {
-                println!(
-                    "app: {spec} -> {}",
-                    app.repr().map(|r| r.to_string()).unwrap_or_default()
-                );
-                exit::OK
-            }
-            Err(err) => {
-                eprintln!(
-                    "cannot load the app {spec:?}:\n{}",
-                    format_py_error(py, &glue, &err)
-                );
-                exit::APP_LOAD
-            }
+    let attr = |name: &str| sys.getattr(name).map(|v| v.to_string()).unwrap_or_default();
+    println!("python: {}", attr("version").replace('\n', " "));
+    println!("python executable: {}", attr("executable"));
+    println!("python prefix: {}", attr("prefix"));
+    println!("python sys.path: {}", attr("path"));
+    let glue = match load_glue(py) {
+        Ok(glue) => glue,
+        Err(err) => {
+            eprintln!("glue: {err}");
+            return exit::INTERNAL;
         }
-    })
+    };
+    let spec = &config.application.app;
+    let app_dir = config.application.app_dir.display().to_string();
+    match glue.call_method1("load_app", (spec, app_dir, config.application.factory)) {
+        Ok(app) => {
+            println!(
+                "app: {spec} -> {}",
+                app.repr().map(|r| r.to_string()).unwrap_or_default()
+            );
+            exit::OK
+        }
+        Err(err) => {
+            eprintln!(
+                "cannot load the app {spec:?}:\n{}",
+                format_py_error(py, &glue, &err)
+            );
+            exit::APP_LOAD
+        }
+    }
 }

@@ -860,7 +860,7 @@ const MAX_REASON: usize = 123;
 
 fn parse_outbound(message: &Bound<'_, PyAny>) -> Result<AppMessage, String> {
     let py = message.py();
-    let dict = message.downcast::<PyDict>().map_err(|_| {
+    let dict = message.cast::<PyDict>().map_err(|_| {
         format!(
             "send() takes a dict, got {}",
             crate::bridge::type_name(message)
@@ -910,7 +910,7 @@ fn parse_outbound(message: &Bound<'_, PyAny>) -> Result<AppMessage, String> {
                     Ok(AppMessage::Send(Frame::binary(data)))
                 }
                 (None, Some(t)) => {
-                    let text = t.downcast::<PyString>().map_err(|_| {
+                    let text = t.cast::<PyString>().map_err(|_| {
                         format!(
                             "websocket.send: \"text\" must be a str, got {}",
                             crate::bridge::type_name(&t)

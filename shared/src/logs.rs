@@ -30,7 +30,7 @@ pub fn init(config: &Config, process: Process) {
         LogLevel::Error | LogLevel::Critical => LevelFilter::ERROR,
     };
     if let Some(path) = &config.logging.file {
-        if let Err(err) = genro_shared::logfile::open(path) {
+        if let Err(err) = crate::logfile::open(path) {
             eprintln!(
                 "genro-asgi: cannot open [logging] file {}: {err}; logging to stderr",
                 path.display()
@@ -44,7 +44,7 @@ pub fn init(config: &Config, process: Process) {
     };
     let builder = tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_writer(genro_shared::logfile::line)
+        .with_writer(crate::logfile::line)
         .with_ansi(false);
     let format = config.logging.format.trim();
     let result = builder
@@ -210,7 +210,7 @@ impl Record {
                 Piece::Asctime => write!(
                     writer,
                     "{}",
-                    genro_shared::clock::Asctime(std::time::SystemTime::now())
+                    crate::clock::Asctime(std::time::SystemTime::now())
                 )?,
                 Piece::Levelname => writer.write_str(&self.levelname)?,
                 Piece::Levelno => write!(writer, "{}", self.levelno)?,
@@ -236,7 +236,7 @@ impl Record {
     fn write_json(self, writer: &mut Writer<'_>) -> std::fmt::Result {
         use serde_json::Value;
         let mut object = serde_json::Map::new();
-        let time = genro_shared::clock::Rfc3339(std::time::SystemTime::now());
+        let time = crate::clock::Rfc3339(std::time::SystemTime::now());
         object.insert("time".into(), Value::String(time.to_string()));
         object.insert("levelname".into(), Value::String(self.levelname));
         object.insert("levelno".into(), self.levelno.into());
