@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs the bundled example app (examples/server.ini, http://127.0.0.1:8000/) the way a
+# user runs genro-asgi: in a virtualenv (.venv, made from `python3` if missing) that has
+# the worker extension installed, with the `genro-asgi` command built from this checkout.
+# Extra arguments go to `genro-asgi serve` (e.g. --workers 4).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/python ] || python3 -m venv .venv
+# shellcheck disable=SC1091
+. .venv/bin/activate
+python -m pip install --quiet --disable-pip-version-check "maturin>=1.9,<2"
+maturin develop --release --locked -m worker/Cargo.toml
+cargo build --release --locked -p genro-asgi
+exec target/release/genro-asgi serve --config examples/server.ini "$@"
