@@ -45,7 +45,7 @@ esac
 # Paths given on the command line are the caller's; everything else is the repository's.
 out=$(realpath -m "$out")
 for i in "${!pythons[@]}"; do
-  if [[ ${pythons[$i]} == */* ]]; then pythons[$i]=$(realpath -m "${pythons[$i]}"); fi
+  if [[ ${pythons[$i]} == */* ]]; then pythons[$i]=$(realpath -ms "${pythons[$i]}"); fi
 done
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -76,11 +76,15 @@ if [ ${#pythons[@]} -eq 0 ]; then
   fi
   [ -x /usr/bin/python3 ] && pythons+=(/usr/bin/python3)
 fi
+# Prints "cpython 3 12 cp312" ("cp313t" for a free-threaded build); runs on any python.
+probe='import platform, sys
+v = sys.version_info
+sys.stdout.write("%s %d %d cp%d%d%s\n" % (platform.python_implementation().lower(),
+                 v[0], v[1], v[0], v[1], getattr(sys, "abiflags", "")))'
 declare -A by_tag=()
 tags=()
 for py in "${pythons[@]}"; do
-  # "cpython 3 12 cp312" ("cp313t" for a free-threaded build).
-  if ! info=$("$py" -c 'import sys; v = sys.version_info; print(sys.implementation.name, v[0], v[1], f"cp{v[0]}{v[1]}{sys.abiflags}")' 2>/dev/null); then
+  if ! info=$("$py" -c "$probe" 2>/dev/null); then
     note "skipping $py: it does not run"
     continue
   fi
@@ -120,11 +124,10 @@ export PATH="$root/$tools/bin:$PATH"
 export CARGO_TARGET_DIR="$root/target/wheel"
 
 # --- the wheels ----------------------------------------------------------------------------
-# Built into a staging folder first, so the list below is this run's wheels and a wheel
-# that fails its check never reaches --out.
-staging=$CARGO_TARGET_DIR/staging
-rm -rf "$staging"
-mkdir -p "$staging" "$out"
+# Built into a staging folder of this run's own first, so the list below is this run's
+# wheels and a wheel that fails its check never reaches --out.
+mkdir -p "$CARGO_TARGET_DIR" "$out"
+staging=$(mktemp -d "$CARGO_TARGET_DIR/staging.XXXXXX")
 build=(maturin build --zig --compatibility manylinux_2_28 --locked "${profile_args[@]}" --out "$staging")
 
 step "genro-asgi $version (py3-none), $profile profile"
@@ -150,8 +153,10 @@ for wheel in "$staging"/*.whl; do
   else
     echo "${wheel##*/}: auditwheel: consistent with $platform"
   fi
-  # The extension module must take its Python symbols from the python that loads it, so
-  # one wheel serves every build of that version: no libpython among its needed libraries.
+  # The extension module takes its Python symbols from the python that loads it: a
+  # libpython among its needed libraries would not load in a python built without a
+  # shared libpython (pyenv's and Debian's are), so none may be there (maturin sees to it
+  # with PYO3_BUILD_EXTENSION_MODULE).
   if ! python3 - "$wheel" <<'EOF'; then failed=1; fi
 import io, sys, zipfile
 from elftools.elf.elffile import ELFFile
@@ -171,6 +176,7 @@ done
 
 built=("$staging"/*.whl)
 mv -f "${built[@]}" "$out"/
+rmdir "$staging"
 step "done"
 echo "wheels in $out:"
 for wheel in "${built[@]}"; do echo "  ${wheel##*/}"; done

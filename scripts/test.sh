@@ -32,6 +32,13 @@ fi
 cargo build --locked -p genro-asgi -p genro-loadgen
 maturin develop --locked -m worker/Cargo.toml
 cargo test --locked --workspace
+# CPython 3.14 and free-threaded 3.14t are not installed here: the worker is compiled for
+# them from pyo3 interpreter descriptions (docs/ARCHITECTURE.md, "Free-threaded CPython").
+for python in cpython-3.14 cpython-3.14t; do
+  PYO3_CONFIG_FILE="$PWD/worker/pyo3-configs/$python.txt" \
+    cargo check --locked --quiet -p genro-worker --lib --target-dir target/check-py314
+  echo "worker compiles for $python"
+done
 # -rs: an interpreter the machine lacks is a visible skip note, not a silent pass.
 python -m pytest -q -rs tests/ "$@"
 # WebSocket protocol conformance (docs/CONFORMANCE.md): the Autobahn|Testsuite fuzzing

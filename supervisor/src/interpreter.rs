@@ -289,7 +289,10 @@ pub fn choose(loaded: &Loaded, around: &Surroundings) -> Result<Candidate, Inter
                 choice: Choice::BesideCommand(bin.to_owned()),
             });
         }
-        tried.push(format!("a python3 beside genro-asgi in {} (none)", bin.display()));
+        tried.push(format!(
+            "a python3 beside genro-asgi in {} (none)",
+            bin.display()
+        ));
     }
     match first {
         Some(bin) => Ok(Candidate {
@@ -368,20 +371,18 @@ fn is_executable(path: &Path) -> bool {
 pub fn probe(candidate: &Candidate) -> Result<Probe, InterpreterError> {
     let program = candidate.program.display().to_string();
     let choice = candidate.choice.clone();
-    let out = run_bounded(
-        Command::new(&candidate.program).args(["-m", WORKER_MODULE, "--probe"]),
-    )
-    .map_err(|error| match error {
-        RunError::Io(error) => InterpreterError::CannotRun {
-            program: program.clone(),
-            choice: choice.clone(),
-            error,
-        },
-        RunError::Timeout => InterpreterError::Timeout {
-            program: program.clone(),
-            choice: choice.clone(),
-        },
-    })?;
+    let out = run_bounded(Command::new(&candidate.program).args(["-m", WORKER_MODULE, "--probe"]))
+        .map_err(|error| match error {
+            RunError::Io(error) => InterpreterError::CannotRun {
+                program: program.clone(),
+                choice: choice.clone(),
+                error,
+            },
+            RunError::Timeout => InterpreterError::Timeout {
+                program: program.clone(),
+                choice: choice.clone(),
+            },
+        })?;
     let answer = std::str::from_utf8(&out.stdout)
         .ok()
         .and_then(|text| text.lines().rev().find(|l| l.starts_with('{')))
@@ -430,10 +431,9 @@ pub fn probe(candidate: &Candidate) -> Result<Probe, InterpreterError> {
 
 /// `major.minor` of `python`, asked in a way every Python answers.
 fn python_version(python: &Path) -> Option<String> {
-    let out = run_bounded(Command::new(python).args([
-        "-c",
-        "import sys; print('%d.%d.%d' % sys.version_info[:3])",
-    ]))
+    let out = run_bounded(
+        Command::new(python).args(["-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"]),
+    )
     .ok()?;
     out.status.success().then_some(())?;
     Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
@@ -500,8 +500,7 @@ mod tests {
         fn new() -> Self {
             static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
             let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let dir =
-                std::env::temp_dir().join(format!("genro-interp-{}-{n}", std::process::id()));
+            let dir = std::env::temp_dir().join(format!("genro-interp-{}-{n}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             TempDir(dir)
         }
@@ -607,7 +606,13 @@ mod tests {
             path: path_of(&[&tmp.0.join("empty")]),
         };
         let err = choose(&loaded(None), &around).unwrap_err().to_string();
-        for needle in ["not a virtualenv", "VIRTUAL_ENV (not set)", "first on PATH", "python3 on PATH (none)", "[application] python"] {
+        for needle in [
+            "not a virtualenv",
+            "VIRTUAL_ENV (not set)",
+            "first on PATH",
+            "python3 on PATH (none)",
+            "[application] python",
+        ] {
             assert!(err.contains(needle), "{needle:?} not in {err}");
         }
     }
@@ -634,7 +639,10 @@ mod tests {
         assert_eq!(found.program, custom);
         let err = choose(&loaded(Some("python3.99")), &around).unwrap_err();
         assert!(err.to_string().contains("not found on PATH"), "{err}");
-        assert!(err.to_string().contains("GENRO_ASGI_APPLICATION_PYTHON"), "{err}");
+        assert!(
+            err.to_string().contains("GENRO_ASGI_APPLICATION_PYTHON"),
+            "{err}"
+        );
         let err = choose(&loaded(Some("/nowhere/python3")), &around).unwrap_err();
         assert!(err.to_string().contains("no such file"), "{err}");
     }

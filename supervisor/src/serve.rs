@@ -12,10 +12,10 @@
 
 use crate::control::{self, Incoming};
 use crate::endpoints::{Observed, Probe};
-use crate::interpreter::Interpreter;
 use crate::fleet::{
     Beat, Command, Fleet, Hang, Phase, Refused, Settings, Unit, Worker, WorkerState,
 };
+use crate::interpreter::Interpreter;
 use crate::notify::Notifier;
 use crate::webhook::Webhook;
 use anyhow::Context;
@@ -879,7 +879,12 @@ impl Supervisor {
         }
         let python = match crate::interpreter::resolve(&loaded) {
             Ok(python) => python,
-            Err(err) => return refuse(reply, format!("reload aborted: configuration error: {err}; the running workers keep serving")),
+            Err(err) => return refuse(
+                reply,
+                format!(
+                    "reload aborted: configuration error: {err}; the running workers keep serving"
+                ),
+            ),
         };
         let mut config = loaded.config;
         self.keep_http3(&mut config);

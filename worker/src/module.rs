@@ -3,7 +3,7 @@
 //! the arguments the supervisor gave, sets the process title, takes the signals away from
 //! Python, installs the log sink and runs the worker (or the `check`).
 
-use crate::{WorkerArgs, check, run};
+use crate::{check, run, WorkerArgs};
 use clap::Parser;
 use genro_shared::exit;
 use pyo3::prelude::*;
@@ -34,7 +34,8 @@ struct Cli {
 /// process exit code (`genro_shared::exit`).
 #[pyfunction]
 fn main(py: Python<'_>, argv: Vec<String>) -> i32 {
-    let cli = match Cli::try_parse_from(std::iter::once("genro_asgi_worker".to_owned()).chain(argv)) {
+    let cli = match Cli::try_parse_from(std::iter::once("genro_asgi_worker".to_owned()).chain(argv))
+    {
         Ok(cli) => cli,
         Err(err) => {
             let _ = err.print();
