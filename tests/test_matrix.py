@@ -45,7 +45,7 @@ APP = textwrap.dedent('''\
     import os
     import sys
 
-    from fastapi import FastAPI, Request, WebSocket
+    from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 
 
     @contextlib.asynccontextmanager
@@ -65,9 +65,12 @@ APP = textwrap.dedent('''\
     @app.websocket("/ws")
     async def echo(websocket: WebSocket):
         await websocket.accept()
-        while True:
-            text = await websocket.receive_text()
-            await websocket.send_text("%s from %s" % (text, sys.version.split()[0]))
+        try:
+            while True:
+                text = await websocket.receive_text()
+                await websocket.send_text("%s from %s" % (text, sys.version.split()[0]))
+        except WebSocketDisconnect:
+            pass
 ''')
 
 
