@@ -1,6 +1,7 @@
 """Configuration as users meet it: the INI people write for Python, TOML, env vars and
 flags with their precedence, `check`, and errors that name key, source and expectation."""
 
+import os
 import re
 import httpx
 
@@ -124,8 +125,13 @@ def test_json_log_format(server):
 def test_app_name_in_process_title_and_secret_in_env(server):
     s = server(sections={"application": {"name": "shop", "secret_key": "s3cr3t"}})
     (pid,) = s.worker_pids()
+    # The worker runs as `python -m genro_asgi_worker ... --title ...` (a custom argv[0]
+    # would cost CPython the venv) and writes its title over its own arguments.
     with open("/proc/%d/cmdline" % pid, "rb") as f:
-        assert b"genro-asgi: worker 0 [shop]" in f.read()
+        assert f.read().rstrip(b"\0") == b"genro-asgi: worker 0 [shop]"
+    with open("/proc/%d/comm" % pid) as f:
+        assert f.read().strip() == "genro-worker-0"
+    assert "python" in os.path.basename(os.readlink("/proc/%d/exe" % pid))
     r = httpx.get(s.url + "/env?name=GENRO_ASGI_APPLICATION_SECRET_KEY", timeout=5)
     assert r.text == "s3cr3t"
     s.stop()

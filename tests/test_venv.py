@@ -217,3 +217,25 @@ def requests_in_flight(s):
     r = ctl(s, "requests", "--json")
     assert r.returncode == 0, r.stderr
     return [req for worker in json.loads(r.stdout).get("workers", []) for req in worker.get("requests", [])]
+
+
+def test_reload_switches_interpreter_or_keeps_the_fleet(server, tmp_path, venv):
+    """A reload chooses and probes the interpreter again: one that cannot run a worker
+    aborts the reload (the running workers keep serving, `ctl reload` says why); a good
+    one replaces the workers, which then run in it."""
+    _, _, env = venv
+    s = server(env=env, sections={"application": {"app": "venvapp:app", "app_dir": str(tmp_path)}})
+    assert answer(s)[0] == "from-venv"
+    before = s.worker_pids()
+    text = s.config.read_text()
+    s.config.write_text(text.replace("[application]\n", "[application]\npython = /nowhere/bin/python3\n"))
+    r = ctl(s, "reload")
+    assert r.returncode != 0 and "[application] python = /nowhere/bin/python3" in r.stdout + r.stderr, (r.stdout, r.stderr)
+    assert "the running workers keep serving" in r.stdout + r.stderr
+    assert s.worker_pids() == before and answer(s)[0] == "from-venv"
+    other, _ = make_venv(tmp_path, name="other")
+    s.config.write_text(text.replace("[application]\n", "[application]\npython = %s\n" % (other / "bin" / "python3")))
+    r = ctl(s, "reload")
+    assert r.returncode == 0, (r.stdout, r.stderr, s.log)
+    s.wait_log("workers now run in cpython", 30)
+    wait_for(lambda: answer(s)[0] == "from-other", 30, "a worker of the new interpreter")

@@ -96,6 +96,11 @@ pub fn run(loaded: Loaded, reloader: Reloader) -> i32 {
     code
 }
 
+/// The answer to a reload whose new configuration cannot be used.
+fn config_aborted(err: &dyn std::fmt::Display) -> String {
+    format!("reload aborted: configuration error: {err}; the running workers keep serving")
+}
+
 /// Checks what the schema cannot: an app to serve, and TLS files that load (in Rust, before
 /// any worker: a bad file is a configuration error, not a worker crash loop).
 pub(crate) fn preflight(config: &Config) -> Result<(), String> {
@@ -357,6 +362,12 @@ enum Event {
     Probe(Probe),
     /// A removed slot's worker may drain now: the front has let go of the slot.
     Drain(u32),
+    /// A reload's interpreter was chosen and probed (or could not be).
+    Resolved {
+        loaded: Box<Loaded>,
+        python: Box<Result<Interpreter, crate::interpreter::InterpreterError>>,
+        reply: Option<oneshot::Sender<Message>>,
+    },
 }
 
 /// Where the answers to a query go.
@@ -407,6 +418,9 @@ struct Supervisor {
     started: Instant,
     /// A `ctl reload` waiting for the outcome.
     reload_reply: Option<oneshot::Sender<Message>>,
+    /// A reload is choosing and probing its interpreter (between `reload` and
+    /// `handle_resolved`); another reload is refused meanwhile.
+    resolving: bool,
     /// Worker count from a reloaded config, applied once the reload finished.
     pending_scale: Option<usize>,
     app: String,
@@ -850,41 +864,59 @@ impl Supervisor {
     }
 
     /// Re-reads the configuration and starts replacing the workers.
+    /// A reload, first half: re-read the configuration, then choose and probe the
+    /// interpreter on a blocking thread (it starts a python: 60-80 ms, at most the probe's
+    /// timeout) so the loop keeps serving heartbeats and `ctl` meanwhile; the second half
+    /// is [`Supervisor::handle_resolved`].
     fn reload(&mut self, reply: Option<oneshot::Sender<Message>>) -> Vec<Command> {
-        let observed = self.observed.clone();
-        let refuse = |reply: Option<oneshot::Sender<Message>>, message: String| {
-            tracing::error!("{message}");
-            observed.reload(false);
-            if let Some(reply) = reply {
-                let _ = reply.send(Message::Error { message });
-            }
-            Vec::new()
-        };
-        if self.fleet.is_reloading() {
-            return refuse(reply, Refused::Reloading.to_string());
+        if self.fleet.is_reloading() || self.resolving {
+            return self.refuse_reload(reply, Refused::Reloading.to_string());
         }
         let loaded = match (self.reloader)() {
             Ok(loaded) => loaded,
-            Err(err) => {
-                return refuse(
-                    reply,
-                    format!(
-                    "reload aborted: configuration error: {err}; the running workers keep serving"
-                ),
-                )
-            }
+            Err(err) => return self.refuse_reload(reply, config_aborted(&err)),
         };
         if let Err(message) = preflight(&loaded.config) {
-            return refuse(reply, format!("reload aborted: configuration error: {message}; the running workers keep serving"));
+            return self.refuse_reload(reply, config_aborted(&message));
         }
-        let python = match crate::interpreter::resolve(&loaded) {
-            Ok(python) => python,
-            Err(err) => return refuse(
+        self.resolving = true;
+        let events = self.events.clone();
+        tokio::task::spawn_blocking(move || {
+            let python = crate::interpreter::resolve(&loaded);
+            let _ = events.blocking_send(Event::Resolved {
+                loaded: Box::new(loaded),
+                python: Box::new(python),
                 reply,
-                format!(
-                    "reload aborted: configuration error: {err}; the running workers keep serving"
-                ),
-            ),
+            });
+        });
+        Vec::new()
+    }
+
+    fn refuse_reload(
+        &self,
+        reply: Option<oneshot::Sender<Message>>,
+        message: String,
+    ) -> Vec<Command> {
+        tracing::error!("{message}");
+        self.observed.reload(false);
+        if let Some(reply) = reply {
+            let _ = reply.send(Message::Error { message });
+        }
+        Vec::new()
+    }
+
+    /// A reload, second half: the interpreter for the new workers is known (or the reload
+    /// is refused and the running fleet keeps serving).
+    fn handle_resolved(
+        &mut self,
+        loaded: Loaded,
+        python: Result<Interpreter, crate::interpreter::InterpreterError>,
+        reply: Option<oneshot::Sender<Message>>,
+    ) -> Vec<Command> {
+        self.resolving = false;
+        let python = match python {
+            Ok(python) => python,
+            Err(err) => return self.refuse_reload(reply, config_aborted(&err)),
         };
         let mut config = loaded.config;
         self.keep_http3(&mut config);
@@ -899,13 +931,13 @@ impl Supervisor {
         }
         let commands = match self.fleet.handle_reload() {
             Ok(commands) => commands,
-            Err(refused) => return refuse(reply, format!("reload refused: {refused}")),
+            Err(refused) => return self.refuse_reload(reply, format!("reload refused: {refused}")),
         };
         if python.program() != self.spawner.python.program() {
             tracing::info!("workers now run in {}", python.describe());
         }
         if let Err(err) = self.spawner.configure(config, python) {
-            return refuse(reply, format!("reload aborted: {err:#}"));
+            return self.refuse_reload(reply, format!("reload aborted: {err:#}"));
         }
         if let Some(pid) = self.fleet.front_pid() {
             let configure = Message::Configure {
@@ -1236,6 +1268,7 @@ async fn supervise(
         events: events_tx,
         started: Instant::now(),
         reload_reply: None,
+        resolving: false,
         pending_scale: None,
         app: config.application.app.clone(),
         url,
@@ -1378,6 +1411,7 @@ async fn supervise(
                     sup.probe(probe);
                     Vec::new()
                 }
+                Event::Resolved { loaded, python, reply } => sup.handle_resolved(*loaded, *python, reply),
             },
             _ = sigterm.recv() => {
                 tracing::info!("SIGTERM: draining");
