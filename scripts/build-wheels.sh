@@ -111,7 +111,7 @@ fi
 # --- the tools -----------------------------------------------------------------------------
 # ziglang: 0.17.1 is tested; a new zig release can break maturin's linker wrapper.
 tools=target/wheel-tools
-requirements=('maturin>=1.9,<2' 'ziglang<0.18' 'auditwheel>=6')
+requirements=('maturin>=1.9.4,<2' 'ziglang<0.18' 'auditwheel>=6')
 if [ "$(cat "$tools/requirements" 2>/dev/null)" != "${requirements[*]}" ]; then
   step "installing ${requirements[*]} into $tools"
   rm -rf "$tools"

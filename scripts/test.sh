@@ -6,10 +6,6 @@
 # `maturin develop`, so the workers run in that venv's python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -x .venv/bin/python ] || python3 -m venv .venv
-# shellcheck disable=SC1091
-. .venv/bin/activate
-python -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 # Debian packages: wrk drives the reload-under-load tests; chromium is the browser the
 # HTTP/3 tests force onto QUIC; tini is the container image's PID 1 (tests/test_docker.py).
 missing=()
@@ -29,6 +25,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "note: ${missing[*]} not installed; the tests that need them will be skipped" >&2
   fi
 fi
+# The venv (remade if an earlier attempt left one without pip).
+.venv/bin/python -m pip --version >/dev/null 2>&1 || { rm -rf .venv && python3 -m venv .venv; }
+# shellcheck disable=SC1091
+. .venv/bin/activate
+python -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 cargo build --locked -p genro-asgi -p genro-loadgen
 maturin develop --locked -m worker/Cargo.toml
 cargo test --locked --workspace

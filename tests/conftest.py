@@ -6,6 +6,7 @@ The binary is target/debug/genro-asgi unless GENRO_ASGI_BIN names another one.""
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
@@ -224,7 +225,9 @@ def ready_pids(s):
 # with zig, dev profile, in target/wheel; minutes from scratch, seconds when cached): the
 # `genro-asgi` command's wheel and a worker wheel for every CPython it finds.
 BASE_PYTHON = sys._base_executable
-WHEELHOUSE = ROOT / "target" / "wheels"
+# Not target/wheels, where `scripts/build-wheels.sh --profile release` puts a user's own.
+WHEELHOUSE = ROOT / "target" / "test-wheels"
+VERSION = re.search(r'^version = "([^"]+)"', (ROOT / "Cargo.toml").read_text(), re.M).group(1)
 
 
 def run_ok(*args, env=None, cwd=None, timeout=900):
@@ -248,21 +251,22 @@ def clean_env(**extra):
 def wheelhouse():
     """The folder of built wheels (scripts/build-wheels.sh)."""
     env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    shutil.rmtree(WHEELHOUSE, ignore_errors=True)
     run_ok("bash", ROOT / "scripts" / "build-wheels.sh", "--out", WHEELHOUSE, cwd=ROOT, env=env, timeout=3600)
     return WHEELHOUSE
 
 
 def python_tag(python):
     """`cp312` for the interpreter at `python`."""
-    r = run_ok(python, "-c", "import sys; print('cp%d%d' % sys.version_info[:2])")
+    r = run_ok(python, "-c", "import sys; print('cp%d%d%s' % (sys.version_info[:2] + (sys.abiflags,)))")
     return r.stdout.strip()
 
 
 def wheels_for(wheelhouse, python):
     """The command's wheel and the worker wheel for `python`."""
-    (command,) = wheelhouse.glob("genro_asgi-*-py3-none-*.whl")
+    (command,) = wheelhouse.glob("genro_asgi-%s-py3-none-*.whl" % VERSION)
     tag = python_tag(python)
-    workers = list(wheelhouse.glob("genro_asgi_worker-*-%s-%s-*.whl" % (tag, tag)))
+    workers = list(wheelhouse.glob("genro_asgi_worker-%s-%s-%s-*.whl" % (VERSION, tag, tag)))
     assert len(workers) == 1, (tag, sorted(p.name for p in wheelhouse.iterdir()))
     return command, workers[0]
 

@@ -8,6 +8,7 @@ interpreter the machine lacks is skipped with a note in the summary, never passe
 
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -28,7 +29,10 @@ def pyenv_root():
 
 
 def pyenv_python(minor):
-    found = sorted(pathlib.Path(pyenv_root()).glob("versions/3.%d.*/bin/python3.%d" % (minor, minor)))
+    # Not a free-threaded build (3.13.0t): its wheel is another one (cp313t).
+    found = sorted((p for p in pathlib.Path(pyenv_root()).glob("versions/3.%d.*/bin/python3.%d" % (minor, minor))
+                    if not p.parent.parent.name.endswith("t")),
+                   key=lambda p: [int(x) for x in re.findall(r"\d+", p.parent.parent.name)])
     return found[-1] if found else None
 
 

@@ -109,6 +109,8 @@ def test_venv_of_another_installation_serves(server, tmp_path):
     python of its ABI: Debian's 3.11 serves with the cp311 extension built from pyenv's."""
     if not DEBIAN_PYTHON.exists():
         pytest.skip("no Debian python3 on this machine")
+    if pathlib.Path(sys._base_executable).resolve() == DEBIAN_PYTHON.resolve():
+        pytest.skip("the suite itself runs on Debian's python: not another installation")
     version = subprocess.run([str(DEBIAN_PYTHON), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
                              capture_output=True, text=True, timeout=30).stdout.strip()
     if version != "%d.%d" % sys.version_info[:2]:
@@ -167,13 +169,22 @@ def test_missing_configured_python_names_key_and_source(tmp_path):
 
 
 def test_python_older_than_3_10_is_refused_clearly(tmp_path):
+    """A python that cannot run the worker module is asked its version: an old one gets
+    "needs CPython 3.10 or newer" rather than "install the worker". The old python is a
+    real pyenv one where the machine has it, else a stand-in script that answers as
+    Python 3.9 would (`-m genro_asgi_worker` fails, the version query says 3.9.18)."""
     root = subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip() if \
         subprocess.run(["which", "pyenv"], capture_output=True).returncode == 0 else ""
     old = sorted(pathlib.Path(root or "/nonexistent").glob("versions/3.[6-9].*/bin/python3"))
-    if not old:
-        pytest.skip("no Python older than 3.10 on this machine")
-    err = config_error(tmp_path, {}, "--python", str(old[-1]))
-    assert "workers need CPython 3.10 or newer" in err and str(old[-1]) in err, err
+    if old:
+        python = old[-1]
+    else:
+        python = tmp_path / "python3.9"
+        python.write_text('#!/bin/sh\nif [ "$1" = -c ]; then echo 3.9.18; exit 0; fi\n'
+                          'echo "No module named genro_asgi_worker" >&2; exit 1\n')
+        python.chmod(0o755)
+    err = config_error(tmp_path, {}, "--python", str(python))
+    assert "workers need CPython 3.10 or newer" in err and str(python) in err, err
 
 
 def test_nothing_from_the_current_directory(server, tmp_path, venv):

@@ -9,14 +9,11 @@ import pathlib
 import re
 import shutil
 import tempfile
-import tomllib
 import zipfile
 
 import httpx
 
-from conftest import ROOT, Server, clean_env, run_ok as run
-
-VERSION = tomllib.loads((ROOT / "Cargo.toml").read_text())["workspace"]["package"]["version"]
+from conftest import ROOT, VERSION, Server, clean_env, run_ok as run
 
 
 def auditwheel_show(wheel):

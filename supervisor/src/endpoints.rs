@@ -14,7 +14,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus::{IntCounterVec, IntGauge, Registry};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Registry};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -39,11 +39,12 @@ pub struct Observed {
     restarts: IntCounterVec,
     reloads: IntCounterVec,
     workers: IntGauge,
+    build_info: IntGaugeVec,
 }
 
 impl Observed {
-    /// Registers the series; `python_version` is the workers' (`3.12`).
-    pub fn new(python_version: &str) -> Self {
+    /// Registers the series; `python` is the workers' version (major, minor).
+    pub fn new(python: &(u32, u32)) -> Self {
         let registry =
             Registry::new_custom(Some(metrics::PREFIX.to_owned()), None).expect("valid prefix");
         let restarts = metrics::counter_vec(
@@ -62,14 +63,12 @@ impl Observed {
         registry
             .register(Box::new(workers.clone()))
             .expect("registered once");
-        metrics::gauge_vec(
+        let build_info = metrics::gauge_vec(
             &registry,
             "build_info",
             "Always 1; the labels tell the genro-asgi version and the workers' Python version.",
             &["version", "python_version"],
-        )
-        .with_label_values(&[env!("CARGO_PKG_VERSION"), python_version])
-        .set(1);
+        );
         // The labels an operator alerts on exist from the start, at 0.
         for reason in ["exit", "signal", "hung"] {
             restarts.with_label_values(&[reason]);
@@ -77,12 +76,23 @@ impl Observed {
         for result in ["ok", "failed"] {
             reloads.with_label_values(&[result]);
         }
-        Observed {
+        let observed = Observed {
             registry,
             restarts,
             reloads,
             workers,
-        }
+            build_info,
+        };
+        observed.set_python_version(python);
+        observed
+    }
+
+    /// The workers' Python version in `build_info` (a reload may change it).
+    pub fn set_python_version(&self, (major, minor): &(u32, u32)) {
+        self.build_info.reset();
+        self.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), &format!("{major}.{minor}")])
+            .set(1);
     }
 
     /// A worker (or the front) was replaced for `reason`.

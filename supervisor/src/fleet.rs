@@ -280,6 +280,16 @@ pub struct Front {
     respawn: Respawn,
 }
 
+/// How far a reload got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Reload {
+    /// Requested: the new configuration's interpreter is being chosen and probed, off the
+    /// executor's thread; no worker has been touched yet.
+    Preparing,
+    /// Slots still to replace, one at a time.
+    Replacing(VecDeque<usize>),
+}
+
 /// Where the fleet is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -317,8 +327,8 @@ pub struct Fleet {
     slots: Vec<Slot>,
     phase: Phase,
     settings: Settings,
-    /// Slots still to replace in the running reload.
-    reload: Option<VecDeque<usize>>,
+    /// The running reload, if any.
+    reload: Option<Reload>,
     /// The HTTP/3 front, when `[http3]` is on.
     front: Option<Front>,
     /// Stopping: the workers keep serving until the front drained (its requests travel
@@ -602,7 +612,7 @@ impl Fleet {
             && worker.state == WorkerState::Ready
             && s.incoming_generation.is_none();
         if due && self.phase == Phase::Serving && self.reload.is_none() {
-            self.reload = Some(VecDeque::new());
+            self.reload = Some(Reload::Replacing(VecDeque::new()));
             return vec![self.spawn_incoming(slot)];
         }
         Vec::new()
@@ -791,8 +801,10 @@ impl Fleet {
         }
     }
 
-    /// Replaces every slot, one at a time, with a worker of a new generation.
-    pub fn handle_reload(&mut self) -> Result<Vec<Command>, Refused> {
+    /// A reload was asked for: refused unless serving with no reload running; otherwise
+    /// the fleet waits, [`Fleet::is_reloading`], until [`Fleet::handle_reload`] (the
+    /// preparation succeeded) or [`Fleet::handle_reload_abandoned`].
+    pub fn handle_reload_requested(&mut self) -> Result<(), Refused> {
         match self.phase {
             Phase::Starting => return Err(Refused::Starting),
             Phase::Stopping { .. } | Phase::Done => return Err(Refused::Stopping),
@@ -801,16 +813,38 @@ impl Fleet {
         if self.reload.is_some() {
             return Err(Refused::Reloading);
         }
-        self.reload = Some(
+        self.reload = Some(Reload::Preparing);
+        Ok(())
+    }
+
+    /// The requested reload will not happen (its configuration could not be used).
+    pub fn handle_reload_abandoned(&mut self) {
+        if self.reload == Some(Reload::Preparing) {
+            self.reload = None;
+        }
+    }
+
+    /// Replaces every slot, one at a time, with a worker of a new generation (after
+    /// [`Fleet::handle_reload_requested`], or directly).
+    pub fn handle_reload(&mut self) -> Result<Vec<Command>, Refused> {
+        match self.phase {
+            Phase::Starting => return Err(Refused::Starting),
+            Phase::Stopping { .. } | Phase::Done => return Err(Refused::Stopping),
+            Phase::Serving => {}
+        }
+        if matches!(self.reload, Some(Reload::Replacing(_))) {
+            return Err(Refused::Reloading);
+        }
+        self.reload = Some(Reload::Replacing(
             (0..self.slots.len())
                 .filter(|&i| !self.slots[i].removed)
                 .collect(),
-        );
+        ));
         Ok(self.next_replacement())
     }
 
     fn next_replacement(&mut self) -> Vec<Command> {
-        let Some(queue) = self.reload.as_mut() else {
+        let Some(Reload::Replacing(queue)) = self.reload.as_mut() else {
             return Vec::new();
         };
         match queue.pop_front() {
@@ -1179,6 +1213,32 @@ mod tests {
         let (mut fleet, now) = started(1);
         fleet.handle_exited(100, None, now);
         assert_eq!(fleet.handle_stop(now, 0), vec![Command::Exit(0)]);
+    }
+
+    #[test]
+    fn a_requested_reload_holds_other_reloads_and_scaling_until_prepared_or_abandoned() {
+        let (mut fleet, _now) = serving(2);
+        assert_eq!(fleet.handle_reload_requested(), Ok(()));
+        assert!(fleet.is_reloading());
+        assert_eq!(fleet.handle_reload_requested(), Err(Refused::Reloading));
+        assert_eq!(fleet.handle_scale(3), Err(Refused::Reloading));
+        // Abandoned: nothing was touched, and a new request is taken.
+        fleet.handle_reload_abandoned();
+        assert!(!fleet.is_reloading());
+        assert_eq!(fleet.handle_reload_requested(), Ok(()));
+        // Prepared: the replacement starts with slot 0.
+        assert_eq!(
+            fleet.handle_reload().unwrap(),
+            vec![Command::Spawn {
+                slot: 0,
+                generation: 2
+            }]
+        );
+        // Abandoning is only for a reload that has not started replacing.
+        fleet.handle_reload_abandoned();
+        assert!(fleet.is_reloading());
+        let (mut starting, _) = started(1);
+        assert_eq!(starting.handle_reload_requested(), Err(Refused::Starting));
     }
 
     #[test]

@@ -109,9 +109,17 @@ pub struct Interpreter {
 }
 
 impl Interpreter {
-    /// The program to start workers with.
+    /// The program to start workers with: the interpreter the probe ran in
+    /// (`sys.executable`), so a launcher that picks a version at each start (a pyenv shim)
+    /// cannot start workers in an interpreter that was never probed. A venv's python
+    /// reports its own path, so the venv is kept.
     pub fn program(&self) -> &Path {
-        &self.candidate.program
+        let executable = Path::new(&self.probe.executable);
+        if executable.is_absolute() && is_executable(executable) {
+            executable
+        } else {
+            &self.candidate.program
+        }
     }
 
     /// One line for the log and `check`.
@@ -156,6 +164,25 @@ pub enum InterpreterError {
         /// The operating system's error.
         #[source]
         error: std::io::Error,
+    },
+    /// `VIRTUAL_ENV` names a folder without a python (a deleted or broken venv).
+    #[error("VIRTUAL_ENV={venv} has no bin/python3: recreate the virtualenv, deactivate it, or set [application] python")]
+    BrokenVenv {
+        /// The folder.
+        venv: String,
+    },
+    /// It answered, but not with what a worker of this version prints.
+    #[error("{program} ({choice}) answered the worker probe with something unreadable ({error}): {excerpt:?}")]
+    BadAnswer {
+        /// The program.
+        program: String,
+        /// Why it was chosen.
+        choice: Choice,
+        /// What did not parse.
+        #[source]
+        error: serde_json::Error,
+        /// The start of the answer.
+        excerpt: String,
     },
     /// It did not answer in time.
     #[error("{program} ({choice}) did not answer the worker probe within {}s", PROBE_TIMEOUT.as_secs())]
@@ -261,18 +288,20 @@ pub fn choose(loaded: &Loaded, around: &Surroundings) -> Result<Candidate, Inter
                         choice: Choice::ActiveVenv(venv),
                     })
                 }
-                None => tried.push(format!(
-                    "VIRTUAL_ENV={} (no bin/python3 there)",
-                    venv.display()
-                )),
+                None => {
+                    return Err(InterpreterError::BrokenVenv {
+                        venv: venv.display().to_string(),
+                    })
+                }
             }
         }
         None => tried.push("VIRTUAL_ENV (not set)".into()),
     }
-    let first = around
-        .path
-        .as_deref()
-        .and_then(|path| std::env::split_paths(path).find(|dir| python_in(dir).is_some()));
+    // The first `python3` on PATH (a folder with only `python`, often Python 2, does not
+    // count).
+    let first = around.path.as_deref().and_then(|path| {
+        std::env::split_paths(path).find(|dir| is_executable(&dir.join("python3")))
+    });
     if let Some(bin) = &first {
         if let Some((venv, python)) = venv_python(bin) {
             return Ok(Candidate {
@@ -296,7 +325,7 @@ pub fn choose(loaded: &Loaded, around: &Surroundings) -> Result<Candidate, Inter
     }
     match first {
         Some(bin) => Ok(Candidate {
-            program: python_in(&bin).unwrap_or_else(|| bin.join("python3")),
+            program: bin.join("python3"),
             choice: Choice::OnPath,
         }),
         None => {
@@ -383,11 +412,7 @@ pub fn probe(candidate: &Candidate) -> Result<Probe, InterpreterError> {
                 choice: choice.clone(),
             },
         })?;
-    let answer = std::str::from_utf8(&out.stdout)
-        .ok()
-        .and_then(|text| text.lines().rev().find(|l| l.starts_with('{')))
-        .and_then(|line| serde_json::from_str::<Probe>(line).ok());
-    let Some(probe) = answer.filter(|_| out.status.success()) else {
+    if !out.status.success() {
         // No answer: an old Python, or no worker module. Ask for the version to tell which.
         if let Some(found) = python_version(&candidate.program) {
             if parse_version(&found).is_some_and(|v| v < MIN_PYTHON) {
@@ -411,7 +436,24 @@ pub fn probe(candidate: &Candidate) -> Result<Probe, InterpreterError> {
             choice,
             detail,
         });
-    };
+    }
+    // The answer is the last line that looks like JSON (a sitecustomize may print before).
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_default();
+    let probe = serde_json::from_str::<Probe>(line).map_err(|error| {
+        let mut excerpt = if line.is_empty() { stdout.trim() } else { line }.to_owned();
+        genro_shared::protocol::cut_text(&mut excerpt, 200);
+        InterpreterError::BadAnswer {
+            program: program.clone(),
+            choice: choice.clone(),
+            error,
+            excerpt,
+        }
+    })?;
     if probe.version_info < MIN_PYTHON {
         return Err(InterpreterError::TooOld {
             program,
@@ -462,8 +504,10 @@ fn run_bounded(command: &mut Command) -> Result<std::process::Output, RunError> 
         std::thread::spawn(move || {
             let mut buf = Vec::new();
             if let Some(mut pipe) = pipe {
-                // At most 1 MiB: the answer is one line; the rest is a traceback.
+                // Keep at most 1 MiB (the answer is one line; the rest is a traceback),
+                // and drain the rest so a chatty child never blocks on a full pipe.
                 let _ = pipe.by_ref().take(1 << 20).read_to_end(&mut buf);
+                let _ = std::io::copy(&mut pipe, &mut std::io::sink());
             }
             buf
         })
@@ -645,6 +689,35 @@ mod tests {
         );
         let err = choose(&loaded(Some("/nowhere/python3")), &around).unwrap_err();
         assert!(err.to_string().contains("no such file"), "{err}");
+    }
+
+    #[test]
+    fn a_broken_active_venv_is_an_error_and_python_2_folders_do_not_count() {
+        let tmp = TempDir::new();
+        let gone = tmp.0.join("deleted-venv");
+        let around = Surroundings {
+            exe: Some(tmp.0.join("genro-asgi")),
+            virtual_env: Some(gone.clone().into()),
+            path: None,
+        };
+        let err = choose(&loaded(None), &around).unwrap_err();
+        assert!(matches!(err, InterpreterError::BrokenVenv { .. }), "{err}");
+        assert!(err.to_string().contains(gone.to_str().unwrap()), "{err}");
+        // A folder with only `python` (Python 2, say) earlier on PATH is passed over.
+        let old = tmp.0.join("old").join("bin");
+        touch_exe(&old.join("python"));
+        let new = tmp.0.join("new").join("bin");
+        touch_exe(&new.join("python3"));
+        let around = Surroundings {
+            exe: Some(tmp.0.join("genro-asgi")),
+            virtual_env: None,
+            path: path_of(&[&old, &new]),
+        };
+        let found = choose(&loaded(None), &around).unwrap();
+        assert_eq!(
+            (found.program, found.choice),
+            (new.join("python3"), Choice::OnPath)
+        );
     }
 
     #[test]

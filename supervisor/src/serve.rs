@@ -1,9 +1,11 @@
 //! `genro-asgi serve`: runs the fleet.
 //!
-//! 1. Validate what the config cannot check alone (an app is set, TLS files load), create
-//!    the run dir, bind the slot sockets and the control socket — before any child starts.
-//! 2. Spawn one worker per slot by re-executing this binary (`worker` subcommand), the
-//!    slot's socket on fd 3, the effective config as JSON in the environment.
+//! 1. Validate what the config cannot check alone (an app is set, TLS files load), choose
+//!    and probe the workers' interpreter (`crate::interpreter`), create the run dir, bind
+//!    the slot sockets and the control socket — before any child starts.
+//! 2. Spawn one worker per slot as `<python> -m genro_asgi_worker`, the slot's socket on
+//!    fd 3, the effective config as JSON in the environment (the HTTP/3 front re-executes
+//!    this binary, `front` subcommand).
 //! 3. Feed the [`Fleet`] state machine with control events, child exits, signals, admin
 //!    requests and its own deadlines, and carry out the commands it returns, until `Exit`.
 //!
@@ -12,9 +14,7 @@
 
 use crate::control::{self, Incoming};
 use crate::endpoints::{Observed, Probe};
-use crate::fleet::{
-    Beat, Command, Fleet, Hang, Phase, Refused, Settings, Unit, Worker, WorkerState,
-};
+use crate::fleet::{Beat, Command, Fleet, Hang, Phase, Settings, Unit, Worker, WorkerState};
 use crate::interpreter::Interpreter;
 use crate::notify::Notifier;
 use crate::webhook::Webhook;
@@ -200,9 +200,17 @@ struct Spawner {
     secret_key: Option<String>,
 }
 
+/// What [`Spawner::configure`] sets: kept during a reload to undo it if the reload fails,
+/// so a worker of the old generation that is respawned later starts as it did before.
+struct Launch {
+    python: Interpreter,
+    config_json: String,
+    title: String,
+    secret_key: Option<String>,
+}
+
 impl Spawner {
     fn configure(&mut self, config: &Config, python: Interpreter) -> anyhow::Result<()> {
-        self.python = python;
         self.config_json =
             serde_json::to_string(config).context("serializing the configuration")?;
         self.title = match config.application.name.as_str() {
@@ -210,7 +218,24 @@ impl Spawner {
             name => format!(" [{name}]"),
         };
         self.secret_key = config.application.secret_key.clone();
+        self.python = python;
         Ok(())
+    }
+
+    fn launch_settings(&self) -> Launch {
+        Launch {
+            python: self.python.clone(),
+            config_json: self.config_json.clone(),
+            title: self.title.clone(),
+            secret_key: self.secret_key.clone(),
+        }
+    }
+
+    fn restore(&mut self, launch: Launch) {
+        self.python = launch.python;
+        self.config_json = launch.config_json;
+        self.title = launch.title;
+        self.secret_key = launch.secret_key;
     }
 
     fn bind(&mut self, slot: usize) -> anyhow::Result<()> {
@@ -418,9 +443,8 @@ struct Supervisor {
     started: Instant,
     /// A `ctl reload` waiting for the outcome.
     reload_reply: Option<oneshot::Sender<Message>>,
-    /// A reload is choosing and probing its interpreter (between `reload` and
-    /// `handle_resolved`); another reload is refused meanwhile.
-    resolving: bool,
+    /// How workers were started before the reload in progress (restored if it fails).
+    before_reload: Option<Launch>,
     /// Worker count from a reloaded config, applied once the reload finished.
     pending_scale: Option<usize>,
     app: String,
@@ -556,6 +580,9 @@ impl Supervisor {
                         if std::mem::take(&mut self.reloading) {
                             self.observed.reload(true);
                         }
+                        self.before_reload = None;
+                        self.observed
+                            .set_python_version(&self.spawner.python.probe.version_info);
                         tracing::info!("reload complete: every slot runs a new worker");
                         self.notifier.send(&format!(
                             "READY=1\nSTATUS=serving {} with {} worker(s)",
@@ -576,6 +603,9 @@ impl Supervisor {
                         };
                         if std::mem::take(&mut self.reloading) {
                             self.observed.reload(false);
+                        }
+                        if let Some(before) = self.before_reload.take() {
+                            self.spawner.restore(before);
                         }
                         let message = format!("reload aborted: the new worker for slot {slot} {why} before it was ready; the running workers keep serving");
                         tracing::error!("{message}");
@@ -869,17 +899,20 @@ impl Supervisor {
     /// timeout) so the loop keeps serving heartbeats and `ctl` meanwhile; the second half
     /// is [`Supervisor::handle_resolved`].
     fn reload(&mut self, reply: Option<oneshot::Sender<Message>>) -> Vec<Command> {
-        if self.fleet.is_reloading() || self.resolving {
-            return self.refuse_reload(reply, Refused::Reloading.to_string());
+        if let Err(refused) = self.fleet.handle_reload_requested() {
+            return self.refuse_reload(reply, format!("reload refused: {refused}"));
         }
         let loaded = match (self.reloader)() {
             Ok(loaded) => loaded,
-            Err(err) => return self.refuse_reload(reply, config_aborted(&err)),
+            Err(err) => {
+                self.fleet.handle_reload_abandoned();
+                return self.refuse_reload(reply, config_aborted(&err));
+            }
         };
         if let Err(message) = preflight(&loaded.config) {
+            self.fleet.handle_reload_abandoned();
             return self.refuse_reload(reply, config_aborted(&message));
         }
-        self.resolving = true;
         let events = self.events.clone();
         tokio::task::spawn_blocking(move || {
             let python = crate::interpreter::resolve(&loaded);
@@ -913,10 +946,12 @@ impl Supervisor {
         python: Result<Interpreter, crate::interpreter::InterpreterError>,
         reply: Option<oneshot::Sender<Message>>,
     ) -> Vec<Command> {
-        self.resolving = false;
         let python = match python {
             Ok(python) => python,
-            Err(err) => return self.refuse_reload(reply, config_aborted(&err)),
+            Err(err) => {
+                self.fleet.handle_reload_abandoned();
+                return self.refuse_reload(reply, config_aborted(&err));
+            }
         };
         let mut config = loaded.config;
         self.keep_http3(&mut config);
@@ -936,6 +971,7 @@ impl Supervisor {
         if python.program() != self.spawner.python.program() {
             tracing::info!("workers now run in {}", python.describe());
         }
+        let before = self.spawner.launch_settings();
         if let Err(err) = self.spawner.configure(config, python) {
             return self.refuse_reload(reply, format!("reload aborted: {err:#}"));
         }
@@ -968,6 +1004,7 @@ impl Supervisor {
         self.notifier.reloading();
         self.reload_reply = reply;
         self.reloading = true;
+        self.before_reload = Some(before);
         commands
     }
 
@@ -1268,17 +1305,14 @@ async fn supervise(
         events: events_tx,
         started: Instant::now(),
         reload_reply: None,
-        resolving: false,
+        before_reload: None,
         pending_scale: None,
         app: config.application.app.clone(),
         url,
         queries: HashMap::new(),
         next_query: 0,
         front_slots: None,
-        observed: Observed::new(&format!(
-            "{}.{}",
-            python.probe.version_info.0, python.probe.version_info.1
-        )),
+        observed: Observed::new(&python.probe.version_info),
         hung_pids: Default::default(),
         reloading: false,
         webhook: start_webhook(config)?,

@@ -54,7 +54,7 @@ pub struct WorkerArgs {
     pub listen_fd: i32,
 }
 
-const GLUE: &str = include_str!("../python/glue.py");
+const GLUE: &str = include_str!("glue.py");
 
 /// Sends a log line from Python into the worker's tracing sink.
 #[pyfunction]

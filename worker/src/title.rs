@@ -21,7 +21,9 @@ pub fn set(title: &str) -> std::io::Result<()> {
     let n = bytes.len().min(len - 1);
     // SAFETY: [start, end) is this process's own argument area, mapped and writable (the
     // initial stack), as the kernel reports it. CPython copied argv into its own strings
-    // at start-up (sys.argv, sys.orig_argv) and reads the area no more.
+    // at start-up (sys.argv, sys.orig_argv) and reads the area no more. Rust's
+    // `std::env::args()` and glibc's `program_invocation_name` still point into it and
+    // would now read the title; nothing in the worker reads them.
     unsafe {
         let area = start as *mut u8;
         std::ptr::copy_nonoverlapping(bytes.as_ptr(), area, n);
