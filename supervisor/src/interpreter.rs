@@ -106,20 +106,32 @@ pub struct Interpreter {
     pub candidate: Candidate,
     /// What it said.
     pub probe: Probe,
+    /// What workers are started with (see [`Interpreter::program`]).
+    program: PathBuf,
 }
 
 impl Interpreter {
+    /// `candidate` as `probe` described it.
+    fn new(candidate: Candidate, probe: Probe) -> Self {
+        let executable = Path::new(&probe.executable);
+        let program = if executable.is_absolute() && is_executable(executable) {
+            executable.to_owned()
+        } else {
+            candidate.program.clone()
+        };
+        Interpreter {
+            candidate,
+            probe,
+            program,
+        }
+    }
+
     /// The program to start workers with: the interpreter the probe ran in
     /// (`sys.executable`), so a launcher that picks a version at each start (a pyenv shim)
     /// cannot start workers in an interpreter that was never probed. A venv's python
     /// reports its own path, so the venv is kept.
     pub fn program(&self) -> &Path {
-        let executable = Path::new(&self.probe.executable);
-        if executable.is_absolute() && is_executable(executable) {
-            executable
-        } else {
-            &self.candidate.program
-        }
+        &self.program
     }
 
     /// One line for the log and `check`.
@@ -154,74 +166,67 @@ pub enum InterpreterError {
         /// "no such file" or "not found on PATH".
         why: &'static str,
     },
-    /// The program could not be started.
-    #[error("cannot run {program} ({choice}): {error}")]
-    CannotRun {
-        /// The program.
-        program: String,
-        /// Why it was chosen.
-        choice: Choice,
-        /// The operating system's error.
-        #[source]
-        error: std::io::Error,
-    },
     /// `VIRTUAL_ENV` names a folder without a python (a deleted or broken venv).
     #[error("VIRTUAL_ENV={venv} has no bin/python3: recreate the virtualenv, deactivate it, or set [application] python")]
     BrokenVenv {
         /// The folder.
         venv: String,
     },
-    /// It answered, but not with what a worker of this version prints.
-    #[error("{program} ({choice}) answered the worker probe with something unreadable ({error}): {excerpt:?}")]
-    BadAnswer {
+    /// The chosen interpreter cannot run workers.
+    #[error("{program} ({choice}) {why}{}", why.advice(program))]
+    Unusable {
         /// The program.
         program: String,
         /// Why it was chosen.
         choice: Choice,
+        /// What the probe found.
+        #[source]
+        why: Unusable,
+    },
+}
+
+/// What the probe found wrong with an interpreter.
+#[derive(Debug, thiserror::Error)]
+pub enum Unusable {
+    /// It could not be started.
+    #[error("cannot be started: {0}")]
+    Start(#[source] std::io::Error),
+    /// It did not answer in time.
+    #[error("did not answer the worker probe within {}s", PROBE_TIMEOUT.as_secs())]
+    Timeout,
+    /// It is older than the worker supports (its version).
+    #[error("is Python {0}; genro-asgi workers need CPython {major}.{minor} or newer", major = MIN_PYTHON.0, minor = MIN_PYTHON.1)]
+    TooOld(String),
+    /// It cannot import the worker module (the last line Python printed).
+    #[error("cannot run a worker: {0}")]
+    NoWorker(String),
+    /// The worker module is of another version (the control protocol must match).
+    #[error("has {WORKER_DISTRIBUTION} {0}, but this genro-asgi is {ours}", ours = env!("CARGO_PKG_VERSION"))]
+    WrongVersion(String),
+    /// It answered, but not with what a worker of this version prints.
+    #[error("answered the worker probe with something unreadable ({error}): {excerpt:?}")]
+    BadAnswer {
         /// What did not parse.
         #[source]
         error: serde_json::Error,
         /// The start of the answer.
         excerpt: String,
     },
-    /// It did not answer in time.
-    #[error("{program} ({choice}) did not answer the worker probe within {}s", PROBE_TIMEOUT.as_secs())]
-    Timeout {
-        /// The program.
-        program: String,
-        /// Why it was chosen.
-        choice: Choice,
-    },
-    /// The interpreter is older than the worker supports.
-    #[error("{program} ({choice}) is Python {found}; genro-asgi workers need CPython {}.{} or newer", MIN_PYTHON.0, MIN_PYTHON.1)]
-    TooOld {
-        /// The program.
-        program: String,
-        /// Why it was chosen.
-        choice: Choice,
-        /// Its version.
-        found: String,
-    },
-    /// It cannot import the worker module.
-    #[error("{program} ({choice}) cannot run a worker: {detail}; install it there with `{program} -m pip install {WORKER_DISTRIBUTION}=={}` (or the wheel for its Python version), or point [application] python at an interpreter that has it", env!("CARGO_PKG_VERSION"))]
-    NoWorker {
-        /// The program.
-        program: String,
-        /// Why it was chosen.
-        choice: Choice,
-        /// The last line Python printed.
-        detail: String,
-    },
-    /// The worker module is of another version (the control protocol must match).
-    #[error("{program} ({choice}) has {WORKER_DISTRIBUTION} {found}, but this genro-asgi is {}; install the same version: `{program} -m pip install {WORKER_DISTRIBUTION}=={}`", env!("CARGO_PKG_VERSION"), env!("CARGO_PKG_VERSION"))]
-    WrongVersion {
-        /// The program.
-        program: String,
-        /// Why it was chosen.
-        choice: Choice,
-        /// The worker module's version.
-        found: String,
-    },
+}
+
+impl Unusable {
+    /// How to fix it, for the cases pip fixes.
+    fn advice(&self, program: &str) -> String {
+        let install = format!(
+            "`{program} -m pip install {WORKER_DISTRIBUTION}=={}`",
+            env!("CARGO_PKG_VERSION")
+        );
+        match self {
+            Unusable::NoWorker(_) => format!("; install it there with {install} (or the wheel for its Python version), or point [application] python at an interpreter that has it"),
+            Unusable::WrongVersion(_) => format!("; install the same version: {install}"),
+            _ => String::new(),
+        }
+    }
 }
 
 /// What the search looks at: this command's path and the environment.
@@ -250,7 +255,7 @@ impl Surroundings {
 pub fn resolve(loaded: &Loaded) -> Result<Interpreter, InterpreterError> {
     let candidate = choose(loaded, &Surroundings::current())?;
     let probe = probe(&candidate)?;
-    Ok(Interpreter { candidate, probe })
+    Ok(Interpreter::new(candidate, probe))
 }
 
 /// The first candidate, without running anything.
@@ -398,29 +403,25 @@ fn is_executable(path: &Path) -> bool {
 
 /// Runs `<python> -m genro_asgi_worker --probe` and reads its answer.
 pub fn probe(candidate: &Candidate) -> Result<Probe, InterpreterError> {
-    let program = candidate.program.display().to_string();
-    let choice = candidate.choice.clone();
-    let out = run_bounded(Command::new(&candidate.program).args(["-m", WORKER_MODULE, "--probe"]))
-        .map_err(|error| match error {
-            RunError::Io(error) => InterpreterError::CannotRun {
-                program: program.clone(),
-                choice: choice.clone(),
-                error,
-            },
-            RunError::Timeout => InterpreterError::Timeout {
-                program: program.clone(),
-                choice: choice.clone(),
-            },
-        })?;
+    examine(&candidate.program).map_err(|why| InterpreterError::Unusable {
+        program: candidate.program.display().to_string(),
+        choice: candidate.choice.clone(),
+        why,
+    })
+}
+
+fn examine(python: &Path) -> Result<Probe, Unusable> {
+    let out = run_bounded(Command::new(python).args(["-m", WORKER_MODULE, "--probe"])).map_err(
+        |error| match error {
+            RunError::Io(error) => Unusable::Start(error),
+            RunError::Timeout => Unusable::Timeout,
+        },
+    )?;
     if !out.status.success() {
         // No answer: an old Python, or no worker module. Ask for the version to tell which.
-        if let Some(found) = python_version(&candidate.program) {
+        if let Some(found) = python_version(python) {
             if parse_version(&found).is_some_and(|v| v < MIN_PYTHON) {
-                return Err(InterpreterError::TooOld {
-                    program,
-                    choice,
-                    found,
-                });
+                return Err(Unusable::TooOld(found));
             }
         }
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -431,11 +432,7 @@ pub fn probe(candidate: &Candidate) -> Result<Probe, InterpreterError> {
             .unwrap_or("no answer")
             .trim()
             .to_owned();
-        return Err(InterpreterError::NoWorker {
-            program,
-            choice,
-            detail,
-        });
+        return Err(Unusable::NoWorker(detail));
     }
     // The answer is the last line that looks like JSON (a sitecustomize may print before).
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -447,26 +444,13 @@ pub fn probe(candidate: &Candidate) -> Result<Probe, InterpreterError> {
     let probe = serde_json::from_str::<Probe>(line).map_err(|error| {
         let mut excerpt = if line.is_empty() { stdout.trim() } else { line }.to_owned();
         genro_shared::protocol::cut_text(&mut excerpt, 200);
-        InterpreterError::BadAnswer {
-            program: program.clone(),
-            choice: choice.clone(),
-            error,
-            excerpt,
-        }
+        Unusable::BadAnswer { error, excerpt }
     })?;
     if probe.version_info < MIN_PYTHON {
-        return Err(InterpreterError::TooOld {
-            program,
-            choice,
-            found: probe.version,
-        });
+        return Err(Unusable::TooOld(probe.version));
     }
     if probe.worker_version != env!("CARGO_PKG_VERSION") {
-        return Err(InterpreterError::WrongVersion {
-            program,
-            choice,
-            found: probe.worker_version,
-        });
+        return Err(Unusable::WrongVersion(probe.worker_version));
     }
     Ok(probe)
 }
