@@ -178,11 +178,10 @@ impl Drop for FrontSocket {
 /// Starts worker processes; owns the slot sockets.
 struct Spawner {
     exe: PathBuf,
-    /// The interpreter workers run in (`<python> -m genro_asgi_worker`).
-    python: Interpreter,
+    /// How children are started (set from the configuration, replaced by a reload).
+    launch: Launch,
     addr: SocketAddr,
     backlog: u32,
-    config_json: String,
     control_path: PathBuf,
     sockets: Vec<Option<Socket>>,
     /// The socket passed by systemd (LISTEN_FDS), shared by all slots.
@@ -195,47 +194,39 @@ struct Spawner {
     udp: Option<std::net::UdpSocket>,
     /// Its port, kept after a stop let go of the socket.
     udp_port: Option<u16>,
+}
+
+/// How children are started. A reload keeps the previous one until it succeeded, to undo
+/// it if it fails: a worker of the old generation respawned later starts as it did before.
+#[derive(Clone)]
+struct Launch {
+    /// The interpreter workers run in (`<python> -m genro_asgi_worker`).
+    python: Interpreter,
+    /// The effective configuration, as the children read it.
+    config_json: String,
     /// ` [name]` for process titles, or empty.
     title: String,
     secret_key: Option<String>,
 }
 
-/// What [`Spawner::configure`] sets: kept during a reload to undo it if the reload fails,
-/// so a worker of the old generation that is respawned later starts as it did before.
-struct Launch {
-    python: Interpreter,
-    config_json: String,
-    title: String,
-    secret_key: Option<String>,
+impl Launch {
+    fn new(config: &Config, python: Interpreter) -> anyhow::Result<Self> {
+        Ok(Launch {
+            python,
+            config_json: serde_json::to_string(config).context("serializing the configuration")?,
+            title: match config.application.name.as_str() {
+                "" => String::new(),
+                name => format!(" [{name}]"),
+            },
+            secret_key: config.application.secret_key.clone(),
+        })
+    }
 }
 
 impl Spawner {
-    fn configure(&mut self, config: &Config, python: Interpreter) -> anyhow::Result<()> {
-        self.config_json =
-            serde_json::to_string(config).context("serializing the configuration")?;
-        self.title = match config.application.name.as_str() {
-            "" => String::new(),
-            name => format!(" [{name}]"),
-        };
-        self.secret_key = config.application.secret_key.clone();
-        self.python = python;
-        Ok(())
-    }
-
-    fn launch_settings(&self) -> Launch {
-        Launch {
-            python: self.python.clone(),
-            config_json: self.config_json.clone(),
-            title: self.title.clone(),
-            secret_key: self.secret_key.clone(),
-        }
-    }
-
-    fn restore(&mut self, launch: Launch) {
-        self.python = launch.python;
-        self.config_json = launch.config_json;
-        self.title = launch.title;
-        self.secret_key = launch.secret_key;
+    /// Starts children with `launch` from now on; returns the previous way.
+    fn configure(&mut self, launch: Launch) -> Launch {
+        std::mem::replace(&mut self.launch, launch)
     }
 
     fn bind(&mut self, slot: usize) -> anyhow::Result<()> {
@@ -276,7 +267,7 @@ impl Spawner {
         };
         // The worker's title is set by the worker itself (`--title`): a custom argv[0] would
         // make CPython lose the virtualenv's sys.prefix.
-        let title = format!("genro-asgi: worker {slot}{}", self.title);
+        let title = format!("genro-asgi: worker {slot}{}", self.launch.title);
         let args = [
             "-m",
             crate::interpreter::WORKER_MODULE,
@@ -287,7 +278,7 @@ impl Spawner {
             "--title",
             &title,
         ];
-        let python = self.python.program().to_owned();
+        let python = self.launch.python.program().to_owned();
         let child = self.launch(&python, None, &args, fds)?;
         if let (Some((socket, _listener)), Some(pid)) = (front, child.id()) {
             self.front_sockets.insert(pid, socket);
@@ -302,7 +293,7 @@ impl Spawner {
         };
         let fds = vec![(udp.as_raw_fd(), genro_shared::LISTEN_FD)];
         let args = ["front", "--generation", &generation.to_string()];
-        let title = format!("genro-asgi: http3 front{}", self.title);
+        let title = format!("genro-asgi: http3 front{}", self.launch.title);
         self.launch(&self.exe, Some(title), &args, fds)
     }
 
@@ -319,13 +310,13 @@ impl Spawner {
         if let Some(arg0) = arg0 {
             command.arg0(arg0);
         }
-        if let Some(secret) = &self.secret_key {
+        if let Some(secret) = &self.launch.secret_key {
             // The app reads its secret from the environment, whatever source set it.
             command.env("GENRO_ASGI_APPLICATION_SECRET_KEY", secret);
         }
         command
             .args(args)
-            .env(genro_shared::ENV_CONFIG, &self.config_json)
+            .env(genro_shared::ENV_CONFIG, &self.launch.config_json)
             .env(genro_shared::ENV_CONTROL, &self.control_path)
             .stdin(std::process::Stdio::null());
         // SAFETY: between fork and exec only async-signal-safe calls are made: dup2 puts
@@ -582,7 +573,7 @@ impl Supervisor {
                         }
                         self.before_reload = None;
                         self.observed
-                            .set_python_version(&self.spawner.python.probe.version_info);
+                            .set_python_version(&self.spawner.launch.python.probe.version_info);
                         tracing::info!("reload complete: every slot runs a new worker");
                         self.notifier.send(&format!(
                             "READY=1\nSTATUS=serving {} with {} worker(s)",
@@ -605,7 +596,7 @@ impl Supervisor {
                             self.observed.reload(false);
                         }
                         if let Some(before) = self.before_reload.take() {
-                            self.spawner.restore(before);
+                            self.spawner.configure(before);
                         }
                         let message = format!("reload aborted: the new worker for slot {slot} {why} before it was ready; the running workers keep serving");
                         tracing::error!("{message}");
@@ -964,20 +955,25 @@ impl Supervisor {
                 self.url
             );
         }
+        let launch = match Launch::new(config, python) {
+            Ok(launch) => launch,
+            Err(err) => {
+                self.fleet.handle_reload_abandoned();
+                return self.refuse_reload(reply, format!("reload aborted: {err:#}"));
+            }
+        };
         let commands = match self.fleet.handle_reload() {
             Ok(commands) => commands,
             Err(refused) => return self.refuse_reload(reply, format!("reload refused: {refused}")),
         };
-        if python.program() != self.spawner.python.program() {
+        let before = self.spawner.configure(launch);
+        let python = &self.spawner.launch.python;
+        if python.program() != before.python.program() {
             tracing::info!("workers now run in {}", python.describe());
-        }
-        let before = self.spawner.launch_settings();
-        if let Err(err) = self.spawner.configure(config, python) {
-            return self.refuse_reload(reply, format!("reload aborted: {err:#}"));
         }
         if let Some(pid) = self.fleet.front_pid() {
             let configure = Message::Configure {
-                config: self.spawner.config_json.clone(),
+                config: self.spawner.launch.config_json.clone(),
             };
             let sent = self
                 .writers
@@ -1260,11 +1256,11 @@ async fn supervise(
             }
         });
     }
-    let mut spawner = Spawner {
+    let spawner = Spawner {
         exe: std::env::current_exe().context("locating the genro-asgi binary")?,
         addr: bound,
         backlog: config.server.backlog,
-        config_json: String::new(),
+        launch: Launch::new(config, python.clone())?,
         control_path,
         sockets: sockets.into_iter().map(Some).collect(),
         activated,
@@ -1275,11 +1271,7 @@ async fn supervise(
             .and_then(|u| u.local_addr().ok())
             .map(|a| a.port()),
         udp,
-        title: String::new(),
-        secret_key: None,
-        python: python.clone(),
     };
-    spawner.configure(config, python.clone())?;
     let scheme = if config.ssl.enabled { "https" } else { "http" };
     let mut url = format!("{scheme}://{bound}");
     if let Some(udp) = spawner.udp.as_ref().and_then(|u| u.local_addr().ok()) {
