@@ -139,6 +139,53 @@ class Server:
         return sorted(pids)
 
 
+def rss_mib(pid):
+    """Resident set size of process `pid`, in MiB (from /proc/PID/status)."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS for pid %d" % pid)
+
+
+class Prober:
+    """A health client: one `GET path` every `period` seconds on its own keep-alive
+    connection, recording each latency, while an attack runs. `p99()` in seconds; a failed
+    request counts as infinitely slow."""
+
+    def __init__(self, url, path="/", period=0.1):
+        import httpx
+        self.url = url + path
+        self.period = period
+        self.latencies = []
+        self._stop = threading.Event()
+        self._client = httpx.Client(timeout=5)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(10)
+        self._client.close()
+
+    def _run(self):
+        while not self._stop.is_set():
+            start = time.monotonic()
+            try:
+                ok = self._client.get(self.url).status_code == 200
+            except Exception:
+                ok = False
+            self.latencies.append(time.monotonic() - start if ok else float("inf"))
+            self._stop.wait(self.period)
+
+    def p99(self):
+        values = sorted(self.latencies)
+        return values[min(len(values) - 1, int(len(values) * 0.99))]
+
+
 def recv_all(sock):
     """Reads from a socket until the peer closes it."""
     data = b""

@@ -262,6 +262,11 @@ fn build(v: &Values) -> Config {
             max_body_size: v.size("limits.max_body_size"),
             header_read_timeout: v.secs("limits.header_read_timeout"),
             max_concurrency: v.int("limits.max_concurrency"),
+            body_timeout: v.secs("limits.body_timeout"),
+            send_timeout: v.secs("limits.send_timeout"),
+            response_buffer: v.size("limits.response_buffer"),
+            connection_buffer: v.size("limits.connection_buffer"),
+            worker_buffer: v.size("limits.worker_buffer"),
         },
         ssl: Ssl {
             enabled: v.bool("ssl.enabled"),
@@ -282,6 +287,8 @@ fn build(v: &Values) -> Config {
         websocket: Websocket {
             max_message_size: v.size("websocket.max_message_size"),
             max_queue: v.int("websocket.max_queue"),
+            max_queue_bytes: v.size("websocket.max_queue_bytes"),
+            worker_queue_bytes: v.size("websocket.worker_queue_bytes"),
             ping_interval: v.secs("websocket.ping_interval"),
             ping_timeout: v.secs("websocket.ping_timeout"),
             per_message_deflate: v.bool("websocket.per_message_deflate"),
@@ -560,7 +567,7 @@ secret_key = "xxxxx"
         assert_eq!(c.server.keep_alive_timeout, Duration::from_secs(5));
         assert_eq!(c.server.run_dir, None);
         assert_eq!(c.server.threads, 1);
-        assert_eq!(c.limits.max_concurrency, 0);
+        assert_eq!(c.limits.max_concurrency, 1000);
         assert_eq!(c.ssl.min_version, TlsVersion::Tls12);
         assert_eq!(
             c.logging.format,

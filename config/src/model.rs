@@ -85,8 +85,20 @@ pub struct Limits {
     /// Time allowed to receive the headers.
     #[serde(with = "secs")]
     pub header_read_timeout: Duration,
-    /// Maximum concurrent requests per worker; 0 = unlimited.
+    /// Maximum concurrent HTTP requests per worker; 0 = unlimited.
     pub max_concurrency: usize,
+    /// Time an upload may send no bytes while the app waits (zero: none).
+    #[serde(with = "secs")]
+    pub body_timeout: Duration,
+    /// Time a client may take no response bytes (zero: none).
+    #[serde(with = "secs")]
+    pub send_timeout: Duration,
+    /// Response bytes buffered per response.
+    pub response_buffer: u64,
+    /// Response bytes buffered per connection.
+    pub connection_buffer: u64,
+    /// Response bytes buffered per worker.
+    pub worker_buffer: u64,
 }
 
 /// `[http3]`: HTTP/3 front.
@@ -158,6 +170,10 @@ pub struct Websocket {
     pub max_message_size: u64,
     /// Client messages buffered for the app.
     pub max_queue: usize,
+    /// Client message bytes buffered for the app, per connection.
+    pub max_queue_bytes: u64,
+    /// Client message bytes buffered for the app, per worker.
+    pub worker_queue_bytes: u64,
     /// Keepalive ping period (zero: none).
     #[serde(with = "secs")]
     pub ping_interval: Duration,

@@ -189,7 +189,12 @@ pub static SCHEMA: &[KeyDef] = &[
     k("limits", "max_header_size", Kind::Size { min: 8 * KIB, max: 16 * MIB }, "64KiB", "Maximum size of the request line plus headers; larger requests get 431 (so do HTTP/1.1 requests with more than 100 header fields, hyper's fixed limit)."),
     k("limits", "max_body_size", Kind::Size { min: 0, max: i64::MAX as u64 }, "100MiB", "Maximum request body size; larger bodies get 413. 0 = unlimited."),
     k("limits", "header_read_timeout", Kind::Seconds { min: 0.1, max: HOUR }, "30", "Time a client has to send the complete request headers (slowloris protection)."),
-    k("limits", "max_concurrency", Kind::Int { min: 0, max: 10_000_000 }, "0", "Maximum requests handled at once per worker; extra requests get 503. 0 = unlimited."),
+    k("limits", "max_concurrency", Kind::Int { min: 0, max: 10_000_000 }, "1000", "Maximum HTTP requests handled at once per worker (WebSockets are not counted); extra requests get an immediate 503 with `Retry-After`. It also bounds the backlog a blocked event loop can build up. 0 = unlimited."),
+    k("limits", "body_timeout", Kind::Seconds { min: 0.0, max: HOUR }, "60", "An upload that sends no body bytes for this long while the app waits for them gets 408 (or a reset once the response started) and the app sees `http.disconnect`. 0 = no limit."),
+    k("limits", "send_timeout", Kind::Seconds { min: 0.0, max: HOUR }, "60", "A client that takes no response bytes for this long (a socket that does not drain, an HTTP/2 or HTTP/3 stream whose window stays at 0) is disconnected, and the app sees the disconnect (like nginx's `send_timeout`). 0 = no limit."),
+    k("limits", "response_buffer", Kind::Size { min: 4 * KIB, max: GIB }, "256KiB", "Response bytes the app has sent that the client has not taken yet, per response; beyond it `send()` waits (backpressure by size, not by chunk count)."),
+    k("limits", "connection_buffer", Kind::Size { min: 4 * KIB, max: 16 * GIB }, "1MiB", "The same, summed over the responses of one connection (HTTP/2 multiplexes many)."),
+    k("limits", "worker_buffer", Kind::Size { min: 64 * KIB, max: 64 * GIB }, "64MiB", "The same, summed over every response of the worker."),
     // [ssl]
     k("ssl", "enabled", Kind::Bool, "false", "Serve HTTPS; requires `certfile` and `keyfile`."),
     k("ssl", "certfile", Kind::Path, "", "PEM certificate chain."),
@@ -207,6 +212,8 @@ pub static SCHEMA: &[KeyDef] = &[
     // [websocket]
     k("websocket", "max_message_size", Kind::Size { min: 1, max: GIB }, "16MiB", "Largest message (after reassembling fragments and decompressing) a client may send; a larger one closes the connection with 1009 (message too big)."),
     k("websocket", "max_queue", Kind::Int { min: 1, max: 10_000 }, "32", "Messages received from a client and not yet taken by the app's `receive()`; when full, the worker stops reading from that client (TCP backpressure) until the app catches up."),
+    k("websocket", "max_queue_bytes", Kind::Size { min: 1, max: 16 * GIB }, "1MiB", "Bytes (after decompression) of the messages received from a client and not yet taken by the app; once reached, the worker stops reading from that client until the app catches up (one message may go past it)."),
+    k("websocket", "worker_queue_bytes", Kind::Size { min: KIB, max: 64 * GIB }, "64MiB", "The same, summed over every WebSocket of the worker: once reached, every connection with a message waiting stops reading until the apps catch up."),
     k("websocket", "ping_interval", Kind::Seconds { min: 0.0, max: HOUR }, "20", "Send a ping to every client silent for this long (keepalive, and detection of dead peers); 0 = never."),
     k("websocket", "ping_timeout", Kind::Seconds { min: 0.1, max: HOUR }, "20", "A client that does not answer a ping within this time is closed (code 1011, like uvicorn)."),
     k("websocket", "per_message_deflate", Kind::Bool, "true", "Offer permessage-deflate compression (RFC 7692) to clients that ask for it."),

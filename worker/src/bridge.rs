@@ -175,6 +175,13 @@ impl Shared {
         }
     }
 
+    /// Counts a bound a client ran into (when metrics are on).
+    pub fn limit(&self, kind: crate::metrics::Limit) {
+        if let Some(metrics) = &self.metrics {
+            metrics.limit(kind);
+        }
+    }
+
     /// Counts an error in the metrics (when they are on).
     pub fn error(&self, kind: crate::metrics::ErrorKind) {
         if let Some(metrics) = &self.metrics {

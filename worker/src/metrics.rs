@@ -79,6 +79,59 @@ impl ErrorKind {
     }
 }
 
+/// A bound a client ran into (`[limits]`, `[websocket]`): counted by kind in
+/// `limits_hit_total`, and logged once per connection by whoever hits it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// `[limits] max_concurrency`: a request got 503.
+    Concurrency,
+    /// `[limits] response_buffer`: a response's `send()` waited for the client.
+    ResponseBuffer,
+    /// `[limits] connection_buffer`: the same, for a whole connection.
+    ConnectionBuffer,
+    /// `[limits] worker_buffer`: the same, for the whole worker.
+    WorkerBuffer,
+    /// `[limits] send_timeout`: a client took no response bytes for that long.
+    SendTimeout,
+    /// `[limits] body_timeout`: an upload stalled.
+    BodyTimeout,
+    /// `[websocket] max_queue` / `max_queue_bytes`: reading from a client paused.
+    WebsocketQueue,
+    /// `[websocket] worker_queue_bytes`: the same, for the whole worker.
+    WebsocketWorkerQueue,
+    /// Too many control frames (pings) waiting for their answers.
+    WebsocketControl,
+}
+
+impl Limit {
+    const ALL: [Limit; 9] = [
+        Limit::Concurrency,
+        Limit::ResponseBuffer,
+        Limit::ConnectionBuffer,
+        Limit::WorkerBuffer,
+        Limit::SendTimeout,
+        Limit::BodyTimeout,
+        Limit::WebsocketQueue,
+        Limit::WebsocketWorkerQueue,
+        Limit::WebsocketControl,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Limit::Concurrency => "max_concurrency",
+            Limit::ResponseBuffer => "response_buffer",
+            Limit::ConnectionBuffer => "connection_buffer",
+            Limit::WorkerBuffer => "worker_buffer",
+            Limit::SendTimeout => "send_timeout",
+            Limit::BodyTimeout => "body_timeout",
+            Limit::WebsocketQueue => "websocket_queue",
+            Limit::WebsocketWorkerQueue => "websocket_worker_queue",
+            Limit::WebsocketControl => "websocket_control",
+        }
+    }
+}
+
 /// Methods with a label value of their own; any other is counted as `OTHER`.
 const METHODS: [http::Method; 9] = [
     http::Method::GET,
@@ -112,6 +165,7 @@ pub struct Metrics {
     response_bytes: [IntCounter; PROTOCOLS],
     ws_messages: [IntCounter; 2],
     errors: [IntCounter; 3],
+    limits: [IntCounter; Limit::ALL.len()],
     loop_lag: Histogram,
 }
 
@@ -187,6 +241,12 @@ impl Metrics {
             "Errors, by kind: client, app, internal.",
             &["kind"],
         );
+        let limits = counter_vec(
+            &registry,
+            "limits_hit_total",
+            "Times a client ran into a bound, by kind (docs/SECURITY.md).",
+            &["kind"],
+        );
         let loop_lag = Histogram::with_opts(
             HistogramOpts::new(
                 "loop_lag_seconds",
@@ -213,6 +273,7 @@ impl Metrics {
                 ws_messages.with_label_values(&[d])
             }),
             errors: each(ErrorKind::ALL, |k| errors.with_label_values(&[k.label()])),
+            limits: each(Limit::ALL, |k| limits.with_label_values(&[k.label()])),
             requests: Box::default(),
             connections_unknown,
             requests_total,
@@ -274,6 +335,11 @@ impl Metrics {
         self.errors[kind as usize].inc();
     }
 
+    /// Counts a bound hit.
+    pub fn limit(&self, kind: Limit) {
+        self.limits[kind as usize].inc();
+    }
+
     /// A WebSocket message went in (`received`) or out.
     pub fn websocket_message(&self, received: bool) {
         self.ws_messages[usize::from(!received)].inc();
@@ -331,6 +397,7 @@ mod tests {
             0,
         );
         m.error(ErrorKind::App);
+        m.limit(Limit::SendTimeout);
         let text = m.encode(4);
         for line in [
             "genro_asgi_requests_total{method=\"GET\",protocol=\"http2\",status=\"2xx\",worker=\"3\"} 2",
@@ -340,6 +407,8 @@ mod tests {
             "genro_asgi_response_body_bytes_total{protocol=\"http2\",worker=\"3\"} 10",
             "genro_asgi_errors_total{kind=\"app\",worker=\"3\"} 1",
             "genro_asgi_errors_total{kind=\"client\",worker=\"3\"} 0",
+            "genro_asgi_limits_hit_total{kind=\"send_timeout\",worker=\"3\"} 1",
+            "genro_asgi_limits_hit_total{kind=\"worker_buffer\",worker=\"3\"} 0",
             "genro_asgi_requests_in_flight{worker=\"3\"} 4",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
