@@ -1,16 +1,24 @@
-//! The response body handed to hyper: a whole body, or a bounded channel fed by the app's
-//! `send()` (the bound is the backpressure: a slow client makes `send()` wait). Dropping the
-//! body — response written, or connection gone — tells the exchange the client is done.
+//! The response body handed to hyper: a whole body, or a [`Pipe`] fed by the app's
+//! `send()`. Both are counted in bytes against the response's, the connection's and the
+//! worker's [`Budget`]s until hyper takes them, and handed over in pieces of at most
+//! [`PIECE`] bytes, so an HTTP/2 stream whose window is closed never holds more than a
+//! piece in hyper. Dropping the body (response written, or connection gone) tells the
+//! exchange the client is done.
 
+use crate::budget::{Budget, Budgets};
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
+use std::collections::VecDeque;
 use std::pin::Pin;
-use std::task::{Context, Poll};
-use tokio::sync::mpsc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
-/// Chunks in flight between the app and the socket per streamed response.
-pub const CHANNEL_DEPTH: usize = 8;
+/// The most bytes handed to hyper in one frame; a larger chunk goes in pieces, each
+/// admitted against the budgets on its own.
+pub const PIECE: usize = 64 * 1024;
 
 /// One item of a streamed body.
 #[derive(Debug)]
@@ -39,8 +47,9 @@ pub struct ResponseBody {
 }
 
 enum Kind {
-    Full(Option<Bytes>),
-    Stream(mpsc::Receiver<Chunk>),
+    /// A whole body, counted against `budgets` (when given) until taken.
+    Full(Option<Bytes>, Option<Budgets>),
+    Pipe(Arc<Pipe>),
 }
 
 impl std::fmt::Debug for ResponseBody {
@@ -50,26 +59,38 @@ impl std::fmt::Debug for ResponseBody {
 }
 
 impl ResponseBody {
-    /// A complete body.
+    /// A complete body the server wrote itself (small, not counted).
     pub fn full(bytes: Bytes) -> Self {
         ResponseBody {
-            kind: Kind::Full(Some(bytes)),
+            kind: Kind::Full(Some(bytes), None),
             sent: 0,
             on_drop: None,
         }
     }
 
-    /// A streamed body and the sender that feeds it.
-    pub fn channel() -> (Self, mpsc::Sender<Chunk>) {
-        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-        (
-            ResponseBody {
-                kind: Kind::Stream(rx),
-                sent: 0,
-                on_drop: None,
-            },
-            tx,
-        )
+    /// A complete body from the app, counted against `budgets` until hyper takes it (it
+    /// never waits: the app already let go of it).
+    pub fn counted(bytes: Bytes, budgets: &Budgets) -> Self {
+        let n = bytes.len();
+        let budgets = (n != 0).then(|| {
+            budgets.conn.budget.take(n);
+            budgets.worker.take(n);
+            budgets.clone()
+        });
+        ResponseBody {
+            kind: Kind::Full(Some(bytes), budgets),
+            sent: 0,
+            on_drop: None,
+        }
+    }
+
+    /// A streamed body fed through `pipe`.
+    pub fn pipe(pipe: Arc<Pipe>) -> Self {
+        ResponseBody {
+            kind: Kind::Pipe(pipe),
+            sent: 0,
+            on_drop: None,
+        }
     }
 
     /// Runs `f` when hyper drops the body.
@@ -81,6 +102,15 @@ impl ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
+        match &mut self.kind {
+            Kind::Full(bytes, budgets) => {
+                if let (Some(bytes), Some(budgets)) = (bytes.take(), budgets.take()) {
+                    budgets.conn.budget.give(bytes.len(), false);
+                    budgets.worker.give(bytes.len(), false);
+                }
+            }
+            Kind::Pipe(pipe) => pipe.close(),
+        }
         if let Some(f) = self.on_drop.take() {
             f(self.sent);
         }
@@ -107,15 +137,17 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Full(bytes) => bytes.as_ref().is_none_or(|b| b.is_empty()),
-            Kind::Stream(_) => false,
+            Kind::Full(bytes, _) => bytes.as_ref().is_none_or(|b| b.is_empty()),
+            Kind::Pipe(_) => false,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Stream(_) => SizeHint::default(),
+            Kind::Full(bytes, _) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            Kind::Pipe(_) => SizeHint::default(),
         }
     }
 }
@@ -123,25 +155,280 @@ impl Body for ResponseBody {
 impl ResponseBody {
     fn poll_kind(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Aborted>>> {
         match &mut self.kind {
-            Kind::Full(bytes) => Poll::Ready(
-                bytes
-                    .take()
-                    .filter(|b| !b.is_empty())
-                    .map(|b| Ok(Frame::data(b))),
-            ),
-            Kind::Stream(rx) => loop {
-                return match rx.poll_recv(cx) {
-                    Poll::Pending => Poll::Pending,
-                    // The app finished (sender dropped after the last chunk).
-                    Poll::Ready(None) => Poll::Ready(None),
-                    Poll::Ready(Some(Chunk::Data(b))) if b.is_empty() => continue,
-                    Poll::Ready(Some(Chunk::Data(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
-                    Poll::Ready(Some(Chunk::Trailers(t))) => {
-                        Poll::Ready(Some(Ok(Frame::trailers(t))))
-                    }
-                    Poll::Ready(Some(Chunk::Abort)) => Poll::Ready(Some(Err(Aborted))),
+            Kind::Full(bytes, budgets) => {
+                let Some(rest) = bytes.as_mut().filter(|b| !b.is_empty()) else {
+                    *bytes = None;
+                    return Poll::Ready(None);
                 };
-            },
+                let piece = rest.split_to(rest.len().min(PIECE));
+                if let Some(budgets) = budgets {
+                    budgets.conn.budget.give(piece.len(), true);
+                    budgets.worker.give(piece.len(), true);
+                }
+                Poll::Ready(Some(Ok(Frame::data(piece))))
+            }
+            Kind::Pipe(pipe) => pipe.poll_take(cx),
+        }
+    }
+}
+
+/// Why a piece was not queued.
+#[derive(Debug)]
+pub enum Refused {
+    /// The body is gone: the client left, or the response was aborted.
+    Closed,
+    /// Not now: no room in a budget (the chunk is given back).
+    Full(Chunk),
+}
+
+/// Why a waiting send ended without queuing everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// The body is gone.
+    Closed,
+    /// The client took nothing for `send_timeout` while this response waited.
+    Stalled,
+}
+
+/// The queue between the app's `send()` and hyper, for one streamed response.
+#[derive(Debug)]
+pub struct Pipe {
+    inner: Mutex<PipeInner>,
+    /// This response's own budget (`[limits] response_buffer`).
+    own: Budget,
+    budgets: Budgets,
+    /// Serialises waiting sends, so a `send()` the app cancelled is not overtaken.
+    order: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct PipeInner {
+    queue: VecDeque<Chunk>,
+    /// The app sent its last piece.
+    ended: bool,
+    /// The body was dropped (or the response aborted): nothing more is taken.
+    closed: bool,
+    /// This response stalled and is counted in the connection's `stalled`.
+    stalled: bool,
+    waker: Option<Waker>,
+}
+
+impl Pipe {
+    /// An empty pipe drawing from `budgets`.
+    pub fn new(budgets: Budgets) -> Arc<Self> {
+        Arc::new(Pipe {
+            inner: Mutex::new(PipeInner::default()),
+            own: Budget::new(budgets.response),
+            budgets,
+            order: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PipeInner> {
+        crate::bridge::lock(&self.inner)
+    }
+
+    /// Whether `n` bytes fit in every budget now.
+    fn fits(&self, n: usize) -> bool {
+        self.own.fits(n) && self.budgets.conn.budget.fits(n) && self.budgets.worker.fits(n)
+    }
+
+    fn queue(&self, inner: &mut PipeInner, chunk: Chunk) {
+        if let Chunk::Data(data) = &chunk {
+            let n = data.len();
+            self.own.take(n);
+            self.budgets.conn.budget.take(n);
+            self.budgets.worker.take(n);
+        }
+        inner.queue.push_back(chunk);
+        if let Some(waker) = inner.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Queues `chunk` if it fits now, without waiting (the fast path of `send()`): data of
+    /// at most [`PIECE`] bytes with room in every budget, trailers, or an empty chunk.
+    pub fn try_push(&self, chunk: Chunk) -> Result<(), Refused> {
+        let mut inner = self.lock();
+        if inner.closed {
+            return Err(Refused::Closed);
+        }
+        match &chunk {
+            Chunk::Data(data) if data.is_empty() => return Ok(()),
+            Chunk::Data(data) if data.len() > PIECE || !self.fits(data.len()) => {
+                return Err(Refused::Full(chunk))
+            }
+            _ => {}
+        }
+        if self.order.try_lock().is_err() {
+            // A waiting send is still queuing: keep the order.
+            return Err(Refused::Full(chunk));
+        }
+        self.queue(&mut inner, chunk);
+        Ok(())
+    }
+
+    /// Queues `chunk`, in pieces, waiting for room in the budgets. Ends with
+    /// [`SendError::Stalled`] when this response's own queue is full and the client took
+    /// nothing from it for `send_timeout`.
+    pub async fn push(&self, chunk: Chunk) -> Result<(), SendError> {
+        let _order = self.order.lock().await;
+        let mut data = match chunk {
+            Chunk::Data(data) => data,
+            other => {
+                let mut inner = self.lock();
+                if inner.closed {
+                    return Err(SendError::Closed);
+                }
+                self.queue(&mut inner, other);
+                return Ok(());
+            }
+        };
+        while !data.is_empty() {
+            let n = data.len().min(PIECE);
+            loop {
+                {
+                    let mut inner = self.lock();
+                    if inner.closed {
+                        return Err(SendError::Closed);
+                    }
+                    if self.fits(n) {
+                        self.queue(&mut inner, Chunk::Data(data.split_to(n)));
+                        break;
+                    }
+                }
+                self.room(n).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until `n` bytes may fit, or the pipe closed; fails when this response stalled.
+    async fn room(&self, n: usize) -> Result<(), SendError> {
+        let timeout = self.budgets.send_timeout;
+        // Look again at least this often, so a stall is noticed on time.
+        let check = if timeout.is_zero() {
+            Duration::from_secs(3600)
+        } else {
+            timeout.min(Duration::from_secs(1))
+        };
+        let conn = &self.budgets.conn.budget;
+        let worker = &self.budgets.worker;
+        let blocking: &Budget = if !self.own.fits(n) {
+            &self.own
+        } else if !conn.fits(n) {
+            conn
+        } else {
+            worker
+        };
+        // Any change of our own budget wakes us too: that is how a close is noticed.
+        tokio::select! {
+            _ = self.own.changed() => {}
+            _ = blocking.freed(n) => {}
+            _ = tokio::time::sleep(check) => {}
+        }
+        if self.own.stalled(timeout) {
+            return Err(SendError::Stalled);
+        }
+        Ok(())
+    }
+
+    /// Which budget is full (for the metrics), if any: the response's, the connection's,
+    /// the worker's.
+    pub fn full_budget(&self, n: usize) -> Option<crate::metrics::Limit> {
+        use crate::metrics::Limit;
+        if !self.own.fits(n) {
+            Some(Limit::ResponseBuffer)
+        } else if !self.budgets.conn.budget.fits(n) {
+            Some(Limit::ConnectionBuffer)
+        } else if !self.budgets.worker.fits(n) {
+            Some(Limit::WorkerBuffer)
+        } else {
+            None
+        }
+    }
+
+    /// The app is done: the body ends after what is queued.
+    pub fn end(&self) {
+        let mut inner = self.lock();
+        inner.ended = true;
+        if let Some(waker) = inner.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Drops what is queued and ends the body with an error (HTTP/1.1 closes the
+    /// connection, HTTP/2 resets the stream) the next time hyper looks.
+    pub fn abort(&self) {
+        let mut inner = self.lock();
+        self.release(&mut inner);
+        inner.queue.push_back(Chunk::Abort);
+        inner.ended = true;
+        if let Some(waker) = inner.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// The client took nothing for `send_timeout`: abort, count the stream as stalled on
+    /// its connection and wake the connection's driver.
+    pub fn stall(&self) {
+        self.abort();
+        let mut inner = self.lock();
+        if !inner.stalled && !inner.closed {
+            inner.stalled = true;
+            self.budgets.conn.stalled.fetch_add(1, Ordering::AcqRel);
+        }
+        drop(inner);
+        self.budgets.conn.kick.notify_one();
+    }
+
+    /// The body is gone: nothing more is taken, and waiting sends fail.
+    fn close(&self) {
+        let mut inner = self.lock();
+        inner.closed = true;
+        self.release(&mut inner);
+        if std::mem::take(&mut inner.stalled) {
+            self.budgets.conn.stalled.fetch_sub(1, Ordering::AcqRel);
+        }
+        drop(inner);
+        // Wake a send waiting for room: it finds the pipe closed.
+        self.own.give(0, false);
+    }
+
+    /// Gives back the bytes of everything queued.
+    fn release(&self, inner: &mut PipeInner) {
+        for chunk in inner.queue.drain(..) {
+            if let Chunk::Data(data) = chunk {
+                let n = data.len();
+                self.own.give(n, false);
+                self.budgets.conn.budget.give(n, false);
+                self.budgets.worker.give(n, false);
+            }
+        }
+    }
+
+    fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Aborted>>> {
+        let mut inner = self.lock();
+        loop {
+            return match inner.queue.pop_front() {
+                Some(Chunk::Data(data)) => {
+                    let n = data.len();
+                    self.own.give(n, true);
+                    self.budgets.conn.budget.give(n, true);
+                    self.budgets.worker.give(n, true);
+                    if n == 0 {
+                        continue;
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(data))))
+                }
+                Some(Chunk::Trailers(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+                Some(Chunk::Abort) => Poll::Ready(Some(Err(Aborted))),
+                None if inner.ended => Poll::Ready(None),
+                None => {
+                    inner.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            };
         }
     }
 }

@@ -10,7 +10,8 @@
 //!    nothing must wait (no body to read, channel not full); otherwise with a loop future
 //!    that a tokio task resolves through step 1's queue.
 
-use crate::body::{Chunk, ResponseBody};
+use crate::body::{Chunk, Pipe, Refused, ResponseBody, SendError};
+use crate::budget::Budgets;
 use crate::metrics::ErrorKind;
 use crate::response::{Action, Head, Outbound, State};
 use bytes::Bytes;
@@ -44,8 +45,9 @@ pub struct Bridge {
 /// Something the Python thread must do.
 #[derive(Debug)]
 pub enum Event {
-    /// Start an HTTP exchange.
-    Request(Box<RequestStart>),
+    /// Start an HTTP exchange (unless its client left while it waited: then the slot is
+    /// empty and the request's memory was already released).
+    Request(Arc<Pending>),
     /// Start a WebSocket session.
     WebSocket(Box<crate::websocket::WsStart>),
     /// Resolve a future handed to the app by `receive()` or `send()`.
@@ -76,6 +78,8 @@ pub enum Wake {
     WsDisconnect(u16, String),
     /// A waiting `websocket.send` found the connection closed: raise OSError.
     WsClosed,
+    /// A waiting `http.response.body` send could not finish: raise OSError with this.
+    SendFailed(&'static str),
 }
 
 impl Bridge {
@@ -141,6 +145,10 @@ pub struct Shared {
     pub started: AtomicU64,
     /// Requests in flight (admitted, response not finished).
     pub in_flight: std::sync::atomic::AtomicUsize,
+    /// HTTP requests in flight (WebSockets not counted): what `max_concurrency` bounds.
+    pub http_in_flight: std::sync::atomic::AtomicUsize,
+    /// `[limits] worker_buffer`: response bytes queued for clients, worker-wide.
+    pub worker_buffer: Arc<crate::budget::Budget>,
     /// The worker is draining: HTTP/1.1 responses carry `Connection: close`.
     pub draining: std::sync::atomic::AtomicBool,
     /// Requests in flight, for `ctl requests`.
@@ -315,6 +323,8 @@ pub struct Admission {
     request_id: crate::registry::RequestId,
     /// Wall-clock start (seconds since the epoch), for the app's envelope.
     wall: f64,
+    /// Counted in [`Shared::http_in_flight`].
+    http: bool,
 }
 
 /// The request header whose value a client may send as its own request id; the response
@@ -330,6 +340,10 @@ impl Admission {
         protocol: crate::metrics::Protocol,
     ) -> Arc<Self> {
         shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        let http = protocol != crate::metrics::Protocol::Websocket;
+        if http {
+            shared.http_in_flight.fetch_add(1, Ordering::Relaxed);
+        }
         let id = shared.registry.insert(
             request.method(),
             request.uri(),
@@ -346,6 +360,7 @@ impl Admission {
             id,
             request_id,
             wall,
+            http,
         })
     }
 
@@ -364,6 +379,9 @@ impl Drop for Admission {
     fn drop(&mut self) {
         self.shared.registry.remove(self.id);
         self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.http {
+            self.shared.http_in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -394,6 +412,27 @@ pub struct RequestStart {
     pub respond: oneshot::Sender<Response<ResponseBody>>,
     /// The request's admission, held until the app's task ends.
     pub admission: Arc<Admission>,
+    /// Where the response's bytes are counted.
+    pub budgets: Budgets,
+}
+
+/// A request waiting in the hand-off queue for the Python thread. Its client may leave
+/// before the loop gets to it (a blocked loop under a flood): [`Pending::take`] by the
+/// service's guard then releases the request's memory and its concurrency slot at once,
+/// and the loop finds the slot empty.
+#[derive(Debug)]
+pub struct Pending(Mutex<Option<Box<RequestStart>>>);
+
+impl Pending {
+    /// A pending request.
+    pub fn new(start: RequestStart) -> Arc<Self> {
+        Arc::new(Pending(Mutex::new(Some(Box::new(start)))))
+    }
+
+    /// Takes the request out (once).
+    pub fn take(&self) -> Option<Box<RequestStart>> {
+        lock(&self.0).take()
+    }
 }
 
 /// Python objects created once per worker.
@@ -475,7 +514,10 @@ impl Drainer {
         let state = py_state(py)?;
         for event in self.shared.bridge.take() {
             let result = match event {
-                Event::Request(start) => start_request(py, state, &self.shared, *start),
+                Event::Request(pending) => match pending.take() {
+                    Some(start) => start_request(py, state, &self.shared, *start),
+                    None => Ok(()),
+                },
                 Event::WebSocket(start) => start_websocket(py, state, &self.shared, *start),
                 Event::Wake { waiter, value } => wake(py, waiter, value),
                 Event::Shutdown => state.stop_loop.call0(py).map(drop),
@@ -505,10 +547,14 @@ fn wake(py: Python<'_>, waiter: Py<PyAny>, value: Wake) -> PyResult<()> {
         Wake::WsDisconnect(code, reason) => {
             crate::websocket::disconnect_message(py, code, &reason)?.unbind()
         }
-        Wake::WsClosed => {
+        Wake::WsClosed | Wake::SendFailed(_) => {
+            let why = match value {
+                Wake::SendFailed(why) => why,
+                _ => "WebSocket closed",
+            };
             let waiter = waiter.bind(py);
             if !waiter.call_method0(intern!(py, "done"))?.is_truthy()? {
-                let error = PyOSError::new_err("WebSocket closed");
+                let error = PyOSError::new_err(why);
                 waiter.call_method1(intern!(py, "set_exception"), (error.value(py),))?;
             }
             return Ok(());
@@ -556,6 +602,7 @@ fn start_request(
         method: start.parts.method.clone(),
         path: start.parts.uri.path().to_owned(),
         client: start.conn.client,
+        budgets: start.budgets,
         inner: Mutex::new(Inner {
             state: State::Init,
             respond: Some(start.respond),
@@ -566,6 +613,7 @@ fn start_request(
             is_head: start.parts.method == http::Method::HEAD,
             is_h2,
             failed: false,
+            limited: false,
         }),
     };
     run_app(py, state, scope, Bound::new(py, handle)?.into_any())
@@ -885,13 +933,14 @@ pub struct Handle {
     method: http::Method,
     path: String,
     client: SocketAddr,
+    budgets: Budgets,
     inner: Mutex<Inner>,
 }
 
 struct Inner {
     state: State,
     respond: Option<oneshot::Sender<Response<ResponseBody>>>,
-    stream: Option<mpsc::Sender<Chunk>>,
+    stream: Option<Arc<Pipe>>,
     trailers: HeaderMap,
     admission: Option<Arc<Admission>>,
     /// The client went away before the response completed.
@@ -900,6 +949,8 @@ struct Inner {
     is_h2: bool,
     /// An error was already logged and answered for this exchange.
     failed: bool,
+    /// A `send()` of this response already waited for a budget (counted once).
+    limited: bool,
 }
 
 impl std::fmt::Debug for Handle {
@@ -992,21 +1043,21 @@ impl Handle {
                 // HEAD: announce the length the GET would have had, send no body.
                 let len = body.len();
                 let body = if inner.is_head { Bytes::new() } else { body };
-                self.respond(&mut inner, head, ResponseBody::full(body), Some(len));
+                let body = ResponseBody::counted(body, &self.budgets);
+                self.respond(&mut inner, head, body, Some(len));
             }
             Action::Open(head, _) | Action::File(head, _) if inner.is_head => {
                 // HEAD: the head only; later chunks find no stream and are dropped.
                 self.respond(&mut inner, head, ResponseBody::full(Bytes::new()), None);
             }
             Action::Open(head, first) => {
-                let (body, tx) = ResponseBody::channel();
-                // A fresh channel has room for the first chunk.
-                let _ = tx.try_send(Chunk::Data(first));
-                inner.stream = Some(tx);
-                self.respond(&mut inner, head, body, None);
+                let pipe = Pipe::new(self.budgets.clone());
+                inner.stream = Some(pipe.clone());
+                self.respond(&mut inner, head, ResponseBody::pipe(pipe), None);
                 if inner.state.is_done() {
                     inner.stream = None;
                 }
+                return self.stream(py, &mut inner, Chunk::Data(first), false);
             }
             Action::File(head, path) => {
                 let file = match std::fs::File::open(&path)
@@ -1021,9 +1072,16 @@ impl Handle {
                         )));
                     }
                 };
-                let (body, tx) = ResponseBody::channel();
-                self.respond(&mut inner, head, body, Some(file.1 as usize));
-                self.shared.runtime.spawn(pump_file(file.0, tx));
+                let pipe = Pipe::new(self.budgets.clone());
+                self.respond(
+                    &mut inner,
+                    head,
+                    ResponseBody::pipe(pipe.clone()),
+                    Some(file.1 as usize),
+                );
+                self.shared
+                    .runtime
+                    .spawn(pump_file(file.0, pipe, self.shared.clone()));
             }
             Action::Chunk(bytes) => return self.stream(py, &mut inner, Chunk::Data(bytes), false),
             Action::Last(bytes) => return self.stream(py, &mut inner, Chunk::Data(bytes), true),
@@ -1152,12 +1210,8 @@ impl Handle {
             let body = Bytes::copy_from_slice(body.as_bytes());
             let len = body.len();
             self.respond(inner, head, ResponseBody::full(body), Some(len));
-        } else if let Some(tx) = inner.stream.take() {
-            if tx.try_send(Chunk::Abort).is_err() {
-                self.shared.runtime.spawn(async move {
-                    let _ = tx.send(Chunk::Abort).await;
-                });
-            }
+        } else if let Some(pipe) = inner.stream.take() {
+            pipe.abort();
         }
         inner.state.abort();
     }
@@ -1215,31 +1269,62 @@ impl Handle {
         last: bool,
     ) -> PyResult<Py<PyAny>> {
         let state = py_state(py)?;
-        let Some(tx) = (if last {
+        let Some(pipe) = (if last {
             inner.stream.take()
         } else {
             inner.stream.clone()
         }) else {
             return Ok(state.sent.clone_ref(py).into_any());
         };
-        match tx.try_send(chunk) {
-            Ok(()) => Ok(state.sent.clone_ref(py).into_any()),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
+        let len = match &chunk {
+            Chunk::Data(data) => data.len(),
+            _ => 0,
+        };
+        match pipe.try_push(chunk) {
+            Ok(()) => {
+                if last {
+                    pipe.end();
+                }
+                Ok(state.sent.clone_ref(py).into_any())
+            }
+            Err(Refused::Closed) => {
                 // The client went away: the response cannot complete.
                 inner.gone = true;
                 inner.state.abort();
                 inner.stream = None;
                 Err(PyOSError::new_err("client disconnected"))
             }
-            Err(mpsc::error::TrySendError::Full(chunk)) => {
+            Err(Refused::Full(chunk)) => {
+                if !std::mem::replace(&mut inner.limited, true) {
+                    if let Some(kind) = pipe.full_budget(len.min(crate::body::PIECE)) {
+                        self.shared.limit(kind);
+                    }
+                }
                 let waiter = state.create_future.call0(py)?;
                 let waiter_for_task = waiter.clone_ref(py);
                 let shared = self.shared.clone();
+                let exchange = self.exchange.clone();
+                let (id, client) = (self.id, self.client);
                 self.shared.runtime.spawn(async move {
-                    let _ = tx.send(chunk).await;
+                    let value = match pipe.push(chunk).await {
+                        Ok(()) => {
+                            if last {
+                                pipe.end();
+                            }
+                            Wake::Sent
+                        }
+                        Err(SendError::Closed) => Wake::SendFailed("client disconnected"),
+                        Err(SendError::Stalled) => {
+                            stalled(&shared, &pipe, id, client);
+                            exchange.mark_disconnected();
+                            Wake::SendFailed(
+                                "client disconnected: it took no data for send_timeout",
+                            )
+                        }
+                    };
                     shared.bridge.push(Event::Wake {
                         waiter: waiter_for_task,
-                        value: Wake::Sent,
+                        value,
                     });
                 });
                 waiting(py, &waiter)
@@ -1248,22 +1333,33 @@ impl Handle {
     }
 }
 
-async fn pump_file(file: std::fs::File, tx: mpsc::Sender<Chunk>) {
+/// A response's client took nothing for `send_timeout`: count it, log it, abort the
+/// response (its connection's driver closes the connection, or the stream is reset).
+fn stalled(shared: &Shared, pipe: &Pipe, id: crate::registry::RequestId, client: SocketAddr) {
+    shared.limit(crate::metrics::Limit::SendTimeout);
+    tracing::info!(request_id = %id, %client, "send_timeout: the client took no response bytes; disconnecting it");
+    pipe.stall();
+}
+
+async fn pump_file(file: std::fs::File, pipe: Arc<Pipe>, shared: Arc<Shared>) {
     use tokio::io::AsyncReadExt;
     let mut file = tokio::fs::File::from_std(file);
     loop {
-        let mut buf = bytes::BytesMut::with_capacity(256 * 1024);
+        let mut buf = bytes::BytesMut::with_capacity(crate::body::PIECE);
         match file.read_buf(&mut buf).await {
-            Ok(0) => return,
-            Ok(_) => {
-                if tx.send(Chunk::Data(buf.freeze())).await.is_err() {
-                    return;
+            Ok(0) => return pipe.end(),
+            Ok(_) => match pipe.push(Chunk::Data(buf.freeze())).await {
+                Ok(()) => {}
+                Err(SendError::Closed) => return,
+                Err(SendError::Stalled) => {
+                    shared.limit(crate::metrics::Limit::SendTimeout);
+                    tracing::info!("send_timeout: the client took no bytes of a file response; disconnecting it");
+                    return pipe.stall();
                 }
-            }
+            },
             Err(err) => {
                 tracing::error!("http.response.pathsend: read failed: {err}");
-                let _ = tx.send(Chunk::Abort).await;
-                return;
+                return pipe.abort();
             }
         }
     }
@@ -1359,7 +1455,16 @@ pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
 
 pub(crate) fn bytes_from_py(obj: &Bound<'_, PyAny>) -> Option<Bytes> {
     if let Ok(b) = obj.cast::<PyBytes>() {
-        return Some(Bytes::copy_from_slice(b.as_bytes()));
+        if b.as_bytes().len() <= crate::body::PIECE {
+            return Some(Bytes::copy_from_slice(b.as_bytes()));
+        }
+        // Large and immutable: keep the app's object instead of copying it, so a chunk
+        // the app sends on many streams is in memory once, and what waits for a slow
+        // client is the app's own bytes. Dropped without the GIL, its reference is
+        // released the next time the worker enters Python.
+        return Some(Bytes::from_owner(pyo3::pybacked::PyBackedBytes::from(
+            b.clone(),
+        )));
     }
     if let Ok(b) = obj.cast::<pyo3::types::PyByteArray>() {
         return Some(Bytes::from(b.to_vec()));

@@ -14,8 +14,10 @@
 
 pub mod body;
 pub mod bridge;
+pub mod budget;
 pub mod forwarded;
 pub mod health;
+pub mod io_watch;
 pub mod metrics;
 mod module;
 pub mod registry;
@@ -170,6 +172,10 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
         show_traceback: config.errors.show_traceback,
         started: AtomicU64::new(0),
         in_flight: std::sync::atomic::AtomicUsize::new(0),
+        http_in_flight: std::sync::atomic::AtomicUsize::new(0),
+        worker_buffer: Arc::new(budget::Budget::new(
+            usize::try_from(config.limits.worker_buffer).unwrap_or(usize::MAX),
+        )),
         draining: std::sync::atomic::AtomicBool::new(false),
         registry: registry::Registry::default(),
         health: health::LoopHealth::default(),

@@ -4,6 +4,8 @@
 
 use crate::body::ResponseBody;
 use crate::bridge::{ConnInfo, Event, Exchange, RequestStart, Shared, REQUEST_ID};
+use crate::budget::{instant_of, now_ms, Budgets, ConnBuffers};
+use crate::io_watch::{IoWatch, Watched};
 use crate::metrics::{ErrorKind, Protocol};
 use bytes::Bytes;
 use genro_config::Config;
@@ -30,6 +32,12 @@ pub struct Limits {
     pub max_concurrency: usize,
     /// `[limits] max_body_size` (0: unlimited).
     pub max_body_size: u64,
+    /// `[limits] response_buffer`.
+    pub response_buffer: usize,
+    /// `[limits] connection_buffer`.
+    pub connection_buffer: usize,
+    /// `[limits] send_timeout` (zero: none).
+    pub send_timeout: Duration,
     /// `Alt-Svc` announcing HTTP/3 on TCP responses, when it is on.
     pub alt_svc: Option<HeaderValue>,
     /// `[websocket]`.
@@ -75,17 +83,61 @@ struct ConnState {
     epoch: Instant,
     /// The protocol of the first request, once counted in the metrics.
     protocol: std::sync::OnceLock<Protocol>,
+    /// The connection's response-byte budget and stalled streams.
+    buffers: Arc<ConnBuffers>,
+    /// The socket's writes.
+    io: Arc<IoWatch>,
 }
 
 impl ConnState {
-    fn new() -> Self {
+    fn new(limits: &Limits) -> Self {
         ConnState {
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             last_active_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             protocol: std::sync::OnceLock::new(),
+            buffers: Arc::new(ConnBuffers::new(limits.connection_buffer)),
+            io: Arc::new(IoWatch::default()),
         }
+    }
+
+    /// When the stall check should look next (`send_timeout` from now at the latest).
+    fn stall_check(&self, send_timeout: Duration) -> Instant {
+        let mut at = Instant::now() + send_timeout;
+        if let Some(since) = self.io.blocked_since() {
+            at = at.min(instant_of(since) + send_timeout);
+        }
+        if self.buffers.budget.used() != 0 {
+            at = at.min(instant_of(self.buffers.budget.progress_ms()) + send_timeout);
+        }
+        at
+    }
+
+    /// Why the connection must be closed for `send_timeout`, if it must: the socket took
+    /// no bytes for that long while we had some to write, response bytes waited that long
+    /// with none taken, or every request on it is a stalled stream.
+    fn stalled(&self, send_timeout: Duration) -> Option<&'static str> {
+        if send_timeout.is_zero() {
+            return None;
+        }
+        let timeout = send_timeout.as_millis() as u64;
+        let now = now_ms();
+        if self
+            .io
+            .blocked_since()
+            .is_some_and(|since| now.saturating_sub(since) >= timeout)
+        {
+            return Some("the socket took no bytes");
+        }
+        if self.buffers.budget.stalled(send_timeout) {
+            return Some("no response bytes were taken (flow-control window closed)");
+        }
+        let stalled = self.buffers.stalled.load(Ordering::Acquire);
+        if stalled != 0 && stalled >= self.in_flight.load(Ordering::Relaxed) {
+            return Some("every response on it stalled");
+        }
+        None
     }
 
     fn touch(&self) {
@@ -115,12 +167,14 @@ impl ConnState {
         })
     }
 
-    /// When the connection became idle, or `None` while a request is in flight.
+    /// When the connection became idle (its last response done and its last bytes
+    /// written), or `None` while a request is in flight.
     fn idle_since(&self) -> Option<Instant> {
         if self.in_flight.load(Ordering::Relaxed) != 0 {
             return None;
         }
-        Some(self.epoch + Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed)))
+        let done = self.epoch + Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed));
+        Some(done.max(instant_of(self.io.last_write_ms())))
     }
 }
 
@@ -422,11 +476,14 @@ async fn handle(
         admission.request_id(),
     );
     let request_id = admission.request_id().header();
-    if limits.max_concurrency != 0
-        && ctx.shared.in_flight.load(Ordering::Relaxed) > limits.max_concurrency
+    if !websocket
+        && limits.max_concurrency != 0
+        && ctx.shared.http_in_flight.load(Ordering::Relaxed) > limits.max_concurrency
     {
         drop(admission);
         ctx.shared.error(ErrorKind::Internal);
+        ctx.shared.limit(crate::metrics::Limit::Concurrency);
+        busy_warning(&ctx.shared, limits.max_concurrency);
         let mut response = plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "Server busy, retry later\n",
@@ -470,16 +527,26 @@ async fn handle(
         done,
     };
     let (respond, response) = tokio::sync::oneshot::channel();
-    ctx.shared
-        .bridge
-        .push(Event::Request(Box::new(RequestStart {
-            parts,
-            conn: info,
-            exchange,
-            respond,
-            admission,
-        })));
+    let budgets = Budgets {
+        conn: ctx.state.buffers.clone(),
+        worker: ctx.shared.worker_buffer.clone(),
+        response: limits.response_buffer,
+        send_timeout: limits.send_timeout,
+    };
+    let pending = crate::bridge::Pending::new(RequestStart {
+        parts,
+        conn: info,
+        exchange,
+        respond,
+        admission,
+        budgets,
+    });
+    ctx.shared.bridge.push(Event::Request(pending.clone()));
+    // If the client leaves before the loop starts the request, this future is dropped:
+    // release the request now, not when the loop wakes.
+    let unstarted = Unstarted(pending);
     let mut response = app_answer(&ctx, response, request_id).await;
+    drop(unstarted);
     if let Some(alt_svc) = limits.alt_svc.as_ref().filter(|_| !ctx.info.front) {
         response
             .headers_mut()
@@ -495,6 +562,33 @@ async fn handle(
     let status = response.status();
     Ok(response.map(|body| body.on_drop(Box::new(move |bytes| guard.finish(status, bytes)))))
 }
+
+/// Takes a request out of the hand-off queue when dropped (see [`crate::bridge::Pending`]).
+struct Unstarted(Arc<crate::bridge::Pending>);
+
+impl Drop for Unstarted {
+    fn drop(&mut self) {
+        drop(self.0.take());
+    }
+}
+
+/// Logs that `max_concurrency` refused requests, at most once per [`BUSY_LOG_EVERY`].
+fn busy_warning(shared: &Shared, max: usize) {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = now_ms() + BUSY_LOG_EVERY.as_millis() as u64;
+    let last = LAST.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= BUSY_LOG_EVERY.as_millis() as u64
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        let in_flight = shared.http_in_flight.load(Ordering::Relaxed);
+        tracing::warn!("max_concurrency ({max}) reached with {in_flight} requests in flight: answering 503 (logged at most every {}s)", BUSY_LOG_EVERY.as_secs());
+    }
+}
+
+/// How often a worker at `max_concurrency` says so.
+const BUSY_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Status recorded (metrics, access log) for a request whose client left before the
 /// response head: nginx's 499 "client closed request".
@@ -512,6 +606,8 @@ struct Driver {
     stop: watch::Receiver<bool>,
     keep_alive: Duration,
     header_read_timeout: Duration,
+    /// The socket, for `FIONREAD` before an idle close (none for the front's).
+    fd: Option<std::os::fd::RawFd>,
 }
 
 impl Driver {
@@ -527,9 +623,11 @@ impl Driver {
             mut stop,
             keep_alive,
             header_read_timeout,
+            fd,
         } = self;
         let client = ctx.info.client;
         let state = ctx.state.clone();
+        let limits = ctx.limits.clone();
         let _counted = (!ctx.info.front && ctx.shared.metrics.is_some()).then(|| Counted {
             shared: ctx.shared.clone(),
             state: state.clone(),
@@ -540,9 +638,12 @@ impl Driver {
         tokio::pin!(connection);
         let mut closing = false;
         let mut draining_until: Option<Instant> = None;
+        let send_timeout = limits.send_timeout;
         loop {
             let linger_end = draining_until.unwrap_or_else(Instant::now);
             let check_at = state.next_check(keep_alive, header_read_timeout);
+            let stall_at = (!send_timeout.is_zero()).then(|| state.stall_check(send_timeout));
+            let kicked = state.buffers.kick.notified();
             tokio::select! {
                 result = connection.as_mut() => {
                     if let Err(err) = result {
@@ -572,14 +673,43 @@ impl Driver {
                             shared.error(ErrorKind::Client);
                             return;
                         }
+                        if pending_input(fd) {
+                            // A request already arrived: serve it rather than close under it.
+                            state.touch();
+                            continue;
+                        }
                         tracing::trace!(%client, "keep-alive timeout: closing idle connection");
                         closing = true;
                         connection.as_mut().graceful_shutdown();
                     }
                 }
+                _ = kicked => {
+                    if let Some(why) = state.stalled(send_timeout) {
+                        tracing::info!(%client, "send_timeout: closing the connection: {why} for {:.0}s", send_timeout.as_secs_f64());
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep_until(stall_at.unwrap_or_else(Instant::now).into()), if stall_at.is_some() => {
+                    if let Some(why) = state.stalled(send_timeout) {
+                        shared.limit(crate::metrics::Limit::SendTimeout);
+                        tracing::info!(%client, "send_timeout: closing the connection: {why} for {:.0}s", send_timeout.as_secs_f64());
+                        return;
+                    }
+                }
             }
         }
     }
+}
+
+/// Whether the client has sent bytes the server has not read yet (`FIONREAD`).
+fn pending_input(fd: Option<std::os::fd::RawFd>) -> bool {
+    let Some(fd) = fd else {
+        return false;
+    };
+    let mut pending: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int into `pending`; fd is the connection's open socket.
+    let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut pending) };
+    rc == 0 && pending > 0
 }
 
 /// Counts a connection in the metrics when it closes.
@@ -638,6 +768,9 @@ pub async fn serve(
     let limits = Arc::new(Limits {
         max_concurrency: config.limits.max_concurrency,
         max_body_size: config.limits.max_body_size,
+        response_buffer: usize::try_from(config.limits.response_buffer).unwrap_or(usize::MAX),
+        connection_buffer: usize::try_from(config.limits.connection_buffer).unwrap_or(usize::MAX),
+        send_timeout: config.limits.send_timeout,
         alt_svc,
         websocket: Arc::new(crate::websocket::Settings::new(&config)),
         proxies: match config.server.proxy_headers {
@@ -662,6 +795,8 @@ pub async fn serve(
         .timer(TokioTimer::new())
         // RFC 8441: WebSockets over HTTP/2 (extended CONNECT).
         .enable_connect_protocol()
+        // What h2 buffers per stream beyond our budgets: one piece (docs/SECURITY.md).
+        .max_send_buf_size(crate::body::PIECE)
         .max_header_list_size(config.limits.max_header_size.min(u32::MAX as u64) as u32);
     let handshake_timeout = config.limits.header_read_timeout;
     let access = if config.logging.access_log {
@@ -684,7 +819,7 @@ pub async fn serve(
                 https: tls.is_some(),
                 front: false,
             }),
-            state: Arc::new(ConnState::new()),
+            state: Arc::new(ConnState::new(&limits)),
             shared: shared.clone(),
             limits: limits.clone(),
             access: access.clone(),
@@ -696,13 +831,16 @@ pub async fn serve(
         let live = live.clone();
         let tls = tls.clone();
         let shared = shared.clone();
+        let io_watch = ctx.state.io.clone();
         let driver = Driver {
             builder,
             ctx,
             stop,
             keep_alive,
             header_read_timeout: handshake_timeout,
+            fd: Some(std::os::fd::AsRawFd::as_raw_fd(&stream)),
         };
+        let stream = Watched::new(stream, io_watch);
         tokio::spawn(async move {
             let _live = live;
             match tls {
@@ -733,19 +871,21 @@ pub async fn serve(
     let spawn_front = |stream: tokio::net::UnixStream| {
         let ctx = Arc::new(ConnCtx {
             info: front_info.clone(),
-            state: Arc::new(ConnState::new()),
+            state: Arc::new(ConnState::new(&limits)),
             shared: shared.clone(),
             limits: limits.clone(),
             access: access.clone(),
             stop: conn_stop.clone(),
             _live: live.clone(),
         });
+        let stream = Watched::new(stream, ctx.state.io.clone());
         let driver = Driver {
             builder: builder.clone(),
             ctx,
             stop: conn_stop.clone(),
             keep_alive: Duration::ZERO,
             header_read_timeout: handshake_timeout,
+            fd: None,
         };
         let live = live.clone();
         tokio::spawn(async move {

@@ -1,0 +1,48 @@
+"""An app for the hostile-client tests: endless streams of one shared 1 MiB chunk (so the
+app's own memory is constant and what grows is the server's), full responses, a loop
+blocker, and counters of what the app saw."""
+
+import json
+import time
+
+CHUNK = b"x" * (1 << 20)
+BIG = b"y" * (8 << 20)
+stats = {"streams": 0, "disconnects": 0, "chunks": 0}
+
+
+async def respond(send, data, status=200, content_type=b"text/plain"):
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type)]})
+    await send({"type": "http.response.body", "body": data})
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    path = scope["path"]
+    if path == "/forever":
+        # Streams the shared chunk until the client is gone (send raises OSError).
+        stats["streams"] += 1
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/octet-stream")]})
+        try:
+            while True:
+                await send({"type": "http.response.body", "body": CHUNK, "more_body": True})
+                stats["chunks"] += 1
+        except OSError:
+            stats["disconnects"] += 1
+    elif path == "/big":
+        await respond(send, BIG, content_type=b"application/octet-stream")
+    elif path == "/block":
+        time.sleep(float(scope["query_string"].decode().partition("=")[2] or "1"))
+        await respond(send, b"unblocked")
+    elif path == "/stats":
+        await respond(send, json.dumps(stats).encode(), content_type=b"application/json")
+    else:
+        await respond(send, b"ok")

@@ -1,0 +1,276 @@
+"""Hostile clients against one worker: memory is bounded by bytes, not by chunk counts
+(`[limits] response_buffer`, `connection_buffer`, `worker_buffer`), clients that take no
+bytes are cut after `send_timeout`, and a blocked loop under a flood of departed clients
+keeps its backlog small (docs/SECURITY.md). Each attack also runs a health client whose
+p99 must stay low.
+
+The app (tests/apps/hostile.py) streams one shared 1 MiB chunk, so what grows is the
+server's memory, not the app's."""
+
+import json
+import socket
+import threading
+import time
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+import httpx
+
+from conftest import Prober, rss_mib, wait_for
+from test_observability import metrics_server, samples, scrape
+
+MIB = 1 << 20
+
+
+def stats(s):
+    return json.loads(httpx.get(s.url + "/stats", timeout=10).text)
+
+
+def warm_rss(s):
+    """The worker's pid and its RSS after a few requests (imports and caches warm)."""
+    (pid,) = s.worker_pids()
+    with httpx.Client() as client:
+        for _ in range(50):
+            client.get(s.url + "/")
+    return pid, rss_mib(pid)
+
+
+class H2Starver:
+    """One HTTP/2 connection that opens `streams` streams with an initial window of 0 and
+    never opens it: the server may send nothing. A thread keeps answering the server's
+    SETTINGS and PINGs."""
+
+    def __init__(self, port, path, streams):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        settings = {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0}
+        config = h2.config.H2Configuration(client_side=True)
+        self.conn = h2.connection.H2Connection(config=config)
+        self.conn.local_settings = h2.settings.Settings(client=True, initial_values=settings)
+        self.conn.initiate_connection()
+        self.lock = threading.Lock()
+        self.closed = threading.Event()
+        self.resets = 0
+        self.goaway = None
+        for _ in range(streams):
+            sid = self.conn.get_next_available_stream_id()
+            self.conn.send_headers(sid, [(":method", "GET"), (":path", path), (":scheme", "http"),
+                                         (":authority", "127.0.0.1")], end_stream=True)
+        self.sock.sendall(self.conn.data_to_send())
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        try:
+            while True:
+                data = self.sock.recv(65536)
+                if not data:
+                    break
+                with self.lock:
+                    for event in self.conn.receive_data(data):
+                        if isinstance(event, h2.events.StreamReset):
+                            self.resets += 1
+                        if isinstance(event, h2.events.ConnectionTerminated):
+                            self.goaway = event.error_code
+                            self.closed.set()
+                    self.sock.sendall(self.conn.data_to_send())
+        except (OSError, h2.exceptions.ProtocolError):
+            pass
+        self.closed.set()
+
+    def close(self):
+        self.sock.close()
+
+
+def non_reader(port, path):
+    """An HTTP/1.1 client that asks for `path` and never reads (small receive buffer)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+    return sock
+
+
+def test_http2_streams_with_a_closed_window_are_bounded_in_bytes(server):
+    """The issue's first row: 200 streams with a zero window, the app streaming 1 MiB
+    chunks. Was 30 MB -> 2.2 GB."""
+    s = server(app="hostile:app")
+    pid, before = warm_rss(s)
+    starver = H2Starver(s.port, "/forever", 200)
+    try:
+        with Prober(s.url) as prober:
+            wait_for(lambda: stats(s)["streams"] >= 100, timeout=20, what="streams started")
+            time.sleep(8)
+            grown = rss_mib(pid) - before
+        assert grown < 100, "worker grew %.0f MiB" % grown
+        assert prober.p99() < 0.05, "health p99 %.3f s" % prober.p99()
+    finally:
+        starver.close()
+
+
+def test_http1_clients_that_never_read_are_bounded_in_bytes(server):
+    """The issue's second row: 100 HTTP/1.1 clients ask for an endless stream and never
+    read. Was 150 MB -> 1.15 GB."""
+    s = server(app="hostile:app")
+    pid, before = warm_rss(s)
+    socks = [non_reader(s.port, "/forever") for _ in range(100)]
+    try:
+        with Prober(s.url) as prober:
+            wait_for(lambda: stats(s)["streams"] >= 100, timeout=20, what="streams started")
+            time.sleep(8)
+            grown = rss_mib(pid) - before
+        assert grown < 100, "worker grew %.0f MiB" % grown
+        assert prober.p99() < 0.05, "health p99 %.3f s" % prober.p99()
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_lowered_budgets_bound_lower(server):
+    """With small budgets, 100 non-reading clients of a large-chunk stream stay under them
+    (plus what hyper and the kernel hold per connection)."""
+    s = server(app="hostile:app", sections={"limits": {
+        "response_buffer": "64KiB", "connection_buffer": "64KiB", "worker_buffer": "1MiB"}})
+    pid, before = warm_rss(s)
+    socks = [non_reader(s.port, "/forever") for _ in range(100)]
+    try:
+        wait_for(lambda: stats(s)["streams"] >= 100, timeout=20, what="streams started")
+        time.sleep(5)
+        grown = rss_mib(pid) - before
+        assert grown < 40, "worker grew %.0f MiB" % grown
+        # The worker budget is shared: most streams are waiting for it, not sending.
+        assert stats(s)["chunks"] < 100 * 4
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_send_timeout_cuts_an_http1_client_that_reads_nothing(server):
+    s = metrics_server(server, workers=1, app="hostile:app",
+                       sections={"limits": {"send_timeout": 2}})
+    sock = non_reader(s.port, "/forever")
+    try:
+        started = time.monotonic()
+        wait_for(lambda: stats(s)["disconnects"] == 1, timeout=15, what="the app sees the disconnect")
+        assert 1.5 < time.monotonic() - started < 8
+        sock.settimeout(10)
+        # The server closed its end: reading drains what the kernel held, then ends.
+        total = 0
+        try:
+            while True:
+                data = sock.recv(1 << 20)
+                if not data:
+                    break
+                total += len(data)
+        except ConnectionResetError:
+            pass
+        assert total < 64 * MIB
+        text = scrape(s)
+        assert samples(text)[("genro_asgi_limits_hit_total",
+                              frozenset({"kind": "send_timeout", "worker": "0"}.items()))] >= 1
+    finally:
+        sock.close()
+    s.wait_log("send_timeout")
+
+
+def test_send_timeout_closes_an_http2_connection_whose_windows_stay_closed(server):
+    s = server(app="hostile:app", sections={"limits": {"send_timeout": 2}})
+    starver = H2Starver(s.port, "/forever", 3)
+    try:
+        wait_for(lambda: stats(s)["streams"] == 3, timeout=15, what="streams started")
+        started = time.monotonic()
+        assert starver.closed.wait(15), "the connection was not closed"
+        assert time.monotonic() - started < 8
+        wait_for(lambda: stats(s)["disconnects"] == 3, timeout=10, what="the app sees 3 disconnects")
+    finally:
+        starver.close()
+
+
+def test_send_timeout_cuts_a_full_response_nobody_reads(server):
+    """A complete 8 MiB response that the client does not read: the response is done
+    for the app, and the connection is closed once the socket took nothing for
+    send_timeout (not kept forever by hyper's pending write)."""
+    s = server(app="hostile:app", sections={"limits": {"send_timeout": 2}})
+    sock = non_reader(s.port, "/big")
+    try:
+        time.sleep(5)
+        total = 0
+        sock.settimeout(10)
+        try:
+            while True:
+                data = sock.recv(1 << 20)
+                if not data:
+                    break
+                total += len(data)
+        except ConnectionResetError:
+            pass
+        assert total < 8 * MIB, "the whole response arrived: the connection was not cut"
+    finally:
+        sock.close()
+
+
+def test_a_slow_reader_that_keeps_reading_is_not_cut(server):
+    """send_timeout counts time without progress, not the length of the response: a
+    client that takes 8 MiB over about 5 s is not cut by a 2 s send_timeout."""
+    s = server(app="hostile:app", sections={"limits": {"send_timeout": 2}})
+    sock = socket.create_connection(("127.0.0.1", s.port))
+    sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+    total = 0
+    started = time.monotonic()
+    with sock:
+        while total < 8 * MIB and time.monotonic() < started + 60:
+            data = sock.recv(16 * 1024)
+            if not data:
+                break
+            total += len(data)
+            time.sleep(0.01)
+    assert total > 8 * MIB, "cut after %d bytes" % total
+    assert time.monotonic() - started > 2 * 2, "the reader was not slow enough to test this"
+
+
+def test_a_blocked_loop_under_a_flood_of_departed_clients_stays_small(server):
+    """The app blocks the loop while many clients send a request and leave: their
+    requests are released at once (not when the loop wakes), so the worker's RSS stays
+    small, and it serves normally afterwards. Was +458 MB for 150 k requests."""
+    s = server(app="hostile:app")
+    pid, before = warm_rss(s)
+    blocker = socket.create_connection(("127.0.0.1", s.port))
+    blocker.sendall(b"GET /block?s=25 HTTP/1.1\r\nHost: x\r\n\r\n")
+    time.sleep(0.5)
+    sent = [0]
+    end = time.monotonic() + 18
+
+    def flood():
+        request = b"GET /flood HTTP/1.1\r\nHost: x\r\n\r\n"
+        while time.monotonic() < end:
+            try:
+                with socket.create_connection(("127.0.0.1", s.port), timeout=5) as sock:
+                    sock.sendall(request)
+            except OSError:
+                time.sleep(0.01)
+                continue
+            sent[0] += 1
+
+    threads = [threading.Thread(target=flood) for _ in range(4)]
+    peak = before
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        peak = max(peak, rss_mib(pid))
+        time.sleep(0.5)
+    for t in threads:
+        t.join()
+    peak = max(peak, rss_mib(pid))
+    assert sent[0] > 20000, "the flood sent only %d requests" % sent[0]
+    assert peak - before < 50, "worker grew %.0f MiB for %d requests" % (peak - before, sent[0])
+    blocker.settimeout(30)
+    answer = b""
+    while b"unblocked" not in answer:
+        data = blocker.recv(65536)
+        assert data, answer
+        answer += data
+    blocker.close()
+    r = httpx.get(s.url + "/", timeout=30)
+    assert r.status_code == 200
+    assert r.text == "ok"
