@@ -43,7 +43,7 @@ class H2Starver:
     never opens it: the server may send nothing. A thread keeps answering the server's
     SETTINGS and PINGs."""
 
-    def __init__(self, port, path, streams):
+    def __init__(self, port, path, streams, flowing=0):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
         settings = {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0}
         config = h2.config.H2Configuration(client_side=True)
@@ -54,10 +54,19 @@ class H2Starver:
         self.closed = threading.Event()
         self.resets = 0
         self.goaway = None
+        self.received = {}
+        self.ids = []
         for _ in range(streams):
             sid = self.conn.get_next_available_stream_id()
+            self.ids.append(sid)
             self.conn.send_headers(sid, [(":method", "GET"), (":path", path), (":scheme", "http"),
                                          (":authority", "127.0.0.1")], end_stream=True)
+        # The first `flowing` streams get a window (kept open as their data is read).
+        self.flowing = set(self.ids[:flowing])
+        if self.flowing:
+            self.conn.increment_flow_control_window(1 << 30)
+            for sid in self.flowing:
+                self.conn.increment_flow_control_window(1 << 20, stream_id=sid)
         self.sock.sendall(self.conn.data_to_send())
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -71,6 +80,12 @@ class H2Starver:
                     for event in self.conn.receive_data(data):
                         if isinstance(event, h2.events.StreamReset):
                             self.resets += 1
+                        if isinstance(event, h2.events.DataReceived):
+                            sid = event.stream_id
+                            self.received[sid] = self.received.get(sid, 0) + len(event.data)
+                            if sid in self.flowing:
+                                self.conn.acknowledge_received_data(
+                                    event.flow_controlled_length, sid)
                         if isinstance(event, h2.events.ConnectionTerminated):
                             self.goaway = event.error_code
                             self.closed.set()
@@ -187,6 +202,23 @@ def test_send_timeout_closes_an_http2_connection_whose_windows_stay_closed(serve
         starver.close()
 
 
+def test_send_timeout_aborts_one_stalled_http2_stream_while_others_flow(server):
+    s = server(app="hostile:app", sections={"limits": {"send_timeout": 2}})
+    client = H2Starver(s.port, "/forever", 2, flowing=1)
+    flowing, stalled = client.ids
+    try:
+        wait_for(lambda: stats(s)["streams"] == 2, timeout=15, what="streams started")
+        wait_for(lambda: stats(s)["disconnects"] == 1, timeout=15,
+                 what="the stalled stream's app sees the disconnect")
+        before = client.received.get(flowing, 0)
+        time.sleep(1)
+        assert client.received.get(flowing, 0) > before, "the flowing stream stopped"
+        assert not client.closed.is_set()
+        assert client.received.get(stalled, 0) == 0
+    finally:
+        client.close()
+
+
 def test_send_timeout_cuts_a_full_response_nobody_reads(server):
     """A complete 8 MiB response that the client does not read: the response is done
     for the app, and the connection is closed once the socket took nothing for
@@ -274,3 +306,29 @@ def test_a_blocked_loop_under_a_flood_of_departed_clients_stays_small(server):
     r = httpx.get(s.url + "/", timeout=30)
     assert r.status_code == 200
     assert r.text == "ok"
+
+
+def test_idle_close_never_drops_a_request_already_sent(server):
+    """Keep-alive races: a pool whose idle expiry equals the server's keep_alive_timeout
+    (httpx's 5 s against our 5 s, scaled down to 2 s) reuses connections just as the
+    server closes idle ones. The server's idle clock starts when the response's last
+    bytes were written, runs a grace of 25% past keep_alive_timeout, and a connection
+    with request bytes waiting is not closed, so no request meets a closed connection."""
+    import asyncio
+
+    s = server(app="hostile:app", sections={"server": {"keep_alive_timeout": 2}})
+
+    async def rounds():
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200,
+                              keepalive_expiry=2)
+        failures = []
+        async with httpx.AsyncClient(limits=limits, timeout=10) as client:
+            for _ in range(12):
+                results = await asyncio.gather(
+                    *[client.get(s.url + "/") for _ in range(200)], return_exceptions=True)
+                failures += [r for r in results if isinstance(r, Exception)]
+                await asyncio.sleep(1.99)
+        return failures
+
+    failures = asyncio.run(rounds())
+    assert not failures, failures[:3]

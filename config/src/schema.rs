@@ -175,7 +175,7 @@ pub static SCHEMA: &[KeyDef] = &[
     k("server", "debug", Kind::Bool, "false", "Debug mode; required by `errors.show_traceback`. Never enable in production."),
     k("server", "backlog", Kind::Int { min: 1, max: 65535 }, "1024", "Maximum number of pending connections in the listen queue."),
     k("server", "graceful_timeout", Kind::Seconds { min: 0.0, max: HOUR }, "30", "On shutdown, time allowed to finish in-flight requests before workers are killed."),
-    k("server", "keep_alive_timeout", Kind::Seconds { min: 0.0, max: HOUR }, "5", "Idle keep-alive connections (no request in flight) are closed after this time: HTTP/1.1 by closing, HTTP/2 with GOAWAY. 0 = no keep-alive (one request per HTTP/1.1 connection)."),
+    k("server", "keep_alive_timeout", Kind::Seconds { min: 0.0, max: HOUR }, "5", "Idle keep-alive connections (no request in flight) are closed after this time, counted from the last response byte written, plus a grace of 25% (at most 1 s) so that a client pool with the same idle expiry (httpx: 5 s) always lets go first: HTTP/1.1 by closing (never with request bytes waiting), HTTP/2 with GOAWAY. 0 = no keep-alive (one request per HTTP/1.1 connection)."),
     k("server", "run_dir", Kind::Path, "", "Directory for runtime files (control socket). Empty = automatic, one per port so `genro-asgi ctl --config FILE` finds it: `$XDG_RUNTIME_DIR/genro-asgi-<port>` or `/tmp/genro-asgi-<uid>-<port>`."),
     k("server", "loop", Kind::Enum(&["auto", "asyncio", "uvloop"]), "auto", "Python event loop; `auto` uses uvloop when installed, else asyncio."),
     k("server", "threads", Kind::Int { min: 1, max: 64 }, "1", "Tokio (I/O) threads per worker process."),

@@ -161,9 +161,10 @@ impl ConnState {
         if keep_alive.is_zero() {
             return None;
         }
+        let idle_for = keep_alive + keep_alive.mul_f64(0.25).min(KEEP_ALIVE_GRACE);
         Some(match self.idle_since() {
-            Some(since) => since + keep_alive,
-            None => Instant::now() + keep_alive,
+            Some(since) => since + idle_for,
+            None => Instant::now() + idle_for,
         })
     }
 
@@ -589,6 +590,13 @@ fn busy_warning(shared: &Shared, max: usize) {
 
 /// How often a worker at `max_concurrency` says so.
 const BUSY_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Extra idle time (25% of `keep_alive_timeout`, at most this) before an idle HTTP/1.1
+/// connection is closed: a client pool whose idle expiry equals the server's timeout
+/// (httpx: 5 s, as ours) starts its clock a little after our last write, so without it the
+/// client would sometimes reuse a connection just as we close it, and its request would
+/// meet the close ("server disconnected without sending a response").
+const KEEP_ALIVE_GRACE: Duration = Duration::from_secs(1);
 
 /// Status recorded (metrics, access log) for a request whose client left before the
 /// response head: nginx's 499 "client closed request".
