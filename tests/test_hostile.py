@@ -332,3 +332,23 @@ def test_idle_close_never_drops_a_request_already_sent(server):
 
     failures = asyncio.run(rounds())
     assert not failures, failures[:3]
+
+
+def test_memory_comes_back_after_an_attack(server):
+    """300 HTTP/1.1 clients that never read a stream of 16 KiB chunks (copied into the
+    worker, up to worker_buffer) make the worker grow; once they leave, the freed memory
+    goes back to the system (malloc_trim when glibc's arenas hold 8 MiB free) instead of
+    staying at the peak."""
+    s = server(app="hostile:app")
+    pid, before = warm_rss(s)
+    socks = [non_reader(s.port, "/forever?size=16384") for _ in range(300)]
+    try:
+        wait_for(lambda: stats(s)["streams"] >= 300, timeout=30, what="streams started")
+        time.sleep(3)
+        peak = rss_mib(pid)
+    finally:
+        for sock in socks:
+            sock.close()
+    assert peak - before < 100, "worker grew %.0f MiB" % (peak - before)
+    wait_for(lambda: rss_mib(pid) < before + 10, timeout=20,
+             what="RSS back near %.0f MiB (peak %.0f)" % (before, peak))

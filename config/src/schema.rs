@@ -194,7 +194,7 @@ pub static SCHEMA: &[KeyDef] = &[
     k("limits", "send_timeout", Kind::Seconds { min: 0.0, max: HOUR }, "60", "A client that takes no response bytes for this long (a socket that does not drain, an HTTP/2 or HTTP/3 stream whose window stays at 0) is disconnected, and the app sees the disconnect (like nginx's `send_timeout`). 0 = no limit."),
     k("limits", "response_buffer", Kind::Size { min: 4 * KIB, max: GIB }, "256KiB", "Response bytes the app has sent that the client has not taken yet, per response; beyond it `send()` waits (backpressure by size, not by chunk count)."),
     k("limits", "connection_buffer", Kind::Size { min: 4 * KIB, max: 16 * GIB }, "1MiB", "The same, summed over the responses of one connection (HTTP/2 multiplexes many)."),
-    k("limits", "worker_buffer", Kind::Size { min: 64 * KIB, max: 64 * GIB }, "64MiB", "The same, summed over every response of the worker."),
+    k("limits", "worker_buffer", Kind::Size { min: 64 * KIB, max: 64 * GIB }, "32MiB", "The same, summed over every response of the worker."),
     // [ssl]
     k("ssl", "enabled", Kind::Bool, "false", "Serve HTTPS; requires `certfile` and `keyfile`."),
     k("ssl", "certfile", Kind::Path, "", "PEM certificate chain."),

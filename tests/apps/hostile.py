@@ -31,9 +31,12 @@ async def app(scope, receive, send):
         stats["streams"] += 1
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/octet-stream")]})
+        # ?size=N: a fresh N-byte chunk per send (small chunks are copied by the server).
+        size = int(scope["query_string"].decode().partition("size=")[2] or 0)
         try:
             while True:
-                await send({"type": "http.response.body", "body": CHUNK, "more_body": True})
+                chunk = b"x" * size if size else CHUNK
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 stats["chunks"] += 1
         except OSError:
             stats["disconnects"] += 1

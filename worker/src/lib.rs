@@ -24,6 +24,7 @@ pub mod registry;
 pub mod response;
 pub mod server;
 mod title;
+pub mod trim;
 pub mod watchdog;
 pub mod websocket;
 
@@ -306,6 +307,7 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
             notices_rx,
         ));
         runtime.spawn(genro_shared::signals::stop_loop(stop_tx));
+        runtime.spawn(trim::run());
         tracing::info!(
             slot = args.slot,
             pid = std::process::id(),
