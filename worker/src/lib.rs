@@ -21,6 +21,7 @@ mod module;
 pub mod registry;
 pub mod response;
 pub mod server;
+pub mod target;
 mod title;
 pub mod watchdog;
 pub mod websocket;

@@ -367,6 +367,27 @@ fn finish(response: Response<ResponseBody>, done: Option<Done>) -> Response<Resp
     response.map(|body| body.on_drop(Box::new(move |bytes| done.record(status, bytes, 0))))
 }
 
+/// Answers an HTTP/1.x request whose target or `Host` [`crate::target::check`] refused:
+/// a client error, counted and logged at debug, with a request id like the other answers
+/// the server writes itself; the connection closes (the body, if any, is not read).
+fn refuse_target(
+    ctx: &ConnCtx,
+    request: &Request<Incoming>,
+    client: std::net::SocketAddr,
+    protocol: Protocol,
+    bad: crate::target::BadTarget,
+) -> Response<ResponseBody> {
+    let admission = crate::bridge::Admission::new(ctx.shared.clone(), request, client, protocol);
+    let done = Done::new(ctx, request, client, protocol, admission.request_id());
+    let request_id = admission.request_id().header();
+    drop(admission);
+    ctx.shared.error(ErrorKind::Client);
+    tracing::debug!(%client, method = %request.method(), "bad request target or Host: {bad}");
+    let mut response = plain(bad.status(), bad.text(), true);
+    response.headers_mut().insert(REQUEST_ID, request_id);
+    finish(response, done)
+}
+
 async fn handle(
     request: Request<Incoming>,
     ctx: Arc<ConnCtx>,
@@ -412,6 +433,9 @@ async fn handle(
         }
         _ => info,
     };
+    if let Err(bad) = crate::target::check(&mut request) {
+        return Ok(refuse_target(&ctx, &request, info.client, protocol, bad));
+    }
     let admission =
         crate::bridge::Admission::new(ctx.shared.clone(), &request, info.client, protocol);
     let done = Done::new(
@@ -709,7 +733,19 @@ pub async fn serve(
                 None => driver.drive(TokioIo::new(stream)).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => driver.drive(TokioIo::new(stream)).await,
+                        Ok(Ok(stream)) => {
+                            // ALPN decides the protocol over TLS (RFC 9113 3.3; RFC 7301):
+                            // `h2` is HTTP/2 only, so a bad preface ends the connection
+                            // instead of getting an HTTP/1.1 reply; `http/1.1`, or no ALPN
+                            // (a client that offered none speaks HTTP/1.1), is HTTP/1.1
+                            // only. Preface detection is for cleartext ports.
+                            let mut driver = driver;
+                            driver.builder = match stream.get_ref().1.alpn_protocol() {
+                                Some(b"h2") => driver.builder.http2_only(),
+                                _ => driver.builder.http1_only(),
+                            };
+                            driver.drive(TokioIo::new(stream)).await
+                        }
                         Ok(Err(err)) => {
                             tracing::debug!(%client, "TLS handshake failed: {err}");
                             shared.error(ErrorKind::Client);
