@@ -12,6 +12,7 @@
 //! 6. cancel what is left, run lifespan shutdown, exit 0.
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod alpn;
 pub mod body;
 pub mod bridge;
 pub mod forwarded;

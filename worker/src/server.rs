@@ -734,17 +734,24 @@ pub async fn serve(
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
-                            // ALPN decides the protocol over TLS (RFC 9113 3.3; RFC 7301):
-                            // `h2` is HTTP/2 only, so a bad preface ends the connection
-                            // instead of getting an HTTP/1.1 reply; `http/1.1`, or no ALPN
-                            // (a client that offered none speaks HTTP/1.1), is HTTP/1.1
-                            // only. Preface detection is for cleartext ports.
-                            let mut driver = driver;
-                            driver.builder = match stream.get_ref().1.alpn_protocol() {
-                                Some(b"h2") => driver.builder.http2_only(),
-                                _ => driver.builder.http1_only(),
-                            };
-                            driver.drive(TokioIo::new(stream)).await
+                            // ALPN decides the protocol over TLS, not preface detection.
+                            let negotiated =
+                                crate::alpn::Negotiated::of(stream.get_ref().1.alpn_protocol());
+                            let gate = crate::alpn::gate(stream, negotiated);
+                            match tokio::time::timeout(handshake_timeout, gate).await {
+                                Ok(Ok(stream)) => driver.drive(TokioIo::new(stream)).await,
+                                Ok(Err(crate::alpn::Refused::Io(err))) => {
+                                    tracing::debug!(%client, "connection ended: {err}");
+                                }
+                                Ok(Err(refused)) => {
+                                    tracing::debug!(%client, "{refused}");
+                                    shared.error(ErrorKind::Client);
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%client, "no request within header_read_timeout");
+                                    shared.error(ErrorKind::Client);
+                                }
+                            }
                         }
                         Ok(Err(err)) => {
                             tracing::debug!(%client, "TLS handshake failed: {err}");
