@@ -16,6 +16,7 @@ pub mod alpn;
 pub mod body;
 pub mod bridge;
 pub mod forwarded;
+pub mod header_check;
 pub mod health;
 pub mod metrics;
 mod module;
