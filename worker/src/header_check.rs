@@ -51,7 +51,10 @@ pub fn exercise(data: &[u8]) {
             if request.version() == Version::HTTP_11 {
                 let hosts: Vec<_> = request.headers().get_all(HOST).iter().collect();
                 assert_eq!(hosts.len(), 1, "accepted HTTP/1.1 without exactly one Host");
-                assert!(is_valid_host(hosts[0].as_bytes()), "accepted an invalid Host");
+                assert!(
+                    is_valid_host(hosts[0].as_bytes()),
+                    "accepted an invalid Host"
+                );
                 if let (Some(_), Some(authority)) =
                     (request.uri().scheme(), request.uri().authority())
                 {
@@ -60,7 +63,11 @@ pub fn exercise(data: &[u8]) {
             }
             let after = request.headers().clone();
             assert_eq!(check(&mut request), Ok(()), "check is not idempotent");
-            assert_eq!(request.headers(), &after, "second check changed the headers");
+            assert_eq!(
+                request.headers(),
+                &after,
+                "second check changed the headers"
+            );
         }
         Err(bad) => {
             assert_eq!(request.headers(), &before, "a refused request was changed");
@@ -117,16 +124,28 @@ fn check_host_syntax(value: &[u8]) {
 }
 
 fn check_forwarded(headers: &HeaderMap) {
-    let lists: [&[&str]; 3] = [&["*"], &["127.0.0.1", "10.0.0.0/8"], &["::1", "192.0.2.0/24"]];
+    let lists: [&[&str]; 3] = [
+        &["*"],
+        &["127.0.0.1", "10.0.0.0/8"],
+        &["::1", "192.0.2.0/24"],
+    ];
     let has_forwarding = ["forwarded", "x-forwarded-for", "x-forwarded-proto"]
         .iter()
         .any(|name| headers.contains_key(*name));
     for list in lists {
         let trusted = Trusted::parse(list).expect("valid trusted list");
         let first = origin(headers, &trusted);
-        assert_eq!(first, origin(headers, &trusted), "origin is not deterministic");
+        assert_eq!(
+            first,
+            origin(headers, &trusted),
+            "origin is not deterministic"
+        );
         if !has_forwarding {
-            assert_eq!(first, Origin::default(), "origin without forwarding headers");
+            assert_eq!(
+                first,
+                Origin::default(),
+                "origin without forwarding headers"
+            );
         }
         if let Some(client) = first.client {
             // The client was written in a forwarding header.
