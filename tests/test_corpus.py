@@ -23,7 +23,8 @@ import socket
 
 import pytest
 
-from conftest import Server
+from conftest import Server, wait_for
+from test_observability import metrics_server, samples, scrape, total
 
 CORPUS = pathlib.Path(__file__).resolve().parent / "corpus"
 CASES = sorted(p.stem for p in CORPUS.glob("*.http"))
@@ -154,4 +155,33 @@ def test_no_error_logged_and_same_worker(corpus_server):
     could use to flood the log) and never bring the worker down."""
     assert corpus_server.worker_pids() == corpus_server.first_pids
     errors = [line for line in corpus_server.log.splitlines() if " ERROR " in line]
+    assert not errors, errors
+
+
+@pytest.mark.parametrize("app", ["fastapi_app:app", "basic:app", "corpus_app:app"])
+def test_malformed_chunked_body_is_a_client_error(server, app):
+    """A malformed chunked body is answered 400 before the app can answer, whatever the
+    app does with the `http.disconnect` it then receives (FastAPI raises ClientDisconnect,
+    basic.py fails an assert, corpus_app returns): never a 500, never an ERROR line per
+    request (a client could flood the log), and the error counts as a client error."""
+    s = metrics_server(server, workers=1, app=app)
+    for body in (b"zz\r\nabc\r\n0\r\n\r\n", b"3\r\nabcXX0\r\n\r\n",
+                 b"ffffffffffffffffff1\r\nabc\r\n0\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", s.port), timeout=TIMEOUT) as sock:
+            sock.sendall(b"POST /echo HTTP/1.1\r\nHost: a.example\r\nContent-Type: application/json\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n" + body)
+            reader = Reader(sock)
+            status, headers, text = reader.response()
+            assert (status, text) == (400, b"Malformed request body\n"), (app, status, text)
+            assert "x-request-id" in headers
+            assert reader.closed()
+    # A refused target or Host is a client error too.
+    with socket.create_connection(("127.0.0.1", s.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        assert Reader(sock).response()[0] == 400
+    wait_for(lambda: total(samples(scrape(s)), "genro_asgi_errors_total", kind="client") == 4,
+             what="4 client errors")
+    values = samples(scrape(s))
+    assert total(values, "genro_asgi_errors_total", kind="app") == 0
+    errors = [line for line in s.log.splitlines() if " ERROR " in line]
     assert not errors, errors
