@@ -185,3 +185,36 @@ def test_malformed_chunked_body_is_a_client_error(server, app):
     assert total(values, "genro_asgi_errors_total", kind="app") == 0
     errors = [line for line in s.log.splitlines() if " ERROR " in line]
     assert not errors, errors
+
+
+def test_bad_request_flood_is_quiet_and_flat(server):
+    """A client flooding the worker with refused requests (missing Host, several Hosts,
+    `*` targets, malformed chunked bodies) gets its 400s without the worker writing a log
+    line per request (the log cannot be flooded at the default level) or holding memory."""
+    from conftest import rss_mib
+    s = metrics_server(server, workers=1, app="corpus_app:app")
+    (pid,) = s.worker_pids()
+    bad = [
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET * HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"POST /p HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ]
+
+    def flood(n):
+        for i in range(n):
+            with socket.create_connection(("127.0.0.1", s.port), timeout=TIMEOUT) as sock:
+                sock.sendall(bad[i % len(bad)])
+                assert Reader(sock).response()[0] == 400
+
+    flood(400)  # warm-up
+    lines, rss = len(s.log.splitlines()), rss_mib(pid)
+    n = 4000
+    flood(n)
+    wait_for(lambda: total(samples(scrape(s)), "genro_asgi_errors_total", kind="client") == n + 400,
+             what="every refusal counted")
+    growth = rss_mib(pid) - rss
+    new_lines = s.log.splitlines()[lines:]
+    print("flood: %d refused requests, %d new log lines, worker RSS %+.1f MiB" % (n, len(new_lines), growth))
+    assert not new_lines, new_lines[:5]
+    assert growth < 10, growth
