@@ -42,7 +42,12 @@ fn request_corpus() {
 fn mutated_requests() {
     let seeds: Vec<Vec<u8>> = seeds().into_iter().map(|(_, data)| data).collect();
     let mut rng = XorShift(0x2545_F491_4F6C_DD1D);
-    for case in 0..30_000 {
+    // HEADER_FUZZ_CASES=N runs a longer campaign by hand; CI runs the default.
+    let cases = std::env::var("HEADER_FUZZ_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(30_000);
+    for case in 0..cases {
         let mut data = rng.pick(&seeds);
         for _ in 0..1 + rng.below(4) {
             mutate(&mut rng, &mut data);
