@@ -72,6 +72,8 @@ pub enum Wake {
     Disconnect,
     /// The body went over `max_body_size`: answer 413 and disconnect the app.
     TooLarge(Py<Handle>),
+    /// The body's framing was malformed (a bad chunk): answer 400 and disconnect the app.
+    Malformed(Py<Handle>),
     /// A `websocket.receive` message (kept in the stash if the waiter was cancelled).
     WsMessage(crate::websocket::Inbound, crate::websocket::Stash),
     /// A `websocket.disconnect` message with the close code and reason.
@@ -219,6 +221,9 @@ pub struct Exchange {
 enum Read {
     Data(Bytes, bool),
     TooLarge,
+    /// The client sent a malformed body (bad chunk size or CRLF, oversized chunk line,
+    /// bad trailers): its fault, not an abort.
+    Malformed,
     Gone,
 }
 
@@ -284,9 +289,12 @@ impl Exchange {
         let read = loop {
             match reader.incoming.frame().await {
                 None => break Read::Data(Bytes::new(), false),
-                Some(Err(_)) => {
+                Some(Err(err)) => {
                     self.aborted.store(true, Ordering::Relaxed);
-                    break Read::Gone;
+                    break match crate::target::is_malformed_body(&err) {
+                        true => Read::Malformed,
+                        false => Read::Gone,
+                    };
                 }
                 Some(Ok(frame)) => {
                     // Request trailers have no ASGI message; skip them.
@@ -539,6 +547,13 @@ fn wake(py: Python<'_>, waiter: Py<PyAny>, value: Wake) -> PyResult<()> {
             let handle = handle.get();
             handle.exchange.client_error(&handle.shared);
             handle.respond_error(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large\n");
+            disconnect_message(py)?.into_any().unbind()
+        }
+        Wake::Malformed(handle) => {
+            let handle = handle.get();
+            handle.exchange.client_error(&handle.shared);
+            tracing::debug!(method = %handle.method, path = %handle.path, "malformed request body");
+            handle.respond_error(StatusCode::BAD_REQUEST, "Malformed request body\n");
             disconnect_message(py)?.into_any().unbind()
         }
         Wake::WsMessage(value, stash) => {
@@ -984,6 +999,7 @@ impl Handle {
                 let value = match exchange.next_chunk().await {
                     Read::Data(data, more) => Wake::Body(data, more),
                     Read::TooLarge => Wake::TooLarge(handle),
+                    Read::Malformed => Wake::Malformed(handle),
                     Read::Gone => Wake::Disconnect,
                 };
                 shared.bridge.push(Event::Wake {
@@ -1103,7 +1119,7 @@ impl Handle {
         if inner.state.is_done() || inner.failed {
             return;
         }
-        if inner.gone || self.exchange.is_disconnected() {
+        if inner.gone || self.exchange.client_at_fault(false) {
             tracing::debug!(method = %self.method, path = %self.path, "client disconnected before the response completed");
             self.exchange.client_error(&self.shared);
             return;

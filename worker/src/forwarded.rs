@@ -114,6 +114,11 @@ fn forwarded_element(element: &str) -> (Option<&str>, Option<&str>) {
 /// `[2001:db8::1]` or `[2001:db8::1]:4711` (port 0 when absent).
 fn node_addr(node: &str) -> Option<SocketAddr> {
     let node = node.trim();
+    // RFC 7239 6: `"[" IPv6address "]"` has no zone id; Rust's parser would take
+    // `[::1%5]:80` (found by worker/tests/header_fuzz.rs).
+    if node.contains('%') {
+        return None;
+    }
     if let Ok(ip) = node.parse::<IpAddr>() {
         return Some(SocketAddr::new(ip, 0));
     }
@@ -186,6 +191,12 @@ mod tests {
         assert_eq!(o.client, None);
         let o = origin(&headers(&[("x-forwarded-for", "[2001:db8::7]")]), &trusted);
         assert_eq!(client(&o).as_deref(), Some("[2001:db8::7]:0"));
+        // A zone id is not an address a proxy writes.
+        let o = origin(
+            &headers(&[("x-forwarded-for", "[2001:db8::7%41]:4711")]),
+            &trusted,
+        );
+        assert_eq!(o.client, None);
     }
 
     #[test]

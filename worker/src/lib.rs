@@ -12,10 +12,12 @@
 //! 6. cancel what is left, run lifespan shutdown, exit 0.
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod alpn;
 pub mod body;
 pub mod bridge;
 pub mod budget;
 pub mod forwarded;
+pub mod header_check;
 pub mod health;
 pub mod io_watch;
 pub mod metrics;
@@ -23,6 +25,7 @@ mod module;
 pub mod registry;
 pub mod response;
 pub mod server;
+pub mod target;
 mod title;
 pub mod trim;
 pub mod watchdog;

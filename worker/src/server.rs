@@ -422,6 +422,27 @@ fn finish(response: Response<ResponseBody>, done: Option<Done>) -> Response<Resp
     response.map(|body| body.on_drop(Box::new(move |bytes| done.record(status, bytes, 0))))
 }
 
+/// Answers an HTTP/1.x request whose target or `Host` [`crate::target::check`] refused:
+/// a client error, counted and logged at debug, with a request id like the other answers
+/// the server writes itself; the connection closes (the body, if any, is not read).
+fn refuse_target(
+    ctx: &ConnCtx,
+    request: &Request<Incoming>,
+    client: std::net::SocketAddr,
+    protocol: Protocol,
+    bad: crate::target::BadTarget,
+) -> Response<ResponseBody> {
+    let admission = crate::bridge::Admission::new(ctx.shared.clone(), request, client, protocol);
+    let done = Done::new(ctx, request, client, protocol, admission.request_id());
+    let request_id = admission.request_id().header();
+    drop(admission);
+    ctx.shared.error(ErrorKind::Client);
+    tracing::debug!(%client, method = %request.method(), "bad request target or Host: {bad}");
+    let mut response = plain(bad.status(), bad.text(), true);
+    response.headers_mut().insert(REQUEST_ID, request_id);
+    finish(response, done)
+}
+
 async fn handle(
     request: Request<Incoming>,
     ctx: Arc<ConnCtx>,
@@ -467,6 +488,9 @@ async fn handle(
         }
         _ => info,
     };
+    if let Err(bad) = crate::target::check(&mut request) {
+        return Ok(refuse_target(&ctx, &request, info.client, protocol, bad));
+    }
     let admission =
         crate::bridge::Admission::new(ctx.shared.clone(), &request, info.client, protocol);
     let done = Done::new(
@@ -855,7 +879,26 @@ pub async fn serve(
                 None => driver.drive(TokioIo::new(stream)).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => driver.drive(TokioIo::new(stream)).await,
+                        Ok(Ok(stream)) => {
+                            // ALPN decides the protocol over TLS, not preface detection.
+                            let negotiated =
+                                crate::alpn::Negotiated::of(stream.get_ref().1.alpn_protocol());
+                            let gate = crate::alpn::gate(stream, negotiated);
+                            match tokio::time::timeout(handshake_timeout, gate).await {
+                                Ok(Ok(stream)) => driver.drive(TokioIo::new(stream)).await,
+                                Ok(Err(crate::alpn::Refused::Io(err))) => {
+                                    tracing::debug!(%client, "connection ended: {err}");
+                                }
+                                Ok(Err(refused)) => {
+                                    tracing::debug!(%client, "{refused}");
+                                    shared.error(ErrorKind::Client);
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%client, "no request within header_read_timeout");
+                                    shared.error(ErrorKind::Client);
+                                }
+                            }
+                        }
                         Ok(Err(err)) => {
                             tracing::debug!(%client, "TLS handshake failed: {err}");
                             shared.error(ErrorKind::Client);
