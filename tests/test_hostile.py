@@ -94,6 +94,11 @@ class H2Starver:
             pass
         self.closed.set()
 
+    def reset(self, sid):
+        with self.lock:
+            self.conn.reset_stream(sid)
+            self.sock.sendall(self.conn.data_to_send())
+
     def close(self):
         self.sock.close()
 
@@ -215,6 +220,9 @@ def test_send_timeout_aborts_one_stalled_http2_stream_while_others_flow(server):
         assert client.received.get(flowing, 0) > before, "the flowing stream stopped"
         assert not client.closed.is_set()
         assert client.received.get(stalled, 0) == 0
+        # Once only the stalled stream is left, the connection does not live on for it.
+        client.reset(flowing)
+        assert client.closed.wait(10), "a connection left with only a stalled stream stayed open"
     finally:
         client.close()
 
