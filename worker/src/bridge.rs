@@ -70,10 +70,9 @@ pub enum Wake {
     Disconnect,
     /// The body went over `max_body_size`: answer 413 and disconnect the app.
     TooLarge(Py<Handle>),
-    /// A `websocket.receive` message (kept in the stash if the waiter was cancelled).
-    WsMessage(crate::websocket::Inbound, crate::websocket::Stash),
-    /// A `websocket.disconnect` message with the close code and reason.
-    WsDisconnect(u16, String),
+    /// A WebSocket queue has a message (or its end) for its waiting `receive()` futures;
+    /// one the app cancelled is skipped and the message stays queued.
+    WsReady(std::sync::Arc<crate::ws_queue::Queue>),
     /// A waiting `websocket.send` found the connection closed: raise OSError.
     WsClosed,
 }
@@ -499,12 +498,7 @@ fn wake(py: Python<'_>, waiter: Py<PyAny>, value: Wake) -> PyResult<()> {
             handle.respond_error(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large\n");
             disconnect_message(py)?.into_any().unbind()
         }
-        Wake::WsMessage(value, stash) => {
-            return crate::websocket::deliver(py, waiter.bind(py), value, &stash);
-        }
-        Wake::WsDisconnect(code, reason) => {
-            crate::websocket::disconnect_message(py, code, &reason)?.unbind()
-        }
+        Wake::WsReady(queue) => return crate::ws_queue::serve(py, waiter, &queue),
         Wake::WsClosed => {
             let waiter = waiter.bind(py);
             if !waiter.call_method0(intern!(py, "done"))?.is_truthy()? {

@@ -24,6 +24,8 @@ pub mod server;
 mod title;
 pub mod watchdog;
 pub mod websocket;
+pub(crate) mod ws_pump;
+pub mod ws_queue;
 
 use bridge::{Bridge, Drainer, Event, PyParts, Shared};
 use genro_config::{Config, Lifespan, LogLevel, LoopKind};
