@@ -333,8 +333,8 @@ impl Pump<'_> {
     }
 }
 
-/// The next client frame. A read that must wait while [`CONTROL_BACKLOG`] pongs are not
-/// written (the client sends pings and does not read) counts the bound, once.
+/// The next client frame. A read that waits for [`CONTROL_BACKLOG`] pongs to be written
+/// (the client sends pings and does not read) counts the bound, once.
 async fn next_frame(
     ws: &mut Socket,
     shared: &Shared,
@@ -343,12 +343,12 @@ async fn next_frame(
 ) -> Result<Frame, WebSocketError> {
     std::future::poll_fn(|cx| {
         let polled = ws.poll_next_frame(cx);
-        if polled.is_pending() && !*hit && ws.pending_control_frames() >= CONTROL_BACKLOG {
+        if polled.is_pending() && !*hit && ws.is_control_backlogged() {
             *hit = true;
             shared.limit(Limit::WebsocketControl);
             tracing::info!(
                 %client,
-                "WebSocket client sends pings and does not read the pongs: reading paused at {CONTROL_BACKLOG} pending"
+                "WebSocket client sends pings and does not read the pongs: reading paused until they are written ({CONTROL_BACKLOG} pending)"
             );
         }
         polled

@@ -1197,10 +1197,10 @@ where
         self.streaming.split_stream()
     }
 
-    /// The number of control frames (pongs, a close echo) queued and not yet handed to
-    /// the socket. See [`Streaming::pending_control_frames`].
-    pub fn pending_control_frames(&self) -> usize {
-        self.streaming.pending_control_frames()
+    /// Whether reading waits for queued control frames (pongs) to be written. See
+    /// [`Streaming::is_control_backlogged`].
+    pub fn is_control_backlogged(&self) -> bool {
+        self.streaming.is_control_backlogged()
     }
 
     /// Converts this `WebSocket` into a [`Streaming`] connection for manual fragment control.

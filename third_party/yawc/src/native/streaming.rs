@@ -161,6 +161,8 @@ pub struct Streaming<S> {
     obligated_sends: VecDeque<Frame>,
     // past this many obligated sends, reading waits until they are written
     max_pending_control_frames: usize,
+    // reading waits until the obligated sends are written and flushed
+    control_backlogged: bool,
     // flag to indicate the writer to flush sends
     flush_sends: bool,
     // compressor
@@ -211,6 +213,7 @@ where
             wake_proxy: Arc::new(WakeProxy::default()),
             obligated_sends: VecDeque::new(),
             max_pending_control_frames: negotiated.max_pending_control_frames.max(1),
+            control_backlogged: false,
             flush_sends: false,
             deflate: negotiated.compressor(),
             inflate: negotiated.decompressor(),
@@ -231,14 +234,14 @@ where
         poll_fn(|cx| self.poll_next_frame(cx)).await
     }
 
-    /// The number of control frames (pongs, a close echo) queued and not yet handed to
-    /// the socket.
+    /// Whether reading waits for queued control frames to be written.
     ///
-    /// When it reaches [`Options::max_pending_control_frames`](crate::Options::max_pending_control_frames),
-    /// reading pauses until the socket takes them: a [`Self::poll_next_frame`] that
-    /// returns `Pending` with this count at the limit means the peer is not reading.
-    pub fn pending_control_frames(&self) -> usize {
-        self.obligated_sends.len()
+    /// Set once [`Options::max_pending_control_frames`](crate::Options::max_pending_control_frames)
+    /// control frames are queued, and cleared when they have all been written and flushed:
+    /// a [`Self::poll_next_frame`] that returns `Pending` while this is true means the peer
+    /// sends control frames (pings) faster than it reads the answers.
+    pub fn is_control_backlogged(&self) -> bool {
+        self.control_backlogged
     }
 
     /// Splits the `Streaming` connection into its low-level components for advanced usage.
@@ -291,11 +294,14 @@ where
         max_read_buffer: usize,
     ) -> Poll<Result<Frame>> {
         // Every ping read queues a pong. A peer that keeps sending pings and does not
-        // read the pongs must not grow that queue without bound: past the limit, write
-        // the backlog before reading more, which stops reading while the socket does
-        // not take it (the peer is then held back by TCP flow control).
-        if self.obligated_sends.len() >= self.max_pending_control_frames {
+        // read the pongs must not grow that queue without bound: at the limit, write and
+        // flush the backlog before reading more, which stops reading while the socket
+        // does not take it (the peer is then held back by TCP flow control).
+        if self.control_backlogged || self.obligated_sends.len() >= self.max_pending_control_frames
+        {
+            self.control_backlogged = true;
             ready!(self.poll_flush_obligated(ContextKind::Read, cx))?;
+            self.control_backlogged = false;
         }
         let res = if self.stream.read_buffer().is_empty() {
             self.wake_proxy.set_waker(ContextKind::Read, cx.waker());
@@ -727,16 +733,17 @@ mod control_backlog_tests {
         while let Poll::Ready(frame) = stream.poll_next_frame(&mut cx) {
             assert_eq!(frame.unwrap().opcode(), OpCode::Ping);
             read += 1;
-            assert!(stream.pending_control_frames() <= 8);
+            assert!(stream.obligated_sends.len() <= 8);
         }
-        // 8 pongs fit in the pipe and 8 more wait: reading stopped there.
-        assert_eq!(read, 16);
-        assert_eq!(stream.pending_control_frames(), 8);
+        // 8 pongs fit in the pipe, the next 8 wait in the write buffer: reading stopped.
+        assert!(read <= 24, "{read} pings read");
+        assert!(stream.is_control_backlogged());
 
         // Once the peer reads its pongs, reading resumes.
         let mut pongs = [0u8; 16];
         peer.read_exact(&mut pongs).await.unwrap();
         assert_eq!(&pongs[..2], &[0x8a, 0x00]);
         assert!(matches!(stream.poll_next_frame(&mut cx), Poll::Ready(Ok(_))));
+        assert!(!stream.is_control_backlogged());
     }
 }
