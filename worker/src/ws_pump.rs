@@ -24,6 +24,11 @@ use yawc::{Frame, OpCode, WebSocketError};
 /// has more than a burst of them pending.
 pub const CONTROL_BACKLOG: usize = 16;
 
+/// A message this big (after decompression) took a while to read: the pump yields to the
+/// other tasks of its thread before reading the next one, so several connections sending
+/// large deflated messages do not hold the I/O thread for a burst of them in a row.
+const LARGE_MESSAGE: usize = 256 * 1024;
+
 /// How long a closing side waits for the peer's close frame (or for a close frame to be
 /// written) before dropping the connection.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -225,7 +230,13 @@ impl Pump<'_> {
                                         if let Some(m) = metrics {
                                             m.websocket_message(true);
                                         }
+                                        let large = value.size() >= LARGE_MESSAGE;
                                         self.queue.push(value);
+                                        if large {
+                                            // Inflating it took this thread a while: let the
+                                            // other connections run before the next one.
+                                            tokio::task::yield_now().await;
+                                        }
                                     }
                                     Err((code, reason)) => {
                                         tracing::debug!("WebSocket failed: {reason}");
