@@ -74,10 +74,9 @@ pub enum Wake {
     TooLarge(Py<Handle>),
     /// The body's framing was malformed (a bad chunk): answer 400 and disconnect the app.
     Malformed(Py<Handle>),
-    /// A `websocket.receive` message (kept in the stash if the waiter was cancelled).
-    WsMessage(crate::websocket::Inbound, crate::websocket::Stash),
-    /// A `websocket.disconnect` message with the close code and reason.
-    WsDisconnect(u16, String),
+    /// A WebSocket queue has a message (or its end) for its waiting `receive()` futures;
+    /// one the app cancelled is skipped and the message stays queued.
+    WsReady(std::sync::Arc<crate::ws_queue::Queue>),
     /// A waiting `websocket.send` found the connection closed: raise OSError.
     WsClosed,
     /// A waiting `http.response.body` send could not finish: raise OSError with this.
@@ -556,12 +555,7 @@ fn wake(py: Python<'_>, waiter: Py<PyAny>, value: Wake) -> PyResult<()> {
             handle.respond_error(StatusCode::BAD_REQUEST, "Malformed request body\n");
             disconnect_message(py)?.into_any().unbind()
         }
-        Wake::WsMessage(value, stash) => {
-            return crate::websocket::deliver(py, waiter.bind(py), value, &stash);
-        }
-        Wake::WsDisconnect(code, reason) => {
-            crate::websocket::disconnect_message(py, code, &reason)?.unbind()
-        }
+        Wake::WsReady(queue) => return crate::ws_queue::serve(py, waiter, &queue),
         Wake::WsClosed | Wake::SendFailed(_) => {
             let why = match value {
                 Wake::SendFailed(why) => why,

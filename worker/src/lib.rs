@@ -30,6 +30,8 @@ mod title;
 pub mod trim;
 pub mod watchdog;
 pub mod websocket;
+pub(crate) mod ws_pump;
+pub mod ws_queue;
 
 use bridge::{Bridge, Drainer, Event, PyParts, Shared};
 use genro_config::{Config, Lifespan, LogLevel, LoopKind};

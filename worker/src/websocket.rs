@@ -11,29 +11,29 @@
 //!    101 (HTTP/1.1) or 200 (HTTP/2) response and spawns the [`pump`]; `websocket.close` or a
 //!    `websocket.http.response.*` denial before that answers with an HTTP response instead
 //!    (403 for a bare close).
-//! 3. The pump owns the socket: client messages go into a queue of `[websocket] max_queue`
-//!    messages that `receive()` drains (a full queue stops reading: TCP backpressure), app
-//!    messages come through a small queue whose `send()` waits when the client is slow. It
-//!    pings idle clients, answers the drain with close 1001, and records how the connection
-//!    ended for the app's `websocket.disconnect`.
+//! 3. The [pump](crate::ws_pump) owns the socket: client messages go into a
+//!    [queue](crate::ws_queue) bounded by count and bytes that `receive()` drains (a full
+//!    queue stops reading: TCP backpressure), app messages come through a small queue whose
+//!    `send()` waits when the client is slow. It pings idle clients, answers the drain with
+//!    close 1001, and records how the connection ended for the app's `websocket.disconnect`.
 
 use crate::bridge::{lock, ready, waiting, Admission, ConnInfo, Event, Shared, Wake};
-use crate::metrics::{ErrorKind, Protocol};
+use crate::metrics::ErrorKind;
 use crate::registry::RequestId;
+use crate::ws_queue::{Bounds, Producer, Queue, WorkerBudget, ABNORMAL};
 use bytes::Bytes;
-use futures_util::SinkExt;
 use http::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
 use http::{HeaderMap, Response, StatusCode};
 use pyo3::exceptions::{PyOSError, PyRuntimeError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyString};
+use pyo3::types::{PyDict, PyString};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use yawc::close::CloseCode;
-use yawc::{Frame, OpCode, WebSocketError};
+use yawc::{Frame, WebSocketError};
 
 use crate::body::ResponseBody;
 
@@ -41,20 +41,21 @@ use crate::body::ResponseBody;
 #[derive(Debug)]
 pub struct Settings {
     options: yawc::Options,
-    max_message_size: usize,
-    max_queue: usize,
-    ping_interval: Duration,
-    ping_timeout: Duration,
-    drain_grace: Duration,
+    pub(crate) max_message_size: usize,
+    /// `[websocket] max_queue` and `max_queue_bytes`.
+    pub(crate) bounds: Bounds,
+    /// `[websocket] worker_queue_bytes`, shared by every session of the worker.
+    pub(crate) budget: Arc<WorkerBudget>,
+    pub(crate) ping_interval: Duration,
+    pub(crate) ping_timeout: Duration,
+    pub(crate) drain_grace: Duration,
+    /// `[limits] send_timeout` (zero: none).
+    pub(crate) send_timeout: Duration,
 }
 
 /// Messages from the app to the pump; a few suffice, since each may be large and `send()`
 /// waits when they are all taken.
 const OUT_QUEUE: usize = 4;
-
-/// How long a closing side waits for the peer's close frame (or for a close frame to be
-/// written) before dropping the connection.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Settings {
     /// From the effective configuration.
@@ -68,14 +69,22 @@ impl Settings {
         // bounds each frame (also after decompression).
         let mut options = yawc::Options::default()
             .with_no_delay()
-            .with_max_payload_read(max);
+            .with_max_payload_read(max)
+            .with_max_pending_control_frames(crate::ws_pump::CONTROL_BACKLOG);
         if config.per_message_deflate {
             options = options.with_low_latency_compression();
         }
         Settings {
             max_message_size: max - 1,
             options,
-            max_queue: config.max_queue.max(1),
+            bounds: Bounds {
+                messages: config.max_queue.max(1),
+                bytes: usize::try_from(config.max_queue_bytes).unwrap_or(usize::MAX),
+            },
+            budget: Arc::new(WorkerBudget::new(
+                usize::try_from(config.worker_queue_bytes).unwrap_or(usize::MAX),
+            )),
+            send_timeout: full.limits.send_timeout,
             ping_interval: config.ping_interval,
             ping_timeout: config.ping_timeout,
             // The default may exceed a short graceful_timeout; the drain must fit in it.
@@ -278,41 +287,11 @@ impl std::fmt::Debug for Session {
     }
 }
 
-/// A client message for the app.
-#[derive(Debug)]
-pub enum Inbound {
-    /// `websocket.receive` with `text`.
-    Text(Bytes),
-    /// `websocket.receive` with `bytes`.
-    Binary(Bytes),
-}
-
 /// An app message for the client.
-enum Outbound {
+pub(crate) enum Outbound {
     Frame(Frame),
     Close(u16, String),
 }
-
-/// How the connection ended, for `websocket.disconnect`; set by whoever ends it first.
-#[derive(Debug, Default)]
-struct Ending(Mutex<Option<(u16, String)>>);
-
-impl Ending {
-    fn set(&self, code: u16, reason: &str) {
-        lock(&self.0).get_or_insert_with(|| (code, reason.to_owned()));
-    }
-
-    fn is_set(&self) -> bool {
-        lock(&self.0).is_some()
-    }
-
-    fn get(&self) -> (u16, String) {
-        lock(&self.0).clone().unwrap_or((ABNORMAL, String::new()))
-    }
-}
-
-/// Close code for a connection that ended without a close frame.
-const ABNORMAL: u16 = 1006;
 
 /// Where a session is in the ASGI protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -335,8 +314,9 @@ struct WsInner {
     session: Option<Session>,
     /// The app's side of the pump's queues, set on accept.
     outbound: Option<mpsc::Sender<Outbound>>,
-    /// The pump's end of the inbound queue, until accept hands it over.
-    inbound_tx: Option<mpsc::Sender<Inbound>>,
+    /// The pump's hold on the inbound queue, until accept hands it over; dropping it
+    /// closes the queue (`receive()` reports the disconnect).
+    inbound_tx: Option<Producer>,
     /// The denial response being assembled.
     denial: Option<(StatusCode, HeaderMap, Vec<u8>)>,
     admission: Option<Arc<Admission>>,
@@ -352,11 +332,15 @@ pub struct WsHandle {
     path: String,
     client: SocketAddr,
     inner: Mutex<WsInner>,
-    inbound: Arc<tokio::sync::Mutex<mpsc::Receiver<Inbound>>>,
-    /// Messages taken from `inbound` for a `receive()` the app cancelled (e.g. under
-    /// `asyncio.wait_for`): the next `receive()` gets them first, in order.
-    stash: Stash,
-    ending: Arc<Ending>,
+    /// Client messages for `receive()`, and how the connection ended.
+    queue: Arc<Queue>,
+}
+
+impl Drop for WsHandle {
+    fn drop(&mut self) {
+        // Nothing will take the queued messages any more.
+        self.queue.app_gone();
+    }
 }
 
 impl std::fmt::Debug for WsHandle {
@@ -368,7 +352,8 @@ impl std::fmt::Debug for WsHandle {
 impl WsHandle {
     /// A handle for a session starting on the Python thread.
     pub fn new(shared: Arc<Shared>, start: WsStart) -> Self {
-        let (tx, rx) = mpsc::channel(start.session.settings.max_queue);
+        let settings = &start.session.settings;
+        let queue = Queue::new(shared.clone(), settings.bounds, settings.budget.clone());
         WsHandle {
             id: start.admission.request_id(),
             shared,
@@ -379,75 +364,14 @@ impl WsHandle {
                 respond: Some(start.respond),
                 session: Some(start.session),
                 outbound: None,
-                inbound_tx: Some(tx),
+                inbound_tx: Some(Producer(queue.clone())),
                 denial: None,
                 admission: Some(start.admission),
                 failed: false,
             }),
-            inbound: Arc::new(tokio::sync::Mutex::new(rx)),
-            stash: Stash::default(),
-            ending: Arc::new(Ending::default()),
+            queue,
         }
     }
-}
-
-/// Client messages already taken from the queue but not yet delivered to the app.
-pub type Stash = Arc<Mutex<std::collections::VecDeque<Inbound>>>;
-
-/// Resolves a waiting `receive()` with a client message, on the Python thread. A waiter the
-/// app cancelled meanwhile does not lose the message: it goes to the stash, and a live
-/// waiter gets the oldest stashed message first, so the order is kept.
-pub fn deliver(
-    py: Python<'_>,
-    waiter: &Bound<'_, PyAny>,
-    value: Inbound,
-    stash: &Stash,
-) -> PyResult<()> {
-    let mut stash = lock(stash);
-    if waiter.call_method0(intern!(py, "done"))?.is_truthy()? {
-        stash.push_back(value);
-        return Ok(());
-    }
-    let value = match stash.pop_front() {
-        Some(older) => {
-            stash.push_back(value);
-            older
-        }
-        None => value,
-    };
-    drop(stash);
-    waiter.call_method1(intern!(py, "set_result"), (receive_message(py, value)?,))?;
-    Ok(())
-}
-
-/// The `websocket.receive` message for a client message.
-fn receive_message(py: Python<'_>, value: Inbound) -> PyResult<Bound<'_, PyAny>> {
-    let m = PyDict::new(py);
-    m.set_item(intern!(py, "type"), intern!(py, "websocket.receive"))?;
-    match value {
-        Inbound::Text(text) => {
-            // The Assembler validated the UTF-8; a failure here would be a bug there.
-            let text = std::str::from_utf8(&text).map_err(|e| {
-                PyRuntimeError::new_err(format!("invalid UTF-8 in a text message: {e}"))
-            })?;
-            m.set_item(intern!(py, "text"), PyString::new(py, text))?;
-        }
-        Inbound::Binary(data) => m.set_item(intern!(py, "bytes"), PyBytes::new(py, &data))?,
-    }
-    Ok(m.into_any())
-}
-
-/// The `websocket.disconnect` message with how the connection ended.
-pub fn disconnect_message<'py>(
-    py: Python<'py>,
-    code: u16,
-    reason: &str,
-) -> PyResult<Bound<'py, PyAny>> {
-    let m = PyDict::new(py);
-    m.set_item(intern!(py, "type"), intern!(py, "websocket.disconnect"))?;
-    m.set_item(intern!(py, "code"), code)?;
-    m.set_item(intern!(py, "reason"), reason)?;
-    Ok(m.into_any())
 }
 
 /// Sends `response` as the answer to the handshake; false when the client is gone.
@@ -486,41 +410,7 @@ impl WsHandle {
                 return ready(py, m.into_any());
             }
         }
-        let stashed = lock(&this.stash).pop_front();
-        if let Some(value) = stashed {
-            return ready(py, receive_message(py, value)?);
-        }
-        if let Ok(mut rx) = this.inbound.try_lock() {
-            match rx.try_recv() {
-                Ok(value) => return ready(py, receive_message(py, value)?),
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    let (code, reason) = this.ending.get();
-                    return ready(py, disconnect_message(py, code, &reason)?);
-                }
-                Err(mpsc::error::TryRecvError::Empty) => {}
-            }
-        }
-        let waiter = crate::bridge::new_future(py)?;
-        let waiter_for_task = waiter.clone_ref(py);
-        let inbound = this.inbound.clone();
-        let ending = this.ending.clone();
-        let shared = this.shared.clone();
-        let stash = this.stash.clone();
-        this.shared.runtime.spawn(async move {
-            let value = inbound.lock().await.recv().await;
-            let value = match value {
-                Some(value) => Wake::WsMessage(value, stash),
-                None => {
-                    let (code, reason) = ending.get();
-                    Wake::WsDisconnect(code, reason)
-                }
-            };
-            shared.bridge.push(Event::Wake {
-                waiter: waiter_for_task,
-                value,
-            });
-        });
-        waiting(py, &waiter)
+        this.queue.receive(py)
     }
 
     /// ASGI `send(message)`.
@@ -566,19 +456,19 @@ impl WsHandle {
                     // The client left during the handshake.
                     inner.phase = Phase::Closed;
                     inner.outbound = None;
-                    self.ending.set(ABNORMAL, "");
+                    self.queue.set_ending(ABNORMAL, "");
                     inner.inbound_tx = None;
                     return crate::bridge::sent(py);
                 }
                 if let Some(inbound) = inner.inbound_tx.take() {
-                    let link = Link {
+                    let link = crate::ws_pump::Link {
                         shared: self.shared.clone(),
                         id: inner.admission.as_ref().map(|a| a.registry_id()),
+                        client: self.client,
                         inbound,
                         outbound: out_rx,
-                        ending: self.ending.clone(),
                     };
-                    self.shared.runtime.spawn(pump(
+                    self.shared.runtime.spawn(crate::ws_pump::pump(
                         upgrade,
                         session.settings,
                         session.stop,
@@ -706,7 +596,7 @@ impl WsHandle {
         }
         inner.failed = true;
         let id = self.id;
-        if inner.phase == Phase::Closed && self.ending.is_set() {
+        if inner.phase == Phase::Closed && self.queue.has_ended() {
             // The client went away and the app raised because of it (send() on a closed
             // socket): a client matter.
             let last = traceback.trim_end().lines().last().unwrap_or("");
@@ -741,7 +631,7 @@ impl WsHandle {
         inner.phase = Phase::Closed;
         inner.session = None;
         answer(inner, response);
-        self.ending.set(ABNORMAL, "");
+        self.queue.set_ending(ABNORMAL, "");
         inner.inbound_tx = None;
     }
 
@@ -996,343 +886,6 @@ fn parse_outbound(message: &Bound<'_, PyAny>) -> Result<AppMessage, String> {
     }
 }
 
-/// The pump's ends of the session.
-struct Link {
-    shared: Arc<Shared>,
-    /// The registry entry, marked busy while the app does not take client messages.
-    id: Option<u64>,
-    inbound: mpsc::Sender<Inbound>,
-    outbound: mpsc::Receiver<Outbound>,
-    ending: Arc<Ending>,
-}
-
-/// Counts an open WebSocket in the metrics while it lives.
-struct Open(Arc<Shared>);
-
-impl Open {
-    fn new(shared: Arc<Shared>) -> Self {
-        if let Some(metrics) = &shared.metrics {
-            metrics.connection_opened(Protocol::Websocket);
-        }
-        Open(shared)
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        if let Some(metrics) = &self.0.metrics {
-            metrics.connection_closed(Protocol::Websocket);
-        }
-    }
-}
-
-/// The close code a protocol error ends the connection with (the one yawc sends).
-fn error_code(err: &WebSocketError) -> u16 {
-    match err {
-        WebSocketError::FrameTooLarge => 1009,
-        WebSocketError::InvalidUTF8 => 1007,
-        WebSocketError::InvalidOpCode(_) => 1003,
-        WebSocketError::ReservedBitsNotZero
-        | WebSocketError::ControlFrameFragmented
-        | WebSocketError::PingFrameTooLarge
-        | WebSocketError::InvalidFragment
-        | WebSocketError::InvalidCloseFrame
-        | WebSocketError::InvalidCloseCode
-        | WebSocketError::FragmentTimeout
-        | WebSocketError::InvalidContinuationFrame
-        | WebSocketError::CompressionNotSupported => 1002,
-        WebSocketError::ConnectionClosed => ABNORMAL,
-        _ => 1011,
-    }
-}
-
-type Socket = yawc::streaming::Streaming<yawc::HttpStream>;
-
-/// Reassembles fragmented messages, bounds their size and validates text as it arrives
-/// (an invalid UTF-8 sequence fails the connection at the fragment that holds it).
-struct Assembler {
-    max: usize,
-    /// The message being reassembled: `Text` or `Binary`.
-    kind: Option<OpCode>,
-    buffer: bytes::BytesMut,
-    /// Bytes of `buffer` known to be complete UTF-8 (text).
-    valid: usize,
-}
-
-/// Why a message fails the connection: the close code and reason to send.
-type Violation = (u16, &'static str);
-
-impl Assembler {
-    fn new(max: usize) -> Self {
-        Assembler {
-            max,
-            kind: None,
-            buffer: bytes::BytesMut::new(),
-            valid: 0,
-        }
-    }
-
-    /// Takes a data frame; returns a complete message when `fin`.
-    fn push(
-        &mut self,
-        opcode: OpCode,
-        fin: bool,
-        payload: Bytes,
-    ) -> Result<Option<Inbound>, Violation> {
-        match opcode {
-            OpCode::Text | OpCode::Binary => {
-                if self.kind.is_some() {
-                    return Err((1002, "new message inside a fragmented one"));
-                }
-                if fin {
-                    // The common case: one frame, no copy.
-                    if payload.len() > self.max {
-                        return Err((1009, "message too big"));
-                    }
-                    if opcode == OpCode::Binary {
-                        return Ok(Some(Inbound::Binary(payload)));
-                    }
-                    if std::str::from_utf8(&payload).is_err() {
-                        return Err((1007, "invalid UTF-8 in a text message"));
-                    }
-                    return Ok(Some(Inbound::Text(payload)));
-                }
-                self.kind = Some(opcode);
-                self.buffer.clear();
-                self.valid = 0;
-            }
-            OpCode::Continuation if self.kind.is_none() => {
-                return Err((1002, "continuation frame outside a fragmented message"));
-            }
-            _ => {}
-        }
-        if self.buffer.len() + payload.len() > self.max {
-            return Err((1009, "message too big"));
-        }
-        self.buffer.extend_from_slice(&payload);
-        if self.kind == Some(OpCode::Text) {
-            match std::str::from_utf8(&self.buffer[self.valid..]) {
-                Ok(_) => self.valid = self.buffer.len(),
-                // A sequence cut at the fragment's end may complete in the next one.
-                Err(e) if e.error_len().is_none() && !fin => self.valid += e.valid_up_to(),
-                Err(_) => return Err((1007, "invalid UTF-8 in a text message")),
-            }
-        }
-        if !fin {
-            return Ok(None);
-        }
-        let data = self.buffer.split().freeze();
-        Ok(Some(match self.kind.take() {
-            Some(OpCode::Text) => Inbound::Text(data),
-            _ => Inbound::Binary(data),
-        }))
-    }
-}
-
-/// Runs one accepted WebSocket until it closes.
-async fn pump(
-    upgrade: yawc::UpgradeFut,
-    settings: Arc<Settings>,
-    mut stop: watch::Receiver<bool>,
-    hold: Hold,
-    link: Link,
-) {
-    let _hold = hold;
-    let mut ws = match upgrade.await {
-        Ok(ws) => ws.into_streaming(),
-        Err(err) => {
-            tracing::debug!("WebSocket upgrade failed: {err}");
-            link.ending.set(ABNORMAL, "");
-            return;
-        }
-    };
-    let _open = Open::new(link.shared.clone());
-    if let Some(id) = link.id {
-        // Accepted: from now on only a stalled app counts as stuck.
-        link.shared.registry.set_busy(id, false);
-    }
-    let (code, reason) = serve(
-        &mut ws,
-        &settings,
-        &mut stop,
-        link.outbound,
-        &link.inbound,
-        &link.shared,
-        link.id,
-    )
-    .await;
-    link.ending.set(code, &reason);
-    // Dropping the sender (with the socket) lets receive() report the disconnect.
-}
-
-/// What the pump loop does next.
-async fn serve(
-    ws: &mut Socket,
-    settings: &Settings,
-    stop: &mut watch::Receiver<bool>,
-    mut outbound: mpsc::Receiver<Outbound>,
-    inbound: &mpsc::Sender<Inbound>,
-    shared: &Arc<Shared>,
-    id: Option<u64>,
-) -> (u16, String) {
-    let metrics = shared.metrics.as_ref();
-    let mut permit: Option<mpsc::Permit<'_, Inbound>> = None;
-    let mut last_seen = Instant::now();
-    let mut ping_sent: Option<Instant> = None;
-    let mut drain_at: Option<Instant> = None;
-    let mut app_done = false;
-    let mut assembler = Assembler::new(settings.max_message_size);
-    // The app is not taking client messages (the queue is full): the watchdog may report it.
-    let mut busy = false;
-    let far = Duration::from_secs(86400 * 365);
-    loop {
-        if permit.is_none() && !app_done {
-            match inbound.try_reserve() {
-                Ok(p) => permit = Some(p),
-                Err(mpsc::error::TrySendError::Closed(())) => app_done = true,
-                Err(mpsc::error::TrySendError::Full(())) => {
-                    if !busy {
-                        busy = true;
-                        if let Some(id) = id {
-                            shared.registry.set_busy(id, true);
-                        }
-                    }
-                }
-            }
-        }
-        let ping_at = if settings.ping_interval.is_zero() {
-            Instant::now() + far
-        } else {
-            match ping_sent {
-                Some(sent) => sent + settings.ping_timeout,
-                None => last_seen + settings.ping_interval,
-            }
-        };
-        tokio::select! {
-            out = outbound.recv() => match out {
-                Some(Outbound::Frame(frame)) => {
-                    if ws.send(frame).await.is_err() {
-                        return (ABNORMAL, String::new());
-                    }
-                    if let Some(m) = metrics {
-                        m.websocket_message(false);
-                    }
-                }
-                Some(Outbound::Close(code, reason)) => {
-                    close(ws, code, &reason).await;
-                    return (code, reason);
-                }
-                // The app ended without a close (finished() sends one; a cancelled or
-                // failed task may not have room): close normally.
-                None => {
-                    close(ws, 1000, "").await;
-                    return (1000, String::new());
-                }
-            },
-            reserved = inbound.reserve(), if permit.is_none() && !app_done => match reserved {
-                Ok(p) => {
-                    if busy {
-                        busy = false;
-                        // Frames (pongs too) were not read meanwhile: liveness starts anew.
-                        last_seen = Instant::now();
-                        ping_sent = None;
-                        if let Some(id) = id {
-                            shared.registry.set_busy(id, false);
-                        }
-                    }
-                    permit = Some(p);
-                }
-                Err(_) => app_done = true,
-            },
-            frame = ws.next_frame(), if permit.is_some() || app_done => {
-                last_seen = Instant::now();
-                match frame {
-                    Ok(frame) => match frame.opcode() {
-                        OpCode::Text | OpCode::Binary | OpCode::Continuation => {
-                            let (opcode, fin, payload) = frame.into_parts();
-                            match assembler.push(opcode, fin, payload) {
-                                Ok(None) => {}
-                                Ok(Some(value)) => {
-                                    if let Some(m) = metrics {
-                                        m.websocket_message(true);
-                                    }
-                                    if let Some(p) = permit.take() {
-                                        p.send(value);
-                                    }
-                                }
-                                Err((code, reason)) => {
-                                    tracing::debug!("WebSocket failed: {reason}");
-                                    shared.error(ErrorKind::Client);
-                                    close(ws, code, reason).await;
-                                    return (code, reason.to_owned());
-                                }
-                            }
-                        }
-                        OpCode::Pong => ping_sent = None,
-                        OpCode::Close => {
-                            let code = frame.close_code().map_or(1005, u16::from);
-                            let reason = frame.close_reason().ok().flatten().unwrap_or("").to_owned();
-                            // The echo is queued; the next read flushes it.
-                            let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.next_frame()).await;
-                            return (code, reason);
-                        }
-                        OpCode::Ping => {}
-                    },
-                    Err(err) => {
-                        let code = error_code(&err);
-                        tracing::debug!("WebSocket ended: {err}");
-                        if code != ABNORMAL {
-                            shared.error(ErrorKind::Client);
-                            // yawc queued the close frame; a read flushes it.
-                            let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.next_frame()).await;
-                        }
-                        return (code, String::new());
-                    }
-                }
-            },
-            _ = tokio::time::sleep_until(ping_at.into()), if !settings.ping_interval.is_zero() && (permit.is_some() || app_done) => {
-                if ping_sent.is_some() {
-                    tracing::debug!("WebSocket ping timeout");
-                    close(ws, 1011, "keepalive ping timeout").await;
-                    return (ABNORMAL, String::new());
-                }
-                ping_sent = Some(Instant::now());
-                if ws.send(Frame::ping(Bytes::new())).await.is_err() {
-                    return (ABNORMAL, String::new());
-                }
-            },
-            _ = async { let _ = stop.wait_for(|s| *s).await; }, if drain_at.is_none() => {
-                drain_at = Some(Instant::now() + settings.drain_grace);
-            },
-            _ = tokio::time::sleep_until(drain_at.unwrap_or_else(|| Instant::now() + far).into()), if drain_at.is_some() => {
-                close(ws, 1001, "server shutting down").await;
-                return (1001, String::new());
-            },
-        }
-    }
-}
-
-/// Sends a close frame and waits (a bounded time) for the client's, then lets the socket
-/// go (the server closes the TCP connection first, RFC 6455 7.1.1).
-async fn close(ws: &mut Socket, code: u16, reason: &str) {
-    let frame = Frame::close(CloseCode::from(code), reason.as_bytes());
-    let wait = async {
-        if ws.send(frame).await.is_err() {
-            return;
-        }
-        // Data frames still arriving are dropped; the client's close frame ends the wait
-        // (and is not echoed: this side already sent one).
-        loop {
-            match ws.next_frame().await {
-                Ok(frame) if frame.opcode() == OpCode::Close => return,
-                Ok(_) => {}
-                Err(_) => return,
-            }
-        }
-    };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, wait).await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1393,59 +946,5 @@ mod tests {
         ] {
             assert_eq!(offer(&[bad]), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn fragments_reassemble_and_text_fails_fast() {
-        let mut a = Assembler::new(10);
-        let text = |s: &'static [u8]| Bytes::from_static(s);
-        assert!(
-            matches!(a.push(OpCode::Text, true, text(b"hi")), Ok(Some(Inbound::Text(t))) if t == "hi")
-        );
-        assert!(matches!(
-            a.push(OpCode::Text, false, text(b"\xce")),
-            Ok(None)
-        ));
-        assert!(
-            matches!(a.push(OpCode::Continuation, true, text(b"\xba")), Ok(Some(Inbound::Text(t))) if t == "\u{3ba}".as_bytes())
-        );
-        // An invalid byte fails at once, before the message ends.
-        assert_eq!(
-            a.push(OpCode::Text, false, text(b"ok\xff")).err(),
-            Some((1007, "invalid UTF-8 in a text message"))
-        );
-        let mut a = Assembler::new(10);
-        assert_eq!(
-            a.push(OpCode::Continuation, true, text(b"x"))
-                .err()
-                .map(|e| e.0),
-            Some(1002)
-        );
-        assert!(matches!(
-            a.push(OpCode::Binary, false, text(b"123456")),
-            Ok(None)
-        ));
-        assert_eq!(
-            a.push(OpCode::Text, true, text(b"x")).err().map(|e| e.0),
-            Some(1002)
-        );
-        let mut a = Assembler::new(10);
-        assert!(matches!(
-            a.push(OpCode::Binary, false, text(b"123456")),
-            Ok(None)
-        ));
-        assert_eq!(
-            a.push(OpCode::Continuation, true, text(b"12345"))
-                .err()
-                .map(|e| e.0),
-            Some(1009)
-        );
-        assert_eq!(
-            Assembler::new(3)
-                .push(OpCode::Binary, true, text(b"1234"))
-                .err()
-                .map(|e| e.0),
-            Some(1009)
-        );
     }
 }
