@@ -891,6 +891,9 @@ impl Handle {
         if inner.gone || self.exchange.is_disconnected() {
             tracing::debug!(method = %self.method, path = %self.path, "client disconnected before the response completed");
             self.exchange.client_error(&self.shared);
+            // End the body now (a drain ended this event stream): the transport must not
+            // wait for the handle to be garbage-collected.
+            inner.stream = None;
             return;
         }
         drop(inner);
@@ -929,6 +932,13 @@ impl Handle {
             let last = traceback.trim_end().lines().last().unwrap_or("");
             tracing::debug!(method = %self.method, path = %self.path, "client disconnected; the app ended with {last}");
             self.exchange.client_error(&self.shared);
+            if self.exchange.is_drained() {
+                // A drain ended this event stream: end its body cleanly, as a server that
+                // finishes the stream would.
+                inner.failed = true;
+                inner.stream = None;
+                return;
+            }
             if inner.respond.is_some() || inner.stream.is_some() {
                 // Nothing more reaches the client; end the exchange quietly.
                 inner.failed = true;

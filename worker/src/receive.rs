@@ -183,6 +183,11 @@ impl Exchange {
         self.mark_disconnected();
     }
 
+    /// A drain ended this event stream.
+    pub(crate) fn is_drained(&self) -> bool {
+        self.drained.load(Ordering::Relaxed)
+    }
+
     fn has_waiters(&self) -> bool {
         !lock(&self.state).waiters.is_empty()
     }
