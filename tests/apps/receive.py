@@ -89,7 +89,7 @@ async def download(scope, receive, send):
 
 async def long_poll(scope, receive, send):
     """Waits on the worker's drain event; answers when it is set."""
-    draining = scope["extensions"]["genro.draining"]
+    draining = scope["extensions"]["genro.draining"]["event"]
     await start(send)
     await send({"type": "http.response.body", "body": b"waiting\n", "more_body": True})
     await draining.wait()

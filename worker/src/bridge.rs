@@ -617,7 +617,7 @@ fn build_scope<'py>(
     }
     extensions.set_item(
         intern!(py, "genro.draining"),
-        crate::receive::draining_event(py)?,
+        crate::receive::draining_extension(py)?,
     )?;
     let admission = start.admission;
     let envelope = PyDict::new(py);

@@ -570,16 +570,24 @@ impl EventStreams {
     }
 }
 
-/// The `genro.draining` extension: one `asyncio.Event` per worker, set when it drains.
+/// The worker's `asyncio.Event` set when it drains, created on first use (on the loop's
+/// thread; one worker per process).
 static DRAINING: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
-/// The worker's `genro.draining` event (created on first use, on the loop's thread).
-pub(crate) fn draining_event(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+fn draining_event(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     DRAINING
         .get_or_try_init(py, || {
             Ok::<_, PyErr>(py.import("asyncio")?.getattr("Event")?.call0()?.unbind())
         })
         .map(|event| event.bind(py))
+}
+
+/// The scope's `genro.draining` extension: `{"event": asyncio.Event}`, set when the worker
+/// starts draining, so a long poll can end itself (extension values are dicts, ASGI).
+pub(crate) fn draining_extension(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let extension = PyDict::new(py);
+    extension.set_item(intern!(py, "event"), draining_event(py)?)?;
+    Ok(extension)
 }
 
 /// The worker starts draining: sets `genro.draining` now, and ends the event streams still
