@@ -164,6 +164,7 @@ def test_body_timeout_http1_answers_408(server):
     with half_upload(s.port, "/upload") as sock:
         answer = read_until_closed(sock)
     elapsed = time.monotonic() - started
+    print("HTTP/1.1 408 after %.2fs" % elapsed)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
     assert b"connection: close" in answer.lower()
     assert 0.9 < elapsed < 4, elapsed
@@ -226,6 +227,7 @@ def test_body_timeout_http2_answers_408(server):
         started = time.monotonic()
         events = h2_events(sock, conn, stream_id)
         elapsed = time.monotonic() - started
+        print("HTTP/2 408 after %.2fs" % elapsed)
         responses = [e for e in events if isinstance(e, h2.events.ResponseReceived)]
         assert responses and dict(responses[0].headers)[b":status"] == b"408", events
         assert 0.9 < elapsed < 4, elapsed
@@ -269,6 +271,7 @@ def test_event_streams_end_on_stop_downloads_do_not(server):
         assert b"drained\n" in read_until_closed(poll, 5)
         wait_for(lambda: all(c.closed for c in clients), 10, "every event stream to end")
         ended = max(c.closed for c in clients) - stop_at
+        print("event streams ended %.2fs after SIGTERM" % ended)
         assert ended < 1 + 1.5, "event streams ended %.1fs after SIGTERM (drain_grace 1s)" % ended
         fetcher.join(15)
         assert download["body"] == b"".join(bytes([i % 251]) * 65536 for i in range(40))
@@ -293,6 +296,7 @@ def test_event_streams_end_on_stop_without_download(server):
         s.proc.send_signal(signal.SIGTERM)
         wait_for(lambda: not os.path.exists("/proc/%d" % pid), 15, "the worker to exit")
         exited = time.monotonic() - stop_at
+        print("worker exited %.2fs after SIGTERM" % exited)
         assert exited < 1 + 1.5, "worker exited %.1fs after SIGTERM (drain_grace 1s)" % exited
         assert s.wait_exit(10) == 0
     finally:
