@@ -165,13 +165,7 @@ impl Exchange {
 
     /// Notes the response's head: an event stream is registered to end on a drain.
     pub(crate) fn note_response(self: &Arc<Self>, shared: &Shared, headers: &HeaderMap) {
-        let is_event_stream = headers.get(CONTENT_TYPE).is_some_and(|v| {
-            v.as_bytes()
-                .split(|b| *b == b';')
-                .next()
-                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"text/event-stream"))
-        });
-        if is_event_stream {
+        if is_event_stream(headers) {
             shared.event_streams.add(self);
         }
     }
@@ -209,6 +203,16 @@ impl Exchange {
             deliver(py, &exchange, handle.as_ref())
         })));
     }
+}
+
+/// Whether a response head announces an event stream (`text/event-stream`, any parameters).
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers.get(CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes()
+            .split(|b| *b == b';')
+            .next()
+            .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"text/event-stream"))
+    })
 }
 
 impl State {
@@ -457,31 +461,67 @@ impl Receiving {
         result
     }
 
-    /// The awaiting code gives up (cancelled, closed): unregister the future, and put a
-    /// body chunk already set on it back at the front of the stash.
+    /// The awaiting code gives up (cancelled, closed, dropped): see [`release`].
     fn release(&self, py: Python<'_>) -> PyResult<()> {
         if self.settled.swap(true, Ordering::Relaxed) {
             return Ok(());
         }
-        let exchange = &self.handle.get().exchange;
-        let future = self.future.bind(py);
-        let mut state = lock(&exchange.state);
-        state.waiters.retain(|w| !w.is(&self.future));
-        let cancelled = future.call_method0(intern!(py, "cancelled"))?.is_truthy()?;
-        if !cancelled && future.call_method0(intern!(py, "done"))?.is_truthy()? {
-            let message = future.call_method0(intern!(py, "result"))?;
-            // `http.disconnect` is given to every later call anyway.
-            if message.get_item(intern!(py, "type"))?.extract::<String>()? == "http.request" {
-                let body = message.get_item(intern!(py, "body"))?;
-                let data = Bytes::copy_from_slice(body.cast::<PyBytes>()?.as_bytes());
-                let more = message.get_item(intern!(py, "more_body"))?.is_truthy()?;
-                state.stash.push_front(Message::Body(data, more));
-                drop(state);
-                // Another caller may be waiting for it.
-                return deliver(py, exchange, Some(&self.handle));
-            }
+        release(py, &self.future, &self.handle)
+    }
+}
+
+/// Unregisters a waiter the app gave up, and puts a body chunk already set on it back at
+/// the front of the stash.
+///
+/// This can run inside code that holds the exchange's lock on this thread: a garbage
+/// collection during a Python call there may close the coroutine awaiting the waiter. So
+/// it only tries the lock, and otherwise runs again from the loop's queue.
+fn release(py: Python<'_>, future: &Py<PyAny>, handle: &Py<Handle>) -> PyResult<()> {
+    let this = handle.get();
+    let exchange = &this.exchange;
+    let mut state = match exchange.state.try_lock() {
+        Ok(state) => state,
+        Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => {
+            let (future, handle) = (future.clone_ref(py), handle.clone_ref(py));
+            this.shared.bridge.push(Event::Call(PyCall::new(move |py| {
+                release(py, &future, &handle)
+            })));
+            return Ok(());
         }
-        Ok(())
+    };
+    state.waiters.retain(|w| !w.is(future));
+    let future = future.bind(py);
+    let cancelled = future.call_method0(intern!(py, "cancelled"))?.is_truthy()?;
+    if cancelled || !future.call_method0(intern!(py, "done"))?.is_truthy()? {
+        return Ok(());
+    }
+    let message = future.call_method0(intern!(py, "result"))?;
+    // `http.disconnect` is given to every later call anyway.
+    if message.get_item(intern!(py, "type"))?.extract::<String>()? != "http.request" {
+        return Ok(());
+    }
+    let body = message.get_item(intern!(py, "body"))?;
+    let data = Bytes::copy_from_slice(body.cast::<PyBytes>()?.as_bytes());
+    let more = message.get_item(intern!(py, "more_body"))?.is_truthy()?;
+    state.stash.push_front(Message::Body(data, more));
+    drop(state);
+    // Another caller may be waiting for it.
+    deliver(py, exchange, Some(handle))
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        // A call never awaited (or dropped half-way): unregister its future so the next
+        // message is not set on a future nobody reads.
+        if !self.settled.load(Ordering::Relaxed) {
+            // Dropped by Python's deallocator: the thread is attached already.
+            Python::attach(|py| {
+                if let Err(err) = self.release(py) {
+                    tracing::debug!("releasing a dropped receive(): {err}");
+                }
+            });
+        }
     }
 }
 
@@ -610,4 +650,28 @@ pub fn on_drain(shared: &Arc<Shared>, grace: Duration) {
             );
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_streams_are_recognised_by_their_media_type() {
+        for (value, expected) in [
+            ("text/event-stream", true),
+            ("text/event-stream; charset=utf-8", true),
+            ("Text/Event-Stream;charset=utf-8", true),
+            (" text/event-stream ", true),
+            ("text/plain", false),
+            ("application/octet-stream", false),
+            ("text/event-streams", false),
+            ("application/json; profile=text/event-stream", false),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_TYPE, http::HeaderValue::from_str(value).unwrap());
+            assert_eq!(is_event_stream(&headers), expected, "{value:?}");
+        }
+        assert!(!is_event_stream(&HeaderMap::new()));
+    }
 }
