@@ -118,6 +118,45 @@ def test_wait_for_receive_retries_lose_no_byte(server):
     assert int(timeouts) > 50, timeouts
 
 
+
+def test_wait_for_receive_retries_lose_no_byte_http2(server):
+    """The same over HTTP/2: DATA frames trickle in while receive() calls time out."""
+    s = server(app=APP)
+    data = os.urandom(256 * 1024 + 5)
+    sock, conn = h2_connect(s.port)
+    with sock:
+        stream_id = conn.get_next_available_stream_id()
+        conn.send_headers(stream_id, [(":method", "POST"), (":path", "/wait-for-upload"), (":scheme", "http"),
+                                      (":authority", "x")])
+        sock.sendall(conn.data_to_send())
+        step = 4096
+        for at in range(0, len(data), step):
+            while conn.local_flow_control_window(stream_id) < min(step, len(data) - at):
+                sock.settimeout(10)
+                conn.receive_data(sock.recv(65536))  # the server's WINDOW_UPDATEs
+                sock.sendall(conn.data_to_send())
+            conn.send_data(stream_id, data[at:at + step], end_stream=at + step >= len(data))
+            sock.sendall(conn.data_to_send())
+            time.sleep(0.003)
+        events = h2_events(sock, conn, stream_id, limit=30)
+    body = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+    size, digest, timeouts = body.split()
+    assert int(size) == len(data)
+    assert digest.decode() == hashlib.sha256(data).hexdigest()
+    assert int(timeouts) > 10, timeouts
+
+
+def test_dropped_receive_loses_no_byte(server):
+    """A receive() the app creates and drops without awaiting does not take a chunk with it."""
+    s = server(app=APP)
+    data = os.urandom(64 * 1024 + 3)
+    answer = chunked_upload(s.port, "/dropped-receive", data, pieces=16, pause=0.01)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), answer[:300]
+    size, digest = body.split()
+    assert int(size) == len(data)
+    assert digest.decode() == hashlib.sha256(data).hexdigest()
+
 def metrics_server(server, sections=None, **kwargs):
     from conftest import free_port
     port = free_port()

@@ -2,6 +2,7 @@
 timeouts, event streams and downloads across a drain."""
 
 import asyncio
+import gc
 import hashlib
 import logging
 
@@ -59,6 +60,26 @@ async def wait_for_upload(scope, receive, send):
     await send({"type": "http.response.body", "body": body})
 
 
+async def dropped_receive(scope, receive, send):
+    """Calls receive() and drops the awaitable without awaiting it, then reads the body:
+    the dropped call must not swallow a chunk."""
+    pending = receive()
+    del pending
+    gc.collect()
+    await asyncio.sleep(0.05)  # the body read started by the dropped call completes
+    digest = hashlib.sha256()
+    size = 0
+    while True:
+        message = await receive()
+        assert message["type"] == "http.request", message
+        digest.update(message["body"])
+        size += len(message["body"])
+        if not message.get("more_body"):
+            break
+    await start(send)
+    await send({"type": "http.response.body", "body": ("%d %s" % (size, digest.hexdigest())).encode()})
+
+
 async def upload(scope, receive, send, respond_first=False):
     """Reads the body; logs what receive() gave when it was not all of it."""
     if respond_first:
@@ -104,6 +125,8 @@ async def app(scope, receive, send):
         path = scope["path"]
         if path == "/wait-for-upload":
             return await wait_for_upload(scope, receive, send)
+        if path == "/dropped-receive":
+            return await dropped_receive(scope, receive, send)
         if path == "/upload":
             return await upload(scope, receive, send)
         if path == "/upload-streaming":
