@@ -53,7 +53,9 @@ def jsonable(scope):
         elif isinstance(value, bytes):
             out[key] = value.decode("latin-1")
         elif key == "extensions":
-            out[key] = {name: dict(ext) for name, ext in sorted(value.items())}
+            # Values are dicts (ASGI); genro.draining holds an asyncio.Event: show its repr.
+            out[key] = {name: {k: v if isinstance(v, (str, int, float, bool, type(None), dict)) else repr(v)
+                               for k, v in ext.items()} for name, ext in sorted(value.items())}
         elif isinstance(value, tuple):
             out[key] = list(value)
         else:

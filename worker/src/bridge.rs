@@ -17,8 +17,6 @@ use crate::response::{Action, Head, Outbound, State};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Response, StatusCode, Version};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyStopIteration};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -28,7 +26,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 /// Locks a mutex, ignoring poisoning: every critical section here leaves the data valid.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -57,8 +55,26 @@ pub enum Event {
         /// What it resolves to.
         value: Wake,
     },
+    /// Run a protocol's own work on the Python thread (e.g. resolve `receive()` waiters).
+    Call(PyCall),
     /// Stop the event loop: the worker has drained.
     Shutdown,
+}
+
+/// Work for the Python thread, queued by the tokio side.
+pub struct PyCall(Box<dyn FnOnce(Python<'_>) -> PyResult<()> + Send>);
+
+impl PyCall {
+    /// Wraps `f`, run once on the Python thread.
+    pub fn new(f: impl FnOnce(Python<'_>) -> PyResult<()> + Send + 'static) -> Self {
+        PyCall(Box::new(f))
+    }
+}
+
+impl std::fmt::Debug for PyCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PyCall")
+    }
 }
 
 /// The value a waiting future resolves to.
@@ -66,14 +82,6 @@ pub enum Event {
 pub enum Wake {
     /// `send()` may return.
     Sent,
-    /// An `http.request` message.
-    Body(Bytes, bool),
-    /// An `http.disconnect` message.
-    Disconnect,
-    /// The body went over `max_body_size`: answer 413 and disconnect the app.
-    TooLarge(Py<Handle>),
-    /// The body's framing was malformed (a bad chunk): answer 400 and disconnect the app.
-    Malformed(Py<Handle>),
     /// A WebSocket queue has a message (or its end) for its waiting `receive()` futures;
     /// one the app cancelled is skipped and the message stays queued.
     WsReady(std::sync::Arc<crate::ws_queue::Queue>),
@@ -140,6 +148,10 @@ pub struct Shared {
     pub root_path: String,
     /// `[limits] max_body_size` (0: unlimited).
     pub max_body_size: u64,
+    /// `[limits] body_timeout` (zero: none).
+    pub body_timeout: std::time::Duration,
+    /// Open `text/event-stream` responses, ended on a drain.
+    pub event_streams: crate::receive::EventStreams,
     /// `[errors] show_traceback`.
     pub show_traceback: bool,
     /// Requests started.
@@ -199,124 +211,7 @@ impl Shared {
     }
 }
 
-/// The request half of an exchange, shared with the tokio task that reads the body.
-#[derive(Debug)]
-pub struct Exchange {
-    body: tokio::sync::Mutex<BodyReader>,
-    has_body: bool,
-    /// Every `http.request` message has been handed out.
-    finished: std::sync::atomic::AtomicBool,
-    disconnected: watch::Sender<bool>,
-    /// Body bytes read so far (for the metrics).
-    read: AtomicU64,
-    /// The body read failed: the client aborted the upload, or it was too large.
-    aborted: std::sync::atomic::AtomicBool,
-    /// This exchange's client error is counted (once, whoever notices first).
-    client_error: std::sync::atomic::AtomicBool,
-}
-
-/// The outcome of one body read.
-#[derive(Debug)]
-enum Read {
-    Data(Bytes, bool),
-    TooLarge,
-    /// The client sent a malformed body (bad chunk size or CRLF, oversized chunk line,
-    /// bad trailers): its fault, not an abort.
-    Malformed,
-    Gone,
-}
-
-#[derive(Debug)]
-struct BodyReader {
-    incoming: Incoming,
-    read: u64,
-    limit: u64,
-}
-
-impl Exchange {
-    /// A new exchange reading `incoming`, with a body limit (0: none).
-    pub fn new(incoming: Incoming, limit: u64) -> Self {
-        let has_body = !hyper::body::Body::is_end_stream(&incoming);
-        Exchange {
-            has_body,
-            finished: std::sync::atomic::AtomicBool::new(false),
-            body: tokio::sync::Mutex::new(BodyReader {
-                incoming,
-                read: 0,
-                limit,
-            }),
-            disconnected: watch::Sender::new(false),
-            read: AtomicU64::new(0),
-            aborted: std::sync::atomic::AtomicBool::new(false),
-            client_error: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-
-    /// Counts this exchange's client error in the metrics, once.
-    fn client_error(&self, shared: &Shared) {
-        if !self.client_error.swap(true, Ordering::Relaxed) {
-            shared.error(ErrorKind::Client);
-        }
-    }
-
-    /// The client is at fault for how this exchange ends: it aborted its upload or sent
-    /// too large a body, or it went away before the response was complete.
-    fn client_at_fault(&self, response_done: bool) -> bool {
-        self.aborted.load(Ordering::Relaxed) || (self.is_disconnected() && !response_done)
-    }
-
-    /// Request body bytes read so far.
-    pub fn body_bytes(&self) -> u64 {
-        self.read.load(Ordering::Relaxed)
-    }
-
-    /// The client is gone, or the response is fully handed to the transport.
-    pub fn mark_disconnected(&self) {
-        self.disconnected.send_replace(true);
-    }
-
-    fn is_disconnected(&self) -> bool {
-        *self.disconnected.borrow()
-    }
-
-    /// Reads the next body chunk as the value of a `receive()` waiter.
-    async fn next_chunk(&self) -> Read {
-        let mut reader = self.body.lock().await;
-        if self.finished.load(Ordering::Acquire) {
-            return Read::Gone;
-        }
-        let read = loop {
-            match reader.incoming.frame().await {
-                None => break Read::Data(Bytes::new(), false),
-                Some(Err(err)) => {
-                    self.aborted.store(true, Ordering::Relaxed);
-                    break match crate::target::is_malformed_body(&err) {
-                        true => Read::Malformed,
-                        false => Read::Gone,
-                    };
-                }
-                Some(Ok(frame)) => {
-                    // Request trailers have no ASGI message; skip them.
-                    let Ok(data) = frame.into_data() else {
-                        continue;
-                    };
-                    reader.read += data.len() as u64;
-                    self.read.store(reader.read, Ordering::Relaxed);
-                    if reader.limit != 0 && reader.read > reader.limit {
-                        self.aborted.store(true, Ordering::Relaxed);
-                        break Read::TooLarge;
-                    }
-                    let more = !hyper::body::Body::is_end_stream(&reader.incoming);
-                    break Read::Data(data, more);
-                }
-            }
-        };
-        if !matches!(read, Read::Data(_, true)) {
-            self.finished.store(true, Ordering::Release);
-        }
-        read
-    }
-}
+pub use crate::receive::Exchange;
 
 /// One admitted request, counted in [`Shared::in_flight`] and listed in
 /// [`Shared::registry`] until both the transport (the response body or the service future)
@@ -527,6 +422,7 @@ impl Drainer {
                 },
                 Event::WebSocket(start) => start_websocket(py, state, &self.shared, *start),
                 Event::Wake { waiter, value } => wake(py, waiter, value),
+                Event::Call(call) => (call.0)(py),
                 Event::Shutdown => state.stop_loop.call0(py).map(drop),
             };
             if let Err(err) = result {
@@ -540,21 +436,6 @@ impl Drainer {
 fn wake(py: Python<'_>, waiter: Py<PyAny>, value: Wake) -> PyResult<()> {
     let value = match value {
         Wake::Sent => py.None(),
-        Wake::Body(data, more) => request_message(py, &data, more)?.into_any().unbind(),
-        Wake::Disconnect => disconnect_message(py)?.into_any().unbind(),
-        Wake::TooLarge(handle) => {
-            let handle = handle.get();
-            handle.exchange.client_error(&handle.shared);
-            handle.respond_error(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large\n");
-            disconnect_message(py)?.into_any().unbind()
-        }
-        Wake::Malformed(handle) => {
-            let handle = handle.get();
-            handle.exchange.client_error(&handle.shared);
-            tracing::debug!(method = %handle.method, path = %handle.path, "malformed request body");
-            handle.respond_error(StatusCode::BAD_REQUEST, "Malformed request body\n");
-            disconnect_message(py)?.into_any().unbind()
-        }
         Wake::WsReady(queue) => return crate::ws_queue::serve(py, waiter, &queue),
         Wake::WsClosed | Wake::SendFailed(_) => {
             let why = match value {
@@ -576,20 +457,6 @@ fn wake(py: Python<'_>, waiter: Py<PyAny>, value: Wake) -> PyResult<()> {
     Ok(())
 }
 
-fn request_message<'py>(py: Python<'py>, data: &[u8], more: bool) -> PyResult<Bound<'py, PyDict>> {
-    let m = PyDict::new(py);
-    m.set_item(intern!(py, "type"), intern!(py, "http.request"))?;
-    m.set_item(intern!(py, "body"), PyBytes::new(py, data))?;
-    m.set_item(intern!(py, "more_body"), more)?;
-    Ok(m)
-}
-
-fn disconnect_message(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
-    let m = PyDict::new(py);
-    m.set_item(intern!(py, "type"), intern!(py, "http.disconnect"))?;
-    Ok(m)
-}
-
 fn start_request(
     py: Python<'_>,
     state: &PyState,
@@ -604,6 +471,7 @@ fn start_request(
         Scoped::of(&start.parts, &start.conn, &start.admission, false),
     )?;
     let is_h2 = start.parts.version == Version::HTTP_2;
+    start.exchange.attach(shared);
     let handle = Handle {
         id: start.admission.request_id(),
         shared: shared.clone(),
@@ -789,6 +657,10 @@ fn build_scope<'py>(
         extensions.set_item(intern!(py, "http.response.trailers"), state.empty.bind(py))?;
         extensions.set_item(intern!(py, "http.response.pathsend"), state.empty.bind(py))?;
     }
+    extensions.set_item(
+        intern!(py, "genro.draining"),
+        crate::receive::draining_extension(py)?,
+    )?;
     let admission = start.admission;
     let envelope = PyDict::new(py);
     envelope.set_item(intern!(py, "id"), admission.request_id().as_str())?;
@@ -853,7 +725,7 @@ impl Ready {
 }
 
 /// Builds the exception a `throw(kind, value)` call asks for.
-fn raise(kind: &Bound<'_, PyAny>, value: Option<&Bound<'_, PyAny>>) -> PyErr {
+pub(crate) fn raise(kind: &Bound<'_, PyAny>, value: Option<&Bound<'_, PyAny>>) -> PyErr {
     let exception = match value {
         Some(value) if !value.is_none() => value.clone(),
         _ => kind.clone(),
@@ -937,11 +809,11 @@ pub(crate) fn waiting(py: Python<'_>, future: &Py<PyAny>) -> PyResult<Py<PyAny>>
 pub struct Handle {
     /// The request's id, also its error id.
     id: crate::registry::RequestId,
-    shared: Arc<Shared>,
-    exchange: Arc<Exchange>,
-    method: http::Method,
-    path: String,
-    client: SocketAddr,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) exchange: Arc<Exchange>,
+    pub(crate) method: http::Method,
+    pub(crate) path: String,
+    pub(crate) client: SocketAddr,
     budgets: Budgets,
     inner: Mutex<Inner>,
 }
@@ -970,55 +842,9 @@ impl std::fmt::Debug for Handle {
 
 #[pymethods]
 impl Handle {
-    /// ASGI `receive()`.
+    /// ASGI `receive()` (see [`crate::receive`]).
     fn receive(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
-        let py = slf.py();
-        let this = slf.get();
-        let state = py_state(py)?;
-        let exchange = &this.exchange;
-        if !exchange.finished.load(Ordering::Acquire) {
-            if !exchange.has_body {
-                exchange.finished.store(true, Ordering::Release);
-                let message = request_message(py, b"", false)?;
-                return ready(py, message.into_any());
-            }
-            // Reading is demand-driven: hyper sends `100 Continue` only now, when the app
-            // first asks for the body.
-            let waiter = state.create_future.call0(py)?;
-            let waiter_for_task = waiter.clone_ref(py);
-            let exchange = exchange.clone();
-            let shared = this.shared.clone();
-            let handle: Py<Handle> = slf.clone().unbind();
-            this.shared.runtime.spawn(async move {
-                let value = match exchange.next_chunk().await {
-                    Read::Data(data, more) => Wake::Body(data, more),
-                    Read::TooLarge => Wake::TooLarge(handle),
-                    Read::Malformed => Wake::Malformed(handle),
-                    Read::Gone => Wake::Disconnect,
-                };
-                shared.bridge.push(Event::Wake {
-                    waiter: waiter_for_task,
-                    value,
-                });
-            });
-            return waiting(py, &waiter);
-        }
-        if exchange.is_disconnected() {
-            return ready(py, disconnect_message(py)?.into_any());
-        }
-        // Body consumed: wait for the client to go away or the response to finish.
-        let waiter = state.create_future.call0(py)?;
-        let waiter_for_task = waiter.clone_ref(py);
-        let mut disconnected = exchange.disconnected.subscribe();
-        let shared = this.shared.clone();
-        this.shared.runtime.spawn(async move {
-            let _ = disconnected.wait_for(|gone| *gone).await;
-            shared.bridge.push(Event::Wake {
-                waiter: waiter_for_task,
-                value: Wake::Disconnect,
-            });
-        });
-        waiting(py, &waiter)
+        crate::receive::receive(slf)
     }
 
     /// ASGI `send(message)`.
@@ -1061,6 +887,7 @@ impl Handle {
                 self.respond(&mut inner, head, ResponseBody::full(Bytes::new()), None);
             }
             Action::Open(head, first) => {
+                self.exchange.note_response(&self.shared, &head.headers);
                 let pipe = Pipe::new(self.budgets.clone());
                 inner.stream = Some(pipe.clone());
                 self.respond(&mut inner, head, ResponseBody::pipe(pipe), None);
@@ -1116,6 +943,9 @@ impl Handle {
         if inner.gone || self.exchange.client_at_fault(false) {
             tracing::debug!(method = %self.method, path = %self.path, "client disconnected before the response completed");
             self.exchange.client_error(&self.shared);
+            // End the body now (a drain ended this event stream): the transport must not
+            // wait for the handle to be garbage-collected.
+            inner.stream = None;
             return;
         }
         drop(inner);
@@ -1154,6 +984,13 @@ impl Handle {
             let last = traceback.trim_end().lines().last().unwrap_or("");
             tracing::debug!(method = %self.method, path = %self.path, "client disconnected; the app ended with {last}");
             self.exchange.client_error(&self.shared);
+            if self.exchange.is_drained() {
+                // A drain ended this event stream: end its body cleanly, as a server that
+                // finishes the stream would.
+                inner.failed = true;
+                inner.stream = None;
+                return;
+            }
             if inner.respond.is_some() || inner.stream.is_some() {
                 // Nothing more reaches the client; end the exchange quietly.
                 inner.failed = true;
@@ -1226,10 +1063,11 @@ impl Handle {
         inner.state.abort();
     }
 
-    /// Answers with a plain error status if the response has not started (used for 413).
-    fn respond_error(&self, status: StatusCode, body: &str) {
+    /// Refuses the request body: answers with a plain error status if the response has not
+    /// started, else aborts it (413, 408).
+    pub(crate) fn reject(&self, status: StatusCode, body: &str) {
         let mut inner = lock(&self.inner);
-        if inner.respond.is_some() {
+        if !inner.failed && !inner.state.is_done() {
             inner.failed = true;
             self.fail_locked(&mut inner, status, body);
         }

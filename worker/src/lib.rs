@@ -22,6 +22,7 @@ pub mod health;
 pub mod io_watch;
 pub mod metrics;
 mod module;
+pub mod receive;
 pub mod registry;
 pub mod response;
 pub mod server;
@@ -175,6 +176,8 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
         runtime: runtime.handle().clone(),
         root_path: config.server.root_path.clone(),
         max_body_size: config.limits.max_body_size,
+        body_timeout: config.limits.body_timeout,
+        event_streams: receive::EventStreams::default(),
         show_traceback: config.errors.show_traceback,
         started: AtomicU64::new(0),
         in_flight: std::sync::atomic::AtomicUsize::new(0),

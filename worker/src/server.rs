@@ -974,6 +974,13 @@ pub async fn serve(
     }
     drop(front);
     shared.draining.store(true, Ordering::Relaxed);
+    crate::receive::on_drain(
+        &shared,
+        config
+            .websocket
+            .drain_grace
+            .min(config.server.graceful_timeout),
+    );
     // Serve what the kernel already queued for us (on a full stop, closing the listener
     // would reset those connections), then close it.
     let listener = listener.into_std()?;
