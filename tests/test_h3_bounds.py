@@ -16,8 +16,10 @@ from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import ConnectionTerminated, StreamReset
 
+import httpx
+
 import h3client
-from conftest import ready_pids, rss_mib, status, wait_for
+from conftest import free_port, ready_pids, rss_mib, status, wait_for
 from test_tls import certs, ssl_section  # noqa: F401 - fixture
 
 MIB = 1 << 20
@@ -86,10 +88,22 @@ def bounds_server(server, certs, tmp_path, limits=None, **http3):  # noqa: F811
     sections = ssl_section(certs)
     sections["http3"] = {"enabled": True, **http3}
     sections["limits"] = dict(limits or {})
+    sections["metrics"] = {"enabled": True, "export_port": free_port()}
     s = server(app="h3_bounds:app", workers=1, sections=sections,
                env={"H3_BOUNDS_NOTES": str(tmp_path / "notes")})
+    s.metrics_url = "http://127.0.0.1:%d/metrics" % sections["metrics"]["export_port"]
     h3client.get(s.port)  # the front is up and connected to the worker
     return s
+
+
+def front_limit_hits(s, kind):
+    """The front's `limits_hit_total{kind}` from the supervisor's metrics endpoint."""
+    text = httpx.get(s.metrics_url, timeout=10).text
+    for line in text.splitlines():
+        if line.startswith("genro_asgi_limits_hit_total{") and 'worker="h3"' in line \
+                and 'kind="%s"' % kind in line:
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("no front limits_hit_total{kind=%s} in\n%s" % (kind, text))
 
 
 def front_pid(s):
@@ -148,6 +162,8 @@ def test_a_stream_whose_client_takes_nothing_for_send_timeout_is_reset(server, c
         (client.terminated, client.resets)
     wait_for(lambda: "HTTP/3 connection closed: no stream moved a byte" in s.log, 10, "the close logged")
     assert s.log.count("took no response bytes for send_timeout") == 1, "logged once per connection"
+    assert front_limit_hits(s, "send_timeout") == n
+    assert front_limit_hits(s, "body_timeout") == 0
     # The front still serves.
     assert h3client.get(s.port).status == 200
 
@@ -188,6 +204,7 @@ def test_a_stream_that_reads_slowly_is_not_cut(server, certs, tmp_path):  # noqa
     assert len(response.body) == 64 * 65536
     assert took > 1.5, "the download lasted longer than send_timeout"
     assert "took no response bytes" not in s.log
+    assert front_limit_hits(s, "send_timeout") == 0
 
 
 def test_an_upload_that_stalls_gets_408_within_body_timeout(server, certs, tmp_path):  # noqa: F811
@@ -218,3 +235,4 @@ def test_an_upload_that_stalls_gets_408_within_body_timeout(server, certs, tmp_p
     wait_for(lambda: notes(tmp_path, "upload:disconnect:4096") == 1, 10, "the app seeing http.disconnect")
     assert after.status == 200 and after.body == b"1000", "the connection serves on"
     assert s.log.count("sent no bytes for body_timeout") == 1
+    assert front_limit_hits(s, "body_timeout") == 1
