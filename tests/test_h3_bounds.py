@@ -139,6 +139,59 @@ def test_200_streams_that_never_read_leave_front_and_worker_memory_bounded(serve
     assert growth["worker"] < 100, growth
 
 
+def test_uploads_the_app_does_not_read_leave_the_front_within_lowered_budgets(server, certs, tmp_path):  # noqa: F811
+    """8 connections x 50 streams each send a 512 KiB body to a handler that never reads
+    it, with budgets set low (`response_buffer` 16 KiB, `connection_buffer` 64 KiB): the
+    front holds at most `connection_buffer` of request bodies per connection (its QUIC
+    connection window) plus what the worker's HTTP/2 windows take. With the windows the
+    front had before the byte budgets (1 MiB per stream, 16 MiB per connection) the same
+    attack grew it by 34 MiB; with these budgets by 6 MiB (mostly the 400 streams' state).
+    """
+    conns, streams, size = 8, 50, 512 << 10
+    s = bounds_server(server, certs, tmp_path, limits={"response_buffer": "16KiB", "connection_buffer": "64KiB"})
+    front = front_pid(s)
+    before = rss_mib(front)
+    body = b"u" * size
+
+    async def upload(port):
+        cfg = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, server_name="127.0.0.1",
+                                max_data=64 << 20, max_stream_data=16 << 20)
+        cfg.verify_mode = ssl.CERT_NONE
+        async with connect("127.0.0.1", port, configuration=cfg, create_protocol=h3client._Client) as client:
+            authority = "127.0.0.1:%d" % port
+            for _ in range(streams):
+                sid = client._quic.get_next_available_stream_id()
+                client.h3.send_headers(sid, [(b":method", b"POST"), (b":scheme", b"https"),
+                                             (b":authority", authority.encode()), (b":path", b"/hold")])
+                client.h3.send_data(sid, body, end_stream=True)
+            client.transmit()
+            await asyncio.sleep(6)  # the front's windows fill; nothing is read
+
+    async def attack():
+        await asyncio.gather(*(upload(s.port) for _ in range(conns)))
+
+    peak = [before]
+
+    def sample():
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            peak[0] = max(peak[0], rss_mib(front))
+            time.sleep(0.2)
+
+    import threading
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    asyncio.run(attack())
+    sampler.join()
+    growth = peak[0] - before
+    print("front RSS before %.1f MiB, peak %.1f MiB, growth %.1f MiB; %d handlers started"
+          % (before, peak[0], growth, notes(tmp_path, "hold:start")))
+    # Streams whose HEADERS the client could not send within the connection window are
+    # not counted: QUIC flow control held them back.
+    assert notes(tmp_path, "hold:start") > conns * streams // 2
+    assert growth < 12, growth
+
+
 def test_a_stream_whose_client_takes_nothing_for_send_timeout_is_reset(server, certs, tmp_path):  # noqa: F811
     """send_timeout = 2 s: every stalled stream is reset (H3_REQUEST_CANCELLED), its
     worker stream cancelled (the app's `send()` raises), the connection, on which nothing

@@ -1,6 +1,8 @@
 """ASGI app for tests/test_h3_bounds.py: a response that streams 1 MiB chunks until its
-client goes away (or `n` of them), and an upload reader; each notes how it ended in $H3_BOUNDS_NOTES."""
+client goes away (or `n` of them), a slow handler that never reads its body, and an upload
+reader; each notes how it ended in $H3_BOUNDS_NOTES."""
 
+import asyncio
 import os
 import urllib.parse
 
@@ -35,6 +37,12 @@ async def app(scope, receive, send):
             await send({"type": "http.response.body", "body": b""})
         except OSError:
             note("flood:disconnect")
+    elif scope["path"] == "/hold":
+        # Takes its time and never reads the request body.
+        note("hold:start")
+        await asyncio.sleep(float(query.get("s", "30")))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"held"})
     elif scope["path"] == "/upload":
         total = 0
         while True:
