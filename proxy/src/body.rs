@@ -2,6 +2,12 @@
 //! stream (data, then trailers) as hyper's HTTP/2 client asks for it, so QUIC and HTTP/2
 //! flow control meet and nothing is buffered beyond their windows.
 //!
+//! `[limits] body_timeout` (issue 16): while hyper asks for more body (the worker's window
+//! is open) and the client sends nothing for that long, the body ends with
+//! [`BodyError::Timeout`] and the stream is stopped; hyper then resets the worker's stream
+//! (the app sees `http.disconnect`) and `forward.rs` answers 408, or resets the client's
+//! stream if the response already started.
+//!
 //! A request the worker refused (REFUSED_STREAM, or above its GOAWAY) may already have
 //! had some body sent with it: HTTP/2 sends DATA right after HEADERS. So the first
 //! [`REPLAY_LIMIT`] bytes handed to an attempt are kept, and [`BodyHandle::reclaim`]
