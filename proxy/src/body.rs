@@ -2,6 +2,12 @@
 //! stream (data, then trailers) as hyper's HTTP/2 client asks for it, so QUIC and HTTP/2
 //! flow control meet and nothing is buffered beyond their windows.
 //!
+//! `[limits] body_timeout` (issue 16): while hyper asks for more body (the worker's window
+//! is open) and the client sends nothing for that long, the body ends with
+//! [`BodyError::Timeout`] and the stream is stopped; hyper then resets the worker's stream
+//! (the app sees `http.disconnect`) and `forward.rs` answers 408, or resets the client's
+//! stream if the response already started.
+//!
 //! A request the worker refused (REFUSED_STREAM, or above its GOAWAY) may already have
 //! had some body sent with it: HTTP/2 sends DATA right after HEADERS. So the first
 //! [`REPLAY_LIMIT`] bytes handed to an attempt are kept, and [`BodyHandle::reclaim`]
@@ -25,10 +31,12 @@
 //! on its server builder; if it does one day, the workers could raise it on the front's
 //! socket and this joining could go.)
 
+use crate::stall::Activity;
 use bytes::{Buf, Bytes, BytesMut};
 use h3::error::StreamError;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll, Waker};
@@ -73,12 +81,27 @@ impl Inbound for RecvStream {
     }
 }
 
+/// How a body watches its client: `[limits] body_timeout`, and where to note bytes read
+/// as progress on the connection (`stall.rs`).
+#[derive(Debug, Default)]
+pub(crate) struct Stall {
+    /// Longest wait for the next body bytes while the worker asks for them (`None`: no
+    /// limit).
+    pub(crate) timeout: Option<Duration>,
+    /// Touched on every chunk read.
+    pub(crate) activity: Option<Arc<Activity>>,
+}
+
 /// Why the request body could not be read.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BodyError {
     /// The HTTP/3 client reset its stream, or the connection failed.
     #[error("reading the HTTP/3 request body: {0}")]
     Client(#[source] StreamError),
+    /// The client sent no body bytes for `[limits] body_timeout` while the worker asked
+    /// for them; the request stream was stopped.
+    #[error("the HTTP/3 request body sent no bytes for body_timeout")]
+    Timeout,
     /// A retry took the body over; this attempt must not read it.
     #[error("the request body moved to another attempt")]
     Superseded,
@@ -109,6 +132,11 @@ struct Source<S> {
     replayable: bool,
     /// Which [`RequestBody`] may read.
     epoch: u64,
+    stall: Stall,
+    /// Armed when a read found nothing, disarmed by the next chunk.
+    stall_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The body stalled for `body_timeout`.
+    timed_out: bool,
 }
 
 impl<S: Inbound> Source<S> {
@@ -128,11 +156,25 @@ impl<S: Inbound> Source<S> {
                 return Poll::Ready(None);
             };
             match self.phase {
-                Phase::Data => match ready!(stream.poll_data(cx)) {
-                    Ok(Some(data)) if data.is_empty() => {}
-                    Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                    Ok(None) => self.phase = Phase::Trailers,
-                    Err(err) => {
+                Phase::Data => match stream.poll_data(cx) {
+                    Poll::Pending if self.poll_stalled(cx) => {
+                        self.timed_out = true;
+                        self.replayable = false;
+                        self.held.clear();
+                        self.stop();
+                        return Poll::Ready(Some(Err(BodyError::Timeout)));
+                    }
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(Some(data))) if data.is_empty() => {}
+                    Poll::Ready(Ok(Some(data))) => {
+                        self.stall_timer = None;
+                        if let Some(activity) = &self.stall.activity {
+                            activity.touch();
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    Poll::Ready(Ok(None)) => self.phase = Phase::Trailers,
+                    Poll::Ready(Err(err)) => {
                         self.phase = Phase::Done;
                         return Poll::Ready(Some(Err(BodyError::Client(err))));
                     }
@@ -182,6 +224,21 @@ impl<S: Inbound> Source<S> {
             self.pending = end;
             return Poll::Ready(Some(Ok(Frame::data(self.held.split().freeze()))));
         }
+    }
+
+    /// Whether the body has now waited `body_timeout` for bytes (arming the timer on the
+    /// first wait). Only polled while someone reads the body: hyper reads it only while
+    /// the worker's HTTP/2 window has room, so a worker whose app does not read yet
+    /// does not make the client's silence a stall.
+    fn poll_stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(timeout) = self.stall.timeout else {
+            return false;
+        };
+        self.stall_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)))
+            .as_mut()
+            .poll(cx)
+            .is_ready()
     }
 
     /// Stops reading by dropping the stream: quinn then sends STOP_SENDING with code 0,
@@ -240,7 +297,7 @@ impl<S: Inbound> RequestBody<S> {
     /// Wraps the request stream. Whatever already arrived is looked at once, so a request
     /// whose stream is already finished (a GET: HEADERS with FIN) goes upstream as HEADERS
     /// with END_STREAM instead of HEADERS plus an empty DATA frame.
-    pub(crate) fn new(stream: S) -> (RequestBody<S>, BodyHandle<S>) {
+    pub(crate) fn new(stream: S, stall: Stall) -> (RequestBody<S>, BodyHandle<S>) {
         let mut source = Source {
             stream: Some(stream),
             held: BytesMut::new(),
@@ -251,6 +308,9 @@ impl<S: Inbound> RequestBody<S> {
             recording: true,
             replayable: true,
             epoch: 0,
+            stall,
+            stall_timer: None,
+            timed_out: false,
         };
         // A no-op waker is fine: whoever polls next registers the real one.
         if let Poll::Ready(next) = source.poll_stream(&mut Context::from_waker(Waker::noop())) {
@@ -282,6 +342,11 @@ impl<S: Inbound> BodyHandle<S> {
             epoch: source.epoch,
             replayed: 0,
         })
+    }
+
+    /// The client sent no body bytes for `body_timeout` (the stream is stopped).
+    pub(crate) fn is_timed_out(&self) -> bool {
+        lock(&self.source).timed_out
     }
 
     /// No retry will follow: stop keeping copies. The current body still replays the
@@ -398,6 +463,8 @@ mod tests {
     enum Step {
         Data(&'static str),
         Wait,
+        /// `Pending` for good: a client that stopped sending.
+        Hang,
         Trailers(&'static str),
     }
 
@@ -424,6 +491,7 @@ mod tests {
                     cx.waker().wake_by_ref();
                     Poll::Pending
                 }
+                Some(Step::Hang) => Poll::Pending,
                 Some(Step::Trailers(_)) | None => Poll::Ready(Ok(None)),
             }
         }
@@ -503,11 +571,11 @@ mod tests {
     #[tokio::test]
     async fn a_finished_stream_is_known_before_the_first_poll() {
         let (stream, _) = fake(vec![]);
-        let (body, _) = RequestBody::new(stream);
+        let (body, _) = RequestBody::new(stream, Stall::default());
         assert!(body.is_end_stream());
         assert_eq!(body.size_hint().exact(), Some(0));
         let (stream, _) = fake(vec![Step::Data("a")]);
-        let (body, _) = RequestBody::new(stream);
+        let (body, _) = RequestBody::new(stream, Stall::default());
         assert!(!body.is_end_stream());
     }
 
@@ -522,7 +590,7 @@ mod tests {
             Step::Data(run('e', 255)),
             Step::Data("f"),
         ]);
-        let (mut body, _) = RequestBody::new(stream);
+        let (mut body, _) = RequestBody::new(stream, Stall::default());
         assert_eq!(
             take(&mut body, 4).await,
             ["a1+b1+c300", "d1+e255", "f", "END"]
@@ -530,12 +598,12 @@ mod tests {
 
         // Before trailers and before an error the held data goes first.
         let (stream, _) = fake(vec![Step::Data("x"), Step::Trailers("t")]);
-        let (mut body, _) = RequestBody::new(stream);
+        let (mut body, _) = RequestBody::new(stream, Stall::default());
         assert_eq!(take(&mut body, 3).await, ["x", "T:t", "END"]);
 
         // The last small frame is known to be the last (sent with END_STREAM).
         let (stream, _) = fake(vec![Step::Data("x"), Step::Wait]);
-        let (mut body, _) = RequestBody::new(stream);
+        let (mut body, _) = RequestBody::new(stream, Stall::default());
         let frame = body.frame().await.unwrap().unwrap();
         assert_eq!(frame.into_data().unwrap(), "x");
         assert!(body.is_end_stream());
@@ -549,7 +617,7 @@ mod tests {
             Step::Wait,
             Step::Data(chunk('c')),
         ]);
-        let (mut first, handle) = RequestBody::new(stream);
+        let (mut first, handle) = RequestBody::new(stream, Stall::default());
         assert_eq!(take(&mut first, 2).await, ["a256", "b256"]);
         let mut second = handle.reclaim().expect("replayable");
         assert_eq!(take(&mut first, 1).await, [SUPERSEDED]);
@@ -570,7 +638,7 @@ mod tests {
             Step::Data(chunk('c')),
             Step::Data(chunk('d')),
         ]);
-        let (mut first, handle) = RequestBody::new(stream);
+        let (mut first, handle) = RequestBody::new(stream, Stall::default());
         assert_eq!(take(&mut first, 3).await, ["a256", "b256", "c256"]);
         let mut second = handle.reclaim().unwrap();
         assert_eq!(take(&mut second, 1).await, ["a256"]);
@@ -582,7 +650,7 @@ mod tests {
     #[tokio::test]
     async fn trailers_or_too_much_data_end_the_replay() {
         let (stream, _) = fake(vec![Step::Data(chunk('a')), Step::Trailers("t")]);
-        let (mut first, handle) = RequestBody::new(stream);
+        let (mut first, handle) = RequestBody::new(stream, Stall::default());
         assert_eq!(take(&mut first, 3).await, ["a256", "T:t", "END"]);
         assert!(handle.reclaim().is_none());
 
@@ -592,7 +660,7 @@ mod tests {
             Step::Data(big),
             Step::Data(chunk('b')),
         ]);
-        let (mut first, handle) = RequestBody::new(stream);
+        let (mut first, handle) = RequestBody::new(stream, Stall::default());
         assert_eq!(take(&mut first, 1).await, ["a256"]);
         let mut second = handle.reclaim().expect("one chunk can be replayed");
         let big_shown = format!("x{REPLAY_LIMIT}");
@@ -607,7 +675,7 @@ mod tests {
     async fn discard_rest_reads_a_short_remainder_then_stops_a_long_one() {
         // The rest arrives: read to the end, the stream is not stopped early.
         let (stream, stopped) = fake(vec![Step::Data(chunk('a')), Step::Wait, Step::Data("b")]);
-        let (mut body, handle) = RequestBody::new(stream);
+        let (mut body, handle) = RequestBody::new(stream, Stall::default());
         assert_eq!(take(&mut body, 1).await, ["a256"]);
         handle.discard_rest().await;
         assert!(!stopped.load(Ordering::SeqCst));
@@ -618,8 +686,47 @@ mod tests {
             Step::Data(run('y', DISCARD_LIMIT + 1)),
             Step::Data("more"),
         ]);
-        let (_body, handle) = RequestBody::new(stream);
+        let (_body, handle) = RequestBody::new(stream, Stall::default());
         handle.discard_rest().await;
         assert!(stopped.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_times_out_and_stops_the_stream() {
+        let timeout = Duration::from_millis(200);
+        let activity = Arc::new(Activity::default());
+        let (stream, stopped) = fake(vec![
+            Step::Data(chunk('a')),
+            Step::Wait,
+            Step::Data(chunk('b')),
+            Step::Hang,
+        ]);
+        let stall = Stall {
+            timeout: Some(timeout),
+            activity: Some(activity.clone()),
+        };
+        let (mut body, handle) = RequestBody::new(stream, stall);
+        let started = tokio::time::Instant::now();
+        assert_eq!(take(&mut body, 2).await, ["a256", "b256"]);
+        assert!(activity.idle_for(tokio::time::Instant::now()) < timeout);
+        assert!(!handle.is_timed_out());
+        let end = take(&mut body, 1).await;
+        assert_eq!(
+            end,
+            ["E:the HTTP/3 request body sent no bytes for body_timeout"]
+        );
+        assert!(started.elapsed() >= timeout, "{:?}", started.elapsed());
+        assert!(handle.is_timed_out());
+        assert!(stopped.load(Ordering::SeqCst), "the stream is stopped");
+        assert!(
+            handle.reclaim().is_none(),
+            "a timed-out body is not retried"
+        );
+
+        // Without a limit it waits for good.
+        let (stream, _) = fake(vec![Step::Hang]);
+        let (mut body, handle) = RequestBody::new(stream, Stall::default());
+        let waited = tokio::time::timeout(timeout * 2, body.frame()).await;
+        assert!(waited.is_err() && !handle.is_timed_out());
     }
 }

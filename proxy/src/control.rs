@@ -25,6 +25,29 @@ pub(crate) struct Stats {
     connections_total: prometheus::IntCounter,
     connections_active: prometheus::IntGauge,
     errors: prometheus::IntCounterVec,
+    limits: prometheus::IntCounterVec,
+}
+
+/// A bound an HTTP/3 client ran into in the front, counted in `limits_hit_total{kind}`
+/// with the same labels as the workers' (docs/SECURITY.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Limit {
+    /// `[limits] send_timeout`: a stream's client took no response bytes for that long.
+    SendTimeout,
+    /// `[limits] body_timeout`: an upload sent no bytes for that long.
+    BodyTimeout,
+}
+
+impl Limit {
+    const ALL: [Limit; 2] = [Limit::SendTimeout, Limit::BodyTimeout];
+
+    /// The label value.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Limit::SendTimeout => "send_timeout",
+            Limit::BodyTimeout => "body_timeout",
+        }
+    }
 }
 
 impl Default for Stats {
@@ -52,12 +75,22 @@ impl Default for Stats {
         for kind in ["client", "internal"] {
             errors.with_label_values(&[kind]);
         }
+        let limits = counter_vec(
+            &registry,
+            "limits_hit_total",
+            "Times a client ran into a bound, by kind (docs/SECURITY.md).",
+            &["kind"],
+        );
+        for kind in Limit::ALL {
+            limits.with_label_values(&[kind.label()]);
+        }
         Stats {
             in_flight: AtomicU64::new(0),
             served: AtomicU64::new(0),
             connections_total: total.with_label_values(&["http3"]),
             connections_active: active.with_label_values(&["http3"]),
             errors,
+            limits,
             registry,
         }
     }
@@ -97,6 +130,11 @@ impl Stats {
     pub(crate) fn error(&self, client: bool) {
         let kind = if client { "client" } else { "internal" };
         self.errors.with_label_values(&[kind]).inc();
+    }
+
+    /// Counts a bound hit (the caller logs it once per connection).
+    pub(crate) fn limit(&self, kind: Limit) {
+        self.limits.with_label_values(&[kind.label()]).inc();
     }
 
     fn heartbeat(&self) -> Message {

@@ -30,8 +30,9 @@
 //! `Host` (HTTP/2 carries it in `:authority`). The front replaces any client copy of
 //! [`genro_shared::CLIENT_HEADER`] with the QUIC peer's `ip:port`.
 
-use crate::body::{BodyHandle, RequestBody};
-use crate::control::Stats;
+use crate::body::{BodyHandle, RequestBody, Stall};
+use crate::control::{Limit, Stats};
+use crate::stall::Client;
 use crate::upstream::{ConnectError, InFlight, Pool, Upstream};
 use bytes::Bytes;
 use genro_shared::CLIENT_HEADER;
@@ -68,9 +69,10 @@ pub(crate) struct Shared {
 pub(crate) async fn handle(
     resolver: Resolver,
     shared: Arc<Shared>,
-    peer: SocketAddr,
+    client: Arc<Client>,
     head_timeout: std::time::Duration,
 ) {
+    let peer = client.peer;
     let Some(resolved) = resolve(resolver, head_timeout).await else {
         tracing::debug!(%peer, "request head not received within header_read_timeout");
         return;
@@ -93,13 +95,46 @@ pub(crate) async fn handle(
     };
     let _counted = shared.stats.enter();
     let (mut send, recv) = stream.split();
-    let (body, handle) = RequestBody::new(recv);
+    let (body, handle) = RequestBody::new(
+        recv,
+        Stall {
+            timeout: client.body_timeout,
+            activity: Some(client.activity.clone()),
+        },
+    );
     let method = request.method().clone();
     let target = request.uri().path().to_owned();
     match forward(request, body, &handle, &shared.pool, peer).await {
-        Ok((response, _in_flight)) => {
-            if let Err(err) = relay(response, &mut send).await {
+        Ok((response, _in_flight)) => match relay(response, &mut send, &client).await {
+            Ok(()) => {}
+            Err(RelayError::SendTimeout) => {
+                // Dropping the upstream response (done: `relay` owned it) resets the
+                // worker's stream with CANCEL: the app sees the disconnect.
+                send.stop_stream(Code::H3_REQUEST_CANCELLED);
+                client.hit(Limit::SendTimeout);
+                client.close_if_stalled();
+            }
+            Err(err @ RelayError::Upstream(_)) => {
+                if handle.is_timed_out() {
+                    // The upload stalled after the response started: the client's
+                    // request is incomplete (RFC 9114 §8.1), the worker's stream reset.
+                    send.stop_stream(Code::H3_REQUEST_INCOMPLETE);
+                    client.hit(Limit::BodyTimeout);
+                } else {
+                    send.stop_stream(Code::H3_INTERNAL_ERROR);
+                    tracing::debug!(%peer, "{method} {target}: response not relayed: {err}");
+                }
+            }
+            Err(err) => {
                 tracing::debug!(%peer, "{method} {target}: response not relayed: {err}");
+            }
+        },
+        Err(Failure::BodyTimeout) => {
+            client.hit(Limit::BodyTimeout);
+            shared.stats.error(true);
+            let failure = Failure::BodyTimeout;
+            if let Err(err) = answer(&mut send, failure.status(), failure.text()).await {
+                tracing::debug!(%peer, "408 not sent: {err}");
             }
         }
         Err(failure) => {
@@ -165,6 +200,9 @@ enum Failure {
     /// The supervisor announced no worker slot.
     #[error("no worker slot known")]
     NoWorker,
+    /// The request body stalled for `[limits] body_timeout` before the response started.
+    #[error("the request body sent no bytes for body_timeout")]
+    BodyTimeout,
     /// Every attempt failed.
     #[error("{attempts} attempt(s) failed, last: {last}")]
     Upstream {
@@ -181,6 +219,7 @@ impl Failure {
             Failure::BadRequest(_) => StatusCode::BAD_REQUEST,
             Failure::Connect => StatusCode::NOT_IMPLEMENTED,
             Failure::NoWorker => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Failure::Upstream { .. } => StatusCode::BAD_GATEWAY,
         }
     }
@@ -190,6 +229,7 @@ impl Failure {
             Failure::BadRequest(_) => "Bad Request\n",
             Failure::Connect => "CONNECT is not supported over HTTP/3\n",
             Failure::NoWorker => "Service Unavailable: no worker is available\n",
+            Failure::BodyTimeout => "Request Timeout: the request body stalled\n",
             Failure::Upstream { .. } => "Bad Gateway: the worker connection failed\n",
         }
     }
@@ -380,11 +420,18 @@ async fn forward(
         };
         tried.push(upstream.slot);
         let in_flight = upstream.enter();
-        match attempt(&upstream, head.request(attempt_body)).await {
+        match attempt(
+            &upstream,
+            pool.response_buffer(),
+            head.request(attempt_body),
+        )
+        .await
+        {
             Ok(response) => {
                 handle.commit();
                 return Ok((response, in_flight));
             }
+            Err(_) if handle.is_timed_out() => return Err(Failure::BodyTimeout),
             Err(err) => {
                 let retry = err.may_retry();
                 tracing::debug!(
@@ -411,11 +458,12 @@ async fn forward(
 
 async fn attempt(
     upstream: &Upstream,
+    buffer: u32,
     request: Request<RequestBody>,
 ) -> Result<Response<Incoming>, AttemptError> {
     let slot = upstream.slot;
     let (id, mut send) = upstream
-        .sender()
+        .sender(buffer)
         .await
         .map_err(|source| AttemptError::Connect { slot, source })?;
     if let Err(source) = send.ready().await {
@@ -452,39 +500,61 @@ enum RelayError {
     /// The HTTP/3 client went away or reset the stream.
     #[error("client: {0}")]
     Client(#[source] StreamError),
-    /// The worker reset the stream or the connection broke mid-body; the client's stream
-    /// was reset too (the response cannot be completed).
+    /// The client took no response bytes for `[limits] send_timeout`.
+    #[error("the client took no response bytes for send_timeout")]
+    SendTimeout,
+    /// The worker reset the stream or the connection broke mid-body; the caller resets
+    /// the client's stream (the response cannot be completed).
     #[error("worker: {}", genro_shared::describe_error(.0))]
     Upstream(#[source] hyper::Error),
 }
 
-async fn relay(response: Response<Incoming>, send: &mut SendStream) -> Result<(), RelayError> {
+/// Relays the response. Every write to the QUIC stream must complete within
+/// `send_timeout`: a write waits while the client's flow-control window is closed, and
+/// the upstream HTTP/2 window (`[limits] response_buffer`) then fills and holds the
+/// worker's `send()`. Bytes in the front per response: that window, one DATA frame
+/// (at most 16 KiB, the HTTP/2 default frame size) and what quinn holds for the client
+/// (bounded by the client's window and `send_window`).
+async fn relay(
+    response: Response<Incoming>,
+    send: &mut SendStream,
+    client: &Client,
+) -> Result<(), RelayError> {
     let (parts, mut body) = response.into_parts();
     let mut head = Response::new(());
     *head.status_mut() = parts.status;
     *head.headers_mut() = without_hop_by_hop(&parts.headers);
-    send.send_response(head).await.map_err(RelayError::Client)?;
+    write(client, send.send_response(head)).await?;
     while let Some(frame) = body.frame().await {
-        let frame = match frame {
-            Ok(frame) => frame,
-            Err(err) => {
-                send.stop_stream(Code::H3_INTERNAL_ERROR);
-                return Err(RelayError::Upstream(err));
-            }
-        };
+        let frame = frame.map_err(RelayError::Upstream)?;
         match frame.into_data() {
             Ok(data) if data.is_empty() => {}
-            Ok(data) => send.send_data(data).await.map_err(RelayError::Client)?,
+            Ok(data) => write(client, send.send_data(data)).await?,
             Err(frame) => {
                 if let Ok(trailers) = frame.into_trailers() {
-                    send.send_trailers(trailers)
-                        .await
-                        .map_err(RelayError::Client)?;
+                    write(client, send.send_trailers(trailers)).await?;
                 }
             }
         }
     }
-    send.finish().await.map_err(RelayError::Client)
+    write(client, send.finish()).await
+}
+
+/// One write to the client's stream, within `send_timeout`; a completed write is
+/// progress on the connection.
+async fn write(
+    client: &Client,
+    write: impl std::future::Future<Output = Result<(), StreamError>>,
+) -> Result<(), RelayError> {
+    let done = match client.send_timeout {
+        Some(timeout) => tokio::time::timeout(timeout, write)
+            .await
+            .map_err(|_| RelayError::SendTimeout)?,
+        None => write.await,
+    };
+    done.map_err(RelayError::Client)?;
+    client.activity.touch();
+    Ok(())
 }
 
 async fn answer(

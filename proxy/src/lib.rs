@@ -21,6 +21,7 @@ mod body;
 mod control;
 mod forward;
 mod server;
+mod stall;
 mod tls;
 mod upstream;
 
@@ -137,11 +138,19 @@ pub async fn serve(parts: Parts) -> i32 {
     }
     let (settings_tx, settings) = watch::channel(server::Settings::of(&config));
     let (configure, configured) = watch::channel(config.clone());
-    let reconfigure_task = tokio::spawn(reconfigure(endpoint.clone(), configured, settings_tx));
     let shared = Arc::new(forward::Shared {
         pool: Arc::new(upstream::Pool::default()),
         stats: Arc::new(control::Stats::default()),
     });
+    shared
+        .pool
+        .set_response_buffer(config.limits.response_buffer);
+    let reconfigure_task = tokio::spawn(reconfigure(
+        endpoint.clone(),
+        configured,
+        settings_tx,
+        shared.pool.clone(),
+    ));
     let (drain_tx, drain) = watch::channel(false);
     let control_task = tokio::spawn(control::run(
         read,
@@ -165,12 +174,14 @@ pub async fn serve(parts: Parts) -> i32 {
 }
 
 /// Applies each configuration the supervisor sends on reload to new connections: TLS and
-/// QUIC through the endpoint, HTTP/3 limits and the grace through `settings`. A
-/// configuration whose certificate does not load is refused and the current one kept.
+/// QUIC through the endpoint, HTTP/3 limits, timeouts and the grace through `settings`,
+/// the per-stream budget to new worker connections. A configuration whose certificate
+/// does not load is refused and the current one kept.
 async fn reconfigure(
     endpoint: quinn::Endpoint,
     mut configured: watch::Receiver<Arc<Config>>,
     settings: watch::Sender<server::Settings>,
+    pool: Arc<upstream::Pool>,
 ) {
     while configured.changed().await.is_ok() {
         let config = configured.borrow_and_update().clone();
@@ -178,6 +189,7 @@ async fn reconfigure(
             Ok(server_config) => {
                 endpoint.set_server_config(Some(server_config));
                 settings.send_replace(server::Settings::of(&config));
+                pool.set_response_buffer(config.limits.response_buffer);
                 tracing::info!("reload: new connections get the new TLS and HTTP/3 settings");
             }
             Err(err) => {

@@ -13,6 +13,7 @@
 //! 4. at `[server] graceful_timeout` whatever is left is closed.
 
 use crate::forward::{self, Shared};
+use crate::stall::Client;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
@@ -38,6 +39,10 @@ pub(crate) struct Settings {
     /// `[limits] header_read_timeout`: time a client has to send a request's header
     /// section once it opened the stream.
     pub(crate) header_read_timeout: Duration,
+    /// `[limits] send_timeout` (zero: none): see `stall.rs`.
+    pub(crate) send_timeout: Duration,
+    /// `[limits] body_timeout` (zero: none): see `body.rs`.
+    pub(crate) body_timeout: Duration,
 }
 
 impl Settings {
@@ -47,6 +52,8 @@ impl Settings {
             max_field_section_size: config.http3.max_field_section_size,
             graceful_timeout: config.server.graceful_timeout,
             header_read_timeout: config.limits.header_read_timeout,
+            send_timeout: config.limits.send_timeout,
+            body_timeout: config.limits.body_timeout,
         }
     }
 }
@@ -119,6 +126,12 @@ async fn connection(
             return;
         }
     };
+    let client = Arc::new(Client::new(
+        quic.clone(),
+        peer,
+        &settings,
+        shared.stats.clone(),
+    ));
     let mut h3 = match h3::server::builder()
         .max_field_section_size(settings.max_field_section_size)
         .build::<_, bytes::Bytes>(h3_quinn::Connection::new(quic))
@@ -150,7 +163,7 @@ async fn connection(
                 }
                 Ok(Some(resolver)) => {
                     let head_timeout = settings.header_read_timeout;
-                    requests.spawn(forward::handle(resolver, shared.clone(), peer, head_timeout));
+                    requests.spawn(forward::handle(resolver, shared.clone(), client.clone(), head_timeout));
                 }
                 // The client's GOAWAY, and every request answered.
                 Ok(None) => break,

@@ -17,7 +17,7 @@ use genro_shared::protocol::SlotSocket;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -26,13 +26,15 @@ pub(crate) const DOWN_FOR: Duration = Duration::from_secs(1);
 /// Limit on connecting and on the HTTP/2 handshake. A Unix connect is immediate unless
 /// the accept queue is full.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Per-stream receive window towards a worker: how much of one response the front buffers
-/// when its HTTP/3 client reads slowly.
-const STREAM_WINDOW: u32 = 1 << 20;
+/// Per-stream receive window towards a worker until the configuration sets one
+/// (`[limits] response_buffer`, see [`Pool::set_response_buffer`]).
+const DEFAULT_STREAM_WINDOW: u32 = 256 << 10;
 /// Connection receive window: large, so that a few slow HTTP/3 clients cannot use up the
 /// slot connection's window and stall every other response on it (the per-stream window
 /// is the bound that matters for memory).
 const CONNECTION_WINDOW: u32 = 1 << 30;
+/// The largest HTTP/2 window (RFC 9113 §6.9.1).
+const MAX_WINDOW: u64 = (1 << 31) - 1;
 
 /// Why a connection to a slot could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -131,15 +133,19 @@ impl Upstream {
             .unwrap_or_else(PoisonError::into_inner) = until;
     }
 
-    /// The pooled connection, opening it when there is none or it closed. Returns its id
-    /// (for [`Upstream::invalidate`]) and a sender.
-    pub(crate) async fn sender(&self) -> Result<(u64, SendRequest<RequestBody>), ConnectError> {
+    /// The pooled connection, opening it when there is none or it closed (with
+    /// `buffer` as its per-stream budget). Returns its id (for [`Upstream::invalidate`])
+    /// and a sender.
+    pub(crate) async fn sender(
+        &self,
+        buffer: u32,
+    ) -> Result<(u64, SendRequest<RequestBody>), ConnectError> {
         let mut conn = self.conn.lock().await;
         if let Some(open) = conn.as_ref().filter(|c| !c.send.is_closed()) {
             return Ok((open.id, open.send.clone()));
         }
         *conn = None;
-        let send = match tokio::time::timeout(CONNECT_TIMEOUT, connect(&self.path)).await {
+        let send = match tokio::time::timeout(CONNECT_TIMEOUT, connect(&self.path, buffer)).await {
             Ok(Ok(send)) => send,
             Ok(Err(err)) => {
                 self.set_down(Some(Instant::now() + DOWN_FOR));
@@ -169,7 +175,11 @@ impl Upstream {
     }
 }
 
-async fn connect(path: &Path) -> Result<SendRequest<RequestBody>, ConnectError> {
+/// Opens an HTTP/2 connection to a slot. `buffer` bytes per stream, both ways: the
+/// receive window is how much of one response the front takes from the worker ahead of
+/// its HTTP/3 client (the worker's `send()` waits beyond it), and the send buffer how
+/// much of one request body hyper queues for the worker.
+async fn connect(path: &Path, buffer: u32) -> Result<SendRequest<RequestBody>, ConnectError> {
     let stream = tokio::net::UnixStream::connect(path)
         .await
         .map_err(|source| ConnectError::Io {
@@ -178,7 +188,8 @@ async fn connect(path: &Path) -> Result<SendRequest<RequestBody>, ConnectError> 
         })?;
     let (send, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_stream_window_size(buffer)
+        .max_send_buf_size(buffer as usize)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .handshake(TokioIo::new(stream))
         .await
@@ -203,6 +214,8 @@ pub(crate) struct Pool {
     slots: RwLock<Arc<Vec<Arc<Upstream>>>>,
     /// Where the picker starts looking, so ties rotate over the slots.
     cursor: AtomicUsize,
+    /// `[limits] response_buffer` for new connections; 0 until set.
+    response_buffer: AtomicU32,
 }
 
 /// What the picker knows about one slot.
@@ -229,6 +242,22 @@ pub(crate) fn choose(candidates: &[Candidate], start: usize) -> Option<usize> {
 }
 
 impl Pool {
+    /// Sets the per-stream byte budget of the connections opened from now on
+    /// (`[limits] response_buffer`, capped at the largest HTTP/2 window); open
+    /// connections keep theirs.
+    pub(crate) fn set_response_buffer(&self, bytes: u64) {
+        let bytes = u32::try_from(bytes.min(MAX_WINDOW)).unwrap_or(u32::MAX);
+        self.response_buffer.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The per-stream byte budget for a new connection.
+    pub(crate) fn response_buffer(&self) -> u32 {
+        match self.response_buffer.load(Ordering::Relaxed) {
+            0 => DEFAULT_STREAM_WINDOW,
+            set => set,
+        }
+    }
+
     /// Replaces the slot list, keeping the connections of slots whose socket is unchanged.
     pub(crate) fn update(&self, slots: Vec<SlotSocket>) {
         let mut current = self.slots.write().unwrap_or_else(PoisonError::into_inner);
@@ -372,7 +401,10 @@ mod tests {
         }]);
         let upstream = pool.pick(&[]).expect("one slot");
         assert!(!upstream.is_down(Instant::now()));
-        let err = upstream.sender().await.expect_err("connect fails");
+        let err = upstream
+            .sender(pool.response_buffer())
+            .await
+            .expect_err("connect fails");
         assert!(matches!(err, ConnectError::Io { .. }), "{err}");
         assert!(upstream.is_down(Instant::now()));
         assert!(!upstream.is_down(Instant::now() + DOWN_FOR));
