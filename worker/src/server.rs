@@ -87,17 +87,28 @@ struct ConnState {
     buffers: Arc<ConnBuffers>,
     /// The socket's writes.
     io: Arc<IoWatch>,
+    /// The HTTP/3 front's connection (see [`ConnState::new`]).
+    front: bool,
 }
 
 impl ConnState {
-    fn new(limits: &Limits) -> Self {
+    /// A client connection's state, or the HTTP/3 front's (`front`): the front's one
+    /// connection carries the streams of every HTTP/3 client, so it gets no connection
+    /// budget of its own and no connection-wide stall check (the front bounds each of its
+    /// clients and resets their stalled streams itself, docs/HTTP3.md).
+    fn new(limits: &Limits, front: bool) -> Self {
         ConnState {
+            front,
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             last_active_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             protocol: std::sync::OnceLock::new(),
-            buffers: Arc::new(ConnBuffers::new(limits.connection_buffer)),
+            buffers: Arc::new(ConnBuffers::new(if front {
+                usize::MAX
+            } else {
+                limits.connection_buffer
+            })),
             io: Arc::new(IoWatch::default()),
         }
     }
@@ -129,6 +140,9 @@ impl ConnState {
             .is_some_and(|since| now.saturating_sub(since) >= timeout)
         {
             return Some("the socket took no bytes");
+        }
+        if self.front {
+            return None;
         }
         if self.buffers.budget.stalled(send_timeout) {
             return Some("no response bytes were taken (flow-control window closed)");
@@ -851,7 +865,7 @@ pub async fn serve(
                 https: tls.is_some(),
                 front: false,
             }),
-            state: Arc::new(ConnState::new(&limits)),
+            state: Arc::new(ConnState::new(&limits, false)),
             shared: shared.clone(),
             limits: limits.clone(),
             access: access.clone(),
@@ -922,7 +936,7 @@ pub async fn serve(
     let spawn_front = |stream: tokio::net::UnixStream| {
         let ctx = Arc::new(ConnCtx {
             info: front_info.clone(),
-            state: Arc::new(ConnState::new(&limits)),
+            state: Arc::new(ConnState::new(&limits, true)),
             shared: shared.clone(),
             limits: limits.clone(),
             access: access.clone(),
