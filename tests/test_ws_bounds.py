@@ -197,7 +197,7 @@ def test_deflated_messages_near_max_message_size_to_a_slow_app_stay_bounded(serv
     # health client may wait behind a few of them; on a loaded 2-core machine that gave a
     # p99 of 0.27-0.88 s. Without the byte bound the health client failed outright (p99
     # infinite). The 50 ms figure is checked with 1 MiB messages in
-    # test_lowered_byte_budgets_hold. See docs/security/websocket.md.
+    # test_lowered_byte_budgets_hold. See docs/SECURITY.md (WebSocket).
     assert p99 < 1.0, p99
     assert limit_hits(s, "websocket_queue") == 3
     assert s.log.count("reading paused at 1048576 bytes ([websocket] max_queue_bytes)") == 3
