@@ -15,6 +15,8 @@ def note(text):
             f.write(text + "\n")
 
 
+CHUNKS = {}
+
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
         while True:
@@ -26,7 +28,10 @@ async def app(scope, receive, send):
                 return
     query = dict(urllib.parse.parse_qsl(scope["query_string"].decode()))
     if scope["path"] == "/flood":
-        chunk = b"x" * int(query.get("size", str(1 << 20)))
+        # One chunk per size, shared by every stream: the app's own memory stays constant,
+        # so what grows is the servers'.
+        size = int(query.get("size", str(1 << 20)))
+        chunk = CHUNKS.setdefault(size, b"x" * size) if size not in CHUNKS else CHUNKS[size]
         await send({"type": "http.response.start", "status": 200, "headers": []})
         note("flood:start")
         left = int(query.get("n", "-1"))  # chunks to send; -1: until the client leaves

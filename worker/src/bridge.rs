@@ -834,6 +834,16 @@ struct Inner {
     limited: bool,
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The handle is gone with its response still open (no end was sent): abort it
+        // rather than leave the transport waiting for bytes that never come.
+        if let Some(pipe) = self.stream.take() {
+            pipe.abort();
+        }
+    }
+}
+
 impl std::fmt::Debug for Handle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Handle")
@@ -945,7 +955,9 @@ impl Handle {
             self.exchange.client_error(&self.shared);
             // End the body now (a drain ended this event stream): the transport must not
             // wait for the handle to be garbage-collected.
-            inner.stream = None;
+            if let Some(pipe) = inner.stream.take() {
+                pipe.end();
+            }
             return;
         }
         drop(inner);
@@ -988,7 +1000,9 @@ impl Handle {
                 // A drain ended this event stream: end its body cleanly, as a server that
                 // finishes the stream would.
                 inner.failed = true;
-                inner.stream = None;
+                if let Some(pipe) = inner.stream.take() {
+                    pipe.end();
+                }
                 return;
             }
             if inner.respond.is_some() || inner.stream.is_some() {
