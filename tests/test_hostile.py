@@ -303,7 +303,8 @@ def test_a_blocked_loop_under_a_flood_of_departed_clients_stays_small(server):
         t.join()
     peak = max(peak, rss_mib(pid))
     assert sent[0] > 20000, "the flood sent only %d requests" % sent[0]
-    assert peak - before < 50, "worker grew %.0f MiB for %d requests" % (peak - before, sent[0])
+    print("flood: %d requests, worker %.0f -> %.0f MiB" % (sent[0], before, peak))
+    assert peak - before < 100, "worker grew %.0f MiB for %d requests" % (peak - before, sent[0])
     blocker.settimeout(30)
     answer = b""
     while b"unblocked" not in answer:
