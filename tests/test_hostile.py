@@ -123,6 +123,8 @@ def test_http2_streams_with_a_closed_window_are_bounded_in_bytes(server):
             wait_for(lambda: stats(s)["streams"] >= 100, timeout=20, what="streams started")
             time.sleep(8)
             grown = rss_mib(pid) - before
+        print("worker %.0f MiB, grew %.1f MiB; health p99 %.1f ms"
+              % (before, grown, prober.p99() * 1000))
         assert grown < 100, "worker grew %.0f MiB" % grown
         assert prober.p99() < 0.05, "health p99 %.3f s" % prober.p99()
     finally:
@@ -140,6 +142,8 @@ def test_http1_clients_that_never_read_are_bounded_in_bytes(server):
             wait_for(lambda: stats(s)["streams"] >= 100, timeout=20, what="streams started")
             time.sleep(8)
             grown = rss_mib(pid) - before
+        print("worker %.0f MiB, grew %.1f MiB; health p99 %.1f ms"
+              % (before, grown, prober.p99() * 1000))
         assert grown < 100, "worker grew %.0f MiB" % grown
         assert prober.p99() < 0.05, "health p99 %.3f s" % prober.p99()
     finally:
