@@ -48,6 +48,8 @@ class Server:
         self.lines = []
         self.cond = threading.Condition()
         self.proc = None
+        self.reader = None
+        self.eof = False
         sections = {k: dict(v) for k, v in (sections or {}).items()}
         sections.setdefault("server", {})
         sections["server"].setdefault("host", host)
@@ -77,7 +79,8 @@ class Server:
             [self.binary, "serve", "--config", str(self.config), *self.args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd,
         )
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
         if wait:
             self.wait_log("serving ", timeout)
         return self
@@ -88,6 +91,7 @@ class Server:
                 self.lines.append(raw.decode("utf-8", "replace"))
                 self.cond.notify_all()
         with self.cond:
+            self.eof = True
             self.cond.notify_all()
 
     @property
@@ -97,31 +101,42 @@ class Server:
 
     def wait_log(self, needle, timeout=30):
         deadline = time.monotonic() + timeout
+        exited_at = None
         with self.cond:
             while True:
                 for line in self.lines:
                     if needle in line:
                         return line
-                if self.proc.poll() is not None and not self.proc.stdout.readable():
-                    break
+                # The output is complete once the process has exited and the reader has
+                # seen EOF (or, if an orphan holds the pipe, a few seconds later).
+                if self.proc.poll() is not None:
+                    if exited_at is None:
+                        exited_at = time.monotonic()
+                    if self.eof or time.monotonic() - exited_at > 5:
+                        break
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self.cond.wait(min(left, 0.2))
-                if self.proc.poll() is not None and not any(needle in line for line in self.lines):
-                    # Give the reader a moment to drain the pipe, then decide.
-                    self.cond.wait(0.5)
-                    if not any(needle in line for line in self.lines):
-                        break
         raise AssertionError("%r not seen in the log (exit %r):\n%s" % (needle, self.proc.poll(), "".join(self.lines)))
 
+    def _drain(self):
+        # The process has exited: its output is complete once the reader reaches EOF
+        # (bounded, since a worker orphaned with the pipe open would hold it).
+        if self.reader is not None:
+            self.reader.join(10)
+
     def wait_exit(self, timeout=60):
-        return self.proc.wait(timeout=timeout)
+        code = self.proc.wait(timeout=timeout)
+        self._drain()
+        return code
 
     def stop(self, sig=signal.SIGTERM, timeout=60):
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        return self.proc.wait(timeout=timeout)
+        code = self.proc.wait(timeout=timeout)
+        self._drain()
+        return code
 
     def worker_pids(self):
         """Pids of the worker processes (children of the supervisor)."""
