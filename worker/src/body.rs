@@ -6,6 +6,7 @@
 //! exchange the client is done.
 
 use crate::budget::{Budget, Budgets};
+use crate::metrics::Limit;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
@@ -199,6 +200,8 @@ pub struct Pipe {
     budgets: Budgets,
     /// Serialises waiting sends, so a `send()` the app cancelled is not overtaken.
     order: tokio::sync::Mutex<()>,
+    /// A send of this response already waited for a budget (counted once per response).
+    waited: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -221,6 +224,7 @@ impl Pipe {
             own: Budget::new(budgets.response),
             budgets,
             order: tokio::sync::Mutex::new(()),
+            waited: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -270,8 +274,9 @@ impl Pipe {
 
     /// Queues `chunk`, in pieces, waiting for room in the budgets. Ends with
     /// [`SendError::Stalled`] when this response's own queue is full and the client took
-    /// nothing from it for `send_timeout`.
-    pub async fn push(&self, chunk: Chunk) -> Result<(), SendError> {
+    /// nothing from it for `send_timeout`. `on_wait` is told which budget was full the first
+    /// time this response has to wait.
+    pub async fn push(&self, chunk: Chunk, on_wait: impl Fn(Limit)) -> Result<(), SendError> {
         let _order = self.order.lock().await;
         let mut data = match chunk {
             Chunk::Data(data) => data,
@@ -297,14 +302,14 @@ impl Pipe {
                         break;
                     }
                 }
-                self.room(n).await?;
+                self.room(n, &on_wait).await?;
             }
         }
         Ok(())
     }
 
     /// Waits until `n` bytes may fit, or the pipe closed; fails when this response stalled.
-    async fn room(&self, n: usize) -> Result<(), SendError> {
+    async fn room(&self, n: usize, on_wait: &impl Fn(Limit)) -> Result<(), SendError> {
         let timeout = self.budgets.send_timeout;
         // Look again at least this often, so a stall is noticed on time.
         let check = if timeout.is_zero() {
@@ -314,13 +319,16 @@ impl Pipe {
         };
         let conn = &self.budgets.conn.budget;
         let worker = &self.budgets.worker;
-        let blocking: &Budget = if !self.own.fits(n) {
-            &self.own
+        let (blocking, kind): (&Budget, _) = if !self.own.fits(n) {
+            (&self.own, Limit::ResponseBuffer)
         } else if !conn.fits(n) {
-            conn
+            (conn, Limit::ConnectionBuffer)
         } else {
-            worker
+            (worker, Limit::WorkerBuffer)
         };
+        if !self.waited.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            on_wait(kind);
+        }
         // Any change of our own budget wakes us too: that is how a close is noticed.
         tokio::select! {
             _ = self.own.changed() => {}
@@ -333,19 +341,10 @@ impl Pipe {
         Ok(())
     }
 
-    /// Which budget is full (for the metrics), if any: the response's, the connection's,
-    /// the worker's.
-    pub fn full_budget(&self, n: usize) -> Option<crate::metrics::Limit> {
-        use crate::metrics::Limit;
-        if !self.own.fits(n) {
-            Some(Limit::ResponseBuffer)
-        } else if !self.budgets.conn.budget.fits(n) {
-            Some(Limit::ConnectionBuffer)
-        } else if !self.budgets.worker.fits(n) {
-            Some(Limit::WorkerBuffer)
-        } else {
-            None
-        }
+    /// Whether this hit of `limit` is the first on the response's connection (see
+    /// [`crate::budget::ConnBuffers::first_hit`]).
+    pub fn first_hit(&self, limit: Limit) -> bool {
+        self.budgets.conn.first_hit(limit)
     }
 
     /// The app is done: the body ends after what is queued.

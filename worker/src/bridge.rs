@@ -12,7 +12,7 @@
 
 use crate::body::{Chunk, Pipe, Refused, ResponseBody, SendError};
 use crate::budget::Budgets;
-use crate::metrics::ErrorKind;
+use crate::metrics::{ErrorKind, Limit};
 use crate::response::{Action, Head, Outbound, State};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
@@ -490,7 +490,6 @@ fn start_request(
             is_head: start.parts.method == http::Method::HEAD,
             is_h2,
             failed: false,
-            limited: false,
         }),
     };
     run_app(py, state, scope, Bound::new(py, handle)?.into_any())
@@ -814,7 +813,7 @@ pub struct Handle {
     pub(crate) method: http::Method,
     pub(crate) path: String,
     pub(crate) client: SocketAddr,
-    budgets: Budgets,
+    pub(crate) budgets: Budgets,
     inner: Mutex<Inner>,
 }
 
@@ -830,8 +829,6 @@ struct Inner {
     is_h2: bool,
     /// An error was already logged and answered for this exchange.
     failed: bool,
-    /// A `send()` of this response already waited for a budget (counted once).
-    limited: bool,
 }
 
 impl Drop for Inner {
@@ -926,9 +923,12 @@ impl Handle {
                     ResponseBody::pipe(pipe.clone()),
                     Some(file.1 as usize),
                 );
-                self.shared
-                    .runtime
-                    .spawn(pump_file(file.0, pipe, self.shared.clone()));
+                self.shared.runtime.spawn(pump_file(
+                    file.0,
+                    pipe,
+                    self.shared.clone(),
+                    Who(self.id, self.client),
+                ));
             }
             Action::Chunk(bytes) => return self.stream(py, &mut inner, Chunk::Data(bytes), false),
             Action::Last(bytes) => return self.stream(py, &mut inner, Chunk::Data(bytes), true),
@@ -1138,10 +1138,6 @@ impl Handle {
         }) else {
             return Ok(state.sent.clone_ref(py).into_any());
         };
-        let len = match &chunk {
-            Chunk::Data(data) => data.len(),
-            _ => 0,
-        };
         match pipe.try_push(chunk) {
             Ok(()) => {
                 if last {
@@ -1157,18 +1153,16 @@ impl Handle {
                 Err(PyOSError::new_err("client disconnected"))
             }
             Err(Refused::Full(chunk)) => {
-                if !std::mem::replace(&mut inner.limited, true) {
-                    if let Some(kind) = pipe.full_budget(len.min(crate::body::PIECE)) {
-                        self.shared.limit(kind);
-                    }
-                }
                 let waiter = state.create_future.call0(py)?;
                 let waiter_for_task = waiter.clone_ref(py);
                 let shared = self.shared.clone();
                 let exchange = self.exchange.clone();
-                let (id, client) = (self.id, self.client);
+                let who = Who(self.id, self.client);
                 self.shared.runtime.spawn(async move {
-                    let value = match pipe.push(chunk).await {
+                    let value = match pipe
+                        .push(chunk, |kind| waited(&shared, &pipe, kind, who))
+                        .await
+                    {
                         Ok(()) => {
                             if last {
                                 pipe.end();
@@ -1177,7 +1171,7 @@ impl Handle {
                         }
                         Err(SendError::Closed) => Wake::SendFailed("client disconnected"),
                         Err(SendError::Stalled) => {
-                            stalled(&shared, &pipe, id, client);
+                            stalled(&shared, &pipe, who);
                             exchange.mark_disconnected();
                             Wake::SendFailed(
                                 "client disconnected: it took no data for send_timeout",
@@ -1195,30 +1189,63 @@ impl Handle {
     }
 }
 
-/// A response's client took nothing for `send_timeout`: count it, log it, abort the
-/// response (its connection's driver closes the connection, or the stream is reset).
-fn stalled(shared: &Shared, pipe: &Pipe, id: crate::registry::RequestId, client: SocketAddr) {
-    shared.limit(crate::metrics::Limit::SendTimeout);
-    tracing::info!(request_id = %id, %client, "send_timeout: the client took no response bytes; disconnecting it");
+/// The request a response belongs to, for its log lines.
+#[derive(Clone, Copy)]
+struct Who(crate::registry::RequestId, SocketAddr);
+
+/// A response's client took nothing for `send_timeout`: count it, log it (once per
+/// connection), abort the response (its connection's driver closes the connection, or the
+/// stream is reset).
+fn stalled(shared: &Shared, pipe: &Pipe, Who(id, client): Who) {
+    shared.limit(Limit::SendTimeout);
+    if pipe.first_hit(Limit::SendTimeout) {
+        tracing::info!(request_id = %id, %client, "send_timeout: the client took no response bytes; disconnecting it (logged once per connection)");
+    } else {
+        tracing::debug!(request_id = %id, %client, "send_timeout: the client took no response bytes");
+    }
     pipe.stall();
 }
 
-async fn pump_file(file: std::fs::File, pipe: Arc<Pipe>, shared: Arc<Shared>) {
+/// A response's `send()` first waited for budget `kind`: counted, and logged once per
+/// connection: INFO for the response's and the connection's budget (the client reads
+/// slower than the app sends), WARNING for the worker's (every client's responses wait).
+fn waited(shared: &Shared, pipe: &Pipe, kind: Limit, Who(id, client): Who) {
+    shared.limit(kind);
+    if !pipe.first_hit(kind) {
+        return;
+    }
+    match kind {
+        Limit::WorkerBuffer => tracing::warn!(
+            request_id = %id, %client,
+            "worker_buffer full: responses wait for their clients to read (logged once per connection)"
+        ),
+        _ => tracing::info!(
+            request_id = %id, %client,
+            "{}: the client reads slower than the app sends; send() waits (logged once per connection)",
+            kind.label()
+        ),
+    }
+}
+
+/// Streams a `pathsend` file through `pipe`.
+async fn pump_file(file: std::fs::File, pipe: Arc<Pipe>, shared: Arc<Shared>, who: Who) {
     use tokio::io::AsyncReadExt;
     let mut file = tokio::fs::File::from_std(file);
     loop {
         let mut buf = bytes::BytesMut::with_capacity(crate::body::PIECE);
         match file.read_buf(&mut buf).await {
             Ok(0) => return pipe.end(),
-            Ok(_) => match pipe.push(Chunk::Data(buf.freeze())).await {
-                Ok(()) => {}
-                Err(SendError::Closed) => return,
-                Err(SendError::Stalled) => {
-                    shared.limit(crate::metrics::Limit::SendTimeout);
-                    tracing::info!("send_timeout: the client took no bytes of a file response; disconnecting it");
-                    return pipe.stall();
+            Ok(_) => {
+                let piece = Chunk::Data(buf.freeze());
+                match pipe
+                    .push(piece, |kind| waited(&shared, &pipe, kind, who))
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(SendError::Closed) => return,
+                    Err(SendError::Stalled) => return stalled(&shared, &pipe, who),
                 }
-            },
+            }
             Err(err) => {
                 tracing::error!("http.response.pathsend: read failed: {err}");
                 return pipe.abort();

@@ -7,10 +7,12 @@
 //! when hyper takes it from the response body. Waiting for room is what makes the app's
 //! `send()` wait: backpressure by size, not by chunk count.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
+
+use crate::metrics::Limit;
 
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
@@ -132,16 +134,38 @@ pub struct ConnBuffers {
     pub stalled: AtomicUsize,
     /// Wakes the connection's driver when a stream stalled.
     pub kick: Notify,
+    /// The limits already logged on this connection (one bit per [`Limit`]).
+    logged: AtomicU32,
+    /// Carries many clients' streams (the HTTP/3 front's connection): every hit is theirs.
+    many_clients: bool,
 }
 
 impl ConnBuffers {
-    /// A connection's share of `limit` bytes.
+    /// A client connection's share of `limit` bytes.
     pub fn new(limit: usize) -> Self {
         ConnBuffers {
             budget: Budget::new(limit),
             stalled: AtomicUsize::new(0),
             kick: Notify::new(),
+            logged: AtomicU32::new(0),
+            many_clients: false,
         }
+    }
+
+    /// The HTTP/3 front's connection: it carries the streams of every HTTP/3 client, so it
+    /// has no budget of its own and each limit hit on it is a different client's.
+    pub fn front() -> Self {
+        ConnBuffers {
+            many_clients: true,
+            ..ConnBuffers::new(usize::MAX)
+        }
+    }
+
+    /// Whether this hit of `limit` is the first on the connection: bounds are logged once
+    /// per connection (at INFO or WARNING), never per stream or per frame.
+    pub fn first_hit(&self, limit: Limit) -> bool {
+        let bit = 1u32 << (limit as u32);
+        self.many_clients || self.logged.fetch_or(bit, Ordering::Relaxed) & bit == 0
     }
 }
 
@@ -203,6 +227,19 @@ mod tests {
             .await
             .expect("woken")
             .unwrap();
+    }
+
+    #[test]
+    fn each_limit_is_logged_once_per_client_connection() {
+        let conn = ConnBuffers::new(10);
+        assert!(conn.first_hit(Limit::SendTimeout));
+        assert!(!conn.first_hit(Limit::SendTimeout));
+        assert!(conn.first_hit(Limit::BodyTimeout));
+        assert!(conn.first_hit(Limit::WebsocketControl));
+        assert!(!conn.first_hit(Limit::BodyTimeout));
+        let front = ConnBuffers::front();
+        assert!(front.first_hit(Limit::SendTimeout));
+        assert!(front.first_hit(Limit::SendTimeout));
     }
 
     #[test]

@@ -362,14 +362,17 @@ async fn read(
         Read::TimedOut => {
             shared.limit(Limit::BodyTimeout);
             exchange.client_error(&shared);
-            tracing::info!(
-                method = %this.method,
-                path = %this.path,
-                client = %this.client,
-                "body_timeout: no request body bytes for {:.1}s while the app waited; \
-                 ending the request (408 if the response has not started)",
-                shared.body_timeout.as_secs_f64()
-            );
+            if this.budgets.conn.first_hit(Limit::BodyTimeout) {
+                tracing::info!(
+                    method = %this.method,
+                    path = %this.path,
+                    client = %this.client,
+                    "body_timeout: no request body bytes for {:.1}s while the app waited; \
+                     ending the request (408 if the response has not started; logged once \
+                     per connection)",
+                    shared.body_timeout.as_secs_f64()
+                );
+            }
             this.reject(StatusCode::REQUEST_TIMEOUT, "Request body timeout\n");
         }
         Read::Data(..) | Read::Gone => {}

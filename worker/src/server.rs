@@ -104,11 +104,11 @@ impl ConnState {
             last_active_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             protocol: std::sync::OnceLock::new(),
-            buffers: Arc::new(ConnBuffers::new(if front {
-                usize::MAX
+            buffers: Arc::new(if front {
+                ConnBuffers::front()
             } else {
-                limits.connection_buffer
-            })),
+                ConnBuffers::new(limits.connection_buffer)
+            }),
             io: Arc::new(IoWatch::default()),
         }
     }
