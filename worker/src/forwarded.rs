@@ -9,6 +9,7 @@
 //! `_name`) leaves the peer as the client.
 
 use genro_config::net::Trusted;
+use http::header::{HeaderName, FORWARDED};
 use http::HeaderMap;
 use std::net::{IpAddr, SocketAddr};
 
@@ -21,9 +22,19 @@ pub struct Origin {
     pub https: Option<bool>,
 }
 
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
 /// Reads the forwarding headers of a request from a trusted peer.
 pub fn origin(headers: &HeaderMap, trusted: &Trusted) -> Origin {
-    let forwarded = joined(headers, "forwarded");
+    // Most requests carry none (every request from a trusted peer comes through here).
+    if !headers.contains_key(&FORWARDED)
+        && !headers.contains_key(&X_FORWARDED_FOR)
+        && !headers.contains_key(&X_FORWARDED_PROTO)
+    {
+        return Origin::default();
+    }
+    let forwarded = joined(headers, &FORWARDED);
     if !forwarded.is_empty() {
         let elements: Vec<(Option<&str>, Option<&str>)> =
             forwarded.split(',').map(forwarded_element).collect();
@@ -35,8 +46,8 @@ pub fn origin(headers: &HeaderMap, trusted: &Trusted) -> Origin {
             https: proto.and_then(scheme),
         };
     }
-    let xff = joined(headers, "x-forwarded-for");
-    let xfp = joined(headers, "x-forwarded-proto");
+    let xff = joined(headers, &X_FORWARDED_FOR);
+    let xfp = joined(headers, &X_FORWARDED_PROTO);
     let protos: Vec<&str> = xfp
         .split(',')
         .map(str::trim)
@@ -66,7 +77,7 @@ pub fn origin(headers: &HeaderMap, trusted: &Trusted) -> Origin {
 }
 
 /// All fields of a header joined with commas (an empty string when absent).
-fn joined(headers: &HeaderMap, name: &str) -> String {
+fn joined(headers: &HeaderMap, name: &HeaderName) -> String {
     let mut out = String::new();
     for value in headers.get_all(name) {
         if let Ok(value) = value.to_str() {
