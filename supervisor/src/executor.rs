@@ -5,12 +5,12 @@
 
 use crate::control::Incoming;
 use crate::endpoints::{Observed, Probe};
-use crate::fleet::{Beat, Command, Fleet, Phase};
+use crate::fleet::{Beat, Cause, Command, Fleet, Phase, ReplyId};
 use crate::interpreter::Interpreter;
 use crate::notify::Notifier;
 use crate::query::Pending;
 use crate::serve::Reloader;
-use crate::spawner::{signal_pid, Launch, Spawner};
+use crate::spawner::{signal_pid, Spawner};
 use crate::webhook::Webhook;
 use genro_config::Loaded;
 use genro_shared::exit;
@@ -53,12 +53,9 @@ pub(crate) struct Supervisor {
     pub(crate) writers: HashMap<u32, mpsc::Sender<Message>>,
     pub(crate) events: mpsc::Sender<Event>,
     pub(crate) started: Instant,
-    /// A `ctl reload` waiting for the outcome.
-    pub(crate) reload_reply: Option<oneshot::Sender<Message>>,
-    /// How workers were started before the reload in progress (restored if it fails).
-    pub(crate) before_reload: Option<Launch>,
-    /// Worker count from a reloaded config, applied once the reload finished.
-    pub(crate) pending_scale: Option<usize>,
+    /// Peers (`ctl reload`) waiting for a reload's outcome, under the token the fleet
+    /// holds for it.
+    pub(crate) reload_replies: HashMap<ReplyId, oneshot::Sender<Message>>,
     pub(crate) app: String,
     pub(crate) url: String,
     pub(crate) queries: HashMap<u64, Pending>,
@@ -69,8 +66,6 @@ pub(crate) struct Supervisor {
     pub(crate) observed: Observed,
     /// Processes killed because they hung (their restart's reason).
     pub(crate) hung_pids: std::collections::HashSet<u32>,
-    /// A reload (not a `max_requests` recycle) is replacing the workers.
-    pub(crate) reloading: bool,
     /// `[errors] notify_critical`: the webhook sender.
     pub(crate) webhook: Option<Webhook>,
     /// `[metrics]` as started (fixed until a restart).
@@ -308,10 +303,9 @@ impl Supervisor {
                             .is_some_and(|s| s.worker.is_some())
                         {
                             // A replacement beside the serving worker.
-                            self.observed.restart(if self.reloading {
-                                "reload"
-                            } else {
-                                "max_requests"
+                            self.observed.restart(match self.fleet.replacing() {
+                                Some(Cause::Reload { .. }) => "reload",
+                                Some(Cause::Recycle) | None => "max_requests",
                             });
                         }
                         match self.spawner.spawn(slot, generation) {
@@ -398,11 +392,11 @@ impl Supervisor {
                             self.url
                         ));
                     }
-                    Command::Reloaded => {
-                        if std::mem::take(&mut self.reloading) {
+                    Command::Reloaded { cause } => {
+                        if matches!(cause, Cause::Reload { .. }) {
                             self.observed.reload(true);
                         }
-                        self.before_reload = None;
+                        self.spawner.commit();
                         self.observed
                             .set_python_version(&self.spawner.launch.python.probe.version_info);
                         tracing::info!("reload complete: every slot runs a new worker");
@@ -411,31 +405,31 @@ impl Supervisor {
                             self.url,
                             self.fleet.size()
                         ));
-                        self.answer_reload(Message::Done {
-                            message: "reload complete".into(),
-                        });
-                        if let Some(workers) = self.pending_scale.take() {
-                            next.extend(self.scale(workers));
-                        }
+                        self.answer_reload(
+                            cause,
+                            Message::Done {
+                                message: "reload complete".into(),
+                            },
+                        );
                     }
-                    Command::ReloadFailed { slot, code } => {
+                    Command::Scaling { workers } => {
+                        tracing::info!("scaling to {workers} worker(s)");
+                    }
+                    Command::ReloadFailed { slot, code, cause } => {
                         let why = match code {
                             Some(code) => format!("exited with code {code}"),
                             None => "could not start".into(),
                         };
-                        if std::mem::take(&mut self.reloading) {
+                        if matches!(cause, Cause::Reload { .. }) {
                             self.observed.reload(false);
                         }
-                        if let Some(before) = self.before_reload.take() {
-                            self.spawner.configure(before);
-                        }
+                        self.spawner.rollback();
                         let message = format!("reload aborted: the new worker for slot {slot} {why} before it was ready; the running workers keep serving");
                         tracing::error!("{message}");
-                        self.pending_scale = None;
                         self.notifier.send(
                             "READY=1\nSTATUS=reload failed; serving with the previous workers",
                         );
-                        self.answer_reload(Message::Error { message });
+                        self.answer_reload(cause, Message::Error { message });
                     }
                     Command::Exit(code) => {
                         tracing::info!(code, "supervisor exiting");
@@ -446,6 +440,16 @@ impl Supervisor {
             pending = next;
         }
         None
+    }
+
+    /// Answers the peer waiting for a reload, if any.
+    fn answer_reload(&mut self, cause: Cause, answer: Message) {
+        let Cause::Reload { reply: Some(token) } = cause else {
+            return;
+        };
+        if let Some(reply) = self.reload_replies.remove(&token) {
+            let _ = reply.send(answer);
+        }
     }
 
     /// Waits for a started child's exit in the background; returns its pid.

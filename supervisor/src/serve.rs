@@ -143,12 +143,6 @@ pub(crate) fn settings(config: &Config) -> Settings {
 }
 
 impl Supervisor {
-    pub(crate) fn answer_reload(&mut self, answer: Message) {
-        if let Some(reply) = self.reload_reply.take() {
-            let _ = reply.send(answer);
-        }
-    }
-
     /// Re-reads the configuration and starts replacing the workers.
     /// A reload, first half: re-read the configuration, then choose and probe the
     /// interpreter on a blocking thread (it starts a python: 60-80 ms, at most the probe's
@@ -227,13 +221,17 @@ impl Supervisor {
                 return self.refuse_reload(reply, format!("reload aborted: {err:#}"));
             }
         };
-        let commands = match self.fleet.handle_reload() {
+        // The fleet holds the peer's token; the peer waits here until the fleet's outcome.
+        let token = reply.as_ref().map(|_| self.next_query_id());
+        let commands = match self.fleet.handle_reload(token, config.server.workers) {
             Ok(commands) => commands,
             Err(refused) => return self.refuse_reload(reply, format!("reload refused: {refused}")),
         };
-        let before = self.spawner.configure(launch);
-        let python = &self.spawner.launch.python;
-        if python.program() != before.python.program() {
+        if let (Some(token), Some(reply)) = (token, reply) {
+            self.reload_replies.insert(token, reply);
+        }
+        if self.spawner.stage(launch) {
+            let python = &self.spawner.launch.python;
             tracing::info!("workers now run in {}", python.describe());
         }
         if let Some(pid) = self.fleet.front_pid() {
@@ -257,15 +255,11 @@ impl Supervisor {
             Err(err) => tracing::error!("{err:#}; critical events are not sent"),
         }
         self.app = config.application.app.clone();
-        self.pending_scale = Some(config.server.workers).filter(|n| *n != self.fleet.size());
         tracing::info!(
             "reloading: replacing {} worker(s) one slot at a time",
             self.fleet.size()
         );
         self.notifier.reloading();
-        self.reload_reply = reply;
-        self.reloading = true;
-        self.before_reload = Some(before);
         commands
     }
 
@@ -529,6 +523,7 @@ async fn supervise(
         addr: bound,
         backlog: config.server.backlog,
         launch: Launch::new(config, python.clone())?,
+        previous: None,
         control_path,
         sockets: sockets.into_iter().map(Some).collect(),
         activated,
@@ -564,9 +559,7 @@ async fn supervise(
         writers: HashMap::new(),
         events: events_tx,
         started: Instant::now(),
-        reload_reply: None,
-        before_reload: None,
-        pending_scale: None,
+        reload_replies: HashMap::new(),
         app: config.application.app.clone(),
         url,
         queries: HashMap::new(),
@@ -574,7 +567,6 @@ async fn supervise(
         front_slots: None,
         observed: Observed::new(&python.probe.version_info),
         hung_pids: Default::default(),
-        reloading: false,
         webhook: start_webhook(config)?,
         metrics: config.metrics.clone(),
     };

@@ -46,6 +46,9 @@ pub(crate) struct Spawner {
     pub(crate) exe: PathBuf,
     /// How children are started (set from the configuration, replaced by a reload).
     pub(crate) launch: Launch,
+    /// How children were started before the reload in progress: kept until the fleet
+    /// says it completed ([`Spawner::commit`]) or failed ([`Spawner::rollback`]).
+    pub(crate) previous: Option<Launch>,
     pub(crate) addr: SocketAddr,
     pub(crate) backlog: u32,
     pub(crate) control_path: PathBuf,
@@ -90,9 +93,26 @@ impl Launch {
 }
 
 impl Spawner {
-    /// Starts children with `launch` from now on; returns the previous way.
-    pub(crate) fn configure(&mut self, launch: Launch) -> Launch {
-        std::mem::replace(&mut self.launch, launch)
+    /// Starts children with `launch` from now on, keeping the previous way until the
+    /// reload completed or failed; true when the interpreter changed.
+    pub(crate) fn stage(&mut self, launch: Launch) -> bool {
+        let previous = std::mem::replace(&mut self.launch, launch);
+        let changed = previous.python.program() != self.launch.python.program();
+        self.previous = Some(previous);
+        changed
+    }
+
+    /// The reload completed: its way to start children stays.
+    pub(crate) fn commit(&mut self) {
+        self.previous = None;
+    }
+
+    /// The reload failed: children start as before it (a worker of the old generation
+    /// respawned later starts as it did before).
+    pub(crate) fn rollback(&mut self) {
+        if let Some(previous) = self.previous.take() {
+            self.launch = previous;
+        }
     }
 
     pub(crate) fn bind(&mut self, slot: usize) -> anyhow::Result<()> {
