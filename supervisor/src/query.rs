@@ -3,7 +3,7 @@
 //! gathered by query id, and the reply sent when every asked process answered or at the
 //! timeout with what came.
 
-use crate::endpoints::Probe;
+use crate::endpoints::{NotReady, Probe};
 use crate::executor::{Event, Supervisor};
 use crate::fleet::{Hang, Phase, Worker, WorkerState};
 use crate::spawner::signal_pid;
@@ -175,11 +175,9 @@ impl Supervisor {
                 // One ready worker is enough to take traffic, also while other slots
                 // still start (or crash-loop).
                 let answer = match self.fleet.phase() {
-                    Phase::Stopping { .. } | Phase::Done => Err("draining: shutting down".into()),
-                    Phase::Starting if ready == 0 => {
-                        Err(format!("starting: 0 of {size} worker(s) ready"))
-                    }
-                    Phase::Serving if ready == 0 => Err(format!("no worker ready (of {size})")),
+                    Phase::Stopping { .. } | Phase::Done => Err(NotReady::Draining),
+                    Phase::Starting if ready == 0 => Err(NotReady::Starting { size }),
+                    Phase::Serving if ready == 0 => Err(NotReady::NoWorker { size }),
                     Phase::Starting | Phase::Serving => {
                         Ok(format!("ready: {ready} of {size} worker(s) serving"))
                     }

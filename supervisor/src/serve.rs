@@ -93,21 +93,40 @@ fn config_aborted(err: &dyn std::fmt::Display) -> String {
     format!("reload aborted: configuration error: {err}; the running workers keep serving")
 }
 
+/// What the schema cannot check and the server cannot serve with (see [`preflight`]).
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    /// `[application] app` is empty.
+    #[error("no app to serve: set [application] app = module:attr in the config file, GENRO_ASGI_APPLICATION_APP, or --app")]
+    NoApp,
+    /// The TLS certificate, key or settings do not load.
+    #[error(transparent)]
+    Tls(#[from] genro_shared::tls::TlsError),
+    /// `[logging] access_format` does not parse.
+    #[error("[logging] access_format = {format:?}: {why}")]
+    AccessFormat {
+        /// The configured format.
+        format: String,
+        /// What the parser said.
+        why: String,
+    },
+}
+
 /// Checks what the schema cannot: an app to serve, and TLS files that load (in Rust, before
 /// any worker: a bad file is a configuration error, not a worker crash loop).
-pub(crate) fn preflight(config: &Config) -> Result<(), String> {
+pub(crate) fn preflight(config: &Config) -> Result<(), PreflightError> {
     if config.application.app.is_empty() {
-        return Err("no app to serve: set [application] app = module:attr in the config file, GENRO_ASGI_APPLICATION_APP, or --app".into());
+        return Err(PreflightError::NoApp);
     }
     if config.ssl.enabled {
         genro_shared::tls::server_config(&config.ssl, config.ssl.min_version, &[b"h2"])
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(PreflightError::Tls)?;
     }
-    genro_shared::access::AccessFormat::parse(&config.logging.access_format).map_err(|e| {
-        format!(
-            "[logging] access_format = {:?}: {e}",
-            config.logging.access_format
-        )
+    genro_shared::access::AccessFormat::parse(&config.logging.access_format).map_err(|why| {
+        PreflightError::AccessFormat {
+            format: config.logging.access_format.clone(),
+            why,
+        }
     })?;
     Ok(())
 }
