@@ -26,10 +26,30 @@ pub enum Probe {
     Alive(oneshot::Sender<()>),
     /// `/readyz`: `Ok` when at least one worker is ready and the fleet does not drain, else
     /// why not.
-    Ready(oneshot::Sender<Result<String, String>>),
+    Ready(oneshot::Sender<Result<String, NotReady>>),
     /// The metrics of every serving worker and the front (answered when all did, or at
     /// the query timeout with an error for the silent ones).
     Metrics(oneshot::Sender<Vec<WorkerReport>>),
+}
+
+/// Why `/readyz` answers 503.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    /// The fleet stops.
+    #[error("draining: shutting down")]
+    Draining,
+    /// No worker is ready yet at start.
+    #[error("starting: 0 of {size} worker(s) ready")]
+    Starting {
+        /// Workers the fleet starts.
+        size: usize,
+    },
+    /// Serving, but no worker is ready (all crashed, respawning).
+    #[error("no worker ready (of {size})")]
+    NoWorker {
+        /// Workers the fleet has.
+        size: usize,
+    },
 }
 
 /// The supervisor's own series: restarts, reloads, build info.

@@ -13,12 +13,17 @@
 //! 4. Reload replaces slots one at a time: a new worker starts on the slot's socket beside
 //!    the old one; when it is ready the old one drains. A new worker that fails before
 //!    ready aborts the reload and the old workers keep serving. A worker past
-//!    `max_requests` (+ its jitter) is replaced the same way.
+//!    `max_requests` (+ its jitter) is replaced the same way. The reload's own state (its
+//!    peer, the worker count it brings) and rules are in `fleet/reload.rs`.
 //! 5. Scaling adds slots (bind, spawn) or drains the last ones (close once empty).
 //! 6. `stop` drains every worker; past the deadline the rest are killed; when the last one
 //!    exited, `Exit` carries the process exit code.
 
+mod reload;
+
 use genro_shared::exit;
+use reload::Reload;
+pub use reload::{Cause, ReplyId};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -70,13 +75,25 @@ pub enum Command {
     /// Every slot is ready for the first time.
     Serving,
     /// A reload (or recycle) replaced every slot it meant to.
-    Reloaded,
-    /// A replacement worker died before it was ready: the reload stopped there.
+    Reloaded {
+        /// What it was: answer its peer, count it.
+        cause: Cause,
+    },
+    /// A replacement worker died before it was ready: the reload stopped there (and a
+    /// scale it carried is dropped).
     ReloadFailed {
         /// The slot whose new worker failed.
         slot: usize,
         /// Its exit code, if it exited normally.
         code: Option<i32>,
+        /// What it was: answer its peer, undo its configuration.
+        cause: Cause,
+    },
+    /// A finished reload carried another worker count: the fleet scales to it now; the
+    /// scale's own commands follow.
+    Scaling {
+        /// The new number of workers.
+        workers: usize,
     },
     /// The fleet is gone: exit with this code.
     Exit(i32),
@@ -278,16 +295,6 @@ pub struct Front {
     /// The running front process.
     pub process: Option<Worker>,
     respawn: Respawn,
-}
-
-/// How far a reload got.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Reload {
-    /// Requested: the new configuration's interpreter is being chosen and probed, off the
-    /// executor's thread; no worker has been touched yet.
-    Preparing,
-    /// Slots still to replace, one at a time.
-    Replacing(VecDeque<usize>),
 }
 
 /// Where the fleet is.
@@ -511,8 +518,7 @@ impl Fleet {
     ) -> Vec<Command> {
         if self.slots[slot].incoming_generation == Some(generation) {
             self.slots[slot].incoming_generation = None;
-            self.reload = None;
-            return vec![Command::ReloadFailed { slot, code: None }];
+            return vec![self.abort_reload(slot, None)];
         }
         vec![self.schedule_respawn(slot, now)]
     }
@@ -612,7 +618,11 @@ impl Fleet {
             && worker.state == WorkerState::Ready
             && s.incoming_generation.is_none();
         if due && self.phase == Phase::Serving && self.reload.is_none() {
-            self.reload = Some(Reload::Replacing(VecDeque::new()));
+            self.reload = Some(Reload::Replacing {
+                queue: VecDeque::new(),
+                cause: Cause::Recycle,
+                scale_to: None,
+            });
             return vec![self.spawn_incoming(slot)];
         }
         Vec::new()
@@ -657,8 +667,7 @@ impl Fleet {
         match role {
             Role::Retiring => return commands,
             Role::Incoming => {
-                self.reload = None;
-                commands.push(Command::ReloadFailed { slot, code });
+                commands.push(self.abort_reload(slot, code));
                 return commands;
             }
             Role::Current if self.slots[slot].removed => return commands,
@@ -798,61 +807,6 @@ impl Fleet {
                 commands
             }
             _ => Vec::new(),
-        }
-    }
-
-    /// A reload was asked for: refused unless serving with no reload running; otherwise
-    /// the fleet waits, [`Fleet::is_reloading`], until [`Fleet::handle_reload`] (the
-    /// preparation succeeded) or [`Fleet::handle_reload_abandoned`].
-    pub fn handle_reload_requested(&mut self) -> Result<(), Refused> {
-        match self.phase {
-            Phase::Starting => return Err(Refused::Starting),
-            Phase::Stopping { .. } | Phase::Done => return Err(Refused::Stopping),
-            Phase::Serving => {}
-        }
-        if self.reload.is_some() {
-            return Err(Refused::Reloading);
-        }
-        self.reload = Some(Reload::Preparing);
-        Ok(())
-    }
-
-    /// The requested reload will not happen (its configuration could not be used).
-    pub fn handle_reload_abandoned(&mut self) {
-        if self.reload == Some(Reload::Preparing) {
-            self.reload = None;
-        }
-    }
-
-    /// Replaces every slot, one at a time, with a worker of a new generation (after
-    /// [`Fleet::handle_reload_requested`], or directly).
-    pub fn handle_reload(&mut self) -> Result<Vec<Command>, Refused> {
-        match self.phase {
-            Phase::Starting => return Err(Refused::Starting),
-            Phase::Stopping { .. } | Phase::Done => return Err(Refused::Stopping),
-            Phase::Serving => {}
-        }
-        if matches!(self.reload, Some(Reload::Replacing(_))) {
-            return Err(Refused::Reloading);
-        }
-        self.reload = Some(Reload::Replacing(
-            (0..self.slots.len())
-                .filter(|&i| !self.slots[i].removed)
-                .collect(),
-        ));
-        Ok(self.next_replacement())
-    }
-
-    fn next_replacement(&mut self) -> Vec<Command> {
-        let Some(Reload::Replacing(queue)) = self.reload.as_mut() else {
-            return Vec::new();
-        };
-        match queue.pop_front() {
-            Some(slot) => vec![self.spawn_incoming(slot)],
-            None => {
-                self.reload = None;
-                vec![Command::Reloaded]
-            }
         }
     }
 
@@ -1047,7 +1001,10 @@ fn jitter(pid: u32, max: u64) -> u64 {
 mod tests {
     use super::*;
 
-    fn settings() -> Settings {
+    /// A reload nobody waits for (SIGHUP).
+    pub(super) const RELOAD: Cause = Cause::Reload { reply: None };
+
+    pub(super) fn settings() -> Settings {
         Settings {
             grace: Duration::from_secs(10),
             worker_timeout: Duration::from_secs(30),
@@ -1056,11 +1013,11 @@ mod tests {
         }
     }
 
-    fn started(n: usize) -> (Fleet, Instant) {
+    pub(super) fn started(n: usize) -> (Fleet, Instant) {
         started_with(n, settings())
     }
 
-    fn started_with(n: usize, settings: Settings) -> (Fleet, Instant) {
+    pub(super) fn started_with(n: usize, settings: Settings) -> (Fleet, Instant) {
         let now = Instant::now();
         let mut fleet = Fleet::new(n, settings);
         let spawns = fleet.handle_start();
@@ -1071,7 +1028,7 @@ mod tests {
         (fleet, now)
     }
 
-    fn serving(n: usize) -> (Fleet, Instant) {
+    pub(super) fn serving(n: usize) -> (Fleet, Instant) {
         let (mut fleet, now) = started(n);
         for slot in 0..n {
             fleet.handle_ready(100 + slot as u32, now);
@@ -1091,7 +1048,19 @@ mod tests {
         );
     }
 
-    fn served(served: u64) -> Beat {
+    /// The replacement `pid` for `slot` started and is ready; returns what followed.
+    pub(super) fn replaced(
+        fleet: &mut Fleet,
+        slot: usize,
+        generation: u64,
+        pid: u32,
+        now: Instant,
+    ) -> Vec<Command> {
+        fleet.handle_spawned(slot, generation, pid, now);
+        fleet.handle_ready(pid, now)
+    }
+
+    pub(super) fn served(served: u64) -> Beat {
         Beat {
             served,
             ..Beat::default()
@@ -1216,89 +1185,6 @@ mod tests {
     }
 
     #[test]
-    fn a_requested_reload_holds_other_reloads_and_scaling_until_prepared_or_abandoned() {
-        let (mut fleet, _now) = serving(2);
-        assert_eq!(fleet.handle_reload_requested(), Ok(()));
-        assert!(fleet.is_reloading());
-        assert_eq!(fleet.handle_reload_requested(), Err(Refused::Reloading));
-        assert_eq!(fleet.handle_scale(3), Err(Refused::Reloading));
-        // Abandoned: nothing was touched, and a new request is taken.
-        fleet.handle_reload_abandoned();
-        assert!(!fleet.is_reloading());
-        assert_eq!(fleet.handle_reload_requested(), Ok(()));
-        // Prepared: the replacement starts with slot 0.
-        assert_eq!(
-            fleet.handle_reload().unwrap(),
-            vec![Command::Spawn {
-                slot: 0,
-                generation: 2
-            }]
-        );
-        // Abandoning is only for a reload that has not started replacing.
-        fleet.handle_reload_abandoned();
-        assert!(fleet.is_reloading());
-        let (mut starting, _) = started(1);
-        assert_eq!(starting.handle_reload_requested(), Err(Refused::Starting));
-    }
-
-    #[test]
-    fn reload_replaces_slots_one_at_a_time() {
-        let (mut fleet, now) = serving(2);
-        assert_eq!(
-            fleet.handle_reload().unwrap(),
-            vec![Command::Spawn {
-                slot: 0,
-                generation: 2
-            }]
-        );
-        assert_eq!(fleet.handle_reload(), Err(Refused::Reloading));
-        fleet.handle_spawned(0, 2, 200, now);
-        // Both serve slot 0 until the new one is ready; then the old one drains.
-        assert_eq!(
-            fleet.handle_ready(200, now),
-            vec![
-                Command::Drain(100),
-                Command::Spawn {
-                    slot: 1,
-                    generation: 2
-                }
-            ]
-        );
-        assert!(
-            fleet.handle_exited(100, Some(0), now).is_empty(),
-            "a retired worker is not respawned"
-        );
-        fleet.handle_spawned(1, 2, 201, now);
-        assert_eq!(
-            fleet.handle_ready(201, now),
-            vec![Command::Drain(101), Command::Reloaded]
-        );
-        assert!(!fleet.is_reloading());
-        assert_eq!(fleet.slots()[0].worker.as_ref().unwrap().pid, 200);
-    }
-
-    #[test]
-    fn failed_replacement_aborts_the_reload_and_keeps_the_old_worker() {
-        let (mut fleet, now) = serving(2);
-        fleet.handle_reload().unwrap();
-        fleet.handle_spawned(0, 2, 200, now);
-        assert_eq!(
-            fleet.handle_exited(200, Some(exit::APP_LOAD), now),
-            vec![Command::ReloadFailed {
-                slot: 0,
-                code: Some(exit::APP_LOAD)
-            }]
-        );
-        assert!(!fleet.is_reloading());
-        assert_eq!(fleet.phase(), Phase::Serving);
-        assert_eq!(fleet.slots()[0].worker.as_ref().unwrap().pid, 100);
-        assert!(
-            fleet.poll_deadline().is_none_or(|t| t > now),
-            "no respawn of the old worker"
-        );
-    }
-
-    #[test]
     fn silent_worker_is_killed_once() {
         let (mut fleet, now) = serving(1);
         let late = now + Duration::from_secs(30);
@@ -1389,10 +1275,14 @@ mod tests {
             fleet.handle_heartbeat(100, served(150), now).is_empty(),
             "one replacement at a time"
         );
-        fleet.handle_spawned(0, 2, 101, now);
         assert_eq!(
-            fleet.handle_ready(101, now),
-            vec![Command::Drain(100), Command::Reloaded]
+            replaced(&mut fleet, 0, 2, 101, now),
+            vec![
+                Command::Drain(100),
+                Command::Reloaded {
+                    cause: Cause::Recycle
+                }
+            ]
         );
     }
 

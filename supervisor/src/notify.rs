@@ -31,13 +31,8 @@ impl Notifier {
             };
             UnixDatagram::unbound().ok().map(|socket| (socket, target))
         });
-        let for_us = std::env::var("WATCHDOG_PID")
-            .ok()
-            .and_then(|pid| pid.parse::<u32>().ok())
-            .is_none_or(|pid| pid == std::process::id());
-        let watchdog = std::env::var("WATCHDOG_USEC")
-            .ok()
-            .and_then(|usec| usec.parse::<u64>().ok())
+        let for_us = env_number::<u32>("WATCHDOG_PID").is_none_or(|pid| pid == std::process::id());
+        let watchdog = env_number::<u64>("WATCHDOG_USEC")
             .filter(|usec| *usec > 0 && for_us)
             .map(Duration::from_micros);
         Notifier { target, watchdog }
@@ -80,4 +75,10 @@ impl Notifier {
             "RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=reloading"
         ));
     }
+}
+
+/// A number systemd passed in the environment (`WATCHDOG_USEC`, `LISTEN_FDS`, ...), or
+/// `None` when unset or not a number.
+pub(crate) fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok()?.parse().ok()
 }

@@ -2,6 +2,7 @@
 //! supervisor for its whole life, so a respawned worker inherits the very socket (and the
 //! accept queue) of its predecessor.
 
+use crate::notify::env_number;
 use anyhow::Context;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -63,14 +64,8 @@ pub fn bind_udp(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
 /// `LISTEN_FDS` >= 1: the first fd, 3, is used), or `None`. The variables are removed so
 /// the workers do not see them.
 pub fn activated() -> anyhow::Result<Option<Socket>> {
-    let for_us = std::env::var("LISTEN_PID")
-        .ok()
-        .and_then(|pid| pid.parse::<u32>().ok())
-        .is_some_and(|pid| pid == std::process::id());
-    let count = std::env::var("LISTEN_FDS")
-        .ok()
-        .and_then(|n| n.parse::<u32>().ok())
-        .unwrap_or(0);
+    let for_us = env_number::<u32>("LISTEN_PID").is_some_and(|pid| pid == std::process::id());
+    let count = env_number::<u32>("LISTEN_FDS").unwrap_or(0);
     for name in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
         // Called at start-up on the main thread, before the runtime or any child exists.
         std::env::remove_var(name);

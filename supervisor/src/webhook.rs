@@ -78,12 +78,68 @@ struct Raised {
     wall: SystemTime,
 }
 
+/// Why the `[errors] notify_webhook` sender cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// The value does not parse as a URI.
+    #[error("notify_webhook {url:?}: not a URL: {source}")]
+    NotAUrl {
+        /// The configured value.
+        url: String,
+        /// What the URI parser said.
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    /// Neither `http://` nor `https://`.
+    #[error("notify_webhook {url:?}: expected an http:// or https:// URL")]
+    Scheme {
+        /// The configured value.
+        url: String,
+    },
+    /// The URL names no host.
+    #[error("notify_webhook {url:?}: no host")]
+    NoHost {
+        /// The configured value.
+        url: String,
+    },
+    /// `user:password@` in the URL (sending without them would only turn into 401s).
+    #[error("notify_webhook {url:?}: credentials in the URL are not supported")]
+    Credentials {
+        /// The configured value.
+        url: String,
+    },
+    /// The host cannot be checked against a certificate.
+    #[error("notify_webhook host {host:?}: {source}")]
+    ServerName {
+        /// The URL's host.
+        host: String,
+        /// Why it is not a DNS name.
+        #[source]
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+    /// https, but the system trust store is empty (`why`: the first loading error, if any,
+    /// as `": <error>"`).
+    #[error(
+        "notify_webhook: no trusted root certificates found for https (set SSL_CERT_FILE){why}"
+    )]
+    NoRoots {
+        /// `": <first error>"`, or empty.
+        why: String,
+    },
+    /// The TLS client could not be set up.
+    #[error("notify_webhook TLS: {0}")]
+    Tls(#[source] rustls::Error),
+    /// Started outside a tokio runtime.
+    #[error("the webhook sender needs a tokio runtime")]
+    NoRuntime,
+}
+
 impl Webhook {
     /// Parses the URL and spawns the sender on the current tokio runtime. Err names the problem.
     ///
     /// An https URL is checked against the system trust store (`SSL_CERT_FILE` and
     /// `SSL_CERT_DIR` override it), read here once.
-    pub fn start(url: &str) -> Result<Webhook, String> {
+    pub fn start(url: &str) -> Result<Webhook, WebhookError> {
         let target = Target::parse(url)?;
         let tls = match target.scheme {
             Scheme::Http => None,
@@ -122,9 +178,8 @@ fn spawn(
     target: Target,
     tls: Option<Arc<ClientConfig>>,
     timing: Timing,
-) -> Result<Webhook, String> {
-    let runtime = tokio::runtime::Handle::try_current()
-        .map_err(|_| "the webhook sender needs a tokio runtime".to_owned())?;
+) -> Result<Webhook, WebhookError> {
+    let runtime = tokio::runtime::Handle::try_current().map_err(|_| WebhookError::NoRuntime)?;
     let (queue, events) = mpsc::channel(QUEUE_CAPACITY);
     let overflow = Arc::new(AtomicU64::new(0));
     let sender = Sender {
@@ -274,27 +329,29 @@ struct Target {
 }
 
 impl Target {
-    fn parse(url: &str) -> Result<Target, String> {
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| format!("notify_webhook {url:?}: not a URL: {e}"))?;
+    fn parse(url: &str) -> Result<Target, WebhookError> {
+        let uri: Uri = url.parse().map_err(|source| WebhookError::NotAUrl {
+            url: url.to_owned(),
+            source,
+        })?;
         let scheme = match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
             Some("http") => Scheme::Http,
             Some("https") => Scheme::Https,
             _ => {
-                return Err(format!(
-                    "notify_webhook {url:?}: expected an http:// or https:// URL"
-                ))
+                return Err(WebhookError::Scheme {
+                    url: url.to_owned(),
+                })
             }
         };
-        let authority = uri
-            .authority()
-            .ok_or_else(|| format!("notify_webhook {url:?}: no host"))?;
+        let no_host = || WebhookError::NoHost {
+            url: url.to_owned(),
+        };
+        let authority = uri.authority().ok_or_else(no_host)?;
         if authority.as_str().contains('@') {
             // Sending without them would only turn into 401s; a token belongs in the path.
-            return Err(format!(
-                "notify_webhook {url:?}: credentials in the URL are not supported"
-            ));
+            return Err(WebhookError::Credentials {
+                url: url.to_owned(),
+            });
         }
         let bracketed = authority.host();
         let host = bracketed
@@ -302,7 +359,7 @@ impl Target {
             .and_then(|h| h.strip_suffix(']'))
             .unwrap_or(bracketed);
         if host.is_empty() {
-            return Err(format!("notify_webhook {url:?}: no host"));
+            return Err(no_host());
         }
         let port = authority.port_u16().unwrap_or(match scheme {
             Scheme::Http => 80,
@@ -326,17 +383,21 @@ impl Target {
     }
 
     /// The name the server's certificate must carry.
-    fn server_name(&self) -> Result<ServerName<'static>, String> {
+    fn server_name(&self) -> Result<ServerName<'static>, WebhookError> {
         match self.host.parse::<IpAddr>() {
             Ok(ip) => Ok(ServerName::from(ip)),
-            Err(_) => ServerName::try_from(self.host.clone())
-                .map_err(|e| format!("notify_webhook host {:?}: {e}", self.host)),
+            Err(_) => {
+                ServerName::try_from(self.host.clone()).map_err(|source| WebhookError::ServerName {
+                    host: self.host.clone(),
+                    source,
+                })
+            }
         }
     }
 }
 
 /// The system trust store, or why there is none.
-fn system_roots() -> Result<RootCertStore, String> {
+fn system_roots() -> Result<RootCertStore, WebhookError> {
     let loaded = rustls_native_certs::load_native_certs();
     let mut roots = RootCertStore::empty();
     let (_added, _unparsable) = roots.add_parsable_certificates(loaded.certs);
@@ -346,19 +407,17 @@ fn system_roots() -> Result<RootCertStore, String> {
             .first()
             .map(|e| format!(": {e}"))
             .unwrap_or_default();
-        return Err(format!(
-            "notify_webhook: no trusted root certificates found for https (set SSL_CERT_FILE){why}"
-        ));
+        return Err(WebhookError::NoRoots { why });
     }
     Ok(roots)
 }
 
 /// A TLS client offering only HTTP/1.1, on the ring provider like the rest of the server.
-fn tls_config(roots: RootCertStore) -> Result<Arc<ClientConfig>, String> {
+fn tls_config(roots: RootCertStore) -> Result<Arc<ClientConfig>, WebhookError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("notify_webhook TLS: {e}"))?
+        .map_err(WebhookError::Tls)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -375,8 +434,8 @@ enum AttemptError {
     #[error("TLS handshake failed: {0}")]
     Tls(#[source] std::io::Error),
     /// The host is not a valid TLS server name.
-    #[error("{0}")]
-    ServerName(String),
+    #[error(transparent)]
+    ServerName(WebhookError),
     /// HTTP/1.1 failed on an open connection.
     #[error("HTTP exchange failed: {0}")]
     Http(#[from] hyper::Error),
@@ -814,7 +873,7 @@ mod tests {
         url: &str,
         roots: RootCertStore,
         timing: Timing,
-    ) -> Result<Webhook, String> {
+    ) -> Result<Webhook, WebhookError> {
         let target = Target::parse(url)?;
         let tls = match target.scheme {
             Scheme::Http => None,
@@ -890,6 +949,7 @@ mod tests {
         ];
         for (url, why) in bad {
             let error = Target::parse(url).expect_err(url);
+            let error = error.to_string();
             assert!(error.contains(why), "{url}: {error}");
         }
     }
