@@ -21,6 +21,7 @@ use crate::tally::Tally;
 use anyhow::Context;
 use bytes::Bytes;
 use genro_shared::describe_error;
+use genro_shared::sync::lock;
 use http::header::{HeaderName, HeaderValue, CONNECTION, HOST};
 use http::{HeaderMap, Request, Response};
 use http_body_util::{BodyExt, Full};
@@ -33,7 +34,7 @@ use std::fs::File;
 use std::future::Future;
 use std::io::{BufWriter, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
@@ -513,12 +514,6 @@ fn wants_close(headers: &HeaderMap) -> bool {
                 .any(|token| token.trim().eq_ignore_ascii_case("close"))
         })
     })
-}
-
-/// Locks a mutex; a panicked holder cannot leave these counters half-updated in a way that
-/// matters more than losing the whole report.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -10,8 +10,9 @@
 //!    dropped send stream and the server would take the truncated body for the whole.
 
 use crate::classify::{H3Facts, H3Stage};
-use crate::drive::{lock, Answer, Attempt, Run, Slot};
+use crate::drive::{Answer, Attempt, Run, Slot};
 use bytes::{Buf, Bytes};
+use genro_shared::sync::lock;
 use h3::error::{Code, StreamError};
 use http::header::{HeaderValue, CONTENT_LENGTH};
 use http::{Method, Request};

@@ -33,12 +33,13 @@
 
 use crate::stall::Activity;
 use bytes::{Buf, Bytes, BytesMut};
+use genro_shared::sync::lock;
 use h3::error::StreamError;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
@@ -286,11 +287,6 @@ pub(crate) struct RequestBody<S = RecvStream> {
 /// Keeps the body's source for a retry.
 pub(crate) struct BodyHandle<S = RecvStream> {
     source: Arc<Mutex<Source<S>>>,
-}
-
-fn lock<S>(source: &Mutex<Source<S>>) -> MutexGuard<'_, Source<S>> {
-    // A panic while holding the lock leaves plain data behind; keep using it.
-    source.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl<S: Inbound> RequestBody<S> {

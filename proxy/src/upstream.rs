@@ -14,6 +14,7 @@
 
 use crate::body::RequestBody;
 use genro_shared::protocol::SlotSocket;
+use genro_shared::sync::lock;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::path::{Path, PathBuf};
@@ -119,18 +120,12 @@ impl Upstream {
     }
 
     fn is_down(&self, now: Instant) -> bool {
-        let down = self
-            .down_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let down = lock(&self.down_until);
         down.is_some_and(|until| now < until)
     }
 
     fn set_down(&self, until: Option<Instant>) {
-        *self
-            .down_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = until;
+        *lock(&self.down_until) = until;
     }
 
     /// The pooled connection, opening it when there is none or it closed (with

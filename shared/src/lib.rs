@@ -14,6 +14,7 @@ pub mod logs;
 pub mod metrics;
 pub mod protocol;
 pub mod signals;
+pub mod sync;
 pub mod tls;
 
 /// Environment variable carrying the effective configuration (JSON) to a child.

@@ -21,9 +21,7 @@ fn append(path: &Path) -> std::io::Result<File> {
 
 fn current() -> Option<MutexGuard<'static, Open>> {
     // A panic while writing a line cannot leave the handle inconsistent.
-    CURRENT
-        .get()
-        .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
+    CURRENT.get().map(crate::sync::lock)
 }
 
 /// Opens `path` for appending as the process's log file.

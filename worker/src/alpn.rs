@@ -108,13 +108,6 @@ pub struct Rewind<I> {
     inner: I,
 }
 
-impl<I> Rewind<I> {
-    /// The stream underneath.
-    pub fn inner(&self) -> &I {
-        &self.inner
-    }
-}
-
 impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
     fn poll_read(
         self: Pin<&mut Self>,

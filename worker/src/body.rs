@@ -229,7 +229,7 @@ impl Pipe {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, PipeInner> {
-        crate::bridge::lock(&self.inner)
+        genro_shared::sync::lock(&self.inner)
     }
 
     /// Whether `n` bytes fit in every budget now.

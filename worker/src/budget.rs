@@ -52,11 +52,6 @@ impl Budget {
         }
     }
 
-    /// The limit in bytes.
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
-
     /// Bytes drawn and not given back.
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)

@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Seconds between two ticks of the loop ticker.
@@ -65,9 +65,20 @@ impl LoopHealth {
     }
 }
 
-/// Reports ticks into a [`LoopHealth`]; called by `glue.tick` on the loop.
+/// Reports ticks into a [`LoopHealth`] (and the loop-lag metric); called by `glue.tick` on
+/// the loop.
 #[pyclass(frozen)]
-pub struct Ticker(pub std::sync::Arc<crate::bridge::Shared>);
+pub struct Ticker {
+    health: Arc<LoopHealth>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
+}
+
+impl Ticker {
+    /// A ticker reporting into `health` and, when metrics are on, `metrics`.
+    pub fn new(health: Arc<LoopHealth>, metrics: Option<Arc<crate::metrics::Metrics>>) -> Self {
+        Ticker { health, metrics }
+    }
+}
 
 impl std::fmt::Debug for Ticker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -78,8 +89,8 @@ impl std::fmt::Debug for Ticker {
 #[pymethods]
 impl Ticker {
     fn __call__(&self, lag: f64) {
-        self.0.health.tick(lag);
-        if let Some(metrics) = &self.0.metrics {
+        self.health.tick(lag);
+        if let Some(metrics) = &self.metrics {
             let lag = if lag.is_finite() {
                 lag.clamp(0.0, 1e6)
             } else {
@@ -128,7 +139,7 @@ impl Stacks {
     /// The stacks of every Python thread, as faulthandler prints them. Blocks briefly:
     /// call off the async threads.
     pub fn dump(&self) -> std::io::Result<String> {
-        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let mut file = genro_shared::sync::lock(&self.file);
         file.set_len(0)?;
         file.seek(SeekFrom::Start(0))?;
         // SAFETY: raise runs the faulthandler handler on this thread before returning;

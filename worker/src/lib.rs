@@ -12,34 +12,51 @@
 //! 6. cancel what is left, run lifespan shutdown, exit 0.
 #![warn(missing_docs, missing_debug_implementations)]
 
-pub mod alpn;
-pub mod body;
-pub mod bridge;
-pub mod budget;
-pub mod forwarded;
+// Layers, each using only those above it:
+// - leaves: alpn, budget, metrics, body, registry, health, forwarded, target, header_check,
+//   io_watch, response, convert, trim, title;
+// - the hand-off to the Python thread (handoff) and the awaitables (awaitable);
+// - the worker's state (state), then what every exchange starts from (admission, scope);
+// - the protocols: HTTP (receive: the request side, http: the exchange), WebSocket
+//   (ws_queue, ws_pump, ws_handshake, websocket);
+// - server, watchdog, and this module on top.
+mod admission;
+mod alpn;
+mod awaitable;
+mod body;
+mod budget;
+mod convert;
+mod forwarded;
+mod handoff;
 pub mod header_check;
-pub mod health;
-pub mod io_watch;
-pub mod metrics;
+mod health;
+mod http;
+mod io_watch;
+mod metrics;
 mod module;
-pub mod receive;
-pub mod registry;
-pub mod response;
-pub mod server;
-pub mod target;
+mod receive;
+mod registry;
+mod response;
+mod scope;
+mod server;
+mod state;
+mod target;
 mod title;
-pub mod trim;
-pub mod watchdog;
-pub mod websocket;
-pub(crate) mod ws_pump;
-pub mod ws_queue;
+mod trim;
+mod watchdog;
+mod websocket;
+mod ws_handshake;
+mod ws_pump;
+mod ws_queue;
 
-use bridge::{Bridge, Drainer, Event, PyParts, Shared};
 use genro_config::{Config, Lifespan, LogLevel, LoopKind};
 use genro_shared::exit;
 use genro_shared::protocol::{self, Message, Role};
+use handoff::{Drainer, Event, Handoff};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
+use scope::PyParts;
+use state::Shared;
 use std::ffi::CString;
 use std::os::fd::FromRawFd;
 use std::path::PathBuf;
@@ -172,12 +189,11 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
     };
     let shared = Arc::new(Shared {
         notices,
-        bridge: Bridge::new().context("eventfd")?,
+        handoff: Arc::new(Handoff::new().context("eventfd")?),
         runtime: runtime.handle().clone(),
         root_path: config.server.root_path.clone(),
-        max_body_size: config.limits.max_body_size,
         body_timeout: config.limits.body_timeout,
-        event_streams: receive::EventStreams::default(),
+        event_streams: state::EventStreams::default(),
         show_traceback: config.errors.show_traceback,
         started: AtomicU64::new(0),
         in_flight: std::sync::atomic::AtomicUsize::new(0),
@@ -187,11 +203,11 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
         )),
         draining: std::sync::atomic::AtomicBool::new(false),
         registry: registry::Registry::default(),
-        health: health::LoopHealth::default(),
+        health: Arc::new(health::LoopHealth::default()),
         metrics: config
             .metrics
             .enabled
-            .then(|| metrics::Metrics::new(&args.slot.to_string())),
+            .then(|| Arc::new(metrics::Metrics::new(&args.slot.to_string()))),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -253,7 +269,7 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
             tracing::error!("lifespan startup failed: {}", err.value(py));
             return Ok(exit::STARTUP_FAILED);
         }
-        bridge::install(
+        scope::install(
             py,
             PyParts {
                 app: app.unbind(),
@@ -264,11 +280,17 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
         )?;
         event_loop.call_method1(
             "add_reader",
-            (shared.bridge.fd(), Drainer::new(shared.clone())),
+            (
+                shared.handoff.fd(),
+                Drainer::new(shared.handoff.clone(), event_loop.getattr("stop")?.unbind()),
+            ),
         )?;
         glue.call_method1(
             "start_ticker",
-            (health::Ticker(shared.clone()), health::TICK_PERIOD),
+            (
+                health::Ticker::new(shared.health.clone(), shared.metrics.clone()),
+                health::TICK_PERIOD,
+            ),
         )?;
         let stacks = match health::Stacks::install(py) {
             Ok(stacks) => Some(Arc::new(stacks)),
@@ -295,7 +317,7 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
                 .await
                 {
                     tracing::error!("server failed: {err:#}");
-                    shared_for_serve.bridge.push(Event::Shutdown);
+                    shared_for_serve.handoff.push(Event::Shutdown);
                 }
             })
         };

@@ -11,31 +11,55 @@
 //!    (or the disconnect) queues one delivery to the Python thread, which hands the stash
 //!    to the live waiters in order and starts the next read if one is still waiting.
 //! 4. A waiter the app cancels (`asyncio.wait_for`, anyio cancel scopes, Starlette's
-//!    `is_disconnected()`) is unregistered at once by its [`Receiving`] wrapper, and a
+//!    `is_disconnected()`) is unregistered at once by its [`GiveUp`] hook, and a
 //!    message already set on it goes back to the front of the stash (issue 16: each
 //!    cancelled `receive()` used to keep a tokio task and a loop future until the client
 //!    left, and a chunk read for it was lost).
 
-use crate::bridge::{lock, new_future, ready, Event, Handle, PyCall, Shared};
+use crate::awaitable::{new_future, ready, waiting, GiveUp};
 use crate::metrics::{ErrorKind, Limit};
+use crate::state::{EventStream, Shared};
 use bytes::Bytes;
+use genro_shared::sync::lock;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
+use pyo3::pyclass::boolean_struct::True;
 use pyo3::types::{PyBytes, PyDict};
+use pyo3::PyClass;
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+/// The app's handle of an exchange, as its request side needs it: the body read refuses a
+/// body through it and names the request in its log lines (implemented by the HTTP handle).
+pub(crate) trait Responder: PyClass<Frozen = True> + Sync {
+    /// The exchange's request side.
+    fn exchange(&self) -> &Arc<Exchange>;
+    /// The worker.
+    fn shared(&self) -> &Arc<Shared>;
+    /// Refuses the request body: a plain error status if the response has not started,
+    /// else an aborted response (413, 408, 400).
+    fn reject(&self, status: StatusCode, body: &str);
+    /// The request's method.
+    fn method(&self) -> &http::Method;
+    /// The request's path.
+    fn path(&self) -> &str;
+    /// The client's address.
+    fn client(&self) -> SocketAddr;
+    /// Whether the connection runs into bound `limit` for the first time (logged once).
+    fn first_hit(&self, limit: Limit) -> bool;
+}
 
 /// The request half of an exchange, shared by the app's handle, the transport and the
 /// body read.
 #[derive(Debug)]
-pub struct Exchange {
+pub(crate) struct Exchange {
     state: Mutex<State>,
     /// The client is gone, the response is fully handed to the transport, or a drain ended
     /// this event stream.
@@ -103,7 +127,7 @@ enum Read {
 
 impl Exchange {
     /// A new exchange reading `incoming`, with a body limit (0: none).
-    pub fn new(incoming: Incoming, limit: u64) -> Self {
+    pub(crate) fn new(incoming: Incoming, limit: u64) -> Self {
         Exchange {
             state: Mutex::new(State {
                 body: Body::Idle(BodyReader {
@@ -147,7 +171,7 @@ impl Exchange {
     }
 
     /// Request body bytes read so far.
-    pub fn body_bytes(&self) -> u64 {
+    pub(crate) fn body_bytes(&self) -> u64 {
         self.read.load(Ordering::Relaxed)
     }
 
@@ -158,11 +182,17 @@ impl Exchange {
 
     /// The client is gone, or the response is fully handed to the transport: pending
     /// `receive()` calls get `http.disconnect` (once the body is out).
-    pub fn mark_disconnected(self: &Arc<Self>) {
+    pub(crate) fn mark_disconnected(self: &Arc<Self>) {
         if self.disconnected.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.wake_waiters(None);
+        if let Some(shared) = self.claim_delivery() {
+            let exchange = self.clone();
+            shared.handoff.run(move |py| {
+                let mut state = lock(&exchange.state);
+                hand_out(py, &mut state, &exchange)
+            });
+        }
     }
 
     /// Notes the response's head: an event stream is registered to end on a drain.
@@ -188,22 +218,27 @@ impl Exchange {
         !lock(&self.state).waiters.is_empty()
     }
 
-    /// Queues a delivery to the Python thread if a waiter is registered and none is queued.
-    fn wake_waiters(self: &Arc<Self>, handle: Option<Py<Handle>>) {
+    /// Claims the one delivery to the Python thread if a waiter is registered and none is
+    /// queued; the caller queues it on the returned worker's hand-off.
+    fn claim_delivery(&self) -> Option<&Arc<Shared>> {
         {
             let mut state = lock(&self.state);
             if state.waiters.is_empty() || state.queued {
-                return;
+                return None;
             }
             state.queued = true;
         }
-        let Some(shared) = self.shared.get() else {
-            return;
-        };
-        let exchange = self.clone();
-        shared.bridge.push(Event::Call(PyCall::new(move |py| {
-            deliver(py, &exchange, handle.as_ref())
-        })));
+        self.shared.get()
+    }
+}
+
+impl EventStream for Exchange {
+    fn is_open(&self) -> bool {
+        !self.is_disconnected()
+    }
+
+    fn end(self: Arc<Self>) {
+        self.end_stream();
     }
 }
 
@@ -271,9 +306,9 @@ fn disconnect_message(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
 }
 
 /// ASGI `receive()` for `handle`.
-pub(crate) fn receive(handle: &Bound<'_, Handle>) -> PyResult<Py<PyAny>> {
+pub(crate) fn receive<H: Responder>(handle: &Bound<'_, H>) -> PyResult<Py<PyAny>> {
     let py = handle.py();
-    let exchange = &handle.get().exchange;
+    let exchange = handle.get().exchange();
     let mut state = lock(&exchange.state);
     state.prune(py);
     // Behind earlier waiters, a new call waits its turn.
@@ -287,25 +322,17 @@ pub(crate) fn receive(handle: &Bound<'_, Handle>) -> PyResult<Py<PyAny>> {
     state.waiters.push_back(future.clone_ref(py));
     start_read(&mut state, handle.clone().unbind());
     drop(state);
-    let iter = future
-        .bind(py)
-        .call_method0(intern!(py, "__await__"))?
-        .unbind();
-    Ok(Py::new(
-        py,
-        Receiving {
-            iter,
-            future,
-            handle: handle.clone().unbind(),
-            settled: AtomicBool::new(false),
-        },
-    )?
-    .into_any())
+    let give_up = GiveUp::new(
+        future.clone_ref(py),
+        handle.clone().into_any().unbind(),
+        release::<H>,
+    );
+    waiting(py, &future, Some(give_up))
 }
 
 /// Starts one body read if the body is idle. Reading is demand-driven: hyper sends
 /// `100 Continue` only when the app first waits for the body.
-fn start_read(state: &mut State, handle: Py<Handle>) {
+fn start_read<H: Responder>(state: &mut State, handle: Py<H>) {
     if !matches!(&state.body, Body::Idle(r) if !hyper::body::Body::is_end_stream(&r.incoming)) {
         return;
     }
@@ -313,7 +340,7 @@ fn start_read(state: &mut State, handle: Py<Handle>) {
         return;
     };
     let this = handle.get();
-    let (exchange, shared) = (this.exchange.clone(), this.shared.clone());
+    let (exchange, shared) = (this.exchange().clone(), this.shared().clone());
     shared
         .runtime
         .clone()
@@ -322,10 +349,10 @@ fn start_read(state: &mut State, handle: Py<Handle>) {
 
 /// One body read: stashes its message, answers 413/408 when the body is refused, and wakes
 /// the waiters.
-async fn read(
+async fn read<H: Responder>(
     exchange: Arc<Exchange>,
     mut reader: BodyReader,
-    handle: Py<Handle>,
+    handle: Py<H>,
     shared: Arc<Shared>,
 ) {
     let outcome = reader.next(&exchange, shared.body_timeout).await;
@@ -356,17 +383,17 @@ async fn read(
         }
         Read::Malformed => {
             exchange.client_error(&shared);
-            tracing::debug!(method = %this.method, path = %this.path, "malformed request body");
+            tracing::debug!(method = %this.method(), path = %this.path(), "malformed request body");
             this.reject(StatusCode::BAD_REQUEST, "Malformed request body\n");
         }
         Read::TimedOut => {
             shared.limit(Limit::BodyTimeout);
             exchange.client_error(&shared);
-            if this.budgets.conn.first_hit(Limit::BodyTimeout) {
+            if this.first_hit(Limit::BodyTimeout) {
                 tracing::info!(
-                    method = %this.method,
-                    path = %this.path,
-                    client = %this.client,
+                    method = %this.method(),
+                    path = %this.path(),
+                    client = %this.client(),
                     "body_timeout: no request body bytes for {:.1}s while the app waited; \
                      ending the request (408 if the response has not started; logged once \
                      per connection)",
@@ -377,7 +404,12 @@ async fn read(
         }
         Read::Data(..) | Read::Gone => {}
     }
-    exchange.wake_waiters(Some(handle));
+    if let Some(shared) = exchange.claim_delivery() {
+        let exchange = exchange.clone();
+        shared
+            .handoff
+            .run(move |py| deliver(py, &exchange, &handle));
+    }
 }
 
 impl BodyReader {
@@ -419,8 +451,17 @@ impl BodyReader {
 
 /// On the Python thread: hands the stash (or the disconnect) to the live waiters, oldest
 /// first, and starts the next read if one still waits.
-fn deliver(py: Python<'_>, exchange: &Arc<Exchange>, handle: Option<&Py<Handle>>) -> PyResult<()> {
+fn deliver<H: Responder>(py: Python<'_>, exchange: &Arc<Exchange>, handle: &Py<H>) -> PyResult<()> {
     let mut state = lock(&exchange.state);
+    hand_out(py, &mut state, exchange)?;
+    if !state.waiters.is_empty() {
+        start_read(&mut state, handle.clone_ref(py));
+    }
+    Ok(())
+}
+
+/// Hands the stash (or the disconnect) to the live waiters, oldest first.
+fn hand_out(py: Python<'_>, state: &mut State, exchange: &Exchange) -> PyResult<()> {
     state.queued = false;
     while let Some(waiter) = state.waiters.front() {
         let waiter = waiter.bind(py).clone();
@@ -434,51 +475,7 @@ fn deliver(py: Python<'_>, exchange: &Arc<Exchange>, handle: Option<&Py<Handle>>
         state.waiters.pop_front();
         waiter.call_method1(intern!(py, "set_result"), (message.into_py(py)?,))?;
     }
-    if !state.waiters.is_empty() {
-        if let Some(handle) = handle {
-            start_read(&mut state, handle.clone_ref(py));
-        }
-    }
     Ok(())
-}
-
-/// A pending `receive()`: awaiting it awaits the loop future. It is also a
-/// `collections.abc.Coroutine` (see [`crate::bridge::Ready`]). When the app cancels the
-/// await, the future is unregistered at once and a message already set on it is kept for
-/// the next `receive()`.
-#[pyclass(frozen)]
-pub struct Receiving {
-    iter: Py<PyAny>,
-    future: Py<PyAny>,
-    handle: Py<Handle>,
-    /// The result was taken, or the waiter was released.
-    settled: AtomicBool,
-}
-
-impl std::fmt::Debug for Receiving {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Receiving")
-    }
-}
-
-impl Receiving {
-    /// Notes that the awaiting code got the result (the iterator stopped).
-    fn settle_on_stop<T>(&self, py: Python<'_>, result: PyResult<T>) -> PyResult<T> {
-        if let Err(err) = &result {
-            if err.is_instance_of::<pyo3::exceptions::PyStopIteration>(py) {
-                self.settled.store(true, Ordering::Relaxed);
-            }
-        }
-        result
-    }
-
-    /// The awaiting code gives up (cancelled, closed, dropped): see [`release`].
-    fn release(&self, py: Python<'_>) -> PyResult<()> {
-        if self.settled.swap(true, Ordering::Relaxed) {
-            return Ok(());
-        }
-        release(py, &self.future, &self.handle)
-    }
 }
 
 /// Unregisters a waiter the app gave up, and puts a body chunk already set on it back at
@@ -487,17 +484,18 @@ impl Receiving {
 /// This can run inside code that holds the exchange's lock on this thread: a garbage
 /// collection during a Python call there may close the coroutine awaiting the waiter. So
 /// it only tries the lock, and otherwise runs again from the loop's queue.
-fn release(py: Python<'_>, future: &Py<PyAny>, handle: &Py<Handle>) -> PyResult<()> {
+fn release<H: Responder>(py: Python<'_>, future: &Py<PyAny>, owner: &Py<PyAny>) -> PyResult<()> {
+    let handle = owner.bind(py).cast::<H>()?;
     let this = handle.get();
-    let exchange = &this.exchange;
+    let exchange = this.exchange();
     let mut state = match exchange.state.try_lock() {
         Ok(state) => state,
         Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
         Err(std::sync::TryLockError::WouldBlock) => {
-            let (future, handle) = (future.clone_ref(py), handle.clone_ref(py));
-            this.shared.bridge.push(Event::Call(PyCall::new(move |py| {
-                release(py, &future, &handle)
-            })));
+            let (future, owner) = (future.clone_ref(py), owner.clone_ref(py));
+            this.shared()
+                .handoff
+                .run(move |py| release::<H>(py, &future, &owner));
             return Ok(());
         }
     };
@@ -518,149 +516,7 @@ fn release(py: Python<'_>, future: &Py<PyAny>, handle: &Py<Handle>) -> PyResult<
     state.stash.push_front(Message::Body(data, more));
     drop(state);
     // Another caller may be waiting for it.
-    deliver(py, exchange, Some(handle))
-}
-
-impl Drop for Receiving {
-    fn drop(&mut self) {
-        // A call never awaited (or dropped half-way): unregister its future so the next
-        // message is not set on a future nobody reads.
-        if !self.settled.load(Ordering::Relaxed) {
-            // Dropped by Python's deallocator: the thread is attached already.
-            Python::attach(|py| {
-                if let Err(err) = self.release(py) {
-                    tracing::debug!("releasing a dropped receive(): {err}");
-                }
-            });
-        }
-    }
-}
-
-#[pymethods]
-impl Receiving {
-    fn __await__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
-        slf
-    }
-
-    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
-        slf
-    }
-
-    fn __next__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let result = self.iter.bind(py).call_method0(intern!(py, "__next__"));
-        self.settle_on_stop(py, result.map(Bound::unbind))
-    }
-
-    fn send(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        let result = self
-            .iter
-            .bind(py)
-            .call_method1(intern!(py, "send"), (value,));
-        self.settle_on_stop(py, result.map(Bound::unbind))
-    }
-
-    #[pyo3(signature = (kind, value=None, traceback=None))]
-    fn throw(
-        &self,
-        py: Python<'_>,
-        kind: &Bound<'_, PyAny>,
-        value: Option<&Bound<'_, PyAny>>,
-        traceback: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Py<PyAny>> {
-        let _ = traceback;
-        self.release(py)?;
-        let exception = crate::bridge::raise(kind, value);
-        Ok(self
-            .iter
-            .bind(py)
-            .call_method1(intern!(py, "throw"), (exception.value(py),))?
-            .unbind())
-    }
-
-    fn close(&self, py: Python<'_>) -> PyResult<()> {
-        self.release(py)?;
-        self.iter.bind(py).call_method0(intern!(py, "close"))?;
-        Ok(())
-    }
-}
-
-/// The worker's open event streams, ended `[websocket] drain_grace` after a drain starts.
-#[derive(Debug, Default)]
-pub struct EventStreams {
-    streams: Mutex<Vec<Weak<Exchange>>>,
-    /// The drain's grace is over: a stream that opens now ends at once.
-    ended: AtomicBool,
-}
-
-impl EventStreams {
-    fn add(&self, exchange: &Arc<Exchange>) {
-        if self.ended.load(Ordering::Acquire) {
-            exchange.end_stream();
-            return;
-        }
-        let mut streams = lock(&self.streams);
-        if streams.len() == streams.capacity() {
-            // Amortised: forget the streams that finished before growing.
-            streams.retain(|s| s.strong_count() > 0);
-        }
-        streams.push(Arc::downgrade(exchange));
-    }
-
-    /// Ends every open stream; returns how many.
-    fn end_all(&self) -> usize {
-        self.ended.store(true, Ordering::Release);
-        let streams = std::mem::take(&mut *lock(&self.streams));
-        let mut ended = 0;
-        for stream in streams.iter().filter_map(Weak::upgrade) {
-            if !stream.is_disconnected() {
-                stream.end_stream();
-                ended += 1;
-            }
-        }
-        ended
-    }
-}
-
-/// The worker's `asyncio.Event` set when it drains, created on first use (on the loop's
-/// thread; one worker per process).
-static DRAINING: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
-fn draining_event(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    DRAINING
-        .get_or_try_init(py, || {
-            Ok::<_, PyErr>(py.import("asyncio")?.getattr("Event")?.call0()?.unbind())
-        })
-        .map(|event| event.bind(py))
-}
-
-/// The scope's `genro.draining` extension: `{"event": asyncio.Event}`, set when the worker
-/// starts draining, so a long poll can end itself (extension values are dicts, ASGI).
-pub(crate) fn draining_extension(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
-    let extension = PyDict::new(py);
-    extension.set_item(intern!(py, "event"), draining_event(py)?)?;
-    Ok(extension)
-}
-
-/// The worker starts draining: sets `genro.draining` now, and ends the event streams still
-/// open after `grace` (`[websocket] drain_grace`, bounded by `graceful_timeout`). Other
-/// responses keep the whole `graceful_timeout`.
-pub fn on_drain(shared: &Arc<Shared>, grace: Duration) {
-    shared.bridge.push(Event::Call(PyCall::new(|py| {
-        draining_event(py)?.call_method0(intern!(py, "set"))?;
-        Ok(())
-    })));
-    let shared = shared.clone();
-    shared.runtime.clone().spawn(async move {
-        tokio::time::sleep(grace).await;
-        let ended = shared.event_streams.end_all();
-        if ended > 0 {
-            tracing::info!(
-                "drain_grace ({:.1}s) over: ending {ended} event stream(s) \
-                 (http.disconnect, OSError on send)",
-                grace.as_secs_f64()
-            );
-        }
-    });
+    deliver(py, exchange, &handle.clone().unbind())
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The worker's registry of requests in flight (their envelopes): an entry from admission
 //! until both the transport and the app's task let go of the request (see
-//! [`crate::bridge::Admission`]). It is read on the Rust side only, so `genro-asgi ctl
+//! [`crate::admission::Admission`]). It is read on the Rust side only, so `genro-asgi ctl
 //! requests` and the watchdog work even while the Python loop is blocked.
 //!
 //! Every request gets an id of 16 hex digits: 8 drawn at random when the worker starts,
@@ -247,7 +247,7 @@ impl Registry {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
         // A panic while holding this lock cannot leave the map inconsistent.
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+        genro_shared::sync::lock(&self.entries)
     }
 }
 

@@ -98,6 +98,7 @@ pub struct ProtocolError(pub &'static str);
 
 impl State {
     /// Whether any part of the response has been handed to the transport.
+    #[cfg(test)]
     pub fn is_head_sent(&self) -> bool {
         matches!(
             self,

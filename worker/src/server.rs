@@ -2,11 +2,15 @@
 //! HTTP/1.1 and HTTP/2 (prior-knowledge h2c and ALPN `h2`) with hyper, applies the
 //! `[limits]`, and drains gracefully when told to stop.
 
+use crate::admission::{Admission, ConnInfo, REQUEST_ID};
 use crate::body::ResponseBody;
-use crate::bridge::{ConnInfo, Event, Exchange, RequestStart, Shared, REQUEST_ID};
 use crate::budget::{instant_of, now_ms, Budgets, ConnBuffers};
+use crate::handoff::Event;
+use crate::http::{Pending, RequestStart};
 use crate::io_watch::{IoWatch, Watched};
 use crate::metrics::{ErrorKind, Protocol};
+use crate::receive::Exchange;
+use crate::state::Shared;
 use bytes::Bytes;
 use genro_config::Config;
 use genro_shared::access::{AccessFormat, AccessRecord};
@@ -296,7 +300,7 @@ impl Done {
 /// dropped before that (the client left while the app had not answered: hyper drops the
 /// service future) records [`CLIENT_CLOSED`].
 struct InFlight {
-    _admission: Arc<crate::bridge::Admission>,
+    _admission: Arc<Admission>,
     conn: Arc<ConnState>,
     exchange: Arc<Exchange>,
     done: Option<Done>,
@@ -386,7 +390,7 @@ async fn open_websocket(
     mut request: Request<Incoming>,
     ctx: &Arc<ConnCtx>,
     info: Arc<ConnInfo>,
-    admission: Arc<crate::bridge::Admission>,
+    admission: Arc<Admission>,
     done: Option<Done>,
     request_id: HeaderValue,
 ) -> Response<ResponseBody> {
@@ -410,9 +414,9 @@ async fn open_websocket(
     let (parts, _) = request.into_parts();
     let hold: crate::websocket::Hold = Box::new((ctx.clone(), ConnBusy::new(ctx.state.clone())));
     let (respond, response) = tokio::sync::oneshot::channel();
-    ctx.shared
-        .bridge
-        .push(Event::WebSocket(Box::new(crate::websocket::WsStart {
+    crate::websocket::start(
+        &ctx.shared,
+        crate::websocket::WsStart {
             parts,
             conn: info,
             admission,
@@ -423,7 +427,8 @@ async fn open_websocket(
                 stop: ctx.stop.clone(),
                 hold,
             },
-        })));
+        },
+    );
     finish(app_answer(ctx, response, request_id).await, done)
 }
 
@@ -446,7 +451,7 @@ fn refuse_target(
     protocol: Protocol,
     bad: crate::target::BadTarget,
 ) -> Response<ResponseBody> {
-    let admission = crate::bridge::Admission::new(ctx.shared.clone(), request, client, protocol);
+    let admission = Admission::new(ctx.shared.clone(), request, client, protocol);
     let done = Done::new(ctx, request, client, protocol, admission.request_id());
     let request_id = admission.request_id().header();
     drop(admission);
@@ -505,8 +510,7 @@ async fn handle(
     if let Err(bad) = crate::target::check(&mut request) {
         return Ok(refuse_target(&ctx, &request, info.client, protocol, bad));
     }
-    let admission =
-        crate::bridge::Admission::new(ctx.shared.clone(), &request, info.client, protocol);
+    let admission = Admission::new(ctx.shared.clone(), &request, info.client, protocol);
     let done = Done::new(
         &ctx,
         &request,
@@ -572,7 +576,7 @@ async fn handle(
         response: limits.response_buffer,
         send_timeout: limits.send_timeout,
     };
-    let pending = crate::bridge::Pending::new(RequestStart {
+    let pending = Pending::new(RequestStart {
         parts,
         conn: info,
         exchange,
@@ -580,7 +584,7 @@ async fn handle(
         admission,
         budgets,
     });
-    ctx.shared.bridge.push(Event::Request(pending.clone()));
+    crate::http::start(&ctx.shared, pending.clone());
     // If the client leaves before the loop starts the request, this future is dropped:
     // release the request now, not when the loop wakes.
     let unstarted = Unstarted(pending);
@@ -602,8 +606,8 @@ async fn handle(
     Ok(response.map(|body| body.on_drop(Box::new(move |bytes| guard.finish(status, bytes)))))
 }
 
-/// Takes a request out of the hand-off queue when dropped (see [`crate::bridge::Pending`]).
-struct Unstarted(Arc<crate::bridge::Pending>);
+/// Takes a request out of the hand-off queue when dropped (see [`Pending`]).
+struct Unstarted(Arc<Pending>);
 
 impl Drop for Unstarted {
     fn drop(&mut self) {
@@ -988,7 +992,7 @@ pub async fn serve(
     }
     drop(front);
     shared.draining.store(true, Ordering::Relaxed);
-    crate::receive::on_drain(
+    crate::scope::on_drain(
         &shared,
         config
             .websocket
@@ -1044,7 +1048,7 @@ pub async fn serve(
     }
     // Stop the event loop (exactly once): the Python side then cancels what still runs,
     // whose answers (503, or aborts) travel back over the connections still open...
-    shared.bridge.push(Event::Shutdown);
+    shared.handoff.push(Event::Shutdown);
     if !drained {
         // ...so give those connections a moment to write them before the process exits.
         let _ = tokio::time::timeout(CANCEL_FLUSH, all_closed.recv()).await;

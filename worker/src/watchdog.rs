@@ -5,9 +5,9 @@
 //! to the `requests_stuck` gauge. A loop that has not run for `timeout` is reported with
 //! the Python stack of the loop thread (taken from Rust, see [`crate::health::Stacks`]).
 
-use crate::bridge::Shared;
 use crate::health::Stacks;
 use crate::registry::Level;
+use crate::state::Shared;
 use genro_config::Watchdog;
 use genro_shared::protocol::InFlightRequest;
 use std::sync::Arc;

@@ -6,9 +6,8 @@
 //! that sends pings and does not read the pongs stops being read once
 //! [`CONTROL_BACKLOG`] pongs wait: TCP flow control then holds it back.
 
-use crate::bridge::Shared;
 use crate::metrics::{ErrorKind, Limit, Protocol};
-use crate::websocket::{Hold, Outbound, Settings};
+use crate::state::Shared;
 use crate::ws_queue::{Blocked, Inbound, Producer, Queue, ABNORMAL};
 use bytes::Bytes;
 use futures_util::SinkExt;
@@ -22,7 +21,71 @@ use yawc::{Frame, OpCode, WebSocketError};
 /// Most pongs (and close echoes) waiting to be written before the pump stops reading from
 /// the client. Small: each is at most 127 bytes, and a client that reads its pongs never
 /// has more than a burst of them pending.
-pub const CONTROL_BACKLOG: usize = 16;
+pub(crate) const CONTROL_BACKLOG: usize = 16;
+
+/// `[websocket]`, as the request path uses it.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) options: yawc::Options,
+    pub(crate) max_message_size: usize,
+    /// `[websocket] max_queue` and `max_queue_bytes`.
+    pub(crate) bounds: crate::ws_queue::Bounds,
+    /// `[websocket] worker_queue_bytes`, shared by every session of the worker.
+    pub(crate) budget: Arc<crate::ws_queue::WorkerBudget>,
+    pub(crate) ping_interval: Duration,
+    pub(crate) ping_timeout: Duration,
+    pub(crate) drain_grace: Duration,
+    /// `[limits] send_timeout` (zero: none).
+    pub(crate) send_timeout: Duration,
+}
+
+impl Settings {
+    /// From the effective configuration.
+    pub(crate) fn new(full: &genro_config::Config) -> Self {
+        let config = &full.websocket;
+        // Inclusive in the config, exclusive in yawc; one message in one frame or fragments.
+        let max = usize::try_from(config.max_message_size)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1);
+        // Messages are reassembled and validated here ([`Assembler`]); yawc's frame layer
+        // bounds each frame (also after decompression).
+        let mut options = yawc::Options::default()
+            .with_no_delay()
+            .with_max_payload_read(max)
+            .with_max_pending_control_frames(CONTROL_BACKLOG);
+        if config.per_message_deflate {
+            options = options.with_low_latency_compression();
+        }
+        Settings {
+            max_message_size: max - 1,
+            options,
+            bounds: crate::ws_queue::Bounds {
+                messages: config.max_queue.max(1),
+                bytes: usize::try_from(config.max_queue_bytes).unwrap_or(usize::MAX),
+            },
+            budget: Arc::new(crate::ws_queue::WorkerBudget::new(
+                usize::try_from(config.worker_queue_bytes).unwrap_or(usize::MAX),
+            )),
+            send_timeout: full.limits.send_timeout,
+            ping_interval: config.ping_interval,
+            ping_timeout: config.ping_timeout,
+            // The default may exceed a short graceful_timeout; the drain must fit in it.
+            drain_grace: config.drain_grace.min(full.server.graceful_timeout),
+        }
+    }
+}
+
+/// Keeps what must live as long as the connection: the worker's drain waits for it, and
+/// the connection counts as busy for the idle timer.
+pub(crate) type Hold = Box<dyn Send + Sync>;
+
+/// An app message for the client.
+pub(crate) enum Outbound {
+    /// A data frame.
+    Frame(Frame),
+    /// `websocket.close` with its code and reason.
+    Close(u16, String),
+}
 
 /// A message this big (after decompression) took a while to read: the pump yields to the
 /// other tasks of its thread before reading the next one, so several connections sending

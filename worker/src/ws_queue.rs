@@ -6,7 +6,7 @@
 //! 1. The pump checks [`Queue::blocked`] before it reads a frame; while a bound is reached it
 //!    stops reading from the client (TCP backpressure) and waits in [`Queue::room`].
 //! 2. A complete message goes in with [`Queue::push`], which wakes one waiting `receive()`
-//!    through the bridge; [`serve`] hands out messages on the Python thread.
+//!    through the hand-off; [`serve`] hands out messages on the Python thread.
 //! 3. `receive()` takes a queued message at once, or leaves one loop future in the queue. A
 //!    future the app cancelled (`asyncio.wait_for`, anyio cancel scopes) holds no task and
 //!    no message: it is dropped by the next `receive()` or the next message, and the
@@ -14,7 +14,9 @@
 //! 4. When the pump ends (or the handshake never completes) the [`Producer`] closes the
 //!    queue: waiters get `websocket.disconnect` once the queued messages are taken.
 
-use crate::bridge::{lock, Event, Shared, Wake};
+use crate::awaitable::{new_future, ready, waiting};
+use crate::handoff::Handoff;
+use genro_shared::sync::lock;
 use pyo3::intern;
 use pyo3::prelude::*;
 use std::collections::VecDeque;
@@ -111,7 +113,8 @@ pub struct Queue {
     state: Mutex<State>,
     bounds: Bounds,
     budget: Arc<WorkerBudget>,
-    shared: Arc<Shared>,
+    /// Where wake-ups of waiting `receive()` calls go.
+    handoff: Arc<Handoff>,
     /// Woken when the app takes a message or goes away.
     room: Notify,
     /// How the connection ended, for `websocket.disconnect`.
@@ -136,12 +139,16 @@ pub const ABNORMAL: u16 = 1006;
 
 impl Queue {
     /// An empty queue for a new session.
-    pub fn new(shared: Arc<Shared>, bounds: Bounds, budget: Arc<WorkerBudget>) -> Arc<Self> {
+    pub(crate) fn new(
+        handoff: Arc<Handoff>,
+        bounds: Bounds,
+        budget: Arc<WorkerBudget>,
+    ) -> Arc<Self> {
         Arc::new(Queue {
             state: Mutex::new(State::default()),
             bounds,
             budget,
-            shared,
+            handoff,
             room: Notify::new(),
             ending: Mutex::new(None),
         })
@@ -241,11 +248,10 @@ impl Queue {
         self.room.notify_one();
     }
 
+    /// Queues [`serve`] on the Python thread for `waiter` (and any others).
     fn wake(self: &Arc<Self>, waiter: Py<PyAny>) {
-        self.shared.bridge.push(Event::Wake {
-            waiter,
-            value: Wake::WsReady(self.clone()),
-        });
+        let queue = self.clone();
+        self.handoff.run(move |py| serve(py, waiter, &queue));
     }
 
     /// Takes the oldest message, releasing its bytes; the pump may read again.
@@ -268,7 +274,7 @@ impl Queue {
             // in flight stays behind.
             state.waiters.retain(|waiter| !is_done(py, waiter));
         }
-        let waiter = crate::bridge::new_future(py)?;
+        let waiter = new_future(py)?;
         let mut state = lock(&self.state);
         // A message may have come while the future was made.
         if let Some(result) = self.now(py, &mut state) {
@@ -276,20 +282,18 @@ impl Queue {
         }
         state.waiters.push(waiter.clone_ref(py));
         drop(state);
-        crate::bridge::waiting(py, &waiter)
+        waiting(py, &waiter, None)
     }
 
     /// What `receive()` returns without waiting, if anything.
     fn now(&self, py: Python<'_>, state: &mut State) -> Option<PyResult<Py<PyAny>>> {
         if let Some(value) = self.take(state) {
             self.room.notify_one();
-            return Some(receive_message(py, value).and_then(|m| crate::bridge::ready(py, m)));
+            return Some(receive_message(py, value).and_then(|m| ready(py, m)));
         }
         if state.closed {
             let (code, reason) = self.ending();
-            return Some(
-                disconnect_message(py, code, &reason).and_then(|m| crate::bridge::ready(py, m)),
-            );
+            return Some(disconnect_message(py, code, &reason).and_then(|m| ready(py, m)));
         }
         None
     }
@@ -328,7 +332,7 @@ fn is_done(py: Python<'_>, waiter: &Py<PyAny>) -> bool {
 /// and any others) with queued messages in order, or with the disconnect once the queue is
 /// closed and empty. A cancelled future is skipped and loses nothing: the message stays
 /// queued for the next `receive()`.
-pub fn serve(py: Python<'_>, first: Py<PyAny>, queue: &Arc<Queue>) -> PyResult<()> {
+fn serve(py: Python<'_>, first: Py<PyAny>, queue: &Arc<Queue>) -> PyResult<()> {
     let mut resolved: Vec<(Py<PyAny>, Option<Inbound>)> = Vec::new();
     let mut took = false;
     {

@@ -1,0 +1,101 @@
+//! What every exchange starts from, whatever its protocol: the connection's facts and the
+//! admission that counts a request in flight and lists it in the registry until its last
+//! owner lets go.
+
+use crate::state::Shared;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// The request header whose value a client may send as its own request id; the response
+/// carries ours under the same name.
+pub(crate) const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// How the connection reached us.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnInfo {
+    /// Peer address.
+    pub(crate) client: SocketAddr,
+    /// Local address.
+    pub(crate) server: SocketAddr,
+    /// TLS or not.
+    pub(crate) https: bool,
+    /// Forwarded by the HTTP/3 front over the slot's private Unix socket: the request is
+    /// HTTP/3 for the app, and `client` comes from [`genro_shared::CLIENT_HEADER`].
+    pub(crate) front: bool,
+}
+
+/// One admitted request, counted in [`Shared::in_flight`] and listed in
+/// [`Shared::registry`] until both the transport (the response body or the service future)
+/// and the app's task let go of it: a client that disconnects does not free its slot while
+/// the app still runs for it.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    shared: Arc<Shared>,
+    id: u64,
+    /// The request's id as text, formatted once.
+    request_id: crate::registry::RequestId,
+    /// Wall-clock start (seconds since the epoch), for the app's envelope.
+    wall: f64,
+    /// Counted in [`Shared::http_in_flight`].
+    http: bool,
+}
+
+impl Admission {
+    /// Counts a request in.
+    pub(crate) fn new<B>(
+        shared: Arc<Shared>,
+        request: &http::Request<B>,
+        client: SocketAddr,
+        protocol: crate::metrics::Protocol,
+    ) -> Arc<Self> {
+        shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        let http = protocol != crate::metrics::Protocol::Websocket;
+        if http {
+            shared.http_in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+        let id = shared.registry.insert(
+            request.method(),
+            request.uri(),
+            client,
+            protocol,
+            request.headers().get(REQUEST_ID),
+        );
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let request_id = shared.registry.request_id(id);
+        Arc::new(Admission {
+            shared,
+            id,
+            request_id,
+            wall,
+            http,
+        })
+    }
+
+    /// The request's id.
+    pub(crate) fn request_id(&self) -> crate::registry::RequestId {
+        self.request_id
+    }
+
+    /// The request's key in the registry.
+    pub(crate) fn registry_id(&self) -> u64 {
+        self.id
+    }
+
+    /// When the request was admitted, in seconds since the epoch.
+    pub(crate) fn wall(&self) -> f64 {
+        self.wall
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.shared.registry.remove(self.id);
+        self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.http {
+            self.shared.http_in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,595 @@
+//! The HTTP exchange, from the Python thread's side: its start (scope, handle, app task)
+//! and the app's `send()`, which drives the response state machine ([`crate::response`])
+//! and hands bytes to the transport ([`crate::body`]).
+//!
+//! 1. A hyper service admits the request and queues its start ([`start`]) on the hand-off;
+//!    the loop builds the scope and starts `glue.run_http(app, scope, handle)` as a task,
+//!    unless the client left while it waited (then the [`Pending`] slot is empty).
+//! 2. `handle.receive()` reads the request body ([`crate::receive`]).
+//! 3. `handle.send()` answers with an already-completed awaitable when nothing must wait
+//!    (channel not full); otherwise with a loop future that a tokio task settles through
+//!    the hand-off once the bytes are queued or the client is gone.
+//! 4. `glue.run_http` reports how the app ended (`finished`, `failed`, `cancelled`): an
+//!    incomplete response becomes a 500 with an error id, or an aborted stream.
+
+use crate::admission::{Admission, ConnInfo};
+use crate::awaitable::{new_future, sent, settle, waiting};
+use crate::body::{Chunk, Pipe, Refused, ResponseBody, SendError};
+use crate::budget::Budgets;
+use crate::convert::outbound_from_py;
+use crate::metrics::{ErrorKind, Limit};
+use crate::receive::{Exchange, Responder};
+use crate::response::{Action, Head, State};
+use crate::scope::Scoped;
+use crate::state::{tail, Shared, MAX_NOTIFIED_TRACEBACK};
+use bytes::Bytes;
+use genro_shared::sync::lock;
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, Response, StatusCode, Version};
+use pyo3::exceptions::{PyOSError, PyRuntimeError};
+use pyo3::prelude::*;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// Everything the Python thread needs to start an exchange.
+#[derive(Debug)]
+pub(crate) struct RequestStart {
+    /// Method, URI, version, headers.
+    pub(crate) parts: http::request::Parts,
+    /// Connection facts.
+    pub(crate) conn: Arc<ConnInfo>,
+    /// The request side.
+    pub(crate) exchange: Arc<Exchange>,
+    /// Where the response goes.
+    pub(crate) respond: oneshot::Sender<Response<ResponseBody>>,
+    /// The request's admission, held until the app's task ends.
+    pub(crate) admission: Arc<Admission>,
+    /// Where the response's bytes are counted.
+    pub(crate) budgets: Budgets,
+}
+
+/// A request waiting in the hand-off queue for the Python thread. Its client may leave
+/// before the loop gets to it (a blocked loop under a flood): [`Pending::take`] by the
+/// service's guard then releases the request's memory and its concurrency slot at once,
+/// and the loop finds the slot empty.
+#[derive(Debug)]
+pub(crate) struct Pending(Mutex<Option<Box<RequestStart>>>);
+
+impl Pending {
+    /// A pending request.
+    pub(crate) fn new(start: RequestStart) -> Arc<Self> {
+        Arc::new(Pending(Mutex::new(Some(Box::new(start)))))
+    }
+
+    /// Takes the request out (once).
+    pub(crate) fn take(&self) -> Option<Box<RequestStart>> {
+        lock(&self.0).take()
+    }
+}
+
+/// Queues the start of `pending` for the Python thread.
+pub(crate) fn start(shared: &Arc<Shared>, pending: Arc<Pending>) {
+    let shared_for_job = shared.clone();
+    shared.handoff.run(move |py| match pending.take() {
+        Some(start) => start_request(py, &shared_for_job, *start),
+        None => Ok(()),
+    });
+}
+
+fn start_request(py: Python<'_>, shared: &Arc<Shared>, start: RequestStart) -> PyResult<()> {
+    let RequestStart {
+        parts,
+        conn,
+        exchange,
+        respond,
+        admission,
+        budgets,
+    } = start;
+    let scoped = Scoped {
+        parts: &parts,
+        conn: &conn,
+        admission: &admission,
+        websocket: false,
+    };
+    let scope = crate::scope::new_scope(py, shared, scoped)?;
+    let is_h2 = parts.version == Version::HTTP_2;
+    exchange.attach(shared);
+    let handle = Handle {
+        id: admission.request_id(),
+        shared: shared.clone(),
+        exchange,
+        method: parts.method.clone(),
+        path: parts.uri.path().to_owned(),
+        client: conn.client,
+        budgets,
+        inner: Mutex::new(Inner {
+            state: State::Init,
+            respond: Some(respond),
+            stream: None,
+            trailers: HeaderMap::new(),
+            admission: Some(admission),
+            gone: false,
+            is_head: parts.method == http::Method::HEAD,
+            is_h2,
+            failed: false,
+        }),
+    };
+    crate::scope::run_app(py, scope, Bound::new(py, handle)?.into_any())
+}
+
+/// The per-exchange object behind the app's `receive` and `send`.
+#[pyclass(frozen)]
+pub(crate) struct Handle {
+    /// The request's id, also its error id.
+    id: crate::registry::RequestId,
+    shared: Arc<Shared>,
+    exchange: Arc<Exchange>,
+    method: http::Method,
+    path: String,
+    client: SocketAddr,
+    budgets: Budgets,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    state: State,
+    respond: Option<oneshot::Sender<Response<ResponseBody>>>,
+    stream: Option<Arc<Pipe>>,
+    trailers: HeaderMap,
+    admission: Option<Arc<Admission>>,
+    /// The client went away before the response completed.
+    gone: bool,
+    is_head: bool,
+    is_h2: bool,
+    /// An error was already logged and answered for this exchange.
+    failed: bool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The handle is gone with its response still open (no end was sent): abort it
+        // rather than leave the transport waiting for bytes that never come.
+        if let Some(pipe) = self.stream.take() {
+            pipe.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Handle")
+    }
+}
+
+#[pymethods]
+impl Handle {
+    /// ASGI `receive()` (see [`crate::receive`]).
+    fn receive(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        crate::receive::receive(slf)
+    }
+
+    /// ASGI `send(message)`.
+    fn send(&self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let outbound = match outbound_from_py(message) {
+            Ok(outbound) => outbound,
+            Err(why) => return Err(self.protocol_failure(&why.to_string())),
+        };
+        let mut inner = lock(&self.inner);
+        if inner.gone || (self.exchange.is_disconnected() && !inner.state.is_done()) {
+            // ASGI 2.4: send() on a closed connection raises OSError, so a streaming loop
+            // ends instead of spinning on completed sends.
+            inner.gone = true;
+            return Err(PyOSError::new_err("client disconnected"));
+        }
+        if inner.failed {
+            return Err(PyRuntimeError::new_err(
+                "the response already failed (see the server log)",
+            ));
+        }
+        let action = match inner.state.handle(outbound) {
+            Ok(action) => action,
+            Err(err) => {
+                drop(inner);
+                return Err(self.protocol_failure(err.0));
+            }
+        };
+        match action {
+            Action::Hold => {}
+            Action::Complete(head, body) => {
+                // HEAD: announce the length the GET would have had, send no body.
+                let len = body.len();
+                let body = if inner.is_head { Bytes::new() } else { body };
+                let body = ResponseBody::counted(body, &self.budgets);
+                self.respond(&mut inner, head, body, Some(len));
+            }
+            Action::Open(head, _) | Action::File(head, _) if inner.is_head => {
+                // HEAD: the head only; later chunks find no stream and are dropped.
+                self.respond(&mut inner, head, ResponseBody::full(Bytes::new()), None);
+            }
+            Action::Open(head, first) => {
+                self.exchange.note_response(&self.shared, &head.headers);
+                let pipe = Pipe::new(self.budgets.clone());
+                inner.stream = Some(pipe.clone());
+                self.respond(&mut inner, head, ResponseBody::pipe(pipe), None);
+                if inner.state.is_done() {
+                    inner.stream = None;
+                }
+                return self.stream(py, &mut inner, Chunk::Data(first), false);
+            }
+            Action::File(head, path) => {
+                let file = match std::fs::File::open(&path)
+                    .and_then(|f| f.metadata().map(|m| (f, m.len())))
+                {
+                    Ok(file) => file,
+                    Err(err) => {
+                        drop(inner);
+                        return Err(self.protocol_failure(&format!(
+                            "http.response.pathsend: cannot open {}: {err}",
+                            path.display()
+                        )));
+                    }
+                };
+                let pipe = Pipe::new(self.budgets.clone());
+                self.respond(
+                    &mut inner,
+                    head,
+                    ResponseBody::pipe(pipe.clone()),
+                    Some(file.1 as usize),
+                );
+                self.shared.runtime.spawn(pump_file(
+                    file.0,
+                    pipe,
+                    self.shared.clone(),
+                    Who(self.id, self.client),
+                ));
+            }
+            Action::Chunk(bytes) => return self.stream(py, &mut inner, Chunk::Data(bytes), false),
+            Action::Last(bytes) => return self.stream(py, &mut inner, Chunk::Data(bytes), true),
+            Action::Trailers(headers, end) => {
+                inner.trailers.extend(headers);
+                if end {
+                    let trailers = std::mem::take(&mut inner.trailers);
+                    return self.stream(py, &mut inner, Chunk::Trailers(trailers), true);
+                }
+            }
+        }
+        sent(py)
+    }
+
+    /// Called by `glue.run_http` when the app returned normally.
+    fn finished(&self) {
+        let mut inner = lock(&self.inner);
+        inner.admission = None;
+        if inner.state.is_done() || inner.failed {
+            return;
+        }
+        if inner.gone || self.exchange.client_at_fault(false) {
+            tracing::debug!(method = %self.method, path = %self.path, "client disconnected before the response completed");
+            self.exchange.client_error(&self.shared);
+            // End the body now (a drain ended this event stream): the transport must not
+            // wait for the handle to be garbage-collected.
+            if let Some(pipe) = inner.stream.take() {
+                pipe.end();
+            }
+            return;
+        }
+        drop(inner);
+        let _ = self.protocol_failure("the app returned without completing the response");
+    }
+
+    /// Called by `glue.run_http` when the request task was cancelled (the drain's
+    /// graceful_timeout ran out): 503 if nothing was sent, else abort.
+    fn cancelled(&self) {
+        let mut inner = lock(&self.inner);
+        inner.admission = None;
+        if inner.failed || inner.state.is_done() {
+            return;
+        }
+        inner.failed = true;
+        self.shared.error(ErrorKind::Internal);
+        tracing::warn!(method = %self.method, path = %self.path, "request cancelled: still running when graceful_timeout ran out");
+        self.fail_locked(
+            &mut inner,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Server shutting down\n",
+        );
+    }
+
+    /// Called by `glue.run_http` with the formatted traceback when the app raised.
+    fn failed(&self, traceback: &str) {
+        let mut inner = lock(&self.inner);
+        inner.admission = None;
+        if inner.failed {
+            return;
+        }
+        if inner.gone || self.exchange.client_at_fault(inner.state.is_done()) {
+            // The client went away or aborted its upload, and the app raised because of it
+            // (our `OSError: client disconnected`, or a framework's own exception such as
+            // Starlette's ClientDisconnect): a client error, not an app one.
+            let last = traceback.trim_end().lines().last().unwrap_or("");
+            tracing::debug!(method = %self.method, path = %self.path, "client disconnected; the app ended with {last}");
+            self.exchange.client_error(&self.shared);
+            if self.exchange.is_drained() {
+                // A drain ended this event stream: end its body cleanly, as a server that
+                // finishes the stream would.
+                inner.failed = true;
+                if let Some(pipe) = inner.stream.take() {
+                    pipe.end();
+                }
+                return;
+            }
+            if inner.respond.is_some() || inner.stream.is_some() {
+                // Nothing more reaches the client; end the exchange quietly.
+                inner.failed = true;
+                self.fail_locked(&mut inner, StatusCode::BAD_REQUEST, "");
+            }
+            return;
+        }
+        inner.failed = true;
+        self.shared.error(ErrorKind::App);
+        let id = self.id;
+        tracing::error!(
+            error_id = %id,
+            method = %self.method,
+            path = %self.path,
+            client = %self.client,
+            "exception in ASGI app (error id {id})\n{}",
+            traceback.trim_end()
+        );
+        self.shared.notify(serde_json::json!({
+            "event": "app_exception",
+            "request_id": id.as_str(),
+            "method": self.method.as_str(),
+            "path": self.path,
+            "client": self.client.to_string(),
+            "pid": std::process::id(),
+            "traceback": tail(traceback.trim_end(), MAX_NOTIFIED_TRACEBACK),
+        }));
+        let detail = if self.shared.show_traceback {
+            format!("\n\n{traceback}")
+        } else {
+            String::new()
+        };
+        let body = format!("Internal Server Error (error id: {id}){detail}\n");
+        self.fail_locked(&mut inner, StatusCode::INTERNAL_SERVER_ERROR, &body);
+    }
+}
+
+impl Handle {
+    /// An invalid message or an incomplete response: log it, answer 500 (or abort), and
+    /// return the RuntimeError to raise in the app.
+    fn protocol_failure(&self, why: &str) -> PyErr {
+        let mut inner = lock(&self.inner);
+        if !inner.failed {
+            inner.failed = true;
+            self.shared.error(ErrorKind::App);
+            let id = self.id;
+            tracing::error!(error_id = %id, method = %self.method, path = %self.path, "ASGI protocol error: {why} (error id {id})");
+            let body = format!("Internal Server Error (error id: {id})\n");
+            self.fail_locked(&mut inner, StatusCode::INTERNAL_SERVER_ERROR, &body);
+        }
+        PyRuntimeError::new_err(why.to_owned())
+    }
+
+    /// Answers `status` if nothing was sent yet, else aborts the stream.
+    fn fail_locked(&self, inner: &mut Inner, status: StatusCode, body: &str) {
+        if inner.respond.is_some() {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            let head = Head { status, headers };
+            let body = Bytes::copy_from_slice(body.as_bytes());
+            let len = body.len();
+            self.respond(inner, head, ResponseBody::full(body), Some(len));
+        } else if let Some(pipe) = inner.stream.take() {
+            pipe.abort();
+        }
+        inner.state.abort();
+    }
+
+    /// Refuses the request body: answers with a plain error status if the response has not
+    /// started, else aborts it (413, 408).
+    fn reject_body(&self, status: StatusCode, body: &str) {
+        let mut inner = lock(&self.inner);
+        if !inner.failed && !inner.state.is_done() {
+            inner.failed = true;
+            self.fail_locked(&mut inner, status, body);
+        }
+    }
+
+    fn respond(&self, inner: &mut Inner, head: Head, body: ResponseBody, len: Option<usize>) {
+        let Some(respond) = inner.respond.take() else {
+            return;
+        };
+        let mut headers = head.headers;
+        if inner.is_h2 {
+            // RFC 9113 8.2.2: connection-specific fields make an HTTP/2 message malformed.
+            for name in [
+                "connection",
+                "keep-alive",
+                "proxy-connection",
+                "transfer-encoding",
+                "upgrade",
+            ] {
+                headers.remove(name);
+            }
+        }
+        // RFC 9110 8.6: no Content-Length on 1xx, 204 and 304.
+        let bodiless = head.status.is_informational()
+            || head.status == StatusCode::NO_CONTENT
+            || head.status == StatusCode::NOT_MODIFIED;
+        if let Some(len) = len.filter(|_| !bodiless) {
+            if !headers.contains_key(CONTENT_LENGTH) {
+                headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+            }
+        }
+        let mut response = Response::new(body);
+        *response.status_mut() = head.status;
+        *response.headers_mut() = headers;
+        if respond.send(response).is_err() {
+            // The service future is gone: the client left before the response.
+            inner.gone = true;
+            inner.state.abort();
+        }
+    }
+
+    fn stream(
+        &self,
+        py: Python<'_>,
+        inner: &mut Inner,
+        chunk: Chunk,
+        last: bool,
+    ) -> PyResult<Py<PyAny>> {
+        let Some(pipe) = (if last {
+            inner.stream.take()
+        } else {
+            inner.stream.clone()
+        }) else {
+            return sent(py);
+        };
+        match pipe.try_push(chunk) {
+            Ok(()) => {
+                if last {
+                    pipe.end();
+                }
+                sent(py)
+            }
+            Err(Refused::Closed) => {
+                // The client went away: the response cannot complete.
+                inner.gone = true;
+                inner.state.abort();
+                inner.stream = None;
+                Err(PyOSError::new_err("client disconnected"))
+            }
+            Err(Refused::Full(chunk)) => {
+                let waiter = new_future(py)?;
+                let waiter_for_task = waiter.clone_ref(py);
+                let shared = self.shared.clone();
+                let exchange = self.exchange.clone();
+                let who = Who(self.id, self.client);
+                self.shared.runtime.spawn(async move {
+                    let outcome = match pipe
+                        .push(chunk, |kind| waited(&shared, &pipe, kind, who))
+                        .await
+                    {
+                        Ok(()) => {
+                            if last {
+                                pipe.end();
+                            }
+                            Ok(())
+                        }
+                        Err(SendError::Closed) => Err("client disconnected"),
+                        Err(SendError::Stalled) => {
+                            stalled(&shared, &pipe, who);
+                            exchange.mark_disconnected();
+                            Err("client disconnected: it took no data for send_timeout")
+                        }
+                    };
+                    shared
+                        .handoff
+                        .run(move |py| settle(py, waiter_for_task, outcome));
+                });
+                waiting(py, &waiter, None)
+            }
+        }
+    }
+}
+
+/// The request a response belongs to, for its log lines.
+#[derive(Clone, Copy)]
+struct Who(crate::registry::RequestId, SocketAddr);
+
+/// A response's client took nothing for `send_timeout`: count it, log it (once per
+/// connection), abort the response (its connection's driver closes the connection, or the
+/// stream is reset).
+fn stalled(shared: &Shared, pipe: &Pipe, Who(id, client): Who) {
+    shared.limit(Limit::SendTimeout);
+    if pipe.first_hit(Limit::SendTimeout) {
+        tracing::info!(request_id = %id, %client, "send_timeout: the client took no response bytes; disconnecting it (logged once per connection)");
+    } else {
+        tracing::debug!(request_id = %id, %client, "send_timeout: the client took no response bytes");
+    }
+    pipe.stall();
+}
+
+/// A response's `send()` first waited for budget `kind`: counted, and logged once per
+/// connection: INFO for the response's and the connection's budget (the client reads
+/// slower than the app sends), WARNING for the worker's (every client's responses wait).
+fn waited(shared: &Shared, pipe: &Pipe, kind: Limit, Who(id, client): Who) {
+    shared.limit(kind);
+    if !pipe.first_hit(kind) {
+        return;
+    }
+    match kind {
+        Limit::WorkerBuffer => tracing::warn!(
+            request_id = %id, %client,
+            "worker_buffer full: responses wait for their clients to read (logged once per connection)"
+        ),
+        _ => tracing::info!(
+            request_id = %id, %client,
+            "{}: the client reads slower than the app sends; send() waits (logged once per connection)",
+            kind.label()
+        ),
+    }
+}
+
+/// Streams a `pathsend` file through `pipe`.
+async fn pump_file(file: std::fs::File, pipe: Arc<Pipe>, shared: Arc<Shared>, who: Who) {
+    use tokio::io::AsyncReadExt;
+    let mut file = tokio::fs::File::from_std(file);
+    loop {
+        let mut buf = bytes::BytesMut::with_capacity(crate::body::PIECE);
+        match file.read_buf(&mut buf).await {
+            Ok(0) => return pipe.end(),
+            Ok(_) => {
+                let piece = Chunk::Data(buf.freeze());
+                match pipe
+                    .push(piece, |kind| waited(&shared, &pipe, kind, who))
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(SendError::Closed) => return,
+                    Err(SendError::Stalled) => return stalled(&shared, &pipe, who),
+                }
+            }
+            Err(err) => {
+                tracing::error!("http.response.pathsend: read failed: {err}");
+                return pipe.abort();
+            }
+        }
+    }
+}
+
+impl Responder for Handle {
+    fn exchange(&self) -> &Arc<Exchange> {
+        &self.exchange
+    }
+
+    fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    fn reject(&self, status: StatusCode, body: &str) {
+        self.reject_body(status, body);
+    }
+
+    fn method(&self) -> &http::Method {
+        &self.method
+    }
+
+    fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn client(&self) -> SocketAddr {
+        self.client
+    }
+
+    fn first_hit(&self, limit: Limit) -> bool {
+        self.budgets.conn.first_hit(limit)
+    }
+}

@@ -1,0 +1,262 @@
+//! Starting the app for an exchange, whatever its protocol: the per-worker Python objects,
+//! the ASGI scope (interned keys, one shared `asgi` dict), `glue.run_http(app, scope,
+//! handle)` as a loop task, and the scope's `genro.draining` event, set on a drain.
+
+use crate::admission::{Admission, ConnInfo, REQUEST_ID};
+use crate::state::Shared;
+use http::Version;
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyList};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Python objects created once per worker.
+struct App {
+    app: Py<PyAny>,
+    run_http: Py<PyAny>,
+    create_task: Py<PyAny>,
+    asgi: Py<PyDict>,
+    lifespan_state: Py<PyDict>,
+    empty: Py<PyDict>,
+}
+
+static APP: PyOnceLock<App> = PyOnceLock::new();
+
+/// Objects the worker needs from the Python side, given once at start-up.
+#[derive(Debug)]
+pub(crate) struct PyParts {
+    /// The ASGI app.
+    pub(crate) app: Py<PyAny>,
+    /// `glue.run_http`.
+    pub(crate) run_http: Py<PyAny>,
+    /// The asyncio loop.
+    pub(crate) event_loop: Py<PyAny>,
+    /// The lifespan state dict, copied into every scope.
+    pub(crate) lifespan_state: Py<PyDict>,
+}
+
+/// Installs the per-worker Python objects; call once before the loop runs.
+pub(crate) fn install(py: Python<'_>, parts: PyParts) -> PyResult<()> {
+    let event_loop = parts.event_loop.bind(py);
+    crate::awaitable::install(py, event_loop)?;
+    let asgi = PyDict::new(py);
+    asgi.set_item("version", "3.0")?;
+    asgi.set_item("spec_version", "2.4")?;
+    let state = App {
+        app: parts.app,
+        run_http: parts.run_http,
+        create_task: event_loop.getattr("create_task")?.unbind(),
+        asgi: asgi.unbind(),
+        lifespan_state: parts.lifespan_state,
+        empty: PyDict::new(py).unbind(),
+    };
+    APP.set(py, state)
+        .map_err(|_| PyRuntimeError::new_err("bridge installed twice"))
+}
+
+fn app_state(py: Python<'_>) -> PyResult<&App> {
+    APP.get(py)
+        .ok_or_else(|| PyRuntimeError::new_err("bridge not installed"))
+}
+
+/// What a scope is built from.
+pub(crate) struct Scoped<'a> {
+    /// The request's head.
+    pub(crate) parts: &'a http::request::Parts,
+    /// Its connection.
+    pub(crate) conn: &'a ConnInfo,
+    /// Its admission (id, start).
+    pub(crate) admission: &'a Admission,
+    /// A `websocket` scope (else `http`).
+    pub(crate) websocket: bool,
+}
+
+/// Counts the exchange as started and builds its scope.
+pub(crate) fn new_scope<'py>(
+    py: Python<'py>,
+    shared: &Shared,
+    start: Scoped<'_>,
+) -> PyResult<Bound<'py, PyDict>> {
+    shared.started.fetch_add(1, Ordering::Relaxed);
+    build_scope(py, app_state(py)?, shared, start)
+}
+
+/// Starts `glue.run_http(app, scope, handle)` as a task of the loop.
+pub(crate) fn run_app(
+    py: Python<'_>,
+    scope: Bound<'_, PyDict>,
+    handle: Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let state = app_state(py)?;
+    let coro = state
+        .run_http
+        .call1(py, (state.app.clone_ref(py), scope, handle))?;
+    state.create_task.call1(py, (coro,))?;
+    Ok(())
+}
+
+fn build_scope<'py>(
+    py: Python<'py>,
+    state: &App,
+    shared: &Shared,
+    start: Scoped<'_>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let parts = start.parts;
+    let scope = PyDict::new(py);
+    let kind = if start.websocket {
+        intern!(py, "websocket")
+    } else {
+        intern!(py, "http")
+    };
+    scope.set_item(intern!(py, "type"), kind)?;
+    scope.set_item(intern!(py, "asgi"), state.asgi.bind(py))?;
+    let version = match parts.version {
+        _ if start.conn.front => intern!(py, "3"),
+        Version::HTTP_10 => intern!(py, "1.0"),
+        Version::HTTP_2 => intern!(py, "2"),
+        _ => intern!(py, "1.1"),
+    };
+    scope.set_item(intern!(py, "http_version"), version)?;
+    let scheme = match (start.websocket, start.conn.https) {
+        (false, false) => intern!(py, "http"),
+        (false, true) => intern!(py, "https"),
+        (true, false) => intern!(py, "ws"),
+        (true, true) => intern!(py, "wss"),
+    };
+    if start.websocket {
+        let subprotocols = PyList::empty(py);
+        for value in parts.headers.get_all(http::header::SEC_WEBSOCKET_PROTOCOL) {
+            for name in value.to_str().unwrap_or("").split(',') {
+                let name = name.trim();
+                if !name.is_empty() {
+                    subprotocols.append(name)?;
+                }
+            }
+        }
+        scope.set_item(intern!(py, "subprotocols"), subprotocols)?;
+    } else {
+        scope.set_item(intern!(py, "method"), parts.method.as_str())?;
+    }
+    scope.set_item(intern!(py, "scheme"), scheme)?;
+    let raw_path = parts.uri.path();
+    let path = percent_encoding::percent_decode_str(raw_path).decode_utf8_lossy();
+    scope.set_item(intern!(py, "path"), path.as_ref())?;
+    scope.set_item(
+        intern!(py, "raw_path"),
+        PyBytes::new(py, raw_path.as_bytes()),
+    )?;
+    let query = parts.uri.query().unwrap_or("");
+    scope.set_item(
+        intern!(py, "query_string"),
+        PyBytes::new(py, query.as_bytes()),
+    )?;
+    scope.set_item(intern!(py, "root_path"), shared.root_path.as_str())?;
+    let headers = PyList::empty(py);
+    // HTTP/2 carries the host in :authority, which hyper keeps in the URI; frameworks build
+    // URLs from the `host` header, so give them one (as h2 -> h1 proxies do).
+    if !parts.headers.contains_key(http::header::HOST) {
+        if let Some(authority) = parts.uri.authority() {
+            headers.append((
+                PyBytes::new(py, b"host"),
+                PyBytes::new(py, authority.as_str().as_bytes()),
+            ))?;
+        }
+    }
+    // RFC 9113 8.2.3: HTTP/2 may split `cookie` into several fields; apps expect one.
+    let is_h2 = parts.version == Version::HTTP_2;
+    let mut cookies: Vec<&[u8]> = Vec::new();
+    for (name, value) in &parts.headers {
+        if is_h2 && name == http::header::COOKIE {
+            cookies.push(value.as_bytes());
+            continue;
+        }
+        headers.append((
+            PyBytes::new(py, name.as_str().as_bytes()),
+            PyBytes::new(py, value.as_bytes()),
+        ))?;
+    }
+    if !cookies.is_empty() {
+        headers.append((
+            PyBytes::new(py, b"cookie"),
+            PyBytes::new(py, &cookies.join(&b"; "[..])),
+        ))?;
+    }
+    scope.set_item(intern!(py, "headers"), headers)?;
+    let client = &start.conn.client;
+    scope.set_item(
+        intern!(py, "client"),
+        (client.ip().to_string(), client.port()),
+    )?;
+    let server = &start.conn.server;
+    scope.set_item(
+        intern!(py, "server"),
+        (server.ip().to_string(), server.port()),
+    )?;
+    scope.set_item(intern!(py, "state"), state.lifespan_state.bind(py).copy()?)?;
+    let extensions = PyDict::new(py);
+    if start.websocket {
+        extensions.set_item(intern!(py, "websocket.http.response"), state.empty.bind(py))?;
+    } else {
+        extensions.set_item(intern!(py, "http.response.trailers"), state.empty.bind(py))?;
+        extensions.set_item(intern!(py, "http.response.pathsend"), state.empty.bind(py))?;
+    }
+    extensions.set_item(intern!(py, "genro.draining"), draining_extension(py)?)?;
+    let admission = start.admission;
+    let envelope = PyDict::new(py);
+    envelope.set_item(intern!(py, "id"), admission.request_id().as_str())?;
+    envelope.set_item(intern!(py, "start"), admission.wall())?;
+    let external = parts
+        .headers
+        .get(REQUEST_ID)
+        .and_then(|_| shared.registry.external_id(admission.registry_id()));
+    envelope.set_item(intern!(py, "external_id"), external)?;
+    extensions.set_item(intern!(py, "genro.envelope"), envelope)?;
+    scope.set_item(intern!(py, "extensions"), extensions)?;
+    Ok(scope)
+}
+
+/// The worker's `asyncio.Event` set when it drains, created on first use (on the loop's
+/// thread; one worker per process).
+static DRAINING: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn draining_event(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    DRAINING
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(py.import("asyncio")?.getattr("Event")?.call0()?.unbind())
+        })
+        .map(|event| event.bind(py))
+}
+
+/// The scope's `genro.draining` extension: `{"event": asyncio.Event}`, set when the worker
+/// starts draining, so a long poll can end itself (extension values are dicts, ASGI).
+fn draining_extension(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let extension = PyDict::new(py);
+    extension.set_item(intern!(py, "event"), draining_event(py)?)?;
+    Ok(extension)
+}
+
+/// The worker starts draining: sets `genro.draining` now, and ends the event streams still
+/// open after `grace` (`[websocket] drain_grace`, bounded by `graceful_timeout`). Other
+/// responses keep the whole `graceful_timeout`.
+pub(crate) fn on_drain(shared: &Arc<Shared>, grace: Duration) {
+    shared.handoff.run(|py| {
+        draining_event(py)?.call_method0(intern!(py, "set"))?;
+        Ok(())
+    });
+    let shared = shared.clone();
+    shared.runtime.clone().spawn(async move {
+        tokio::time::sleep(grace).await;
+        let ended = shared.event_streams.end_all();
+        if ended > 0 {
+            tracing::info!(
+                "drain_grace ({:.1}s) over: ending {ended} event stream(s) \
+                 (http.disconnect, OSError on send)",
+                grace.as_secs_f64()
+            );
+        }
+    });
+}
