@@ -54,16 +54,16 @@ pub(crate) struct RequestStart {
 /// service's guard then releases the request's memory and its concurrency slot at once,
 /// and the loop finds the slot empty.
 #[derive(Debug)]
-pub(crate) struct Pending(Mutex<Option<Box<RequestStart>>>);
+pub(crate) struct Pending(Mutex<Option<RequestStart>>);
 
 impl Pending {
     /// A pending request.
     pub(crate) fn new(start: RequestStart) -> Arc<Self> {
-        Arc::new(Pending(Mutex::new(Some(Box::new(start)))))
+        Arc::new(Pending(Mutex::new(Some(start))))
     }
 
     /// Takes the request out (once).
-    pub(crate) fn take(&self) -> Option<Box<RequestStart>> {
+    pub(crate) fn take(&self) -> Option<RequestStart> {
         lock(&self.0).take()
     }
 }
@@ -72,7 +72,7 @@ impl Pending {
 pub(crate) fn start(shared: &Arc<Shared>, pending: Arc<Pending>) {
     let shared_for_job = shared.clone();
     shared.handoff.run(move |py| match pending.take() {
-        Some(start) => start_request(py, &shared_for_job, *start),
+        Some(start) => start_request(py, &shared_for_job, start),
         None => Ok(()),
     });
 }

@@ -233,10 +233,17 @@ fn draining_event(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
 
 /// The scope's `genro.draining` extension: `{"event": asyncio.Event}`, set when the worker
 /// starts draining, so a long poll can end itself (extension values are dicts, ASGI).
-fn draining_extension(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
-    let extension = PyDict::new(py);
-    extension.set_item(intern!(py, "event"), draining_event(py)?)?;
-    Ok(extension)
+/// One dict shared by every scope, like the other extensions' values (built once: it was a
+/// dict and an insertion per request).
+fn draining_extension(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    static EXTENSION: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    EXTENSION
+        .get_or_try_init(py, || {
+            let extension = PyDict::new(py);
+            extension.set_item(intern!(py, "event"), draining_event(py)?)?;
+            Ok::<_, PyErr>(extension.into_any().unbind())
+        })
+        .map(|extension| extension.bind(py))
 }
 
 /// The worker starts draining: sets `genro.draining` now, and ends the event streams still

@@ -480,7 +480,7 @@ async fn handle(
         protocol = Protocol::Websocket;
     }
     // Only the front may say who the client is, and only on its private socket.
-    let forwarded = request.headers_mut().remove(CLIENT_HEADER);
+    let forwarded = request.headers_mut().remove(&FRONT_CLIENT);
     let info = match forwarded {
         Some(value) if ctx.info.front => {
             let client = value.to_str().ok().and_then(|v| v.parse().ok());
@@ -639,6 +639,9 @@ const BUSY_LOG_EVERY: Duration = Duration::from_secs(10);
 /// client would sometimes reuse a connection just as we close it, and its request would
 /// meet the close ("server disconnected without sending a response").
 const KEEP_ALIVE_GRACE: Duration = Duration::from_secs(1);
+
+/// [`CLIENT_HEADER`] as a header name, parsed once (it is looked up on every request).
+static FRONT_CLIENT: http::HeaderName = http::HeaderName::from_static(CLIENT_HEADER);
 
 /// Status recorded (metrics, access log) for a request whose client left before the
 /// response head: nginx's 499 "client closed request".
