@@ -337,7 +337,13 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
             notices_rx,
         ));
         runtime.spawn(genro_shared::signals::stop_loop(stop_tx));
-        runtime.spawn(trim::run());
+        let quiet = shared.clone();
+        runtime.spawn(trim::run(move || {
+            quiet
+                .http_in_flight
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 0
+        }));
         tracing::info!(
             slot = args.slot,
             pid = std::process::id(),
