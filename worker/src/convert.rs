@@ -169,15 +169,7 @@ pub(crate) fn outbound_from_py(message: &Bound<'_, PyAny>) -> Result<Outbound, M
     };
     match kind.as_str() {
         "http.response.start" => {
-            let status: u16 = field("status")
-                .ok_or_else(|| MessageError::Missing {
-                    kind: kind.clone(),
-                    field: "status",
-                })?
-                .extract()
-                .map_err(|_| invalid("status", "an int"))?;
-            let status = valid_status(&kind, status)?;
-            let headers = headers_from_py(field("headers"), &kind)?;
+            let (status, headers) = response_start(field("status"), field("headers"), &kind)?;
             Ok(Outbound::Start {
                 head: Head { status, headers },
                 trailers: flag("trailers")?,
@@ -214,6 +206,28 @@ pub(crate) fn outbound_from_py(message: &Bound<'_, PyAny>) -> Result<Outbound, M
 
 /// A response status of 200-599: 1xx are interim responses and 101 switches protocols;
 /// neither can be the response to an ASGI request.
+/// The `status` and `headers` fields of a `*.response.start` message (HTTP, or a
+/// WebSocket denial), checked.
+pub(crate) fn response_start(
+    status: Option<Bound<'_, PyAny>>,
+    headers: Option<Bound<'_, PyAny>>,
+    kind: &str,
+) -> Result<(StatusCode, HeaderMap), MessageError> {
+    let status: u16 = status
+        .ok_or_else(|| MessageError::Missing {
+            kind: kind.to_owned(),
+            field: "status",
+        })?
+        .extract()
+        .map_err(|_| MessageError::Invalid {
+            kind: kind.to_owned(),
+            field: "status",
+            expected: "an int",
+        })?;
+    let status = valid_status(kind, status)?;
+    Ok((status, headers_from_py(headers, kind)?))
+}
+
 pub(crate) fn valid_status(kind: &str, status: u16) -> Result<StatusCode, MessageError> {
     StatusCode::from_u16(status)
         .ok()

@@ -20,7 +20,7 @@
 use crate::admission::{Admission, ConnInfo};
 use crate::awaitable::{new_future, ready, sent, settle, waiting};
 use crate::convert::{
-    bytes_from_py, headers_from_py, message_dict, optional_bytes, type_name, valid_status,
+    bytes_from_py, headers_from_py, message_dict, optional_bytes, response_start, type_name,
     MessageError,
 };
 use crate::metrics::ErrorKind;
@@ -636,15 +636,7 @@ fn parse_outbound(message: &Bound<'_, PyAny>) -> Result<AppMessage, MessageError
             Ok(AppMessage::Close { code, reason })
         }
         "websocket.http.response.start" => {
-            let status: u16 = field("status")
-                .ok_or_else(|| MessageError::Missing {
-                    kind: kind.clone(),
-                    field: "status",
-                })?
-                .extract()
-                .map_err(|_| invalid("status", "an int"))?;
-            let status = valid_status(&kind, status)?;
-            let headers = headers_from_py(field("headers"), &kind)?;
+            let (status, headers) = response_start(field("status"), field("headers"), &kind)?;
             Ok(AppMessage::DenyStart { status, headers })
         }
         "websocket.http.response.body" => {
