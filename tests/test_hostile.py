@@ -9,6 +9,7 @@ server's memory, not the app's."""
 
 import json
 import socket
+import subprocess
 import threading
 import time
 
@@ -332,6 +333,54 @@ def test_a_blocked_loop_under_a_flood_of_departed_clients_stays_small(server):
     r = httpx.get(s.url + "/", timeout=30)
     assert r.status_code == 200
     assert r.text == "ok"
+
+
+def test_a_blocked_loop_under_50k_requests_on_open_connections_stays_small(server):
+    """Issue 17: the loop blocks in time.sleep() while 50,000 requests arrive on 50 HTTP/2
+    connections that stay open (100 streams each). Beyond `max_concurrency` (1000 by
+    default) each gets an immediate 503 from the transport, so the hand-off to the loop
+    never holds more than the bound: the worker's RSS grows under 50 MiB, the admitted
+    requests are answered once the loop wakes, and it serves normally afterwards."""
+    from test_load import LOADGEN
+
+    s = server(app="hostile:app")
+    pid, before = warm_rss(s)
+    blocker = socket.create_connection(("127.0.0.1", s.port))
+    blocker.sendall(b"GET /block?s=15 HTTP/1.1\r\nHost: x\r\n\r\n")
+    time.sleep(0.5)
+    started = time.monotonic()
+    proc = subprocess.Popen([LOADGEN, "--url", s.url + "/flood", "--protocol", "h2", "--connections", "50",
+                             "--streams", "100", "--requests", "50000", "--timeout", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = before
+    try:
+        while proc.poll() is None:
+            peak = max(peak, rss_mib(pid))
+            time.sleep(0.25)
+        out, err = proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    report = json.loads(out)
+    statuses = report["statuses"]
+    print("blocked loop, 50k requests: %s in %.1f s, worker %.0f -> %.0f MiB" % (
+        statuses, time.monotonic() - started, before, peak))
+    assert report["ok"] == 50000, report
+    # The flood really met the bound while the loop slept, and nothing else failed.
+    assert statuses.get("503", 0) > 40000, statuses
+    assert set(statuses) <= {"200", "503"}, statuses
+    assert statuses.get("200", 0) > 0, statuses
+    assert peak - before < 50, "worker grew %.0f MiB (%.0f -> %.0f)" % (peak - before, before, peak)
+    blocker.settimeout(30)
+    answer = b""
+    while b"unblocked" not in answer:
+        data = blocker.recv(65536)
+        assert data, answer
+        answer += data
+    blocker.close()
+    r = httpx.get(s.url + "/", timeout=30)
+    assert r.status_code == 200 and r.text == "ok"
 
 
 def test_idle_close_never_drops_a_request_already_sent(server):

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import socket
+import threading
 import time
 
 import h2.config
@@ -263,6 +264,37 @@ def test_pathsend_missing_file_is_500(server, tmp_path):
     assert "error id" in r.text
 
 
+def test_pathsend_opens_the_file_off_the_loop(server, tmp_path):
+    """Issue 17: pathsend opens and measures its file on a blocking thread, not the loop's.
+    A FIFO with no writer blocks its open(); other requests are served meanwhile. Once a
+    writer comes and goes the open returns, and a path that is not a regular file is a
+    500 with an error id."""
+    s = server()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    result = {}
+
+    def pathsend():
+        with httpx.Client(base_url=s.url, timeout=30) as client:
+            result["r"] = client.get("/pathsend", params={"file": str(fifo)})
+
+    t = threading.Thread(target=pathsend, daemon=True)
+    t.start()
+    time.sleep(1.0)
+    started = time.monotonic()
+    r = h1(s).get("/", timeout=5)
+    assert r.status_code == 200, "the loop was blocked by pathsend's open()"
+    assert time.monotonic() - started < 2
+    # The server's open() is still waiting for a writer: a non-blocking open for writing
+    # succeeds only when a reader is there (ENXIO otherwise), and releases it.
+    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    os.close(fd)
+    t.join(30)
+    assert result["r"].status_code == 500
+    assert "error id" in result["r"].text
+    s.wait_log("not a regular file")
+
+
 def error_id(text):
     m = re.search(r"error id: ([0-9a-f]{16})", text)
     assert m, text
@@ -281,6 +313,21 @@ def test_exception_before_start_is_500_with_error_id(server, client):
     log = s.log
     assert "ValueError: boom before start" in log
     assert "/raise" in log
+
+
+@pytest.mark.parametrize("client", [h1, h2c])
+def test_a_request_whose_task_cannot_start_is_500_with_error_id(server, client):
+    """Issue 17: when the loop will not create the request's task (here a task factory
+    raises), the request is the app's failure, 500 with an error id and the traceback
+    logged, not a 503 "Server shutting down"; other requests go on."""
+    s = server(app="task_factory:app")
+    r = client(s).get("/no-task")
+    assert r.status_code == 500, r.text
+    eid = error_id(r.text)
+    assert r.headers["x-request-id"] == eid
+    s.wait_log("error id %s" % eid)
+    assert "RuntimeError: the task factory refused /no-task" in s.log
+    assert client(s).get("/").text == "ok"
 
 
 def test_show_traceback_in_debug(server):

@@ -117,6 +117,27 @@ async def long_poll(scope, receive, send):
     await send({"type": "http.response.body", "body": b"drained\n"})
 
 
+async def pieces(scope, receive, send):
+    """Waits `?wait=` seconds (the body arrives meanwhile), then reads it; answers its
+    length, sha256, the number of http.request messages and the largest one."""
+    query = dict(p.split("=", 1) for p in scope["query_string"].decode().split("&") if "=" in p)
+    await asyncio.sleep(float(query.get("wait", "0")))
+    digest = hashlib.sha256()
+    size = count = largest = 0
+    while True:
+        message = await receive()
+        assert message["type"] == "http.request", message
+        digest.update(message["body"])
+        size += len(message["body"])
+        count += 1
+        largest = max(largest, len(message["body"]))
+        if not message.get("more_body"):
+            break
+    await start(send)
+    body = ("%d %s %d %d" % (size, digest.hexdigest(), count, largest)).encode()
+    await send({"type": "http.response.body", "body": body})
+
+
 starlette_app = Starlette(routes=[Route("/sse", sse)])
 
 
@@ -131,6 +152,8 @@ async def app(scope, receive, send):
             return await upload(scope, receive, send)
         if path == "/upload-streaming":
             return await upload(scope, receive, send, respond_first=True)
+        if path == "/pieces":
+            return await pieces(scope, receive, send)
         if path == "/download":
             return await download(scope, receive, send)
         if path == "/long-poll":

@@ -25,6 +25,20 @@ pub(crate) struct ConnInfo {
     pub(crate) front: bool,
 }
 
+/// What every exchange starts from on the Python thread, whatever its protocol.
+#[derive(Debug)]
+pub(crate) struct Opening {
+    /// Method, URI, version, headers (of the handshake, for a WebSocket).
+    pub(crate) parts: http::request::Parts,
+    /// Connection facts.
+    pub(crate) conn: Arc<ConnInfo>,
+    /// The exchange's admission (registry entry, in-flight count), held until the app's
+    /// task ends.
+    pub(crate) admission: Arc<Admission>,
+    /// Where the response (or the handshake's answer) goes.
+    pub(crate) respond: tokio::sync::oneshot::Sender<http::Response<crate::body::ResponseBody>>,
+}
+
 /// One admitted request, counted in [`Shared::in_flight`] and listed in
 /// [`Shared::registry`] until both the transport (the response body or the service future)
 /// and the app's task let go of it: a client that disconnects does not free its slot while

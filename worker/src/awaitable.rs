@@ -21,7 +21,14 @@ static LOOP: PyOnceLock<Loop> = PyOnceLock::new();
 pub(crate) fn install(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<()> {
     let state = Loop {
         create_future: event_loop.getattr("create_future")?.unbind(),
-        sent: Py::new(py, Ready { value: None })?,
+        sent: Py::new(
+            py,
+            Ready {
+                value: None,
+                give_back: None,
+                taken: AtomicBool::new(false),
+            },
+        )?,
     };
     LOOP.set(py, state)
         .map_err(|_| PyRuntimeError::new_err("bridge installed twice"))
@@ -42,15 +49,37 @@ pub(crate) fn sent(py: Python<'_>) -> PyResult<Py<PyAny>> {
     Ok(loop_state(py)?.sent.clone_ref(py).into_any())
 }
 
-/// A completed awaitable that returns `value`.
-pub(crate) fn ready(py: Python<'_>, value: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+/// A completed awaitable that returns `value`. With a [`GiveBack`], a `value` the app
+/// never takes (the awaitable dropped or closed unawaited) is given back.
+pub(crate) fn ready(
+    py: Python<'_>,
+    value: Bound<'_, PyAny>,
+    give_back: Option<GiveBack>,
+) -> PyResult<Py<PyAny>> {
     Ok(Py::new(
         py,
         Ready {
             value: Some(value.unbind()),
+            give_back,
+            taken: AtomicBool::new(false),
         },
     )?
     .into_any())
+}
+
+/// What a completed `receive()` runs if the app never takes its message:
+/// `run(py, message, owner)`, once (a body chunk goes back to the stash).
+#[derive(Debug)]
+pub(crate) struct GiveBack {
+    owner: Py<PyAny>,
+    run: GiveUpFn,
+}
+
+impl GiveBack {
+    /// Runs `run(py, &message, &owner)` if the message is never taken.
+    pub(crate) fn new(owner: Py<PyAny>, run: GiveUpFn) -> Self {
+        GiveBack { owner, run }
+    }
 }
 
 /// On the Python thread: ends a waiting `send()`: `Ok` returns `None` to the app, `Err`
@@ -79,6 +108,26 @@ pub(crate) fn settle(
 #[pyclass(frozen)]
 pub(crate) struct Ready {
     value: Option<Py<PyAny>>,
+    give_back: Option<GiveBack>,
+    /// The awaiting code got the value.
+    taken: AtomicBool,
+}
+
+impl Drop for Ready {
+    fn drop(&mut self) {
+        let (Some(give_back), Some(value)) = (&self.give_back, &self.value) else {
+            return;
+        };
+        if self.taken.load(Ordering::Relaxed) {
+            return;
+        }
+        // Dropped by Python's deallocator: the thread is attached already.
+        Python::attach(|py| {
+            if let Err(err) = (give_back.run)(py, value, &give_back.owner) {
+                tracing::debug!("giving back an unawaited receive(): {err}");
+            }
+        });
+    }
 }
 
 impl std::fmt::Debug for Ready {
@@ -100,7 +149,10 @@ impl Ready {
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         match &self.value {
             None => Ok(None),
-            Some(value) => Err(PyStopIteration::new_err((value.clone_ref(py),))),
+            Some(value) => {
+                self.taken.store(true, Ordering::Relaxed);
+                Err(PyStopIteration::new_err((value.clone_ref(py),)))
+            }
         }
     }
 

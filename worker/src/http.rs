@@ -12,7 +12,7 @@
 //! 4. `glue.run_http` reports how the app ended (`finished`, `failed`, `cancelled`): an
 //!    incomplete response becomes a 500 with an error id, or an aborted stream.
 
-use crate::admission::{Admission, ConnInfo};
+use crate::admission::{Admission, Opening};
 use crate::awaitable::{new_future, sent, settle, waiting};
 use crate::body::{Chunk, Pipe, Refused, ResponseBody, SendError};
 use crate::budget::Budgets;
@@ -20,31 +20,26 @@ use crate::convert::outbound_from_py;
 use crate::metrics::{ErrorKind, Limit};
 use crate::receive::{Exchange, Responder};
 use crate::response::{Action, Head, State};
-use crate::scope::Scoped;
-use crate::state::{tail, Shared, MAX_NOTIFIED_TRACEBACK};
+use crate::state::{Failing, Shared};
 use bytes::Bytes;
 use genro_shared::sync::lock;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Response, StatusCode, Version};
 use pyo3::exceptions::{PyOSError, PyRuntimeError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 /// Everything the Python thread needs to start an exchange.
 #[derive(Debug)]
 pub(crate) struct RequestStart {
-    /// Method, URI, version, headers.
-    pub(crate) parts: http::request::Parts,
-    /// Connection facts.
-    pub(crate) conn: Arc<ConnInfo>,
+    /// Head, connection, admission, where the response goes.
+    pub(crate) opening: Opening,
     /// The request side.
     pub(crate) exchange: Arc<Exchange>,
-    /// Where the response goes.
-    pub(crate) respond: oneshot::Sender<Response<ResponseBody>>,
-    /// The request's admission, held until the app's task ends.
-    pub(crate) admission: Arc<Admission>,
     /// Where the response's bytes are counted.
     pub(crate) budgets: Budgets,
 }
@@ -78,21 +73,18 @@ pub(crate) fn start(shared: &Arc<Shared>, pending: Arc<Pending>) {
 }
 
 fn start_request(py: Python<'_>, shared: &Arc<Shared>, start: RequestStart) -> PyResult<()> {
+    let scope = crate::scope::new_scope(py, shared, &start.opening, false);
     let RequestStart {
-        parts,
-        conn,
+        opening:
+            Opening {
+                parts,
+                conn,
+                admission,
+                respond,
+            },
         exchange,
-        respond,
-        admission,
         budgets,
     } = start;
-    let scoped = Scoped {
-        parts: &parts,
-        conn: &conn,
-        admission: &admission,
-        websocket: false,
-    };
-    let scope = crate::scope::new_scope(py, shared, scoped)?;
     let is_h2 = parts.version == Version::HTTP_2;
     exchange.attach(shared);
     let handle = Handle {
@@ -115,7 +107,8 @@ fn start_request(py: Python<'_>, shared: &Arc<Shared>, start: RequestStart) -> P
             failed: false,
         }),
     };
-    crate::scope::run_app(py, scope, Bound::new(py, handle)?.into_any())
+    crate::scope::launch(py, scope, Bound::new(py, handle)?);
+    Ok(())
 }
 
 /// The per-exchange object behind the app's `receive` and `send`.
@@ -170,13 +163,15 @@ impl Handle {
     }
 
     /// ASGI `send(message)`.
-    fn send(&self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    fn send(slf: &Bound<'_, Self>, message: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
         let outbound = match outbound_from_py(message) {
             Ok(outbound) => outbound,
-            Err(why) => return Err(self.protocol_failure(&why.to_string())),
+            Err(why) => return Err(this.protocol_failure(&why.to_string())),
         };
-        let mut inner = lock(&self.inner);
-        if inner.gone || (self.exchange.is_disconnected() && !inner.state.is_done()) {
+        let mut inner = lock(&this.inner);
+        if inner.gone || (this.exchange.is_disconnected() && !inner.state.is_done()) {
             // ASGI 2.4: send() on a closed connection raises OSError, so a streaming loop
             // ends instead of spinning on completed sends.
             inner.gone = true;
@@ -191,7 +186,7 @@ impl Handle {
             Ok(action) => action,
             Err(err) => {
                 drop(inner);
-                return Err(self.protocol_failure(err.0));
+                return Err(this.protocol_failure(err.0));
             }
         };
         match action {
@@ -200,57 +195,34 @@ impl Handle {
                 // HEAD: announce the length the GET would have had, send no body.
                 let len = body.len();
                 let body = if inner.is_head { Bytes::new() } else { body };
-                let body = ResponseBody::counted(body, &self.budgets);
-                self.respond(&mut inner, head, body, Some(len));
+                let body = ResponseBody::counted(body, &this.budgets);
+                this.respond(&mut inner, head, body, Some(len));
             }
             Action::Open(head, _) | Action::File(head, _) if inner.is_head => {
                 // HEAD: the head only; later chunks find no stream and are dropped.
-                self.respond(&mut inner, head, ResponseBody::full(Bytes::new()), None);
+                this.respond(&mut inner, head, ResponseBody::full(Bytes::new()), None);
             }
             Action::Open(head, first) => {
-                self.exchange.note_response(&self.shared, &head.headers);
-                let pipe = Pipe::new(self.budgets.clone());
+                this.exchange.note_response(&this.shared, &head.headers);
+                let pipe = Pipe::new(this.budgets.clone());
                 inner.stream = Some(pipe.clone());
-                self.respond(&mut inner, head, ResponseBody::pipe(pipe), None);
+                this.respond(&mut inner, head, ResponseBody::pipe(pipe), None);
                 if inner.state.is_done() {
                     inner.stream = None;
                 }
-                return self.stream(py, &mut inner, Chunk::Data(first), false);
+                return this.stream(py, &mut inner, Chunk::Data(first), false);
             }
             Action::File(head, path) => {
-                let file = match std::fs::File::open(&path)
-                    .and_then(|f| f.metadata().map(|m| (f, m.len())))
-                {
-                    Ok(file) => file,
-                    Err(err) => {
-                        drop(inner);
-                        return Err(self.protocol_failure(&format!(
-                            "http.response.pathsend: cannot open {}: {err}",
-                            path.display()
-                        )));
-                    }
-                };
-                let pipe = Pipe::new(self.budgets.clone());
-                self.respond(
-                    &mut inner,
-                    head,
-                    ResponseBody::pipe(pipe.clone()),
-                    Some(file.1 as usize),
-                );
-                self.shared.runtime.spawn(pump_file(
-                    file.0,
-                    pipe,
-                    self.shared.clone(),
-                    Who(self.id, self.client),
-                ));
+                drop(inner);
+                return send_file(slf, head, path);
             }
-            Action::Chunk(bytes) => return self.stream(py, &mut inner, Chunk::Data(bytes), false),
-            Action::Last(bytes) => return self.stream(py, &mut inner, Chunk::Data(bytes), true),
+            Action::Chunk(bytes) => return this.stream(py, &mut inner, Chunk::Data(bytes), false),
+            Action::Last(bytes) => return this.stream(py, &mut inner, Chunk::Data(bytes), true),
             Action::Trailers(headers, end) => {
                 inner.trailers.extend(headers);
                 if end {
                     let trailers = std::mem::take(&mut inner.trailers);
-                    return self.stream(py, &mut inner, Chunk::Trailers(trailers), true);
+                    return this.stream(py, &mut inner, Chunk::Trailers(trailers), true);
                 }
             }
         }
@@ -327,25 +299,15 @@ impl Handle {
             return;
         }
         inner.failed = true;
-        self.shared.error(ErrorKind::App);
         let id = self.id;
-        tracing::error!(
-            error_id = %id,
-            method = %self.method,
-            path = %self.path,
-            client = %self.client,
-            "exception in ASGI app (error id {id})\n{}",
-            traceback.trim_end()
-        );
-        self.shared.notify(serde_json::json!({
-            "event": "app_exception",
-            "request_id": id.as_str(),
-            "method": self.method.as_str(),
-            "path": self.path,
-            "client": self.client.to_string(),
-            "pid": std::process::id(),
-            "traceback": tail(traceback.trim_end(), MAX_NOTIFIED_TRACEBACK),
-        }));
+        let failing = Failing {
+            id,
+            method: self.method.as_str(),
+            path: &self.path,
+            client: self.client,
+            websocket: false,
+        };
+        self.shared.app_exception(failing, traceback);
         let detail = if self.shared.show_traceback {
             format!("\n\n{traceback}")
         } else {
@@ -538,9 +500,68 @@ fn waited(shared: &Shared, pipe: &Pipe, kind: Limit, Who(id, client): Who) {
 }
 
 /// Streams a `pathsend` file through `pipe`.
-async fn pump_file(file: std::fs::File, pipe: Arc<Pipe>, shared: Arc<Shared>, who: Who) {
+/// `http.response.pathsend`: the file is opened and measured on tokio's blocking threads,
+/// never on the loop's (a file on a slow disk or a FIFO must not stall every request).
+/// The `send()` completes once the response has started, or raises `RuntimeError` with a
+/// 500 answered if the path cannot be opened or is not a regular file.
+fn send_file(slf: &Bound<'_, Handle>, head: Head, path: PathBuf) -> PyResult<Py<PyAny>> {
+    let py = slf.py();
+    let waiter = new_future(py)?;
+    let waiter_for_task = waiter.clone_ref(py);
+    let handle = slf.clone().unbind();
+    let this = slf.get();
+    let shared = this.shared.clone();
+    this.shared.runtime.spawn(async move {
+        let opened = open_regular(&path).await;
+        let this = handle.get();
+        let outcome = match opened {
+            Ok((file, len)) => {
+                let pipe = Pipe::new(this.budgets.clone());
+                let mut inner = lock(&this.inner);
+                this.respond(
+                    &mut inner,
+                    head,
+                    ResponseBody::pipe(pipe.clone()),
+                    Some(len),
+                );
+                drop(inner);
+                let who = Who(this.id, this.client);
+                tokio::spawn(pump_file(file, pipe, shared.clone(), who));
+                Ok(())
+            }
+            Err(err) => Err(this.protocol_failure(&format!(
+                "http.response.pathsend: cannot send {}: {err}",
+                path.display()
+            ))),
+        };
+        shared.handoff.run(move |py| {
+            drop(handle);
+            let waiter = waiter_for_task.bind(py);
+            if waiter.call_method0(intern!(py, "done"))?.is_truthy()? {
+                return Ok(());
+            }
+            match outcome {
+                Ok(()) => waiter.call_method1(intern!(py, "set_result"), (py.None(),))?,
+                Err(err) => waiter.call_method1(intern!(py, "set_exception"), (err.value(py),))?,
+            };
+            Ok(())
+        });
+    });
+    waiting(py, &waiter, None)
+}
+
+/// Opens `path` for pathsend: a regular file and its length.
+async fn open_regular(path: &std::path::Path) -> std::io::Result<(tokio::fs::File, usize)> {
+    let file = tokio::fs::File::open(path).await?;
+    let meta = file.metadata().await?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok((file, usize::try_from(meta.len()).unwrap_or(usize::MAX)))
+}
+
+async fn pump_file(mut file: tokio::fs::File, pipe: Arc<Pipe>, shared: Arc<Shared>, who: Who) {
     use tokio::io::AsyncReadExt;
-    let mut file = tokio::fs::File::from_std(file);
     loop {
         let mut buf = bytes::BytesMut::with_capacity(crate::body::PIECE);
         match file.read_buf(&mut buf).await {
@@ -561,6 +582,12 @@ async fn pump_file(file: std::fs::File, pipe: Arc<Pipe>, shared: Arc<Shared>, wh
                 return pipe.abort();
             }
         }
+    }
+}
+
+impl crate::scope::AppHandle for Handle {
+    fn app_failed(&self, traceback: &str) {
+        self.failed(traceback);
     }
 }
 

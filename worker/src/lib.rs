@@ -234,7 +234,7 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
         let app = match glue.call_method1("load_app", (spec, app_dir, config.application.factory)) {
             Ok(app) => app,
             Err(err) => {
-                let tb = format_py_error(py, &glue, &err);
+                let tb = scope::format_error(py, &err);
                 tracing::error!("cannot load the app {spec:?}:\n{tb}");
                 return Ok(exit::APP_LOAD);
             }
@@ -248,7 +248,7 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
             match glue.call_method1("new_loop", (loop_kind,)) {
                 Ok(pair) => pair.extract()?,
                 Err(err) => {
-                    tracing::error!("{}", format_py_error(py, &glue, &err));
+                    tracing::error!("{}", scope::format_error(py, &err));
                     return Ok(exit::APP_LOAD);
                 }
             };
@@ -384,12 +384,6 @@ fn load_glue<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyModule>> {
     // The glue is a constant with no NUL bytes.
     let code = CString::new(GLUE).expect("glue.py has no NUL byte");
     PyModule::from_code(py, &code, c"genro_asgi_glue.py", c"genro_asgi_glue")
-}
-
-fn format_py_error(py: Python<'_>, glue: &Bound<'_, PyModule>, err: &PyErr) -> String {
-    glue.call_method1("format_exception", (err.value(py),))
-        .and_then(|s| s.extract::<String>())
-        .unwrap_or_else(|_| err.to_string())
 }
 
 /// Most requests listed in one answer to `ctl requests` (the frame limit is 1 MiB).
@@ -538,7 +532,7 @@ pub fn check(py: Python<'_>, config: &Config) -> i32 {
         Err(err) => {
             eprintln!(
                 "cannot load the app {spec:?}:\n{}",
-                format_py_error(py, &glue, &err)
+                scope::format_error(py, &err)
             );
             exit::APP_LOAD
         }

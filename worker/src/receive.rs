@@ -16,15 +16,14 @@
 //!    cancelled `receive()` used to keep a tokio task and a loop future until the client
 //!    left, and a chunk read for it was lost).
 
-use crate::awaitable::{new_future, ready, waiting, GiveUp};
+use crate::awaitable::{new_future, ready, waiting, GiveBack, GiveUp};
 use crate::metrics::{ErrorKind, Limit};
 use crate::state::{EventStream, Shared};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use genro_shared::sync::lock;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, StatusCode};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::pyclass::boolean_struct::True;
@@ -32,8 +31,10 @@ use pyo3::types::{PyBytes, PyDict};
 use pyo3::PyClass;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 /// The app's handle of an exchange, as its request side needs it: the body read refuses a
@@ -103,7 +104,14 @@ struct BodyReader {
     incoming: Incoming,
     read: u64,
     limit: u64,
+    /// An outcome read behind the data of the last message, for the next read.
+    held: Option<Read>,
 }
+
+/// The most body bytes one `http.request` message gathers from what is already buffered
+/// (the frame that crosses it is kept whole): about uvicorn's largest message, so an app
+/// that pays per message (Starlette's `request.stream()`) does not pay per 16 KiB frame.
+pub(crate) const BODY_PIECE: usize = 256 * 1024;
 
 /// A message for the app.
 #[derive(Debug)]
@@ -134,6 +142,7 @@ impl Exchange {
                     incoming,
                     read: 0,
                     limit,
+                    held: None,
                 }),
                 stash: VecDeque::new(),
                 waiters: VecDeque::new(),
@@ -259,7 +268,7 @@ impl State {
             return Some(message);
         }
         match &self.body {
-            Body::Idle(reader) if hyper::body::Body::is_end_stream(&reader.incoming) => {
+            Body::Idle(reader) if reader.at_end() => {
                 self.body = Body::Done;
                 Some(Message::Body(Bytes::new(), false))
             }
@@ -315,7 +324,17 @@ pub(crate) fn receive<H: Responder>(handle: &Bound<'_, H>) -> PyResult<Py<PyAny>
     if state.waiters.is_empty() {
         if let Some(message) = state.next_message(exchange) {
             drop(state);
-            return ready(py, message.into_py(py)?);
+            return answer(handle, message);
+        }
+    }
+    // Often the body is already in hyper's buffer: one poll from here answers at once,
+    // with no read task and no trip through the hand-off.
+    if state.waiters.is_empty() {
+        if let Some(outcome) = read_now(&mut state, exchange) {
+            let message = state.next_message(exchange);
+            drop(state);
+            refuse(outcome, exchange, handle.get());
+            return answer(handle, message.unwrap_or(Message::Disconnect));
         }
     }
     let future = new_future(py)?;
@@ -330,10 +349,33 @@ pub(crate) fn receive<H: Responder>(handle: &Bound<'_, H>) -> PyResult<Py<PyAny>
     waiting(py, &future, Some(give_up))
 }
 
+/// Polls an idle body once without waiting and stashes what is ready (the caller refuses
+/// a refused body). Nothing ready: the body stays idle.
+fn read_now(state: &mut State, exchange: &Exchange) -> Option<Read> {
+    let Body::Idle(reader) = &mut state.body else {
+        return None;
+    };
+    let mut cx = Context::from_waker(Waker::noop());
+    let Poll::Ready(outcome) = reader.poll_piece(exchange, &mut cx) else {
+        return None;
+    };
+    Some(state.settle(exchange, outcome))
+}
+
+/// A `receive()` answered at once. A body chunk the app never takes (the awaitable
+/// dropped unawaited) goes back to the stash; `http.disconnect` is given to every later
+/// call anyway.
+fn answer<H: Responder>(handle: &Bound<'_, H>, message: Message) -> PyResult<Py<PyAny>> {
+    let py = handle.py();
+    let give_back = matches!(message, Message::Body(..))
+        .then(|| GiveBack::new(handle.clone().into_any().unbind(), restore::<H>));
+    ready(py, message.into_py(py)?, give_back)
+}
+
 /// Starts one body read if the body is idle. Reading is demand-driven: hyper sends
 /// `100 Continue` only when the app first waits for the body.
 fn start_read<H: Responder>(state: &mut State, handle: Py<H>) {
-    if !matches!(&state.body, Body::Idle(r) if !hyper::body::Body::is_end_stream(&r.incoming)) {
+    if !matches!(&state.body, Body::Idle(r) if !r.at_end()) {
         return;
     }
     let Body::Idle(reader) = std::mem::replace(&mut state.body, Body::Reading) else {
@@ -347,8 +389,7 @@ fn start_read<H: Responder>(state: &mut State, handle: Py<H>) {
         .spawn(read(exchange, reader, handle, shared));
 }
 
-/// One body read: stashes its message, answers 413/408 when the body is refused, and wakes
-/// the waiters.
+/// One body read: settles its outcome and wakes the waiters.
 async fn read<H: Responder>(
     exchange: Arc<Exchange>,
     mut reader: BodyReader,
@@ -356,39 +397,57 @@ async fn read<H: Responder>(
     shared: Arc<Shared>,
 ) {
     let outcome = reader.next(&exchange, shared.body_timeout).await;
-    {
+    let outcome = {
         let mut state = lock(&exchange.state);
-        match &outcome {
-            Read::Data(data, more) => {
-                state.stash.push_back(Message::Body(data.clone(), *more));
-                state.body = if *more {
-                    Body::Idle(reader)
-                } else {
-                    Body::Done
-                };
-            }
-            Read::TooLarge | Read::Malformed | Read::TimedOut | Read::Gone => {
-                exchange.aborted.store(true, Ordering::Relaxed);
-                // Dropping the body tells hyper it is not wanted (HTTP/1.1 closes after
-                // the response, HTTP/2 resets the stream).
-                state.body = Body::Done;
-            }
-        }
+        state.body = Body::Idle(reader);
+        state.settle(&exchange, outcome)
+    };
+    refuse(outcome, &exchange, handle.get());
+    if let Some(shared) = exchange.claim_delivery() {
+        let exchange = exchange.clone();
+        shared
+            .handoff
+            .run(move |py| deliver(py, &exchange, &handle));
     }
-    let this = handle.get();
+}
+
+impl State {
+    /// Settles one read's outcome: stashes its data and ends the body after the last
+    /// chunk, or ends a refused body and marks the exchange aborted. Returns the outcome
+    /// without its data, for [`refuse`].
+    fn settle(&mut self, exchange: &Exchange, outcome: Read) -> Read {
+        if let Read::Data(data, more) = outcome {
+            self.stash.push_back(Message::Body(data, more));
+            if !more {
+                self.body = Body::Done;
+            }
+            return Read::Data(Bytes::new(), more);
+        }
+        exchange.aborted.store(true, Ordering::Relaxed);
+        // Dropping the body tells hyper it is not wanted (HTTP/1.1 closes after the
+        // response, HTTP/2 resets the stream).
+        self.body = Body::Done;
+        outcome
+    }
+}
+
+/// Answers a refused body (413, 400, 408) and counts it; called without the exchange's
+/// lock.
+fn refuse<H: Responder>(outcome: Read, exchange: &Exchange, this: &H) {
+    let shared = this.shared();
     match outcome {
         Read::TooLarge => {
-            exchange.client_error(&shared);
+            exchange.client_error(shared);
             this.reject(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large\n");
         }
         Read::Malformed => {
-            exchange.client_error(&shared);
+            exchange.client_error(shared);
             tracing::debug!(method = %this.method(), path = %this.path(), "malformed request body");
             this.reject(StatusCode::BAD_REQUEST, "Malformed request body\n");
         }
         Read::TimedOut => {
             shared.limit(Limit::BodyTimeout);
-            exchange.client_error(&shared);
+            exchange.client_error(shared);
             if this.first_hit(Limit::BodyTimeout) {
                 tracing::info!(
                     method = %this.method(),
@@ -404,12 +463,6 @@ async fn read<H: Responder>(
         }
         Read::Data(..) | Read::Gone => {}
     }
-    if let Some(shared) = exchange.claim_delivery() {
-        let exchange = exchange.clone();
-        shared
-            .handoff
-            .run(move |py| deliver(py, &exchange, &handle));
-    }
 }
 
 impl BodyReader {
@@ -417,34 +470,85 @@ impl BodyReader {
     /// waits; a silence while no `receive()` waits is not the client's fault.
     async fn next(&mut self, exchange: &Exchange, timeout: Duration) -> Read {
         loop {
-            let frame = if timeout.is_zero() {
-                self.incoming.frame().await
-            } else {
-                // `Frame` only polls the body: dropping it on timeout loses nothing.
-                match tokio::time::timeout(timeout, self.incoming.frame()).await {
-                    Ok(frame) => frame,
-                    Err(_) if exchange.has_waiters() => return Read::TimedOut,
-                    Err(_) => continue,
+            let frame = std::future::poll_fn(|cx| self.poll_piece(exchange, cx));
+            if timeout.is_zero() {
+                return frame.await;
+            }
+            // `poll_next` keeps nothing between polls: dropping it on timeout loses nothing.
+            match tokio::time::timeout(timeout, frame).await {
+                Ok(read) => return read,
+                Err(_) if exchange.has_waiters() => return Read::TimedOut,
+                Err(_) => continue,
+            }
+        }
+    }
+
+    /// Whether nothing is left to read: no held outcome and the body at its end.
+    fn at_end(&self) -> bool {
+        self.held.is_none() && hyper::body::Body::is_end_stream(&self.incoming)
+    }
+
+    /// Polls for the next message's data: one frame, then whatever frames are already
+    /// buffered behind it, up to [`BODY_PIECE`]. An error or refusal met after some data
+    /// is held for the next poll, so the data goes out first.
+    fn poll_piece(&mut self, exchange: &Exchange, cx: &mut Context<'_>) -> Poll<Read> {
+        if let Some(read) = self.held.take() {
+            return Poll::Ready(read);
+        }
+        let first = match self.poll_next(exchange, cx) {
+            Poll::Ready(Read::Data(data, true)) if data.len() < BODY_PIECE => data,
+            other => return other,
+        };
+        let mut piece: Option<BytesMut> = None;
+        let mut more = true;
+        // Only what is ready now: a `Pending` here leaves a no-op waker behind, and the
+        // next read polls again with its own.
+        let mut now = Context::from_waker(Waker::noop());
+        while more && piece.as_ref().map_or(first.len(), BytesMut::len) < BODY_PIECE {
+            match self.poll_next(exchange, &mut now) {
+                Poll::Pending => break,
+                Poll::Ready(Read::Data(data, next)) => {
+                    more = next;
+                    piece
+                        .get_or_insert_with(|| BytesMut::from(&first[..]))
+                        .extend_from_slice(&data);
                 }
+                Poll::Ready(other) => {
+                    self.held = Some(other);
+                    break;
+                }
+            }
+        }
+        let data = piece.map_or(first, BytesMut::freeze);
+        Poll::Ready(Read::Data(data, more))
+    }
+
+    /// Polls for the next data frame (request trailers have no ASGI message: skipped).
+    fn poll_next(&mut self, exchange: &Exchange, cx: &mut Context<'_>) -> Poll<Read> {
+        loop {
+            let frame = match Pin::new(&mut self.incoming).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(frame) => frame,
             };
-            match frame {
-                None => return Read::Data(Bytes::new(), false),
-                Some(Err(err)) if crate::target::is_malformed_body(&err) => return Read::Malformed,
-                Some(Err(_)) => return Read::Gone,
+            let read = match frame {
+                None => Read::Data(Bytes::new(), false),
+                Some(Err(err)) if crate::target::is_malformed_body(&err) => Read::Malformed,
+                Some(Err(_)) => Read::Gone,
                 Some(Ok(frame)) => {
-                    // Request trailers have no ASGI message; skip them.
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
                     self.read += data.len() as u64;
                     exchange.read.store(self.read, Ordering::Relaxed);
                     if self.limit != 0 && self.read > self.limit {
-                        return Read::TooLarge;
+                        Read::TooLarge
+                    } else {
+                        let more = !hyper::body::Body::is_end_stream(&self.incoming);
+                        Read::Data(data, more)
                     }
-                    let more = !hyper::body::Body::is_end_stream(&self.incoming);
-                    return Read::Data(data, more);
                 }
-            }
+            };
+            return Poll::Ready(read);
         }
     }
 }
@@ -478,45 +582,71 @@ fn hand_out(py: Python<'_>, state: &mut State, exchange: &Exchange) -> PyResult<
     Ok(())
 }
 
-/// Unregisters a waiter the app gave up, and puts a body chunk already set on it back at
-/// the front of the stash.
-///
-/// This can run inside code that holds the exchange's lock on this thread: a garbage
-/// collection during a Python call there may close the coroutine awaiting the waiter. So
-/// it only tries the lock, and otherwise runs again from the loop's queue.
+/// Unregisters a waiter the app gave up, and gives back a body chunk already set on it.
 fn release<H: Responder>(py: Python<'_>, future: &Py<PyAny>, owner: &Py<PyAny>) -> PyResult<()> {
     let handle = owner.bind(py).cast::<H>()?;
-    let this = handle.get();
-    let exchange = this.exchange();
-    let mut state = match exchange.state.try_lock() {
-        Ok(state) => state,
-        Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-        Err(std::sync::TryLockError::WouldBlock) => {
-            let (future, owner) = (future.clone_ref(py), owner.clone_ref(py));
-            this.shared()
-                .handoff
-                .run(move |py| release::<H>(py, &future, &owner));
-            return Ok(());
-        }
+    let Some(mut state) = try_state(handle.get()) else {
+        let (future, owner) = (future.clone_ref(py), owner.clone_ref(py));
+        handle
+            .get()
+            .shared()
+            .handoff
+            .run(move |py| release::<H>(py, &future, &owner));
+        return Ok(());
     };
     state.waiters.retain(|w| !w.is(future));
+    drop(state);
     let future = future.bind(py);
     let cancelled = future.call_method0(intern!(py, "cancelled"))?.is_truthy()?;
     if cancelled || !future.call_method0(intern!(py, "done"))?.is_truthy()? {
         return Ok(());
     }
-    let message = future.call_method0(intern!(py, "result"))?;
-    // `http.disconnect` is given to every later call anyway.
-    if message.get_item(intern!(py, "type"))?.extract::<String>()? != "http.request" {
+    let message = future.call_method0(intern!(py, "result"))?.unbind();
+    restore::<H>(py, &message, owner)
+}
+
+/// Puts a body chunk the app did not take back at the front of the stash, for the next
+/// `receive()` (another caller may be waiting for it already). Other messages are left:
+/// `http.disconnect` is given to every later call anyway.
+fn restore<H: Responder>(py: Python<'_>, message: &Py<PyAny>, owner: &Py<PyAny>) -> PyResult<()> {
+    let handle = owner.bind(py).cast::<H>()?;
+    let message_ref = message.bind(py);
+    if message_ref
+        .get_item(intern!(py, "type"))?
+        .extract::<String>()?
+        != "http.request"
+    {
         return Ok(());
     }
-    let body = message.get_item(intern!(py, "body"))?;
+    let Some(mut state) = try_state(handle.get()) else {
+        let (message, owner) = (message.clone_ref(py), owner.clone_ref(py));
+        handle
+            .get()
+            .shared()
+            .handoff
+            .run(move |py| restore::<H>(py, &message, &owner));
+        return Ok(());
+    };
+    let body = message_ref.get_item(intern!(py, "body"))?;
     let data = Bytes::copy_from_slice(body.cast::<PyBytes>()?.as_bytes());
-    let more = message.get_item(intern!(py, "more_body"))?.is_truthy()?;
+    let more = message_ref
+        .get_item(intern!(py, "more_body"))?
+        .is_truthy()?;
     state.stash.push_front(Message::Body(data, more));
     drop(state);
-    // Another caller may be waiting for it.
-    deliver(py, exchange, &handle.clone().unbind())
+    deliver(py, handle.get().exchange(), &handle.clone().unbind())
+}
+
+/// The exchange's state, if its lock is free. The give-up and give-back hooks can run
+/// inside code that holds it on this thread (a garbage collection during a Python call
+/// there may drop an awaitable), so they only try the lock and otherwise run again from
+/// the loop's queue.
+fn try_state<H: Responder>(this: &H) -> Option<std::sync::MutexGuard<'_, State>> {
+    match this.exchange().state.try_lock() {
+        Ok(state) => Some(state),
+        Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
 }
 
 #[cfg(test)]

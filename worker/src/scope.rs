@@ -2,14 +2,16 @@
 //! the ASGI scope (interned keys, one shared `asgi` dict), `glue.run_http(app, scope,
 //! handle)` as a loop task, and the scope's `genro.draining` event, set on a drain.
 
-use crate::admission::{Admission, ConnInfo, REQUEST_ID};
+use crate::admission::{Opening, REQUEST_ID};
 use crate::state::Shared;
 use http::Version;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::pyclass::boolean_struct::True;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::PyClass;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,34 +65,50 @@ fn app_state(py: Python<'_>) -> PyResult<&App> {
         .ok_or_else(|| PyRuntimeError::new_err("bridge not installed"))
 }
 
-/// What a scope is built from.
-pub(crate) struct Scoped<'a> {
-    /// The request's head.
-    pub(crate) parts: &'a http::request::Parts,
-    /// Its connection.
-    pub(crate) conn: &'a ConnInfo,
-    /// Its admission (id, start).
-    pub(crate) admission: &'a Admission,
-    /// A `websocket` scope (else `http`).
-    pub(crate) websocket: bool,
-}
-
-/// Counts the exchange as started and builds its scope.
+/// Counts the exchange as started and builds its scope: `websocket` or `http`.
 pub(crate) fn new_scope<'py>(
     py: Python<'py>,
     shared: &Shared,
-    start: Scoped<'_>,
+    start: &Opening,
+    websocket: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     shared.started.fetch_add(1, Ordering::Relaxed);
-    build_scope(py, app_state(py)?, shared, start)
+    build_scope(py, app_state(py)?, shared, start, websocket)
+}
+
+/// The app's side of an exchange, as the start of its task needs it.
+pub(crate) trait AppHandle: PyClass<Frozen = True> + Sync {
+    /// The app failed with `traceback` for this exchange: log it under the request's error
+    /// id and answer 500 (or close the WebSocket with 1011).
+    fn app_failed(&self, traceback: &str);
+}
+
+/// Starts the app on `handle` with `scope`. A scope that could not be built or a task the
+/// loop would not create (a task factory that raised, say) is this request's failure,
+/// answered 500 with an error id; the request is not dropped (it used to become a 503
+/// "Server shutting down").
+pub(crate) fn launch<H: AppHandle>(
+    py: Python<'_>,
+    scope: PyResult<Bound<'_, PyDict>>,
+    handle: Bound<'_, H>,
+) {
+    let started = scope.and_then(|scope| run_app(py, scope, handle.clone().into_any()));
+    if let Err(err) = started {
+        handle.get().app_failed(&format_error(py, &err));
+    }
+}
+
+/// A Python exception with its traceback, as `traceback.format_exception` writes it.
+pub(crate) fn format_error(py: Python<'_>, err: &PyErr) -> String {
+    py.import(intern!(py, "traceback"))
+        .and_then(|m| m.call_method1(intern!(py, "format_exception"), (err.value(py),)))
+        .and_then(|lines| intern!(py, "").call_method1(intern!(py, "join"), (lines,)))
+        .and_then(|text| text.extract::<String>())
+        .unwrap_or_else(|_| err.to_string())
 }
 
 /// Starts `glue.run_http(app, scope, handle)` as a task of the loop.
-pub(crate) fn run_app(
-    py: Python<'_>,
-    scope: Bound<'_, PyDict>,
-    handle: Bound<'_, PyAny>,
-) -> PyResult<()> {
+fn run_app(py: Python<'_>, scope: Bound<'_, PyDict>, handle: Bound<'_, PyAny>) -> PyResult<()> {
     let state = app_state(py)?;
     let coro = state
         .run_http
@@ -103,11 +121,12 @@ fn build_scope<'py>(
     py: Python<'py>,
     state: &App,
     shared: &Shared,
-    start: Scoped<'_>,
+    start: &Opening,
+    websocket: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let parts = start.parts;
+    let parts = &start.parts;
     let scope = PyDict::new(py);
-    let kind = if start.websocket {
+    let kind = if websocket {
         intern!(py, "websocket")
     } else {
         intern!(py, "http")
@@ -121,13 +140,13 @@ fn build_scope<'py>(
         _ => intern!(py, "1.1"),
     };
     scope.set_item(intern!(py, "http_version"), version)?;
-    let scheme = match (start.websocket, start.conn.https) {
+    let scheme = match (websocket, start.conn.https) {
         (false, false) => intern!(py, "http"),
         (false, true) => intern!(py, "https"),
         (true, false) => intern!(py, "ws"),
         (true, true) => intern!(py, "wss"),
     };
-    if start.websocket {
+    if websocket {
         let subprotocols = PyList::empty(py);
         for value in parts.headers.get_all(http::header::SEC_WEBSOCKET_PROTOCOL) {
             for name in value.to_str().unwrap_or("").split(',') {
@@ -198,14 +217,14 @@ fn build_scope<'py>(
     )?;
     scope.set_item(intern!(py, "state"), state.lifespan_state.bind(py).copy()?)?;
     let extensions = PyDict::new(py);
-    if start.websocket {
+    if websocket {
         extensions.set_item(intern!(py, "websocket.http.response"), state.empty.bind(py))?;
     } else {
         extensions.set_item(intern!(py, "http.response.trailers"), state.empty.bind(py))?;
         extensions.set_item(intern!(py, "http.response.pathsend"), state.empty.bind(py))?;
     }
     extensions.set_item(intern!(py, "genro.draining"), draining_extension(py)?)?;
-    let admission = start.admission;
+    let admission = &start.admission;
     let envelope = PyDict::new(py);
     envelope.set_item(intern!(py, "id"), admission.request_id().as_str())?;
     envelope.set_item(intern!(py, "start"), admission.wall())?;

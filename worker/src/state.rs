@@ -45,10 +45,24 @@ pub(crate) struct Shared {
 }
 
 /// Most bytes of a traceback sent to the webhook (its end: the exception is last).
-pub(crate) const MAX_NOTIFIED_TRACEBACK: usize = 16 * 1024;
+const MAX_NOTIFIED_TRACEBACK: usize = 16 * 1024;
+
+/// The exchange an app exception belongs to, as it is logged and notified.
+pub(crate) struct Failing<'a> {
+    /// The request's id: the error id the client sees.
+    pub(crate) id: crate::registry::RequestId,
+    /// `GET` for a WebSocket.
+    pub(crate) method: &'a str,
+    /// The request's path.
+    pub(crate) path: &'a str,
+    /// The client's address.
+    pub(crate) client: std::net::SocketAddr,
+    /// A WebSocket session (named so in the log line).
+    pub(crate) websocket: bool,
+}
 
 /// The last `max` bytes of `text` (cut at a character boundary).
-pub(crate) fn tail(text: &str, max: usize) -> &str {
+fn tail(text: &str, max: usize) -> &str {
     let mut at = text.len().saturating_sub(max);
     while !text.is_char_boundary(at) {
         at += 1;
@@ -63,6 +77,37 @@ impl Shared {
         if let Some(notices) = &self.notices {
             let _ = notices.try_send(genro_shared::protocol::Message::Critical { event });
         }
+    }
+
+    /// An exception the app raised for an exchange: counted, logged at ERROR with its
+    /// traceback under the error id, and passed to the webhook.
+    pub(crate) fn app_exception(&self, failing: Failing<'_>, traceback: &str) {
+        self.error(crate::metrics::ErrorKind::App);
+        let Failing {
+            id,
+            method,
+            path,
+            client,
+            websocket,
+        } = failing;
+        let kind = if websocket { "WebSocket, " } else { "" };
+        tracing::error!(
+            error_id = %id,
+            method,
+            path,
+            client = %client,
+            "exception in ASGI app ({kind}error id {id})\n{}",
+            traceback.trim_end()
+        );
+        self.notify(serde_json::json!({
+            "event": "app_exception",
+            "request_id": id.as_str(),
+            "method": method,
+            "path": path,
+            "client": client.to_string(),
+            "pid": std::process::id(),
+            "traceback": tail(traceback.trim_end(), MAX_NOTIFIED_TRACEBACK),
+        }));
     }
 
     /// Counts a bound a client ran into (when metrics are on).

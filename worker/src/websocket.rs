@@ -17,7 +17,7 @@
 //!    `send()` waits when the client is slow. It pings idle clients, answers the drain with
 //!    close 1001, and records how the connection ended for the app's `websocket.disconnect`.
 
-use crate::admission::{Admission, ConnInfo};
+use crate::admission::{Admission, Opening};
 use crate::awaitable::{new_future, ready, sent, settle, waiting};
 use crate::convert::{
     bytes_from_py, headers_from_py, message_dict, optional_bytes, response_start, type_name,
@@ -25,8 +25,7 @@ use crate::convert::{
 };
 use crate::metrics::ErrorKind;
 use crate::registry::RequestId;
-use crate::scope::Scoped;
-use crate::state::{tail, Shared, MAX_NOTIFIED_TRACEBACK};
+use crate::state::{Failing, Shared};
 pub(crate) use crate::ws_handshake::{is_websocket, Handshake};
 use crate::ws_pump::Outbound;
 pub(crate) use crate::ws_pump::{Hold, Settings};
@@ -54,14 +53,8 @@ const OUT_QUEUE: usize = 4;
 /// Everything the Python thread needs to start a WebSocket session.
 #[derive(Debug)]
 pub(crate) struct WsStart {
-    /// Method, URI, version, headers of the handshake request.
-    pub(crate) parts: http::request::Parts,
-    /// Connection facts.
-    pub(crate) conn: Arc<ConnInfo>,
-    /// The session's admission (registry entry, in-flight count).
-    pub(crate) admission: Arc<Admission>,
-    /// Where the handshake response (or the denial) goes.
-    pub(crate) respond: oneshot::Sender<Response<ResponseBody>>,
+    /// The handshake's head, connection, admission, and where its answer goes.
+    pub(crate) opening: Opening,
     /// The rest, for the pump.
     pub(crate) session: Session,
 }
@@ -144,15 +137,10 @@ impl std::fmt::Debug for WsHandle {
 pub(crate) fn start(shared: &Arc<Shared>, start: WsStart) {
     let shared_for_job = shared.clone();
     shared.handoff.run(move |py| {
-        let scoped = Scoped {
-            parts: &start.parts,
-            conn: &start.conn,
-            admission: &start.admission,
-            websocket: true,
-        };
-        let scope = crate::scope::new_scope(py, &shared_for_job, scoped)?;
+        let scope = crate::scope::new_scope(py, &shared_for_job, &start.opening, true);
         let handle = Bound::new(py, WsHandle::new(shared_for_job, start))?;
-        crate::scope::run_app(py, scope, handle.into_any())
+        crate::scope::launch(py, scope, handle);
+        Ok(())
     });
 }
 
@@ -166,18 +154,18 @@ impl WsHandle {
             settings.budget.clone(),
         );
         WsHandle {
-            id: start.admission.request_id(),
+            id: start.opening.admission.request_id(),
             shared,
-            path: start.parts.uri.path().to_owned(),
-            client: start.conn.client,
+            path: start.opening.parts.uri.path().to_owned(),
+            client: start.opening.conn.client,
             inner: Mutex::new(WsInner {
                 phase: Phase::Connect,
-                respond: Some(start.respond),
+                respond: Some(start.opening.respond),
                 session: Some(start.session),
                 outbound: None,
                 inbound_tx: Some(Producer(queue.clone())),
                 denial: None,
-                admission: Some(start.admission),
+                admission: Some(start.opening.admission),
                 failed: false,
             }),
             queue,
@@ -218,7 +206,7 @@ impl WsHandle {
                 inner.phase = Phase::Handshake;
                 let m = PyDict::new(py);
                 m.set_item(intern!(py, "type"), intern!(py, "websocket.connect"))?;
-                return ready(py, m.into_any());
+                return ready(py, m.into_any(), None);
             }
         }
         this.queue.receive(py)
@@ -414,25 +402,22 @@ impl WsHandle {
             tracing::debug!(path = %self.path, "WebSocket closed by the client; the app ended with {last}");
             return;
         }
-        self.shared.error(ErrorKind::App);
-        tracing::error!(
-            error_id = %id,
-            path = %self.path,
-            client = %self.client,
-            "exception in ASGI app (WebSocket, error id {id})\n{}",
-            traceback.trim_end()
-        );
-        self.shared.notify(serde_json::json!({
-            "event": "app_exception",
-            "request_id": id.as_str(),
-            "method": "GET",
-            "path": self.path,
-            "client": self.client.to_string(),
-            "pid": std::process::id(),
-            "traceback": tail(traceback.trim_end(), MAX_NOTIFIED_TRACEBACK),
-        }));
+        let failing = Failing {
+            id,
+            method: "GET",
+            path: &self.path,
+            client: self.client,
+            websocket: true,
+        };
+        self.shared.app_exception(failing, traceback);
         let body = format!("Internal Server Error (error id: {id})\n");
         self.end_with(&mut inner, StatusCode::INTERNAL_SERVER_ERROR, body, 1011);
+    }
+}
+
+impl crate::scope::AppHandle for WsHandle {
+    fn app_failed(&self, traceback: &str) {
+        self.failed(traceback);
     }
 }
 

@@ -289,11 +289,11 @@ impl Queue {
     fn now(&self, py: Python<'_>, state: &mut State) -> Option<PyResult<Py<PyAny>>> {
         if let Some(value) = self.take(state) {
             self.room.notify_one();
-            return Some(receive_message(py, value).and_then(|m| ready(py, m)));
+            return Some(receive_message(py, value).and_then(|m| ready(py, m, None)));
         }
         if state.closed {
             let (code, reason) = self.ending();
-            return Some(disconnect_message(py, code, &reason).and_then(|m| ready(py, m)));
+            return Some(disconnect_message(py, code, &reason).and_then(|m| ready(py, m, None)));
         }
         None
     }
