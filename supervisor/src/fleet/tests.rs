@@ -1,0 +1,467 @@
+//! The fleet's rules on virtual time.
+
+use super::respawn::{BACKOFF_START, STABLE_AFTER};
+use super::*;
+
+/// A reload nobody waits for (SIGHUP).
+pub(super) const RELOAD: Cause = Cause::Reload { reply: None };
+
+pub(super) fn settings() -> Settings {
+    Settings {
+        grace: Duration::from_secs(10),
+        worker_timeout: Duration::from_secs(30),
+        max_requests: 0,
+        max_requests_jitter: 0,
+    }
+}
+
+pub(super) fn started(n: usize) -> (Fleet, Instant) {
+    started_with(n, settings())
+}
+
+pub(super) fn started_with(n: usize, settings: Settings) -> (Fleet, Instant) {
+    let now = Instant::now();
+    let mut fleet = Fleet::new(n, settings);
+    let spawns = fleet.handle_start();
+    assert_eq!(spawns.len(), n);
+    for slot in 0..n {
+        fleet.handle_spawned(slot, 1, 100 + slot as u32, now);
+    }
+    (fleet, now)
+}
+
+pub(super) fn serving(n: usize) -> (Fleet, Instant) {
+    let (mut fleet, now) = started(n);
+    for slot in 0..n {
+        fleet.handle_ready(100 + slot as u32, now);
+    }
+    (fleet, now)
+}
+
+#[test]
+fn serving_once_every_worker_is_ready() {
+    let (mut fleet, now) = started(2);
+    assert!(fleet.handle_ready(100, now).is_empty());
+    assert_eq!(fleet.handle_ready(101, now), vec![Command::Serving]);
+    assert_eq!(fleet.phase(), Phase::Serving);
+    assert!(
+        fleet.handle_ready(101, now).is_empty(),
+        "Serving is emitted once"
+    );
+}
+
+/// The replacement `pid` for `slot` started and is ready; returns what followed.
+pub(super) fn replaced(
+    fleet: &mut Fleet,
+    slot: usize,
+    generation: u64,
+    pid: u32,
+    now: Instant,
+) -> Vec<Command> {
+    fleet.handle_spawned(slot, generation, pid, now);
+    fleet.handle_ready(pid, now)
+}
+
+pub(super) fn served(served: u64) -> Beat {
+    Beat {
+        served,
+        ..Beat::default()
+    }
+}
+
+#[test]
+fn crashed_worker_respawns_into_its_slot_with_backoff() {
+    let (mut fleet, now) = serving(2);
+    assert_eq!(
+        fleet.handle_exited(101, None, now),
+        vec![Command::Backoff {
+            unit: Unit::Slot(1),
+            delay: Duration::ZERO,
+            failures: 1
+        }]
+    );
+    assert_eq!(
+        fleet.poll_deadline(),
+        Some(now),
+        "the first respawn is at once"
+    );
+    let t1 = now;
+    assert_eq!(
+        fleet.handle_tick(t1),
+        vec![Command::Spawn {
+            slot: 1,
+            generation: 2
+        }]
+    );
+    // It crashes again right away: the backoff starts, then doubles.
+    fleet.handle_spawned(1, 2, 102, t1);
+    fleet.handle_exited(102, Some(1), t1);
+    assert_eq!(fleet.poll_deadline(), Some(t1 + BACKOFF_START));
+    assert!(fleet.handle_tick(t1).is_empty(), "not before the backoff");
+    let t2 = t1 + BACKOFF_START;
+    fleet.handle_tick(t2);
+    fleet.handle_spawned(1, 3, 103, t2);
+    fleet.handle_exited(103, Some(1), t2);
+    assert_eq!(fleet.poll_deadline(), Some(t2 + BACKOFF_START * 2));
+    assert_eq!(fleet.restarts(), 3);
+}
+
+#[test]
+fn backoff_resets_after_a_stable_run() {
+    let (mut fleet, now) = serving(1);
+    // Two quick failures: the backoff grew.
+    fleet.handle_exited(100, None, now);
+    fleet.handle_tick(now);
+    fleet.handle_spawned(0, 2, 101, now);
+    fleet.handle_exited(101, None, now);
+    let t1 = now + BACKOFF_START;
+    fleet.handle_tick(t1);
+    fleet.handle_spawned(0, 3, 102, t1);
+    fleet.handle_ready(102, t1);
+    let t2 = t1 + STABLE_AFTER;
+    fleet.handle_heartbeat(102, served(0), t2);
+    // After a stable run, the next failure respawns at once again...
+    fleet.handle_exited(102, None, t2);
+    assert_eq!(fleet.poll_deadline(), Some(t2));
+    fleet.handle_tick(t2);
+    fleet.handle_spawned(0, 4, 103, t2);
+    // ...and the one after starts the backoff from the beginning.
+    fleet.handle_exited(103, None, t2);
+    assert_eq!(fleet.poll_deadline(), Some(t2 + BACKOFF_START));
+}
+
+#[test]
+fn app_that_cannot_load_stops_the_fleet() {
+    let (mut fleet, now) = started(2);
+    let commands = fleet.handle_exited(100, Some(exit::APP_LOAD), now);
+    assert_eq!(commands, vec![Command::Drain(101)]);
+    assert_eq!(
+        fleet.handle_exited(101, Some(0), now),
+        vec![Command::Exit(exit::APP_LOAD)]
+    );
+}
+
+#[test]
+fn fatal_code_after_ready_is_a_crash_not_a_stop() {
+    let (mut fleet, now) = serving(1);
+    assert!(matches!(
+        fleet.handle_exited(100, Some(exit::APP_LOAD), now)[..],
+        [Command::Backoff {
+            unit: Unit::Slot(0),
+            ..
+        }]
+    ));
+    assert_eq!(fleet.phase(), Phase::Serving);
+}
+
+#[test]
+fn stop_drains_then_kills_after_deadline() {
+    let (mut fleet, now) = serving(2);
+    assert_eq!(
+        fleet.handle_stop(now, 0),
+        vec![Command::Drain(100), Command::Drain(101)]
+    );
+    assert!(fleet.handle_exited(100, Some(0), now).is_empty());
+    let deadline = fleet.poll_deadline().unwrap();
+    assert!(fleet.handle_tick(now).is_empty());
+    assert_eq!(fleet.handle_tick(deadline), vec![Command::Kill(101)]);
+    assert_eq!(
+        fleet.handle_exited(101, None, deadline),
+        vec![Command::Exit(0)]
+    );
+    assert_eq!(fleet.phase(), Phase::Done);
+}
+
+#[test]
+fn second_stop_kills_at_once() {
+    let (mut fleet, now) = serving(1);
+    fleet.handle_stop(now, 0);
+    assert_eq!(fleet.handle_stop(now, 0), vec![Command::Kill(100)]);
+}
+
+#[test]
+fn stop_with_no_workers_exits() {
+    let (mut fleet, now) = started(1);
+    fleet.handle_exited(100, None, now);
+    assert_eq!(fleet.handle_stop(now, 0), vec![Command::Exit(0)]);
+}
+
+#[test]
+fn silent_worker_is_killed_once() {
+    let (mut fleet, now) = serving(1);
+    let late = now + Duration::from_secs(30);
+    assert_eq!(fleet.poll_deadline(), Some(late));
+    fleet.handle_heartbeat(100, served(5), now + Duration::from_secs(1));
+    assert!(
+        fleet.handle_tick(late).is_empty(),
+        "a heartbeat moved the deadline"
+    );
+    let later = now + Duration::from_secs(31);
+    assert_eq!(
+        fleet.handle_tick(later),
+        vec![Command::Hung {
+            pid: 100,
+            why: Hang::Silent
+        }]
+    );
+    assert!(fleet.handle_tick(later).is_empty());
+}
+
+#[test]
+fn blocked_loop_is_a_hang_although_heartbeats_come() {
+    let (mut fleet, now) = serving(1);
+    let beat = |secs| Beat {
+        loop_stalled: Duration::from_secs(secs),
+        ..Beat::default()
+    };
+    assert!(fleet.handle_heartbeat(100, beat(29), now).is_empty());
+    let hung = vec![Command::Hung {
+        pid: 100,
+        why: Hang::LoopBlocked(Duration::from_secs(30)),
+    }];
+    assert_eq!(fleet.handle_heartbeat(100, beat(30), now), hung);
+    assert!(
+        fleet.handle_heartbeat(100, beat(31), now).is_empty(),
+        "one kill per hang"
+    );
+}
+
+#[test]
+fn crash_loop_counts_failures_until_a_stable_run() {
+    let (mut fleet, mut now) = serving(1);
+    let mut pid = 100;
+    for failure in 1..=4u32 {
+        let commands = fleet.handle_exited(pid, Some(1), now);
+        let Some(Command::Backoff {
+            failures, delay, ..
+        }) = commands.last().cloned()
+        else {
+            panic!("no backoff in {commands:?}");
+        };
+        assert_eq!(failures, failure);
+        assert_eq!(fleet.respawning(now), vec![(Unit::Slot(0), delay, failure)]);
+        now += delay;
+        fleet.handle_tick(now);
+        pid += 1;
+        fleet.handle_spawned(0, u64::from(failure) + 1, pid, now);
+    }
+    assert!(fleet.respawning(now).is_empty());
+    fleet.handle_ready(pid, now);
+    now += STABLE_AFTER;
+    let commands = fleet.handle_exited(pid, None, now);
+    assert!(matches!(
+        commands.last(),
+        Some(Command::Backoff { failures: 1, .. })
+    ));
+}
+
+#[test]
+fn max_requests_recycles_the_slot() {
+    let (mut fleet, now) = started_with(
+        1,
+        Settings {
+            max_requests: 100,
+            ..settings()
+        },
+    );
+    fleet.handle_ready(100, now);
+    assert!(fleet.handle_heartbeat(100, served(99), now).is_empty());
+    assert_eq!(
+        fleet.handle_heartbeat(100, served(100), now),
+        vec![Command::Spawn {
+            slot: 0,
+            generation: 2
+        }]
+    );
+    assert!(
+        fleet.handle_heartbeat(100, served(150), now).is_empty(),
+        "one replacement at a time"
+    );
+    assert_eq!(
+        replaced(&mut fleet, 0, 2, 101, now),
+        vec![
+            Command::Drain(100),
+            Command::Reloaded {
+                cause: Cause::Recycle
+            }
+        ]
+    );
+}
+
+#[test]
+fn jitter_stays_in_range() {
+    assert_eq!(jitter(123, 0), 0);
+    assert!((1..5000).all(|pid| jitter(pid, 10) <= 10));
+    assert!(
+        (1..50)
+            .map(|pid| jitter(pid, 10))
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            > 3
+    );
+}
+
+#[test]
+fn scale_up_binds_and_spawns_scale_down_drains_and_closes() {
+    let (mut fleet, now) = serving(1);
+    assert_eq!(
+        fleet.handle_scale(3).unwrap(),
+        vec![
+            Command::Bind(1),
+            Command::Spawn {
+                slot: 1,
+                generation: 1
+            },
+            Command::Bind(2),
+            Command::Spawn {
+                slot: 2,
+                generation: 1
+            },
+        ]
+    );
+    fleet.handle_spawned(1, 1, 101, now);
+    fleet.handle_spawned(2, 1, 102, now);
+    assert_eq!(fleet.size(), 3);
+    assert_eq!(
+        fleet.handle_scale(1).unwrap(),
+        vec![Command::Drain(101), Command::Drain(102)]
+    );
+    assert_eq!(fleet.size(), 1);
+    assert_eq!(
+        fleet.handle_exited(101, Some(0), now),
+        vec![Command::Close(1)]
+    );
+    assert_eq!(fleet.handle_exited(102, None, now), vec![Command::Close(2)]);
+    assert!(
+        fleet
+            .poll_deadline()
+            .is_none_or(|t| t > now + Duration::from_secs(1)),
+        "removed slots are not respawned"
+    );
+}
+
+/// A serving fleet of `n` workers (pids 100..) and a front (pid 900).
+fn serving_with_front(n: usize) -> (Fleet, Instant) {
+    let now = Instant::now();
+    let mut fleet = Fleet::new(n, settings()).with_front();
+    let commands = fleet.handle_start();
+    assert_eq!(
+        commands.last(),
+        Some(&Command::SpawnFront { generation: 1 })
+    );
+    for slot in 0..n {
+        fleet.handle_spawned(slot, 1, 100 + slot as u32, now);
+        fleet.handle_ready(100 + slot as u32, now);
+    }
+    assert_eq!(fleet.phase(), Phase::Starting, "the front is not ready yet");
+    fleet.handle_spawned_front(1, 900, now);
+    assert_eq!(fleet.handle_ready(900, now), vec![Command::Serving]);
+    (fleet, now)
+}
+
+#[test]
+fn front_crash_respawns_with_its_own_backoff() {
+    let (mut fleet, now) = serving_with_front(1);
+    assert!(fleet.is_front(900));
+    assert_eq!(
+        fleet.handle_exited(900, None, now),
+        vec![Command::Backoff {
+            unit: Unit::Front,
+            delay: Duration::ZERO,
+            failures: 1
+        }]
+    );
+    assert_eq!(
+        fleet.handle_tick(now),
+        vec![Command::SpawnFront { generation: 2 }]
+    );
+    fleet.handle_spawned_front(2, 901, now);
+    fleet.handle_exited(901, Some(1), now);
+    assert_eq!(fleet.respawning(now), vec![(Unit::Front, BACKOFF_START, 2)]);
+    assert!(fleet.handle_tick(now).is_empty(), "not before the backoff");
+    assert_eq!(fleet.restarts(), 2);
+    assert_eq!(fleet.phase(), Phase::Serving);
+}
+
+#[test]
+fn a_silent_front_is_killed() {
+    let (mut fleet, now) = serving_with_front(1);
+    let later = now + settings().worker_timeout;
+    fleet.handle_heartbeat(100, served(1), later);
+    assert_eq!(
+        fleet.handle_tick(later),
+        vec![Command::Hung {
+            pid: 900,
+            why: Hang::Silent
+        }]
+    );
+}
+
+#[test]
+fn a_front_that_cannot_start_stops_the_fleet() {
+    let now = Instant::now();
+    let mut fleet = Fleet::new(1, settings()).with_front();
+    fleet.handle_start();
+    fleet.handle_spawned(0, 1, 100, now);
+    fleet.handle_spawned_front(1, 900, now);
+    assert_eq!(
+        fleet.handle_exited(900, Some(exit::CONFIG), now),
+        vec![Command::Drain(100)]
+    );
+    assert_eq!(
+        fleet.handle_exited(100, Some(0), now),
+        vec![Command::Exit(exit::CONFIG)]
+    );
+}
+
+#[test]
+fn stop_drains_the_front_first_and_the_workers_once_it_is_gone() {
+    let (mut fleet, now) = serving_with_front(2);
+    assert_eq!(fleet.handle_stop(now, 0), vec![Command::Drain(900)]);
+    // The workers keep serving what the front forwards.
+    assert!(fleet.handle_heartbeat(100, served(5), now).is_empty());
+    let later = now + Duration::from_secs(1);
+    assert_eq!(
+        fleet.handle_exited(900, Some(0), later),
+        vec![Command::Drain(100), Command::Drain(101)]
+    );
+    assert_eq!(
+        fleet.poll_deadline(),
+        Some(later + settings().grace + Duration::from_secs(5)),
+        "the workers get their whole grace"
+    );
+    fleet.handle_exited(100, Some(0), later);
+    assert_eq!(
+        fleet.handle_exited(101, Some(0), later),
+        vec![Command::Exit(0)]
+    );
+}
+
+#[test]
+fn a_front_past_its_deadline_is_killed_then_the_workers_drain() {
+    let (mut fleet, now) = serving_with_front(1);
+    fleet.handle_stop(now, 0);
+    let deadline = fleet.poll_deadline().expect("stopping has a deadline");
+    assert_eq!(fleet.handle_tick(deadline), vec![Command::Kill(900)]);
+    assert_eq!(
+        fleet.poll_deadline(),
+        Some(deadline + Duration::from_secs(1)),
+        "killed again each second, not in a busy loop"
+    );
+    assert_eq!(
+        fleet.handle_exited(900, None, deadline),
+        vec![Command::Drain(100)]
+    );
+}
+
+#[test]
+fn a_second_stop_kills_the_front_and_the_workers() {
+    let (mut fleet, now) = serving_with_front(1);
+    fleet.handle_stop(now, 0);
+    assert_eq!(
+        fleet.handle_stop(now, 0),
+        vec![Command::Kill(100), Command::Kill(900)]
+    );
+    fleet.handle_exited(900, None, now);
+    assert_eq!(fleet.handle_exited(100, None, now), vec![Command::Exit(0)]);
+}
