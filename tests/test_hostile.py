@@ -287,6 +287,17 @@ def test_a_slow_reader_that_keeps_reading_is_not_cut(server):
     assert time.monotonic() - started > 2 * 2, "the reader was not slow enough to test this"
 
 
+def wait_unblocked(blocker):
+    """Reads the blocking request's answer (the loop woke up), then closes its socket."""
+    blocker.settimeout(30)
+    answer = b""
+    while b"unblocked" not in answer:
+        data = blocker.recv(65536)
+        assert data, answer
+        answer += data
+    blocker.close()
+
+
 def test_a_blocked_loop_under_a_flood_of_departed_clients_stays_small(server):
     """The app blocks the loop while many clients send a request and leave: their
     requests are released at once (not when the loop wakes), so the worker's RSS stays
@@ -323,13 +334,7 @@ def test_a_blocked_loop_under_a_flood_of_departed_clients_stays_small(server):
     assert sent[0] > 20000, "the flood sent only %d requests" % sent[0]
     print("flood: %d requests, worker %.0f -> %.0f MiB" % (sent[0], before, peak))
     assert peak - before < 100, "worker grew %.0f MiB for %d requests" % (peak - before, sent[0])
-    blocker.settimeout(30)
-    answer = b""
-    while b"unblocked" not in answer:
-        data = blocker.recv(65536)
-        assert data, answer
-        answer += data
-    blocker.close()
+    wait_unblocked(blocker)
     r = httpx.get(s.url + "/", timeout=30)
     assert r.status_code == 200
     assert r.text == "ok"
@@ -372,13 +377,7 @@ def test_a_blocked_loop_under_50k_requests_on_open_connections_stays_small(serve
     assert set(statuses) <= {"200", "503"}, statuses
     assert statuses.get("200", 0) > 0, statuses
     assert peak - before < 50, "worker grew %.0f MiB (%.0f -> %.0f)" % (peak - before, before, peak)
-    blocker.settimeout(30)
-    answer = b""
-    while b"unblocked" not in answer:
-        data = blocker.recv(65536)
-        assert data, answer
-        answer += data
-    blocker.close()
+    wait_unblocked(blocker)
     r = httpx.get(s.url + "/", timeout=30)
     assert r.status_code == 200 and r.text == "ok"
 
@@ -410,13 +409,13 @@ def test_idle_close_never_drops_a_request_already_sent(server):
 
 
 def test_memory_comes_back_after_an_attack(server):
-    """300 HTTP/1.1 clients that never read a stream of 16 KiB chunks (copied into the
-    worker, up to worker_buffer) make the worker grow; once they leave, the freed memory
+    """300 HTTP/1.1 clients that never read a stream of 16,000-byte chunks (copied into
+    the worker: under 16 KiB, up to worker_buffer) make the worker grow; once they leave, the freed memory
     goes back to the system (malloc_trim when glibc's arenas hold 8 MiB free) instead of
     staying at the peak."""
     s = server(app="hostile:app")
     pid, before = warm_rss(s)
-    socks = [non_reader(s.port, "/forever?size=16384") for _ in range(300)]
+    socks = [non_reader(s.port, "/forever?size=16000") for _ in range(300)]
     try:
         wait_for(lambda: stats(s)["streams"] >= 300, timeout=30, what="streams started")
         time.sleep(3)

@@ -289,6 +289,11 @@ impl Pipe {
                 return Ok(());
             }
         };
+        // Once a send has waited, it goes on only when this response's queue is down to
+        // half its budget (a low-water mark, as asyncio's flow control has): the app then
+        // sends a few chunks before it waits again, instead of one wake-up of the loop
+        // per piece the client takes.
+        let mut waited = false;
         while !data.is_empty() {
             let n = data.len().min(PIECE);
             loop {
@@ -297,11 +302,12 @@ impl Pipe {
                     if inner.closed {
                         return Err(SendError::Closed);
                     }
-                    if self.fits(n) {
+                    if self.fits(n) && (!waited || self.own.below_half()) {
                         self.queue(&mut inner, Chunk::Data(data.split_to(n)));
                         break;
                     }
                 }
+                waited = true;
                 self.room(n, &on_wait).await?;
             }
         }
@@ -329,10 +335,14 @@ impl Pipe {
         if !self.waited.swap(true, std::sync::atomic::Ordering::Relaxed) {
             on_wait(kind);
         }
+        // Every budget has room but this response's queue is above its low-water mark
+        // (see `push`): only its own changes matter, and `freed` would not wait.
+        let low_water = self.fits(n);
         // Any change of our own budget wakes us too: that is how a close is noticed.
         tokio::select! {
-            _ = self.own.changed() => {}
-            _ = blocking.freed(n) => {}
+            _ = self.own.drained(), if low_water => {}
+            _ = self.own.changed(), if !low_water => {}
+            _ = blocking.freed(n), if !low_water => {}
             _ = tokio::time::sleep(check) => {}
         }
         if self.own.stalled(timeout) {
@@ -429,5 +439,58 @@ impl Pipe {
                 }
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::ConnBuffers;
+
+    fn pipe(response: usize) -> Arc<Pipe> {
+        Pipe::new(Budgets {
+            conn: Arc::new(ConnBuffers::new(16 * PIECE)),
+            worker: Arc::new(Budget::new(64 * PIECE)),
+            response,
+            send_timeout: Duration::ZERO,
+        })
+    }
+
+    fn take_one(pipe: &Pipe) -> usize {
+        let mut cx = Context::from_waker(Waker::noop());
+        match pipe.poll_take(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => frame.into_data().map_or(0, |d| d.len()),
+            other => panic!("expected a data frame, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_send_that_waited_resumes_at_half_the_budget() {
+        let pipe = pipe(4 * PIECE);
+        for _ in 0..4 {
+            pipe.try_push(Chunk::Data(Bytes::from(vec![1; PIECE])))
+                .expect("the first four pieces fit");
+        }
+        let waiting = {
+            let pipe = pipe.clone();
+            tokio::spawn(async move {
+                pipe.push(Chunk::Data(Bytes::from(vec![2; PIECE])), |_| {})
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "the budget is full");
+        // One piece taken: the fifth would fit, but the queue is above half its budget.
+        assert_eq!(take_one(&pipe), PIECE);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "resumed above the low-water mark");
+        // Down to half: the send goes on.
+        assert_eq!(take_one(&pipe), PIECE);
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("resumed at half the budget")
+            .unwrap()
+            .expect("queued");
+        assert_eq!(pipe.own.used(), 3 * PIECE);
     }
 }

@@ -63,6 +63,12 @@ impl Budget {
         used == 0 || used + n <= self.limit
     }
 
+    /// Whether at most half the budget is in use (the low-water mark a waiting send
+    /// resumes at).
+    pub fn below_half(&self) -> bool {
+        self.used() <= self.limit / 2
+    }
+
     /// Draws `n` bytes (call after [`Budget::fits`]; concurrent admitters may go past the
     /// limit by a piece each).
     pub fn take(&self, n: usize) {
@@ -97,21 +103,29 @@ impl Budget {
 
     /// Resolves once `n` bytes fit, or `give` was called (callers re-check).
     pub async fn freed(&self, n: usize) {
-        self.wait(Some(n)).await
+        self.wait(|b| b.fits(n)).await
+    }
+
+    /// Resolves once at most half the budget is in use, or `give` was called (callers
+    /// re-check).
+    pub async fn drained(&self) {
+        self.wait(Budget::below_half).await
     }
 
     /// Resolves at the next `give` (callers re-check what they wait for).
     pub async fn changed(&self) {
-        self.wait(None).await
+        self.wait(|_| false).await
     }
 
-    async fn wait(&self, fits: Option<usize>) {
+    /// Resolves at once if `ready`, else at the next `give`. Registered before `ready` is
+    /// looked at, so a `give` in between is not missed.
+    async fn wait(&self, ready: impl Fn(&Budget) -> bool) {
         let notified = self.freed.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         self.waiting.fetch_add(1, Ordering::AcqRel);
         let _waiting = Waiting(&self.waiting);
-        if fits.is_some_and(|n| self.fits(n)) {
+        if ready(self) {
             return;
         }
         notified.await;

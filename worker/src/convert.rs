@@ -263,10 +263,15 @@ pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// The smallest `bytes` kept by reference rather than copied. A copy (with its
+/// allocation) measured 0.9 µs at 16 KiB and 3.0 µs at 64 KiB here; keeping a reference
+/// costs its deferred release, a lock and a push, whatever the size.
+const ZERO_COPY_MIN: usize = 16 * 1024;
+
 /// The bytes of a `bytes` or `bytearray`; `None` for anything else.
 pub(crate) fn bytes_from_py(obj: &Bound<'_, PyAny>) -> Option<Bytes> {
     if let Ok(b) = obj.cast::<PyBytes>() {
-        if b.as_bytes().len() <= crate::body::PIECE {
+        if b.as_bytes().len() < ZERO_COPY_MIN {
             return Some(Bytes::copy_from_slice(b.as_bytes()));
         }
         // Large and immutable: keep the app's object instead of copying it, so a chunk

@@ -16,7 +16,7 @@
 //!    cancelled `receive()` used to keep a tokio task and a loop future until the client
 //!    left, and a chunk read for it was lost).
 
-use crate::awaitable::{new_future, ready, waiting, GiveBack, GiveUp};
+use crate::awaitable::{new_future, ready, waiting, GiveBack, GiveUp, GiveUpFn};
 use crate::metrics::{ErrorKind, Limit};
 use crate::state::{EventStream, Shared};
 use bytes::{Bytes, BytesMut};
@@ -586,12 +586,7 @@ fn hand_out(py: Python<'_>, state: &mut State, exchange: &Exchange) -> PyResult<
 fn release<H: Responder>(py: Python<'_>, future: &Py<PyAny>, owner: &Py<PyAny>) -> PyResult<()> {
     let handle = owner.bind(py).cast::<H>()?;
     let Some(mut state) = try_state(handle.get()) else {
-        let (future, owner) = (future.clone_ref(py), owner.clone_ref(py));
-        handle
-            .get()
-            .shared()
-            .handoff
-            .run(move |py| release::<H>(py, &future, &owner));
+        retry(handle, release::<H>, future, owner);
         return Ok(());
     };
     state.waiters.retain(|w| !w.is(future));
@@ -619,12 +614,7 @@ fn restore<H: Responder>(py: Python<'_>, message: &Py<PyAny>, owner: &Py<PyAny>)
         return Ok(());
     }
     let Some(mut state) = try_state(handle.get()) else {
-        let (message, owner) = (message.clone_ref(py), owner.clone_ref(py));
-        handle
-            .get()
-            .shared()
-            .handoff
-            .run(move |py| restore::<H>(py, &message, &owner));
+        retry(handle, restore::<H>, message, owner);
         return Ok(());
     };
     let body = message_ref.get_item(intern!(py, "body"))?;
@@ -635,6 +625,22 @@ fn restore<H: Responder>(py: Python<'_>, message: &Py<PyAny>, owner: &Py<PyAny>)
     state.stash.push_front(Message::Body(data, more));
     drop(state);
     deliver(py, handle.get().exchange(), &handle.clone().unbind())
+}
+
+/// Runs `hook(py, value, owner)` again from the loop's queue (see [`try_state`]).
+fn retry<H: Responder>(
+    handle: &Bound<'_, H>,
+    hook: GiveUpFn,
+    value: &Py<PyAny>,
+    owner: &Py<PyAny>,
+) {
+    let py = handle.py();
+    let (value, owner) = (value.clone_ref(py), owner.clone_ref(py));
+    handle
+        .get()
+        .shared()
+        .handoff
+        .run(move |py| hook(py, &value, &owner));
 }
 
 /// The exchange's state, if its lock is free. The give-up and give-back hooks can run
