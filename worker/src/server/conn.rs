@@ -222,17 +222,12 @@ impl Driver {
         let mut closing = false;
         let mut draining_until: Option<Instant> = None;
         let send_timeout = limits.send_timeout;
-        // Made once: polled at every wake of this connection, it must not re-register.
-        let mut stop = std::pin::pin!(stopped(&mut stop));
         loop {
             let linger_end = draining_until.unwrap_or_else(Instant::now);
             let check_at = state.next_check(keep_alive, header_read_timeout);
             let stall_at = (!send_timeout.is_zero()).then(|| state.stall_check(send_timeout));
             let kicked = state.buffers.kick.notified();
             tokio::select! {
-                // Fixed order: the connection first (it is what wakes us), and no random
-                // draw per wake.
-                biased;
                 result = connection.as_mut() => {
                     if let Err(err) = result {
                         tracing::debug!(%client, "connection ended: {err}");
@@ -245,7 +240,7 @@ impl Driver {
                     }
                     return;
                 }
-                _ = stop.as_mut(), if draining_until.is_none() && !closing => {
+                _ = stopped(&mut stop), if draining_until.is_none() && !closing => {
                     draining_until = Some(Instant::now() + DRAIN_LINGER.min(keep_alive));
                 }
                 _ = tokio::time::sleep_until(linger_end.into()), if draining_until.is_some() && !closing => {
