@@ -89,16 +89,23 @@ pub(crate) fn settle(
     waiter: Py<PyAny>,
     outcome: Result<(), &'static str>,
 ) -> PyResult<()> {
+    settle_with(py, waiter, outcome.map_err(PyOSError::new_err))
+}
+
+/// On the Python thread: ends a waiting `send()` with `None` or the exception `outcome`
+/// holds. A future the app cancelled is left alone.
+pub(crate) fn settle_with(
+    py: Python<'_>,
+    waiter: Py<PyAny>,
+    outcome: Result<(), PyErr>,
+) -> PyResult<()> {
     let waiter = waiter.bind(py);
     if waiter.call_method0(intern!(py, "done"))?.is_truthy()? {
         return Ok(());
     }
     match outcome {
         Ok(()) => waiter.call_method1(intern!(py, "set_result"), (py.None(),))?,
-        Err(why) => {
-            let error = PyOSError::new_err(why);
-            waiter.call_method1(intern!(py, "set_exception"), (error.value(py),))?
-        }
+        Err(error) => waiter.call_method1(intern!(py, "set_exception"), (error.value(py),))?,
     };
     Ok(())
 }

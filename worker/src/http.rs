@@ -13,7 +13,7 @@
 //!    incomplete response becomes a 500 with an error id, or an aborted stream.
 
 use crate::admission::{Admission, Opening};
-use crate::awaitable::{new_future, sent, settle, waiting};
+use crate::awaitable::{new_future, sent, settle, settle_with, waiting};
 use crate::body::{Chunk, Pipe, Refused, ResponseBody, SendError};
 use crate::budget::Budgets;
 use crate::convert::outbound_from_py;
@@ -26,7 +26,6 @@ use genro_shared::sync::lock;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Response, StatusCode, Version};
 use pyo3::exceptions::{PyOSError, PyRuntimeError};
-use pyo3::intern;
 use pyo3::prelude::*;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -300,14 +299,7 @@ impl Handle {
         }
         inner.failed = true;
         let id = self.id;
-        let failing = Failing {
-            id,
-            method: self.method.as_str(),
-            path: &self.path,
-            client: self.client,
-            websocket: false,
-        };
-        self.shared.app_exception(failing, traceback);
+        self.shared.app_exception(self.failing(), traceback);
         let detail = if self.shared.show_traceback {
             format!("\n\n{traceback}")
         } else {
@@ -319,16 +311,24 @@ impl Handle {
 }
 
 impl Handle {
+    /// This exchange, as its errors are logged.
+    fn failing(&self) -> Failing<'_> {
+        Failing {
+            id: self.id,
+            method: self.method.as_str(),
+            path: &self.path,
+            client: self.client,
+            websocket: false,
+        }
+    }
+
     /// An invalid message or an incomplete response: log it, answer 500 (or abort), and
     /// return the RuntimeError to raise in the app.
     fn protocol_failure(&self, why: &str) -> PyErr {
         let mut inner = lock(&self.inner);
         if !inner.failed {
             inner.failed = true;
-            self.shared.error(ErrorKind::App);
-            let id = self.id;
-            tracing::error!(error_id = %id, method = %self.method, path = %self.path, "ASGI protocol error: {why} (error id {id})");
-            let body = format!("Internal Server Error (error id: {id})\n");
+            let body = self.shared.protocol_error(self.failing(), why);
             self.fail_locked(&mut inner, StatusCode::INTERNAL_SERVER_ERROR, &body);
         }
         PyRuntimeError::new_err(why.to_owned())
@@ -536,15 +536,7 @@ fn send_file(slf: &Bound<'_, Handle>, head: Head, path: PathBuf) -> PyResult<Py<
         };
         shared.handoff.run(move |py| {
             drop(handle);
-            let waiter = waiter_for_task.bind(py);
-            if waiter.call_method0(intern!(py, "done"))?.is_truthy()? {
-                return Ok(());
-            }
-            match outcome {
-                Ok(()) => waiter.call_method1(intern!(py, "set_result"), (py.None(),))?,
-                Err(err) => waiter.call_method1(intern!(py, "set_exception"), (err.value(py),))?,
-            };
-            Ok(())
+            settle_with(py, waiter_for_task, outcome)
         });
     });
     waiting(py, &waiter, None)

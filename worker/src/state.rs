@@ -48,6 +48,7 @@ pub(crate) struct Shared {
 const MAX_NOTIFIED_TRACEBACK: usize = 16 * 1024;
 
 /// The exchange an app exception belongs to, as it is logged and notified.
+#[derive(Clone, Copy)]
 pub(crate) struct Failing<'a> {
     /// The request's id: the error id the client sees.
     pub(crate) id: crate::registry::RequestId,
@@ -108,6 +109,21 @@ impl Shared {
             "pid": std::process::id(),
             "traceback": tail(traceback.trim_end(), MAX_NOTIFIED_TRACEBACK),
         }));
+    }
+
+    /// An ASGI protocol error the app made for an exchange: counted, logged at ERROR under
+    /// the error id; returns the 500 body.
+    pub(crate) fn protocol_error(&self, failing: Failing<'_>, why: &str) -> String {
+        self.error(crate::metrics::ErrorKind::App);
+        let Failing {
+            id, method, path, ..
+        } = failing;
+        if failing.websocket {
+            tracing::error!(error_id = %id, path, "ASGI protocol error (WebSocket): {why} (error id {id})");
+        } else {
+            tracing::error!(error_id = %id, method, path, "ASGI protocol error: {why} (error id {id})");
+        }
+        format!("Internal Server Error (error id: {id})\n")
     }
 
     /// Counts a bound a client ran into (when metrics are on).

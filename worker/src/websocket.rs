@@ -23,7 +23,6 @@ use crate::convert::{
     bytes_from_py, headers_from_py, message_dict, optional_bytes, response_start, type_name,
     MessageError,
 };
-use crate::metrics::ErrorKind;
 use crate::registry::RequestId;
 use crate::state::{Failing, Shared};
 pub(crate) use crate::ws_handshake::{is_websocket, Handshake};
@@ -402,14 +401,7 @@ impl WsHandle {
             tracing::debug!(path = %self.path, "WebSocket closed by the client; the app ended with {last}");
             return;
         }
-        let failing = Failing {
-            id,
-            method: "GET",
-            path: &self.path,
-            client: self.client,
-            websocket: true,
-        };
-        self.shared.app_exception(failing, traceback);
+        self.shared.app_exception(self.failing(), traceback);
         let body = format!("Internal Server Error (error id: {id})\n");
         self.end_with(&mut inner, StatusCode::INTERNAL_SERVER_ERROR, body, 1011);
     }
@@ -422,6 +414,17 @@ impl crate::scope::AppHandle for WsHandle {
 }
 
 impl WsHandle {
+    /// This session, as its errors are logged.
+    fn failing(&self) -> Failing<'_> {
+        Failing {
+            id: self.id,
+            method: "GET",
+            path: &self.path,
+            client: self.client,
+            websocket: true,
+        }
+    }
+
     /// Refuses the handshake with `response`.
     fn deny(&self, inner: &mut WsInner, response: Response<ResponseBody>) {
         inner.phase = Phase::Closed;
@@ -464,10 +467,7 @@ impl WsHandle {
         let mut inner = lock(&self.inner);
         if !inner.failed {
             inner.failed = true;
-            self.shared.error(ErrorKind::App);
-            let id = self.id;
-            tracing::error!(error_id = %id, path = %self.path, "ASGI protocol error (WebSocket): {why} (error id {id})");
-            let body = format!("Internal Server Error (error id: {id})\n");
+            let body = self.shared.protocol_error(self.failing(), why);
             self.end_with(&mut inner, StatusCode::INTERNAL_SERVER_ERROR, body, 1011);
         }
         PyRuntimeError::new_err(why.to_owned())
