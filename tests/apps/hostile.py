@@ -3,7 +3,9 @@ app's own memory is constant and what grows is the server's), full responses, a 
 blocker, and counters of what the app saw."""
 
 import json
+import os
 import time
+from urllib.parse import parse_qs
 
 CHUNK = b"x" * (1 << 20)
 BIG = b"y" * (8 << 20)
@@ -43,7 +45,12 @@ async def app(scope, receive, send):
     elif path == "/big":
         await respond(send, BIG, content_type=b"application/octet-stream")
     elif path == "/block":
-        time.sleep(float(scope["query_string"].decode().partition("=")[2] or "1"))
+        # ?s=N blocks the loop N seconds; with &until=PATH, until PATH exists (N at most).
+        query = parse_qs(scope["query_string"].decode())
+        deadline = time.monotonic() + float(query.get("s", ["1"])[0])
+        until = query.get("until", [None])[0]
+        while time.monotonic() < deadline and not (until and os.path.exists(until)):
+            time.sleep(0.05 if until else max(0.0, deadline - time.monotonic()))
         await respond(send, b"unblocked")
     elif path == "/stats":
         await respond(send, json.dumps(stats).encode(), content_type=b"application/json")

@@ -12,7 +12,7 @@
 //! 4. `glue.run_http` reports how the app ended (`finished`, `failed`, `cancelled`): an
 //!    incomplete response becomes a 500 with an error id, or an aborted stream.
 
-use crate::admission::{Admission, Opening};
+use crate::admission::{Admission, Opening, QueuedStart};
 use crate::awaitable::{new_future, sent, settle, settle_with, waiting};
 use crate::body::{Chunk, Pipe, Refused, ResponseBody, SendError};
 use crate::budget::Budgets;
@@ -64,9 +64,9 @@ impl Pending {
 
 /// Queues the start of `pending` for the Python thread.
 pub(crate) fn start(shared: &Arc<Shared>, pending: Arc<Pending>) {
-    let shared_for_job = shared.clone();
+    let queued = QueuedStart::new(shared);
     shared.handoff.run(move |py| match pending.take() {
-        Some(start) => start_request(py, &shared_for_job, start),
+        Some(start) => start_request(py, queued.shared(), start),
         None => Ok(()),
     });
 }

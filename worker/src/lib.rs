@@ -198,6 +198,7 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
         started: AtomicU64::new(0),
         in_flight: std::sync::atomic::AtomicUsize::new(0),
         http_in_flight: std::sync::atomic::AtomicUsize::new(0),
+        starts_queued: std::sync::atomic::AtomicUsize::new(0),
         worker_buffer: Arc::new(budget::Budget::new(
             usize::try_from(config.limits.worker_buffer).unwrap_or(usize::MAX),
         )),

@@ -25,6 +25,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+/// Accepted connections whose task has not started yet. A flood of new connections that
+/// outpaces the I/O thread would otherwise move the kernel's listen queue into the heap
+/// (a task spawned per connection, 10-15 KiB each once started: 5,000 at once, +60 MiB,
+/// measured with clients that send a request and leave). Past this bound the accept loop
+/// waits for a task to start, and new connections wait in the listen backlog
+/// (`[server] backlog`), where the kernel bounds them.
+const UNSTARTED: usize = 128;
+
 /// Limits and settings the request path reads on every request.
 #[derive(Debug)]
 pub struct Limits {
@@ -131,77 +139,83 @@ pub async fn serve(
     // Every connection task holds a clone; the drain waits until all are dropped.
     let (live, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     let conn_stop = stop.clone();
-    let spawn_connection = |stream: tokio::net::TcpStream, client: std::net::SocketAddr| {
-        let _ = stream.set_nodelay(true);
-        let server = stream.local_addr().unwrap_or(client);
-        let ctx = Arc::new(ConnCtx {
-            info: Arc::new(ConnInfo {
-                client,
-                server,
-                https: tls.is_some(),
-                front: false,
-            }),
-            state: Arc::new(ConnState::new(&limits, false)),
-            shared: shared.clone(),
-            limits: limits.clone(),
-            access: access.clone(),
-            stop: conn_stop.clone(),
-            _live: live.clone(),
-        });
-        let builder = builder.clone();
-        let stop = conn_stop.clone();
-        let live = live.clone();
-        let tls = tls.clone();
-        let shared = shared.clone();
-        let io_watch = ctx.state.io.clone();
-        let driver = Driver {
-            builder,
-            ctx,
-            stop,
-            keep_alive,
-            header_read_timeout: handshake_timeout,
-            fd: Some(std::os::fd::AsRawFd::as_raw_fd(&stream)),
-        };
-        let stream = Watched::new(stream, io_watch);
-        tokio::spawn(async move {
-            let _live = live;
-            match tls {
-                None => driver.drive(TokioIo::new(stream)).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            // ALPN decides the protocol over TLS, not preface detection.
-                            let negotiated =
-                                crate::alpn::Negotiated::of(stream.get_ref().1.alpn_protocol());
-                            let gate = crate::alpn::gate(stream, negotiated);
-                            match tokio::time::timeout(handshake_timeout, gate).await {
-                                Ok(Ok(stream)) => driver.drive(TokioIo::new(stream)).await,
-                                Ok(Err(crate::alpn::Refused::Io(err))) => {
-                                    tracing::debug!(%client, "connection ended: {err}");
-                                }
-                                Ok(Err(refused)) => {
-                                    tracing::debug!(%client, "{refused}");
-                                    shared.error(ErrorKind::Client);
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%client, "no request within header_read_timeout");
-                                    shared.error(ErrorKind::Client);
+    let unstarted = Arc::new(tokio::sync::Semaphore::new(UNSTARTED));
+    let spawn_connection =
+        |stream: tokio::net::TcpStream,
+         client: std::net::SocketAddr,
+         not_started: Option<tokio::sync::OwnedSemaphorePermit>| {
+            let _ = stream.set_nodelay(true);
+            let server = stream.local_addr().unwrap_or(client);
+            let ctx = Arc::new(ConnCtx {
+                info: Arc::new(ConnInfo {
+                    client,
+                    server,
+                    https: tls.is_some(),
+                    front: false,
+                }),
+                state: Arc::new(ConnState::new(&limits, false)),
+                shared: shared.clone(),
+                limits: limits.clone(),
+                access: access.clone(),
+                stop: conn_stop.clone(),
+                _live: live.clone(),
+            });
+            let builder = builder.clone();
+            let stop = conn_stop.clone();
+            let live = live.clone();
+            let tls = tls.clone();
+            let shared = shared.clone();
+            let io_watch = ctx.state.io.clone();
+            let driver = Driver {
+                builder,
+                ctx,
+                stop,
+                keep_alive,
+                header_read_timeout: handshake_timeout,
+                fd: Some(std::os::fd::AsRawFd::as_raw_fd(&stream)),
+            };
+            let stream = Watched::new(stream, io_watch);
+            tokio::spawn(async move {
+                drop(not_started);
+                let _live = live;
+                match tls {
+                    None => driver.drive(TokioIo::new(stream)).await,
+                    Some(acceptor) => {
+                        match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
+                        {
+                            Ok(Ok(stream)) => {
+                                // ALPN decides the protocol over TLS, not preface detection.
+                                let negotiated =
+                                    crate::alpn::Negotiated::of(stream.get_ref().1.alpn_protocol());
+                                let gate = crate::alpn::gate(stream, negotiated);
+                                match tokio::time::timeout(handshake_timeout, gate).await {
+                                    Ok(Ok(stream)) => driver.drive(TokioIo::new(stream)).await,
+                                    Ok(Err(crate::alpn::Refused::Io(err))) => {
+                                        tracing::debug!(%client, "connection ended: {err}");
+                                    }
+                                    Ok(Err(refused)) => {
+                                        tracing::debug!(%client, "{refused}");
+                                        shared.error(ErrorKind::Client);
+                                    }
+                                    Err(_) => {
+                                        tracing::debug!(%client, "no request within header_read_timeout");
+                                        shared.error(ErrorKind::Client);
+                                    }
                                 }
                             }
-                        }
-                        Ok(Err(err)) => {
-                            tracing::debug!(%client, "TLS handshake failed: {err}");
-                            shared.error(ErrorKind::Client);
-                        }
-                        Err(_) => {
-                            tracing::debug!(%client, "TLS handshake timed out");
-                            shared.error(ErrorKind::Client);
+                            Ok(Err(err)) => {
+                                tracing::debug!(%client, "TLS handshake failed: {err}");
+                                shared.error(ErrorKind::Client);
+                            }
+                            Err(_) => {
+                                tracing::debug!(%client, "TLS handshake timed out");
+                                shared.error(ErrorKind::Client);
+                            }
                         }
                     }
                 }
-            }
-        });
-    };
+            });
+        };
     // The front's connections: HTTP/2 from a trusted peer; the client is per request.
     let front_info = Arc::new(ConnInfo {
         client: local,
@@ -235,6 +249,14 @@ pub async fn serve(
         });
     };
     loop {
+        // A permit first: at most UNSTARTED accepted connections wait for their task.
+        let accept = async {
+            let permit = unstarted.clone().acquire_owned().await;
+            listener
+                .accept()
+                .await
+                .map(|accepted| (accepted, permit.ok()))
+        };
         let accept_front = async {
             match &front {
                 Some(front) => front.accept().await.map(|(stream, _)| stream),
@@ -242,8 +264,8 @@ pub async fn serve(
             }
         };
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, client)) => spawn_connection(stream, client),
+            accepted = accept => match accepted {
+                Ok(((stream, client), permit)) => spawn_connection(stream, client, permit),
                 Err(err) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!("accept failed: {err}");
@@ -281,7 +303,7 @@ pub async fn serve(
                     .set_nonblocking(true)
                     .and_then(|()| tokio::net::TcpStream::from_std(stream))
                 {
-                    Ok(stream) => spawn_connection(stream, client),
+                    Ok(stream) => spawn_connection(stream, client, None),
                     Err(err) => tracing::warn!("queued connection: {err}"),
                 }
             }

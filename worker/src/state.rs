@@ -29,6 +29,9 @@ pub(crate) struct Shared {
     pub(crate) in_flight: AtomicUsize,
     /// HTTP requests in flight (WebSockets not counted): what `max_concurrency` bounds.
     pub(crate) http_in_flight: AtomicUsize,
+    /// Exchange starts (HTTP and WebSocket) in the hand-off queue, including those whose
+    /// client left (see [`crate::admission::QueuedStart`]); `max_concurrency` bounds it.
+    pub(crate) starts_queued: AtomicUsize,
     /// `[limits] worker_buffer`: response bytes queued for clients, worker-wide.
     pub(crate) worker_buffer: Arc<crate::budget::Budget>,
     /// The worker is draining: HTTP/1.1 responses carry `Connection: close`.

@@ -134,10 +134,12 @@ impl std::fmt::Debug for WsHandle {
 
 /// Queues the start of a WebSocket session for the Python thread.
 pub(crate) fn start(shared: &Arc<Shared>, start: WsStart) {
-    let shared_for_job = shared.clone();
+    let queued = crate::admission::QueuedStart::new(shared);
     shared.handoff.run(move |py| {
-        let scope = crate::scope::new_scope(py, &shared_for_job, &start.opening, true);
-        let handle = Bound::new(py, WsHandle::new(shared_for_job, start))?;
+        let shared = queued.shared().clone();
+        drop(queued);
+        let scope = crate::scope::new_scope(py, &shared, &start.opening, true);
+        let handle = Bound::new(py, WsHandle::new(shared, start))?;
         crate::scope::launch(py, scope, handle);
         Ok(())
     });

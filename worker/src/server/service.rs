@@ -4,7 +4,7 @@
 
 use super::conn::{ConnBusy, ConnCtx};
 use super::record::{Done, InFlight};
-use crate::admission::{Admission, ConnInfo, Opening, REQUEST_ID};
+use crate::admission::{Admission, ConnInfo, Opening, QueuedStart, REQUEST_ID};
 use crate::body::ResponseBody;
 use crate::budget::{now_ms, Budgets};
 use crate::http::{Pending, RequestStart};
@@ -201,10 +201,13 @@ pub(super) async fn handle(
         admission.request_id(),
     );
     let request_id = admission.request_id().header();
-    if !websocket
-        && limits.max_concurrency != 0
-        && ctx.shared.http_in_flight.load(Ordering::Relaxed) > limits.max_concurrency
-    {
+    // HTTP requests in flight, and starts (WebSockets too) queued for a loop that may be
+    // blocked, are each bounded by max_concurrency.
+    let busy = limits.max_concurrency != 0
+        && ((!websocket
+            && ctx.shared.http_in_flight.load(Ordering::Relaxed) > limits.max_concurrency)
+            || QueuedStart::full(&ctx.shared, limits.max_concurrency));
+    if busy {
         drop(admission);
         ctx.shared.error(ErrorKind::Internal);
         ctx.shared.limit(crate::metrics::Limit::Concurrency);
@@ -304,7 +307,8 @@ fn busy_warning(shared: &Shared, max: usize) {
             .is_ok()
     {
         let in_flight = shared.http_in_flight.load(Ordering::Relaxed);
-        tracing::warn!("max_concurrency ({max}) reached with {in_flight} requests in flight: answering 503 (logged at most every {}s)", BUSY_LOG_EVERY.as_secs());
+        let queued = shared.starts_queued.load(Ordering::Relaxed);
+        tracing::warn!("max_concurrency ({max}) reached: {in_flight} HTTP requests in flight, {queued} starts queued for the event loop; answering 503 (logged at most every {}s)", BUSY_LOG_EVERY.as_secs());
     }
 }
 
