@@ -5,7 +5,7 @@ use crate::error::ConfigError;
 use crate::layers::{parse_env, parse_overrides, unknown_key, Override, RawLayer, Source};
 use crate::model::*;
 use crate::schema::{self, Kind, SCHEMA};
-use crate::value::{parse_value, Value};
+use crate::value::{parse_value, Expected, Value};
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -121,14 +121,15 @@ pub fn merge(
     let ignored_env = env.ignored.clone();
     let mut winners: BTreeMap<String, (Value, Source)> = BTreeMap::new();
     for def in SCHEMA {
-        let value =
-            parse_value(&def.kind, def.default).map_err(|expected| ConfigError::InvalidValue {
+        let value = parse_value(&def.kind, def.default).map_err(|Expected(expected)| {
+            ConfigError::InvalidValue {
                 origin: "default".into(),
                 section: def.section.into(),
                 key: def.key.into(),
                 shown: shown(def.secret, def.default),
                 expected,
-            })?;
+            }
+        })?;
         winners.insert(def.full_name(), (value, Source::Default));
     }
     for layer in file.into_iter().chain([env, cli]) {
@@ -137,7 +138,7 @@ pub fn merge(
             let Some(def) = schema::find(&entry.section, &entry.key) else {
                 return Err(unknown_key(entry.source.to_string(), &name));
             };
-            let value = parse_value(&def.kind, &entry.value).map_err(|expected| {
+            let value = parse_value(&def.kind, &entry.value).map_err(|Expected(expected)| {
                 ConfigError::InvalidValue {
                     origin: entry.source.to_string(),
                     section: entry.section.clone(),

@@ -52,6 +52,12 @@ fn bits(addr: IpAddr) -> u128 {
     }
 }
 
+/// An entry of a trusted list that is neither `*`, an address nor a network
+/// (`address/prefix` with the host bits zero).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an IP address, a network (address/prefix, host bits zero) or *")]
+pub struct BadNetwork(pub String);
+
 /// A list of trusted networks, or everyone (`*`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Trusted {
@@ -61,7 +67,7 @@ pub struct Trusted {
 
 impl Trusted {
     /// Parses a `forwarded_allow_ips` list; `Err` names the first invalid entry.
-    pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self, String> {
+    pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self, BadNetwork> {
         let mut trusted = Trusted::default();
         for entry in entries {
             let entry = entry.as_ref().trim();
@@ -70,7 +76,7 @@ impl Trusted {
             } else {
                 trusted
                     .nets
-                    .push(IpNet::parse(entry).ok_or_else(|| entry.to_owned())?);
+                    .push(IpNet::parse(entry).ok_or_else(|| BadNetwork(entry.to_owned()))?);
             }
         }
         Ok(trusted)
@@ -128,7 +134,11 @@ mod tests {
             "1.2.3.4/x",
             "unix:",
         ] {
-            assert_eq!(Trusted::parse(&[bad]), Err(bad.to_owned()), "{bad}");
+            assert_eq!(
+                Trusted::parse(&[bad]),
+                Err(BadNetwork(bad.to_owned())),
+                "{bad}"
+            );
         }
     }
 }

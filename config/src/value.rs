@@ -94,10 +94,15 @@ pub(crate) fn expected(kind: &Kind) -> String {
     }
 }
 
-/// Validates `text` as a `kind`; on failure returns the "expected ..." text.
-pub(crate) fn parse_value(kind: &Kind, text: &str) -> Result<Value, String> {
+/// Why a value does not parse: what a value of its kind must look like (it completes
+/// "expected ..." in [`crate::ConfigError::InvalidValue`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Expected(pub(crate) String);
+
+/// Validates `text` as a `kind`.
+pub(crate) fn parse_value(kind: &Kind, text: &str) -> Result<Value, Expected> {
     let t = text.trim();
-    let fail = || expected(kind);
+    let fail = || Expected(expected(kind));
     match kind {
         Kind::Bool => parse_bool(t).map(Value::Bool).ok_or_else(fail),
         Kind::Int { min, max } => match t.parse::<i64>() {
@@ -145,7 +150,7 @@ pub(crate) fn parse_value(kind: &Kind, text: &str) -> Result<Value, String> {
                 .collect();
             match crate::net::Trusted::parse(&entries) {
                 Ok(_) => Ok(Value::List(entries)),
-                Err(bad) => Err(format!("{} (not {bad:?})", fail())),
+                Err(bad) => Err(Expected(format!("{} (not {:?})", expected(kind), bad.0))),
             }
         }
         Kind::Size { min, max } => match parse_size(t) {

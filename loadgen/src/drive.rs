@@ -332,7 +332,7 @@ async fn connections(run: &Arc<Run>, index: usize, endpoint: &mut quic::Endpoint
         let conn = match open(run, endpoint).await {
             Ok(conn) => conn,
             Err(error) => {
-                lock(&run.tally).handle_connect_error(&error);
+                lock(&run.tally).handle_connect_error(&error.to_string());
                 let since = *failing_since.get_or_insert_with(Instant::now);
                 let hopeless = run.is_over()
                     || (run.deadline.is_none() && since.elapsed() >= run.plan.timeout);
@@ -359,14 +359,62 @@ async fn connections(run: &Arc<Run>, index: usize, endpoint: &mut quic::Endpoint
     }
 }
 
+/// Why a connection could not be opened; its message keys the report's error counts.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectError {
+    /// The target's name did not resolve.
+    #[error("resolve {authority}: {source}")]
+    Resolve {
+        /// `host:port`.
+        authority: String,
+        /// The resolver's error.
+        source: std::io::Error,
+    },
+    /// The target's name resolved to nothing.
+    #[error("resolve {0}: no address")]
+    NoAddress(String),
+    /// The TCP connect failed.
+    #[error("connect: {0}")]
+    Tcp(std::io::Error),
+    /// No connection (or QUIC and HTTP/3 set-up) within `--timeout`.
+    #[error("connect: timeout")]
+    Timeout,
+    /// Setting `TCP_NODELAY` failed.
+    #[error("TCP_NODELAY: {0}")]
+    NoDelay(std::io::Error),
+    /// The HTTP/1.1 or HTTP/2 handshake failed (hyper's error, described).
+    #[error("handshake: {0}")]
+    Handshake(String),
+    /// quinn refused to start the connection.
+    #[error("connect: {0}")]
+    Quic(quinn::ConnectError),
+    /// The QUIC handshake failed.
+    #[error("QUIC handshake: {0}")]
+    QuicHandshake(quinn::ConnectionError),
+    /// HTTP/3 over the QUIC connection could not be set up.
+    #[error("HTTP/3 setup: {0}")]
+    H3Setup(String),
+    /// No UDP socket for QUIC.
+    #[error("UDP bind {addr}: {source}")]
+    UdpBind {
+        /// The wildcard address of the target's family.
+        addr: std::net::SocketAddr,
+        /// The bind error.
+        source: std::io::Error,
+    },
+    /// A QUIC run without its client configuration (a bug).
+    #[error("internal: no QUIC client configuration")]
+    NoQuicConfig,
+}
+
 /// Connects and handshakes; the connection's I/O runs in its own task.
-async fn open(run: &Run, endpoint: &mut quic::Endpoint) -> Result<Conn, String> {
+async fn open(run: &Run, endpoint: &mut quic::Endpoint) -> Result<Conn, ConnectError> {
     match run.plan.protocol {
         // WebSocket runs are driven by ws.rs, never here.
         Protocol::H1 | Protocol::Ws => {
             let (sender, connection) = http1::handshake(connect_tcp(run).await?)
                 .await
-                .map_err(|err| format!("handshake: {}", describe_error(&err)))?;
+                .map_err(|err| ConnectError::Handshake(describe_error(&err)))?;
             tokio::spawn(connection);
             Ok(Conn::H1(sender))
         }
@@ -374,7 +422,7 @@ async fn open(run: &Run, endpoint: &mut quic::Endpoint) -> Result<Conn, String> 
             let io = connect_tcp(run).await?;
             let (sender, connection) = http2::handshake(TokioExecutor::new(), io)
                 .await
-                .map_err(|err| format!("handshake: {}", describe_error(&err)))?;
+                .map_err(|err| ConnectError::Handshake(describe_error(&err)))?;
             tokio::spawn(connection);
             Ok(Conn::H2(sender))
         }
@@ -382,15 +430,14 @@ async fn open(run: &Run, endpoint: &mut quic::Endpoint) -> Result<Conn, String> 
     }
 }
 
-async fn connect_tcp(run: &Run) -> Result<TokioIo<TcpStream>, String> {
+async fn connect_tcp(run: &Run) -> Result<TokioIo<TcpStream>, ConnectError> {
     let connect = TcpStream::connect(&run.plan.target.authority);
     let tcp = match tokio::time::timeout(run.plan.timeout, connect).await {
         Ok(Ok(tcp)) => tcp,
-        Ok(Err(err)) => return Err(format!("connect: {err}")),
-        Err(_) => return Err("connect: timeout".to_string()),
+        Ok(Err(err)) => return Err(ConnectError::Tcp(err)),
+        Err(_) => return Err(ConnectError::Timeout),
     };
-    tcp.set_nodelay(true)
-        .map_err(|err| format!("TCP_NODELAY: {err}"))?;
+    tcp.set_nodelay(true).map_err(ConnectError::NoDelay)?;
     Ok(TokioIo::new(tcp))
 }
 

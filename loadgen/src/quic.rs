@@ -10,7 +10,7 @@
 //!    dropped send stream and the server would take the truncated body for the whole.
 
 use crate::classify::{H3Facts, H3Stage};
-use crate::drive::{Answer, Attempt, Run, Slot};
+use crate::drive::{Answer, Attempt, ConnectError, Run, Slot};
 use bytes::{Buf, Bytes};
 use genro_shared::sync::lock;
 use h3::error::{Code, StreamError};
@@ -51,23 +51,26 @@ pub(crate) struct Connection {
 
 impl Endpoint {
     /// Resolves the target, connects over QUIC and sets up HTTP/3, within `--timeout`.
-    pub(crate) async fn connect(&mut self, run: &Run) -> Result<Connection, String> {
+    pub(crate) async fn connect(&mut self, run: &Run) -> Result<Connection, ConnectError> {
         let setup = async {
             let target = &run.plan.target;
             let addr = tokio::net::lookup_host(&target.authority)
                 .await
-                .map_err(|err| format!("resolve {}: {err}", target.authority))?
+                .map_err(|source| ConnectError::Resolve {
+                    authority: target.authority.clone(),
+                    source,
+                })?
                 .next()
-                .ok_or_else(|| format!("resolve {}: no address", target.authority))?;
+                .ok_or_else(|| ConnectError::NoAddress(target.authority.clone()))?;
             let endpoint = self.bound_for(addr, run)?;
             let quic = endpoint
                 .connect(addr, &target.server_name)
-                .map_err(|err| format!("connect: {err}"))?
+                .map_err(ConnectError::Quic)?
                 .await
-                .map_err(|err| format!("QUIC handshake: {err}"))?;
+                .map_err(ConnectError::QuicHandshake)?;
             let (driver, send) = h3::client::new(h3_quinn::Connection::new(quic.clone()))
                 .await
-                .map_err(|err| format!("HTTP/3 setup: {err}"))?;
+                .map_err(|err| ConnectError::H3Setup(err.to_string()))?;
             Ok(Connection {
                 quic,
                 send,
@@ -76,32 +79,33 @@ impl Endpoint {
         };
         tokio::time::timeout(run.plan.timeout, setup)
             .await
-            .unwrap_or_else(|_| Err("connect: timeout".to_string()))
+            .unwrap_or(Err(ConnectError::Timeout))
     }
 
-    fn bound_for(&mut self, addr: SocketAddr, run: &Run) -> Result<&quinn::Endpoint, String> {
+    fn bound_for(&mut self, addr: SocketAddr, run: &Run) -> Result<&quinn::Endpoint, ConnectError> {
         let family_matches = |endpoint: &quinn::Endpoint| {
             endpoint
                 .local_addr()
                 .is_ok_and(|local| local.is_ipv4() == addr.is_ipv4())
         };
-        if !self.bound.as_ref().is_some_and(family_matches) {
-            let Some(tls) = &run.tls else {
-                return Err("internal: no QUIC client configuration".to_string());
-            };
-            let any: SocketAddr = if addr.is_ipv4() {
-                (Ipv4Addr::UNSPECIFIED, 0).into()
-            } else {
-                (Ipv6Addr::UNSPECIFIED, 0).into()
-            };
-            let mut endpoint =
-                quinn::Endpoint::client(any).map_err(|err| format!("UDP bind {any}: {err}"))?;
-            endpoint.set_default_client_config(tls.clone());
-            self.bound = Some(endpoint);
-        }
-        self.bound
-            .as_ref()
-            .ok_or_else(|| "internal: no QUIC endpoint".to_string())
+        let endpoint = match self.bound.take() {
+            Some(endpoint) if family_matches(&endpoint) => endpoint,
+            _ => {
+                let Some(tls) = &run.tls else {
+                    return Err(ConnectError::NoQuicConfig);
+                };
+                let any: SocketAddr = if addr.is_ipv4() {
+                    (Ipv4Addr::UNSPECIFIED, 0).into()
+                } else {
+                    (Ipv6Addr::UNSPECIFIED, 0).into()
+                };
+                let mut endpoint = quinn::Endpoint::client(any)
+                    .map_err(|source| ConnectError::UdpBind { addr: any, source })?;
+                endpoint.set_default_client_config(tls.clone());
+                endpoint
+            }
+        };
+        Ok(self.bound.insert(endpoint))
     }
 
     /// Lets the last CONNECTION_CLOSE go out before the task ends.

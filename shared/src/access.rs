@@ -113,7 +113,7 @@ impl AccessFormat {
     /// and `}}` are literal braces. The error names the problem (an unknown atom, an empty
     /// or invalid header name, an unbalanced brace, a template without any atom) and lists
     /// the atoms.
-    pub fn parse(spec: &str) -> Result<AccessFormat, String> {
+    pub fn parse(spec: &str) -> Result<AccessFormat, FormatError> {
         let keyword = spec.trim();
         let named = |layout| AccessFormat {
             layout,
@@ -135,10 +135,7 @@ impl AccessFormat {
         let pieces = parse_template(spec, &mut headers)?;
         if !pieces.iter().any(|p| !matches!(p, Piece::Literal(_))) {
             // Most likely a misspelt keyword; logging it verbatim on every line helps no one.
-            return Err(format!(
-                "{spec:?} is not common, combined or json, and as a template it has no atom; \
-                 expected one of {ATOMS}"
-            ));
+            return Err(FormatError::NoAtom(spec.to_owned()));
         }
         Ok(AccessFormat {
             layout: Layout::Text(Text::Template(pieces)),
@@ -187,11 +184,48 @@ fn write_line(out: &mut String, text: &Text, r: &AccessRecord<'_>) -> fmt::Resul
     }
 }
 
-fn problem(what: impl Display) -> String {
-    format!("{what}; expected one of {ATOMS} ({{{{ and }}}} are literal braces)")
+/// Why an `access_format` does not parse. Each message ends with the atoms a template may
+/// use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    /// `{name}` is not an atom.
+    #[error("unknown atom {{{0}}}{hint}", hint = Hint)]
+    UnknownAtom(String),
+    /// `{}`.
+    #[error("empty atom {{}}{hint}", hint = Hint)]
+    EmptyAtom,
+    /// `{header:}`.
+    #[error("empty header name in {{header:}}{hint}", hint = Hint)]
+    EmptyHeader,
+    /// `{header:NAME}` whose NAME is not a header name (the whole atom is kept).
+    #[error("invalid header name in {{{0}}}{hint}", hint = Hint)]
+    InvalidHeader(String),
+    /// A `}` that closes nothing, at this byte.
+    #[error("unmatched }} at byte {0}{hint}", hint = Hint)]
+    UnmatchedClose(usize),
+    /// A `{` never closed, at this byte.
+    #[error("unclosed {{ at byte {0}{hint}", hint = Hint)]
+    Unclosed(usize),
+    /// Neither a keyword nor a template with an atom (most likely a misspelt keyword).
+    #[error("{0:?} is not common, combined or json, and as a template it has no atom; expected one of {atoms}", atoms = ATOMS)]
+    NoAtom(String),
 }
 
-fn parse_template(spec: &str, headers: &mut Vec<HeaderName>) -> Result<Vec<Piece>, String> {
+/// The end of a template error's message: `; expected one of` the atoms, and how to
+/// write a literal brace.
+#[derive(Debug, Clone, Copy)]
+struct Hint;
+
+impl Display for Hint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "; expected one of {ATOMS} ({{{{ and }}}} are literal braces)"
+        )
+    }
+}
+
+fn parse_template(spec: &str, headers: &mut Vec<HeaderName>) -> Result<Vec<Piece>, FormatError> {
     let mut pieces = Vec::new();
     let mut literal = String::new();
     let mut rest = spec;
@@ -206,12 +240,12 @@ fn parse_template(spec: &str, headers: &mut Vec<HeaderName>) -> Result<Vec<Piece
             literal.push('}');
             rest = after;
         } else if tail.starts_with('}') {
-            return Err(problem(format_args!("unmatched }} at byte {at}")));
+            return Err(FormatError::UnmatchedClose(at));
         } else {
             let body = &tail[1..];
             let end = match body.find(['{', '}']) {
                 Some(end) if body.as_bytes()[end] == b'}' => end,
-                _ => return Err(problem(format_args!("unclosed {{ at byte {at}"))),
+                _ => return Err(FormatError::Unclosed(at)),
             };
             if !literal.is_empty() {
                 pieces.push(Piece::Literal(std::mem::take(&mut literal)));
@@ -227,7 +261,7 @@ fn parse_template(spec: &str, headers: &mut Vec<HeaderName>) -> Result<Vec<Piece
     Ok(pieces)
 }
 
-fn parse_atom(name: &str, headers: &mut Vec<HeaderName>) -> Result<Piece, String> {
+fn parse_atom(name: &str, headers: &mut Vec<HeaderName>) -> Result<Piece, FormatError> {
     Ok(match name {
         "method" => Piece::Method,
         "path" => Piece::Path,
@@ -241,17 +275,17 @@ fn parse_atom(name: &str, headers: &mut Vec<HeaderName>) -> Result<Piece, String
         "protocol" => Piece::Protocol,
         "request_id" => Piece::RequestId,
         "time" => Piece::Time,
-        "" => return Err(problem("empty atom {}")),
+        "" => return Err(FormatError::EmptyAtom),
         _ => {
             let Some(header) = name.strip_prefix("header:") else {
-                return Err(problem(format_args!("unknown atom {{{name}}}")));
+                return Err(FormatError::UnknownAtom(name.to_owned()));
             };
             if header.is_empty() {
-                return Err(problem("empty header name in {header:}"));
+                return Err(FormatError::EmptyHeader);
             }
             // from_bytes lowercases, which makes the name case-insensitive.
             let header = HeaderName::from_bytes(header.as_bytes())
-                .map_err(|_| problem(format_args!("invalid header name in {{{name}}}")))?;
+                .map_err(|_| FormatError::InvalidHeader(name.to_owned()))?;
             let index = match headers.iter().position(|h| *h == header) {
                 Some(index) => index,
                 None => {
@@ -647,7 +681,7 @@ mod tests {
     }
 
     fn error(spec: &str) -> String {
-        AccessFormat::parse(spec).unwrap_err()
+        AccessFormat::parse(spec).unwrap_err().to_string()
     }
 
     const EXPECTED: &str = "; expected one of method, path, query, target, status, bytes, \

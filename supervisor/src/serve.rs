@@ -108,7 +108,7 @@ pub enum PreflightError {
         /// The configured format.
         format: String,
         /// What the parser said.
-        why: String,
+        why: genro_shared::access::FormatError,
     },
 }
 
