@@ -197,10 +197,7 @@ impl Exchange {
         }
         if let Some(shared) = self.claim_delivery() {
             let exchange = self.clone();
-            shared.handoff.run(move |py| {
-                let mut state = lock(&exchange.state);
-                hand_out(py, &mut state, &exchange)
-            });
+            shared.handoff.run(move |py| hand_out(py, &exchange));
         }
     }
 
@@ -277,10 +274,24 @@ impl State {
                 .then_some(Message::Disconnect),
         }
     }
+}
 
-    /// Forgets the waiters the app cancelled.
-    fn prune(&mut self, py: Python<'_>) {
-        self.waiters.retain(|w| !is_done(w.bind(py)));
+/// Forgets the waiters the app cancelled whose give-up hook has not run yet. Their
+/// `done()` is asked outside the lock: no Python call runs while it is held.
+fn prune(py: Python<'_>, exchange: &Exchange) {
+    let waiters: Vec<Py<PyAny>> = lock(&exchange.state)
+        .waiters
+        .iter()
+        .map(|w| w.clone_ref(py))
+        .collect();
+    let done: Vec<Py<PyAny>> = waiters
+        .into_iter()
+        .filter(|w| is_done(w.bind(py)))
+        .collect();
+    if !done.is_empty() {
+        lock(&exchange.state)
+            .waiters
+            .retain(|w| !done.iter().any(|d| d.is(w)));
     }
 }
 
@@ -318,8 +329,8 @@ fn disconnect_message(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
 pub(crate) fn receive<H: Responder>(handle: &Bound<'_, H>) -> PyResult<Py<PyAny>> {
     let py = handle.py();
     let exchange = handle.get().exchange();
+    prune(py, exchange);
     let mut state = lock(&exchange.state);
-    state.prune(py);
     // Behind earlier waiters, a new call waits its turn.
     if state.waiters.is_empty() {
         if let Some(message) = state.next_message(exchange) {
@@ -337,7 +348,17 @@ pub(crate) fn receive<H: Responder>(handle: &Bound<'_, H>) -> PyResult<Py<PyAny>
             return answer(handle, message.unwrap_or(Message::Disconnect));
         }
     }
+    // The future is made outside the lock; a message that came meanwhile for no waiter
+    // (a read the app gave up) is answered at once.
+    drop(state);
     let future = new_future(py)?;
+    let mut state = lock(&exchange.state);
+    if state.waiters.is_empty() {
+        if let Some(message) = state.next_message(exchange) {
+            drop(state);
+            return answer(handle, message);
+        }
+    }
     state.waiters.push_back(future.clone_ref(py));
     start_read(&mut state, handle.clone().unbind());
     drop(state);
@@ -556,30 +577,42 @@ impl BodyReader {
 /// On the Python thread: hands the stash (or the disconnect) to the live waiters, oldest
 /// first, and starts the next read if one still waits.
 fn deliver<H: Responder>(py: Python<'_>, exchange: &Arc<Exchange>, handle: &Py<H>) -> PyResult<()> {
+    hand_out(py, exchange)?;
+    let handle = handle.clone_ref(py);
     let mut state = lock(&exchange.state);
-    hand_out(py, &mut state, exchange)?;
     if !state.waiters.is_empty() {
-        start_read(&mut state, handle.clone_ref(py));
+        start_read(&mut state, handle);
     }
     Ok(())
 }
 
-/// Hands the stash (or the disconnect) to the live waiters, oldest first.
-fn hand_out(py: Python<'_>, state: &mut State, exchange: &Exchange) -> PyResult<()> {
-    state.queued = false;
-    while let Some(waiter) = state.waiters.front() {
-        let waiter = waiter.bind(py).clone();
-        if is_done(&waiter) {
-            state.waiters.pop_front();
+/// Hands the stash (or the disconnect) to the live waiters, oldest first. The lock only
+/// pairs a waiter with a message; the Python calls (`done()`, the message, `set_result`)
+/// run outside it. A waiter that turns out cancelled puts its body chunk back.
+fn hand_out(py: Python<'_>, exchange: &Exchange) -> PyResult<()> {
+    lock(&exchange.state).queued = false;
+    loop {
+        let (waiter, message) = {
+            let mut state = lock(&exchange.state);
+            let Some(waiter) = state.waiters.pop_front() else {
+                return Ok(());
+            };
+            let Some(message) = state.next_message(exchange) else {
+                state.waiters.push_front(waiter);
+                return Ok(());
+            };
+            (waiter, message)
+        };
+        let waiter = waiter.bind(py);
+        if is_done(waiter) {
+            // `http.disconnect` needs no putting back: every later call gets it.
+            if let Message::Body(..) = message {
+                lock(&exchange.state).stash.push_front(message);
+            }
             continue;
         }
-        let Some(message) = state.next_message(exchange) else {
-            break;
-        };
-        state.waiters.pop_front();
         waiter.call_method1(intern!(py, "set_result"), (message.into_py(py)?,))?;
     }
-    Ok(())
 }
 
 /// Unregisters a waiter the app gave up, and gives back a body chunk already set on it.
@@ -613,15 +646,15 @@ fn restore<H: Responder>(py: Python<'_>, message: &Py<PyAny>, owner: &Py<PyAny>)
     {
         return Ok(());
     }
-    let Some(mut state) = try_state(handle.get()) else {
-        retry(handle, restore::<H>, message, owner);
-        return Ok(());
-    };
     let body = message_ref.get_item(intern!(py, "body"))?;
     let data = Bytes::copy_from_slice(body.cast::<PyBytes>()?.as_bytes());
     let more = message_ref
         .get_item(intern!(py, "more_body"))?
         .is_truthy()?;
+    let Some(mut state) = try_state(handle.get()) else {
+        retry(handle, restore::<H>, message, owner);
+        return Ok(());
+    };
     state.stash.push_front(Message::Body(data, more));
     drop(state);
     deliver(py, handle.get().exchange(), &handle.clone().unbind())
