@@ -10,6 +10,7 @@ server's memory, not the app's."""
 import json
 import multiprocessing
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -321,9 +322,11 @@ def depart(port, count, sent):
             sent.value += 1
 
 
-def flood_of_departed_clients(port, pid, count, processes=4):
+def flood_of_departed_clients(port, pid, count, processes=4, freeze=False):
     """Runs `count` departing requests from `processes` client processes; returns how many
-    were sent and the worker's peak RSS (MiB) and open descriptors while they ran."""
+    were sent and the worker's peak RSS (MiB) and open descriptors while they ran. With
+    `freeze`, the worker is stopped for 2 s halfway (SIGSTOP: a pause, CPU steal), so its
+    listen queue fills and it resumes behind."""
     sent = multiprocessing.Value("i", 0)
     clients = [multiprocessing.Process(target=depart, args=(port, count // processes, sent))
                for _ in range(processes)]
@@ -333,6 +336,13 @@ def flood_of_departed_clients(port, pid, count, processes=4):
     deadline = time.monotonic() + 400
     try:
         while any(c.is_alive() for c in clients) and time.monotonic() < deadline:
+            if freeze and sent.value > count // 2:
+                freeze = False
+                os.kill(pid, signal.SIGSTOP)
+                try:
+                    time.sleep(2)
+                finally:
+                    os.kill(pid, signal.SIGCONT)
             peak = max(peak, rss_mib(pid))
             fds = max(fds, len(os.listdir("/proc/%d/fd" % pid)))
             time.sleep(0.05)
@@ -351,9 +361,11 @@ def test_a_blocked_loop_under_a_flood_of_departed_clients_stays_small(server, tm
     emptied ones included, so the rest that reach admission get 503 (counted) instead of
     queueing one job each
     (+32 MiB for 150,000 before that bound). Then the loop serves while 20,000 more
-    arrive; at most 128 accepted connections wait for their task (the rest wait in the
-    kernel's listen queue, bounded by `backlog`), so the worker's descriptors stay few
-    (750 to 5,000 without that bound). RSS stays small, and it serves normally afterwards.
+    arrive, and the worker is frozen for 2 s midway so that it resumes behind a full listen
+    queue: at most 128 accepted connections wait for their task (the rest wait in the
+    kernel's listen queue, bounded by `backlog`), a pause counted as `accept_paused`, so
+    the worker's descriptors stay few (500 to 5,000 without that bound). RSS stays small,
+    and it serves normally afterwards.
     Was +458 MB for 150 k requests."""
     s = metrics_server(server, workers=1, app="hostile:app", sections={"server": {"worker_timeout": 600}})
     pid, before = warm_rss(s)
@@ -366,19 +378,23 @@ def test_a_blocked_loop_under_a_flood_of_departed_clients_stays_small(server, tm
     took = time.monotonic() - started
     release.touch()
     wait_unblocked(blocker)
-    serving = flood_of_departed_clients(s.port, pid, FLOOD_SERVING)
+    serving = flood_of_departed_clients(s.port, pid, FLOOD_SERVING, freeze=True)
     for name, (sent, peak, fds) in [("blocked", blocked), ("serving", serving)]:
         print("flood, loop %s: %d requests, worker %.0f -> %.0f MiB, at most %d descriptors" % (
             name, sent, before, peak, fds))
-    busy = samples(scrape(s))[("genro_asgi_limits_hit_total",
-                               frozenset({"kind": "max_concurrency", "worker": "0"}.items()))]
-    print("the blocked loop's flood took %.0f s; %d requests met max_concurrency" % (took, busy))
+    hits = samples(scrape(s))
+    busy, paused = (hits[("genro_asgi_limits_hit_total", frozenset({"kind": kind, "worker": "0"}.items()))]
+                    for kind in ("max_concurrency", "accept_paused"))
+    print("the blocked loop's flood took %.0f s; %d requests met max_concurrency; accepting paused %d times" % (
+        took, busy, paused))
     assert blocked[0] == FLOOD_BLOCKED and serving[0] == FLOOD_SERVING
     # The queue's bound was met although no request stayed in flight (without it: 0).
     # Most requests never reach admission: hyper sees the client's close first.
     assert busy > 1000
+    # The worker resumed behind a full listen queue: it paused accepting (counted).
+    assert paused >= 1
     for sent, peak, fds in (blocked, serving):
-        assert fds < 400, "%d descriptors open at once" % fds
+        assert fds < 600, "%d descriptors open at once" % fds
         assert peak - before < 30, "worker grew %.0f MiB for %d requests" % (peak - before, sent)
     r = httpx.get(s.url + "/", timeout=30)
     assert r.status_code == 200

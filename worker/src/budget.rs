@@ -22,6 +22,41 @@ pub fn now_ms() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
+/// A worker-wide log line said at most once per period: a bound hit under a flood must
+/// not flood the log.
+#[derive(Debug)]
+pub struct LogEvery {
+    period_ms: u64,
+    last: AtomicU64,
+}
+
+impl LogEvery {
+    /// At most once per `period`.
+    pub const fn new(period: Duration) -> Self {
+        LogEvery {
+            period_ms: period.as_millis() as u64,
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the line is due now; the caller that gets `true` says it.
+    pub fn due(&self) -> bool {
+        // Offset by one period, so that the first call is due.
+        let now = now_ms() + self.period_ms;
+        let last = self.last.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= self.period_ms
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// The period in whole seconds, for the log line.
+    pub fn secs(&self) -> u64 {
+        self.period_ms / 1000
+    }
+}
+
 /// The instant of a [`now_ms`] timestamp.
 pub fn instant_of(ms: u64) -> Instant {
     *EPOCH.get_or_init(Instant::now) + Duration::from_millis(ms)

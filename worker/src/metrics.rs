@@ -101,10 +101,13 @@ pub enum Limit {
     WebsocketWorkerQueue,
     /// Too many control frames (pings) waiting for their answers.
     WebsocketControl,
+    /// New connections outpaced the I/O thread: accepting paused while the accepted ones
+    /// wait for their task (the rest wait in the listen backlog).
+    AcceptPaused,
 }
 
 impl Limit {
-    const ALL: [Limit; 9] = [
+    const ALL: [Limit; 10] = [
         Limit::Concurrency,
         Limit::ResponseBuffer,
         Limit::ConnectionBuffer,
@@ -114,6 +117,7 @@ impl Limit {
         Limit::WebsocketQueue,
         Limit::WebsocketWorkerQueue,
         Limit::WebsocketControl,
+        Limit::AcceptPaused,
     ];
 
     /// The label value.
@@ -128,6 +132,7 @@ impl Limit {
             Limit::WebsocketQueue => "websocket_queue",
             Limit::WebsocketWorkerQueue => "websocket_worker_queue",
             Limit::WebsocketControl => "websocket_control",
+            Limit::AcceptPaused => "accept_paused",
         }
     }
 }

@@ -33,6 +33,16 @@ use tokio_rustls::TlsAcceptor;
 /// (`[server] backlog`), where the kernel bounds them.
 const UNSTARTED: usize = 128;
 
+/// Counts a pause of the accept loop, and says so at most every 10 s.
+fn accept_paused(shared: &Shared) {
+    static PAUSED_LOG_EVERY: crate::budget::LogEvery =
+        crate::budget::LogEvery::new(Duration::from_secs(10));
+    shared.limit(crate::metrics::Limit::AcceptPaused);
+    if PAUSED_LOG_EVERY.due() {
+        tracing::warn!("new connections outpace this worker: {UNSTARTED} accepted connections wait for their task, so accepting paused and new ones wait in the listen backlog (logged at most every {}s)", PAUSED_LOG_EVERY.secs());
+    }
+}
+
 /// Limits and settings the request path reads on every request.
 #[derive(Debug)]
 pub struct Limits {
@@ -251,11 +261,14 @@ pub async fn serve(
     loop {
         // A permit first: at most UNSTARTED accepted connections wait for their task.
         let accept = async {
-            let permit = unstarted.clone().acquire_owned().await;
-            listener
-                .accept()
-                .await
-                .map(|accepted| (accepted, permit.ok()))
+            let permit = match unstarted.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    accept_paused(&shared);
+                    unstarted.clone().acquire_owned().await.ok()
+                }
+            };
+            listener.accept().await.map(|accepted| (accepted, permit))
         };
         let accept_front = async {
             match &front {

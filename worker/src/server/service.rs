@@ -6,7 +6,7 @@ use super::conn::{ConnBusy, ConnCtx};
 use super::record::{Done, InFlight};
 use crate::admission::{Admission, ConnInfo, Opening, QueuedStart, REQUEST_ID};
 use crate::body::ResponseBody;
-use crate::budget::{now_ms, Budgets};
+use crate::budget::{Budgets, LogEvery};
 use crate::http::{Pending, RequestStart};
 use crate::metrics::{ErrorKind, Protocol};
 use crate::receive::Exchange;
@@ -17,7 +17,7 @@ use http::header::{HeaderValue, ALT_SVC, CONNECTION, CONTENT_LENGTH, CONTENT_TYP
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -298,22 +298,13 @@ impl Drop for Unstarted {
 
 /// Logs that `max_concurrency` refused requests, at most once per [`BUSY_LOG_EVERY`].
 fn busy_warning(shared: &Shared, max: usize) {
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = now_ms() + BUSY_LOG_EVERY.as_millis() as u64;
-    let last = LAST.load(Ordering::Relaxed);
-    if now.saturating_sub(last) >= BUSY_LOG_EVERY.as_millis() as u64
-        && LAST
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
+    static BUSY_LOG_EVERY: LogEvery = LogEvery::new(Duration::from_secs(10));
+    if BUSY_LOG_EVERY.due() {
         let in_flight = shared.http_in_flight.load(Ordering::Relaxed);
         let queued = shared.starts_queued.load(Ordering::Relaxed);
-        tracing::warn!("max_concurrency ({max}) reached: {in_flight} HTTP requests in flight, {queued} starts queued for the event loop; answering 503 (logged at most every {}s)", BUSY_LOG_EVERY.as_secs());
+        tracing::warn!("max_concurrency ({max}) reached: {in_flight} HTTP requests in flight, {queued} starts queued for the event loop; answering 503 (logged at most every {}s)", BUSY_LOG_EVERY.secs());
     }
 }
-
-/// How often a worker at `max_concurrency` says so.
-const BUSY_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// [`CLIENT_HEADER`] as a header name, parsed once (it is looked up on every request).
 static FRONT_CLIENT: http::HeaderName = http::HeaderName::from_static(CLIENT_HEADER);
