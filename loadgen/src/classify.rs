@@ -17,7 +17,7 @@
 //! written), the server's GOAWAY or the connection's end. h3 does not tell a client the
 //! GOAWAY's stream id; an h3 server rejects the streams above it with H3_REQUEST_REJECTED.
 
-use genro_shared::find_source;
+pub use genro_shared::h2_facts::H2Facts;
 use h3::error::{Code, StreamError};
 
 /// Why an attempt may be re-sent.
@@ -59,44 +59,16 @@ impl RetryCause {
     }
 }
 
-/// The HTTP/2 facts about an error that decide whether it is retryable (what
-/// `h2::Error` tells), kept apart so the decision is a pure function.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct H2Facts {
-    /// The error code, if any.
-    pub reason: Option<h2::Reason>,
-    /// It came from a GOAWAY (ours, theirs or the library's).
-    pub go_away: bool,
-    /// It came from a RST_STREAM.
-    pub reset: bool,
-    /// The peer sent it (as opposed to our side detecting it).
-    pub remote: bool,
-}
-
-impl H2Facts {
-    fn of(err: &h2::Error) -> Self {
-        H2Facts {
-            reason: err.reason(),
-            go_away: err.is_go_away(),
-            reset: err.is_reset(),
-            remote: err.is_remote(),
-        }
-    }
-
-    /// Whether an attempt that ended with this error, before any response head arrived,
-    /// was not processed by the server: the peer's REFUSED_STREAM, or its graceful GOAWAY
-    /// (see the module comment for why the latter is assumed).
-    pub fn retry_cause(self) -> Option<RetryCause> {
-        if !self.remote {
-            return None;
-        }
-        match self.reason {
-            Some(h2::Reason::REFUSED_STREAM) if self.reset => Some(RetryCause::RefusedStream),
-            // Only a graceful GOAWAY: after an error GOAWAY the connection may fail the
-            // remaining streams with it too.
-            Some(h2::Reason::NO_ERROR) if self.go_away => Some(RetryCause::GoAway),
-            _ => None,
-        }
+/// Whether an attempt that ended with this HTTP/2 error, before any response head
+/// arrived, was not processed by the server: the peer's REFUSED_STREAM, or its graceful
+/// GOAWAY (see the module comment for why the latter is assumed).
+pub fn h2_retry_cause(facts: H2Facts) -> Option<RetryCause> {
+    if facts.refused() {
+        Some(RetryCause::RefusedStream)
+    } else if facts.graceful_go_away() {
+        Some(RetryCause::GoAway)
+    } else {
+        None
     }
 }
 
@@ -106,7 +78,7 @@ pub fn retry_cause(err: &hyper::Error) -> Option<RetryCause> {
     if err.is_canceled() {
         return Some(RetryCause::NotSent);
     }
-    find_source::<h2::Error>(err).and_then(|h2| H2Facts::of(h2).retry_cause())
+    H2Facts::find(err).and_then(h2_retry_cause)
 }
 
 /// How far an HTTP/3 attempt had got when it failed.
@@ -200,7 +172,7 @@ mod tests {
             (H2Facts::default(), None),
         ];
         for (facts, expected) in cases {
-            assert_eq!(facts.retry_cause(), expected, "{facts:?}");
+            assert_eq!(h2_retry_cause(facts), expected, "{facts:?}");
         }
     }
 
@@ -213,11 +185,11 @@ mod tests {
             remote,
         };
         assert_eq!(
-            goaway(Reason::NO_ERROR, true).retry_cause(),
+            h2_retry_cause(goaway(Reason::NO_ERROR, true)),
             Some(RetryCause::GoAway)
         );
-        assert_eq!(goaway(Reason::INTERNAL_ERROR, true).retry_cause(), None);
-        assert_eq!(goaway(Reason::NO_ERROR, false).retry_cause(), None);
+        assert_eq!(h2_retry_cause(goaway(Reason::INTERNAL_ERROR, true)), None);
+        assert_eq!(h2_retry_cause(goaway(Reason::NO_ERROR, false)), None);
     }
 
     #[test]
@@ -287,14 +259,14 @@ mod tests {
             }
         }
         let err = Wrapper(h2::Error::from(Reason::REFUSED_STREAM));
-        let found = find_source::<h2::Error>(&err).expect("h2 error in the chain");
-        assert_eq!(found.reason(), Some(Reason::REFUSED_STREAM));
+        let found = H2Facts::find(&err).expect("h2 error in the chain");
+        assert_eq!(found.reason, Some(Reason::REFUSED_STREAM));
         // A protocol error we raised ourselves is not a promise from the peer.
-        assert_eq!(H2Facts::of(found).retry_cause(), None);
+        assert_eq!(h2_retry_cause(found), None);
         assert_eq!(
             describe_error(&err),
             "http2 error: protocol error: refused stream before processing any application logic"
         );
-        assert!(find_source::<h2::Error>(&std::io::Error::other("x")).is_none());
+        assert!(H2Facts::find(&std::io::Error::other("x")).is_none());
     }
 }

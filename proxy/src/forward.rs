@@ -35,6 +35,7 @@ use crate::control::{Limit, Stats};
 use crate::stall::Client;
 use crate::upstream::{ConnectError, InFlight, Pool, Upstream};
 use bytes::Bytes;
+use genro_shared::h2_facts::H2Facts;
 use genro_shared::CLIENT_HEADER;
 use h3::error::{Code, StreamError};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -273,40 +274,14 @@ struct Verdict {
     reconnect: bool,
 }
 
-/// The HTTP/2 facts about an error (what `h2::Error` tells), apart so the decision is a
-/// pure function.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-struct H2Facts {
-    reason: Option<h2::Reason>,
-    go_away: bool,
-    reset: bool,
-    remote: bool,
-}
-
-impl H2Facts {
-    fn of(err: &h2::Error) -> Self {
-        H2Facts {
-            reason: err.reason(),
-            go_away: err.is_go_away(),
-            reset: err.is_reset(),
-            remote: err.is_remote(),
-        }
-    }
-}
-
 fn verdict(canceled: bool, h2: Option<H2Facts>, idempotent: bool) -> Verdict {
     let (retry, reconnect) = match h2 {
         // hyper never handed it to the connection, which is closing or closed.
         _ if canceled => (true, true),
-        Some(f) if f.remote && f.reset && f.reason == Some(h2::Reason::REFUSED_STREAM) => {
-            (true, false)
-        }
+        Some(f) if f.refused() => (true, false),
         // Only a graceful GOAWAY is considered: after an error GOAWAY the connection may
         // fail the remaining streams with the same error although they were processed.
-        Some(f) if f.go_away => {
-            let graceful = f.remote && f.reason == Some(h2::Reason::NO_ERROR);
-            (graceful && idempotent, true)
-        }
+        Some(f) if f.go_away => (f.graceful_go_away() && idempotent, true),
         _ => (false, false),
     };
     Verdict { retry, reconnect }
@@ -315,7 +290,7 @@ fn verdict(canceled: bool, h2: Option<H2Facts>, idempotent: bool) -> Verdict {
 fn classify(err: &hyper::Error, method: &Method) -> Verdict {
     verdict(
         err.is_canceled(),
-        genro_shared::find_source::<h2::Error>(err).map(H2Facts::of),
+        H2Facts::find(err),
         method.is_idempotent(),
     )
 }

@@ -9,6 +9,7 @@ pub mod child;
 pub mod clock;
 pub mod codec_check;
 pub mod exit;
+pub mod h2_facts;
 pub mod logfile;
 pub mod logs;
 pub mod metrics;
