@@ -241,6 +241,30 @@ def test_a_cancelled_receive_loses_no_message(server):
     assert run(go()) == ["got A", "then B"]
 
 
+def test_a_dropped_receive_loses_no_message(server):
+    """A receive() that completed at once and was dropped unawaited gives its message back."""
+    s = server(app="ws:app")
+
+    async def go():
+        async with connect(ws_url(s, "/dropped")) as ws:
+            assert await ws.recv() == "go"
+            await ws.send("A")
+            return await asyncio.wait_for(ws.recv(), 10)
+    assert run(go()) == "got A"
+
+
+def test_a_receive_cancelled_after_its_message_was_set_loses_nothing(server):
+    s = server(app="ws:app")
+
+    async def go():
+        async with connect(ws_url(s, "/set-then-cancelled")) as ws:
+            assert await ws.recv() == "go"
+            await ws.send("A")
+            await ws.send("B")
+            return await asyncio.wait_for(ws.recv(), 10)
+    assert run(go()) == "cancelled; next A"
+
+
 def test_app_errors(server):
     s = server(app="ws:app")
     raw = Raw(s.port, "/raises-early")

@@ -1,6 +1,7 @@
 """A raw ASGI app for the WebSocket tests and the Autobahn run: one behaviour per path."""
 
 import asyncio
+import gc
 import json
 import time
 
@@ -170,8 +171,44 @@ async def cancelled_receive(scope, receive, send):
     await send({"type": "websocket.send", "text": "then %s" % second.get("text")})
 
 
+async def dropped_receive(scope, receive, send):
+    """Calls receive() while a message is queued and drops the awaitable unawaited: the
+    message must go back for the next receive()."""
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.send", "text": "go"})
+    time.sleep(0.5)  # blocks the loop: the client's "A" is queued meanwhile
+    pending = receive()
+    del pending
+    gc.collect()
+    first = await receive()
+    await send({"type": "websocket.send", "text": "got %s" % first.get("text")})
+
+
+async def set_then_cancelled(scope, receive, send):
+    """Cancels a receive() after its message was set on it but before the task ran (a
+    timeout and a message meeting in one loop turn); the next receive() must get it."""
+    await send({"type": "websocket.accept"})
+    task = asyncio.ensure_future(receive())
+    await asyncio.sleep(0.05)  # the task now waits for a message
+    await send({"type": "websocket.send", "text": "go"})
+    time.sleep(0.5)  # blocks the loop: "A" is read and its hand-off queued meanwhile
+    # Once "A" is set on the future the task waits on, the task's wake-up is queued behind
+    # this step: cancelling now is the timeout that meets a message in one loop turn.
+    while task._fut_waiter is not None and not task._fut_waiter.done():
+        await asyncio.sleep(0)
+    task.cancel()
+    try:
+        outcome = "read %s" % (await task).get("text")
+    except asyncio.CancelledError:
+        outcome = "cancelled"
+    following = await receive()
+    await send({"type": "websocket.send", "text": "%s; next %s" % (outcome, following.get("text"))})
+
+
 ROUTES = {
     "/cancel": cancelled_receive,
+    "/dropped": dropped_receive,
+    "/set-then-cancelled": set_then_cancelled,
     "/scope": scope_route,
     "/refuse": refuse,
     "/deny": deny,

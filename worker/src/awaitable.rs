@@ -2,6 +2,7 @@
 //! future, no loop iteration), [`Waiting`] around a loop future otherwise, and the helpers
 //! that make and settle those futures on the Python thread.
 
+use genro_shared::sync::lock;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyStopIteration};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -79,6 +80,37 @@ impl GiveBack {
     /// Runs `run(py, &message, &owner)` if the message is never taken.
     pub(crate) fn new(owner: Py<PyAny>, run: GiveUpFn) -> Self {
         GiveBack { owner, run }
+    }
+}
+
+/// Whether a loop future is done (resolved, or cancelled by the app); an error counts as
+/// done, so a broken future is never handed a message.
+pub(crate) fn is_done(future: &Bound<'_, PyAny>) -> bool {
+    future
+        .call_method0(intern!(future.py(), "done"))
+        .and_then(|d| d.is_truthy())
+        .unwrap_or(true)
+}
+
+/// Forgets the waiters (in `state`, reached through `waiters`) that are done: cancelled
+/// by the app before their give-up hook ran. Their `done()` is asked outside the lock (the
+/// list is copied under it with `clone_ref`, no Python call), and the ones forgotten under
+/// it again are still held here, so forgetting them runs no finalizer.
+pub(crate) fn prune<S>(
+    py: Python<'_>,
+    state: &std::sync::Mutex<S>,
+    waiters: fn(&mut S) -> &mut std::collections::VecDeque<Py<PyAny>>,
+) {
+    let snapshot: Vec<Py<PyAny>> = waiters(&mut lock(state))
+        .iter()
+        .map(|w| w.clone_ref(py))
+        .collect();
+    let done: Vec<Py<PyAny>> = snapshot
+        .into_iter()
+        .filter(|w| is_done(w.bind(py)))
+        .collect();
+    if !done.is_empty() {
+        waiters(&mut lock(state)).retain(|w| !done.iter().any(|d| d.is(w)));
     }
 }
 

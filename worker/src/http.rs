@@ -188,18 +188,20 @@ impl Handle {
                 return Err(this.protocol_failure(err.0));
             }
         };
-        match action {
-            Action::Hold => {}
+        let pushed = match action {
+            Action::Hold => Pushed::Sent,
             Action::Complete(head, body) => {
                 // HEAD: announce the length the GET would have had, send no body.
                 let len = body.len();
                 let body = if inner.is_head { Bytes::new() } else { body };
                 let body = ResponseBody::counted(body, &this.budgets);
                 this.respond(&mut inner, head, body, Some(len));
+                Pushed::Sent
             }
             Action::Open(head, _) | Action::File(head, _) if inner.is_head => {
                 // HEAD: the head only; later chunks find no stream and are dropped.
                 this.respond(&mut inner, head, ResponseBody::full(Bytes::new()), None);
+                Pushed::Sent
             }
             Action::Open(head, first) => {
                 this.exchange.note_response(&this.shared, &head.headers);
@@ -209,23 +211,32 @@ impl Handle {
                 if inner.state.is_done() {
                     inner.stream = None;
                 }
-                return this.stream(py, &mut inner, Chunk::Data(first), false);
+                this.stream(&mut inner, Chunk::Data(first), false)
             }
             Action::File(head, path) => {
                 drop(inner);
                 return send_file(slf, head, path);
             }
-            Action::Chunk(bytes) => return this.stream(py, &mut inner, Chunk::Data(bytes), false),
-            Action::Last(bytes) => return this.stream(py, &mut inner, Chunk::Data(bytes), true),
+            Action::Chunk(bytes) => this.stream(&mut inner, Chunk::Data(bytes), false),
+            Action::Last(bytes) => this.stream(&mut inner, Chunk::Data(bytes), true),
             Action::Trailers(headers, end) => {
                 inner.trailers.extend(headers);
                 if end {
                     let trailers = std::mem::take(&mut inner.trailers);
-                    return this.stream(py, &mut inner, Chunk::Trailers(trailers), true);
+                    this.stream(&mut inner, Chunk::Trailers(trailers), true)
+                } else {
+                    Pushed::Sent
                 }
             }
+        };
+        // Python objects are made only once the lock is released: a Python allocation can
+        // run the garbage collector, whose finalizers may reach this handle again.
+        drop(inner);
+        match pushed {
+            Pushed::Sent => sent(py),
+            Pushed::Gone => Err(PyOSError::new_err("client disconnected")),
+            Pushed::Full(pipe, chunk, last) => this.wait_for_room(py, pipe, chunk, last),
         }
-        sent(py)
     }
 
     /// Called by `glue.run_http` when the app returned normally.
@@ -399,66 +410,82 @@ impl Handle {
         }
     }
 
-    fn stream(
-        &self,
-        py: Python<'_>,
-        inner: &mut Inner,
-        chunk: Chunk,
-        last: bool,
-    ) -> PyResult<Py<PyAny>> {
+    /// Pushes a chunk of the streamed response, if it is still open; `last` ends it.
+    fn stream(&self, inner: &mut Inner, chunk: Chunk, last: bool) -> Pushed {
         let Some(pipe) = (if last {
             inner.stream.take()
         } else {
             inner.stream.clone()
         }) else {
-            return sent(py);
+            return Pushed::Sent;
         };
         match pipe.try_push(chunk) {
             Ok(()) => {
                 if last {
                     pipe.end();
                 }
-                sent(py)
+                Pushed::Sent
             }
             Err(Refused::Closed) => {
                 // The client went away: the response cannot complete.
                 inner.gone = true;
                 inner.state.abort();
                 inner.stream = None;
-                Err(PyOSError::new_err("client disconnected"))
+                Pushed::Gone
             }
-            Err(Refused::Full(chunk)) => {
-                let waiter = new_future(py)?;
-                let waiter_for_task = waiter.clone_ref(py);
-                let shared = self.shared.clone();
-                let exchange = self.exchange.clone();
-                let who = Who(self.id, self.client);
-                self.shared.runtime.spawn(async move {
-                    let outcome = match pipe
-                        .push(chunk, |kind| waited(&shared, &pipe, kind, who))
-                        .await
-                    {
-                        Ok(()) => {
-                            if last {
-                                pipe.end();
-                            }
-                            Ok(())
-                        }
-                        Err(SendError::Closed) => Err("client disconnected"),
-                        Err(SendError::Stalled) => {
-                            stalled(&shared, &pipe, who);
-                            exchange.mark_disconnected();
-                            Err("client disconnected: it took no data for send_timeout")
-                        }
-                    };
-                    shared
-                        .handoff
-                        .run(move |py| settle(py, waiter_for_task, outcome));
-                });
-                waiting(py, &waiter, None)
-            }
+            Err(Refused::Full(chunk)) => Pushed::Full(pipe, chunk, last),
         }
     }
+
+    /// The response's buffer is full: `send()` returns an awaitable that completes when
+    /// the chunk found room (or the client left, or took nothing for `send_timeout`).
+    fn wait_for_room(
+        &self,
+        py: Python<'_>,
+        pipe: Arc<Pipe>,
+        chunk: Chunk,
+        last: bool,
+    ) -> PyResult<Py<PyAny>> {
+        let waiter = new_future(py)?;
+        let waiter_for_task = waiter.clone_ref(py);
+        let shared = self.shared.clone();
+        let exchange = self.exchange.clone();
+        let who = Who(self.id, self.client);
+        self.shared.runtime.spawn(async move {
+            let outcome = match pipe
+                .push(chunk, |kind| waited(&shared, &pipe, kind, who))
+                .await
+            {
+                Ok(()) => {
+                    if last {
+                        pipe.end();
+                    }
+                    Ok(())
+                }
+                Err(SendError::Closed) => Err("client disconnected"),
+                Err(SendError::Stalled) => {
+                    stalled(&shared, &pipe, who);
+                    exchange.mark_disconnected();
+                    Err("client disconnected: it took no data for send_timeout")
+                }
+            };
+            shared
+                .handoff
+                .run(move |py| settle(py, waiter_for_task, outcome));
+        });
+        waiting(py, &waiter, None)
+    }
+}
+
+/// What pushing a response chunk came to, decided under the handle's lock and turned into
+/// `send()`'s answer after it.
+enum Pushed {
+    /// Accepted (or nothing to push): `send()` completes at once.
+    Sent,
+    /// The client went away: `send()` raises `OSError`.
+    Gone,
+    /// The buffer is full: `send()` waits for room.
+    Full(Arc<Pipe>, Chunk, bool),
 }
 
 /// The request a response belongs to, for its log lines.

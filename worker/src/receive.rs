@@ -16,7 +16,7 @@
 //!    cancelled `receive()` used to keep a tokio task and a loop future until the client
 //!    left, and a chunk read for it was lost).
 
-use crate::awaitable::{new_future, ready, waiting, GiveBack, GiveUp, GiveUpFn};
+use crate::awaitable::{is_done, new_future, prune, ready, waiting, GiveBack, GiveUp, GiveUpFn};
 use crate::metrics::{ErrorKind, Limit};
 use crate::state::{EventStream, Shared};
 use bytes::{Bytes, BytesMut};
@@ -276,32 +276,6 @@ impl State {
     }
 }
 
-/// Forgets the waiters the app cancelled whose give-up hook has not run yet. Their
-/// `done()` is asked outside the lock: no Python call runs while it is held.
-fn prune(py: Python<'_>, exchange: &Exchange) {
-    let waiters: Vec<Py<PyAny>> = lock(&exchange.state)
-        .waiters
-        .iter()
-        .map(|w| w.clone_ref(py))
-        .collect();
-    let done: Vec<Py<PyAny>> = waiters
-        .into_iter()
-        .filter(|w| is_done(w.bind(py)))
-        .collect();
-    if !done.is_empty() {
-        lock(&exchange.state)
-            .waiters
-            .retain(|w| !done.iter().any(|d| d.is(w)));
-    }
-}
-
-fn is_done(future: &Bound<'_, PyAny>) -> bool {
-    future
-        .call_method0(intern!(future.py(), "done"))
-        .and_then(|d| d.is_truthy())
-        .unwrap_or(true)
-}
-
 impl Message {
     fn into_py(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
         match self {
@@ -329,7 +303,7 @@ fn disconnect_message(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
 pub(crate) fn receive<H: Responder>(handle: &Bound<'_, H>) -> PyResult<Py<PyAny>> {
     let py = handle.py();
     let exchange = handle.get().exchange();
-    prune(py, exchange);
+    prune(py, &exchange.state, |state| &mut state.waiters);
     let mut state = lock(&exchange.state);
     // Behind earlier waiters, a new call waits its turn.
     if state.waiters.is_empty() {

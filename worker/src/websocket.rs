@@ -195,22 +195,39 @@ fn plain_response(status: StatusCode, body: String) -> Response<ResponseBody> {
     response
 }
 
+/// What an app message came to, decided under the handle's lock and turned into `send()`'s
+/// answer after it.
+enum Next {
+    /// Done: `send()` completes at once.
+    Sent,
+    /// A frame for the pump.
+    Forward(mpsc::Sender<Outbound>, Outbound),
+    /// The app's close for the pump; completes even if the pump is gone.
+    Close(mpsc::Sender<Outbound>, Outbound),
+    /// A message not allowed in this phase (the text says why).
+    Fail(String),
+}
+
 #[pymethods]
 impl WsHandle {
     /// ASGI `receive()`.
     fn receive(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let this = slf.get();
-        {
+        let connecting = {
             let mut inner = lock(&this.inner);
-            if inner.phase == Phase::Connect {
+            let connecting = inner.phase == Phase::Connect;
+            if connecting {
                 inner.phase = Phase::Handshake;
-                let m = PyDict::new(py);
-                m.set_item(intern!(py, "type"), intern!(py, "websocket.connect"))?;
-                return ready(py, m.into_any(), None);
             }
+            connecting
+        };
+        if connecting {
+            let m = PyDict::new(py);
+            m.set_item(intern!(py, "type"), intern!(py, "websocket.connect"))?;
+            return ready(py, m.into_any(), None);
         }
-        this.queue.receive(py)
+        crate::ws_queue::receive(slf)
     }
 
     /// ASGI `send(message)`.
@@ -225,7 +242,7 @@ impl WsHandle {
                 "the WebSocket already failed (see the server log)",
             ));
         }
-        match (inner.phase, outbound) {
+        let next = match (inner.phase, outbound) {
             (
                 Phase::Connect | Phase::Handshake,
                 AppMessage::Accept {
@@ -236,47 +253,8 @@ impl WsHandle {
                 let Some(session) = inner.session.take() else {
                     return Err(PyRuntimeError::new_err("websocket.accept sent twice"));
                 };
-                let Handshake { head, upgrade } = session.handshake;
-                let mut response = Response::from_parts(head, ResponseBody::full(Bytes::new()));
-                let response_headers = response.headers_mut();
-                if let Some(subprotocol) = subprotocol {
-                    response_headers.insert(SEC_WEBSOCKET_PROTOCOL, subprotocol);
-                }
-                // The app's headers, except those the handshake itself sets.
-                let own: Vec<http::HeaderName> = response_headers.keys().cloned().collect();
-                for (name, value) in headers.iter() {
-                    if !own.contains(name) {
-                        response_headers.append(name.clone(), value.clone());
-                    }
-                }
-                let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
-                inner.outbound = Some(out_tx);
-                inner.phase = Phase::Open;
-                if !answer(&mut inner, response) {
-                    // The client left during the handshake.
-                    inner.phase = Phase::Closed;
-                    inner.outbound = None;
-                    self.queue.set_ending(ABNORMAL, "");
-                    inner.inbound_tx = None;
-                    return sent(py);
-                }
-                if let Some(inbound) = inner.inbound_tx.take() {
-                    let link = crate::ws_pump::Link {
-                        shared: self.shared.clone(),
-                        id: inner.admission.as_ref().map(|a| a.registry_id()),
-                        client: self.client,
-                        inbound,
-                        outbound: out_rx,
-                    };
-                    self.shared.runtime.spawn(crate::ws_pump::pump(
-                        upgrade,
-                        session.settings,
-                        session.stop,
-                        session.hold,
-                        link,
-                    ));
-                }
-                sent(py)
+                self.accept(&mut inner, session, subprotocol, headers);
+                Next::Sent
             }
             (Phase::Connect | Phase::Handshake, AppMessage::Close { .. }) => {
                 // ASGI: a close before accept refuses the handshake with 403.
@@ -287,12 +265,12 @@ impl WsHandle {
                         "WebSocket connection refused\n".into(),
                     ),
                 );
-                sent(py)
+                Next::Sent
             }
             (Phase::Connect | Phase::Handshake, AppMessage::DenyStart { status, headers }) => {
                 inner.denial = Some((status, headers, Vec::new()));
                 inner.phase = Phase::Denying;
-                sent(py)
+                Next::Sent
             }
             (Phase::Denying, AppMessage::DenyBody { body, more }) => {
                 if let Some((_, _, buffer)) = inner.denial.as_mut() {
@@ -310,42 +288,44 @@ impl WsHandle {
                         .or_insert_with(|| HeaderValue::from(len));
                     self.deny(&mut inner, response);
                 }
-                sent(py)
+                Next::Sent
             }
             (Phase::Open, AppMessage::Send(frame)) => {
                 let Some(tx) = inner.outbound.clone() else {
                     return Err(PyOSError::new_err("WebSocket closed"));
                 };
-                drop(inner);
-                self.forward(py, tx, Outbound::Frame(frame))
+                Next::Forward(tx, Outbound::Frame(frame))
             }
             (Phase::Open, AppMessage::Close { code, reason }) => {
                 inner.phase = Phase::Closed;
-                let Some(tx) = inner.outbound.take() else {
-                    return sent(py);
-                };
-                drop(inner);
-                self.forward(py, tx, Outbound::Close(code, reason))
-                    .or_else(|_| sent(py))
+                match inner.outbound.take() {
+                    Some(tx) => Next::Close(tx, Outbound::Close(code, reason)),
+                    None => Next::Sent,
+                }
             }
             (Phase::Closed, AppMessage::Send(_) | AppMessage::Close { .. }) => {
                 // ASGI 2.4: send() on a closed connection raises OSError.
-                Err(PyOSError::new_err("WebSocket closed"))
+                return Err(PyOSError::new_err("WebSocket closed"));
             }
-            (phase, message) => {
-                drop(inner);
-                Err(self.protocol_failure(&format!(
-                    "{} is not allowed {}",
-                    message.name(),
-                    match phase {
-                        Phase::Connect | Phase::Handshake => "before websocket.accept",
-                        Phase::Denying =>
-                            "during a denial response (only websocket.http.response.body)",
-                        Phase::Open => "after websocket.accept",
-                        Phase::Closed => "after the WebSocket closed",
-                    }
-                )))
-            }
+            (phase, message) => Next::Fail(format!(
+                "{} is not allowed {}",
+                message.name(),
+                match phase {
+                    Phase::Connect | Phase::Handshake => "before websocket.accept",
+                    Phase::Denying =>
+                        "during a denial response (only websocket.http.response.body)",
+                    Phase::Open => "after websocket.accept",
+                    Phase::Closed => "after the WebSocket closed",
+                }
+            )),
+        };
+        // Python objects are made only once the lock is released (see `http::Handle::send`).
+        drop(inner);
+        match next {
+            Next::Sent => sent(py),
+            Next::Forward(tx, message) => self.forward(py, tx, message),
+            Next::Close(tx, message) => self.forward(py, tx, message).or_else(|_| sent(py)),
+            Next::Fail(why) => Err(self.protocol_failure(&why)),
         }
     }
 
@@ -409,6 +389,12 @@ impl WsHandle {
     }
 }
 
+impl crate::ws_queue::QueueOwner for WsHandle {
+    fn queue(&self) -> &Arc<Queue> {
+        &self.queue
+    }
+}
+
 impl crate::scope::AppHandle for WsHandle {
     fn app_failed(&self, traceback: &str) {
         self.failed(traceback);
@@ -416,6 +402,56 @@ impl crate::scope::AppHandle for WsHandle {
 }
 
 impl WsHandle {
+    /// `websocket.accept`: answers the handshake with 101 and starts the session's pump.
+    fn accept(
+        &self,
+        inner: &mut WsInner,
+        session: Session,
+        subprotocol: Option<HeaderValue>,
+        headers: HeaderMap,
+    ) {
+        let Handshake { head, upgrade } = session.handshake;
+        let mut response = Response::from_parts(head, ResponseBody::full(Bytes::new()));
+        let response_headers = response.headers_mut();
+        if let Some(subprotocol) = subprotocol {
+            response_headers.insert(SEC_WEBSOCKET_PROTOCOL, subprotocol);
+        }
+        // The app's headers, except those the handshake itself sets.
+        let own: Vec<http::HeaderName> = response_headers.keys().cloned().collect();
+        for (name, value) in headers.iter() {
+            if !own.contains(name) {
+                response_headers.append(name.clone(), value.clone());
+            }
+        }
+        let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
+        inner.outbound = Some(out_tx);
+        inner.phase = Phase::Open;
+        if !answer(inner, response) {
+            // The client left during the handshake.
+            inner.phase = Phase::Closed;
+            inner.outbound = None;
+            self.queue.set_ending(ABNORMAL, "");
+            inner.inbound_tx = None;
+            return;
+        }
+        if let Some(inbound) = inner.inbound_tx.take() {
+            let link = crate::ws_pump::Link {
+                shared: self.shared.clone(),
+                id: inner.admission.as_ref().map(|a| a.registry_id()),
+                client: self.client,
+                inbound,
+                outbound: out_rx,
+            };
+            self.shared.runtime.spawn(crate::ws_pump::pump(
+                upgrade,
+                session.settings,
+                session.stop,
+                session.hold,
+                link,
+            ));
+        }
+    }
+
     /// This session, as its errors are logged.
     fn failing(&self) -> Failing<'_> {
         Failing {

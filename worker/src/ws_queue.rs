@@ -9,12 +9,15 @@
 //!    through the hand-off; [`serve`] hands out messages on the Python thread.
 //! 3. `receive()` takes a queued message at once, or leaves one loop future in the queue. A
 //!    future the app cancelled (`asyncio.wait_for`, anyio cancel scopes) holds no task and
-//!    no message: it is dropped by the next `receive()` or the next message, and the
-//!    message stays queued for the next `receive()`.
+//!    no message: it leaves the queue when the app gives it up, and the message stays
+//!    queued for the next `receive()`. A message the app never takes (its awaitable dropped
+//!    unawaited, or its task cancelled after the message was set) goes back to the front.
+//! 5. No Python call runs while the queue's lock is held: the lock pairs a waiter with a
+//!    message, and the message is made and set after it is released.
 //! 4. When the pump ends (or the handshake never completes) the [`Producer`] closes the
 //!    queue: waiters get `websocket.disconnect` once the queued messages are taken.
 
-use crate::awaitable::{new_future, ready, waiting};
+use crate::awaitable::{is_done, new_future, prune, ready, waiting, GiveBack, GiveUp};
 use crate::handoff::Handoff;
 use genro_shared::sync::lock;
 use pyo3::intern;
@@ -127,7 +130,7 @@ struct State {
     /// Bytes of `messages`.
     bytes: usize,
     /// `receive()` futures not yet resolved (a cancelled one until it is noticed).
-    waiters: Vec<Py<PyAny>>,
+    waiters: VecDeque<Py<PyAny>>,
     /// No more messages will come.
     closed: bool,
     /// The app's handle is gone: messages are dropped as they come.
@@ -217,7 +220,7 @@ impl Queue {
             state.messages.push_back(value);
             state.bytes += len;
             self.budget.add(len);
-            (!state.waiters.is_empty()).then(|| state.waiters.remove(0))
+            state.waiters.pop_front()
         };
         if let Some(waiter) = waiter {
             self.wake(waiter);
@@ -230,7 +233,7 @@ impl Queue {
         let waiter = {
             let mut state = lock(&self.state);
             state.closed = true;
-            (!state.waiters.is_empty()).then(|| state.waiters.remove(0))
+            state.waiters.pop_front()
         };
         if let Some(waiter) = waiter {
             self.wake(waiter);
@@ -242,9 +245,11 @@ impl Queue {
         let mut state = lock(&self.state);
         state.app_gone = true;
         state.messages.clear();
-        state.waiters.clear();
+        let waiters = std::mem::take(&mut state.waiters);
         self.budget.release(std::mem::take(&mut state.bytes));
         drop(state);
+        // Dropped outside the lock: the last reference to a future may run Python code.
+        drop(waiters);
         self.room.notify_one();
     }
 
@@ -259,44 +264,144 @@ impl Queue {
         let value = state.messages.pop_front()?;
         state.bytes -= value.size();
         self.budget.release(value.size());
+        self.room.notify_one();
         Some(value)
     }
 
-    /// `receive()` after the handshake: a queued message or the disconnect at once, else a
-    /// loop future that [`push`](Self::push) or [`close`](Self::close) resolves.
-    pub fn receive(self: &Arc<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        {
-            let mut state = lock(&self.state);
-            if let Some(result) = self.now(py, &mut state) {
-                return result;
-            }
-            // Futures the app cancelled are dropped here, so at most one per `receive()`
-            // in flight stays behind.
-            state.waiters.retain(|waiter| !is_done(py, waiter));
+    /// What `receive()` answers without waiting, if anything: the oldest message, or the
+    /// disconnect once the queue is closed and empty.
+    fn now(&self, state: &mut State) -> Option<Now> {
+        match self.take(state) {
+            Some(value) => Some(Now::Message(value)),
+            None => state.closed.then_some(Now::Closed),
         }
-        let waiter = new_future(py)?;
-        let mut state = lock(&self.state);
-        // A message may have come while the future was made.
-        if let Some(result) = self.now(py, &mut state) {
-            return result;
-        }
-        state.waiters.push(waiter.clone_ref(py));
-        drop(state);
-        waiting(py, &waiter, None)
     }
 
-    /// What `receive()` returns without waiting, if anything.
-    fn now(&self, py: Python<'_>, state: &mut State) -> Option<PyResult<Py<PyAny>>> {
-        if let Some(value) = self.take(state) {
-            self.room.notify_one();
-            return Some(receive_message(py, value).and_then(|m| ready(py, m, None)));
+    /// Puts a message the app did not take back at the front, counted again.
+    fn unshift(&self, state: &mut State, value: Inbound) {
+        if state.app_gone {
+            return;
         }
-        if state.closed {
-            let (code, reason) = self.ending();
-            return Some(disconnect_message(py, code, &reason).and_then(|m| ready(py, m, None)));
-        }
-        None
+        state.bytes += value.size();
+        self.budget.add(value.size());
+        state.messages.push_front(value);
     }
+
+    /// [`unshift`](Self::unshift), then wakes a waiting `receive()` for it.
+    fn give_back(self: &Arc<Self>, value: Inbound) {
+        let waiter = {
+            let mut state = lock(&self.state);
+            self.unshift(&mut state, value);
+            state.waiters.pop_front()
+        };
+        if let Some(waiter) = waiter {
+            self.wake(waiter);
+        }
+    }
+
+    /// The ASGI message for `now` (made outside the lock).
+    fn message<'py>(&self, py: Python<'py>, now: Now) -> PyResult<Bound<'py, PyAny>> {
+        match now {
+            Now::Message(value) => receive_message(py, value),
+            Now::Closed => {
+                let (code, reason) = self.ending();
+                disconnect_message(py, code, &reason)
+            }
+        }
+    }
+}
+
+/// What a `receive()` gets without waiting.
+enum Now {
+    Message(Inbound),
+    Closed,
+}
+
+/// The app's handle of a WebSocket session, as its `receive()` needs it.
+pub(crate) trait QueueOwner:
+    pyo3::PyClass<Frozen = pyo3::pyclass::boolean_struct::True> + Sync
+{
+    /// The session's queue.
+    fn queue(&self) -> &Arc<Queue>;
+}
+
+/// `receive()` after the handshake: a queued message or the disconnect at once, else a
+/// loop future that [`Queue::push`] or [`Queue::close`] resolves.
+pub(crate) fn receive<H: QueueOwner>(handle: &Bound<'_, H>) -> PyResult<Py<PyAny>> {
+    let py = handle.py();
+    let queue = handle.get().queue();
+    let now = queue.now(&mut lock(&queue.state));
+    if let Some(now) = now {
+        return answer(handle, now);
+    }
+    prune(py, &queue.state, |state| &mut state.waiters);
+    let waiter = new_future(py)?;
+    let mut state = lock(&queue.state);
+    // A message may have come while the future was made.
+    if let Some(now) = queue.now(&mut state) {
+        drop(state);
+        return answer(handle, now);
+    }
+    state.waiters.push_back(waiter.clone_ref(py));
+    drop(state);
+    let give_up = GiveUp::new(
+        waiter.clone_ref(py),
+        handle.clone().into_any().unbind(),
+        release::<H>,
+    );
+    waiting(py, &waiter, Some(give_up))
+}
+
+/// A `receive()` answered at once; a message the app never takes goes back to the queue.
+fn answer<H: QueueOwner>(handle: &Bound<'_, H>, now: Now) -> PyResult<Py<PyAny>> {
+    let py = handle.py();
+    let give_back = matches!(now, Now::Message(_))
+        .then(|| GiveBack::new(handle.clone().into_any().unbind(), restore::<H>));
+    ready(py, handle.get().queue().message(py, now)?, give_back)
+}
+
+/// The app gave up a waiting `receive()`: it leaves the queue, and a message already set
+/// on it goes back to the front.
+fn release<H: QueueOwner>(py: Python<'_>, future: &Py<PyAny>, owner: &Py<PyAny>) -> PyResult<()> {
+    let handle = owner.bind(py).cast::<H>()?;
+    lock(&handle.get().queue().state)
+        .waiters
+        .retain(|w| !w.is(future));
+    let future = future.bind(py);
+    if future.call_method0(intern!(py, "cancelled"))?.is_truthy()?
+        || !future.call_method0(intern!(py, "done"))?.is_truthy()?
+    {
+        return Ok(());
+    }
+    let message = future.call_method0(intern!(py, "result"))?.unbind();
+    restore::<H>(py, &message, owner)
+}
+
+/// Puts a `websocket.receive` message the app did not take back at the front of the queue.
+fn restore<H: QueueOwner>(py: Python<'_>, message: &Py<PyAny>, owner: &Py<PyAny>) -> PyResult<()> {
+    use pyo3::types::{PyBytes, PyString};
+    let handle = owner.bind(py).cast::<H>()?;
+    let message = message.bind(py);
+    if message.get_item(intern!(py, "type"))?.extract::<String>()? != "websocket.receive" {
+        return Ok(());
+    }
+    let text = message
+        .get_item(intern!(py, "text"))
+        .ok()
+        .filter(|t| !t.is_none());
+    let value = match text {
+        Some(text) => Inbound::Text(bytes::Bytes::copy_from_slice(
+            text.cast::<PyString>()?.to_str()?.as_bytes(),
+        )),
+        None => {
+            let data = message.get_item(intern!(py, "bytes"))?;
+            Inbound::Binary(bytes::Bytes::copy_from_slice(
+                data.cast::<PyBytes>()?.as_bytes(),
+            ))
+        }
+    };
+    handle.get().queue().give_back(value);
+    Ok(())
 }
 
 impl Drop for Queue {
@@ -320,62 +425,33 @@ impl Drop for Producer {
     }
 }
 
-fn is_done(py: Python<'_>, waiter: &Py<PyAny>) -> bool {
-    waiter
-        .bind(py)
-        .call_method0(intern!(py, "done"))
-        .and_then(|done| done.is_truthy())
-        .unwrap_or(true)
-}
-
-/// On the Python thread: resolves the waiting `receive()` futures of `queue` (`first`
-/// and any others) with queued messages in order, or with the disconnect once the queue is
-/// closed and empty. A cancelled future is skipped and loses nothing: the message stays
-/// queued for the next `receive()`.
+/// On the Python thread: hands queued messages (or the disconnect, once the queue is
+/// closed and empty) to the waiting `receive()` futures, `first` and any others, in order.
+/// The lock only pairs a waiter with a message; a waiter that turns out cancelled puts its
+/// message back, so nothing is lost.
 fn serve(py: Python<'_>, first: Py<PyAny>, queue: &Arc<Queue>) -> PyResult<()> {
-    let mut resolved: Vec<(Py<PyAny>, Option<Inbound>)> = Vec::new();
-    let mut took = false;
-    {
-        let mut state = lock(&queue.state);
-        let mut waiters = std::mem::take(&mut state.waiters);
-        waiters.insert(0, first);
-        for waiter in waiters {
-            if is_done(py, &waiter) {
-                continue;
-            }
-            if let Some(value) = queue.take(&mut state) {
-                took = true;
-                resolved.push((waiter, Some(value)));
-            } else if state.closed {
-                resolved.push((waiter, None));
-            } else {
-                state.waiters.push(waiter);
-            }
-        }
-    }
-    if took {
-        queue.room.notify_one();
-    }
-    let mut first_error = None;
-    for (waiter, value) in resolved {
-        let message = match value {
-            Some(value) => receive_message(py, value),
-            None => {
-                let (code, reason) = queue.ending();
-                disconnect_message(py, code, &reason)
-            }
+    lock(&queue.state).waiters.push_front(first);
+    loop {
+        let (waiter, now) = {
+            let mut state = lock(&queue.state);
+            let Some(waiter) = state.waiters.pop_front() else {
+                return Ok(());
+            };
+            let Some(now) = queue.now(&mut state) else {
+                state.waiters.push_front(waiter);
+                return Ok(());
+            };
+            (waiter, now)
         };
-        let result = message.and_then(|message| {
-            waiter
-                .bind(py)
-                .call_method1(intern!(py, "set_result"), (message,))
-                .map(drop)
-        });
-        if let Err(err) = result {
-            first_error.get_or_insert(err);
+        let waiter = waiter.bind(py);
+        if is_done(waiter) {
+            if let Now::Message(value) = now {
+                queue.unshift(&mut lock(&queue.state), value);
+            }
+            continue;
         }
+        waiter.call_method1(intern!(py, "set_result"), (queue.message(py, now)?,))?;
     }
-    first_error.map_or(Ok(()), Err)
 }
 
 /// The `websocket.receive` message for a client message.
