@@ -58,7 +58,7 @@ pub struct Server {
     /// Python event loop (key `loop`).
     #[serde(rename = "loop")]
     pub event_loop: LoopKind,
-    /// Tokio threads per worker.
+    /// Tokio threads per worker; 0: the connections run on the event loop's thread.
     pub threads: usize,
     /// ASGI `root_path`.
     pub root_path: String,

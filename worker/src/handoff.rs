@@ -72,7 +72,8 @@ impl Handoff {
             queue.push(event);
             was_empty
         };
-        if was_empty {
+        // Layout (b): a push made during a turn is run when the turn ends.
+        if was_empty && !crate::on_loop::in_turn() {
             let one: u64 = 1;
             // SAFETY: writes 8 bytes from a valid u64 to our own eventfd. EAGAIN (counter
             // saturated) is harmless: the loop is already due to wake.
@@ -85,12 +86,16 @@ impl Handoff {
         self.push(Event::Run(Job::new(job)));
     }
 
-    /// Clears the eventfd, then takes every queued event. The order matters: a push after
-    /// the read either lands in this batch or writes the eventfd again.
-    fn take(&self) -> Vec<Event> {
-        let mut counter: u64 = 0;
-        // SAFETY: reads 8 bytes into a valid u64 from our own non-blocking eventfd.
-        unsafe { libc::read(self.fd(), (&mut counter as *mut u64).cast(), 8) };
+    /// Takes every queued event; with `clear`, clears the eventfd first. The order matters:
+    /// a push after the read either lands in this batch or writes the eventfd again. A
+    /// take without clearing (after a turn, layout (b)) may leave the eventfd set by
+    /// another thread's push: the loop then runs the reader for an empty batch.
+    fn take(&self, clear: bool) -> Vec<Event> {
+        if clear {
+            let mut counter: u64 = 0;
+            // SAFETY: reads 8 bytes into a valid u64 from our own non-blocking eventfd.
+            unsafe { libc::read(self.fd(), (&mut counter as *mut u64).cast(), 8) };
+        }
         std::mem::take(&mut *lock(&self.queue))
     }
 }
@@ -116,10 +121,10 @@ impl std::fmt::Debug for Drainer {
     }
 }
 
-#[pymethods]
 impl Drainer {
-    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
-        for event in self.handoff.take() {
+    /// Runs every queued event (see [`Handoff::take`] for `clear`).
+    pub(crate) fn run(&self, py: Python<'_>, clear: bool) {
+        for event in self.handoff.take(clear) {
             let result = match event {
                 Event::Run(job) => (job.0)(py),
                 Event::Shutdown => self.stop_loop.call0(py).map(drop),
@@ -128,6 +133,12 @@ impl Drainer {
                 tracing::error!("bridge: {err}");
             }
         }
-        Ok(())
+    }
+}
+
+#[pymethods]
+impl Drainer {
+    fn __call__(&self, py: Python<'_>) {
+        self.run(py, true);
     }
 }

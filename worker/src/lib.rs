@@ -34,6 +34,7 @@ mod http;
 mod io_watch;
 mod metrics;
 mod module;
+mod on_loop;
 mod receive;
 mod registry;
 mod response;
@@ -141,13 +142,9 @@ pub fn run(py: Python<'_>, args: WorkerArgs) -> i32 {
 fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
     use anyhow::Context;
     let config = Arc::new(args.config);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.server.threads)
-        .thread_name("genro-io")
-        .enable_all()
-        .build()
-        .context("tokio runtime")?;
-    let control = runtime
+    let runtimes = Runtimes::build(config.server.threads)?;
+    let control = runtimes
+        .control()
         .block_on(UnixStream::connect(&args.control))
         .with_context(|| {
             format!(
@@ -162,7 +159,9 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
         pid: std::process::id(),
         generation: args.generation,
     };
-    runtime.block_on(protocol::write_frame(&mut control_write, &hello))?;
+    runtimes
+        .control()
+        .block_on(protocol::write_frame(&mut control_write, &hello))?;
 
     // SAFETY: the supervisor passed the slot's listening socket on this fd, and nothing
     // else in this process owns it.
@@ -190,7 +189,7 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
     let shared = Arc::new(Shared {
         notices,
         handoff: Arc::new(Handoff::new().context("eventfd")?),
-        runtime: runtime.handle().clone(),
+        runtime: runtimes.io.handle().clone(),
         root_path: config.server.root_path.clone(),
         body_timeout: config.limits.body_timeout,
         event_streams: state::EventStreams::default(),
@@ -279,13 +278,15 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
                 lifespan_state: lifespan_state.unbind(),
             },
         )?;
-        event_loop.call_method1(
-            "add_reader",
-            (
-                shared.handoff.fd(),
-                Drainer::new(shared.handoff.clone(), event_loop.getattr("stop")?.unbind()),
-            ),
+        let drainer = Py::new(
+            py,
+            Drainer::new(shared.handoff.clone(), event_loop.getattr("stop")?.unbind()),
         )?;
+        event_loop.call_method1("add_reader", (shared.handoff.fd(), drainer.clone_ref(py)))?;
+        if let Some(epoll) = runtimes.epoll {
+            let turn = on_loop::Turn::new(runtimes.io.clone(), drainer, &event_loop)?;
+            event_loop.call_method1("add_reader", (epoll, turn))?;
+        }
         glue.call_method1(
             "start_ticker",
             (
@@ -306,7 +307,7 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
             let shared_for_serve = shared.clone();
             let config = config.clone();
             let stop_rx = stop_rx.clone();
-            runtime.spawn(async move {
+            runtimes.io.spawn(async move {
                 if let Err(err) = server::serve(
                     listener,
                     front,
@@ -323,13 +324,13 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
             })
         };
         if config.watchdog.enabled {
-            runtime.spawn(watchdog::run(
+            runtimes.control().spawn(watchdog::run(
                 shared.clone(),
                 stacks.clone(),
                 config.watchdog.clone(),
             ));
         }
-        runtime.spawn(control_loop(
+        runtimes.control().spawn(control_loop(
             control_read,
             control_write,
             shared.clone(),
@@ -337,9 +338,11 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
             stop_tx.clone(),
             notices_rx,
         ));
-        runtime.spawn(genro_shared::signals::stop_loop(stop_tx));
+        runtimes
+            .control()
+            .spawn(genro_shared::signals::stop_loop(stop_tx));
         let quiet = shared.clone();
-        runtime.spawn(trim::run(move || {
+        runtimes.control().spawn(trim::run(move || {
             quiet
                 .http_in_flight
                 .load(std::sync::atomic::Ordering::Relaxed)
@@ -372,13 +375,79 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
             sys.getattr("stderr")?.call_method0("flush")
         });
         // Let the server finish writing what the cancelled requests answered.
-        py.detach(|| runtime.block_on(serving)).ok();
+        if let Some(epoll) = runtimes.epoll {
+            event_loop.call_method1("remove_reader", (epoll,))?;
+        }
+        py.detach(|| runtimes.io.block_on(serving)).ok();
         Ok(exit::OK)
     })();
     // Tokio threads may wait for the GIL (a last wake-up, a dropped Python object): let
     // them finish without it.
-    py.detach(|| runtime.shutdown_timeout(std::time::Duration::from_secs(1)));
+    py.detach(|| runtimes.shutdown());
     code
+}
+
+/// The worker's tokio runtimes. Layout (a), `threads` >= 1: one multi-thread runtime runs
+/// everything. Layout (b), `threads = 0`: the connections run on a current-thread runtime
+/// that the event loop drives ([`on_loop`]), and the control plane on a one-thread runtime
+/// of its own, so a blocked loop still answers heartbeats and the watchdog still sees it.
+struct Runtimes {
+    /// Where the connections run.
+    io: Arc<tokio::runtime::Runtime>,
+    /// Layout (b): the control plane's.
+    control: Option<tokio::runtime::Runtime>,
+    /// Layout (b): the epoll descriptor of `io`, which the loop watches.
+    epoll: Option<std::os::fd::RawFd>,
+}
+
+impl Runtimes {
+    fn build(threads: usize) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        if threads == 0 {
+            let on_loop = on_loop::LoopRuntime::build().context("the loop's tokio runtime")?;
+            let control = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("genro-control")
+                .enable_all()
+                .build()
+                .context("tokio runtime")?;
+            return Ok(Runtimes {
+                io: on_loop.runtime,
+                control: Some(control),
+                epoll: Some(on_loop.epoll),
+            });
+        }
+        let io = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("genro-io")
+            .enable_all()
+            .build()
+            .context("tokio runtime")?;
+        Ok(Runtimes {
+            io: Arc::new(io),
+            control: None,
+            epoll: None,
+        })
+    }
+
+    /// The runtime of the control connection, signals, watchdog and trimmer.
+    fn control(&self) -> &tokio::runtime::Runtime {
+        self.control.as_ref().unwrap_or(&self.io)
+    }
+
+    /// Lets tasks that wait for the GIL (a last wake-up, a dropped Python object) finish
+    /// without it, for a second at most.
+    fn shutdown(self) {
+        let grace = std::time::Duration::from_secs(1);
+        if let Some(control) = self.control {
+            control.shutdown_timeout(grace);
+        }
+        // The loop may still hold a turn (a scheduled tick): then the runtime is dropped
+        // with the last of them, as the process exits.
+        if let Ok(io) = Arc::try_unwrap(self.io) {
+            io.shutdown_timeout(grace);
+        }
+    }
 }
 
 fn load_glue<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyModule>> {
