@@ -29,7 +29,9 @@ def background_get(url, timeout=30):
 
 
 def test_ctl_requests_lists_in_flight_requests(server):
-    s = server(workers=2)
+    # Layout (a): a worker whose loop is blocked still reads the requests sent to it (in
+    # layout (b) they wait unread in its listen queue, so they are not in flight yet).
+    s = server(workers=2, sections={"server": {"threads": 1}})
     assert ctl(s, "requests").stdout.strip() == "no requests in flight"
     threads = [background_get(s.url + "/sleep?s=3") for _ in range(3)]
     threads.append(background_get(s.url + "/block?s=3"))

@@ -367,8 +367,11 @@ def test_a_blocked_loop_under_a_flood_of_departed_clients_stays_small(server, tm
     kernel's listen queue, bounded by `backlog`), a pause counted as `accept_paused`, so
     the worker's descriptors stay few (500 to 5,000 without that bound). RSS stays small,
     and it serves normally afterwards.
-    Was +458 MB for 150 k requests."""
-    s = metrics_server(server, workers=1, app="hostile:app", sections={"server": {"worker_timeout": 600}})
+    Was +458 MB for 150 k requests.
+    Layout (a) (`threads = 1`), whose I/O thread accepts while the loop is blocked; in
+    layout (b) nothing is accepted then, and the clients wait in the listen queue."""
+    s = metrics_server(server, workers=1, app="hostile:app",
+                       sections={"server": {"worker_timeout": 600, "threads": 1}})
     pid, before = warm_rss(s)
     release = tmp_path / "release"
     blocker = socket.create_connection(("127.0.0.1", s.port))

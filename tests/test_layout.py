@@ -1,15 +1,18 @@
 """Layout (b), `[server] threads = 0`: the connections run on the event loop's own thread
 (worker/src/on_loop.rs). The worker has no I/O thread, and the request path's behaviours,
-timers included, hold as in layout (a): a selection of the HTTP, body, WebSocket and
-limits tests runs again with `threads = 0`."""
+timers included, hold as in layout (a), and a blocked loop is still seen by the control
+plane: a selection of the HTTP, body, WebSocket, limits and control tests runs again with
+`threads = 0`."""
 
 import os
 
 import httpx
 import pytest
 
+import test_control
 import test_http
 import test_limits
+import test_observability
 import test_receive
 import test_websocket
 from conftest import ready_pids, status, wait_for
@@ -72,6 +75,9 @@ AGAIN = [
     test_websocket.test_a_receive_cancelled_after_its_message_was_set_loses_nothing,
     test_websocket.test_slow_client_makes_the_app_wait,
     test_websocket.test_keepalive_pings_close_a_silent_client,
+    # The control plane runs on its own thread: a blocked loop still answers and is seen.
+    test_control.test_ctl_stacks_shows_a_blocked_loop,
+    test_observability.test_watchdog_reports_a_blocked_loop_with_the_loop_stack,
 ]
 
 

@@ -13,8 +13,9 @@
 //!    without waiting, and wakes the `block_on` future, which ends the turn once nothing
 //!    is pending (tokio polls its driver once more without blocking when the hook wakes
 //!    it: <https://github.com/tokio-rs/tokio/issues/8212>). A turn ends after
-//!    [`MAX_ROUNDS`] rounds anyway, so a flood of connections cannot starve the app; it
-//!    then asks the loop for another turn at once.
+//!    [`MAX_ROUNDS`] rounds or [`MAX_TURN`] anyway (a task that always has work, such as a
+//!    client flooding a WebSocket with pings, never lets the hook fire), so a flood
+//!    cannot starve the app; it then asks the loop for another turn at once.
 //! 3. Then the hand-off's jobs queued during the turn run at once, without waiting for the
 //!    loop to notice the eventfd.
 //! 4. A readiness that arrives between the hook's check and the driver's last poll is
@@ -40,6 +41,8 @@ use tokio::runtime::Runtime;
 
 /// Most park rounds in one turn before the loop gets the thread back.
 const MAX_ROUNDS: u32 = 4;
+/// Longest turn (tokio's timer resolution is 1 ms: a turn ends within about 2 ms).
+const MAX_TURN: Duration = Duration::from_millis(1);
 /// The longest a ready task or an expired tokio timer waits for a turn.
 pub(crate) const TICK: Duration = Duration::from_millis(5);
 
@@ -182,10 +185,21 @@ fn on_park(epoll: RawFd) {
     }
 }
 
-/// The `block_on` future of one turn: ready once the park hook found nothing pending, or
-/// after [`MAX_ROUNDS`] rounds (then `Ready(false)`).
+/// The `block_on` future of one turn: ready once the park hook found nothing pending
+/// (`Ready(true)`), or after [`MAX_ROUNDS`] rounds or [`MAX_TURN`] (then `Ready(false)`).
 struct UntilIdle {
     rounds: u32,
+    /// Created at the first poll, inside the runtime.
+    limit: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl UntilIdle {
+    fn new() -> Self {
+        UntilIdle {
+            rounds: 0,
+            limit: None,
+        }
+    }
 }
 
 impl Future for UntilIdle {
@@ -195,7 +209,11 @@ impl Future for UntilIdle {
         if self.rounds > 0 && IDLE.get() {
             return Poll::Ready(true);
         }
-        if self.rounds == MAX_ROUNDS {
+        let last_round = self.rounds == MAX_ROUNDS;
+        let limit = self
+            .limit
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(MAX_TURN)));
+        if last_round || limit.as_mut().poll(cx).is_ready() {
             TURN.with_borrow_mut(|turn| *turn = None);
             return Poll::Ready(false);
         }
@@ -247,7 +265,7 @@ impl Turn {
         let py = slf.py();
         let this = slf.get();
         IN_TURN.set(true);
-        let idle = this.runtime.block_on(UntilIdle { rounds: 0 });
+        let idle = this.runtime.block_on(UntilIdle::new());
         IN_TURN.set(false);
         this.drainer.get().run(py, false);
         if !idle {
