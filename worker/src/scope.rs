@@ -10,7 +10,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::pyclass::boolean_struct::True;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 use pyo3::PyClass;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -206,15 +206,11 @@ fn build_scope<'py>(
     }
     scope.set_item(intern!(py, "headers"), headers)?;
     let client = &start.conn.client;
-    scope.set_item(
-        intern!(py, "client"),
-        (client.ip().to_string(), client.port()),
-    )?;
+    let client_ip = LAST_CLIENT.with(|memo| memo.text(py, client.ip()));
+    scope.set_item(intern!(py, "client"), (client_ip, client.port()))?;
     let server = &start.conn.server;
-    scope.set_item(
-        intern!(py, "server"),
-        (server.ip().to_string(), server.port()),
-    )?;
+    let server_ip = LAST_SERVER.with(|memo| memo.text(py, server.ip()));
+    scope.set_item(intern!(py, "server"), (server_ip, server.port()))?;
     scope.set_item(intern!(py, "state"), state.lifespan_state.bind(py).copy()?)?;
     let extensions = PyDict::new(py);
     if websocket {
@@ -236,6 +232,32 @@ fn build_scope<'py>(
     extensions.set_item(intern!(py, "genro.envelope"), envelope)?;
     scope.set_item(intern!(py, "extensions"), extensions)?;
     Ok(scope)
+}
+
+/// The last address turned into the scope's text, and that text: a worker's server address
+/// hardly ever changes, and its clients often share one (a proxy, a load balancer), so the
+/// formatting and the string are paid once, not per request.
+#[derive(Default)]
+struct IpText(std::cell::RefCell<Option<(std::net::IpAddr, Py<PyString>)>>);
+
+impl IpText {
+    fn text<'py>(&self, py: Python<'py>, ip: std::net::IpAddr) -> Bound<'py, PyString> {
+        let mut last = self.0.borrow_mut();
+        match &*last {
+            Some((seen, text)) if *seen == ip => text.bind(py).clone(),
+            _ => {
+                let text = PyString::new(py, &ip.to_string());
+                *last = Some((ip, text.clone().unbind()));
+                text
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Scopes are built on the loop's thread only.
+    static LAST_CLIENT: IpText = IpText::default();
+    static LAST_SERVER: IpText = IpText::default();
 }
 
 /// The worker's `asyncio.Event` set when it drains, created on first use (on the loop's
