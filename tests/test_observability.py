@@ -317,6 +317,50 @@ def test_json_logs_are_one_object_per_line_for_server_and_app(server):
     assert all(r["time"].endswith("Z") for r in records)
 
 
+def test_log_lines_carry_their_worker_connection_and_request(server):
+    """Spans: a worker's lines carry `slot`, a connection's `peer`, a request's `request_id`,
+    `method`, `path` and `client`; access lines stay exactly their format."""
+    import json
+    s = server(sections={"logging": {"format": "json", "level": "debug", "access_log": True}})
+    r = httpx.get(s.url + "/raise?x=1")
+    assert r.status_code == 500
+    rid = r.headers["x-request-id"]
+    s.wait_log("exception in ASGI app")
+    # A connection that sends garbage: its line is the connection's, with no request.
+    with socket.create_connection(("127.0.0.1", s.port)) as raw:
+        raw.sendall(b"NOT HTTP\r\n\r\n")
+        raw.settimeout(5)
+        peer = "127.0.0.1:%d" % raw.getsockname()[1]
+        raw.recv(1024)
+    wait_for(lambda: peer in s.log, 10, "the bad connection's line")
+    records = [json.loads(line) for line in s.log.splitlines() if line.startswith("{")]
+    (error,) = [r for r in records if "exception in ASGI app" in r["message"]]
+    assert error["request_id"] == rid == error["error_id"], error
+    assert (error["method"], error["path"], error["slot"]) == ("GET", "/raise", 0), error
+    assert error["client"].startswith("127.0.0.1:"), error
+    (conn,) = [r for r in records if r.get("peer") == peer]
+    assert conn["slot"] == 0 and "request_id" not in conn, conn
+    serving = [r for r in records if r["name"] == "genro_asgi.worker-0" and "slot" in r]
+    assert len(serving) >= 2, "worker lines outside requests carry the slot too"
+    (access,) = [r for r in records if r["name"] == "genro_asgi.access"]
+    assert set(access) == {"time", "levelname", "levelno", "name", "process", "thread",
+                           "threadName", "module", "message"}, access
+    assert access["message"].startswith("127.0.0.1 - - [") and rid not in access["message"]
+
+
+def test_text_log_lines_end_with_their_context(server):
+    s = server(sections={"logging": {"format": "%(levelname)s|%(message)s", "access_log": True}})
+    r = httpx.get(s.url + "/raise")
+    s.wait_log('"GET /raise HTTP/1.1" 500')
+    rid = r.headers["x-request-id"]
+    head = [line for line in s.log.splitlines() if "exception in ASGI app" in line][0]
+    assert head.startswith("ERROR|exception in ASGI app (error id %s)" % rid), head
+    # Fields follow the message (here after the traceback): the event's, then the spans'.
+    assert ("error_id=%s slot=0 request_id=%s method=GET path=/raise client=127.0.0.1:" % (rid, rid)) in s.log
+    (access,) = [line for line in s.log.splitlines() if '"GET /raise HTTP/1.1" 500' in line]
+    assert "slot=" not in access and "peer=" not in access, access
+
+
 def test_watchdog_warns_then_escalates_once_per_level(server):
     s = metrics_server(server, workers=1,
                        sections={"watchdog": {"interval": 0.2, "timeout": 1, "critical": 2}})

@@ -3,11 +3,15 @@
 //! below are supported) or `json`; `[logging] file` appends to a file instead of stderr.
 
 use genro_config::{Config, LogLevel};
+use tracing::span::{Attributes, Id, Record as SpanRecord};
 use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Which process logs: its lines are tagged with it (`%(processName)s`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,17 +46,19 @@ pub fn init(config: &Config, process: Process) {
         Process::Worker(slot) => format!("worker-{slot}"),
         Process::Front => "http3-front".to_owned(),
     };
-    let builder = tracing_subscriber::fmt()
+    let format = config.logging.format.trim();
+    let result = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(crate::logfile::line)
-        .with_ansi(false);
-    let format = config.logging.format.trim();
-    let result = builder
+        .with_ansi(false)
+        .fmt_fields(NoFields)
         .event_format(PyFormat {
             pieces: (!format.eq_ignore_ascii_case("json")).then(|| parse(format)),
             process,
             critical_only: config.logging.level == LogLevel::Critical,
         })
+        .finish()
+        .with(KeepSpanFields)
         .try_init();
     // A subscriber is already installed only in tests that call init twice.
     let _ = result;
@@ -173,7 +179,7 @@ impl Record {
             .levelno
             .unwrap_or(if levelname == "CRITICAL" { 50 } else { rust_no });
         let name = f.logger.unwrap_or_else(|| match meta.target() {
-            "genro_asgi::access" => "genro_asgi.access".to_owned(),
+            ACCESS_TARGET => "genro_asgi.access".to_owned(),
             "genro_asgi::app" => format!("genro_asgi.app.{process}"),
             _ => format!("genro_asgi.{process}"),
         });
@@ -192,6 +198,15 @@ impl Record {
             thread_name,
             message: f.message,
             extra: f.extra,
+        }
+    }
+
+    /// Adds the fields of a span the event is in, except those the event sets itself.
+    fn add_context(&mut self, fields: &[(&'static str, serde_json::Value)]) {
+        for (key, value) in fields {
+            if !self.extra.iter().any(|(own, _)| own == key) {
+                self.extra.push((key, value.clone()));
+            }
         }
     }
 
@@ -260,18 +275,72 @@ where
 {
     fn format_event(
         &self,
-        _ctx: &FmtContext<'_, S, N>,
+        ctx: &FmtContext<'_, S, N>,
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> std::fmt::Result {
-        let record = Record::of(event, &self.process);
+        let mut record = Record::of(event, &self.process);
         if self.critical_only && record.levelno < 50 {
             return Ok(());
+        }
+        // An access-log line is its configured format and nothing else, and the app's own
+        // `logging` records keep their fields: the spans' context is the server's.
+        if !matches!(event.metadata().target(), ACCESS_TARGET | APP_RECORDS) {
+            if let Some(scope) = ctx.event_scope() {
+                for span in scope.from_root() {
+                    if let Some(fields) = span.extensions().get::<SpanFields>() {
+                        record.add_context(&fields.0);
+                    }
+                }
+            }
         }
         match &self.pieces {
             Some(pieces) => record.write_text(pieces, &mut writer),
             None => record.write_json(&mut writer),
         }
+    }
+}
+
+/// The target of access-log lines.
+const ACCESS_TARGET: &str = "genro_asgi::access";
+
+/// The target of the app's Python `logging` records (the worker's `log_record`).
+const APP_RECORDS: &str = "genro_asgi::py";
+
+/// A span's fields (`worker{slot}`, `conn{peer}`, `request{request_id}`), kept for the events
+/// inside it: a text line shows them after the message as `key=value`, a JSON line as keys.
+struct SpanFields(Vec<(&'static str, serde_json::Value)>);
+
+/// Keeps every span's fields as [`SpanFields`] in the span's extensions.
+struct KeepSpanFields;
+
+impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for KeepSpanFields {
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let mut fields = Fields::default();
+        attrs.record(&mut fields);
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(SpanFields(fields.all()));
+        }
+    }
+
+    fn on_record(&self, id: &Id, values: &SpanRecord<'_>, ctx: Context<'_, S>) {
+        let mut fields = Fields::default();
+        values.record(&mut fields);
+        if let Some(span) = ctx.span(id) {
+            if let Some(kept) = span.extensions_mut().get_mut::<SpanFields>() {
+                kept.0.extend(fields.all());
+            }
+        }
+    }
+}
+
+/// The fmt layer's own copy of span fields, switched off: [`KeepSpanFields`] keeps them,
+/// typed, and [`PyFormat`] writes them.
+struct NoFields;
+
+impl<'writer> FormatFields<'writer> for NoFields {
+    fn format_fields<R: RecordFields>(&self, _: Writer<'writer>, _: R) -> std::fmt::Result {
+        Ok(())
     }
 }
 
@@ -289,6 +358,11 @@ struct Fields {
 }
 
 impl Fields {
+    /// Every field as recorded, for a span (whose fields are all context).
+    fn all(self) -> Vec<(&'static str, serde_json::Value)> {
+        self.extra
+    }
+
     fn put(&mut self, field: &tracing::field::Field, value: serde_json::Value) {
         use serde_json::Value;
         let text = |value: Value| match value {

@@ -25,6 +25,29 @@ pub(crate) struct ConnInfo {
     pub(crate) front: bool,
 }
 
+/// The span of one exchange's log lines, `request{request_id, method, path, client}`, made
+/// the first time one is logged (most exchanges log nothing, and a span costs a few
+/// allocations), under the span current then (`worker{slot}` on the loop's thread,
+/// `conn{peer}` on a connection's task). ERROR level: it exists whenever anything is
+/// logged.
+#[derive(Debug, Default)]
+pub(crate) struct RequestSpan(std::sync::OnceLock<tracing::Span>);
+
+impl RequestSpan {
+    /// The span, made on first use from the exchange's facts.
+    pub(crate) fn get(
+        &self,
+        id: crate::registry::RequestId,
+        method: &str,
+        path: &str,
+        client: SocketAddr,
+    ) -> &tracing::Span {
+        self.0.get_or_init(
+            || tracing::error_span!("request", request_id = %id, method, path, %client),
+        )
+    }
+}
+
 /// What every exchange starts from on the Python thread, whatever its protocol.
 #[derive(Debug)]
 pub(crate) struct Opening {

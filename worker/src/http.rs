@@ -12,7 +12,7 @@
 //! 4. `glue.run_http` reports how the app ended (`finished`, `failed`, `cancelled`): an
 //!    incomplete response becomes a 500 with an error id, or an aborted stream.
 
-use crate::admission::{Admission, Opening, QueuedStart};
+use crate::admission::{Admission, Opening, QueuedStart, RequestSpan};
 use crate::awaitable::{new_future, sent, settle, settle_with, waiting};
 use crate::body::{Chunk, Pipe, Refused, ResponseBody, SendError};
 use crate::budget::Budgets;
@@ -93,6 +93,7 @@ fn start_request(py: Python<'_>, shared: &Arc<Shared>, start: RequestStart) -> P
         method: parts.method.clone(),
         path: parts.uri.path().to_owned(),
         client: conn.client,
+        span: RequestSpan::default(),
         budgets,
         inner: Mutex::new(Inner {
             state: State::Init,
@@ -120,6 +121,7 @@ pub(crate) struct Handle {
     method: http::Method,
     path: String,
     client: SocketAddr,
+    span: RequestSpan,
     budgets: Budgets,
     inner: Mutex<Inner>,
 }
@@ -247,7 +249,7 @@ impl Handle {
             return;
         }
         if inner.gone || self.exchange.client_at_fault(false) {
-            tracing::debug!(method = %self.method, path = %self.path, "client disconnected before the response completed");
+            tracing::debug!(parent: self.span(), "client disconnected before the response completed");
             self.exchange.client_error(&self.shared);
             // End the body now (a drain ended this event stream): the transport must not
             // wait for the handle to be garbage-collected.
@@ -270,7 +272,7 @@ impl Handle {
         }
         inner.failed = true;
         self.shared.error(ErrorKind::Internal);
-        tracing::warn!(method = %self.method, path = %self.path, "request cancelled: still running when graceful_timeout ran out");
+        tracing::warn!(parent: self.span(), "request cancelled: still running when graceful_timeout ran out");
         self.fail_locked(
             &mut inner,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -290,7 +292,7 @@ impl Handle {
             // (our `OSError: client disconnected`, or a framework's own exception such as
             // Starlette's ClientDisconnect): a client error, not an app one.
             let last = traceback.trim_end().lines().last().unwrap_or("");
-            tracing::debug!(method = %self.method, path = %self.path, "client disconnected; the app ended with {last}");
+            tracing::debug!(parent: self.span(), "client disconnected; the app ended with {last}");
             self.exchange.client_error(&self.shared);
             if self.exchange.is_drained() {
                 // A drain ended this event stream: end its body cleanly, as a server that
@@ -330,7 +332,14 @@ impl Handle {
             path: &self.path,
             client: self.client,
             websocket: false,
+            span: self.span(),
         }
+    }
+
+    /// The span of this exchange's log lines.
+    fn span(&self) -> &tracing::Span {
+        self.span
+            .get(self.id, self.method.as_str(), &self.path, self.client)
     }
 
     /// An invalid message or an incomplete response: log it, answer 500 (or abort), and

@@ -142,7 +142,10 @@ pub fn run(py: Python<'_>, args: WorkerArgs) -> i32 {
 fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
     use anyhow::Context;
     let config = Arc::new(args.config);
-    let runtimes = Runtimes::build(config.server.threads)?;
+    // Every line this worker logs, on any of its threads, carries its slot.
+    let worker = tracing::error_span!("worker", slot = args.slot);
+    let _in_worker = worker.clone().entered();
+    let runtimes = Runtimes::build(config.server.threads, &worker)?;
     let control = runtimes
         .control()
         .block_on(UnixStream::connect(&args.control))
@@ -387,6 +390,13 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
     code
 }
 
+/// A runtime's thread-start hook: the thread stays in `span` for its whole life (the guard
+/// is never dropped), so its events carry the span's fields.
+pub(crate) fn stay_in(span: &tracing::Span) -> impl Fn() + Send + Sync + 'static {
+    let span = span.clone();
+    move || std::mem::forget(span.clone().entered())
+}
+
 /// The worker's tokio runtimes. Layout (a), `threads` >= 1: one multi-thread runtime runs
 /// everything. Layout (b), `threads = 0`: the connections run on a current-thread runtime
 /// that the event loop drives ([`on_loop`]), and the control plane on a one-thread runtime
@@ -401,12 +411,15 @@ struct Runtimes {
 }
 
 impl Runtimes {
-    fn build(threads: usize) -> anyhow::Result<Self> {
+    /// Builds the runtimes of `threads` (0: layout (b)); their threads run in `worker`.
+    fn build(threads: usize, worker: &tracing::Span) -> anyhow::Result<Self> {
         use anyhow::Context;
         if threads == 0 {
-            let on_loop = on_loop::LoopRuntime::build().context("the loop's tokio runtime")?;
+            let on_loop =
+                on_loop::LoopRuntime::build(worker).context("the loop's tokio runtime")?;
             let control = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
+                .on_thread_start(stay_in(worker))
                 .thread_name("genro-control")
                 .enable_all()
                 .build()
@@ -419,6 +432,7 @@ impl Runtimes {
         }
         let io = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
+            .on_thread_start(stay_in(worker))
             .thread_name("genro-io")
             .enable_all()
             .build()

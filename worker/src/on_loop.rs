@@ -80,14 +80,16 @@ pub(crate) enum BuildError {
 }
 
 impl LoopRuntime {
-    /// Builds the runtime and finds its epoll descriptor.
-    pub(crate) fn build() -> Result<Self, BuildError> {
+    /// Builds the runtime and finds its epoll descriptor; its blocking threads run in
+    /// `worker` (the loop's thread is in it already).
+    pub(crate) fn build(worker: &tracing::Span) -> Result<Self, BuildError> {
         let epoll = Arc::new(AtomicI32::new(-1));
         let hook_epoll = epoll.clone();
         let before = epoll_fds().map_err(BuildError::Proc)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .on_thread_park(move || on_park(hook_epoll.load(Ordering::Relaxed)))
+            .on_thread_start(crate::stay_in(worker))
             .build()
             .map_err(BuildError::Runtime)?;
         let after = epoll_fds().map_err(BuildError::Proc)?;

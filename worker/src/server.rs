@@ -24,6 +24,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
 
 /// Accepted connections whose task has not started yet. A flood of new connections that
 /// outpaces the I/O thread would otherwise move the kernel's listen queue into the heap
@@ -185,7 +186,10 @@ pub async fn serve(
                 fd: Some(std::os::fd::AsRawFd::as_raw_fd(&stream)),
             };
             let stream = Watched::new(stream, io_watch);
-            tokio::spawn(async move {
+            // ERROR level: the span exists whenever anything is logged, so a warning
+            // inside it names the peer too.
+            let span = tracing::error_span!("conn", peer = %client);
+            let task = async move {
                 drop(not_started);
                 let _live = live;
                 match tls {
@@ -201,30 +205,31 @@ pub async fn serve(
                                 match tokio::time::timeout(handshake_timeout, gate).await {
                                     Ok(Ok(stream)) => driver.drive(TokioIo::new(stream)).await,
                                     Ok(Err(crate::alpn::Refused::Io(err))) => {
-                                        tracing::debug!(%client, "connection ended: {err}");
+                                        tracing::debug!("connection ended: {err}");
                                     }
                                     Ok(Err(refused)) => {
-                                        tracing::debug!(%client, "{refused}");
+                                        tracing::debug!("{refused}");
                                         shared.error(ErrorKind::Client);
                                     }
                                     Err(_) => {
-                                        tracing::debug!(%client, "no request within header_read_timeout");
+                                        tracing::debug!("no request within header_read_timeout");
                                         shared.error(ErrorKind::Client);
                                     }
                                 }
                             }
                             Ok(Err(err)) => {
-                                tracing::debug!(%client, "TLS handshake failed: {err}");
+                                tracing::debug!("TLS handshake failed: {err}");
                                 shared.error(ErrorKind::Client);
                             }
                             Err(_) => {
-                                tracing::debug!(%client, "TLS handshake timed out");
+                                tracing::debug!("TLS handshake timed out");
                                 shared.error(ErrorKind::Client);
                             }
                         }
                     }
                 }
-            });
+            };
+            tokio::spawn(task.instrument(span));
         };
     // The front's connections: HTTP/2 from a trusted peer; the client is per request.
     let front_info = Arc::new(ConnInfo {
@@ -253,10 +258,12 @@ pub async fn serve(
             fd: None,
         };
         let live = live.clone();
-        tokio::spawn(async move {
+        let task = async move {
             let _live = live;
             driver.drive(TokioIo::new(stream)).await;
-        });
+        };
+        // Its requests' clients are in their own lines (`request{client}`).
+        tokio::spawn(task.instrument(tracing::error_span!("conn", peer = "http3-front")));
     };
     loop {
         // A permit first: at most UNSTARTED accepted connections wait for their task.

@@ -63,6 +63,8 @@ pub(crate) struct Failing<'a> {
     pub(crate) client: std::net::SocketAddr,
     /// A WebSocket session (named so in the log line).
     pub(crate) websocket: bool,
+    /// The exchange's log span (its id, method, path and client).
+    pub(crate) span: &'a tracing::Span,
 }
 
 /// The last `max` bytes of `text` (cut at a character boundary).
@@ -93,13 +95,12 @@ impl Shared {
             path,
             client,
             websocket,
+            span,
         } = failing;
         let kind = if websocket { "WebSocket, " } else { "" };
         tracing::error!(
+            parent: span,
             error_id = %id,
-            method,
-            path,
-            client = %client,
             "exception in ASGI app ({kind}error id {id})\n{}",
             traceback.trim_end()
         );
@@ -118,14 +119,13 @@ impl Shared {
     /// the error id; returns the 500 body.
     pub(crate) fn protocol_error(&self, failing: Failing<'_>, why: &str) -> String {
         self.error(crate::metrics::ErrorKind::App);
-        let Failing {
-            id, method, path, ..
-        } = failing;
-        if failing.websocket {
-            tracing::error!(error_id = %id, path, "ASGI protocol error (WebSocket): {why} (error id {id})");
+        let Failing { id, span, .. } = failing;
+        let kind = if failing.websocket {
+            " (WebSocket)"
         } else {
-            tracing::error!(error_id = %id, method, path, "ASGI protocol error: {why} (error id {id})");
-        }
+            ""
+        };
+        tracing::error!(parent: span, error_id = %id, "ASGI protocol error{kind}: {why} (error id {id})");
         format!("Internal Server Error (error id: {id})\n")
     }
 

@@ -17,7 +17,7 @@
 //!    `send()` waits when the client is slow. It pings idle clients, answers the drain with
 //!    close 1001, and records how the connection ended for the app's `websocket.disconnect`.
 
-use crate::admission::{Admission, Opening};
+use crate::admission::{Admission, Opening, RequestSpan};
 use crate::awaitable::{new_future, ready, sent, settle, waiting};
 use crate::convert::{
     bytes_from_py, headers_from_py, message_dict, optional_bytes, response_start, type_name,
@@ -40,6 +40,7 @@ use pyo3::types::{PyDict, PyString};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument;
 use yawc::close::CloseCode;
 use yawc::Frame;
 
@@ -114,6 +115,7 @@ pub(crate) struct WsHandle {
     shared: Arc<Shared>,
     path: String,
     client: SocketAddr,
+    span: RequestSpan,
     inner: Mutex<WsInner>,
     /// Client messages for `receive()`, and how the connection ended.
     queue: Arc<Queue>,
@@ -159,6 +161,7 @@ impl WsHandle {
             shared,
             path: start.opening.parts.uri.path().to_owned(),
             client: start.opening.conn.client,
+            span: RequestSpan::default(),
             inner: Mutex::new(WsInner {
                 phase: Phase::Connect,
                 respond: Some(start.opening.respond),
@@ -357,7 +360,7 @@ impl WsHandle {
         let mut inner = lock(&self.inner);
         inner.admission = None;
         if inner.phase != Phase::Closed {
-            tracing::warn!(path = %self.path, "WebSocket cancelled: still running when graceful_timeout ran out");
+            tracing::warn!(parent: self.span(), "WebSocket cancelled: still running when graceful_timeout ran out");
         }
         self.end_with(
             &mut inner,
@@ -380,7 +383,7 @@ impl WsHandle {
             // The client went away and the app raised because of it (send() on a closed
             // socket): a client matter.
             let last = traceback.trim_end().lines().last().unwrap_or("");
-            tracing::debug!(path = %self.path, "WebSocket closed by the client; the app ended with {last}");
+            tracing::debug!(parent: self.span(), "WebSocket closed by the client; the app ended with {last}");
             return;
         }
         self.shared.app_exception(self.failing(), traceback);
@@ -438,17 +441,14 @@ impl WsHandle {
             let link = crate::ws_pump::Link {
                 shared: self.shared.clone(),
                 id: inner.admission.as_ref().map(|a| a.registry_id()),
-                client: self.client,
                 inbound,
                 outbound: out_rx,
             };
-            self.shared.runtime.spawn(crate::ws_pump::pump(
-                upgrade,
-                session.settings,
-                session.stop,
-                session.hold,
-                link,
-            ));
+            let pump =
+                crate::ws_pump::pump(upgrade, session.settings, session.stop, session.hold, link);
+            self.shared
+                .runtime
+                .spawn(pump.instrument(self.span().clone()));
         }
     }
 
@@ -460,7 +460,13 @@ impl WsHandle {
             path: &self.path,
             client: self.client,
             websocket: true,
+            span: self.span(),
         }
+    }
+
+    /// The span of this session's log lines.
+    fn span(&self) -> &tracing::Span {
+        self.span.get(self.id, "GET", &self.path, self.client)
     }
 
     /// Refuses the handshake with `response`.

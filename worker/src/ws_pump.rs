@@ -11,7 +11,6 @@ use crate::state::Shared;
 use crate::ws_queue::{Blocked, Inbound, Producer, Queue, ABNORMAL};
 use bytes::Bytes;
 use futures_util::SinkExt;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -102,8 +101,6 @@ pub struct Link {
     pub shared: Arc<Shared>,
     /// The registry entry, marked busy while the app does not take client messages.
     pub id: Option<u64>,
-    /// The client, for log lines.
-    pub client: SocketAddr,
     /// Client messages for the app; dropping it closes the queue.
     pub inbound: Producer,
     /// App messages for the client.
@@ -180,7 +177,6 @@ pub async fn pump(
         shared: &link.shared,
         queue: &queue,
         id: link.id,
-        client: link.client,
         hit: Hits::default(),
     };
     let (code, reason) = pump.serve(&mut ws, &mut stop, link.outbound).await;
@@ -204,7 +200,6 @@ struct Pump<'a> {
     shared: &'a Arc<Shared>,
     queue: &'a Arc<Queue>,
     id: Option<u64>,
-    client: SocketAddr,
     hit: Hits,
 }
 
@@ -257,7 +252,6 @@ impl Pump<'_> {
                 }
             };
             let shared = self.shared;
-            let client = self.client;
             let control_hit = &mut self.hit.control;
             tokio::select! {
                 out = outbound.recv() => match out {
@@ -281,7 +275,7 @@ impl Pump<'_> {
                     }
                 },
                 _ = self.queue.room(), if !reading => {},
-                frame = next_frame(ws, shared, client, control_hit), if reading => {
+                frame = next_frame(ws, shared, control_hit), if reading => {
                     last_seen = Instant::now();
                     match frame {
                         Ok(frame) => match frame.opcode() {
@@ -363,7 +357,6 @@ impl Pump<'_> {
                 }
                 self.shared.limit(Limit::WebsocketQueue);
                 tracing::info!(
-                    client = %self.client,
                     "WebSocket: the app is slower than its client; reading paused at {} ([websocket] {})",
                     if why == Blocked::Count { format!("{} messages", bounds.messages) } else { format!("{} bytes", bounds.bytes) },
                     if why == Blocked::Count { "max_queue" } else { "max_queue_bytes" },
@@ -375,7 +368,6 @@ impl Pump<'_> {
                 }
                 self.shared.limit(Limit::WebsocketWorkerQueue);
                 tracing::warn!(
-                    client = %self.client,
                     "WebSocket: {} bytes of client messages wait for the apps of this worker ([websocket] worker_queue_bytes); reading paused",
                     self.settings.budget.used(),
                 );
@@ -396,7 +388,6 @@ impl Pump<'_> {
                 if !std::mem::replace(&mut self.hit.send_timeout, true) {
                     self.shared.limit(Limit::SendTimeout);
                     tracing::info!(
-                        client = %self.client,
                         "WebSocket client took no bytes for {:?} ([limits] send_timeout): disconnected",
                         timeout
                     );
@@ -412,7 +403,6 @@ impl Pump<'_> {
 async fn next_frame(
     ws: &mut Socket,
     shared: &Shared,
-    client: SocketAddr,
     hit: &mut bool,
 ) -> Result<Frame, WebSocketError> {
     std::future::poll_fn(|cx| {
@@ -421,7 +411,6 @@ async fn next_frame(
             *hit = true;
             shared.limit(Limit::WebsocketControl);
             tracing::info!(
-                %client,
                 "WebSocket client sends pings and does not read the pongs: reading paused until they are written ({CONTROL_BACKLOG} pending)"
             );
         }

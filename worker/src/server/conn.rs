@@ -208,7 +208,6 @@ impl Driver {
             header_read_timeout,
             fd,
         } = self;
-        let client = ctx.info.client;
         let state = ctx.state.clone();
         let limits = ctx.limits.clone();
         let _counted = (!ctx.info.front && ctx.shared.metrics.is_some()).then(|| Counted {
@@ -230,7 +229,7 @@ impl Driver {
             tokio::select! {
                 result = connection.as_mut() => {
                     if let Err(err) = result {
-                        tracing::debug!(%client, "connection ended: {err}");
+                        tracing::debug!("connection ended: {err}");
                         if err
                             .downcast_ref::<hyper::Error>()
                             .is_some_and(|e| e.is_parse() || e.is_parse_too_large() || e.is_timeout())
@@ -252,7 +251,7 @@ impl Driver {
                 _ = tokio::time::sleep_until(check_at.unwrap_or_else(Instant::now).into()), if check_at.is_some() && !closing && draining_until.is_none() => {
                     if state.next_check(keep_alive, header_read_timeout).is_some_and(|at| at <= Instant::now()) {
                         if state.requests.load(Ordering::Relaxed) == 0 {
-                            tracing::debug!(%client, "no request within header_read_timeout; closing");
+                            tracing::debug!("no request within header_read_timeout; closing");
                             shared.error(ErrorKind::Client);
                             return;
                         }
@@ -261,21 +260,21 @@ impl Driver {
                             state.touch();
                             continue;
                         }
-                        tracing::trace!(%client, "keep-alive timeout: closing idle connection");
+                        tracing::trace!("keep-alive timeout: closing idle connection");
                         closing = true;
                         connection.as_mut().graceful_shutdown();
                     }
                 }
                 _ = kicked => {
                     if let Some(why) = state.stalled(send_timeout) {
-                        tracing::info!(%client, "send_timeout: closing the connection: {why} for {:.0}s", send_timeout.as_secs_f64());
+                        tracing::info!("send_timeout: closing the connection: {why} for {:.0}s", send_timeout.as_secs_f64());
                         return;
                     }
                 }
                 _ = tokio::time::sleep_until(stall_at.unwrap_or_else(Instant::now).into()), if stall_at.is_some() => {
                     if let Some(why) = state.stalled(send_timeout) {
                         shared.limit(crate::metrics::Limit::SendTimeout);
-                        tracing::info!(%client, "send_timeout: closing the connection: {why} for {:.0}s", send_timeout.as_secs_f64());
+                        tracing::info!("send_timeout: closing the connection: {why} for {:.0}s", send_timeout.as_secs_f64());
                         return;
                     }
                 }
