@@ -2,6 +2,7 @@
 //! admission that counts a request in flight and lists it in the registry until its last
 //! owner lets go.
 
+use crate::registry::Envelope;
 use crate::state::Shared;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -23,29 +24,6 @@ pub(crate) struct ConnInfo {
     /// Forwarded by the HTTP/3 front over the slot's private Unix socket: the request is
     /// HTTP/3 for the app, and `client` comes from [`genro_shared::CLIENT_HEADER`].
     pub(crate) front: bool,
-}
-
-/// The span of one exchange's log lines, `request{request_id, method, path, client}`, made
-/// the first time one is logged (most exchanges log nothing, and a span costs a few
-/// allocations), under the span current then (`worker{slot}` on the loop's thread,
-/// `conn{peer}` on a connection's task). ERROR level: it exists whenever anything is
-/// logged.
-#[derive(Debug, Default)]
-pub(crate) struct RequestSpan(std::sync::OnceLock<tracing::Span>);
-
-impl RequestSpan {
-    /// The span, made on first use from the exchange's facts.
-    pub(crate) fn get(
-        &self,
-        id: crate::registry::RequestId,
-        method: &str,
-        path: &str,
-        client: SocketAddr,
-    ) -> &tracing::Span {
-        self.0.get_or_init(
-            || tracing::error_span!("request", request_id = %id, method, path, %client),
-        )
-    }
 }
 
 /// What every exchange starts from on the Python thread, whatever its protocol.
@@ -101,11 +79,8 @@ impl Drop for QueuedStart {
 #[derive(Debug)]
 pub(crate) struct Admission {
     shared: Arc<Shared>,
-    id: u64,
-    /// The request's id as text, formatted once.
-    request_id: crate::registry::RequestId,
-    /// Wall-clock start (seconds since the epoch), for the app's envelope.
-    wall: f64,
+    /// The request's facts, which its registry entry shares.
+    envelope: Arc<Envelope>,
     /// Counted in [`Shared::http_in_flight`].
     http: bool,
 }
@@ -123,45 +98,39 @@ impl Admission {
         if http {
             shared.http_in_flight.fetch_add(1, Ordering::Relaxed);
         }
-        let id = shared.registry.insert(
+        let envelope = shared.registry.insert(
             request.method(),
             request.uri(),
             client,
             protocol,
             request.headers().get(REQUEST_ID),
         );
-        let wall = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-        let request_id = shared.registry.request_id(id);
         Arc::new(Admission {
             shared,
-            id,
-            request_id,
-            wall,
+            envelope,
             http,
         })
     }
 
+    /// The request's facts.
+    pub(crate) fn envelope(&self) -> &Arc<Envelope> {
+        &self.envelope
+    }
+
     /// The request's id.
     pub(crate) fn request_id(&self) -> crate::registry::RequestId {
-        self.request_id
+        self.envelope.id
     }
 
     /// The request's key in the registry.
     pub(crate) fn registry_id(&self) -> u64 {
-        self.id
-    }
-
-    /// When the request was admitted, in seconds since the epoch.
-    pub(crate) fn wall(&self) -> f64 {
-        self.wall
+        self.envelope.key
     }
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        self.shared.registry.remove(self.id);
+        self.shared.registry.remove(self.envelope.key);
         self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
         if self.http {
             self.shared.http_in_flight.fetch_sub(1, Ordering::Relaxed);

@@ -12,13 +12,14 @@
 //! 4. `glue.run_http` reports how the app ended (`finished`, `failed`, `cancelled`): an
 //!    incomplete response becomes a 500 with an error id, or an aborted stream.
 
-use crate::admission::{Admission, Opening, QueuedStart, RequestSpan};
+use crate::admission::{Admission, Opening, QueuedStart};
 use crate::awaitable::{new_future, sent, settle, settle_with, waiting};
 use crate::body::{Chunk, Pipe, Refused, ResponseBody, SendError};
 use crate::budget::Budgets;
 use crate::convert::outbound_from_py;
 use crate::metrics::{ErrorKind, Limit};
 use crate::receive::{Exchange, Responder};
+use crate::registry::Envelope;
 use crate::response::{Action, Head, State};
 use crate::state::{Failing, Shared};
 use bytes::Bytes;
@@ -27,7 +28,6 @@ use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Response, StatusCode, Version};
 use pyo3::exceptions::{PyOSError, PyRuntimeError};
 use pyo3::prelude::*;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
@@ -77,7 +77,7 @@ fn start_request(py: Python<'_>, shared: &Arc<Shared>, start: RequestStart) -> P
         opening:
             Opening {
                 parts,
-                conn,
+                conn: _,
                 admission,
                 respond,
             },
@@ -87,13 +87,9 @@ fn start_request(py: Python<'_>, shared: &Arc<Shared>, start: RequestStart) -> P
     let is_h2 = parts.version == Version::HTTP_2;
     exchange.attach(shared);
     let handle = Handle {
-        id: admission.request_id(),
+        envelope: admission.envelope().clone(),
         shared: shared.clone(),
         exchange,
-        method: parts.method.clone(),
-        path: parts.uri.path().to_owned(),
-        client: conn.client,
-        span: RequestSpan::default(),
         budgets,
         inner: Mutex::new(Inner {
             state: State::Init,
@@ -114,14 +110,10 @@ fn start_request(py: Python<'_>, shared: &Arc<Shared>, start: RequestStart) -> P
 /// The per-exchange object behind the app's `receive` and `send`.
 #[pyclass(frozen)]
 pub(crate) struct Handle {
-    /// The request's id, also its error id.
-    id: crate::registry::RequestId,
+    /// The request's facts (its id is also its error id).
+    envelope: Arc<Envelope>,
     shared: Arc<Shared>,
     exchange: Arc<Exchange>,
-    method: http::Method,
-    path: String,
-    client: SocketAddr,
-    span: RequestSpan,
     budgets: Budgets,
     inner: Mutex<Inner>,
 }
@@ -311,7 +303,7 @@ impl Handle {
             return;
         }
         inner.failed = true;
-        let id = self.id;
+        let id = self.envelope.id;
         self.shared.app_exception(self.failing(), traceback);
         let detail = if self.shared.show_traceback {
             format!("\n\n{traceback}")
@@ -327,19 +319,14 @@ impl Handle {
     /// This exchange, as its errors are logged.
     fn failing(&self) -> Failing<'_> {
         Failing {
-            id: self.id,
-            method: self.method.as_str(),
-            path: &self.path,
-            client: self.client,
+            envelope: &self.envelope,
             websocket: false,
-            span: self.span(),
         }
     }
 
     /// The span of this exchange's log lines.
     fn span(&self) -> &tracing::Span {
-        self.span
-            .get(self.id, self.method.as_str(), &self.path, self.client)
+        self.envelope.span()
     }
 
     /// An invalid message or an incomplete response: log it, answer 500 (or abort), and
@@ -459,10 +446,10 @@ impl Handle {
         let waiter_for_task = waiter.clone_ref(py);
         let shared = self.shared.clone();
         let exchange = self.exchange.clone();
-        let who = Who(self.id, self.client);
+        let envelope = self.envelope.clone();
         self.shared.runtime.spawn(async move {
             let outcome = match pipe
-                .push(chunk, |kind| waited(&shared, &pipe, kind, who))
+                .push(chunk, |kind| waited(&shared, &pipe, kind, &envelope))
                 .await
             {
                 Ok(()) => {
@@ -473,7 +460,7 @@ impl Handle {
                 }
                 Err(SendError::Closed) => Err("client disconnected"),
                 Err(SendError::Stalled) => {
-                    stalled(&shared, &pipe, who);
+                    stalled(&shared, &pipe, &envelope);
                     exchange.mark_disconnected();
                     Err("client disconnected: it took no data for send_timeout")
                 }
@@ -497,19 +484,15 @@ enum Pushed {
     Full(Arc<Pipe>, Chunk, bool),
 }
 
-/// The request a response belongs to, for its log lines.
-#[derive(Clone, Copy)]
-struct Who(crate::registry::RequestId, SocketAddr);
-
 /// A response's client took nothing for `send_timeout`: count it, log it (once per
 /// connection), abort the response (its connection's driver closes the connection, or the
 /// stream is reset).
-fn stalled(shared: &Shared, pipe: &Pipe, Who(id, client): Who) {
+fn stalled(shared: &Shared, pipe: &Pipe, envelope: &Envelope) {
     shared.limit(Limit::SendTimeout);
     if pipe.first_hit(Limit::SendTimeout) {
-        tracing::info!(request_id = %id, %client, "send_timeout: the client took no response bytes; disconnecting it (logged once per connection)");
+        tracing::info!(parent: envelope.span(), "send_timeout: the client took no response bytes; disconnecting it (logged once per connection)");
     } else {
-        tracing::debug!(request_id = %id, %client, "send_timeout: the client took no response bytes");
+        tracing::debug!(parent: envelope.span(), "send_timeout: the client took no response bytes");
     }
     pipe.stall();
 }
@@ -517,18 +500,18 @@ fn stalled(shared: &Shared, pipe: &Pipe, Who(id, client): Who) {
 /// A response's `send()` first waited for budget `kind`: counted, and logged once per
 /// connection: INFO for the response's and the connection's budget (the client reads
 /// slower than the app sends), WARNING for the worker's (every client's responses wait).
-fn waited(shared: &Shared, pipe: &Pipe, kind: Limit, Who(id, client): Who) {
+fn waited(shared: &Shared, pipe: &Pipe, kind: Limit, envelope: &Envelope) {
     shared.limit(kind);
     if !pipe.first_hit(kind) {
         return;
     }
     match kind {
         Limit::WorkerBuffer => tracing::warn!(
-            request_id = %id, %client,
+            parent: envelope.span(),
             "worker_buffer full: responses wait for their clients to read (logged once per connection)"
         ),
         _ => tracing::info!(
-            request_id = %id, %client,
+            parent: envelope.span(),
             "{}: the client reads slower than the app sends; send() waits (logged once per connection)",
             kind.label()
         ),
@@ -561,8 +544,8 @@ fn send_file(slf: &Bound<'_, Handle>, head: Head, path: PathBuf) -> PyResult<Py<
                     Some(len),
                 );
                 drop(inner);
-                let who = Who(this.id, this.client);
-                tokio::spawn(pump_file(file, pipe, shared.clone(), who));
+                let envelope = this.envelope.clone();
+                tokio::spawn(pump_file(file, pipe, shared.clone(), envelope));
                 Ok(())
             }
             Err(err) => Err(this.protocol_failure(&format!(
@@ -588,7 +571,12 @@ async fn open_regular(path: &std::path::Path) -> std::io::Result<(tokio::fs::Fil
     Ok((file, usize::try_from(meta.len()).unwrap_or(usize::MAX)))
 }
 
-async fn pump_file(mut file: tokio::fs::File, pipe: Arc<Pipe>, shared: Arc<Shared>, who: Who) {
+async fn pump_file(
+    mut file: tokio::fs::File,
+    pipe: Arc<Pipe>,
+    shared: Arc<Shared>,
+    envelope: Arc<Envelope>,
+) {
     use tokio::io::AsyncReadExt;
     loop {
         let mut buf = bytes::BytesMut::with_capacity(crate::body::PIECE);
@@ -597,12 +585,12 @@ async fn pump_file(mut file: tokio::fs::File, pipe: Arc<Pipe>, shared: Arc<Share
             Ok(_) => {
                 let piece = Chunk::Data(buf.freeze());
                 match pipe
-                    .push(piece, |kind| waited(&shared, &pipe, kind, who))
+                    .push(piece, |kind| waited(&shared, &pipe, kind, &envelope))
                     .await
                 {
                     Ok(()) => {}
                     Err(SendError::Closed) => return,
-                    Err(SendError::Stalled) => return stalled(&shared, &pipe, who),
+                    Err(SendError::Stalled) => return stalled(&shared, &pipe, &envelope),
                 }
             }
             Err(err) => {
@@ -632,16 +620,8 @@ impl Responder for Handle {
         self.reject_body(status, body);
     }
 
-    fn method(&self) -> &http::Method {
-        &self.method
-    }
-
-    fn path(&self) -> &str {
-        &self.path
-    }
-
-    fn client(&self) -> SocketAddr {
-        self.client
+    fn envelope(&self) -> &Envelope {
+        &self.envelope
     }
 
     fn first_hit(&self, limit: Limit) -> bool {

@@ -30,7 +30,6 @@ use pyo3::pyclass::boolean_struct::True;
 use pyo3::types::{PyBytes, PyDict};
 use pyo3::PyClass;
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -47,12 +46,8 @@ pub(crate) trait Responder: PyClass<Frozen = True> + Sync {
     /// Refuses the request body: a plain error status if the response has not started,
     /// else an aborted response (413, 408, 400).
     fn reject(&self, status: StatusCode, body: &str);
-    /// The request's method.
-    fn method(&self) -> &http::Method;
-    /// The request's path.
-    fn path(&self) -> &str;
-    /// The client's address.
-    fn client(&self) -> SocketAddr;
+    /// The request's facts (its log lines' span).
+    fn envelope(&self) -> &crate::registry::Envelope;
     /// Whether the connection runs into bound `limit` for the first time (logged once).
     fn first_hit(&self, limit: Limit) -> bool;
 }
@@ -437,7 +432,7 @@ fn refuse<H: Responder>(outcome: Read, exchange: &Exchange, this: &H) {
         }
         Read::Malformed => {
             exchange.client_error(shared);
-            tracing::debug!(method = %this.method(), path = %this.path(), "malformed request body");
+            tracing::debug!(parent: this.envelope().span(), "malformed request body");
             this.reject(StatusCode::BAD_REQUEST, "Malformed request body\n");
         }
         Read::TimedOut => {
@@ -445,9 +440,7 @@ fn refuse<H: Responder>(outcome: Read, exchange: &Exchange, this: &H) {
             exchange.client_error(shared);
             if this.first_hit(Limit::BodyTimeout) {
                 tracing::info!(
-                    method = %this.method(),
-                    path = %this.path(),
-                    client = %this.client(),
+                    parent: this.envelope().span(),
                     "body_timeout: no request body bytes for {:.1}s while the app waited; \
                      ending the request (408 if the response has not started; logged once \
                      per connection)",

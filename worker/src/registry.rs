@@ -13,7 +13,7 @@ use genro_shared::protocol::InFlightRequest;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 /// Longest path kept in an entry (bytes, cut at a character boundary).
@@ -22,14 +22,66 @@ const MAX_PATH: usize = 256;
 /// Longest incoming `X-Request-ID` kept as the external id; a longer one is ignored.
 pub const MAX_EXTERNAL_ID: usize = 128;
 
+/// What one exchange is, stored once from its admission: its registry entry, the
+/// transport's metrics and access-log record, the app's handle and its log span all read
+/// this one copy.
+#[derive(Debug)]
+pub struct Envelope {
+    /// Worker-local number: the registry's key.
+    pub key: u64,
+    /// The request's id (16 hex digits).
+    pub id: RequestId,
+    /// Its method (`GET` for a WebSocket over HTTP/1.1, `CONNECT` over HTTP/2).
+    pub method: http::Method,
+    /// The request's URI: cloning it shares the parsed bytes (no copy on the hot path).
+    pub uri: http::Uri,
+    /// The client (behind a trusted proxy or the HTTP/3 front, the original one).
+    pub client: SocketAddr,
+    /// How it came.
+    pub protocol: Protocol,
+    /// When it was admitted.
+    pub started: Instant,
+    /// The same moment on the wall clock (the access line's time, the app's
+    /// `genro.envelope` `start`).
+    pub admitted: std::time::SystemTime,
+    /// The span of its log lines, made on the first one.
+    span: OnceLock<tracing::Span>,
+}
+
+impl Envelope {
+    /// The request's path.
+    pub fn path(&self) -> &str {
+        self.uri.path()
+    }
+
+    /// When it was admitted, in seconds since the epoch.
+    pub fn wall(&self) -> f64 {
+        self.admitted
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    }
+
+    /// The span of this exchange's log lines, `request{request_id, method, path, client}`,
+    /// made the first time one is logged (most exchanges log nothing, and a span costs a
+    /// few allocations), under the span current then (`worker{slot}` on the loop's thread,
+    /// `conn{peer}` on a connection's task). ERROR level: it exists whenever anything is
+    /// logged.
+    pub fn span(&self) -> &tracing::Span {
+        self.span.get_or_init(|| {
+            tracing::error_span!(
+                "request",
+                request_id = %self.id,
+                method = %self.method,
+                path = self.path(),
+                client = %self.client,
+            )
+        })
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
-    method: http::Method,
-    /// The request's URI: cloning it shares the parsed bytes (no copy on the hot path).
-    uri: http::Uri,
-    client: SocketAddr,
-    protocol: Protocol,
-    started: Instant,
+    envelope: Arc<Envelope>,
     /// Since when the request waits on the app (the watchdog's clock); `None`: it does
     /// not (an accepted WebSocket whose app keeps up with its client).
     busy_since: Option<Instant>,
@@ -103,7 +155,7 @@ impl std::fmt::Display for RequestId {
 }
 
 impl Registry {
-    /// Records a request; returns its worker-local number (see [`Registry::request_id`]).
+    /// Records a request; returns its envelope.
     pub fn insert(
         &self,
         method: &http::Method,
@@ -111,23 +163,30 @@ impl Registry {
         client: SocketAddr,
         protocol: Protocol,
         external: Option<&http::HeaderValue>,
-    ) -> u64 {
-        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+    ) -> Arc<Envelope> {
+        let key = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let now = Instant::now();
-        let entry = Entry {
+        let envelope = Arc::new(Envelope {
+            key,
+            id: self.request_id(key),
             method: method.clone(),
             uri: uri.clone(),
             client,
             protocol,
             started: now,
+            admitted: std::time::SystemTime::now(),
+            span: OnceLock::new(),
+        });
+        let entry = Entry {
+            envelope: envelope.clone(),
             busy_since: Some(now),
             external: external
                 .filter(|v| v.len() <= MAX_EXTERNAL_ID && v.to_str().is_ok())
                 .cloned(),
             reported: Level::Fine,
         };
-        self.lock().insert(id, entry);
-        id
+        self.lock().insert(key, entry);
+        envelope
     }
 
     /// The id of request number `n`.
@@ -149,19 +208,20 @@ impl Registry {
     }
 
     fn describe(&self, n: u64, e: &Entry, now: Instant) -> InFlightRequest {
+        let envelope = &e.envelope;
         InFlightRequest {
             id: n,
-            request_id: self.request_id(n).to_string(),
+            request_id: envelope.id.to_string(),
             external_id: e
                 .external
                 .as_ref()
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
-            method: e.method.to_string(),
-            path: cut_path(e.uri.path()),
-            client: e.client.to_string(),
-            protocol: e.protocol.label().into(),
-            age: now.duration_since(e.started).as_secs_f64(),
+            method: envelope.method.to_string(),
+            path: cut_path(envelope.path()),
+            client: envelope.client.to_string(),
+            protocol: envelope.protocol.label().into(),
+            age: now.duration_since(envelope.started).as_secs_f64(),
             stuck: match e.reported {
                 Level::Fine => None,
                 Level::Warning => Some("warning".into()),
@@ -236,7 +296,7 @@ impl Registry {
         let entries = self.lock();
         let total = entries.len() as u64;
         let mut oldest: Vec<(&u64, &Entry)> = entries.iter().collect();
-        oldest.sort_unstable_by_key(|(id, e)| (e.started, **id));
+        oldest.sort_unstable_by_key(|(id, e)| (e.envelope.started, **id));
         let list = oldest
             .into_iter()
             .take(max)
@@ -269,21 +329,25 @@ mod tests {
         let r = Registry::default();
         let client: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let uri = |p: &str| p.parse::<http::Uri>().unwrap();
-        let a = r.insert(
-            &http::Method::GET,
-            &uri("/a?q"),
-            client,
-            Protocol::Http1,
-            None,
-        );
+        let a = r
+            .insert(
+                &http::Method::GET,
+                &uri("/a?q"),
+                client,
+                Protocol::Http1,
+                None,
+            )
+            .key;
         std::thread::sleep(std::time::Duration::from_millis(2));
-        let b = r.insert(
-            &http::Method::POST,
-            &uri("/b"),
-            client,
-            Protocol::Http2,
-            None,
-        );
+        let b = r
+            .insert(
+                &http::Method::POST,
+                &uri("/b"),
+                client,
+                Protocol::Http2,
+                None,
+            )
+            .key;
         r.insert(
             &http::Method::PUT,
             &uri("/c"),
@@ -309,13 +373,15 @@ mod tests {
         let r = Registry::default();
         let client: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let external = http::HeaderValue::from_static("abc-123");
-        let n = r.insert(
-            &http::Method::GET,
-            &"/slow".parse().unwrap(),
-            client,
-            Protocol::Http1,
-            Some(&external),
-        );
+        let n = r
+            .insert(
+                &http::Method::GET,
+                &"/slow".parse().unwrap(),
+                client,
+                Protocol::Http1,
+                Some(&external),
+            )
+            .key;
         let ms = std::time::Duration::from_millis;
         assert_eq!(r.check(ms(50), ms(100)).0.len(), 0);
         std::thread::sleep(ms(60));
@@ -330,13 +396,15 @@ mod tests {
         assert_eq!(news[0].level, Level::Critical);
         assert_eq!(r.external_id(n).as_deref(), Some("abc-123"));
         let long = http::HeaderValue::from_bytes(&[b'a'; MAX_EXTERNAL_ID + 1]).unwrap();
-        let m = r.insert(
-            &http::Method::GET,
-            &"/".parse().unwrap(),
-            client,
-            Protocol::Http1,
-            Some(&long),
-        );
+        let m = r
+            .insert(
+                &http::Method::GET,
+                &"/".parse().unwrap(),
+                client,
+                Protocol::Http1,
+                Some(&long),
+            )
+            .key;
         assert_eq!(r.external_id(m), None);
     }
 

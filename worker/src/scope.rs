@@ -223,7 +223,7 @@ fn build_scope<'py>(
     let admission = &start.admission;
     let envelope = PyDict::new(py);
     envelope.set_item(intern!(py, "id"), admission.request_id().as_str())?;
-    envelope.set_item(intern!(py, "start"), admission.wall())?;
+    envelope.set_item(intern!(py, "start"), admission.envelope().wall())?;
     let external = parts
         .headers
         .get(REQUEST_ID)

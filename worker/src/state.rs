@@ -53,18 +53,10 @@ const MAX_NOTIFIED_TRACEBACK: usize = 16 * 1024;
 /// The exchange an app exception belongs to, as it is logged and notified.
 #[derive(Clone, Copy)]
 pub(crate) struct Failing<'a> {
-    /// The request's id: the error id the client sees.
-    pub(crate) id: crate::registry::RequestId,
-    /// `GET` for a WebSocket.
-    pub(crate) method: &'a str,
-    /// The request's path.
-    pub(crate) path: &'a str,
-    /// The client's address.
-    pub(crate) client: std::net::SocketAddr,
+    /// The exchange's facts; its id is the error id the client sees.
+    pub(crate) envelope: &'a crate::registry::Envelope,
     /// A WebSocket session (named so in the log line).
     pub(crate) websocket: bool,
-    /// The exchange's log span (its id, method, path and client).
-    pub(crate) span: &'a tracing::Span,
 }
 
 /// The last `max` bytes of `text` (cut at a character boundary).
@@ -90,16 +82,13 @@ impl Shared {
     pub(crate) fn app_exception(&self, failing: Failing<'_>, traceback: &str) {
         self.error(crate::metrics::ErrorKind::App);
         let Failing {
-            id,
-            method,
-            path,
-            client,
+            envelope,
             websocket,
-            span,
         } = failing;
+        let id = envelope.id;
         let kind = if websocket { "WebSocket, " } else { "" };
         tracing::error!(
-            parent: span,
+            parent: envelope.span(),
             error_id = %id,
             "exception in ASGI app ({kind}error id {id})\n{}",
             traceback.trim_end()
@@ -107,9 +96,9 @@ impl Shared {
         self.notify(serde_json::json!({
             "event": "app_exception",
             "request_id": id.as_str(),
-            "method": method,
-            "path": path,
-            "client": client.to_string(),
+            "method": envelope.method.as_str(),
+            "path": envelope.path(),
+            "client": envelope.client.to_string(),
             "pid": std::process::id(),
             "traceback": tail(traceback.trim_end(), MAX_NOTIFIED_TRACEBACK),
         }));
@@ -119,13 +108,14 @@ impl Shared {
     /// the error id; returns the 500 body.
     pub(crate) fn protocol_error(&self, failing: Failing<'_>, why: &str) -> String {
         self.error(crate::metrics::ErrorKind::App);
-        let Failing { id, span, .. } = failing;
+        let Failing { envelope, .. } = failing;
+        let id = envelope.id;
         let kind = if failing.websocket {
             " (WebSocket)"
         } else {
             ""
         };
-        tracing::error!(parent: span, error_id = %id, "ASGI protocol error{kind}: {why} (error id {id})");
+        tracing::error!(parent: envelope.span(), error_id = %id, "ASGI protocol error{kind}: {why} (error id {id})");
         format!("Internal Server Error (error id: {id})\n")
     }
 

@@ -17,13 +17,13 @@
 //!    `send()` waits when the client is slow. It pings idle clients, answers the drain with
 //!    close 1001, and records how the connection ended for the app's `websocket.disconnect`.
 
-use crate::admission::{Admission, Opening, RequestSpan};
+use crate::admission::{Admission, Opening};
 use crate::awaitable::{new_future, ready, sent, settle, waiting};
 use crate::convert::{
     bytes_from_py, headers_from_py, message_dict, optional_bytes, response_start, type_name,
     MessageError,
 };
-use crate::registry::RequestId;
+use crate::registry::Envelope;
 use crate::state::{Failing, Shared};
 pub(crate) use crate::ws_handshake::{is_websocket, Handshake};
 use crate::ws_pump::Outbound;
@@ -37,7 +37,6 @@ use pyo3::exceptions::{PyOSError, PyRuntimeError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
@@ -111,11 +110,9 @@ struct WsInner {
 /// The per-connection object behind the app's `receive` and `send`.
 #[pyclass(frozen)]
 pub(crate) struct WsHandle {
-    id: RequestId,
+    /// The session's facts (its id is also its error id).
+    envelope: Arc<Envelope>,
     shared: Arc<Shared>,
-    path: String,
-    client: SocketAddr,
-    span: RequestSpan,
     inner: Mutex<WsInner>,
     /// Client messages for `receive()`, and how the connection ended.
     queue: Arc<Queue>,
@@ -157,11 +154,8 @@ impl WsHandle {
             settings.budget.clone(),
         );
         WsHandle {
-            id: start.opening.admission.request_id(),
+            envelope: start.opening.admission.envelope().clone(),
             shared,
-            path: start.opening.parts.uri.path().to_owned(),
-            client: start.opening.conn.client,
-            span: RequestSpan::default(),
             inner: Mutex::new(WsInner {
                 phase: Phase::Connect,
                 respond: Some(start.opening.respond),
@@ -378,7 +372,7 @@ impl WsHandle {
             return;
         }
         inner.failed = true;
-        let id = self.id;
+        let id = self.envelope.id;
         if inner.phase == Phase::Closed && self.queue.has_ended() {
             // The client went away and the app raised because of it (send() on a closed
             // socket): a client matter.
@@ -455,18 +449,14 @@ impl WsHandle {
     /// This session, as its errors are logged.
     fn failing(&self) -> Failing<'_> {
         Failing {
-            id: self.id,
-            method: "GET",
-            path: &self.path,
-            client: self.client,
+            envelope: &self.envelope,
             websocket: true,
-            span: self.span(),
         }
     }
 
     /// The span of this session's log lines.
     fn span(&self) -> &tracing::Span {
-        self.span.get(self.id, "GET", &self.path, self.client)
+        self.envelope.span()
     }
 
     /// Refuses the handshake with `response`.

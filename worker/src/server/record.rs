@@ -3,8 +3,8 @@
 
 use super::conn::{ConnCtx, ConnState};
 use crate::admission::Admission;
-use crate::metrics::Protocol;
 use crate::receive::Exchange;
+use crate::registry::Envelope;
 use crate::state::Shared;
 use genro_shared::access::{AccessFormat, AccessRecord};
 use http::header::HeaderValue;
@@ -12,27 +12,21 @@ use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// What is recorded when a response is done (written whole, or abandoned): its metrics
 /// and its access-log line.
 pub(super) struct Done {
     shared: Arc<Shared>,
-    method: http::Method,
-    protocol: Protocol,
-    started: Instant,
-    /// What the access-log line needs (`None`: no access log).
+    /// The request's facts.
+    envelope: Arc<Envelope>,
+    /// What the access-log line needs besides them (`None`: no access log).
     access: Option<Box<AccessData>>,
 }
 
-/// The request facts an access-log line shows besides the response's.
+/// What an access-log line shows of the request besides its envelope.
 struct AccessData {
     format: Arc<AccessFormat>,
-    client: std::net::SocketAddr,
-    uri: http::Uri,
     version: http::Version,
-    time: std::time::SystemTime,
-    request_id: crate::registry::RequestId,
     /// The request headers the format names, in [`AccessFormat::headers`] order.
     headers: Vec<Option<HeaderValue>>,
 }
@@ -41,25 +35,19 @@ impl Done {
     pub(super) fn new(
         ctx: &ConnCtx,
         request: &Request<Incoming>,
-        client: std::net::SocketAddr,
-        protocol: Protocol,
-        request_id: crate::registry::RequestId,
+        envelope: &Arc<Envelope>,
     ) -> Option<Self> {
         if ctx.access.is_none() && ctx.shared.metrics.is_none() {
             return None;
         }
         let access = ctx.access.as_ref().map(|format| {
             Box::new(AccessData {
-                client,
-                uri: request.uri().clone(),
                 // The front forwards HTTP/3 over HTTP/2: log what the client spoke.
                 version: if ctx.info.front {
                     http::Version::HTTP_3
                 } else {
                     request.version()
                 },
-                time: std::time::SystemTime::now(),
-                request_id,
                 headers: format
                     .headers()
                     .iter()
@@ -70,38 +58,30 @@ impl Done {
         });
         Some(Done {
             shared: ctx.shared.clone(),
-            method: request.method().clone(),
-            protocol,
-            started: Instant::now(),
+            envelope: envelope.clone(),
             access,
         })
     }
 
     pub(super) fn record(&self, status: StatusCode, bytes: u64, request_bytes: u64) {
-        let elapsed = self.started.elapsed();
+        let e = &self.envelope;
+        let elapsed = e.started.elapsed();
         if let Some(metrics) = &self.shared.metrics {
-            metrics.request_done(
-                self.protocol,
-                &self.method,
-                status,
-                elapsed,
-                request_bytes,
-                bytes,
-            );
+            metrics.request_done(e.protocol, &e.method, status, elapsed, request_bytes, bytes);
         }
         if let Some(a) = &self.access {
             let line = a.format.format(&AccessRecord {
-                time: a.time,
-                client: a.client,
-                method: &self.method,
-                path: a.uri.path(),
-                query: a.uri.query().unwrap_or(""),
-                protocol: self.protocol.label(),
+                time: e.admitted,
+                client: e.client,
+                method: &e.method,
+                path: e.path(),
+                query: e.uri.query().unwrap_or(""),
+                protocol: e.protocol.label(),
                 version: a.version,
                 status: status.as_u16(),
                 bytes,
                 duration: elapsed,
-                request_id: a.request_id.as_str(),
+                request_id: e.id.as_str(),
                 headers: &a.headers,
             });
             tracing::info!(target: "genro_asgi::access", "{line}");

@@ -134,11 +134,11 @@ fn refuse_target(
     bad: crate::target::BadTarget,
 ) -> Response<ResponseBody> {
     let admission = Admission::new(ctx.shared.clone(), request, client, protocol);
-    let done = Done::new(ctx, request, client, protocol, admission.request_id());
+    let done = Done::new(ctx, request, admission.envelope());
     let request_id = admission.request_id().header();
+    tracing::debug!(parent: admission.envelope().span(), "bad request target or Host: {bad}");
     drop(admission);
     ctx.shared.error(ErrorKind::Client);
-    tracing::debug!(%client, method = %request.method(), "bad request target or Host: {bad}");
     let mut response = plain(bad.status(), bad.text(), true);
     response.headers_mut().insert(REQUEST_ID, request_id);
     finish(response, done)
@@ -193,13 +193,7 @@ pub(super) async fn handle(
         return Ok(refuse_target(&ctx, &request, info.client, protocol, bad));
     }
     let admission = Admission::new(ctx.shared.clone(), &request, info.client, protocol);
-    let done = Done::new(
-        &ctx,
-        &request,
-        info.client,
-        protocol,
-        admission.request_id(),
-    );
+    let done = Done::new(&ctx, &request, admission.envelope());
     let request_id = admission.request_id().header();
     // HTTP requests in flight, and starts (WebSockets too) queued for a loop that may be
     // blocked, are each bounded by max_concurrency.
