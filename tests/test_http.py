@@ -239,6 +239,21 @@ def test_trailers_over_http2(server):
     assert data == b"data"
 
 
+def test_http2_sends_the_request_id_never_indexed(server):
+    """A value unique to each response is sent as an HPACK literal never indexed: it would
+    only churn the connection's dynamic table."""
+    import hpack
+    s = server()
+    conn, sock, sid = h2_request(s.port, "/")
+    with sock:
+        events = h2_collect(conn, sock, sid)
+    (response,) = [e for e in events if isinstance(e, h2.events.ResponseReceived)]
+    (rid,) = [h for h in response.headers if h[0] == b"x-request-id"]
+    assert isinstance(rid, hpack.NeverIndexedHeaderTuple) and len(rid[1]) == 16, response.headers
+    (ctype,) = [h for h in response.headers if h[0] == b"content-type"]
+    assert not isinstance(ctype, hpack.NeverIndexedHeaderTuple), "other headers stay indexable"
+
+
 def test_trailers_over_http11_chunked(server):
     s = server()
     r = raw(s, b"GET /trailers HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n")

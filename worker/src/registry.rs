@@ -142,9 +142,14 @@ impl RequestId {
         std::str::from_utf8(&self.0).expect("hex digits")
     }
 
-    /// The id as a header value.
+    /// The id as a header value, marked sensitive: HTTP/2's HPACK sends it as a literal
+    /// never indexed, because a value unique to each response would only churn
+    /// the connection's dynamic table (an insertion and an eviction per response).
     pub fn header(&self) -> http::HeaderValue {
-        http::HeaderValue::from_bytes(&self.0).expect("hex digits are a valid header value")
+        let mut value =
+            http::HeaderValue::from_bytes(&self.0).expect("hex digits are a valid header value");
+        value.set_sensitive(true);
+        value
     }
 }
 
