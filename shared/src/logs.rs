@@ -3,7 +3,7 @@
 //! below are supported) or `json`; `[logging] file` appends to a file instead of stderr.
 
 use genro_config::{Config, LogLevel};
-use tracing::span::{Attributes, Id, Record as SpanRecord};
+use tracing::span::{Attributes, Id};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::filter::LevelFilter;
@@ -319,17 +319,7 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for KeepSpanFields {
         let mut fields = Fields::default();
         attrs.record(&mut fields);
         if let Some(span) = ctx.span(id) {
-            span.extensions_mut().insert(SpanFields(fields.all()));
-        }
-    }
-
-    fn on_record(&self, id: &Id, values: &SpanRecord<'_>, ctx: Context<'_, S>) {
-        let mut fields = Fields::default();
-        values.record(&mut fields);
-        if let Some(span) = ctx.span(id) {
-            if let Some(kept) = span.extensions_mut().get_mut::<SpanFields>() {
-                kept.0.extend(fields.all());
-            }
+            span.extensions_mut().insert(SpanFields(fields.extra));
         }
     }
 }
@@ -358,11 +348,6 @@ struct Fields {
 }
 
 impl Fields {
-    /// Every field as recorded, for a span (whose fields are all context).
-    fn all(self) -> Vec<(&'static str, serde_json::Value)> {
-        self.extra
-    }
-
     fn put(&mut self, field: &tracing::field::Field, value: serde_json::Value) {
         use serde_json::Value;
         let text = |value: Value| match value {

@@ -116,16 +116,6 @@ impl Admission {
     pub(crate) fn envelope(&self) -> &Arc<Envelope> {
         &self.envelope
     }
-
-    /// The request's id.
-    pub(crate) fn request_id(&self) -> crate::registry::RequestId {
-        self.envelope.id
-    }
-
-    /// The request's key in the registry.
-    pub(crate) fn registry_id(&self) -> u64 {
-        self.envelope.key
-    }
 }
 
 impl Drop for Admission {

@@ -329,37 +329,26 @@ fn cut_path(path: &str) -> String {
 mod tests {
     use super::*;
 
+    /// Admits `method path` from one client over `protocol`; returns its key.
+    fn admit(
+        r: &Registry,
+        method: http::Method,
+        path: &str,
+        protocol: Protocol,
+        external: Option<&http::HeaderValue>,
+    ) -> u64 {
+        let client: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        r.insert(&method, &path.parse().unwrap(), client, protocol, external)
+            .key
+    }
+
     #[test]
     fn snapshot_lists_oldest_first_and_counts_all() {
         let r = Registry::default();
-        let client: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let uri = |p: &str| p.parse::<http::Uri>().unwrap();
-        let a = r
-            .insert(
-                &http::Method::GET,
-                &uri("/a?q"),
-                client,
-                Protocol::Http1,
-                None,
-            )
-            .key;
+        let a = admit(&r, http::Method::GET, "/a?q", Protocol::Http1, None);
         std::thread::sleep(std::time::Duration::from_millis(2));
-        let b = r
-            .insert(
-                &http::Method::POST,
-                &uri("/b"),
-                client,
-                Protocol::Http2,
-                None,
-            )
-            .key;
-        r.insert(
-            &http::Method::PUT,
-            &uri("/c"),
-            client,
-            Protocol::Http3,
-            None,
-        );
+        let b = admit(&r, http::Method::POST, "/b", Protocol::Http2, None);
+        admit(&r, http::Method::PUT, "/c", Protocol::Http3, None);
         let (list, total) = r.snapshot(2);
         assert_eq!(total, 3);
         assert_eq!(list.len(), 2);
@@ -376,17 +365,14 @@ mod tests {
     #[test]
     fn the_watchdog_reports_each_level_once() {
         let r = Registry::default();
-        let client: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let external = http::HeaderValue::from_static("abc-123");
-        let n = r
-            .insert(
-                &http::Method::GET,
-                &"/slow".parse().unwrap(),
-                client,
-                Protocol::Http1,
-                Some(&external),
-            )
-            .key;
+        let n = admit(
+            &r,
+            http::Method::GET,
+            "/slow",
+            Protocol::Http1,
+            Some(&external),
+        );
         let ms = std::time::Duration::from_millis;
         assert_eq!(r.check(ms(50), ms(100)).0.len(), 0);
         std::thread::sleep(ms(60));
@@ -401,15 +387,7 @@ mod tests {
         assert_eq!(news[0].level, Level::Critical);
         assert_eq!(r.external_id(n).as_deref(), Some("abc-123"));
         let long = http::HeaderValue::from_bytes(&[b'a'; MAX_EXTERNAL_ID + 1]).unwrap();
-        let m = r
-            .insert(
-                &http::Method::GET,
-                &"/".parse().unwrap(),
-                client,
-                Protocol::Http1,
-                Some(&long),
-            )
-            .key;
+        let m = admit(&r, http::Method::GET, "/", Protocol::Http1, Some(&long));
         assert_eq!(r.external_id(m), None);
     }
 

@@ -220,14 +220,14 @@ fn build_scope<'py>(
         extensions.set_item(intern!(py, "http.response.pathsend"), state.empty.bind(py))?;
     }
     extensions.set_item(intern!(py, "genro.draining"), draining_extension(py)?)?;
-    let admission = &start.admission;
+    let facts = start.admission.envelope();
     let envelope = PyDict::new(py);
-    envelope.set_item(intern!(py, "id"), admission.request_id().as_str())?;
-    envelope.set_item(intern!(py, "start"), admission.envelope().wall())?;
+    envelope.set_item(intern!(py, "id"), facts.id.as_str())?;
+    envelope.set_item(intern!(py, "start"), facts.wall())?;
     let external = parts
         .headers
         .get(REQUEST_ID)
-        .and_then(|_| shared.registry.external_id(admission.registry_id()));
+        .and_then(|_| shared.registry.external_id(facts.key));
     envelope.set_item(intern!(py, "external_id"), external)?;
     extensions.set_item(intern!(py, "genro.envelope"), envelope)?;
     scope.set_item(intern!(py, "extensions"), extensions)?;

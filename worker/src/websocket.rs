@@ -434,7 +434,7 @@ impl WsHandle {
         if let Some(inbound) = inner.inbound_tx.take() {
             let link = crate::ws_pump::Link {
                 shared: self.shared.clone(),
-                id: inner.admission.as_ref().map(|a| a.registry_id()),
+                id: inner.admission.as_ref().map(|a| a.envelope().key),
                 inbound,
                 outbound: out_rx,
             };

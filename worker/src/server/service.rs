@@ -135,7 +135,7 @@ fn refuse_target(
 ) -> Response<ResponseBody> {
     let admission = Admission::new(ctx.shared.clone(), request, client, protocol);
     let done = Done::new(ctx, request, admission.envelope());
-    let request_id = admission.request_id().header();
+    let request_id = admission.envelope().id.header();
     tracing::debug!(parent: admission.envelope().span(), "bad request target or Host: {bad}");
     drop(admission);
     ctx.shared.error(ErrorKind::Client);
@@ -194,7 +194,7 @@ pub(super) async fn handle(
     }
     let admission = Admission::new(ctx.shared.clone(), &request, info.client, protocol);
     let done = Done::new(&ctx, &request, admission.envelope());
-    let request_id = admission.request_id().header();
+    let request_id = admission.envelope().id.header();
     // HTTP requests in flight, and starts (WebSockets too) queued for a loop that may be
     // blocked, are each bounded by max_concurrency.
     let busy = limits.max_concurrency != 0
