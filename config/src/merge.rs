@@ -251,6 +251,7 @@ fn build(v: &Values) -> Config {
             run_dir: v.path("server.run_dir"),
             event_loop: LoopKind::from_word(&v.text("server.loop")),
             threads: v.int("server.threads"),
+            sendfile: v.bool("server.sendfile"),
             root_path: v.text("server.root_path"),
             worker_timeout: v.secs("server.worker_timeout"),
             max_requests: v.int("server.max_requests"),

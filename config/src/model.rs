@@ -60,14 +60,16 @@ pub struct Server {
     pub event_loop: LoopKind,
     /// Tokio threads per worker; 0: the connections run on the event loop's thread.
     pub threads: usize,
+    /// `pathsend` with `sendfile(2)` on plaintext HTTP/1.1.
+    pub sendfile: bool,
     /// ASGI `root_path`.
     pub root_path: String,
-    /// Heartbeat timeout (planned).
+    /// Heartbeat timeout.
     #[serde(with = "secs")]
     pub worker_timeout: Duration,
-    /// Requests before a worker restart, 0 = never (planned).
+    /// Requests before a worker restart, 0 = never.
     pub max_requests: u64,
-    /// Random extra requests before restart (planned).
+    /// Random extra requests before restart.
     pub max_requests_jitter: u64,
     /// Honour forwarding headers from trusted proxies.
     pub proxy_headers: bool,

@@ -2,7 +2,8 @@
 //! `send()`. Both are counted in bytes against the response's, the connection's and the
 //! worker's [`Budget`]s until hyper takes them, and handed over in pieces of at most
 //! [`PIECE`] bytes, so an HTTP/2 stream whose window is closed never holds more than a
-//! piece in hyper. Dropping the body (response written, or connection gone) tells the
+//! piece in hyper. A `pathsend` file on plaintext HTTP/1.1 is a third kind, sent by the
+//! socket from the page cache ([`crate::sendfile`]). Dropping the body (response written, or connection gone) tells the
 //! exchange the client is done.
 
 use crate::budget::{Budget, Budgets};
@@ -51,6 +52,8 @@ enum Kind {
     /// A whole body, counted against `budgets` (when given) until taken.
     Full(Option<Bytes>, Option<Budgets>),
     Pipe(Arc<Pipe>),
+    /// A `pathsend` file sent with `sendfile(2)` (not counted: it never is in memory).
+    File(crate::sendfile::FileFrames),
 }
 
 impl std::fmt::Debug for ResponseBody {
@@ -94,6 +97,15 @@ impl ResponseBody {
         }
     }
 
+    /// A file sent from the page cache by the connection's socket.
+    pub fn file(frames: crate::sendfile::FileFrames) -> Self {
+        ResponseBody {
+            kind: Kind::File(frames),
+            sent: 0,
+            on_drop: None,
+        }
+    }
+
     /// Runs `f` when hyper drops the body.
     pub fn on_drop(mut self, f: OnDrop) -> Self {
         self.on_drop = Some(f);
@@ -111,6 +123,7 @@ impl Drop for ResponseBody {
                 }
             }
             Kind::Pipe(pipe) => pipe.close(),
+            Kind::File(_) => {}
         }
         if let Some(f) = self.on_drop.take() {
             f(self.sent);
@@ -139,7 +152,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(bytes, _) => bytes.as_ref().is_none_or(|b| b.is_empty()),
-            Kind::Pipe(_) => false,
+            Kind::Pipe(_) | Kind::File(_) => false,
         }
     }
 
@@ -148,7 +161,7 @@ impl Body for ResponseBody {
             Kind::Full(bytes, _) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
-            Kind::Pipe(_) => SizeHint::default(),
+            Kind::Pipe(_) | Kind::File(_) => SizeHint::default(),
         }
     }
 }
@@ -169,6 +182,7 @@ impl ResponseBody {
                 Poll::Ready(Some(Ok(Frame::data(piece))))
             }
             Kind::Pipe(pipe) => pipe.poll_take(cx),
+            Kind::File(frames) => frames.poll_frame(cx).map(|frame| frame.map(Ok)),
         }
     }
 }

@@ -21,6 +21,7 @@ use crate::metrics::{ErrorKind, Limit};
 use crate::receive::{Exchange, Responder};
 use crate::registry::Envelope;
 use crate::response::{Action, Head, State};
+use crate::sendfile::{FileFrames, FileSlot};
 use crate::state::{Failing, Shared};
 use bytes::Bytes;
 use genro_shared::sync::lock;
@@ -41,6 +42,8 @@ pub(crate) struct RequestStart {
     pub(crate) exchange: Arc<Exchange>,
     /// Where the response's bytes are counted.
     pub(crate) budgets: Budgets,
+    /// The connection's sendfile slot, for a `pathsend` answer: plaintext HTTP/1.x only.
+    pub(crate) sendfile: Option<Arc<FileSlot>>,
 }
 
 /// A request waiting in the hand-off queue for the Python thread. Its client may leave
@@ -83,6 +86,7 @@ fn start_request(py: Python<'_>, shared: &Arc<Shared>, start: RequestStart) -> P
             },
         exchange,
         budgets,
+        sendfile,
     } = start;
     let is_h2 = parts.version == Version::HTTP_2;
     exchange.attach(shared);
@@ -91,6 +95,7 @@ fn start_request(py: Python<'_>, shared: &Arc<Shared>, start: RequestStart) -> P
         shared: shared.clone(),
         exchange,
         budgets,
+        sendfile,
         inner: Mutex::new(Inner {
             state: State::Init,
             respond: Some(respond),
@@ -115,6 +120,7 @@ pub(crate) struct Handle {
     shared: Arc<Shared>,
     exchange: Arc<Exchange>,
     budgets: Budgets,
+    sendfile: Option<Arc<FileSlot>>,
     inner: Mutex<Inner>,
 }
 
@@ -518,9 +524,10 @@ fn waited(shared: &Shared, pipe: &Pipe, kind: Limit, envelope: &Envelope) {
     }
 }
 
-/// Streams a `pathsend` file through `pipe`.
 /// `http.response.pathsend`: the file is opened and measured on tokio's blocking threads,
 /// never on the loop's (a file on a slow disk or a FIFO must not stall every request).
+/// On a plaintext HTTP/1.1 connection the socket sends it with `sendfile(2)`
+/// ([`crate::sendfile`]); otherwise it is read in pieces into the response's pipe.
 /// The `send()` completes once the response has started, or raises `RuntimeError` with a
 /// 500 answered if the path cannot be opened or is not a regular file.
 fn send_file(slf: &Bound<'_, Handle>, head: Head, path: PathBuf) -> PyResult<Py<PyAny>> {
@@ -530,25 +537,31 @@ fn send_file(slf: &Bound<'_, Handle>, head: Head, path: PathBuf) -> PyResult<Py<
     let handle = slf.clone().unbind();
     let this = slf.get();
     let shared = this.shared.clone();
+    let slot = this.sendfile.clone();
     this.shared.runtime.spawn(async move {
-        let opened = open_regular(&path).await;
+        let ahead = slot.is_some();
+        let opened = match tokio::task::spawn_blocking(move || open_regular(&path, ahead)).await {
+            Ok(opened) => opened,
+            Err(err) => Err((PathBuf::new(), std::io::Error::other(err))),
+        };
         let this = handle.get();
         let outcome = match opened {
             Ok((file, len)) => {
-                let pipe = Pipe::new(this.budgets.clone());
                 let mut inner = lock(&this.inner);
-                this.respond(
-                    &mut inner,
-                    head,
-                    ResponseBody::pipe(pipe.clone()),
-                    Some(len),
-                );
-                drop(inner);
-                let envelope = this.envelope.clone();
-                tokio::spawn(pump_file(file, pipe, shared.clone(), envelope));
+                let length = Some(usize::try_from(len).unwrap_or(usize::MAX));
+                if let Some(slot) = slot {
+                    let body = ResponseBody::file(FileFrames::new(file, len, slot));
+                    this.respond(&mut inner, head, body, length);
+                } else {
+                    let pipe = Pipe::new(this.budgets.clone());
+                    this.respond(&mut inner, head, ResponseBody::pipe(pipe.clone()), length);
+                    let file = tokio::fs::File::from_std(file);
+                    let envelope = this.envelope.clone();
+                    tokio::spawn(pump_file(file, pipe, shared.clone(), envelope));
+                }
                 Ok(())
             }
-            Err(err) => Err(this.protocol_failure(&format!(
+            Err((path, err)) => Err(this.protocol_failure(&format!(
                 "http.response.pathsend: cannot send {}: {err}",
                 path.display()
             ))),
@@ -561,14 +574,23 @@ fn send_file(slf: &Bound<'_, Handle>, head: Head, path: PathBuf) -> PyResult<Py<
     waiting(py, &waiter, None)
 }
 
-/// Opens `path` for pathsend: a regular file and its length.
-async fn open_regular(path: &std::path::Path) -> std::io::Result<(tokio::fs::File, usize)> {
-    let file = tokio::fs::File::open(path).await?;
-    let meta = file.metadata().await?;
+/// Opens `path` for pathsend: a regular file and its length, its first frame read ahead
+/// when it is to be sent with `sendfile(2)` (`ahead`). Blocking.
+fn open_regular(
+    path: &std::path::Path,
+    ahead: bool,
+) -> Result<(std::fs::File, u64), (PathBuf, std::io::Error)> {
+    let failed = |err| (path.to_path_buf(), err);
+    let file = std::fs::File::open(path).map_err(failed)?;
+    let meta = file.metadata().map_err(failed)?;
     if !meta.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
+        return Err(failed(std::io::Error::other("not a regular file")));
     }
-    Ok((file, usize::try_from(meta.len()).unwrap_or(usize::MAX)))
+    if ahead {
+        let first = meta.len().min(crate::sendfile::FRAME as u64) as usize;
+        crate::sendfile::read_ahead(&file, 0, first);
+    }
+    Ok((file, meta.len()))
 }
 
 async fn pump_file(

@@ -39,6 +39,7 @@ mod receive;
 mod registry;
 mod response;
 mod scope;
+mod sendfile;
 mod server;
 mod state;
 mod target;

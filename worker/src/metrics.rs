@@ -168,6 +168,8 @@ pub struct Metrics {
     stuck: [IntGauge; 2],
     request_bytes: [IntCounter; PROTOCOLS],
     response_bytes: [IntCounter; PROTOCOLS],
+    /// `sendfile_bytes_total`.
+    pub(crate) sendfile_bytes: IntCounter,
     ws_messages: [IntCounter; 2],
     errors: [IntCounter; 3],
     limits: [IntCounter; Limit::ALL.len()],
@@ -234,6 +236,14 @@ impl Metrics {
             "Response body bytes written, by protocol.",
             &["protocol"],
         );
+        let sendfile_bytes = IntCounter::new(
+            "sendfile_bytes_total",
+            "Response body bytes sent from files with sendfile(2) (`pathsend` on plaintext HTTP/1.1); also counted in response_body_bytes_total.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(sendfile_bytes.clone()))
+            .expect("once");
         let ws_messages = counter_vec(
             &registry,
             "websocket_messages_total",
@@ -273,6 +283,7 @@ impl Metrics {
             response_bytes: each(Protocol::ALL, |p| {
                 response_bytes.with_label_values(&[p.label()])
             }),
+            sendfile_bytes,
             stuck: each(["warning", "critical"], |l| stuck.with_label_values(&[l])),
             ws_messages: each(["received", "sent"], |d| {
                 ws_messages.with_label_values(&[d])

@@ -10,6 +10,7 @@ use crate::admission::ConnInfo;
 use crate::handoff::Event;
 use crate::io_watch::Watched;
 use crate::metrics::ErrorKind;
+use crate::sendfile::{FileSlot, FileSocket};
 use crate::state::Shared;
 use conn::{stopped, ConnCtx, ConnState, Driver};
 use genro_config::Config;
@@ -63,6 +64,8 @@ pub struct Limits {
     pub websocket: Arc<crate::websocket::Settings>,
     /// The proxies whose forwarding headers are honoured (`[server] proxy_headers`).
     pub proxies: Option<genro_config::net::Trusted>,
+    /// `[server] sendfile`.
+    pub sendfile: bool,
 }
 
 /// Builds the rustls acceptor from `[ssl]` (ALPN `h2`, then `http/1.1`), or `None` when
@@ -121,6 +124,7 @@ pub async fn serve(
             ),
             false => None,
         },
+        sendfile: config.server.sendfile,
     });
     let keep_alive = config.server.keep_alive_timeout;
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -157,6 +161,11 @@ pub async fn serve(
          not_started: Option<tokio::sync::OwnedSemaphorePermit>| {
             let _ = stream.set_nodelay(true);
             let server = stream.local_addr().unwrap_or(client);
+            let mut state = ConnState::new(&limits, false);
+            if tls.is_none() && limits.sendfile {
+                let sent = shared.metrics.as_ref().map(|m| m.sendfile_bytes.clone());
+                state.sendfile = Some(Arc::new(FileSlot::new(sent)));
+            }
             let ctx = Arc::new(ConnCtx {
                 info: Arc::new(ConnInfo {
                     client,
@@ -164,7 +173,7 @@ pub async fn serve(
                     https: tls.is_some(),
                     front: false,
                 }),
-                state: Arc::new(ConnState::new(&limits, false)),
+                state: Arc::new(state),
                 shared: shared.clone(),
                 limits: limits.clone(),
                 access: access.clone(),
@@ -177,6 +186,7 @@ pub async fn serve(
             let tls = tls.clone();
             let shared = shared.clone();
             let io_watch = ctx.state.io.clone();
+            let slot = ctx.state.sendfile.clone();
             let driver = Driver {
                 builder,
                 ctx,
@@ -185,7 +195,6 @@ pub async fn serve(
                 header_read_timeout: handshake_timeout,
                 fd: Some(std::os::fd::AsRawFd::as_raw_fd(&stream)),
             };
-            let stream = Watched::new(stream, io_watch);
             // ERROR level: the span exists whenever anything is logged, so a warning
             // inside it names the peer too.
             let span = tracing::error_span!("conn", peer = %client);
@@ -193,8 +202,12 @@ pub async fn serve(
                 drop(not_started);
                 let _live = live;
                 match tls {
-                    None => driver.drive(TokioIo::new(stream)).await,
+                    None => {
+                        let stream = Watched::new(FileSocket::new(stream, slot), io_watch);
+                        driver.drive(TokioIo::new(stream)).await
+                    }
                     Some(acceptor) => {
+                        let stream = Watched::new(stream, io_watch);
                         match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
                         {
                             Ok(Ok(stream)) => {

@@ -34,6 +34,9 @@ pub(super) struct ConnState {
     pub(super) io: Arc<IoWatch>,
     /// The HTTP/3 front's connection (see [`ConnState::new`]).
     pub(super) front: bool,
+    /// Where `pathsend` files are lent to the socket: plaintext TCP connections only,
+    /// when `[server] sendfile` is on ([`crate::sendfile`]).
+    pub(super) sendfile: Option<Arc<crate::sendfile::FileSlot>>,
 }
 
 impl ConnState {
@@ -55,6 +58,7 @@ impl ConnState {
                 ConnBuffers::new(limits.connection_buffer)
             }),
             io: Arc::new(IoWatch::default()),
+            sendfile: None,
         }
     }
 

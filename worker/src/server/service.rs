@@ -258,6 +258,12 @@ pub(super) async fn handle(
         },
         exchange,
         budgets,
+        // hyper writes an HTTP/1.x body to the socket as it is; HTTP/2 frames copy it.
+        sendfile: ctx
+            .state
+            .sendfile
+            .clone()
+            .filter(|_| version != http::Version::HTTP_2),
     });
     crate::http::start(&ctx.shared, pending.clone());
     // If the client leaves before the loop starts the request, this future is dropped:
