@@ -315,6 +315,13 @@ fn build(v: &Values) -> Config {
             timeout: v.secs("watchdog.timeout"),
             critical: v.secs("watchdog.critical"),
         },
+        reload: Reload {
+            enabled: v.bool("reload.enabled"),
+            dirs: v.list("reload.dirs"),
+            include: v.list("reload.include"),
+            exclude: v.list("reload.exclude"),
+            delay: v.secs("reload.delay"),
+        },
         errors: Errors {
             show_traceback: v.bool("errors.show_traceback"),
             notify_critical: v.bool("errors.notify_critical"),

@@ -28,6 +28,8 @@ pub struct Config {
     pub watchdog: Watchdog,
     /// `[errors]`
     pub errors: Errors,
+    /// `[reload]`
+    pub reload: Reload,
     /// `[debug]` (planned)
     pub debug: Debug,
     /// `[application]`
@@ -203,6 +205,22 @@ pub struct Watchdog {
     /// Critical threshold (>= `timeout`).
     #[serde(with = "secs")]
     pub critical: Duration,
+}
+
+/// `[reload]`: the development file watcher.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reload {
+    /// Watch and reload.
+    pub enabled: bool,
+    /// Watched directories (relative ones under `app_dir`); empty = `app_dir`.
+    pub dirs: Vec<String>,
+    /// Glob patterns of the file names that reload.
+    pub include: Vec<String>,
+    /// Glob patterns of the names ignored (files and directories).
+    pub exclude: Vec<String>,
+    /// Quiet time before a reload.
+    #[serde(with = "secs")]
+    pub delay: Duration,
 }
 
 /// `[errors]`.

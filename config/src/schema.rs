@@ -158,6 +158,10 @@ pub static SECTIONS: &[(&str, &str)] = &[
         "Detection of stuck requests and blocked event loops.",
     ),
     (
+        "reload",
+        "Development: replace the workers when the app's files change (`--reload`).",
+    ),
+    (
         "errors",
         "Error responses and critical-error notifications.",
     ),
@@ -235,6 +239,12 @@ pub static SCHEMA: &[KeyDef] = &[
     k("watchdog", "interval", Kind::Seconds { min: 0.1, max: HOUR }, "5", "How often the watchdog checks."),
     k("watchdog", "timeout", Kind::Seconds { min: 0.1, max: DAY }, "60", "Log a warning when a request or event loop is stuck this long."),
     k("watchdog", "critical", Kind::Seconds { min: 0.1, max: DAY }, "300", "Report a critical error when stuck this long; must be >= `timeout`."),
+    // [reload]
+    k("reload", "enabled", Kind::Bool, "false", "Development: watch the app's files (inotify) and replace the workers when one changes, as a reload does: the new workers start first, so a save that breaks the import keeps the running workers serving. `--reload` on the command line."),
+    k("reload", "dirs", Kind::List, "", "Directories watched, with their subdirectories (comma-separated; a relative one is under `application.app_dir`). Empty = `app_dir`. `--reload-dir` (repeatable; relative to the current directory)."),
+    k("reload", "include", Kind::List, "*.py", "Glob patterns of the file names whose changes reload (`*.py, *.html`); a pattern with a `/` is matched against the path under the watched directory. `--reload-include` (repeatable; replaces the default)."),
+    k("reload", "exclude", Kind::List, ".git, __pycache__, .venv", "Glob patterns of files and directories to ignore: a path is ignored when its name, or the name of a directory above it under the watched directory, matches; ignored directories are not watched at all. `--reload-exclude` (repeatable; replaces the default)."),
+    k("reload", "delay", Kind::Seconds { min: 0.0, max: 60.0 }, "0.25", "Changes are gathered until none came for this long, then one reload follows (an editor's save is several events). `--reload-delay`."),
     // [errors]
     k("errors", "show_traceback", Kind::Bool, "false", "Include the Python traceback in 500 responses; requires `server.debug = true`."),
     k("errors", "notify_critical", Kind::Bool, "false", "Send a notification on critical errors."),

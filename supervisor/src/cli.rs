@@ -70,7 +70,7 @@ enum CtlCommand {
 }
 
 /// Where the configuration comes from; flags override env vars, which override the file.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct ConfigArgs {
     /// Configuration file (.ini, .cfg or .toml).
     #[arg(short, long, value_name = "FILE")]
@@ -91,6 +91,21 @@ pub struct ConfigArgs {
     /// Number of worker processes ([server] workers).
     #[arg(long)]
     pub workers: Option<String>,
+    /// Development: replace the workers when the app's files change ([reload] enabled).
+    #[arg(long)]
+    pub reload: bool,
+    /// A directory to watch instead of app_dir ([reload] dirs; repeatable).
+    #[arg(long = "reload-dir", value_name = "DIR")]
+    pub reload_dir: Vec<PathBuf>,
+    /// A glob of the file names that reload ([reload] include; repeatable).
+    #[arg(long = "reload-include", value_name = "GLOB")]
+    pub reload_include: Vec<String>,
+    /// A glob of the names to ignore ([reload] exclude; repeatable).
+    #[arg(long = "reload-exclude", value_name = "GLOB")]
+    pub reload_exclude: Vec<String>,
+    /// Quiet time before a reload, in seconds ([reload] delay).
+    #[arg(long = "reload-delay", value_name = "SECONDS")]
+    pub reload_delay: Option<String>,
     /// Any key: --set section.key=value (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     pub set: Vec<String>,
@@ -106,10 +121,37 @@ impl ConfigArgs {
             ("server.host", &self.host, "--host"),
             ("server.port", &self.port, "--port"),
             ("server.workers", &self.workers, "--workers"),
+            ("reload.delay", &self.reload_delay, "--reload-delay"),
         ];
         for (key, value, origin) in flags {
             if let Some(value) = value {
                 overrides.push(Override::new(key, value, origin));
+            }
+        }
+        if self.reload {
+            overrides.push(Override::new("reload.enabled", "true", "--reload"));
+        }
+        // Directories on the command line are the current directory's, as any path flag.
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let dirs: Vec<String> = (self.reload_dir.iter())
+            .map(|dir| cwd.join(dir).display().to_string())
+            .collect();
+        let lists = [
+            ("reload.dirs", dirs, "--reload-dir"),
+            (
+                "reload.include",
+                self.reload_include.clone(),
+                "--reload-include",
+            ),
+            (
+                "reload.exclude",
+                self.reload_exclude.clone(),
+                "--reload-exclude",
+            ),
+        ];
+        for (key, values, origin) in lists {
+            if !values.is_empty() {
+                overrides.push(Override::new(key, values.join(","), origin));
             }
         }
         for set in &self.set {
@@ -148,12 +190,7 @@ fn run_ctl(ctl: CtlCli) -> i32 {
         None => {
             let args = ConfigArgs {
                 config: ctl.config,
-                app: None,
-                python: None,
-                host: None,
-                port: None,
-                workers: None,
-                set: Vec::new(),
+                ..ConfigArgs::default()
             };
             match args.load() {
                 Ok(loaded) => crate::serve::run_dir(&loaded.config).join("control.sock"),

@@ -36,6 +36,8 @@ pub(crate) enum Event {
     Probe(Probe),
     /// A removed slot's worker may drain now: the front has let go of the slot.
     Drain(u32),
+    /// Watched files changed (`--reload`).
+    FilesChanged(crate::watch::Changes),
     /// A reload's interpreter was chosen and probed (or could not be).
     Resolved {
         loaded: Box<Loaded>,
@@ -70,6 +72,8 @@ pub(crate) struct Supervisor {
     pub(crate) webhook: Option<Webhook>,
     /// `[metrics]` as started (fixed until a restart).
     pub(crate) metrics: genro_config::Metrics,
+    /// Files changed while a reload ran (`--reload`): another follows it.
+    pub(crate) reload_after: bool,
 }
 
 /// Runs the loop until the fleet exits; returns the exit code.
@@ -143,7 +147,41 @@ impl Supervisor {
                 python,
                 reply,
             } => self.handle_resolved(*loaded, *python, reply),
+            Event::FilesChanged(changes) => self.handle_files_changed(&changes),
         }
+    }
+
+    /// `--reload`: watched files changed; replace the workers (after the reload running,
+    /// if one is).
+    fn handle_files_changed(&mut self, changes: &crate::watch::Changes) -> Vec<Command> {
+        let what = changes.describe();
+        match self.fleet.phase() {
+            Phase::Serving if self.fleet.is_reloading() => {
+                tracing::info!("reload: {what}; a reload is running, another follows it");
+                self.reload_after = true;
+                Vec::new()
+            }
+            Phase::Serving => {
+                tracing::info!("reload: {what}; replacing the workers");
+                self.reload(None)
+            }
+            Phase::Starting => {
+                tracing::info!("reload: {what}; the workers are starting, a reload follows");
+                self.reload_after = true;
+                Vec::new()
+            }
+            Phase::Stopping { .. } | Phase::Done => Vec::new(),
+        }
+    }
+
+    /// A reload asked for while another ran, once nothing runs (`--reload`).
+    fn reload_again(&mut self) -> Vec<Command> {
+        if self.reload_after && self.fleet.phase() == Phase::Serving && !self.fleet.is_reloading() {
+            self.reload_after = false;
+            tracing::info!("reload: files changed during the last reload; replacing the workers");
+            return self.reload(None);
+        }
+        Vec::new()
     }
 
     /// A child connected to the control socket.
@@ -391,6 +429,7 @@ impl Supervisor {
                             "READY=1\nSTATUS=serving {} with {workers} worker(s)",
                             self.url
                         ));
+                        next.extend(self.reload_again());
                     }
                     Command::Reloaded { cause } => {
                         if matches!(cause, Cause::Reload { .. }) {
@@ -411,6 +450,7 @@ impl Supervisor {
                                 message: "reload complete".into(),
                             },
                         );
+                        next.extend(self.reload_again());
                     }
                     Command::Scaling { workers } => {
                         tracing::info!("scaling to {workers} worker(s)");
@@ -430,6 +470,7 @@ impl Supervisor {
                             "READY=1\nSTATUS=reload failed; serving with the previous workers",
                         );
                         self.answer_reload(cause, Message::Error { message });
+                        next.extend(self.reload_again());
                     }
                     Command::Exit(code) => {
                         tracing::info!(code, "supervisor exiting");

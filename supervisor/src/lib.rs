@@ -15,4 +15,5 @@ mod query;
 pub mod serve;
 pub mod sockets;
 mod spawner;
+pub mod watch;
 pub mod webhook;

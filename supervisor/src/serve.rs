@@ -102,6 +102,9 @@ pub enum PreflightError {
     /// The TLS certificate, key or settings do not load.
     #[error(transparent)]
     Tls(#[from] genro_shared::tls::TlsError),
+    /// `[reload]` names a directory or pattern that cannot be used.
+    #[error(transparent)]
+    Reload(#[from] crate::watch::WatchError),
     /// `[logging] access_format` does not parse.
     #[error("[logging] access_format = {format:?}: {why}")]
     AccessFormat {
@@ -121,6 +124,9 @@ pub(crate) fn preflight(config: &Config) -> Result<(), PreflightError> {
     if config.ssl.enabled {
         genro_shared::tls::server_config(&config.ssl, config.ssl.min_version, &[b"h2"])
             .map_err(PreflightError::Tls)?;
+    }
+    if config.reload.enabled {
+        crate::watch::Filter::new(config)?;
     }
     genro_shared::access::AccessFormat::parse(&config.logging.access_format).map_err(|why| {
         PreflightError::AccessFormat {
@@ -526,6 +532,9 @@ async fn supervise(
         .with_context(|| format!("control socket {}", control_path.display()))?;
     let (events_tx, events) = mpsc::channel::<Event>(256);
     let (control_tx, mut control_rx) = mpsc::channel::<Incoming>(256);
+    if config.reload.enabled {
+        crate::watch::start(config, events_tx.clone())?;
+    }
     tokio::spawn(control::serve(listener, control_tx));
     {
         let events_tx = events_tx.clone();
@@ -588,6 +597,7 @@ async fn supervise(
         hung_pids: Default::default(),
         webhook: start_webhook(config)?,
         metrics: config.metrics.clone(),
+        reload_after: false,
     };
     if let Some(listener) = metrics_listener {
         let (probes_tx, mut probes_rx) = mpsc::channel::<Probe>(64);

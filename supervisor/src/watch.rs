@@ -1,0 +1,424 @@
+//! `--reload` (`[reload]`): watches the app's files and asks the executor for a reload
+//! once changes have stopped for `delay`.
+//!
+//! Each directory under the watched roots gets its own (non-recursive) inotify watch, so
+//! ignored trees (`.venv`, `.git`) cost nothing: not one watch, not one event. New
+//! directories are watched as they appear. When inotify cannot be used (no instance or
+//! watch left, `fs.inotify.max_user_*`), the same directories are polled once a second,
+//! and the log says so. Nothing runs while nothing changes.
+
+use crate::executor::Event;
+use genro_config::Config;
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode, Watcher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// The most directories watched; the rest is not, and the log says so.
+const MAX_DIRS: usize = 20_000;
+/// The most changed paths a reload's log line names.
+const NAMED: usize = 3;
+/// How often directories are polled when inotify cannot be used.
+const POLL_EVERY: Duration = Duration::from_secs(1);
+/// The raw events waiting for the debounce; past it the changes count as "many".
+const RAW_QUEUE: usize = 1024;
+
+/// A `[reload]` setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// A glob does not parse.
+    #[error("[reload] {key} = {pattern:?}: not a glob pattern: {why}")]
+    Pattern {
+        /// `include` or `exclude`.
+        key: &'static str,
+        /// The pattern.
+        pattern: String,
+        /// What the parser said.
+        why: glob::PatternError,
+    },
+    /// A watched directory does not exist.
+    #[error("[reload] dirs: {0} is not a directory")]
+    NotADirectory(PathBuf),
+    /// Neither inotify nor polling could start.
+    #[error("[reload]: cannot watch files: {0}")]
+    Notify(#[from] notify::Error),
+}
+
+/// Which paths count.
+#[derive(Debug)]
+pub struct Filter {
+    roots: Vec<PathBuf>,
+    include: Vec<glob::Pattern>,
+    exclude: Vec<glob::Pattern>,
+}
+
+fn patterns(key: &'static str, list: &[String]) -> Result<Vec<glob::Pattern>, WatchError> {
+    list.iter()
+        .map(|pattern| {
+            glob::Pattern::new(pattern).map_err(|why| WatchError::Pattern {
+                key,
+                pattern: pattern.clone(),
+                why,
+            })
+        })
+        .collect()
+}
+
+impl Filter {
+    /// The filter `[reload]` describes; checks the patterns and directories.
+    pub fn new(config: &Config) -> Result<Self, WatchError> {
+        let app_dir = &config.application.app_dir;
+        let mut roots: Vec<PathBuf> = config
+            .reload
+            .dirs
+            .iter()
+            .map(|dir| app_dir.join(dir))
+            .collect();
+        if roots.is_empty() {
+            roots.push(app_dir.clone());
+        }
+        for root in &mut roots {
+            *root = std::fs::canonicalize(&*root)
+                .ok()
+                .filter(|dir| dir.is_dir())
+                .ok_or_else(|| WatchError::NotADirectory(root.clone()))?;
+        }
+        Ok(Filter {
+            roots,
+            include: patterns("include", &config.reload.include)?,
+            exclude: patterns("exclude", &config.reload.exclude)?,
+        })
+    }
+
+    /// `path` under the root it belongs to.
+    fn relative<'a>(&self, path: &'a Path) -> Option<&'a Path> {
+        self.roots
+            .iter()
+            .find_map(|root| path.strip_prefix(root).ok())
+    }
+
+    /// Whether `path` (under a root) is ignored: its name or a directory above it matches
+    /// an `exclude` pattern.
+    fn ignored(&self, path: &Path) -> bool {
+        let Some(relative) = self.relative(path) else {
+            return true;
+        };
+        relative.components().any(|part| {
+            let name = part.as_os_str().to_string_lossy();
+            self.exclude.iter().any(|p| p.matches(&name))
+        })
+    }
+
+    /// Whether a change to the file `path` reloads.
+    fn reloads(&self, path: &Path) -> bool {
+        if self.ignored(path) {
+            return false;
+        }
+        let (Some(relative), Some(name)) = (self.relative(path), path.file_name()) else {
+            return false;
+        };
+        let name = name.to_string_lossy();
+        self.include.iter().any(|p| {
+            if p.as_str().contains('/') {
+                p.matches_path(relative)
+            } else {
+                p.matches(&name)
+            }
+        })
+    }
+}
+
+/// The changes gathered for one reload.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// The first few changed paths.
+    named: Vec<PathBuf>,
+    /// How many distinct paths changed.
+    count: usize,
+    /// Events were dropped (a flood): more changed than counted.
+    overflowed: bool,
+}
+
+impl Changes {
+    fn add(&mut self, path: PathBuf) {
+        if self.named.contains(&path) {
+            return;
+        }
+        if self.named.len() < NAMED {
+            self.named.push(path);
+        }
+        self.count += 1;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.count == 0 && !self.overflowed
+    }
+
+    /// "a.py changed", "a.py, b.py and 3 more files changed".
+    pub fn describe(&self) -> String {
+        let names: Vec<String> = self.named.iter().map(|p| p.display().to_string()).collect();
+        let more = self.count.saturating_sub(self.named.len());
+        let mut text = names.join(", ");
+        if self.overflowed {
+            text.push_str(" and many more files");
+        } else if more > 0 {
+            text.push_str(&format!(" and {more} more file(s)"));
+        }
+        if text.is_empty() {
+            text.push_str("many files");
+        }
+        format!("{text} changed")
+    }
+}
+
+/// The watcher and what it watches.
+struct Watching {
+    watcher: Box<dyn Watcher + Send>,
+    filter: Arc<Filter>,
+    dirs: usize,
+    full: bool,
+    polling: bool,
+}
+
+impl Watching {
+    /// Watches `dir` and the directories below it that are not ignored.
+    fn add_tree(&mut self, dir: &Path) -> Result<(), notify::Error> {
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            if self.dirs >= MAX_DIRS {
+                if !self.full {
+                    self.full = true;
+                    tracing::warn!("reload: {MAX_DIRS} directories watched; the others are not (narrow [reload] dirs or add to [reload] exclude)");
+                }
+                return Ok(());
+            }
+            match self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => self.dirs += 1,
+                // Gone already (a temporary directory): nothing to watch.
+                Err(notify::Error {
+                    kind: notify::ErrorKind::PathNotFound,
+                    ..
+                }) => continue,
+                Err(err) => return Err(err),
+            }
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                // Symbolic links are not followed: no loops, no trees outside the roots.
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    let path = entry.path();
+                    if !self.filter.ignored(&path) {
+                        stack.push(path);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes one raw event: watches a new directory, adds a changed file that counts.
+    fn take(&mut self, event: notify::Result<notify::Event>, changes: &mut Changes) {
+        let event = match event {
+            Ok(event) => event,
+            Err(err) => {
+                tracing::warn!("reload: watching files: {err}");
+                return;
+            }
+        };
+        let counts = matches!(
+            event.kind,
+            EventKind::Create(_)
+                | EventKind::Modify(_)
+                | EventKind::Remove(_)
+                | EventKind::Access(AccessKind::Close(AccessMode::Write))
+        );
+        if !counts {
+            return;
+        }
+        for path in event.paths {
+            if matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_))
+                && path.is_dir()
+                && !self.filter.ignored(&path)
+            {
+                if let Err(err) = self.add_tree(&path) {
+                    tracing::warn!("reload: cannot watch {}: {err}", path.display());
+                }
+            } else if self.filter.reloads(&path) {
+                changes.add(path);
+            }
+        }
+    }
+}
+
+/// Starts watching as `[reload]` says; changes arrive at the executor as
+/// [`Event::FilesChanged`].
+pub(crate) fn start(config: &Config, events: mpsc::Sender<Event>) -> Result<(), WatchError> {
+    let filter = Arc::new(Filter::new(config)?);
+    let (raw, raw_rx) = mpsc::channel(RAW_QUEUE);
+    let overflowed = Arc::new(AtomicBool::new(false));
+    let handler = {
+        let overflowed = overflowed.clone();
+        move |event: notify::Result<notify::Event>| {
+            if raw.try_send(event).is_err() {
+                overflowed.store(true, Ordering::Relaxed);
+            }
+        }
+    };
+    let inotify = notify::RecommendedWatcher::new(handler.clone(), notify::Config::default())
+        .and_then(|watcher| {
+            let mut watching = Watching {
+                watcher: Box::new(watcher),
+                filter: filter.clone(),
+                dirs: 0,
+                full: false,
+                polling: false,
+            };
+            for root in &filter.roots {
+                watching.add_tree(root)?;
+            }
+            Ok(watching)
+        });
+    let watching = match inotify {
+        Ok(watching) => watching,
+        Err(err) => {
+            tracing::warn!("reload: inotify cannot be used ({err}); polling the watched directories every {}s instead", POLL_EVERY.as_secs());
+            let poll = notify::PollWatcher::new(
+                handler,
+                notify::Config::default().with_poll_interval(POLL_EVERY),
+            )?;
+            let mut watching = Watching {
+                watcher: Box::new(poll),
+                filter: filter.clone(),
+                dirs: 0,
+                full: false,
+                polling: true,
+            };
+            for root in &filter.roots {
+                watching.add_tree(root)?;
+            }
+            watching
+        }
+    };
+    let roots: Vec<String> = filter
+        .roots
+        .iter()
+        .map(|r| r.display().to_string())
+        .collect();
+    tracing::info!(
+        "reload: watching {} ({} directories, {}) for {:?}, ignoring {:?}",
+        roots.join(", "),
+        watching.dirs,
+        if watching.polling {
+            "polling"
+        } else {
+            "inotify"
+        },
+        config.reload.include,
+        config.reload.exclude,
+    );
+    tokio::spawn(gather(
+        watching,
+        raw_rx,
+        overflowed,
+        config.reload.delay,
+        events,
+    ));
+    Ok(())
+}
+
+/// Gathers changes until none came for `delay`, then sends them as one reload.
+async fn gather(
+    mut watching: Watching,
+    mut raw: mpsc::Receiver<notify::Result<notify::Event>>,
+    overflowed: Arc<AtomicBool>,
+    delay: Duration,
+    events: mpsc::Sender<Event>,
+) {
+    loop {
+        let Some(first) = raw.recv().await else {
+            return;
+        };
+        let mut changes = Changes::default();
+        watching.take(first, &mut changes);
+        loop {
+            match tokio::time::timeout(delay, raw.recv()).await {
+                Ok(Some(event)) => watching.take(event, &mut changes),
+                Ok(None) => return,
+                Err(_) => break,
+            }
+        }
+        changes.overflowed = overflowed.swap(false, Ordering::Relaxed);
+        if !changes.is_empty() && events.send(Event::FilesChanged(changes)).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(root: &Path, include: &[&str], exclude: &[&str]) -> Filter {
+        let list = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        Filter {
+            roots: vec![root.to_path_buf()],
+            include: patterns("include", &list(include)).expect("globs"),
+            exclude: patterns("exclude", &list(exclude)).expect("globs"),
+        }
+    }
+
+    #[test]
+    fn includes_match_names_and_excludes_match_any_directory_above() {
+        let root = Path::new("/srv/app");
+        let f = filter(
+            root,
+            &["*.py", "templates/*.html"],
+            &[".git", "__pycache__", ".venv"],
+        );
+        assert!(f.reloads(&root.join("main.py")));
+        assert!(f.reloads(&root.join("pkg/sub/mod.py")));
+        assert!(!f.reloads(&root.join("main.pyc")));
+        assert!(!f.reloads(&root.join("pkg/__pycache__/mod.py")));
+        assert!(!f.reloads(&root.join(".venv/lib/site.py")));
+        assert!(f.reloads(&root.join("templates/index.html")));
+        assert!(!f.reloads(&root.join("other/index.html")));
+        assert!(
+            !f.reloads(Path::new("/elsewhere/main.py")),
+            "outside the roots"
+        );
+        assert!(f.ignored(&root.join(".git")));
+        assert!(!f.ignored(&root.join("pkg")));
+    }
+
+    #[test]
+    fn a_bad_glob_names_its_key() {
+        let err = patterns("include", &["[".to_string()]).expect_err("unclosed class");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("[reload] include = \"[\": not a glob pattern"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn changes_name_the_first_files_and_count_the_rest() {
+        let mut changes = Changes::default();
+        assert!(changes.is_empty());
+        for name in ["a.py", "b.py", "a.py", "c.py", "d.py", "e.py"] {
+            changes.add(PathBuf::from(name));
+        }
+        assert_eq!(
+            changes.describe(),
+            "a.py, b.py, c.py and 2 more file(s) changed"
+        );
+        changes.overflowed = true;
+        assert_eq!(
+            changes.describe(),
+            "a.py, b.py, c.py and many more files changed"
+        );
+    }
+}
