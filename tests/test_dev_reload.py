@@ -229,3 +229,38 @@ def test_check_shows_the_reload_settings_and_their_source(tmp_path, flag):
                 timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "--reload" in r.stdout and "*.html" in r.stdout, r.stdout
+
+
+def test_without_inotify_it_polls_and_says_so(server, tmp_path):
+    """Every inotify instance of this user is taken (`fs.inotify.max_user_instances`):
+    the watcher falls back to polling once a second, says so, and still reloads."""
+    import ctypes
+    import resource
+
+    with open("/proc/sys/fs/inotify/max_user_instances") as f:
+        limit = int(f.read())
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if limit > 1024 or soft < limit + 64:
+        pytest.skip("max_user_instances %d cannot be exhausted from one process here" % limit)
+    libc = ctypes.CDLL(None, use_errno=True)
+    taken = []
+    try:
+        while True:
+            fd = libc.inotify_init1(os.O_CLOEXEC)
+            if fd < 0:
+                assert ctypes.get_errno() == 24, os.strerror(ctypes.get_errno())
+                break
+            taken.append(fd)
+            assert len(taken) <= limit
+        s = reload_server(server, tmp_path)
+        line = s.wait_log("reload: watching")
+    finally:
+        for fd in taken:
+            os.close(fd)
+    assert "polling" in line, line
+    s.wait_log("inotify cannot be used")
+    write_app(s.app_dir, b"polled")
+    wait_for(lambda: serves(s, b"polled"), timeout=30, what="the change found by polling")
+    # A second save within the same second is seen too (the stamp has nanoseconds).
+    write_app(s.app_dir, b"polled again")
+    wait_for(lambda: serves(s, b"polled again"), timeout=30, what="the second change")

@@ -4,8 +4,9 @@
 //! Each directory under the watched roots gets its own (non-recursive) inotify watch, so
 //! ignored trees (`.venv`, `.git`) cost nothing: not one watch, not one event. New
 //! directories are watched as they appear. When inotify cannot be used (no instance or
-//! watch left, `fs.inotify.max_user_*`), the same directories are polled once a second,
-//! and the log says so. Nothing runs while nothing changes.
+//! watch left, `fs.inotify.max_user_*`), the files that count are polled once a second
+//! (their nanosecond mtime, size and inode), and the log says so. With inotify, nothing
+//! runs while nothing changes.
 
 use crate::executor::Event;
 use genro_config::Config;
@@ -174,20 +175,52 @@ impl Changes {
     }
 }
 
+/// The directories under `root` (itself included) that are not ignored, depth first, at
+/// most `limit`; symbolic links are not followed (no loops, no trees outside the roots).
+fn dirs_under(filter: &Filter, root: &Path, limit: usize) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        if found.len() >= limit {
+            break;
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    let path = entry.path();
+                    if !filter.ignored(&path) {
+                        stack.push(path);
+                    }
+                }
+            }
+        }
+        found.push(dir);
+    }
+    found
+}
+
+/// Where changes come from.
+enum Source {
+    /// One inotify watch per directory.
+    Inotify(notify::RecommendedWatcher),
+    /// A thread that compares the watched files' metadata every [`POLL_EVERY`] and feeds
+    /// the differences in as events (it finds new directories itself).
+    Poll,
+}
+
 /// The watcher and what it watches.
 struct Watching {
-    watcher: Box<dyn Watcher + Send>,
+    source: Source,
     filter: Arc<Filter>,
     dirs: usize,
     full: bool,
-    polling: bool,
 }
 
 impl Watching {
     /// Watches `dir` and the directories below it that are not ignored.
     fn add_tree(&mut self, dir: &Path) -> Result<(), notify::Error> {
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(dir) = stack.pop() {
+        let dirs = dirs_under(&self.filter, dir, MAX_DIRS.saturating_sub(self.dirs) + 1);
+        for dir in dirs {
             if self.dirs >= MAX_DIRS {
                 if !self.full {
                     self.full = true;
@@ -195,27 +228,18 @@ impl Watching {
                 }
                 return Ok(());
             }
-            match self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
-                Ok(()) => self.dirs += 1,
-                // Gone already (a temporary directory): nothing to watch.
-                Err(notify::Error {
-                    kind: notify::ErrorKind::PathNotFound,
-                    ..
-                }) => continue,
-                Err(err) => return Err(err),
-            }
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                // Symbolic links are not followed: no loops, no trees outside the roots.
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    let path = entry.path();
-                    if !self.filter.ignored(&path) {
-                        stack.push(path);
-                    }
+            if let Source::Inotify(watcher) = &mut self.source {
+                match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                    Ok(()) => {}
+                    // Gone already (a temporary directory): nothing to watch.
+                    Err(notify::Error {
+                        kind: notify::ErrorKind::PathNotFound,
+                        ..
+                    }) => continue,
+                    Err(err) => return Err(err),
                 }
             }
+            self.dirs += 1;
         }
         Ok(())
     }
@@ -240,7 +264,8 @@ impl Watching {
             return;
         }
         for path in event.paths {
-            if matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_))
+            if matches!(self.source, Source::Inotify(_))
+                && matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_))
                 && path.is_dir()
                 && !self.filter.ignored(&path)
             {
@@ -254,48 +279,111 @@ impl Watching {
     }
 }
 
+/// What a file's change is told by when polling: nanosecond mtime, size and inode (a
+/// save in the same second as the last poll, or a rename over the file, is seen).
+type Stamp = (Option<std::time::SystemTime>, u64, u64);
+
+/// The files that count under `filter`'s roots, with their stamps.
+fn poll_scan(filter: &Filter) -> std::collections::HashMap<PathBuf, Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let mut files = std::collections::HashMap::new();
+    for root in &filter.roots {
+        for dir in dirs_under(filter, root, MAX_DIRS) {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if !filter.reloads(&path) {
+                    continue;
+                }
+                if let Some(meta) = entry.metadata().ok().filter(|m| m.is_file()) {
+                    files.insert(path, (meta.modified().ok(), meta.len(), meta.ino()));
+                }
+            }
+        }
+    }
+    files
+}
+
+/// Polls `filter`'s files every [`POLL_EVERY`] on a thread of its own, sending what
+/// changed to `send` until it returns false.
+fn poll(filter: Arc<Filter>, mut send: impl FnMut(notify::Event) -> bool + Send + 'static) {
+    let spawned = std::thread::Builder::new()
+        .name("genro-reload-poll".into())
+        .spawn(move || {
+            let mut before = poll_scan(&filter);
+            loop {
+                std::thread::sleep(POLL_EVERY);
+                let now = poll_scan(&filter);
+                let kind = EventKind::Modify(notify::event::ModifyKind::Any);
+                let changed = now
+                    .iter()
+                    .filter(|(path, stamp)| before.get(*path) != Some(stamp))
+                    .map(|(path, _)| path)
+                    .chain(before.keys().filter(|path| !now.contains_key(*path)));
+                for path in changed {
+                    if !send(notify::Event::new(kind).add_path(path.clone())) {
+                        return;
+                    }
+                }
+                before = now;
+            }
+        });
+    if let Err(err) = spawned {
+        tracing::error!("reload: cannot start the polling thread: {err}");
+    }
+}
+
 /// Starts watching as `[reload]` says; changes arrive at the executor as
 /// [`Event::FilesChanged`].
 pub(crate) fn start(config: &Config, events: mpsc::Sender<Event>) -> Result<(), WatchError> {
     let filter = Arc::new(Filter::new(config)?);
     let (raw, raw_rx) = mpsc::channel(RAW_QUEUE);
     let overflowed = Arc::new(AtomicBool::new(false));
+    // Sends a raw event; false once the gatherer is gone.
     let handler = {
         let overflowed = overflowed.clone();
-        move |event: notify::Result<notify::Event>| {
-            if raw.try_send(event).is_err() {
+        move |event: notify::Result<notify::Event>| match raw.try_send(event) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
                 overflowed.store(true, Ordering::Relaxed);
+                true
             }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     };
-    let inotify = notify::RecommendedWatcher::new(handler.clone(), notify::Config::default())
+    let inotify = {
+        let handler = handler.clone();
+        notify::RecommendedWatcher::new(
+            move |event| {
+                handler(event);
+            },
+            notify::Config::default(),
+        )
         .and_then(|watcher| {
             let mut watching = Watching {
-                watcher: Box::new(watcher),
+                source: Source::Inotify(watcher),
                 filter: filter.clone(),
                 dirs: 0,
                 full: false,
-                polling: false,
             };
             for root in &filter.roots {
                 watching.add_tree(root)?;
             }
             Ok(watching)
-        });
+        })
+    };
     let watching = match inotify {
         Ok(watching) => watching,
         Err(err) => {
-            tracing::warn!("reload: inotify cannot be used ({err}); polling the watched directories every {}s instead", POLL_EVERY.as_secs());
-            let poll = notify::PollWatcher::new(
-                handler,
-                notify::Config::default().with_poll_interval(POLL_EVERY),
-            )?;
+            tracing::warn!("reload: inotify cannot be used ({err}); polling the watched files every {}s instead", POLL_EVERY.as_secs());
+            poll(filter.clone(), move |event| handler(Ok(event)));
             let mut watching = Watching {
-                watcher: Box::new(poll),
+                source: Source::Poll,
                 filter: filter.clone(),
                 dirs: 0,
                 full: false,
-                polling: true,
             };
             for root in &filter.roots {
                 watching.add_tree(root)?;
@@ -312,10 +400,9 @@ pub(crate) fn start(config: &Config, events: mpsc::Sender<Event>) -> Result<(), 
         "reload: watching {} ({} directories, {}) for {:?}, ignoring {:?}",
         roots.join(", "),
         watching.dirs,
-        if watching.polling {
-            "polling"
-        } else {
-            "inotify"
+        match watching.source {
+            Source::Inotify(_) => "inotify",
+            Source::Poll => "polling",
         },
         config.reload.include,
         config.reload.exclude,
