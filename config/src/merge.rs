@@ -315,6 +315,10 @@ fn build(v: &Values) -> Config {
             timeout: v.secs("watchdog.timeout"),
             critical: v.secs("watchdog.critical"),
         },
+        inspector: Inspector {
+            enabled: v.bool("inspector.enabled"),
+            token: v.opt_text("inspector.token"),
+        },
         reload: Reload {
             enabled: v.bool("reload.enabled"),
             dirs: v.list("reload.dirs"),

@@ -30,6 +30,8 @@ pub struct Config {
     pub errors: Errors,
     /// `[reload]`
     pub reload: Reload,
+    /// `[inspector]`
+    pub inspector: Inspector,
     /// `[debug]` (planned)
     pub debug: Debug,
     /// `[application]`
@@ -205,6 +207,15 @@ pub struct Watchdog {
     /// Critical threshold (>= `timeout`).
     #[serde(with = "secs")]
     pub critical: Duration,
+}
+
+/// `[inspector]`: the request inspector page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Inspector {
+    /// Serve `/inspector` on the metrics listener.
+    pub enabled: bool,
+    /// Bearer token its data requires; `None` = none.
+    pub token: Option<String>,
 }
 
 /// `[reload]`: the development file watcher.

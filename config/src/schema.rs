@@ -158,6 +158,10 @@ pub static SECTIONS: &[(&str, &str)] = &[
         "Detection of stuck requests and blocked event loops.",
     ),
     (
+        "inspector",
+        "The request inspector: a live page on the metrics listener.",
+    ),
+    (
         "reload",
         "Development: replace the workers when the app's files change (`--reload`).",
     ),
@@ -234,6 +238,9 @@ pub static SCHEMA: &[KeyDef] = &[
     k("metrics", "endpoint", Kind::UrlPath, "/metrics", "URL path of the metrics endpoint."),
     k("metrics", "export_port", Kind::Int { min: 1, max: 65535 }, "9090", "Port of the metrics listener."),
     k("metrics", "host", Kind::Str, "127.0.0.1", "Interface address of the metrics listener (`/metrics`, `/healthz`, `/readyz`); use 0.0.0.0 for Kubernetes probes and scrapes from other hosts."),
+    // [inspector]
+    k("inspector", "enabled", Kind::Bool, "false", "Serve the request inspector at `/inspector` on the metrics listener (needs `[metrics] enabled`): a live page of the fleet's workers, in-flight requests and open WebSockets."),
+    secret(k("inspector", "token", Kind::Str, "", "Bearer token the inspector's data requires (`Authorization: Bearer ...`; open the page as `/inspector#token=...`). Empty = none: then anyone who reaches the metrics listener sees request paths and client addresses.")),
     // [watchdog]
     k("watchdog", "enabled", Kind::Bool, "true", "Watch for stuck requests and blocked event loops."),
     k("watchdog", "interval", Kind::Seconds { min: 0.1, max: HOUR }, "5", "How often the watchdog checks."),

@@ -1,5 +1,6 @@
 //! The supervisor's HTTP listener (`[metrics] host`:`export_port`): Prometheus metrics at
-//! `[metrics] endpoint`, `/healthz` and `/readyz`.
+//! `[metrics] endpoint`, `/healthz` and `/readyz`, and the request inspector
+//! ([`crate::inspector`]) when it is on.
 //!
 //! Every request is answered by the supervisor's main loop (through [`Probe`]s), so a
 //! liveness probe also proves that the loop turns. A metrics scrape asks every serving
@@ -30,6 +31,8 @@ pub enum Probe {
     /// The metrics of every serving worker and the front (answered when all did, or at
     /// the query timeout with an error for the silent ones).
     Metrics(oneshot::Sender<Vec<WorkerReport>>),
+    /// The inspector's data: the fleet and every worker process's requests.
+    Inspect(oneshot::Sender<crate::inspector::Inspection>),
 }
 
 /// Why `/readyz` answers 503.
@@ -179,8 +182,14 @@ pub async fn serve(
     endpoint: String,
     observed: Observed,
     probes: mpsc::Sender<Probe>,
+    inspector: Option<crate::inspector::Inspector>,
 ) {
-    let ctx = Arc::new((endpoint, observed, probes));
+    let ctx = Arc::new(Listener {
+        endpoint,
+        observed,
+        probes,
+        inspector,
+    });
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         // At most MAX_CONNECTIONS at once; more wait in the listen queue.
@@ -212,7 +221,19 @@ pub async fn serve(
     }
 }
 
-fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+/// What the listener's requests are answered from.
+struct Listener {
+    endpoint: String,
+    observed: Observed,
+    probes: mpsc::Sender<Probe>,
+    inspector: Option<crate::inspector::Inspector>,
+}
+
+pub(crate) fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header(http::header::CONTENT_TYPE, content_type)
@@ -220,7 +241,7 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
         .expect("valid response")
 }
 
-async fn ask<T>(
+pub(crate) async fn ask<T>(
     probes: &mpsc::Sender<Probe>,
     probe: impl FnOnce(oneshot::Sender<T>) -> Probe,
 ) -> Option<T> {
@@ -230,11 +251,13 @@ async fn ask<T>(
     tokio::time::timeout(LOOP_TIMEOUT, rx).await.ok()?.ok()
 }
 
-async fn answer(
-    request: Request<Incoming>,
-    ctx: &(String, Observed, mpsc::Sender<Probe>),
-) -> Response<Full<Bytes>> {
-    let (endpoint, observed, probes) = ctx;
+async fn answer(request: Request<Incoming>, ctx: &Listener) -> Response<Full<Bytes>> {
+    let Listener {
+        endpoint,
+        observed,
+        probes,
+        inspector,
+    } = ctx;
     const PLAIN: &str = "text/plain; charset=utf-8";
     if request.method() != Method::GET && request.method() != Method::HEAD {
         let mut response = text(
@@ -264,6 +287,10 @@ async fn answer(
             Some(()) => text(StatusCode::OK, PLAIN, "ok\n".into()),
             None => unavailable(),
         },
+        path if crate::inspector::is_inspector_path(path) && inspector.is_some() => {
+            let inspector = inspector.as_ref().expect("checked");
+            inspector.answer(path, request.headers(), probes).await
+        }
         "/readyz" => match ask(probes, Probe::Ready).await {
             Some(Ok(why)) => text(StatusCode::OK, PLAIN, format!("{why}\n")),
             Some(Err(why)) => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, format!("{why}\n")),

@@ -9,6 +9,7 @@ pub mod ctl;
 pub mod endpoints;
 mod executor;
 pub mod fleet;
+pub mod inspector;
 pub mod interpreter;
 pub mod notify;
 mod query;

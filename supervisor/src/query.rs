@@ -23,6 +23,11 @@ pub(crate) enum Reply {
     Admin(oneshot::Sender<Message>),
     /// A metrics scrape.
     Scrape(oneshot::Sender<Vec<WorkerReport>>),
+    /// The inspector's data, with the fleet as it was when asked.
+    Inspect {
+        fleet: Box<genro_shared::protocol::FleetStatus>,
+        reply: oneshot::Sender<crate::inspector::Inspection>,
+    },
 }
 
 impl Reply {
@@ -35,6 +40,12 @@ impl Reply {
             }
             Reply::Scrape(reply) => {
                 let _ = reply.send(reports);
+            }
+            Reply::Inspect { fleet, reply } => {
+                let _ = reply.send(crate::inspector::Inspection {
+                    fleet: *fleet,
+                    workers: reports,
+                });
             }
         }
     }
@@ -187,6 +198,10 @@ impl Supervisor {
             Probe::Metrics(reply) => {
                 self.observed.set_workers(self.fleet.size());
                 self.query_workers(QueryKind::Metrics, Reply::Scrape(reply));
+            }
+            Probe::Inspect(reply) => {
+                let fleet = Box::new(self.status());
+                self.query_workers(QueryKind::Requests, Reply::Inspect { fleet, reply });
             }
         }
     }

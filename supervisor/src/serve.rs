@@ -102,6 +102,12 @@ pub enum PreflightError {
     /// The TLS certificate, key or settings do not load.
     #[error(transparent)]
     Tls(#[from] genro_shared::tls::TlsError),
+    /// `[inspector] enabled` without the metrics listener that serves it.
+    #[error("[inspector] enabled needs [metrics] enabled = true: the inspector is served on the metrics listener")]
+    InspectorWithoutMetrics,
+    /// `[metrics] endpoint` takes the inspector's paths.
+    #[error("[metrics] endpoint = {0:?} collides with the inspector's /inspector pages; choose another endpoint")]
+    InspectorPath(String),
     /// `[reload]` names a directory or pattern that cannot be used.
     #[error(transparent)]
     Reload(#[from] crate::watch::WatchError),
@@ -127,6 +133,16 @@ pub(crate) fn preflight(config: &Config) -> Result<(), PreflightError> {
     }
     if config.reload.enabled {
         crate::watch::Filter::new(config)?;
+    }
+    if config.inspector.enabled {
+        if !config.metrics.enabled {
+            return Err(PreflightError::InspectorWithoutMetrics);
+        }
+        if crate::inspector::is_inspector_path(&config.metrics.endpoint) {
+            return Err(PreflightError::InspectorPath(
+                config.metrics.endpoint.clone(),
+            ));
+        }
     }
     genro_shared::access::AccessFormat::parse(&config.logging.access_format).map_err(|why| {
         PreflightError::AccessFormat {
@@ -345,7 +361,7 @@ impl Supervisor {
         commands
     }
 
-    fn status(&self) -> FleetStatus {
+    pub(crate) fn status(&self) -> FleetStatus {
         let now = Instant::now();
         let phase = match self.fleet.phase() {
             Phase::Starting => "starting",
@@ -606,6 +622,7 @@ async fn supervise(
             config.metrics.endpoint.clone(),
             sup.observed.clone(),
             probes_tx,
+            crate::inspector::Inspector::new(config),
         ));
         let events_tx = sup.events.clone();
         tokio::spawn(async move {

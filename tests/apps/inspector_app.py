@@ -1,0 +1,29 @@
+"""App for the request inspector tests: `/slow...` waits `s` seconds (any path under it),
+`/` answers at once, and a WebSocket stays open echoing until the client leaves."""
+
+import asyncio
+import urllib.parse
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] == "websocket":
+        await receive()
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            await send({"type": "websocket.send", "text": message.get("text") or ""})
+    query = dict(urllib.parse.parse_qsl(scope["query_string"].decode()))
+    if scope["path"].startswith("/slow"):
+        await asyncio.sleep(float(query.get("s", "30")))
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"done"})
