@@ -6,6 +6,8 @@ import asyncio
 import os
 import urllib.parse
 
+from plain_lifespan import plain_lifespan
+
 NOTES = os.environ.get("H3_BOUNDS_NOTES")
 
 
@@ -19,13 +21,7 @@ CHUNKS = {}
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        return await plain_lifespan(receive, send)
     query = dict(urllib.parse.parse_qsl(scope["query_string"].decode()))
     if scope["path"] == "/flood":
         # One chunk per size, shared by every stream: the app's own memory stays constant,

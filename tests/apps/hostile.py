@@ -7,6 +7,8 @@ import os
 import time
 from urllib.parse import parse_qs
 
+from plain_lifespan import plain_lifespan
+
 CHUNK = b"x" * (1 << 20)
 BIG = b"y" * (8 << 20)
 stats = {"streams": 0, "disconnects": 0, "chunks": 0}
@@ -20,13 +22,7 @@ async def respond(send, data, status=200, content_type=b"text/plain"):
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        return await plain_lifespan(receive, send)
     path = scope["path"]
     if path == "/forever":
         # Streams the shared chunk until the client is gone (send raises OSError).

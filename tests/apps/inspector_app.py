@@ -4,16 +4,12 @@
 import asyncio
 import urllib.parse
 
+from plain_lifespan import plain_lifespan
+
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        return await plain_lifespan(receive, send)
     if scope["type"] == "websocket":
         await receive()
         await send({"type": "websocket.accept"})

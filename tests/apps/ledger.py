@@ -7,6 +7,8 @@ worker appends to the same file (append mode, one write per line)."""
 import asyncio
 import os
 
+from plain_lifespan import plain_lifespan
+
 LEDGER_FILE = os.environ.get("LEDGER_FILE")
 DELAY = float(os.environ.get("LEDGER_DELAY", "0.2"))
 _ledger = open(LEDGER_FILE, "a", buffering=1) if LEDGER_FILE else None
@@ -19,13 +21,7 @@ def note(event, load_id):
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        return await plain_lifespan(receive, send)
     assert scope["type"] == "http", scope["type"]
     load_id = dict(scope["headers"]).get(b"x-load-id", b"-").decode("latin-1")
     note("start", load_id)
