@@ -264,3 +264,36 @@ def test_without_inotify_it_polls_and_says_so(server, tmp_path):
     # A second save within the same second is seen too (the stamp has nanoseconds).
     write_app(s.app_dir, b"polled again")
     wait_for(lambda: serves(s, b"polled again"), timeout=30, what="the second change")
+
+
+def test_a_package_moved_in_reloads_and_reads_of_other_files_do_not_hold_it(server, tmp_path):
+    """A directory moved into the tree (a checkout, `mv pkg .`) brings its files: they
+    count as changes though no event named them. Opening and reading other files in the
+    watched tree all the while (an app serving templates) neither delays nor triggers
+    reloads."""
+    s = reload_server(server, tmp_path)
+    s.wait_log("reload: watching")
+    template = s.app_dir / "page.html"
+    template.write_text("<p>static</p>")
+    stop = threading.Event()
+
+    def read_forever():
+        while not stop.is_set():
+            template.read_text()
+
+    reader = threading.Thread(target=read_forever, daemon=True)
+    reader.start()
+    try:
+        time.sleep(1)
+        assert "changed" not in s.log, "reads are not changes"
+        outside = tmp_path / "elsewhere" / "newpkg"
+        outside.mkdir(parents=True)
+        (outside / "__init__.py").write_text("")
+        (outside / "models.py").write_text("x = 1\n")
+        os.rename(outside, s.app_dir / "newpkg")
+        line = s.wait_log("changed; replacing the workers", timeout=10)
+        assert "newpkg" in line, line
+        s.wait_log("reload complete")
+    finally:
+        stop.set()
+        reader.join(5)

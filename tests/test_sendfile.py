@@ -269,3 +269,33 @@ def test_send_timeout_cuts_a_client_that_reads_no_file_bytes(server, tmp_path):
     assert total(values, "genro_asgi_limits_hit_total", kind="send_timeout") >= 1
     assert 0 < sent_by_sendfile(s) < 64 * FRAME
     assert httpx.get(s.url + "/", timeout=10).status_code == 200
+
+
+def test_a_content_length_set_by_the_app_is_what_is_sent(server, tmp_path):
+    """Starlette's FileResponse sets Content-Length from its own stat(): a file that grew
+    since is sent up to that length, and the connection goes on serving files (the frame
+    lent to it never runs past what hyper will write). A declared length longer than the
+    file ends the response short and closes the connection."""
+    s = metrics_server(server, workers=1)
+    path = make_file(tmp_path, 3 * FRAME + 5)
+    want = path.read_bytes()
+    declared = FRAME + 3
+    with socket.create_connection(("127.0.0.1", s.port), timeout=30) as sock:
+        for _ in range(3):
+            sock.sendall(b"GET /pathsend?file=%s&length=%d HTTP/1.1\r\nHost: x\r\n\r\n"
+                         % (str(path).encode(), declared))
+            head, body, rest = read_response(sock)
+            assert body == want[:declared], head
+            assert rest == b""
+    assert sent_by_sendfile(s) == 3 * declared
+    with socket.create_connection(("127.0.0.1", s.port), timeout=30) as sock:
+        sock.sendall(b"GET /pathsend?file=%s&length=%d HTTP/1.1\r\nHost: x\r\n\r\n"
+                     % (str(path).encode(), len(want) + 100))
+        data = b""
+        while True:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+    assert data.split(b"\r\n\r\n", 1)[1] == want, "every byte of the file, then the close"
+    assert httpx.get(s.url + "/", timeout=10).status_code == 200

@@ -175,7 +175,7 @@ impl Supervisor {
     }
 
     /// A reload asked for while another ran, once nothing runs (`--reload`).
-    fn reload_again(&mut self) -> Vec<Command> {
+    pub(crate) fn reload_again(&mut self) -> Vec<Command> {
         if self.reload_after && self.fleet.phase() == Phase::Serving && !self.fleet.is_reloading() {
             self.reload_after = false;
             tracing::info!("reload: files changed during the last reload; replacing the workers");

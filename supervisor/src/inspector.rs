@@ -64,12 +64,14 @@ impl Inspector {
         let Some(token) = &self.token else {
             return true;
         };
+        // RFC 9110 11.6.2: `Bearer <token>`, the scheme in any case.
         let given = headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        same_secret(given.trim().as_bytes(), token.as_bytes())
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map_or("", |(_, given)| given.trim());
+        same_secret(given.as_bytes(), token.as_bytes())
     }
 
     /// Answers a GET of one of the inspector's paths.
@@ -164,6 +166,8 @@ mod tests {
         headers.insert(AUTHORIZATION, HeaderValue::from_static("Basic abc"));
         assert!(!inspector.allows(&headers));
         headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
+        assert!(inspector.allows(&headers));
+        headers.insert(AUTHORIZATION, HeaderValue::from_static("bearer abc"));
         assert!(inspector.allows(&headers));
         let open = Inspector { token: None };
         assert!(open.allows(&HeaderMap::new()));

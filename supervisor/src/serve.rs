@@ -105,6 +105,9 @@ pub enum PreflightError {
     /// `[inspector] enabled` without the metrics listener that serves it.
     #[error("[inspector] enabled needs [metrics] enabled = true: the inspector is served on the metrics listener")]
     InspectorWithoutMetrics,
+    /// `[inspector] token` cannot travel in a header as it is.
+    #[error("[inspector] token: use printable ASCII without spaces (it is sent in an Authorization header)")]
+    InspectorToken,
     /// `[metrics] endpoint` takes the inspector's paths.
     #[error("[metrics] endpoint = {0:?} collides with the inspector's /inspector pages; choose another endpoint")]
     InspectorPath(String),
@@ -135,6 +138,10 @@ pub(crate) fn preflight(config: &Config) -> Result<(), PreflightError> {
         crate::watch::Filter::new(config)?;
     }
     if config.inspector.enabled {
+        let token = config.inspector.token.as_deref().unwrap_or("");
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(PreflightError::InspectorToken);
+        }
         if !config.metrics.enabled {
             return Err(PreflightError::InspectorWithoutMetrics);
         }
@@ -196,13 +203,11 @@ impl Supervisor {
         let loaded = match (self.reloader)() {
             Ok(loaded) => loaded,
             Err(err) => {
-                self.fleet.handle_reload_abandoned();
-                return self.refuse_reload(reply, config_aborted(&err));
+                return self.abandon_reload(reply, config_aborted(&err));
             }
         };
         if let Err(message) = preflight(&loaded.config) {
-            self.fleet.handle_reload_abandoned();
-            return self.refuse_reload(reply, config_aborted(&message));
+            return self.abandon_reload(reply, config_aborted(&message));
         }
         let events = self.events.clone();
         tokio::task::spawn_blocking(move || {
@@ -214,6 +219,19 @@ impl Supervisor {
             });
         });
         Vec::new()
+    }
+
+    /// The requested reload will not happen: say why, and run the one that files changed
+    /// since asked for (`--reload`: the change may be the fix).
+    fn abandon_reload(
+        &mut self,
+        reply: Option<oneshot::Sender<Message>>,
+        message: String,
+    ) -> Vec<Command> {
+        self.fleet.handle_reload_abandoned();
+        let mut commands = self.refuse_reload(reply, message);
+        commands.extend(self.reload_again());
+        commands
     }
 
     fn refuse_reload(
@@ -240,8 +258,7 @@ impl Supervisor {
         let python = match python {
             Ok(python) => python,
             Err(err) => {
-                self.fleet.handle_reload_abandoned();
-                return self.refuse_reload(reply, config_aborted(&err));
+                return self.abandon_reload(reply, config_aborted(&err));
             }
         };
         let mut config = loaded.config;
@@ -258,8 +275,7 @@ impl Supervisor {
         let launch = match Launch::new(config, python) {
             Ok(launch) => launch,
             Err(err) => {
-                self.fleet.handle_reload_abandoned();
-                return self.refuse_reload(reply, format!("reload aborted: {err:#}"));
+                return self.abandon_reload(reply, format!("reload aborted: {err:#}"));
             }
         };
         // The fleet holds the peer's token; the peer waits here until the fleet's outcome.

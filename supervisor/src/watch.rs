@@ -12,6 +12,7 @@ use crate::executor::Event;
 use genro_config::Config;
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode, Watcher};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -137,39 +138,45 @@ impl Filter {
 pub struct Changes {
     /// The first few changed paths.
     named: Vec<PathBuf>,
-    /// How many distinct paths changed.
-    count: usize,
-    /// Events were dropped (a flood): more changed than counted.
+    /// The distinct paths that changed (up to [`MAX_COUNTED`]).
+    seen: HashSet<PathBuf>,
+    /// Events were dropped or merged (a flood, a kernel queue overflow): more changed
+    /// than counted.
     overflowed: bool,
 }
 
+/// The most distinct changed paths counted for one reload; beyond, "many".
+const MAX_COUNTED: usize = 10_000;
+
 impl Changes {
     fn add(&mut self, path: PathBuf) {
-        if self.named.contains(&path) {
+        if self.seen.len() >= MAX_COUNTED {
+            self.overflowed = true;
             return;
         }
-        if self.named.len() < NAMED {
-            self.named.push(path);
+        if self.named.len() < NAMED && !self.seen.contains(&path) {
+            self.named.push(path.clone());
         }
-        self.count += 1;
+        self.seen.insert(path);
     }
 
     fn is_empty(&self) -> bool {
-        self.count == 0 && !self.overflowed
+        self.seen.is_empty() && !self.overflowed
     }
 
-    /// "a.py changed", "a.py, b.py and 3 more files changed".
+    /// "a.py changed", "a.py, b.py and 3 more file(s) changed".
     pub fn describe(&self) -> String {
         let names: Vec<String> = self.named.iter().map(|p| p.display().to_string()).collect();
-        let more = self.count.saturating_sub(self.named.len());
+        let more = self.seen.len().saturating_sub(self.named.len());
         let mut text = names.join(", ");
         if self.overflowed {
-            text.push_str(" and many more files");
+            text.push_str(if text.is_empty() {
+                "many files"
+            } else {
+                " and many more files"
+            });
         } else if more > 0 {
             text.push_str(&format!(" and {more} more file(s)"));
-        }
-        if text.is_empty() {
-            text.push_str("many files");
         }
         format!("{text} changed")
     }
@@ -208,20 +215,55 @@ enum Source {
     Poll,
 }
 
+/// Whether an event can matter: a change (not an open or a read) to a file that counts,
+/// a directory that appeared, or the kernel's word that events were lost. Filtered on
+/// the watcher's thread, so that opens and reads of other files (an app serving its
+/// templates) neither fill the queue nor hold the debounce open.
+fn matters(filter: &Filter, event: &notify::Result<notify::Event>) -> bool {
+    let Ok(event) = event else {
+        return true;
+    };
+    if event.need_rescan() {
+        return true;
+    }
+    let change = matches!(
+        event.kind,
+        EventKind::Create(_)
+            | EventKind::Modify(_)
+            | EventKind::Remove(_)
+            | EventKind::Access(AccessKind::Close(AccessMode::Write))
+    );
+    let appears = matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_));
+    change
+        && event
+            .paths
+            .iter()
+            .any(|path| filter.reloads(path) || (appears && !filter.ignored(path) && path.is_dir()))
+}
+
 /// The watcher and what it watches.
 struct Watching {
     source: Source,
     filter: Arc<Filter>,
-    dirs: usize,
+    /// The directories watched (inotify) or found (polling).
+    dirs: HashSet<PathBuf>,
     full: bool,
 }
 
 impl Watching {
-    /// Watches `dir` and the directories below it that are not ignored.
-    fn add_tree(&mut self, dir: &Path) -> Result<(), notify::Error> {
-        let dirs = dirs_under(&self.filter, dir, MAX_DIRS.saturating_sub(self.dirs) + 1);
-        for dir in dirs {
-            if self.dirs >= MAX_DIRS {
+    /// Watches `dir` and the directories below it that are not ignored (those already
+    /// watched are skipped); with `changes`, the files that count in the new directories
+    /// are changes too (a package moved or checked out into the tree).
+    fn add_tree(
+        &mut self,
+        dir: &Path,
+        mut changes: Option<&mut Changes>,
+    ) -> Result<(), notify::Error> {
+        for dir in dirs_under(&self.filter, dir, MAX_DIRS + 1) {
+            if self.dirs.contains(&dir) {
+                continue;
+            }
+            if self.dirs.len() >= MAX_DIRS {
                 if !self.full {
                     self.full = true;
                     tracing::warn!("reload: {MAX_DIRS} directories watched; the others are not (narrow [reload] dirs or add to [reload] exclude)");
@@ -239,7 +281,12 @@ impl Watching {
                     Err(err) => return Err(err),
                 }
             }
-            self.dirs += 1;
+            if let Some(changes) = changes.as_deref_mut() {
+                for file in files_in(&self.filter, &dir) {
+                    changes.add(file);
+                }
+            }
+            self.dirs.insert(dir);
         }
         Ok(())
     }
@@ -253,23 +300,23 @@ impl Watching {
                 return;
             }
         };
-        let counts = matches!(
-            event.kind,
-            EventKind::Create(_)
-                | EventKind::Modify(_)
-                | EventKind::Remove(_)
-                | EventKind::Access(AccessKind::Close(AccessMode::Write))
-        );
-        if !counts {
+        if event.need_rescan() {
+            // The kernel's queue overflowed: events (and new directories) were lost.
+            changes.overflowed = true;
+            for root in self.filter.roots.clone() {
+                if let Err(err) = self.add_tree(&root, None) {
+                    tracing::warn!("reload: cannot watch {}: {err}", root.display());
+                }
+            }
             return;
         }
         for path in event.paths {
             if matches!(self.source, Source::Inotify(_))
                 && matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_))
-                && path.is_dir()
                 && !self.filter.ignored(&path)
+                && path.is_dir()
             {
-                if let Err(err) = self.add_tree(&path) {
+                if let Err(err) = self.add_tree(&path, Some(changes)) {
                     tracing::warn!("reload: cannot watch {}: {err}", path.display());
                 }
             } else if self.filter.reloads(&path) {
@@ -279,25 +326,31 @@ impl Watching {
     }
 }
 
+/// The files directly in `dir` that count.
+fn files_in(filter: &Filter, dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| entry.file_type().is_ok_and(|t| t.is_file()))
+        .map(|entry| entry.path())
+        .filter(|path| filter.reloads(path))
+        .collect()
+}
+
 /// What a file's change is told by when polling: nanosecond mtime, size and inode (a
 /// save in the same second as the last poll, or a rename over the file, is seen).
 type Stamp = (Option<std::time::SystemTime>, u64, u64);
 
 /// The files that count under `filter`'s roots, with their stamps.
-fn poll_scan(filter: &Filter) -> std::collections::HashMap<PathBuf, Stamp> {
+fn poll_scan(filter: &Filter) -> HashMap<PathBuf, Stamp> {
     use std::os::unix::fs::MetadataExt;
-    let mut files = std::collections::HashMap::new();
+    let mut files = HashMap::new();
     for root in &filter.roots {
         for dir in dirs_under(filter, root, MAX_DIRS) {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                if !filter.reloads(&path) {
-                    continue;
-                }
-                if let Some(meta) = entry.metadata().ok().filter(|m| m.is_file()) {
+            for path in files_in(filter, &dir) {
+                if let Ok(meta) = std::fs::metadata(&path) {
                     files.insert(path, (meta.modified().ok(), meta.len(), meta.ino()));
                 }
             }
@@ -308,8 +361,11 @@ fn poll_scan(filter: &Filter) -> std::collections::HashMap<PathBuf, Stamp> {
 
 /// Polls `filter`'s files every [`POLL_EVERY`] on a thread of its own, sending what
 /// changed to `send` until it returns false.
-fn poll(filter: Arc<Filter>, mut send: impl FnMut(notify::Event) -> bool + Send + 'static) {
-    let spawned = std::thread::Builder::new()
+fn poll(
+    filter: Arc<Filter>,
+    send: impl Fn(notify::Result<notify::Event>) -> bool + Send + 'static,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
         .name("genro-reload-poll".into())
         .spawn(move || {
             let mut before = poll_scan(&filter);
@@ -323,41 +379,48 @@ fn poll(filter: Arc<Filter>, mut send: impl FnMut(notify::Event) -> bool + Send 
                     .map(|(path, _)| path)
                     .chain(before.keys().filter(|path| !now.contains_key(*path)));
                 for path in changed {
-                    if !send(notify::Event::new(kind).add_path(path.clone())) {
+                    if !send(Ok(notify::Event::new(kind).add_path(path.clone()))) {
                         return;
                     }
                 }
                 before = now;
             }
-        });
-    if let Err(err) = spawned {
-        tracing::error!("reload: cannot start the polling thread: {err}");
-    }
+        })
+        .map(drop)
 }
+
+/// Raw events between the watcher (or poller) and the gathering thread.
+type Raw = notify::Result<notify::Event>;
 
 /// Starts watching as `[reload]` says; changes arrive at the executor as
 /// [`Event::FilesChanged`].
 pub(crate) fn start(config: &Config, events: mpsc::Sender<Event>) -> Result<(), WatchError> {
     let filter = Arc::new(Filter::new(config)?);
-    let (raw, raw_rx) = mpsc::channel(RAW_QUEUE);
+    let (raw, raw_rx) = std::sync::mpsc::sync_channel::<Raw>(RAW_QUEUE);
     let overflowed = Arc::new(AtomicBool::new(false));
-    // Sends a raw event; false once the gatherer is gone.
-    let handler = {
+    // Passes on an event that matters; false once the gatherer is gone.
+    let send = {
         let overflowed = overflowed.clone();
-        move |event: notify::Result<notify::Event>| match raw.try_send(event) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                overflowed.store(true, Ordering::Relaxed);
-                true
+        let filter = filter.clone();
+        move |event: Raw| {
+            if !matters(&filter, &event) {
+                return true;
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            match raw.try_send(event) {
+                Ok(()) => true,
+                Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                    overflowed.store(true, Ordering::Relaxed);
+                    true
+                }
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => false,
+            }
         }
     };
     let inotify = {
-        let handler = handler.clone();
+        let send = send.clone();
         notify::RecommendedWatcher::new(
             move |event| {
-                handler(event);
+                send(event);
             },
             notify::Config::default(),
         )
@@ -365,11 +428,11 @@ pub(crate) fn start(config: &Config, events: mpsc::Sender<Event>) -> Result<(), 
             let mut watching = Watching {
                 source: Source::Inotify(watcher),
                 filter: filter.clone(),
-                dirs: 0,
+                dirs: HashSet::new(),
                 full: false,
             };
             for root in &filter.roots {
-                watching.add_tree(root)?;
+                watching.add_tree(root, None)?;
             }
             Ok(watching)
         })
@@ -378,15 +441,15 @@ pub(crate) fn start(config: &Config, events: mpsc::Sender<Event>) -> Result<(), 
         Ok(watching) => watching,
         Err(err) => {
             tracing::warn!("reload: inotify cannot be used ({err}); polling the watched files every {}s instead", POLL_EVERY.as_secs());
-            poll(filter.clone(), move |event| handler(Ok(event)));
+            poll(filter.clone(), send).map_err(|err| WatchError::Notify(err.into()))?;
             let mut watching = Watching {
                 source: Source::Poll,
                 filter: filter.clone(),
-                dirs: 0,
+                dirs: HashSet::new(),
                 full: false,
             };
             for root in &filter.roots {
-                watching.add_tree(root)?;
+                watching.add_tree(root, None)?;
             }
             watching
         }
@@ -399,7 +462,7 @@ pub(crate) fn start(config: &Config, events: mpsc::Sender<Event>) -> Result<(), 
     tracing::info!(
         "reload: watching {} ({} directories, {}) for {:?}, ignoring {:?}",
         roots.join(", "),
-        watching.dirs,
+        watching.dirs.len(),
         match watching.source {
             Source::Inotify(_) => "inotify",
             Source::Poll => "polling",
@@ -407,39 +470,42 @@ pub(crate) fn start(config: &Config, events: mpsc::Sender<Event>) -> Result<(), 
         config.reload.include,
         config.reload.exclude,
     );
-    tokio::spawn(gather(
-        watching,
-        raw_rx,
-        overflowed,
-        config.reload.delay,
-        events,
-    ));
+    let delay = config.reload.delay;
+    // A thread of its own: walking a new tree (a `node_modules` appearing) must not hold
+    // up the supervisor's loop.
+    std::thread::Builder::new()
+        .name("genro-reload".into())
+        .spawn(move || gather(watching, raw_rx, overflowed, delay, events))
+        .map_err(|err| WatchError::Notify(err.into()))?;
     Ok(())
 }
 
 /// Gathers changes until none came for `delay`, then sends them as one reload.
-async fn gather(
+fn gather(
     mut watching: Watching,
-    mut raw: mpsc::Receiver<notify::Result<notify::Event>>,
+    raw: std::sync::mpsc::Receiver<Raw>,
     overflowed: Arc<AtomicBool>,
     delay: Duration,
     events: mpsc::Sender<Event>,
 ) {
+    use std::sync::mpsc::RecvTimeoutError;
     loop {
-        let Some(first) = raw.recv().await else {
+        let Ok(first) = raw.recv() else {
             return;
         };
         let mut changes = Changes::default();
         watching.take(first, &mut changes);
         loop {
-            match tokio::time::timeout(delay, raw.recv()).await {
-                Ok(Some(event)) => watching.take(event, &mut changes),
-                Ok(None) => return,
-                Err(_) => break,
+            match raw.recv_timeout(delay) {
+                Ok(event) => watching.take(event, &mut changes),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => return,
             }
         }
-        changes.overflowed = overflowed.swap(false, Ordering::Relaxed);
-        if !changes.is_empty() && events.send(Event::FilesChanged(changes)).await.is_err() {
+        if overflowed.swap(false, Ordering::Relaxed) {
+            changes.overflowed = true;
+        }
+        if !changes.is_empty() && events.blocking_send(Event::FilesChanged(changes)).is_err() {
             return;
         }
     }

@@ -145,7 +145,10 @@ async def app(scope, receive, send):
         await body(send, b"")
         await send({"type": "http.response.trailers", "headers": [(b"x-checksum", b"abc123")], "more_trailers": False})
     elif path == "/pathsend":
-        await start(send, headers=[(b"content-type", b"application/octet-stream")])
+        headers = [(b"content-type", b"application/octet-stream")]
+        if "length" in query:
+            headers.append((b"content-length", query["length"].encode()))
+        await start(send, headers=headers)
         await send({"type": "http.response.pathsend", "path": query["file"]})
     elif path == "/no-read":
         await start(send)

@@ -550,7 +550,17 @@ fn send_file(slf: &Bound<'_, Handle>, head: Head, path: PathBuf) -> PyResult<Py<
                 let mut inner = lock(&this.inner);
                 let length = Some(usize::try_from(len).unwrap_or(usize::MAX));
                 if let Some(slot) = slot {
-                    let body = ResponseBody::file(FileFrames::new(file, len, slot));
+                    // hyper sends what the head's Content-Length says: a frame must never
+                    // go past it (the rest would never be written, and the connection's
+                    // slot would stay taken). A longer declared length ends the response
+                    // short, which hyper answers by closing the connection.
+                    let declared = head
+                        .headers
+                        .get(CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok());
+                    let send = declared.map_or(len, |declared| declared.min(len));
+                    let body = ResponseBody::file(FileFrames::new(file, send, slot));
                     this.respond(&mut inner, head, body, length);
                 } else {
                     let pipe = Pipe::new(this.budgets.clone());
