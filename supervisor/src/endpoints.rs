@@ -278,7 +278,14 @@ async fn answer(request: Request<Incoming>, ctx: &Listener) -> Response<Full<Byt
             "the supervisor did not answer in time\n".into(),
         )
     };
-    match request.uri().path() {
+    let path = request.uri().path();
+    if let Some(inspector) = inspector
+        .as_ref()
+        .filter(|_| crate::inspector::is_inspector_path(path))
+    {
+        return inspector.answer(path, request.headers(), probes).await;
+    }
+    match path {
         path if path == endpoint => match ask(probes, Probe::Metrics).await {
             Some(reports) => text(StatusCode::OK, CONTENT_TYPE, observed.render(&reports)),
             None => unavailable(),
@@ -287,10 +294,6 @@ async fn answer(request: Request<Incoming>, ctx: &Listener) -> Response<Full<Byt
             Some(()) => text(StatusCode::OK, PLAIN, "ok\n".into()),
             None => unavailable(),
         },
-        path if crate::inspector::is_inspector_path(path) && inspector.is_some() => {
-            let inspector = inspector.as_ref().expect("checked");
-            inspector.answer(path, request.headers(), probes).await
-        }
         "/readyz" => match ask(probes, Probe::Ready).await {
             Some(Ok(why)) => text(StatusCode::OK, PLAIN, format!("{why}\n")),
             Some(Err(why)) => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, format!("{why}\n")),

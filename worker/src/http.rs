@@ -540,10 +540,10 @@ fn send_file(slf: &Bound<'_, Handle>, head: Head, path: PathBuf) -> PyResult<Py<
     let slot = this.sendfile.clone();
     this.shared.runtime.spawn(async move {
         let ahead = slot.is_some();
-        let opened = match tokio::task::spawn_blocking(move || open_regular(&path, ahead)).await {
-            Ok(opened) => opened,
-            Err(err) => Err((PathBuf::new(), std::io::Error::other(err))),
-        };
+        let shown = path.clone();
+        let opened = tokio::task::spawn_blocking(move || open_regular(&path, ahead))
+            .await
+            .unwrap_or_else(|err| Err(std::io::Error::other(err)));
         let this = handle.get();
         let outcome = match opened {
             Ok((file, len)) => {
@@ -571,9 +571,9 @@ fn send_file(slf: &Bound<'_, Handle>, head: Head, path: PathBuf) -> PyResult<Py<
                 }
                 Ok(())
             }
-            Err((path, err)) => Err(this.protocol_failure(&format!(
+            Err(err) => Err(this.protocol_failure(&format!(
                 "http.response.pathsend: cannot send {}: {err}",
-                path.display()
+                shown.display()
             ))),
         };
         shared.handoff.run(move |py| {
@@ -586,15 +586,11 @@ fn send_file(slf: &Bound<'_, Handle>, head: Head, path: PathBuf) -> PyResult<Py<
 
 /// Opens `path` for pathsend: a regular file and its length, its first frame read ahead
 /// when it is to be sent with `sendfile(2)` (`ahead`). Blocking.
-fn open_regular(
-    path: &std::path::Path,
-    ahead: bool,
-) -> Result<(std::fs::File, u64), (PathBuf, std::io::Error)> {
-    let failed = |err| (path.to_path_buf(), err);
-    let file = std::fs::File::open(path).map_err(failed)?;
-    let meta = file.metadata().map_err(failed)?;
+fn open_regular(path: &std::path::Path, ahead: bool) -> std::io::Result<(std::fs::File, u64)> {
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
     if !meta.is_file() {
-        return Err(failed(std::io::Error::other("not a regular file")));
+        return Err(std::io::Error::other("not a regular file"));
     }
     if ahead {
         let first = meta.len().min(crate::sendfile::FRAME as u64) as usize;
