@@ -191,19 +191,23 @@ fn dirs_under(filter: &Filter, root: &Path, limit: usize) -> Vec<PathBuf> {
         if found.len() >= limit {
             break;
         }
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for entry in entries.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    let path = entry.path();
-                    if !filter.ignored(&path) {
-                        stack.push(path);
-                    }
-                }
-            }
-        }
+        stack.extend(subdirs(filter, &dir));
         found.push(dir);
     }
     found
+}
+
+/// The directories directly in `dir` that are not ignored (symbolic links not followed).
+fn subdirs(filter: &Filter, dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|entry| entry.path())
+        .filter(|path| !filter.ignored(path))
+        .collect()
 }
 
 /// Where changes come from.
@@ -251,6 +255,20 @@ struct Watching {
 }
 
 impl Watching {
+    /// Watches every root of `filter` from `source`.
+    fn new(source: Source, filter: Arc<Filter>) -> Result<Self, notify::Error> {
+        let mut watching = Watching {
+            source,
+            filter: filter.clone(),
+            dirs: HashSet::new(),
+            full: false,
+        };
+        for root in &filter.roots {
+            watching.add_tree(root, None)?;
+        }
+        Ok(watching)
+    }
+
     /// Watches `dir` and the directories below it that are not ignored (those already
     /// watched are skipped); with `changes`, the files that count in the new directories
     /// are changes too (a package moved or checked out into the tree).
@@ -259,34 +277,37 @@ impl Watching {
         dir: &Path,
         mut changes: Option<&mut Changes>,
     ) -> Result<(), notify::Error> {
-        for dir in dirs_under(&self.filter, dir, MAX_DIRS + 1) {
-            if self.dirs.contains(&dir) {
-                continue;
-            }
-            if self.dirs.len() >= MAX_DIRS {
-                if !self.full {
-                    self.full = true;
-                    tracing::warn!("reload: {MAX_DIRS} directories watched; the others are not (narrow [reload] dirs or add to [reload] exclude)");
+        // Each directory is listed after its watch is in place, so a subdirectory made
+        // meanwhile is either listed or reported by the watch.
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            if !self.dirs.contains(&dir) {
+                if self.dirs.len() >= MAX_DIRS {
+                    if !self.full {
+                        self.full = true;
+                        tracing::warn!("reload: {MAX_DIRS} directories watched; the others are not (narrow [reload] dirs or add to [reload] exclude)");
+                    }
+                    return Ok(());
                 }
-                return Ok(());
-            }
-            if let Source::Inotify(watcher) = &mut self.source {
-                match watcher.watch(&dir, RecursiveMode::NonRecursive) {
-                    Ok(()) => {}
-                    // Gone already (a temporary directory): nothing to watch.
-                    Err(notify::Error {
-                        kind: notify::ErrorKind::PathNotFound,
-                        ..
-                    }) => continue,
-                    Err(err) => return Err(err),
+                if let Source::Inotify(watcher) = &mut self.source {
+                    match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                        Ok(()) => {}
+                        // Gone already (a temporary directory): nothing to watch.
+                        Err(notify::Error {
+                            kind: notify::ErrorKind::PathNotFound,
+                            ..
+                        }) => continue,
+                        Err(err) => return Err(err),
+                    }
                 }
-            }
-            if let Some(changes) = changes.as_deref_mut() {
-                for file in files_in(&self.filter, &dir) {
-                    changes.add(file);
+                if let Some(changes) = changes.as_deref_mut() {
+                    for file in files_in(&self.filter, &dir) {
+                        changes.add(file);
+                    }
                 }
+                self.dirs.insert(dir.clone());
             }
-            self.dirs.insert(dir);
+            stack.extend(subdirs(&self.filter, &dir));
         }
         Ok(())
     }
@@ -424,34 +445,14 @@ pub(crate) fn start(config: &Config, events: mpsc::Sender<Event>) -> Result<(), 
             },
             notify::Config::default(),
         )
-        .and_then(|watcher| {
-            let mut watching = Watching {
-                source: Source::Inotify(watcher),
-                filter: filter.clone(),
-                dirs: HashSet::new(),
-                full: false,
-            };
-            for root in &filter.roots {
-                watching.add_tree(root, None)?;
-            }
-            Ok(watching)
-        })
+        .and_then(|watcher| Watching::new(Source::Inotify(watcher), filter.clone()))
     };
     let watching = match inotify {
         Ok(watching) => watching,
         Err(err) => {
             tracing::warn!("reload: inotify cannot be used ({err}); polling the watched files every {}s instead", POLL_EVERY.as_secs());
             poll(filter.clone(), send).map_err(|err| WatchError::Notify(err.into()))?;
-            let mut watching = Watching {
-                source: Source::Poll,
-                filter: filter.clone(),
-                dirs: HashSet::new(),
-                full: false,
-            };
-            for root in &filter.roots {
-                watching.add_tree(root, None)?;
-            }
-            watching
+            Watching::new(Source::Poll, filter.clone())?
         }
     };
     let roots: Vec<String> = filter
