@@ -48,7 +48,7 @@ class Busy:
     def __enter__(self):
         # Raw, so the target reaches the server as it is written.
         self.slow = socket.create_connection(("127.0.0.1", self.s.port), timeout=10)
-        self.slow.sendall(b"GET %s?s=30 HTTP/1.1\r\nHost: x\r\n\r\n" % HOSTILE.encode())
+        self.slow.sendall(b"GET %s?s=30&pool=thread HTTP/1.1\r\nHost: x\r\n\r\n" % HOSTILE.encode())
         self.opened = connect("ws://127.0.0.1:%d/chat?room=1" % self.s.port)
         self.ws = self.opened.__enter__()
         self.ws.send("hi")
@@ -78,12 +78,16 @@ def test_the_data_needs_the_token_and_lists_requests_websockets_and_workers(serv
             return {"http1", "websocket"} <= protocols
         wait_for(both, what="the slow request and the WebSocket listed")
         body, requests = listed(s)
+        tasks = [t for w in body["workers"] for t in w.get("executor", [])]
     assert body["fleet"]["phase"] == "serving"
     assert sorted(w["slot"] for w in body["fleet"]["workers"]) == [0, 1]
     slow = [r for r in requests if r["protocol"] == "http1"][0]
     assert slow["path"] == HOSTILE and slow["method"] == "GET" and slow["age"] > 0
     ws = [r for r in requests if r["protocol"] == "websocket"][0]
     assert ws["path"] == "/chat"
+    (task,) = tasks
+    assert (task["pool"], task["function"], task["state"]) == ("thread", "time.sleep", "running"), task
+    assert task["request_id"] == slow["request_id"], "the work names the request that asked for it"
     page = httpx.get(s.admin + "/inspector", timeout=10)
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert "default-src 'none'" in page.headers["content-security-policy"]
@@ -190,5 +194,8 @@ def test_chromium_renders_the_live_page(server):
     assert r.stdout.split("<title>")[1].startswith("genro-asgi inspector</title>")
     (socket,) = dom.tables["websockets"]
     assert socket[3] == "/chat", socket
+    (task,) = dom.tables["executor"]
+    assert task[1:3] == ["thread", "running"] and task[4] == "time.sleep", task
+    assert task[5] == request[0], "the request that asked for the work"
     assert TOKEN not in r.stdout, "the token left the address bar"
     assert shot.stat().st_size > 10_000, "a screenshot of the page"

@@ -52,6 +52,7 @@ def test_worker_wheels_are_manylinux_per_cpython(wheelhouse):
             so = pathlib.Path(tempfile.mkdtemp()) / "native.so"
             so.write_bytes(z.read(ext))
             assert "genro_asgi_worker/__main__.py" in z.namelist()
+            assert "genro_asgi/_executors.py" in z.namelist()
         # An extension module: no libpython of its own, so it loads into any python of its
         # version, with or without a shared libpython.
         assert "libpython" not in run("readelf", "-d", so).stdout, wheel.name

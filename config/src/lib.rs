@@ -31,6 +31,6 @@ pub use model::{
     Metrics, Server, Ssl, TlsVersion, Watchdog, Websocket,
 };
 pub use render::markdown;
-pub use schema::{KeyDef, Kind, Status, SCHEMA};
+pub use schema::{KeyDef, Kind, SCHEMA};
 pub use tomlfile::parse_toml;
 pub use value::{parse_bool, parse_size};

@@ -335,8 +335,15 @@ fn build(v: &Values) -> Config {
             enabled: v.bool("debug.enabled"),
             remote_pdb: v.bool("debug.remote_pdb"),
             debug_port: v.int("debug.debug_port"),
+            host: v.text("debug.host"),
             allowed_ips: v.list("debug.allowed_ips"),
             secret: v.opt_text("debug.secret"),
+            wait: v.secs("debug.wait"),
+        },
+        executors: Executors {
+            threads: v.int("executors.threads"),
+            processes: v.int("executors.processes"),
+            shutdown_timeout: v.secs("executors.shutdown_timeout"),
         },
         application: Application {
             app: v.text("application.app"),
@@ -383,6 +390,18 @@ fn check(loaded: &Loaded) -> Result<(), ConfigError> {
         return Err(ConfigError::Conflict(format!(
             "{}: [errors] show_traceback = true requires [server] debug = true (tracebacks are only shown in debug mode)",
             from("errors.show_traceback")
+        )));
+    }
+    if c.debug.enabled && !c.server.debug {
+        return Err(ConfigError::Conflict(format!(
+            "{}: [debug] enabled = true requires [server] debug = true (the remote debugger lets whoever attaches run code in the app's frames: a development tool, never for production)",
+            from("debug.enabled")
+        )));
+    }
+    if c.debug.enabled && c.debug.secret.is_none() {
+        return Err(ConfigError::Conflict(format!(
+            "{}: [debug] enabled = true requires [debug] secret (GENRO_ASGI_DEBUG_SECRET): `genro-asgi debug attach` must send it",
+            from("debug.enabled")
         )));
     }
     if c.errors.notify_critical && c.errors.notify_webhook.is_none() {
@@ -756,6 +775,9 @@ secret_key = "xxxxx"
             ("[ssl]\nenabled = true\ncertfile = c.pem\nkeyfile = k.pem\n", &[], None),
             ("", &[("GENRO_ASGI_ERRORS_SHOW_TRACEBACK", "true")], Some("environment variable GENRO_ASGI_ERRORS_SHOW_TRACEBACK: [errors] show_traceback = true requires [server] debug = true (tracebacks are only shown in debug mode)")),
             ("[server]\ndebug = on\n[errors]\nshow_traceback = yes\n", &[], None),
+            ("[debug]\nenabled = true\nsecret = s3\n", &[], Some("conf/server.ini:2: [debug] enabled = true requires [server] debug = true (the remote debugger lets whoever attaches run code in the app's frames: a development tool, never for production)")),
+            ("[server]\ndebug = true\n[debug]\nenabled = true\n", &[], Some("conf/server.ini:4: [debug] enabled = true requires [debug] secret (GENRO_ASGI_DEBUG_SECRET): `genro-asgi debug attach` must send it")),
+            ("[server]\ndebug = true\n[debug]\nenabled = true\n", &[("GENRO_ASGI_DEBUG_SECRET", "s3")], None),
             ("[watchdog]\ncritical = 10\n", &[], Some("conf/server.ini:2: [watchdog] critical = 10 must be >= [watchdog] timeout = 60 (default)")),
             ("[watchdog]\ncritical = 60\n", &[], None),
             ("[websocket]\ndrain_grace = 40\n", &[], Some("conf/server.ini:2: [websocket] drain_grace = 40 must be <= [server] graceful_timeout = 30 (default)")),
@@ -831,14 +853,35 @@ secret_key = "xxxxx"
         };
         let cases = [
             ("[server] port ", "[server] port = 9000 (--port)"),
-            ("[server] workers ", "[server] workers = 2 (conf/server.ini:2)"),
-            ("[server] host ", "[server] host = :: (env GENRO_ASGI_SERVER_HOST)"),
+            (
+                "[server] workers ",
+                "[server] workers = 2 (conf/server.ini:2)",
+            ),
+            (
+                "[server] host ",
+                "[server] host = :: (env GENRO_ASGI_SERVER_HOST)",
+            ),
             ("[server] backlog ", "[server] backlog = 1024 (default)"),
-            ("[server] graceful_timeout ", "[server] graceful_timeout = 30 (default)"),
-            ("[limits] max_header_size ", "[limits] max_header_size = 65536 (default)"),
-            ("[debug] allowed_ips ", "[debug] allowed_ips = 127.0.0.1 (default) (not active yet: remote debugging (future issue))"),
-            ("[ssl] keyfile_password ", "[ssl] keyfile_password = (default)"),
-            ("[server] max_requests ", "[server] max_requests = 0 (default)"),
+            (
+                "[server] graceful_timeout ",
+                "[server] graceful_timeout = 30 (default)",
+            ),
+            (
+                "[limits] max_header_size ",
+                "[limits] max_header_size = 65536 (default)",
+            ),
+            (
+                "[debug] allowed_ips ",
+                "[debug] allowed_ips = 127.0.0.1, ::1 (default)",
+            ),
+            (
+                "[ssl] keyfile_password ",
+                "[ssl] keyfile_password = (default)",
+            ),
+            (
+                "[server] max_requests ",
+                "[server] max_requests = 0 (default)",
+            ),
             ("[metrics] enabled ", "[metrics] enabled = false (default)"),
         ];
         for (prefix, want) in cases {

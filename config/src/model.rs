@@ -32,7 +32,9 @@ pub struct Config {
     pub reload: Reload,
     /// `[inspector]`
     pub inspector: Inspector,
-    /// `[debug]` (planned)
+    /// `[executors]`
+    pub executors: Executors,
+    /// `[debug]`
     pub debug: Debug,
     /// `[application]`
     pub application: Application,
@@ -245,19 +247,36 @@ pub struct Errors {
     pub notify_webhook: Option<String>,
 }
 
-/// `[debug]` (planned).
+/// `[executors]`: the app's thread and process pools.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Executors {
+    /// Threads of the thread pool (0: off).
+    pub threads: u32,
+    /// Processes of the process pool (0: off).
+    pub processes: u32,
+    /// Time pending work gets on drain.
+    #[serde(with = "secs")]
+    pub shutdown_timeout: Duration,
+}
+
+/// `[debug]`: the remote debugger.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Debug {
-    /// Remote debugging enabled.
+    /// The supervisor runs the debugger's listener.
     pub enabled: bool,
-    /// Serve remote pdb.
+    /// Failing requests wait for a debugger.
     pub remote_pdb: bool,
-    /// Debugger port.
+    /// The listener's interface address.
+    pub host: String,
+    /// The listener's port.
     pub debug_port: u16,
-    /// Allowed client addresses.
+    /// Peers allowed to connect (addresses and networks).
     pub allowed_ips: Vec<String>,
-    /// Debugger secret.
+    /// The secret an attach must send.
     pub secret: Option<String>,
+    /// How long a failing request waits for a debugger.
+    #[serde(with = "secs")]
+    pub wait: Duration,
 }
 
 /// `[application]`: the Python app.

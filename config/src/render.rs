@@ -3,7 +3,7 @@
 
 use crate::layers::Source;
 use crate::merge::Loaded;
-use crate::schema::{Kind, Status, SCHEMA, SECTIONS};
+use crate::schema::{Kind, SCHEMA, SECTIONS};
 use crate::value::human_size;
 
 fn json_text(value: &serde_json::Value) -> String {
@@ -43,10 +43,7 @@ impl Loaded {
                 (true, false) => "********".to_string(),
                 _ => raw,
             };
-            let mut note = format!("({})", source_text(self.sources.get(&def.full_name())));
-            if let Status::Planned(issue) = def.status {
-                note.push_str(&format!(" (not active yet: {issue})"));
-            }
+            let note = format!("({})", source_text(self.sources.get(&def.full_name())));
             rows.push((format!("[{}] {} = {value}", def.section, def.key), note));
         }
         let width = rows
@@ -159,12 +156,11 @@ A key outside a section, an unparsable line, or a key set twice is an error.
 - **URL**: must start with `http://` or `https://`; empty means unset.
 - Enumerations list their accepted words; matching is case-insensitive.
 
-Keys marked *planned* are accepted and validated but have no effect yet.
-
 ## Rules between keys
 
 - `ssl.enabled = true` requires `ssl.certfile` and `ssl.keyfile`.
 - `errors.show_traceback = true` requires `server.debug = true`.
+- `debug.enabled = true` requires `server.debug = true` and a `debug.secret`.
 - `watchdog.critical` must be >= `watchdog.timeout`.
 - `websocket.drain_grace`, when set, must be <= `server.graceful_timeout` (the default is
   capped at it).
@@ -186,9 +182,6 @@ pub fn markdown() -> String {
             let mut doc = cell(def.doc);
             if def.secret {
                 doc.push_str(" *Secret: never printed.*");
-            }
-            if let Status::Planned(issue) = def.status {
-                doc.push_str(&format!(" *Planned: {issue}.*"));
             }
             out.push_str(&format!(
                 "| `{}` | {} | {} | `{}` | {} |\n",
@@ -234,6 +227,6 @@ mod tests {
             );
             assert!(md.contains(&def.env_var()), "{}", def.full_name());
         }
-        assert!(md.contains("*Planned: remote debugging (future issue).*"));
+        assert!(!md.contains("lanned"), "every key has an effect");
     }
 }

@@ -50,16 +50,6 @@ pub enum Kind {
     UrlPath,
 }
 
-/// Whether a key already has an effect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    /// Implemented.
-    Active,
-    /// Accepted and validated, but the feature is not built yet; the text names
-    /// the issue that will build it, e.g. `observability (issue 5)`.
-    Planned(&'static str),
-}
-
 /// The definition of one configuration key.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct KeyDef {
@@ -75,8 +65,6 @@ pub struct KeyDef {
     pub doc: &'static str,
     /// The value must never be shown (errors print `<secret>`, render `********`).
     pub secret: bool,
-    /// Implemented or planned.
-    pub status: Status,
 }
 
 impl KeyDef {
@@ -110,7 +98,6 @@ const fn k(
         default,
         doc,
         secret: false,
-        status: Status::Active,
     }
 }
 
@@ -118,13 +105,6 @@ const fn secret(mut def: KeyDef) -> KeyDef {
     def.secret = true;
     def
 }
-
-const fn planned(issue: &'static str, mut def: KeyDef) -> KeyDef {
-    def.status = Status::Planned(issue);
-    def
-}
-
-const REMOTE_DEBUG: &str = "remote debugging (future issue)";
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -169,7 +149,14 @@ pub static SECTIONS: &[(&str, &str)] = &[
         "errors",
         "Error responses and critical-error notifications.",
     ),
-    ("debug", "Remote debugging. Never enable in production."),
+    (
+        "executors",
+        "Thread and process pools for the app's blocking and CPU-bound work (`genro_asgi.run_in_executor`).",
+    ),
+    (
+        "debug",
+        "The remote debugger: a failing request waits for `genro-asgi debug attach`. Development only.",
+    ),
     ("application", "The Python ASGI application to serve."),
 ];
 
@@ -252,16 +239,22 @@ pub static SCHEMA: &[KeyDef] = &[
     k("reload", "include", Kind::List, "*.py", "Glob patterns of the file names whose changes reload (`*.py, *.html`); a pattern with a `/` is matched against the path under the watched directory. `--reload-include` (repeatable; replaces the default)."),
     k("reload", "exclude", Kind::List, ".git, __pycache__, .venv", "Glob patterns of files and directories to ignore: a path is ignored when its name, or the name of a directory above it under the watched directory, matches; ignored directories are not watched at all. `--reload-exclude` (repeatable; replaces the default)."),
     k("reload", "delay", Kind::Seconds { min: 0.0, max: 60.0 }, "0.25", "Changes are gathered until none came for this long, then one reload follows (an editor's save is several events). `--reload-delay`."),
+    // [executors]
+    k("executors", "threads", Kind::Int { min: 0, max: 1024 }, "4", "Threads of the thread pool (`pool=\"thread\"`), started as work arrives. 0 = off: `run_in_executor` raises."),
+    k("executors", "processes", Kind::Int { min: 0, max: 256 }, "0", "Processes of the process pool (`pool=\"process\"`, for CPU-bound work), started (spawned, not forked) when first used. 0 = off."),
+    k("executors", "shutdown_timeout", Kind::Seconds { min: 0.0, max: HOUR }, "30", "On drain and reload, after the requests: time the pools' pending work gets to finish; then queued work is cancelled, process-pool processes are killed, and what was cancelled is logged."),
     // [errors]
     k("errors", "show_traceback", Kind::Bool, "false", "Include the Python traceback in 500 responses; requires `server.debug = true`."),
     k("errors", "notify_critical", Kind::Bool, "false", "Send a notification on critical errors."),
     k("errors", "notify_webhook", Kind::Url, "", "Webhook (http/https URL) that receives critical-error notifications; empty = none."),
     // [debug]
-    planned(REMOTE_DEBUG, k("debug", "enabled", Kind::Bool, "false", "Enable remote debugging.")),
-    planned(REMOTE_DEBUG, k("debug", "remote_pdb", Kind::Bool, "false", "Serve a remote pdb session.")),
-    planned(REMOTE_DEBUG, k("debug", "debug_port", Kind::Int { min: 1, max: 65535 }, "8001", "Port of the remote debugger.")),
-    planned(REMOTE_DEBUG, k("debug", "allowed_ips", Kind::List, "127.0.0.1", "Client addresses allowed to connect to the debugger (comma-separated).")),
-    planned(REMOTE_DEBUG, secret(k("debug", "secret", Kind::Str, "", "Shared secret required to attach the debugger."))),
+    k("debug", "enabled", Kind::Bool, "false", "Run the remote debugger (needs `[server] debug = true` and a `secret`): the supervisor listens on `host`:`debug_port` for `genro-asgi debug attach`."),
+    k("debug", "remote_pdb", Kind::Bool, "true", "With `enabled`: a request whose app raised waits (up to `wait`) for a debugger, which gets a pdb post-mortem session on the exception; then the request gets its 500 as usual. False: the debugger lists nothing."),
+    k("debug", "host", Kind::Str, "127.0.0.1", "Interface address of the debugger's listener: loopback unless you change it (the session can run any code in the app)."),
+    k("debug", "debug_port", Kind::Int { min: 1, max: 65535 }, "8001", "Port of the debugger's listener."),
+    k("debug", "allowed_ips", Kind::IpList, "127.0.0.1, ::1", "Peers allowed to connect to the debugger: IP addresses and CIDR networks; others are refused before they may send the secret."),
+    secret(k("debug", "secret", Kind::Str, "", "Shared secret `genro-asgi debug attach` must send (compared in constant time; 5 wrong attempts from an address lock it out for 60 s). Required with `enabled`.")),
+    k("debug", "wait", Kind::Seconds { min: 1.0, max: HOUR }, "60", "How long a failing request waits for a debugger to attach before it gets its 500."),
     // [application]
     k("application", "app", Kind::AppRef, "", "The ASGI application as `module:attribute`, e.g. `myproject.main:app` (usually given on the command line)."),
     k("application", "app_dir", Kind::Path, "", "Directory put first on `sys.path` before importing `app`. Empty = the config file's folder, or the current directory without a file."),

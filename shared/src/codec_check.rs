@@ -5,8 +5,8 @@
 use bytes::BytesMut;
 
 use crate::protocol::{
-    decode, encode, CodecError, FleetStatus, InFlightRequest, Message, QueryKind, RespawnStatus,
-    Role, SlotSocket, WorkerReport, WorkerStatus, MAX_FRAME,
+    decode, encode, CodecError, ExecutorTask, FleetStatus, InFlightRequest, Message, QueryKind,
+    RespawnStatus, Role, SlotSocket, WorkerReport, WorkerStatus, MAX_FRAME,
 };
 
 /// Feeds `data` to [`decode`] as a peer could deliver it (all at once, and in chunks cut at
@@ -146,6 +146,13 @@ pub fn samples() -> Vec<Message> {
             stuck: Some("warning".into()),
         }],
         total: 3,
+        executor: vec![ExecutorTask {
+            pool: "process".into(),
+            function: "app.render".into(),
+            state: "queued".into(),
+            request_id: Some("0123456789abcdef".into()),
+            age: 1.25,
+        }],
         stacks: Some("Thread 0x1\n  \"quoted\"".into()),
         metrics: Some("# TYPE genro_asgi_up gauge\ngenro_asgi_up 1\n".into()),
         error: None,

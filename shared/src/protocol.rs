@@ -194,6 +194,10 @@ pub struct WorkerReport {
     /// How many requests were in flight in all (`requests` may list fewer).
     #[serde(default)]
     pub total: u64,
+    /// Executor tasks pending (queued or running), oldest first (possibly cut to a
+    /// maximum; with the requests).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub executor: Vec<ExecutorTask>,
     /// Python stack traces of every thread.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stacks: Option<String>,
@@ -232,6 +236,23 @@ pub struct InFlightRequest {
     /// `warning` or `critical` once the watchdog found it stuck.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stuck: Option<String>,
+}
+
+/// One task of a worker's executors (`genro_asgi.run_in_executor`), submitted and not
+/// finished.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutorTask {
+    /// `thread` or `process`.
+    pub pool: String,
+    /// The function, `module.qualname`.
+    pub function: String,
+    /// `queued` or `running`.
+    pub state: String,
+    /// The request that submitted it (or started the task that did), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// Seconds since it was submitted.
+    pub age: f64,
 }
 
 /// The fleet as reported to `genro-asgi ctl status`.

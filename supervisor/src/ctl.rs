@@ -166,5 +166,25 @@ pub fn workers_text(workers: &[WorkerReport]) -> String {
     {
         out.push_str("no requests in flight\n");
     }
+    if workers.iter().any(|w| !w.executor.is_empty()) {
+        out.push_str(&format!(
+            "\nexecutor work:\n{:>4}  {:>8}  {:<7}  {:<7}  {:>9}  {:<16}  {}\n",
+            "slot", "pid", "pool", "state", "age", "request", "function"
+        ));
+        for w in workers {
+            for t in &w.executor {
+                out.push_str(&format!(
+                    "{:>4}  {:>8}  {:<7}  {:<7}  {:>8.3}s  {:<16}  {}\n",
+                    w.slot,
+                    w.pid,
+                    t.pool,
+                    t.state,
+                    t.age,
+                    t.request_id.as_deref().unwrap_or("-"),
+                    t.function
+                ));
+            }
+        }
+    }
     out
 }

@@ -259,6 +259,8 @@ pub enum Phase {
 pub struct Settings {
     /// Drain grace period.
     pub grace: Duration,
+    /// After the requests, the time executor work gets (`[executors] shutdown_timeout`).
+    pub executor_grace: Duration,
     /// Heartbeat silence after which a ready worker is killed.
     pub worker_timeout: Duration,
     /// Recycle a worker after this many requests (0: never).
@@ -743,9 +745,13 @@ impl Fleet {
             return Vec::new();
         };
         self.held = false;
-        // Workers get the grace to finish requests, plus time for lifespan shutdown.
+        // Workers get the grace to finish requests, then their executors' time, plus time
+        // for lifespan shutdown.
         self.phase = Phase::Stopping {
-            deadline: now + self.settings.grace + Duration::from_secs(5),
+            deadline: now
+                + self.settings.grace
+                + self.settings.executor_grace
+                + Duration::from_secs(5),
             code,
         };
         let mut commands = Vec::new();

@@ -184,6 +184,7 @@ pub fn run_dir(config: &Config) -> PathBuf {
 pub(crate) fn settings(config: &Config) -> Settings {
     Settings {
         grace: config.server.graceful_timeout,
+        executor_grace: config.executors.shutdown_timeout,
         worker_timeout: config.server.worker_timeout,
         max_requests: config.server.max_requests,
         max_requests_jitter: config.server.max_requests_jitter,

@@ -1,8 +1,11 @@
 """App for the request inspector tests: `/slow...` waits `s` seconds (any path under it),
-`/` answers at once, and a WebSocket stays open echoing until the client leaves."""
+in the worker's thread pool with `pool=thread`), `/` answers at once, and a WebSocket stays open echoing until the client leaves."""
 
 import asyncio
+import time
 import urllib.parse
+
+import genro_asgi
 
 from plain_lifespan import plain_lifespan
 
@@ -20,6 +23,9 @@ async def app(scope, receive, send):
             await send({"type": "websocket.send", "text": message.get("text") or ""})
     query = dict(urllib.parse.parse_qsl(scope["query_string"].decode()))
     if scope["path"].startswith("/slow"):
-        await asyncio.sleep(float(query.get("s", "30")))
+        if query.get("pool") == "thread":
+            await genro_asgi.run_in_executor(time.sleep, float(query.get("s", "30")))
+        else:
+            await asyncio.sleep(float(query.get("s", "30")))
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"done"})

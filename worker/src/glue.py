@@ -8,6 +8,8 @@ import logging
 import sys
 import traceback
 
+from genro_asgi._executors import current_request as _current_request
+
 _log = None  # set by setup(): a callable (level, message) into the Rust log sink
 
 
@@ -82,6 +84,7 @@ def new_loop(kind):
 
 async def run_http(app, scope, handle):
     """One HTTP exchange. The handle (Rust) turns the outcome into a response or an abort."""
+    _current_request.set(handle)  # this task's context: the executors tag their work with it
     try:
         await app(scope, handle.receive, handle.send)
     except asyncio.CancelledError:

@@ -156,6 +156,12 @@ impl std::fmt::Debug for Handle {
 
 #[pymethods]
 impl Handle {
+    /// The request's id (`genro_asgi.run_in_executor` tags its tasks with it).
+    #[getter]
+    fn request_id(&self) -> &str {
+        self.envelope.id.as_str()
+    }
+
     /// ASGI `receive()` (see [`crate::receive`]).
     fn receive(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         crate::receive::receive(slf)

@@ -26,6 +26,7 @@ mod awaitable;
 mod body;
 mod budget;
 mod convert;
+mod executors;
 mod forwarded;
 mod handoff;
 pub mod header_check;
@@ -207,6 +208,7 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
         )),
         draining: std::sync::atomic::AtomicBool::new(false),
         registry: registry::Registry::default(),
+        executors: Arc::new(executors::Tasks::new(config.executors.processes as usize)),
         health: Arc::new(health::LoopHealth::default()),
         metrics: config
             .metrics
@@ -215,6 +217,7 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
     });
     let (stop_tx, stop_rx) = watch::channel(false);
 
+    let mut abandoned = 0usize;
     let code = (|| -> anyhow::Result<i32> {
         let glue = load_glue(py).context("loading the worker glue")?;
         let python_level = match config.logging.level {
@@ -233,6 +236,16 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
                 python_level,
             ),
         )?;
+        py.import("genro_asgi")?
+            .getattr("executors")?
+            .call_method1(
+                "configure",
+                (
+                    config.executors.threads,
+                    config.executors.processes,
+                    executors::Hooks::new(shared.executors.clone(), shared.metrics.clone()),
+                ),
+            )?;
         let spec = &config.application.app;
         let app_dir = config.application.app_dir.display().to_string();
         let app = match glue.call_method1("load_app", (spec, app_dir, config.application.factory)) {
@@ -360,6 +373,15 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
 
         event_loop.call_method0("run_forever")?;
 
+        abandoned = event_loop
+            .call_method1(
+                "run_until_complete",
+                (py.import("genro_asgi")?
+                    .getattr("executors")?
+                    .call_method1("drain", (config.executors.shutdown_timeout.as_secs_f64(),))?,),
+            )?
+            .extract()?;
+
         let leftover: usize = event_loop
             .call_method1(
                 "run_until_complete",
@@ -388,6 +410,13 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
     // Tokio threads may wait for the GIL (a last wake-up, a dropped Python object): let
     // them finish without it.
     py.detach(|| runtimes.shutdown());
+    if let (Ok(code), true) = (&code, abandoned > 0) {
+        // Python's own exit would wait for those threads, for ever if they never end.
+        tracing::warn!(
+            "exiting without waiting for {abandoned} executor thread(s) still running (logged above)"
+        );
+        std::process::exit(*code);
+    }
     code
 }
 
@@ -561,6 +590,7 @@ fn answer(
     match what {
         protocol::QueryKind::Requests => {
             (report.requests, report.total) = shared.registry.snapshot(MAX_LISTED);
+            report.executor = shared.executors.snapshot(MAX_LISTED).0;
         }
         protocol::QueryKind::Stacks => match stacks.map(health::Stacks::dump) {
             Some(Ok(mut text)) => {
@@ -572,9 +602,10 @@ fn answer(
         },
         protocol::QueryKind::Metrics => match &shared.metrics {
             Some(metrics) => {
-                report.metrics = Some(
-                    metrics.encode(shared.in_flight.load(std::sync::atomic::Ordering::Relaxed)),
-                )
+                report.metrics = Some(metrics.encode(
+                    shared.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+                    shared.executors.depth(),
+                ))
             }
             None => report.error = Some("metrics are off in this worker".into()),
         },

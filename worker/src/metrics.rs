@@ -3,6 +3,7 @@
 //! request pays a few atomic adds and no label lookups. The supervisor scrapes them over
 //! the control plane ([`Metrics::encode`]); see docs/OBSERVABILITY.md for the list.
 
+use crate::executors::{Depth, Outcome, Pool};
 use genro_shared::metrics::{counter_vec, gauge_vec, registry, DURATION_BUCKETS, LAG_BUCKETS};
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry,
@@ -174,6 +175,10 @@ pub struct Metrics {
     errors: [IntCounter; 3],
     limits: [IntCounter; Limit::ALL.len()],
     loop_lag: Histogram,
+    /// `executor_tasks_total`, by pool and outcome.
+    executor_done: [[IntCounter; Outcome::ALL.len()]; Pool::ALL.len()],
+    /// `executor_tasks`, by pool and state (queued, running).
+    executor_depth: [[IntGauge; 2]; Pool::ALL.len()],
 }
 
 fn each<T, const N: usize, L: Copy>(labels: [L; N], f: impl Fn(L) -> T) -> [T; N] {
@@ -271,7 +276,29 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(loop_lag.clone())).expect("once");
+        let executor_done = counter_vec(
+            &registry,
+            "executor_tasks_total",
+            "Executor tasks ended, by pool (thread, process) and outcome (completed, failed, cancelled).",
+            &["pool", "outcome"],
+        );
+        let executor_depth = gauge_vec(
+            &registry,
+            "executor_tasks",
+            "Executor tasks pending, by pool and state (queued, running).",
+            &["pool", "state"],
+        );
         Metrics {
+            executor_done: each(Pool::ALL, |p| {
+                each(Outcome::ALL, |o| {
+                    executor_done.with_label_values(&[p.label(), o.label()])
+                })
+            }),
+            executor_depth: each(Pool::ALL, |p| {
+                each(["queued", "running"], |s| {
+                    executor_depth.with_label_values(&[p.label(), s])
+                })
+            }),
             connections_total: each(Protocol::ALL, |p| {
                 connections_total.with_label_values(&[p.label()])
             }),
@@ -372,9 +399,18 @@ impl Metrics {
         self.stuck[1].set(critical as i64);
     }
 
-    /// The Prometheus text, with `in_flight` requests.
-    pub fn encode(&self, in_flight: usize) -> String {
+    /// An executor task ended.
+    pub fn executor_done(&self, pool: Pool, outcome: Outcome) {
+        self.executor_done[pool as usize][outcome as usize].inc();
+    }
+
+    /// The Prometheus text, with `in_flight` requests and the executors' `depth`.
+    pub fn encode(&self, in_flight: usize, depth: [Depth; 2]) -> String {
         self.in_flight.set(in_flight as i64);
+        for (gauges, d) in self.executor_depth.iter().zip(depth) {
+            gauges[0].set(d.queued as i64);
+            gauges[1].set(d.running as i64);
+        }
         genro_shared::metrics::encode(&self.registry)
     }
 }

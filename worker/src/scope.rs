@@ -220,6 +220,7 @@ fn build_scope<'py>(
         extensions.set_item(intern!(py, "http.response.pathsend"), state.empty.bind(py))?;
     }
     extensions.set_item(intern!(py, "genro.draining"), draining_extension(py)?)?;
+    extensions.set_item(intern!(py, "genro.executors"), executors_extension(py)?)?;
     let facts = start.admission.envelope();
     let envelope = PyDict::new(py);
     envelope.set_item(intern!(py, "id"), facts.id.as_str())?;
@@ -282,6 +283,23 @@ fn draining_extension(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
         .get_or_try_init(py, || {
             let extension = PyDict::new(py);
             extension.set_item(intern!(py, "event"), draining_event(py)?)?;
+            Ok::<_, PyErr>(extension.into_any().unbind())
+        })
+        .map(|extension| extension.bind(py))
+}
+
+/// The scope's `genro.executors` extension: `{"run_in_executor": ..., "threads": N,
+/// "processes": M}`, the worker's pools (the `genro_asgi` package's), one dict for every
+/// scope.
+fn executors_extension(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    static EXTENSION: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    EXTENSION
+        .get_or_try_init(py, || {
+            let pools = py.import("genro_asgi")?.getattr("executors")?;
+            let extension = PyDict::new(py);
+            for name in ["run_in_executor", "threads", "processes"] {
+                extension.set_item(name, pools.getattr(name)?)?;
+            }
             Ok::<_, PyErr>(extension.into_any().unbind())
         })
         .map(|extension| extension.bind(py))

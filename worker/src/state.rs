@@ -38,6 +38,8 @@ pub(crate) struct Shared {
     pub(crate) draining: AtomicBool,
     /// Requests in flight, for `ctl requests`.
     pub(crate) registry: crate::registry::Registry,
+    /// The executors' pending tasks.
+    pub(crate) executors: Arc<crate::executors::Tasks>,
     /// The Python loop's lag and liveness.
     pub(crate) health: Arc<crate::health::LoopHealth>,
     /// `[metrics] enabled`.

@@ -207,6 +207,12 @@ enum Next {
 
 #[pymethods]
 impl WsHandle {
+    /// The request's id (`genro_asgi.run_in_executor` tags its tasks with it).
+    #[getter]
+    fn request_id(&self) -> &str {
+        self.envelope.id.as_str()
+    }
+
     /// ASGI `receive()`.
     fn receive(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         let py = slf.py();

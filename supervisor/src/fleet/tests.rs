@@ -9,6 +9,7 @@ pub(super) const RELOAD: Cause = Cause::Reload { reply: None };
 pub(super) fn settings() -> Settings {
     Settings {
         grace: Duration::from_secs(10),
+        executor_grace: Duration::from_secs(3),
         worker_timeout: Duration::from_secs(30),
         max_requests: 0,
         max_requests_jitter: 0,
@@ -427,7 +428,7 @@ fn stop_drains_the_front_first_and_the_workers_once_it_is_gone() {
     );
     assert_eq!(
         fleet.poll_deadline(),
-        Some(later + settings().grace + Duration::from_secs(5)),
+        Some(later + settings().grace + settings().executor_grace + Duration::from_secs(5)),
         "the workers get their whole grace"
     );
     fleet.handle_exited(100, Some(0), later);

@@ -62,11 +62,17 @@ function render(data) {
 
   const requests = [];
   const sockets = [];
+  const tasks = [];
   const problems = [];
   for (const report of data.workers) {
     if (report.error) problems.push("worker " + report.slot + " (pid " + report.pid + "): " + report.error);
+    const worker = report.slot + " / " + report.pid;
+    for (const t of report.executor || []) {
+      tasks.push([t.age, row([
+        [worker], [t.pool], [t.state], [seconds(t.age)], [t.function, "path"], [t.request_id || ""],
+      ], "task " + t.state)]);
+    }
     for (const r of report.requests || []) {
-      const worker = report.slot + " / " + report.pid;
       if (r.protocol === "websocket") {
         sockets.push([r.age, row([[r.request_id], [worker], [seconds(r.age)], [r.path, "path"], [r.client]], "websocket")]);
       } else {
@@ -80,10 +86,13 @@ function render(data) {
   const oldestFirst = (a, b) => b[0] - a[0];
   requests.sort(oldestFirst);
   sockets.sort(oldestFirst);
+  tasks.sort(oldestFirst);
   fill("requests", requests.map((r) => r[1]), 8, "no request in flight");
   fill("websockets", sockets.map((r) => r[1]), 5, "no WebSocket open");
   document.getElementById("requests-count").textContent = "(" + requests.length + ")";
   document.getElementById("websockets-count").textContent = "(" + sockets.length + ")";
+  fill("executor", tasks.map((t) => t[1]), 6, "no executor work");
+  document.getElementById("executor-count").textContent = "(" + tasks.length + ")";
   showError(problems.join("; "));
   document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
   document.body.dataset.loaded = "true";
