@@ -450,7 +450,15 @@ mod tests {
         );
         m.error(ErrorKind::App);
         m.limit(Limit::SendTimeout);
-        let text = m.encode(4);
+        m.executor_done(Pool::Process, Outcome::Failed);
+        let depth = [
+            Depth {
+                queued: 2,
+                running: 1,
+            },
+            Depth::default(),
+        ];
+        let text = m.encode(4, depth);
         for line in [
             "genro_asgi_requests_total{method=\"GET\",protocol=\"http2\",status=\"2xx\",worker=\"3\"} 2",
             "genro_asgi_requests_total{method=\"OTHER\",protocol=\"http1\",status=\"4xx\",worker=\"3\"} 1",
@@ -462,6 +470,9 @@ mod tests {
             "genro_asgi_limits_hit_total{kind=\"send_timeout\",worker=\"3\"} 1",
             "genro_asgi_limits_hit_total{kind=\"worker_buffer\",worker=\"3\"} 0",
             "genro_asgi_requests_in_flight{worker=\"3\"} 4",
+            "genro_asgi_executor_tasks_total{outcome=\"failed\",pool=\"process\",worker=\"3\"} 1",
+            "genro_asgi_executor_tasks{pool=\"thread\",state=\"queued\",worker=\"3\"} 2",
+            "genro_asgi_executor_tasks{pool=\"thread\",state=\"running\",worker=\"3\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }
