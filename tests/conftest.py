@@ -252,11 +252,13 @@ def server(tmp_path):
                 pass
 
 
-def run_cli(*args, env=None, cwd=None, timeout=60):
-    """Runs the binary with arguments; returns CompletedProcess (text)."""
+def run_cli(*args, env=None, cwd=None, timeout=60, input=None):
+    """Runs the binary with arguments (and `input` on its stdin); returns CompletedProcess
+    (text)."""
     full_env = dict(os.environ)
     full_env.update(env or {})
-    return subprocess.run([BIN, *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout)
+    return subprocess.run([BIN, *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout,
+                          input=input, stdin=None if input is not None else subprocess.DEVNULL)
 
 
 def ctl(s, *args):

@@ -1,4 +1,4 @@
-//! Command line: `serve`, `check`, `ctl`, and the hidden `front` subcommand the supervisor
+//! Command line: `serve`, `check`, `ctl`, `debug attach`, and the hidden `front` subcommand the supervisor
 //! re-executes itself with for the HTTP/3 front (workers run in Python: `interpreter.rs`).
 
 use clap::{Args, Parser, Subcommand};
@@ -22,6 +22,8 @@ enum Command {
     Check(ConfigArgs),
     /// Talk to a running server: status, reload, drain, stop, scale N.
     Ctl(CtlCli),
+    /// The remote debugger (`[debug] enabled`): attach pdb to a request whose app raised.
+    Debug(DebugCli),
     /// Internal: the HTTP/3 front process (started by `serve` when `[http3]` is on).
     #[command(hide = true)]
     Front(FrontCli),
@@ -46,6 +48,34 @@ struct CtlCli {
     json: bool,
     #[command(subcommand)]
     command: CtlCommand,
+}
+
+#[derive(Debug, Args)]
+struct DebugCli {
+    #[command(subcommand)]
+    command: DebugCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum DebugCommand {
+    /// List the requests of the whole fleet waiting for a debugger (id, worker, age,
+    /// request, exception) and attach to one: a pdb post-mortem session on its exception.
+    /// `continue`, `quit` or Ctrl-D release the request (it gets its 500).
+    Attach {
+        /// The server's configuration file ([debug] host, debug_port and secret; the
+        /// GENRO_ASGI_DEBUG_* variables apply).
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The request id to attach to (default: the only one waiting, else a choice).
+        #[arg(long, value_name = "ID")]
+        request: Option<String>,
+        /// Only list the waiting requests.
+        #[arg(long)]
+        list: bool,
+        /// Wait up to this many seconds for a request to wait for a debugger.
+        #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
+        wait: f64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -170,6 +200,31 @@ pub fn run() -> i32 {
             Err(err) => config_error(&err),
         },
         Command::Ctl(ctl) => run_ctl(ctl),
+        Command::Debug(DebugCli {
+            command:
+                DebugCommand::Attach {
+                    config,
+                    request,
+                    list,
+                    wait,
+                },
+        }) => {
+            let args = ConfigArgs {
+                config,
+                ..ConfigArgs::default()
+            };
+            match args.load() {
+                Ok(loaded) => crate::attach::run(
+                    &loaded.config,
+                    &crate::attach::Attach {
+                        request,
+                        list,
+                        wait: std::time::Duration::try_from_secs_f64(wait).unwrap_or_default(),
+                    },
+                ),
+                Err(err) => config_error(&err),
+            }
+        }
         Command::Check(args) => match args.load() {
             Ok(loaded) => crate::check::run(&loaded),
             Err(err) => config_error(&err),

@@ -33,6 +33,8 @@ pub enum Probe {
     Metrics(oneshot::Sender<Vec<WorkerReport>>),
     /// The inspector's data: the fleet and every worker process's requests.
     Inspect(oneshot::Sender<crate::inspector::Inspection>),
+    /// The fleet (the remote debugger finds the workers in it).
+    Status(oneshot::Sender<genro_shared::protocol::FleetStatus>),
 }
 
 /// Why `/readyz` answers 503.

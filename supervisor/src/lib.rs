@@ -2,10 +2,12 @@
 //! fleet and its control socket. The binary's `main` only dispatches to [`cli::run`].
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod attach;
 pub mod check;
 pub mod cli;
 pub mod control;
 pub mod ctl;
+pub mod debugger;
 pub mod endpoints;
 mod executor;
 pub mod fleet;

@@ -199,6 +199,9 @@ impl Supervisor {
                 self.observed.set_workers(self.fleet.size());
                 self.query_workers(QueryKind::Metrics, Reply::Scrape(reply));
             }
+            Probe::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
             Probe::Inspect(reply) => {
                 let fleet = Box::new(self.status());
                 self.query_workers(QueryKind::Requests, Reply::Inspect { fleet, reply });

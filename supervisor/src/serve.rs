@@ -560,6 +560,22 @@ async fn supervise(
     } else {
         None
     };
+    let debug_listener = if config.debug.enabled {
+        let addr = crate::sockets::resolve(&config.debug.host, config.debug.debug_port)?;
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("[debug] host/debug_port: cannot listen on {addr} for the remote debugger")
+        })?;
+        if addr.ip().is_loopback() {
+            tracing::warn!("remote debugger on {addr}: development only (genro-asgi debug attach)");
+        } else {
+            tracing::warn!(
+                "remote debugger on {addr}, beyond loopback: whoever passes allowed_ips and the secret runs code in the app"
+            );
+        }
+        Some(listener)
+    } else {
+        None
+    };
     let control_path = run_dir.join("control.sock");
     let listener = control::bind(&control_path)
         .with_context(|| format!("control socket {}", control_path.display()))?;
@@ -633,24 +649,37 @@ async fn supervise(
         reload_after: false,
     };
     if let Some(listener) = metrics_listener {
-        let (probes_tx, mut probes_rx) = mpsc::channel::<Probe>(64);
         tokio::spawn(crate::endpoints::serve(
             listener,
             config.metrics.endpoint.clone(),
             sup.observed.clone(),
-            probes_tx,
+            probes(&sup.events),
             crate::inspector::Inspector::new(config),
         ));
-        let events_tx = sup.events.clone();
-        tokio::spawn(async move {
-            while let Some(probe) = probes_rx.recv().await {
-                if events_tx.send(Event::Probe(probe)).await.is_err() {
-                    return;
-                }
-            }
-        });
+    }
+    if let Some(listener) = debug_listener {
+        let debugger =
+            crate::debugger::Debugger::new(config, run_dir.to_owned(), probes(&sup.events))?;
+        tokio::spawn(crate::debugger::serve(
+            listener,
+            std::sync::Arc::new(debugger),
+        ));
     }
     crate::executor::run(sup, events).await
+}
+
+/// A channel of questions for the supervisor's loop (from a listener's tasks).
+fn probes(events: &mpsc::Sender<Event>) -> mpsc::Sender<Probe> {
+    let (probes_tx, mut probes_rx) = mpsc::channel::<Probe>(64);
+    let events = events.clone();
+    tokio::spawn(async move {
+        while let Some(probe) = probes_rx.recv().await {
+            if events.send(Event::Probe(probe)).await.is_err() {
+                return;
+            }
+        }
+    });
+    probes_tx
 }
 
 /// The `[errors] notify_webhook` sender, when `notify_critical` is on.

@@ -11,6 +11,7 @@ import traceback
 from genro_asgi._executors import current_request as _current_request
 
 _log = None  # set by setup(): a callable (level, message) into the Rust log sink
+_debugger = None  # the remote debugger (genro_asgi_worker.debugger), when it is on
 
 
 class _Handler(logging.Handler):
@@ -91,6 +92,12 @@ async def run_http(app, scope, handle):
         handle.cancelled()
         raise
     except BaseException as exc:  # noqa: B036 - KeyboardInterrupt etc. must also reach the handle
+        if _debugger is not None and isinstance(exc, Exception):
+            try:
+                await _debugger.hold(exc, handle, scope)  # `[debug] remote_pdb`
+            finally:
+                handle.failed(format_exception(exc))
+            return
         handle.failed(format_exception(exc))
         if not isinstance(exc, Exception):
             raise

@@ -295,6 +295,22 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
                 lifespan_state: lifespan_state.unbind(),
             },
         )?;
+        let debugger = if config.debug.enabled && config.debug.remote_pdb {
+            let run_dir = args.control.parent().unwrap_or(std::path::Path::new("."));
+            let path = run_dir.join(format!("debug-{}.sock", std::process::id()));
+            let debugger = py.import("genro_asgi_worker.debugger")?.call_method1(
+                "start",
+                (
+                    &path,
+                    config.debug.wait.as_secs_f64(),
+                    wrap_pyfunction!(log, py)?,
+                ),
+            )?;
+            glue.setattr("_debugger", &debugger)?;
+            Some(debugger)
+        } else {
+            None
+        };
         let drainer = Py::new(
             py,
             Drainer::new(shared.handoff.clone(), event_loop.getattr("stop")?.unbind()),
@@ -396,6 +412,9 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
             "run_until_complete",
             (lifespan.call_method1("shutdown", (timeout,))?,),
         )?;
+        if let Some(debugger) = debugger {
+            debugger.call_method0("close")?;
+        }
         let _ = py.import("sys").and_then(|sys| {
             sys.getattr("stdout")?.call_method0("flush")?;
             sys.getattr("stderr")?.call_method0("flush")

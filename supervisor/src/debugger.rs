@@ -1,0 +1,387 @@
+//! The remote debugger's front door (`[debug] enabled`): a TCP listener, on loopback
+//! unless `[debug] host` says otherwise, for `genro-asgi debug attach` ([`crate::attach`]).
+//!
+//! Each connection sends one JSON line, `{"secret": ..., "op": "list" | "attach",
+//! "request_id": ...}`, checked in this order: the peer must be in `allowed_ips` (others
+//! are answered and closed before they may send anything), must not be locked out
+//! ([`MAX_FAILURES`] wrong secrets within [`LOCKOUT`] lock its address for [`LOCKOUT`]),
+//! and must send the secret (compared in constant time). Then:
+//! - `list`: the requests waiting for a debugger in every worker, asked over each worker's
+//!   own Unix socket (`<run_dir>/debug-<pid>.sock`, served by
+//!   `genro_asgi_worker.debugger`);
+//! - `attach`: the connection is relayed, byte for byte, to the worker whose request it
+//!   names, where it becomes a pdb post-mortem session.
+//!
+//! Every attach, refusal and wrong secret is logged with the peer.
+
+use crate::endpoints::Probe;
+use genro_config::net::Trusted;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::sync::mpsc;
+
+/// Connections served at once (more wait in the listen queue).
+const MAX_CONNECTIONS: usize = 8;
+/// Longest request line.
+const MAX_LINE: u64 = 4096;
+/// Time a peer gets to send its request line.
+const LINE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a worker gets to answer a list.
+const WORKER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Wrong secrets from one address before it is locked out.
+pub const MAX_FAILURES: u32 = 5;
+/// The window the failures are counted in, and how long a lockout lasts.
+pub const LOCKOUT: Duration = Duration::from_secs(60);
+/// Addresses remembered at most (the oldest are forgotten first).
+const MAX_REMEMBERED: usize = 1024;
+
+/// What the listener checks and where it finds the workers.
+#[derive(Debug)]
+pub struct Debugger {
+    trusted: Trusted,
+    secret: String,
+    run_dir: PathBuf,
+    probes: mpsc::Sender<Probe>,
+    failures: Mutex<HashMap<IpAddr, Failures>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    first: Instant,
+    locked_until: Option<Instant>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Request {
+    #[serde(default)]
+    secret: String,
+    #[serde(default)]
+    op: String,
+    #[serde(default)]
+    request_id: String,
+}
+
+impl Debugger {
+    /// The debugger of `config` (with `[debug] enabled`, which requires a secret).
+    pub fn new(
+        config: &genro_config::Config,
+        run_dir: PathBuf,
+        probes: mpsc::Sender<Probe>,
+    ) -> anyhow::Result<Self> {
+        let trusted = Trusted::parse(&config.debug.allowed_ips)
+            .map_err(|bad| anyhow::anyhow!("[debug] allowed_ips: {bad}"))?;
+        Ok(Debugger {
+            trusted,
+            secret: config.debug.secret.clone().unwrap_or_default(),
+            run_dir,
+            probes,
+            failures: Mutex::default(),
+        })
+    }
+
+    /// How long `ip` is still locked out, if it is.
+    fn locked(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        let failures = genro_shared::sync::lock(&self.failures);
+        let until = failures.get(&ip)?.locked_until?;
+        (until > now).then(|| until - now)
+    }
+
+    /// A wrong secret from `ip`: returns the failures counted in the window.
+    fn failed(&self, ip: IpAddr, now: Instant) -> u32 {
+        let mut failures = genro_shared::sync::lock(&self.failures);
+        if failures.len() >= MAX_REMEMBERED && !failures.contains_key(&ip) {
+            failures.retain(|_, f| now.duration_since(f.first) < LOCKOUT);
+            if failures.len() >= MAX_REMEMBERED {
+                // Forget the oldest, never a lockout that still runs.
+                if let Some(oldest) = failures
+                    .iter()
+                    .filter(|(_, f)| f.locked_until.is_none_or(|until| until <= now))
+                    .min_by_key(|(_, f)| f.first)
+                    .map(|(ip, _)| *ip)
+                {
+                    failures.remove(&oldest);
+                }
+            }
+        }
+        let entry = failures.entry(ip).or_insert(Failures {
+            count: 0,
+            first: now,
+            locked_until: None,
+        });
+        if now.duration_since(entry.first) >= LOCKOUT {
+            *entry = Failures {
+                count: 0,
+                first: now,
+                locked_until: None,
+            };
+        }
+        entry.count += 1;
+        if entry.count >= MAX_FAILURES {
+            entry.locked_until = Some(now + LOCKOUT);
+        }
+        entry.count
+    }
+
+    fn succeeded(&self, ip: IpAddr) {
+        genro_shared::sync::lock(&self.failures).remove(&ip);
+    }
+}
+
+/// Serves the listener until the process exits.
+pub async fn serve(listener: TcpListener, debugger: Arc<Debugger>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                tracing::warn!("debugger: accept failed: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let debugger = debugger.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(why) = session(stream, peer, &debugger).await {
+                tracing::debug!("debugger: connection from {peer}: {why}");
+            }
+        });
+    }
+}
+
+async fn session(stream: TcpStream, peer: SocketAddr, debugger: &Debugger) -> std::io::Result<()> {
+    let ip = peer.ip().to_canonical();
+    let (read, mut write) = stream.into_split();
+    if !debugger.trusted.contains(ip) {
+        tracing::warn!("debugger: refused {peer}: not in [debug] allowed_ips");
+        return answer(
+            &mut write,
+            json!({"error": "your address is not in [debug] allowed_ips"}),
+        )
+        .await;
+    }
+    if let Some(left) = debugger.locked(ip, Instant::now()) {
+        tracing::warn!("debugger: refused {peer}: locked out after {MAX_FAILURES} wrong secrets");
+        let error = format!(
+            "too many wrong secrets from {ip}: try again in {} s",
+            left.as_secs() + 1
+        );
+        return answer(&mut write, json!({ "error": error })).await;
+    }
+    let mut read = BufReader::new(read);
+    let mut line = String::new();
+    let got = tokio::time::timeout(
+        LINE_TIMEOUT,
+        (&mut read).take(MAX_LINE).read_line(&mut line),
+    )
+    .await;
+    let request = match got {
+        Err(_) => return answer(&mut write, json!({"error": "no request line in time"})).await,
+        Ok(Err(err)) => return Err(err),
+        Ok(Ok(_)) if !line.ends_with('\n') => {
+            return answer(
+                &mut write,
+                json!({"error": "the request line is too long or incomplete"}),
+            )
+            .await
+        }
+        Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
+            Ok(request) => request,
+            Err(err) => {
+                let error = format!("the request line is not the expected JSON: {err}");
+                return answer(&mut write, json!({ "error": error })).await;
+            }
+        },
+    };
+    if !crate::inspector::same_secret(request.secret.as_bytes(), debugger.secret.as_bytes()) {
+        let count = debugger.failed(ip, Instant::now());
+        tracing::warn!(
+            "debugger: wrong secret from {peer} ({count} of {MAX_FAILURES} allowed in {} s)",
+            LOCKOUT.as_secs()
+        );
+        return answer(&mut write, json!({"error": "wrong secret"})).await;
+    }
+    debugger.succeeded(ip);
+    match request.op.as_str() {
+        "list" => {
+            let sessions = waiting(debugger).await;
+            answer(&mut write, json!({ "sessions": sessions })).await
+        }
+        "attach" => {
+            let sessions = waiting(debugger).await;
+            let Some(pid) = sessions
+                .iter()
+                .find(|s| s["request_id"] == request.request_id.as_str())
+                .and_then(|s| s["pid"].as_u64())
+            else {
+                let error = format!("no request {} waits for a debugger", request.request_id);
+                return answer(&mut write, json!({ "error": error })).await;
+            };
+            let path = socket_path(&debugger.run_dir, pid);
+            let mut worker = match UnixStream::connect(&path).await {
+                Ok(worker) => worker,
+                Err(err) => {
+                    let error = format!("cannot reach worker pid {pid}: {err}");
+                    return answer(&mut write, json!({ "error": error })).await;
+                }
+            };
+            let hello =
+                json!({"op": "attach", "request_id": request.request_id, "peer": peer.to_string()});
+            worker.write_all(format!("{hello}\n").as_bytes()).await?;
+            tracing::warn!(
+                "debugger: {peer} attaches to request {} (worker pid {pid})",
+                request.request_id
+            );
+            let mut client = Joined { read, write };
+            let relayed = tokio::io::copy_bidirectional(&mut client, &mut worker).await;
+            tracing::info!(
+                "debugger: {peer} left request {} (worker pid {pid})",
+                request.request_id
+            );
+            relayed.map(|_| ())
+        }
+        other => {
+            let error = format!("unknown op {other:?} (list, attach)");
+            answer(&mut write, json!({ "error": error })).await
+        }
+    }
+}
+
+fn socket_path(run_dir: &std::path::Path, pid: u64) -> PathBuf {
+    run_dir.join(format!("debug-{pid}.sock"))
+}
+
+async fn answer(write: &mut (impl AsyncWrite + Unpin), value: Value) -> std::io::Result<()> {
+    write.write_all(format!("{value}\n").as_bytes()).await?;
+    write.shutdown().await
+}
+
+/// The requests waiting in every worker, each with its worker's slot and pid.
+async fn waiting(debugger: &Debugger) -> Vec<Value> {
+    let Some(fleet) = crate::endpoints::ask(&debugger.probes, Probe::Status).await else {
+        return Vec::new();
+    };
+    let mut all = Vec::new();
+    for w in &fleet.workers {
+        let path = socket_path(&debugger.run_dir, u64::from(w.pid));
+        // A worker that does not answer (starting, gone, blocked) lists nothing.
+        if let Ok(Ok(sessions)) = tokio::time::timeout(WORKER_TIMEOUT, list_worker(&path)).await {
+            for mut s in sessions {
+                s["slot"] = json!(w.slot);
+                all.push(s);
+            }
+        }
+    }
+    all
+}
+
+async fn list_worker(path: &std::path::Path) -> std::io::Result<Vec<Value>> {
+    let mut worker = UnixStream::connect(path).await?;
+    worker.write_all(b"{\"op\": \"list\"}\n").await?;
+    let mut line = String::new();
+    BufReader::new(worker)
+        .take(1024 * 1024)
+        .read_line(&mut line)
+        .await?;
+    let answer: Value = serde_json::from_str(&line).map_err(std::io::Error::other)?;
+    Ok(answer["sessions"].as_array().cloned().unwrap_or_default())
+}
+
+/// The client's two halves as one stream, for the relay.
+struct Joined<R, W> {
+    read: R,
+    write: W,
+}
+
+impl<R: AsyncRead + Unpin, W: Unpin> AsyncRead for Joined<R, W> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl<R: Unpin, W: AsyncWrite + Unpin> AsyncWrite for Joined<R, W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.write).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.write).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.write).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn debugger() -> Debugger {
+        let (probes, _) = mpsc::channel(1);
+        Debugger {
+            trusted: Trusted::parse(&["127.0.0.1"]).unwrap(),
+            secret: "s".into(),
+            run_dir: PathBuf::from("/nonexistent"),
+            probes,
+            failures: Mutex::default(),
+        }
+    }
+
+    #[test]
+    fn five_wrong_secrets_lock_an_address_out_for_a_minute() {
+        let d = debugger();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let other: IpAddr = "127.0.0.2".parse().unwrap();
+        let now = Instant::now();
+        for n in 1..MAX_FAILURES {
+            assert_eq!(d.failed(ip, now), n);
+            assert_eq!(d.locked(ip, now), None);
+        }
+        assert_eq!(d.failed(ip, now), MAX_FAILURES);
+        assert_eq!(d.locked(ip, now), Some(LOCKOUT));
+        assert_eq!(d.locked(other, now), None, "per address");
+        assert_eq!(d.locked(ip, now + LOCKOUT), None, "for a minute");
+        // A later failure starts a new count.
+        assert_eq!(d.failed(ip, now + LOCKOUT), 1);
+    }
+
+    #[test]
+    fn failures_spread_over_more_than_the_window_do_not_lock() {
+        let d = debugger();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let now = Instant::now();
+        for n in 0..10u32 {
+            d.failed(ip, now + Duration::from_secs(20) * n);
+        }
+        assert_eq!(d.locked(ip, now + Duration::from_secs(180)), None);
+        d.failed(ip, now);
+        d.succeeded(ip);
+        assert!(genro_shared::sync::lock(&d.failures).is_empty());
+    }
+}
