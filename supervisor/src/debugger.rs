@@ -258,7 +258,8 @@ async fn session(stream: TcpStream, peer: SocketAddr, debugger: &Debugger) -> st
     }
 }
 
-fn socket_path(run_dir: &std::path::Path, pid: u64) -> PathBuf {
+/// A worker's debugger socket.
+pub(crate) fn socket_path(run_dir: &std::path::Path, pid: impl std::fmt::Display) -> PathBuf {
     run_dir.join(format!("debug-{pid}.sock"))
 }
 
@@ -274,7 +275,7 @@ async fn waiting(debugger: &Debugger) -> Vec<Value> {
     };
     let mut all = Vec::new();
     for w in &fleet.workers {
-        let path = socket_path(&debugger.run_dir, u64::from(w.pid));
+        let path = socket_path(&debugger.run_dir, w.pid);
         // A worker that does not answer (starting, gone, blocked) lists nothing.
         if let Ok(Ok(sessions)) = tokio::time::timeout(WORKER_TIMEOUT, list_worker(&path)).await {
             for mut s in sessions {

@@ -74,6 +74,9 @@ pub(crate) struct Supervisor {
     pub(crate) metrics: genro_config::Metrics,
     /// Files changed while a reload ran (`--reload`): another follows it.
     pub(crate) reload_after: bool,
+    /// `[debug]` as started (its listener is bound then), and the run directory where
+    /// the workers' debugger sockets are.
+    pub(crate) debug: (genro_config::Debug, std::path::PathBuf),
 }
 
 /// Runs the loop until the fleet exits; returns the exit code.
@@ -243,6 +246,10 @@ impl Supervisor {
     /// A child exited (`code`: `None` when a signal killed it).
     fn handle_exited(&mut self, pid: u32, code: Option<i32>) -> Vec<Command> {
         self.writers.remove(&pid);
+        if self.debug.0.enabled {
+            // A worker killed before it could remove its debugger socket.
+            let _ = std::fs::remove_file(crate::debugger::socket_path(&self.debug.1, pid));
+        }
         let reason = if self.hung_pids.remove(&pid) {
             "hung"
         } else if code.is_none() {

@@ -265,6 +265,7 @@ impl Supervisor {
         let mut config = loaded.config;
         self.keep_http3(&mut config);
         self.keep_metrics(&mut config);
+        self.keep_debug(&mut config);
         let config = &config;
         let addr = crate::sockets::resolve(&config.server.host, config.server.port).ok();
         if addr.is_some_and(|a| a != self.spawner.addr && config.server.port != 0) {
@@ -344,6 +345,17 @@ impl Supervisor {
         if config.metrics != self.metrics {
             tracing::warn!("[metrics] changed: a restart is needed for that; keeping the running metrics setup");
             config.metrics = self.metrics.clone();
+        }
+    }
+
+    /// The debugger's listener is bound at start: a reload keeps `[debug]` as it runs (a
+    /// worker must not hold failing requests for a debugger nobody can reach).
+    fn keep_debug(&self, config: &mut Config) {
+        if config.debug != self.debug.0 {
+            tracing::warn!(
+                "[debug] changed: a restart is needed for that; keeping the running debugger setup"
+            );
+            config.debug = self.debug.0.clone();
         }
     }
 
@@ -647,6 +659,7 @@ async fn supervise(
         webhook: start_webhook(config)?,
         metrics: config.metrics.clone(),
         reload_after: false,
+        debug: (config.debug.clone(), run_dir.to_owned()),
     };
     if let Some(listener) = metrics_listener {
         tokio::spawn(crate::endpoints::serve(

@@ -298,16 +298,32 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
         let debugger = if config.debug.enabled && config.debug.remote_pdb {
             let run_dir = args.control.parent().unwrap_or(std::path::Path::new("."));
             let path = run_dir.join(format!("debug-{}.sock", std::process::id()));
-            let debugger = py.import("genro_asgi_worker.debugger")?.call_method1(
-                "start",
-                (
-                    &path,
-                    config.debug.wait.as_secs_f64(),
-                    wrap_pyfunction!(log, py)?,
-                ),
-            )?;
-            glue.setattr("_debugger", &debugger)?;
-            Some(debugger)
+            let started = py.import("genro_asgi_worker.debugger").and_then(|m| {
+                m.call_method1(
+                    "start",
+                    (
+                        &path,
+                        config.debug.wait.as_secs_f64(),
+                        wrap_pyfunction!(log, py)?,
+                    ),
+                )
+            });
+            match started {
+                Ok(debugger) => {
+                    glue.setattr("_debugger", &debugger)?;
+                    Some(debugger)
+                }
+                // The worker serves without it (a run_dir too long for a socket path,
+                // say): failing requests get their 500 at once.
+                Err(err) => {
+                    tracing::error!(
+                        "remote debugger unavailable in this worker ({}): {}",
+                        path.display(),
+                        err.value(py)
+                    );
+                    None
+                }
+            }
         } else {
             None
         };
