@@ -123,7 +123,9 @@ def test_two_workers_each_with_a_waiting_request(server):
         s.wait_log("debugger detached from request %s" % rid)
     _, left = waiting(s, 0)
     assert len(left) == len(failing) - 2
-    s.stop()  # the drain releases the rest at once
+    started = time.monotonic()
+    s.stop()  # the drain releases the rest at once (graceful_timeout is 10 s)
+    assert time.monotonic() - started < 8
     for f in failing:
         assert f.result(timeout=30).status_code == 500
 
@@ -160,22 +162,31 @@ def test_a_wrong_secret_is_refused_and_five_lock_the_address_out(server):
             raw.sendall(sent)
             answer = json.loads(raw.makefile().readline())
             assert error in answer["error"], answer
+    # Opened before the lockout, used after it: refused too.
+    early = socket.create_connection(("127.0.0.1", s.debug_port), timeout=10)
     for n in range(1, 6):
+        if n == 3:
+            assert attach(s, "--list").returncode == 0, "a right secret between wrong ones..."
         r = attach(s, "--list", secret="wrong-horse")
         assert r.returncode == 1 and "genro-asgi debug: wrong secret" in r.stderr, r.stderr
         s.wait_log("({} of 5 allowed in 60 s)".format(n))
     r = attach(s, "--list")
     assert r.returncode == 1 and re.search(r"too many wrong secrets from 127\.0\.0\.1: try again in \d+ s", r.stderr), r.stderr
     assert "wrong secret from 127.0.0.1:" in s.log
+    early.sendall(json.dumps({"secret": SECRET, "op": "list"}).encode() + b"\n")
+    assert "too many wrong secrets" in json.loads(early.makefile().readline())["error"]
+    early.close()
     s.stop()
     failing.result()
 
 
 def test_a_peer_outside_allowed_ips_is_refused_before_the_secret(server):
     s = debug_server(server, allowed_ips="10.0.0.0/8")
-    r = attach(s, "--list")
-    assert r.returncode == 1 and "your address is not in [debug] allowed_ips" in r.stderr, r.stderr
+    for secret in (SECRET, "wrong-horse"):
+        r = attach(s, "--list", secret=secret)
+        assert r.returncode == 1 and "your address is not in [debug] allowed_ips" in r.stderr, r.stderr
     s.wait_log("debugger: refused 127.0.0.1:")
+    assert "wrong secret" not in s.log, "refused before the secret was read"
     assert "remote debugger on 127.0.0.1:%d" % s.debug_port in s.log, "loopback by default"
 
 

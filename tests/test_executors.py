@@ -4,6 +4,7 @@ free (the watchdog says nothing; the same work inline trips it), failures are cl
 exceptions, the pool recovers from a dead process, `ctl requests` and the metrics list
 the work, and a drain waits for pending work, then cancels what is left and says so."""
 
+import os
 import re
 import signal
 import threading
@@ -76,6 +77,22 @@ def test_a_dead_pool_process_is_an_exception_and_the_pool_recovers(server):
     assert int(after.text.split()[1]) != before, "a new process serves the restarted pool"
 
 
+def gone(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie nobody reaped
+    except FileNotFoundError:
+        return True
+
+
+def test_pool_processes_die_with_a_worker_killed_outright(server):
+    s = pools(server, processes=1)
+    worker, child = map(int, get(s, "/spin?s=0").text.split())
+    assert not gone(child)
+    os.kill(worker, signal.SIGKILL)
+    wait_for(lambda: gone(child), timeout=10, what="the pool process to die with its worker")
+
+
 def test_a_pool_that_is_off_says_which_key_turns_it_on(server):
     s = pools(server, threads=0, processes=0)
     r = get(s, "/spin?s=0")
@@ -120,6 +137,20 @@ def test_a_drain_waits_for_pending_work(server, tmp_path):
     assert s.stop(signal.SIGTERM) == 0
     assert marker.read_text() == "done", "the work finished before the worker exited"
     assert "waiting up to 30.0s for 1 executor task(s) to finish" in s.log
+
+
+def test_work_asked_for_during_the_drain_is_refused(server, tmp_path):
+    s = pools(server)
+    marker = tmp_path / "marker"
+    assert get(s, "/chain?s=0&marker=%s" % marker).text == "started"
+    wait_for(marker.exists, what="the chain without a drain")
+    assert marker.read_text().startswith("accepted in genro-executor")
+    marker.unlink()
+    assert get(s, "/chain?s=1.5&marker=%s" % marker).text == "started"
+    started = time.monotonic()
+    assert s.stop(signal.SIGTERM) == 0
+    assert marker.read_text() == "RuntimeError: the worker is shutting down: it takes no new executor work"
+    assert time.monotonic() - started < 10, "the drain did not wait for work it refused"
 
 
 def test_a_drain_cancels_what_outlives_shutdown_timeout(server, tmp_path):

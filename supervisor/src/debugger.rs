@@ -90,33 +90,29 @@ impl Debugger {
     /// How long `ip` is still locked out, if it is.
     fn locked(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
         let failures = genro_shared::sync::lock(&self.failures);
-        let until = failures.get(&ip)?.locked_until?;
-        (until > now).then(|| until - now)
+        left(failures.get(&ip)?, now)
     }
 
-    /// A wrong secret from `ip`: returns the failures counted in the window.
-    fn failed(&self, ip: IpAddr, now: Instant) -> u32 {
+    /// Checks a secret from `ip`, with its lockout, in one step (so connections opened
+    /// before a lockout are refused by it too). A right secret does not clear the count:
+    /// failures expire with their window, so they cannot be interleaved with successes.
+    fn check(&self, ip: IpAddr, secret: &str, now: Instant) -> Result<(), Refused> {
         let mut failures = genro_shared::sync::lock(&self.failures);
+        if let Some(left) = failures.get(&ip).and_then(|f| left(f, now)) {
+            return Err(Refused::Locked(left));
+        }
+        if crate::inspector::same_secret(secret.as_bytes(), self.secret.as_bytes()) {
+            return Ok(());
+        }
         if failures.len() >= MAX_REMEMBERED && !failures.contains_key(&ip) {
-            failures.retain(|_, f| now.duration_since(f.first) < LOCKOUT);
-            if failures.len() >= MAX_REMEMBERED {
-                // Forget the oldest, never a lockout that still runs.
-                if let Some(oldest) = failures
-                    .iter()
-                    .filter(|(_, f)| f.locked_until.is_none_or(|until| until <= now))
-                    .min_by_key(|(_, f)| f.first)
-                    .map(|(ip, _)| *ip)
-                {
-                    failures.remove(&oldest);
-                }
-            }
+            forget_some(&mut failures, now);
         }
         let entry = failures.entry(ip).or_insert(Failures {
             count: 0,
             first: now,
             locked_until: None,
         });
-        if now.duration_since(entry.first) >= LOCKOUT {
+        if now.saturating_duration_since(entry.first) >= LOCKOUT {
             *entry = Failures {
                 count: 0,
                 first: now,
@@ -127,11 +123,40 @@ impl Debugger {
         if entry.count >= MAX_FAILURES {
             entry.locked_until = Some(now + LOCKOUT);
         }
-        entry.count
+        Err(Refused::Wrong(entry.count))
     }
+}
 
-    fn succeeded(&self, ip: IpAddr) {
-        genro_shared::sync::lock(&self.failures).remove(&ip);
+/// Why a secret was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// Wrong: the failures counted in the window.
+    Wrong(u32),
+    /// The address is locked out for this long.
+    Locked(Duration),
+}
+
+/// The lockout left on `f`, if any.
+fn left(f: &Failures, now: Instant) -> Option<Duration> {
+    f.locked_until
+        .filter(|until| *until > now)
+        .map(|until| until - now)
+}
+
+/// Makes room in a full map: drops what expired (window over, no lockout running), then
+/// if need be the oldest entry that is not locked out.
+fn forget_some(failures: &mut HashMap<IpAddr, Failures>, now: Instant) {
+    failures
+        .retain(|_, f| now.saturating_duration_since(f.first) < LOCKOUT || left(f, now).is_some());
+    if failures.len() >= MAX_REMEMBERED {
+        if let Some(oldest) = failures
+            .iter()
+            .filter(|(_, f)| left(f, now).is_none())
+            .min_by_key(|(_, f)| f.first)
+            .map(|(ip, _)| *ip)
+        {
+            failures.remove(&oldest);
+        }
     }
 }
 
@@ -173,11 +198,7 @@ async fn session(stream: TcpStream, peer: SocketAddr, debugger: &Debugger) -> st
     }
     if let Some(left) = debugger.locked(ip, Instant::now()) {
         tracing::warn!("debugger: refused {peer}: locked out after {MAX_FAILURES} wrong secrets");
-        let error = format!(
-            "too many wrong secrets from {ip}: try again in {} s",
-            left.as_secs() + 1
-        );
-        return answer(&mut write, json!({ "error": error })).await;
+        return answer(&mut write, locked_out(ip, left)).await;
     }
     let mut read = BufReader::new(read);
     let mut line = String::new();
@@ -204,15 +225,22 @@ async fn session(stream: TcpStream, peer: SocketAddr, debugger: &Debugger) -> st
             }
         },
     };
-    if !crate::inspector::same_secret(request.secret.as_bytes(), debugger.secret.as_bytes()) {
-        let count = debugger.failed(ip, Instant::now());
-        tracing::warn!(
-            "debugger: wrong secret from {peer} ({count} of {MAX_FAILURES} allowed in {} s)",
-            LOCKOUT.as_secs()
-        );
-        return answer(&mut write, json!({"error": "wrong secret"})).await;
+    match debugger.check(ip, &request.secret, Instant::now()) {
+        Ok(()) => {}
+        Err(Refused::Locked(left)) => {
+            tracing::warn!(
+                "debugger: refused {peer}: locked out after {MAX_FAILURES} wrong secrets"
+            );
+            return answer(&mut write, locked_out(ip, left)).await;
+        }
+        Err(Refused::Wrong(count)) => {
+            tracing::warn!(
+                "debugger: wrong secret from {peer} ({count} of {MAX_FAILURES} allowed in {} s)",
+                LOCKOUT.as_secs()
+            );
+            return answer(&mut write, json!({"error": "wrong secret"})).await;
+        }
     }
-    debugger.succeeded(ip);
     match request.op.as_str() {
         "list" => {
             let sessions = waiting(debugger).await;
@@ -243,8 +271,7 @@ async fn session(stream: TcpStream, peer: SocketAddr, debugger: &Debugger) -> st
                 "debugger: {peer} attaches to request {} (worker pid {pid})",
                 request.request_id
             );
-            let mut client = Joined { read, write };
-            let relayed = tokio::io::copy_bidirectional(&mut client, &mut worker).await;
+            let relayed = relay(read, write, worker).await;
             tracing::info!(
                 "debugger: {peer} left request {} (worker pid {pid})",
                 request.request_id
@@ -256,6 +283,14 @@ async fn session(stream: TcpStream, peer: SocketAddr, debugger: &Debugger) -> st
             answer(&mut write, json!({ "error": error })).await
         }
     }
+}
+
+fn locked_out(ip: IpAddr, left: Duration) -> Value {
+    let error = format!(
+        "too many wrong secrets from {ip}: try again in {} s",
+        left.as_secs() + 1
+    );
+    json!({ "error": error })
 }
 
 /// A worker's debugger socket.
@@ -299,44 +334,22 @@ async fn list_worker(path: &std::path::Path) -> std::io::Result<Vec<Value>> {
     Ok(answer["sessions"].as_array().cloned().unwrap_or_default())
 }
 
-/// The client's two halves as one stream, for the relay.
-struct Joined<R, W> {
-    read: R,
-    write: W,
-}
-
-impl<R: AsyncRead + Unpin, W: Unpin> AsyncRead for Joined<R, W> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.read).poll_read(cx, buf)
-    }
-}
-
-impl<R: Unpin, W: AsyncWrite + Unpin> AsyncWrite for Joined<R, W> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.write).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.write).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.write).poll_shutdown(cx)
-    }
+/// Relays the client and the worker's session until the worker ends it (then the client's
+/// side is dropped, whether or not the client closed: it holds no slot after the session).
+async fn relay(
+    mut client_read: impl AsyncRead + Unpin + Send + 'static,
+    mut client_write: impl AsyncWrite + Unpin,
+    worker: UnixStream,
+) -> std::io::Result<()> {
+    let (mut worker_read, mut worker_write) = worker.into_split();
+    let to_worker = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut client_read, &mut worker_write).await;
+        let _ = worker_write.shutdown().await;
+    });
+    let shown = tokio::io::copy(&mut worker_read, &mut client_write).await;
+    to_worker.abort();
+    let _ = client_write.shutdown().await;
+    shown.map(|_| ())
 }
 
 #[cfg(test)]
@@ -354,35 +367,78 @@ mod tests {
         }
     }
 
+    const IP: &str = "127.0.0.1";
+
     #[test]
     fn five_wrong_secrets_lock_an_address_out_for_a_minute() {
         let d = debugger();
-        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let ip: IpAddr = IP.parse().unwrap();
         let other: IpAddr = "127.0.0.2".parse().unwrap();
         let now = Instant::now();
-        for n in 1..MAX_FAILURES {
-            assert_eq!(d.failed(ip, now), n);
-            assert_eq!(d.locked(ip, now), None);
+        for n in 1..=MAX_FAILURES {
+            assert_eq!(d.check(ip, "x", now), Err(Refused::Wrong(n)));
         }
-        assert_eq!(d.failed(ip, now), MAX_FAILURES);
         assert_eq!(d.locked(ip, now), Some(LOCKOUT));
-        assert_eq!(d.locked(other, now), None, "per address");
-        assert_eq!(d.locked(ip, now + LOCKOUT), None, "for a minute");
-        // A later failure starts a new count.
-        assert_eq!(d.failed(ip, now + LOCKOUT), 1);
+        assert_eq!(
+            d.check(ip, "s", now),
+            Err(Refused::Locked(LOCKOUT)),
+            "the right secret too"
+        );
+        assert_eq!(d.check(other, "s", now), Ok(()), "per address");
+        assert_eq!(d.check(ip, "s", now + LOCKOUT), Ok(()), "for a minute");
+        assert_eq!(d.check(ip, "x", now + LOCKOUT), Err(Refused::Wrong(1)));
+    }
+
+    #[test]
+    fn a_right_secret_between_wrong_ones_does_not_reset_the_count() {
+        let d = debugger();
+        let ip: IpAddr = IP.parse().unwrap();
+        let now = Instant::now();
+        for n in 1..MAX_FAILURES {
+            assert_eq!(d.check(ip, "x", now), Err(Refused::Wrong(n)));
+            assert_eq!(d.check(ip, "s", now), Ok(()));
+        }
+        assert_eq!(d.check(ip, "x", now), Err(Refused::Wrong(MAX_FAILURES)));
+        assert!(d.locked(ip, now).is_some());
     }
 
     #[test]
     fn failures_spread_over_more_than_the_window_do_not_lock() {
         let d = debugger();
-        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let ip: IpAddr = IP.parse().unwrap();
         let now = Instant::now();
         for n in 0..10u32 {
-            d.failed(ip, now + Duration::from_secs(20) * n);
+            let _ = d.check(ip, "x", now + Duration::from_secs(20) * n);
         }
         assert_eq!(d.locked(ip, now + Duration::from_secs(180)), None);
-        d.failed(ip, now);
-        d.succeeded(ip);
-        assert!(genro_shared::sync::lock(&d.failures).is_empty());
+    }
+
+    #[test]
+    fn a_full_map_never_forgets_a_running_lockout() {
+        let now = Instant::now();
+        let mut map = HashMap::new();
+        let locked: IpAddr = "10.0.0.1".parse().unwrap();
+        // Failed first 50 s ago, locked since: the window is over, the lockout is not.
+        map.insert(
+            locked,
+            Failures {
+                count: MAX_FAILURES,
+                first: now - Duration::from_secs(50),
+                locked_until: Some(now + Duration::from_secs(50)),
+            },
+        );
+        for n in 0..MAX_REMEMBERED as u32 {
+            map.insert(
+                IpAddr::from(std::net::Ipv4Addr::from(0x0b00_0000 + n)),
+                Failures {
+                    count: 1,
+                    first: now - Duration::from_secs(70),
+                    locked_until: None,
+                },
+            );
+        }
+        forget_some(&mut map, now + Duration::from_secs(11));
+        assert!(map.contains_key(&locked));
+        assert_eq!(map.len(), 1, "the expired ones go");
     }
 }

@@ -47,6 +47,16 @@ def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+async def _chain(seconds, marker):
+    await genro_asgi.run_in_executor(time.sleep, seconds)
+    try:
+        outcome = "accepted in " + await genro_asgi.run_in_executor(thread_name)
+    except RuntimeError as exc:
+        outcome = "%s: %s" % (type(exc).__name__, exc)
+    with open(marker, "w") as f:
+        f.write(outcome)
+
+
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
         return await plain_lifespan(receive, send)
@@ -69,6 +79,13 @@ async def app(scope, receive, send):
             body = str(await genro_asgi.run_in_executor(lambda: 1, pool="process"))
         elif path == "/die":
             body = str(await genro_asgi.run_in_executor(die, pool="process"))
+        elif path == "/chain":
+            # Background work that asks for more after the first part: during a drain,
+            # the second request is refused, and the marker says how.
+            task = asyncio.ensure_future(_chain(seconds, query["marker"]))
+            _background.add(task)
+            task.add_done_callback(_forget)
+            body = "started"
         elif path == "/background":
             # Fire and forget: the response does not wait, the drain must.
             if pool == "process":

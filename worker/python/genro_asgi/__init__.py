@@ -12,12 +12,16 @@ scope as `scope["extensions"]["genro.executors"]`. Outside genro-asgi (tests, an
 server) the functions still work, on pools of their own.
 """
 
-from genro_asgi._executors import (
-    ExecutorOff,
-    NotPicklable,
-    ProcessDied,
-    executors,
-    run_in_executor,
-)
+from genro_asgi._executors import ExecutorOff, NotPicklable, executors, run_in_executor
 
 __all__ = ["ExecutorOff", "NotPicklable", "ProcessDied", "executors", "run_in_executor"]
+
+
+def __getattr__(name):
+    # ProcessDied is a BrokenProcessPool, made when first asked for: the process pool's
+    # modules are not imported until something uses them.
+    if name == "ProcessDied":
+        from genro_asgi._executors import process_died
+
+        return process_died()
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))

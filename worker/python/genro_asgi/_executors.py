@@ -12,15 +12,17 @@ the whole pool: every task in it gets `ProcessDied`, and the next call starts a 
 
 import asyncio
 import contextvars
+import functools
 import logging
-import multiprocessing
 import os
 import pickle
-import signal
+import sys
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
+
+# The process pool's modules (multiprocessing and the rest, 2 MiB in every worker) are
+# imported when it is first used.
 
 _log = logging.getLogger("genro_asgi.executors")
 
@@ -39,8 +41,29 @@ class NotPicklable(pickle.PicklingError):
     """The function or an argument cannot be sent to the process pool."""
 
 
-class ProcessDied(BrokenProcessPool):
-    """A process of the process pool died while the task was running or queued."""
+_process_died = None
+
+
+def process_died():
+    """`ProcessDied`, a `BrokenProcessPool`: a process of the process pool died while the
+    task was running or queued. Made on first use, like the pool."""
+    global _process_died
+    if _process_died is None:
+        from concurrent.futures.process import BrokenProcessPool
+
+        class ProcessDied(BrokenProcessPool):
+            __doc__ = process_died.__doc__
+
+        ProcessDied.__module__ = "genro_asgi"
+        ProcessDied.__qualname__ = "ProcessDied"
+        _process_died = ProcessDied
+    return _process_died
+
+
+def __getattr__(name):
+    if name == "ProcessDied":
+        return process_died()
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
 
 
 class _NoHooks:
@@ -54,6 +77,12 @@ class _NoHooks:
 
     def finished(self, key, outcome):
         pass
+
+
+def _broken_pool():
+    """What a broken process pool raises; no pool imported, nothing to catch."""
+    module = sys.modules.get("concurrent.futures.process")
+    return module.BrokenProcessPool if module is not None else ()
 
 
 def _name(func):
@@ -77,9 +106,22 @@ def _in_process(payload):
     return func(*args)
 
 
-def _child_init():
-    # Ctrl-C reaches the whole process group: the worker drains, and stops these itself.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+_PR_SET_PDEATHSIG = 1
+
+
+def _child_init(worker_pid):
+    """In each pool process: die with the worker. A worker killed outright (a hung worker,
+    the stop deadline) cannot stop its pool, and its processes would wait for work for
+    ever. The worker's loop thread starts them, and lives as long as the worker."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != worker_pid:  # the worker died before the line above
+        os._exit(1)
 
 
 class _Task:
@@ -106,7 +148,8 @@ class Executors:
         self.threads = min(32, cpus + 4)
         self.processes = cpus
         self._hooks = _NoHooks()
-        # Reentrant: a future already done runs its callback (which locks) inside _track.
+        # Guards the pools, _pending and _closed; never held while a pool's own locks are
+        # taken (submit, cancel, shutdown), whose callbacks take it.
         self._lock = threading.RLock()
         self._thread_pool = None
         self._process_pool = None
@@ -130,17 +173,9 @@ class Executors:
         raise ValueError("pool must be 'thread' or 'process', not %r" % (pool,))
 
     async def _run_thread(self, func, args):
-        name = _name(func)
-        with self._lock:
-            executor = self._thread_pool = self._thread_pool or self._new("thread")
-            task = self._task("thread", name)
-            try:
-                future = executor.submit(_in_thread, self._hooks, task.key, contextvars.copy_context(),
-                                         func, args)
-            except BaseException:
-                self._hooks.finished(task.key, "cancelled")
-                raise
-            self._track(future, task)
+        future, _ = self._submit(
+            "thread", _name(func),
+            lambda task: (_in_thread, self._hooks, task.key, contextvars.copy_context(), func, args))
         return await asyncio.wrap_future(future)
 
     async def _run_process(self, func, args):
@@ -152,58 +187,75 @@ class Executors:
                 "run_in_executor(pool='process') cannot send %s to a process: %s: %s. The "
                 "process pool calls functions by name: use a module-level function and "
                 "picklable arguments (or pool='thread')" % (name, type(exc).__name__, exc)) from exc
-        with self._lock:
-            executor = self._process_pool = self._process_pool or self._new("process")
-            task = self._task("process", name)
-            try:
-                future = executor.submit(_in_process, payload)
-            except BrokenProcessPool:
-                # Broken by a death another task saw first: this task goes to a new pool.
-                executor = self._process_pool = self._new("process")
-                future = executor.submit(_in_process, payload)
-            except BaseException:
-                self._hooks.finished(task.key, "cancelled")
-                raise
-            self._track(future, task)
+        future, executor = self._submit("process", name, lambda task: (_in_process, payload))
+        from concurrent.futures.process import BrokenProcessPool  # loaded with the pool
+
         try:
             return await asyncio.wrap_future(future)
         except BrokenProcessPool as exc:
             with self._lock:
                 if self._process_pool is executor:
                     self._process_pool = None  # the next call starts a new pool
-            raise ProcessDied(
+            raise process_died()(
                 "a process of the process pool died while %s was running or queued in it "
                 "(killed, crashed or out of memory); the pool is restarted for the next "
                 "task" % name) from exc
 
-    def _new(self, pool):
-        """A new pool; called with the lock held."""
+    def _submit(self, pool, name, call):
+        """Submits `call(task)` (a callable and its arguments) to `pool`; returns the future
+        and the executor. The pool's own locks are never taken under ours."""
+        with self._lock:
+            executor = self._executor(pool)
+            task = self._task(pool, name)
+        try:
+            try:
+                future = executor.submit(*call(task))
+            except _broken_pool():
+                # Broken by a death another task saw first: this task goes to a new pool.
+                with self._lock:
+                    if self._process_pool is executor:
+                        self._process_pool = None
+                    executor = self._executor(pool)
+                future = executor.submit(*call(task))
+        except BaseException:
+            self._hooks.finished(task.key, "cancelled")
+            raise
+        future.add_done_callback(functools.partial(self._done, task))
+        with self._lock:
+            if not future.done():
+                self._pending[future] = task
+        return future, executor
+
+    def _executor(self, pool):
+        """The pool, started if needed; called with the lock held. Refused once draining."""
         if self._closed:
             raise RuntimeError("the worker is shutting down: it takes no new executor work")
         if pool == "thread":
-            if self.threads <= 0:
-                raise ExecutorOff("the thread pool is off: set [executors] threads "
-                                  "(GENRO_ASGI_EXECUTORS_THREADS) to a number of threads")
-            return ThreadPoolExecutor(self.threads, thread_name_prefix="genro-executor")
-        if self.processes <= 0:
-            raise ExecutorOff("the process pool is off: set [executors] processes "
-                              "(GENRO_ASGI_EXECUTORS_PROCESSES) to a number of processes")
-        return ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_child_init)
+            if self._thread_pool is None:
+                if self.threads <= 0:
+                    raise ExecutorOff("the thread pool is off: set [executors] threads "
+                                      "(GENRO_ASGI_EXECUTORS_THREADS) to a number of threads")
+                self._thread_pool = ThreadPoolExecutor(self.threads, thread_name_prefix="genro-executor")
+            return self._thread_pool
+        if self._process_pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            if self.processes <= 0:
+                raise ExecutorOff("the process pool is off: set [executors] processes "
+                                  "(GENRO_ASGI_EXECUTORS_PROCESSES) to a number of processes")
+            self._process_pool = ProcessPoolExecutor(
+                self.processes, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_child_init, initargs=(os.getpid(),))
+        return self._process_pool
 
     def _task(self, pool, name):
         request_id = _request_id()
         return _Task(self._hooks.submitted(pool, name, request_id), pool, name, request_id)
 
-    def _track(self, future, task):
-        self._pending[future] = task
-        future.add_done_callback(self._done)
-
-    def _done(self, future):
+    def _done(self, task, future):
         with self._lock:
-            task = self._pending.pop(future, None)
-        if task is None:
-            return
+            self._pending.pop(future, None)
         if future.cancelled():
             outcome = "cancelled"
         elif future.exception() is not None:
@@ -224,7 +276,8 @@ class Executors:
             _log.info("waiting up to %.1fs for %d executor task(s) to finish", timeout, len(pending))
             if timeout > 0:
                 await asyncio.wait([asyncio.wrap_future(future) for future in pending], timeout=timeout)
-        late = [(future, task) for future, task in pending.items() if not future.done()]
+        with self._lock:  # nothing new came in: submissions are refused while closed
+            late = [(future, task) for future, task in self._pending.items() if not future.done()]
         abandoned = 0
         for future, task in late:
             if future.cancel():
@@ -244,11 +297,6 @@ class Executors:
         if threads is not None:
             threads.shutdown(wait=not abandoned, cancel_futures=True)
         return abandoned
-
-    def pending(self):
-        """The tasks submitted and not finished, oldest first (for tests and debugging)."""
-        with self._lock:
-            return sorted((t.name, t.pool) for t in self._pending.values())
 
 
 executors = Executors()

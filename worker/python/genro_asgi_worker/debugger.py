@@ -17,17 +17,21 @@ import json
 import os
 import pdb
 import socket
+import tempfile
 import threading
 import time
 import traceback
 
-# Bounds: requests held at once (more get their 500 at once), sessions and connections at
-# once, the first line's size and time, and a session's idle time.
+# Bounds: requests held at once (more get their 500 at once), pdb sessions and connections
+# at once, the first line's size and time, a session's idle time, and the exception's text
+# in a listing.
 MAX_WAITING = 16
-MAX_CONNECTIONS = 4
+MAX_SESSIONS = 4
+MAX_CONNECTIONS = 8
 MAX_LINE = 4096
 LINE_TIMEOUT = 10.0
 IDLE_TIMEOUT = 600.0
+MAX_EXCEPTION_TEXT = 300
 
 
 class _Pdb(pdb.Pdb):
@@ -44,6 +48,11 @@ class _Pdb(pdb.Pdb):
         The request that raised: id, method, path, query, client, headers, worker."""
         self.message(self._session.envelope_text())
 
+    def do_interact(self, arg):
+        """interact
+        Not in a remote session (it would read the worker's own stdin): use `!statement`."""
+        self.error("interact is not available in a remote session; run statements with !")
+
 
 class Session:
     """One request waiting for a debugger (or being debugged)."""
@@ -58,17 +67,24 @@ class Session:
         self.released = loop.create_future()  # set when the session ends
         self.peer = None
         self.owner = None  # the connection debugging it
+        # Made here, on the loop: listing runs no app code (the exception's __str__).
+        try:
+            text = "%s: %s" % (type(exc).__name__, exc)
+        except Exception:
+            text = type(exc).__name__
+        if len(text) > MAX_EXCEPTION_TEXT:
+            text = text[:MAX_EXCEPTION_TEXT] + "..."
+        self.facts = {
+            "request_id": request_id,
+            "method": scope.get("method", "WEBSOCKET"),
+            "path": scope.get("path", ""),
+            "exception": text,
+            "pid": os.getpid(),
+        }
 
     def summary(self):
-        return {
-            "request_id": self.request_id,
-            "method": self.scope.get("method", "WEBSOCKET"),
-            "path": self.scope.get("path", ""),
-            "exception": "%s: %s" % (type(self.exc).__name__, self.exc),
-            "age": round(time.monotonic() - self.waiting_since, 3),
-            "pid": os.getpid(),
-            "attached": self.peer is not None,
-        }
+        return dict(self.facts, age=round(time.monotonic() - self.waiting_since, 3),
+                    attached=self.peer is not None)
 
     def envelope_text(self):
         scope = self.scope
@@ -95,17 +111,23 @@ class Debugger:
         self.log = log
         self.sessions = {}
         self.lock = threading.Lock()
-        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.connections = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.debugging = threading.BoundedSemaphore(MAX_SESSIONS)
         try:
             os.unlink(path)
         except FileNotFoundError:
             pass
+        # Bound in a private directory, made 0600, then moved into place: never reachable
+        # by another user, whatever the run directory's mode (and no process-wide umask).
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
+        private = tempfile.mkdtemp(dir=os.path.dirname(os.fspath(path)))
         try:
-            self.listener.bind(os.fspath(path))
+            bound = os.path.join(private, "s")
+            self.listener.bind(bound)
+            os.chmod(bound, 0o600)
+            os.rename(bound, path)
         finally:
-            os.umask(old)
+            os.rmdir(private)
         self.listener.listen(8)
         threading.Thread(target=self._accept, name="genro-debugger", daemon=True).start()
 
@@ -130,10 +152,17 @@ class Debugger:
                  "(genro-asgi debug attach)" % (request_id, type(exc).__name__, self.wait))
         draining = scope.get("extensions", {}).get("genro.draining", {}).get("event")
         stop = asyncio.ensure_future(draining.wait()) if draining is not None else loop.create_future()
+        claimed = False
         try:
             await asyncio.wait([session.attached, stop], timeout=self.wait,
                                return_when=asyncio.FIRST_COMPLETED)
-            if session.attached.done():
+            # Whether a debugger claimed it is decided under the lock: one that claims it
+            # after this finds it gone, one that claimed it before gets it.
+            with self.lock:
+                claimed = session.owner is not None
+                if not claimed:
+                    self.sessions.pop(request_id, None)
+            if claimed:
                 await session.released
             elif stop.done():
                 self.log("INFO", "request %s stops waiting for a debugger: the worker drains" % request_id)
@@ -152,7 +181,7 @@ class Debugger:
                 conn, _ = self.listener.accept()
             except OSError:
                 return
-            if not self.slots.acquire(blocking=False):
+            if not self.connections.acquire(blocking=False):
                 self._reply(conn, {"error": "too many debugger connections to this worker"})
                 conn.close()
                 continue
@@ -178,7 +207,7 @@ class Debugger:
             pass
         finally:
             conn.close()
-            self.slots.release()
+            self.connections.release()
 
     def _read_line(self, conn):
         data = b""
@@ -208,6 +237,15 @@ class Debugger:
             pass
 
     def _attach(self, conn, request_id, peer):
+        if not self.debugging.acquire(blocking=False):
+            self._reply(conn, {"error": "%d debugger sessions already run in this worker" % MAX_SESSIONS})
+            return
+        try:
+            self._debug(conn, request_id, peer)
+        finally:
+            self.debugging.release()
+
+    def _debug(self, conn, request_id, peer):
         with self.lock:
             session = self.sessions.get(request_id)
             if session is not None and session.owner is None:
