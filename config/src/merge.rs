@@ -264,6 +264,7 @@ fn build(v: &Values) -> Config {
             max_body_size: v.size("limits.max_body_size"),
             header_read_timeout: v.secs("limits.header_read_timeout"),
             max_concurrency: v.int("limits.max_concurrency"),
+            request_timeout: v.secs("limits.request_timeout"),
             body_timeout: v.secs("limits.body_timeout"),
             send_timeout: v.secs("limits.send_timeout"),
             response_buffer: v.size("limits.response_buffer"),

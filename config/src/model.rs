@@ -95,6 +95,9 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Maximum concurrent HTTP requests per worker; 0 = unlimited.
     pub max_concurrency: usize,
+    /// Time a request's app may run before 504 and cancellation (zero: none).
+    #[serde(with = "secs")]
+    pub request_timeout: Duration,
     /// Time an upload may send no bytes while the app waits (zero: none).
     #[serde(with = "secs")]
     pub body_timeout: Duration,

@@ -284,8 +284,12 @@ fn fit_reports(mut reports: Vec<WorkerReport>) -> Vec<WorkerReport> {
     // A listed request takes at most ~300 bytes of JSON (the path is cut to 256).
     let max_requests = (MAX_FRAME * 3 / 4 / 300 / n).max(1);
     let max_stacks = MAX_FRAME * 3 / 4 / n;
+    // An executor task, at most ~600 (the function name is cut to 256): a fifth of the
+    // frame.
+    let max_tasks = (MAX_FRAME / 5 / 600 / n).max(1);
     for r in &mut reports {
         r.requests.truncate(max_requests);
+        r.executor.truncate(max_tasks);
         if let Some(stacks) = r.stacks.as_mut() {
             genro_shared::protocol::cut_text(stacks, max_stacks);
         }

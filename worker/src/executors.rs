@@ -14,6 +14,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+/// Longest function name kept (bytes, cut at a character boundary).
+const MAX_FUNCTION: usize = 256;
+
 /// The two pools.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pool {
@@ -201,6 +204,12 @@ impl Hooks {
         } else {
             Pool::Thread
         };
+        let function = if function.len() > MAX_FUNCTION {
+            crate::registry::cut(&function, MAX_FUNCTION)
+        } else {
+            function
+        };
+        let request_id = request_id.map(|id| crate::registry::cut(&id, MAX_FUNCTION));
         self.tasks.submitted(pool, function, request_id)
     }
 

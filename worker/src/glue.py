@@ -12,6 +12,7 @@ from genro_asgi._executors import current_request as _current_request
 
 _log = None  # set by setup(): a callable (level, message) into the Rust log sink
 _debugger = None  # the remote debugger (genro_asgi_worker.debugger), when it is on
+_request_timeout = 0.0  # [limits] request_timeout
 
 
 class _Handler(logging.Handler):
@@ -83,9 +84,25 @@ def new_loop(kind):
     return asyncio.new_event_loop(), "asyncio"
 
 
+def set_request_timeout(seconds):
+    """`[limits] request_timeout` (0: none)."""
+    global _request_timeout
+    _request_timeout = seconds
+
+
+def _expire(task, handle):
+    # The handle answers 504 (or aborts) at once; the app unwinds at its next await.
+    if handle.expire():
+        task.cancel()
+
+
 async def run_http(app, scope, handle):
     """One HTTP exchange. The handle (Rust) turns the outcome into a response or an abort."""
     _current_request.set(handle)  # this task's context: the executors tag their work with it
+    timer = None
+    if _request_timeout and scope["type"] == "http":
+        timer = asyncio.get_running_loop().call_later(
+            _request_timeout, _expire, asyncio.current_task(), handle)
     try:
         await app(scope, handle.receive, handle.send)
     except asyncio.CancelledError:
@@ -93,6 +110,8 @@ async def run_http(app, scope, handle):
         raise
     except BaseException as exc:  # noqa: B036 - KeyboardInterrupt etc. must also reach the handle
         if _debugger is not None and isinstance(exc, Exception):
+            if timer is not None:
+                timer.cancel()  # a request held for a debugger is not timed out
             try:
                 await _debugger.hold(exc, handle, scope)  # `[debug] remote_pdb`
             finally:
@@ -103,6 +122,9 @@ async def run_http(app, scope, handle):
             raise
     else:
         handle.finished()
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 class Lifespan:

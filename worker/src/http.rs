@@ -266,6 +266,28 @@ impl Handle {
         let _ = self.protocol_failure("the app returned without completing the response");
     }
 
+    /// `[limits] request_timeout` ran out (glue's timer on the loop): 504 with the request
+    /// id if nothing was sent, else the response is aborted; counted and logged once.
+    /// Returns whether the app's task should be cancelled (false once it is done).
+    fn expire(&self) -> bool {
+        let mut inner = lock(&self.inner);
+        if inner.failed || inner.state.is_done() || inner.admission.is_none() {
+            return false;
+        }
+        inner.failed = true;
+        let id = &self.envelope.id;
+        let age = self.envelope.started.elapsed().as_secs_f64();
+        self.shared.limit(Limit::RequestTimeout);
+        if inner.respond.is_some() {
+            tracing::warn!(parent: self.span(), "request_timeout: answered 504 after {age:.1}s; cancelling the app's task");
+        } else {
+            tracing::warn!(parent: self.span(), "request_timeout: response aborted after {age:.1}s; cancelling the app's task");
+        }
+        let body = format!("Gateway Timeout (request id: {id})\n");
+        self.fail_locked(&mut inner, StatusCode::GATEWAY_TIMEOUT, &body);
+        true
+    }
+
     /// Called by `glue.run_http` when the request task was cancelled (the drain's
     /// graceful_timeout ran out): 503 if nothing was sent, else abort.
     fn cancelled(&self) {

@@ -236,6 +236,10 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
                 python_level,
             ),
         )?;
+        glue.call_method1(
+            "set_request_timeout",
+            (config.limits.request_timeout.as_secs_f64(),),
+        )?;
         py.import("genro_asgi")?
             .getattr("executors")?
             .call_method1(
@@ -295,38 +299,7 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
                 lifespan_state: lifespan_state.unbind(),
             },
         )?;
-        let debugger = if config.debug.enabled && config.debug.remote_pdb {
-            let run_dir = args.control.parent().unwrap_or(std::path::Path::new("."));
-            let path = run_dir.join(format!("debug-{}.sock", std::process::id()));
-            let started = py.import("genro_asgi_worker.debugger").and_then(|m| {
-                m.call_method1(
-                    "start",
-                    (
-                        &path,
-                        config.debug.wait.as_secs_f64(),
-                        wrap_pyfunction!(log, py)?,
-                    ),
-                )
-            });
-            match started {
-                Ok(debugger) => {
-                    glue.setattr("_debugger", &debugger)?;
-                    Some(debugger)
-                }
-                // The worker serves without it (a run_dir too long for a socket path,
-                // say): failing requests get their 500 at once.
-                Err(err) => {
-                    tracing::error!(
-                        "remote debugger unavailable in this worker ({}): {}",
-                        path.display(),
-                        err.value(py)
-                    );
-                    None
-                }
-            }
-        } else {
-            None
-        };
+        let debugger = start_debugger(py, &config, &args.control, &glue)?;
         let drainer = Py::new(
             py,
             Drainer::new(shared.handoff.clone(), event_loop.getattr("stop")?.unbind()),
@@ -529,6 +502,47 @@ impl Runtimes {
     }
 }
 
+/// `[debug] enabled` and `remote_pdb`: the worker's half of the remote debugger
+/// (`genro_asgi_worker.debugger`), on `<run_dir>/debug-<pid>.sock`, handed to the glue so
+/// failing requests wait for it. A debugger that cannot start (a run_dir too long for a
+/// socket path, say) is logged, and the worker serves without it.
+fn start_debugger<'py>(
+    py: Python<'py>,
+    config: &Config,
+    control: &std::path::Path,
+    glue: &Bound<'py, PyModule>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    if !(config.debug.enabled && config.debug.remote_pdb) {
+        return Ok(None);
+    }
+    let run_dir = control.parent().unwrap_or(std::path::Path::new("."));
+    let path = run_dir.join(format!("debug-{}.sock", std::process::id()));
+    let started = py.import("genro_asgi_worker.debugger").and_then(|m| {
+        m.call_method1(
+            "start",
+            (
+                &path,
+                config.debug.wait.as_secs_f64(),
+                wrap_pyfunction!(log, py)?,
+            ),
+        )
+    });
+    match started {
+        Ok(debugger) => {
+            glue.setattr("_debugger", &debugger)?;
+            Ok(Some(debugger))
+        }
+        Err(err) => {
+            tracing::error!(
+                "remote debugger unavailable in this worker ({}): {}",
+                path.display(),
+                err.value(py)
+            );
+            Ok(None)
+        }
+    }
+}
+
 fn load_glue<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyModule>> {
     // The glue is a constant with no NUL bytes.
     let code = CString::new(GLUE).expect("glue.py has no NUL byte");
@@ -537,6 +551,9 @@ fn load_glue<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyModule>> {
 
 /// Most requests listed in one answer to `ctl requests` (the frame limit is 1 MiB).
 const MAX_LISTED: usize = 2000;
+/// Most executor tasks listed (each at most ~600 bytes of JSON: the function name is cut
+/// to 256), so requests and tasks fit one control frame together.
+const MAX_TASKS_LISTED: usize = 300;
 /// Critical events waiting for the control connection; more are dropped.
 const NOTICES: usize = 32;
 /// Most bytes of stack traces in one answer.
@@ -625,7 +642,7 @@ fn answer(
     match what {
         protocol::QueryKind::Requests => {
             (report.requests, report.total) = shared.registry.snapshot(MAX_LISTED);
-            report.executor = shared.executors.snapshot(MAX_LISTED).0;
+            report.executor = shared.executors.snapshot(MAX_TASKS_LISTED).0;
         }
         protocol::QueryKind::Stacks => match stacks.map(health::Stacks::dump) {
             Some(Ok(mut text)) => {

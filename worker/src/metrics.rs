@@ -96,6 +96,8 @@ pub enum Limit {
     SendTimeout,
     /// `[limits] body_timeout`: an upload stalled.
     BodyTimeout,
+    /// `[limits] request_timeout`: a request's app ran too long (504 or abort).
+    RequestTimeout,
     /// `[websocket] max_queue` / `max_queue_bytes`: reading from a client paused.
     WebsocketQueue,
     /// `[websocket] worker_queue_bytes`: the same, for the whole worker.
@@ -108,13 +110,14 @@ pub enum Limit {
 }
 
 impl Limit {
-    const ALL: [Limit; 10] = [
+    const ALL: [Limit; 11] = [
         Limit::Concurrency,
         Limit::ResponseBuffer,
         Limit::ConnectionBuffer,
         Limit::WorkerBuffer,
         Limit::SendTimeout,
         Limit::BodyTimeout,
+        Limit::RequestTimeout,
         Limit::WebsocketQueue,
         Limit::WebsocketWorkerQueue,
         Limit::WebsocketControl,
@@ -130,6 +133,7 @@ impl Limit {
             Limit::WorkerBuffer => "worker_buffer",
             Limit::SendTimeout => "send_timeout",
             Limit::BodyTimeout => "body_timeout",
+            Limit::RequestTimeout => "request_timeout",
             Limit::WebsocketQueue => "websocket_queue",
             Limit::WebsocketWorkerQueue => "websocket_worker_queue",
             Limit::WebsocketControl => "websocket_control",

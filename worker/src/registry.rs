@@ -223,7 +223,7 @@ impl Registry {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
             method: envelope.method.to_string(),
-            path: cut_path(envelope.path()),
+            path: cut(envelope.path(), MAX_PATH),
             client: envelope.client.to_string(),
             protocol: envelope.protocol.label().into(),
             age: now.duration_since(envelope.started).as_secs_f64(),
@@ -316,13 +316,13 @@ impl Registry {
     }
 }
 
-/// The path, cut to [`MAX_PATH`] bytes at a character boundary.
-fn cut_path(path: &str) -> String {
-    let mut cut = path.len().min(MAX_PATH);
-    while !path.is_char_boundary(cut) {
-        cut -= 1;
+/// `text` cut to `max` bytes at a character boundary.
+pub(crate) fn cut(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
     }
-    path[..cut].to_owned()
+    text[..end].to_owned()
 }
 
 #[cfg(test)]
