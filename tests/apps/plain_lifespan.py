@@ -1,4 +1,5 @@
-"""The lifespan most test apps need: startup and shutdown answered, nothing else."""
+"""What most test apps share: a lifespan that answers startup and shutdown and does
+nothing else, and a WebSocket that echoes text until the client leaves."""
 
 
 async def plain_lifespan(receive, send):
@@ -9,3 +10,13 @@ async def plain_lifespan(receive, send):
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+async def echo_websocket(receive, send):
+    await receive()
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        await send({"type": "websocket.send", "text": message.get("text") or ""})

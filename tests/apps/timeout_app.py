@@ -6,20 +6,14 @@ import asyncio
 import time
 import urllib.parse
 
-from plain_lifespan import plain_lifespan
+from plain_lifespan import echo_websocket, plain_lifespan
 
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
         return await plain_lifespan(receive, send)
     if scope["type"] == "websocket":
-        await receive()
-        await send({"type": "websocket.accept"})
-        while True:
-            message = await receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            await send({"type": "websocket.send", "text": message.get("text") or ""})
+        return await echo_websocket(receive, send)
     query = dict(urllib.parse.parse_qsl(scope["query_string"].decode()))
     seconds = float(query.get("s", "0"))
     start = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
