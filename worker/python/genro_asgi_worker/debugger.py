@@ -142,12 +142,13 @@ class Debugger:
         """The app raised `exc` for this request: wait for a debugger, then for its end."""
         loop = asyncio.get_running_loop()
         request_id = handle.request_id
+        session = Session(loop, request_id, scope, exc)  # runs the exception's __str__: unlocked
         with self.lock:
             if len(self.sessions) >= MAX_WAITING:
                 self.log("WARNING", "request %s raised, but %d requests already wait for a debugger: "
                          "answering it now" % (request_id, MAX_WAITING))
                 return
-            session = self.sessions[request_id] = Session(loop, request_id, scope, exc)
+            self.sessions[request_id] = session
         self.log("WARNING", "request %s raised %s: waiting up to %.0fs for a debugger "
                  "(genro-asgi debug attach)" % (request_id, type(exc).__name__, self.wait))
         draining = scope.get("extensions", {}).get("genro.draining", {}).get("event")
