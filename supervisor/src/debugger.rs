@@ -162,27 +162,15 @@ fn forget_some(failures: &mut HashMap<IpAddr, Failures>, now: Instant) {
 
 /// Serves the listener until the process exits.
 pub async fn serve(listener: TcpListener, debugger: Arc<Debugger>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                tracing::warn!("debugger: accept failed: {err}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    crate::sockets::serve_bounded(listener, MAX_CONNECTIONS, "debugger", |stream, peer| {
         let debugger = debugger.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
+        async move {
             if let Err(why) = session(stream, peer, &debugger).await {
                 tracing::debug!("debugger: connection from {peer}: {why}");
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 async fn session(stream: TcpStream, peer: SocketAddr, debugger: &Debugger) -> std::io::Result<()> {

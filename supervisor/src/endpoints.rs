@@ -192,35 +192,27 @@ pub async fn serve(
         probes,
         inspector,
     });
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        // At most MAX_CONNECTIONS at once; more wait in the listen queue.
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(err) => {
-                tracing::warn!("metrics listener: accept failed: {err}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+    crate::sockets::serve_bounded(
+        listener,
+        MAX_CONNECTIONS,
+        "metrics listener",
+        |stream, _| {
+            let ctx = ctx.clone();
+            async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let ctx = ctx.clone();
+                    async move { Ok::<_, std::convert::Infallible>(answer(request, &ctx).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .max_buf_size(16 * 1024)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             }
-        };
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let service = hyper::service::service_fn(move |request| {
-                let ctx = ctx.clone();
-                async move { Ok::<_, std::convert::Infallible>(answer(request, &ctx).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .max_buf_size(16 * 1024)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+        },
+    )
+    .await;
 }
 
 /// What the listener's requests are answered from.

@@ -1,5 +1,5 @@
 //! The request inspector (`[inspector]`): a live page on the metrics listener showing the
-//! fleet's workers, the requests in flight and the open WebSockets.
+//! fleet's workers, the requests in flight, the open WebSockets and the executors' work.
 //!
 //! The page and its script are static files compiled in (no build step, no CDN); they
 //! hold no data. The data is one JSON document at `/inspector/data`, made by the main

@@ -89,6 +89,40 @@ pub fn activated() -> anyhow::Result<Option<Socket>> {
     Ok(Some(socket))
 }
 
+/// Serves one of the supervisor's own TCP listeners (metrics, debugger) until the process
+/// exits: at most `max` connections at once (more wait in the listen queue), each handed
+/// to `serve` on a task of its own. A failed accept is logged under `what` and retried
+/// after 100 ms.
+pub async fn serve_bounded<F, Fut>(
+    listener: tokio::net::TcpListener,
+    max: usize,
+    what: &str,
+    serve: F,
+) where
+    F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                tracing::warn!("{what}: accept failed: {err}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let connection = serve(stream, peer);
+        tokio::spawn(async move {
+            let _permit = permit;
+            connection.await;
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -240,16 +240,15 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
             "set_request_timeout",
             (config.limits.request_timeout.as_secs_f64(),),
         )?;
-        py.import("genro_asgi")?
-            .getattr("executors")?
-            .call_method1(
-                "configure",
-                (
-                    config.executors.threads,
-                    config.executors.processes,
-                    executors::Hooks::new(shared.executors.clone(), shared.metrics.clone()),
-                ),
-            )?;
+        let executor_pools = py.import("genro_asgi")?.getattr("executors")?;
+        executor_pools.call_method1(
+            "configure",
+            (
+                config.executors.threads,
+                config.executors.processes,
+                executors::Hooks::new(shared.executors.clone(), shared.metrics.clone()),
+            ),
+        )?;
         let spec = &config.application.app;
         let app_dir = config.application.app_dir.display().to_string();
         let app = match glue.call_method1("load_app", (spec, app_dir, config.application.factory)) {
@@ -381,8 +380,7 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
         abandoned = event_loop
             .call_method1(
                 "run_until_complete",
-                (py.import("genro_asgi")?
-                    .getattr("executors")?
+                (executor_pools
                     .call_method1("drain", (config.executors.shutdown_timeout.as_secs_f64(),))?,),
             )?
             .extract()?;
