@@ -77,6 +77,14 @@ pub struct Server {
     pub max_requests: u64,
     /// Random extra requests before restart.
     pub max_requests_jitter: u64,
+    /// Replace a worker after this long (zero: never).
+    #[serde(with = "secs")]
+    pub max_lifetime: Duration,
+    /// Up to this much extra lifetime per worker.
+    #[serde(with = "secs")]
+    pub max_lifetime_jitter: Duration,
+    /// Replace a worker whose RSS stays above this many bytes (0: never).
+    pub max_rss: u64,
     /// Honour forwarding headers from trusted proxies.
     pub proxy_headers: bool,
     /// Trusted proxies: addresses, CIDR networks, or `*`.

@@ -143,6 +143,7 @@ impl Stats {
             served: self.served.load(Ordering::Relaxed),
             loop_lag_ms: 0.0,
             loop_stalled_ms: 0,
+            rss: 0,
         }
     }
 }

@@ -6,7 +6,7 @@ use bytes::BytesMut;
 
 use crate::protocol::{
     decode, encode, CodecError, ExecutorTask, FleetStatus, InFlightRequest, Message, QueryKind,
-    RespawnStatus, Role, SlotSocket, WorkerReport, WorkerStatus, MAX_FRAME,
+    ReplacedStatus, RespawnStatus, Role, SlotSocket, WorkerReport, WorkerStatus, MAX_FRAME,
 };
 
 /// Feeds `data` to [`decode`] as a peer could deliver it (all at once, and in chunks cut at
@@ -173,7 +173,9 @@ pub fn samples() -> Vec<Message> {
             served: 9,
             loop_lag_ms: 1.5,
             loop_stalled_ms: 200,
+            rss: 64 << 20,
         },
+        Message::Retire { max_requests: 200 },
         Message::Drain,
         Message::Status,
         Message::Reload,
@@ -223,6 +225,7 @@ pub fn samples() -> Vec<Message> {
                     served: 10,
                     in_flight: 1,
                     loop_lag_ms: 0.25,
+                    rss: 40 << 20,
                 }],
                 respawning: vec![RespawnStatus {
                     slot: 1,
@@ -240,7 +243,14 @@ pub fn samples() -> Vec<Message> {
                     served: 7,
                     in_flight: 0,
                     loop_lag_ms: 0.0,
+                    rss: 0,
                 }),
+                replaced: vec![ReplacedStatus {
+                    slot: Some(0),
+                    pid: 9,
+                    reason: "max_requests 200 reached".into(),
+                    ago: 3.5,
+                }],
             },
         },
         Message::Done {

@@ -14,6 +14,7 @@ pub mod logfile;
 pub mod logs;
 pub mod metrics;
 pub mod protocol;
+pub mod recycle;
 pub mod signals;
 pub mod sync;
 pub mod tls;

@@ -57,6 +57,15 @@ pub enum Message {
         /// is blocked.
         #[serde(default)]
         loop_stalled_ms: u64,
+        /// Resident memory of the process, in bytes (0: unknown), for `max_rss`.
+        #[serde(default)]
+        rss: u64,
+    },
+    /// Worker to supervisor: it started its last request under `max_requests` (this
+    /// limit, its jitter included) and is draining: start its successor.
+    Retire {
+        /// The limit it reached.
+        max_requests: u64,
     },
     /// Supervisor to worker: stop accepting, finish in-flight work, exit. Admin to
     /// supervisor: do that for the whole fleet, then exit (like SIGTERM).
@@ -138,6 +147,7 @@ impl Message {
             Message::Hello { .. } => "hello",
             Message::Ready => "ready",
             Message::Heartbeat { .. } => "heartbeat",
+            Message::Retire { .. } => "retire",
             Message::Drain => "drain",
             Message::Status => "status",
             Message::Reload => "reload",
@@ -276,6 +286,23 @@ pub struct FleetStatus {
     /// The HTTP/3 front process, when `[http3]` is on and it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub front: Option<WorkerStatus>,
+    /// The latest replacements of workers (and the front), oldest first.
+    #[serde(default)]
+    pub replaced: Vec<ReplacedStatus>,
+}
+
+/// A worker (or the front) replaced, and why: `max_requests 200 reached`, `reload`,
+/// `crash: exited with code 1`, `heartbeat timeout (none for 30s)`...
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplacedStatus {
+    /// Its slot; `None`: the HTTP/3 front.
+    pub slot: Option<u32>,
+    /// The process replaced.
+    pub pid: u32,
+    /// Why.
+    pub reason: String,
+    /// Seconds ago.
+    pub ago: f64,
 }
 
 /// A slot waiting to respawn its worker.
@@ -314,6 +341,9 @@ pub struct WorkerStatus {
     /// Worst Python loop lag in the last heartbeat period, in ms.
     #[serde(default)]
     pub loop_lag_ms: f64,
+    /// Resident memory (as of its last heartbeat), in bytes; 0: unknown.
+    #[serde(default)]
+    pub rss: u64,
 }
 
 /// Cuts `text` to at most `max` bytes (at a character boundary), marking the cut.

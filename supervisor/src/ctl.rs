@@ -85,19 +85,31 @@ pub fn table(status: &FleetStatus) -> String {
         status.restarts
     );
     out.push_str(&format!(
-        "{:>4}  {:>8}  {:>4}  {:<9} {:>9}  {:>9}  {:>9}  {:>9}\n",
-        "slot", "pid", "gen", "state", "uptime", "requests", "in flight", "loop lag"
+        "{:>4}  {:>8}  {:>4}  {:<9} {:>9}  {:>9}  {:>9}  {:>9}  {:>9}\n",
+        "slot", "pid", "gen", "state", "uptime", "requests", "in flight", "loop lag", "rss"
     ));
+    let rss = |bytes: u64| match bytes {
+        0 => "-".to_owned(),
+        bytes => format!("{:.1}MiB", bytes as f64 / (1024.0 * 1024.0)),
+    };
     for w in &status.workers {
         out.push_str(&format!(
-            "{:>4}  {:>8}  {:>4}  {:<9} {:>8.1}s  {:>9}  {:>9}  {:>7.1}ms\n",
-            w.slot, w.pid, w.generation, w.state, w.uptime, w.served, w.in_flight, w.loop_lag_ms
+            "{:>4}  {:>8}  {:>4}  {:<9} {:>8.1}s  {:>9}  {:>9}  {:>7.1}ms  {:>9}\n",
+            w.slot,
+            w.pid,
+            w.generation,
+            w.state,
+            w.uptime,
+            w.served,
+            w.in_flight,
+            w.loop_lag_ms,
+            rss(w.rss)
         ));
     }
     if let Some(w) = &status.front {
         out.push_str(&format!(
-            "{:>4}  {:>8}  {:>4}  {:<9} {:>8.1}s  {:>9}  {:>9}  {:>9}\n",
-            "h3", w.pid, w.generation, w.state, w.uptime, w.served, w.in_flight, "-"
+            "{:>4}  {:>8}  {:>4}  {:<9} {:>8.1}s  {:>9}  {:>9}  {:>9}  {:>9}\n",
+            "h3", w.pid, w.generation, w.state, w.uptime, w.served, w.in_flight, "-", "-"
         ));
     }
     for r in &status.respawning {
@@ -112,6 +124,16 @@ pub fn table(status: &FleetStatus) -> String {
             r.failures,
             if r.crash_loop { " (crash loop)" } else { "" }
         ));
+    }
+    if !status.replaced.is_empty() {
+        out.push_str("replaced (latest last):\n");
+        for r in &status.replaced {
+            let slot = r.slot.map_or_else(|| "h3".to_owned(), |s| s.to_string());
+            out.push_str(&format!(
+                "{slot:>4}  {:>8}  {:>8.1}s ago  {}\n",
+                r.pid, r.ago, r.reason
+            ));
+        }
     }
     out
 }

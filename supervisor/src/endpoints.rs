@@ -75,7 +75,7 @@ impl Observed {
         let restarts = metrics::counter_vec(
             &registry,
             "worker_restarts_total",
-            "Worker (and HTTP/3 front) processes replaced, by reason: exit, signal, hung, spawn_failed, max_requests, reload.",
+            "Worker (and HTTP/3 front) processes replaced, by reason: exit, signal (crashes), hung (heartbeat timeout or blocked loop), spawn_failed, max_requests, max_lifetime, max_rss, reload.",
             &["reason"],
         );
         let reloads = metrics::counter_vec(

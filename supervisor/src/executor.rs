@@ -66,8 +66,10 @@ pub(crate) struct Supervisor {
     pub(crate) front_slots: Option<Vec<SlotSocket>>,
     /// The supervisor's own metrics.
     pub(crate) observed: Observed,
-    /// Processes killed because they hung (their restart's reason).
-    pub(crate) hung_pids: std::collections::HashSet<u32>,
+    /// Processes killed because they hung, with what was seen (their replacement's reason).
+    pub(crate) hung_pids: HashMap<u32, String>,
+    /// The latest replacements, newest last, for `ctl status`.
+    pub(crate) replaced: std::collections::VecDeque<Replaced>,
     /// `[errors] notify_critical`: the webhook sender.
     pub(crate) webhook: Option<Webhook>,
     /// `[metrics]` as started (fixed until a restart).
@@ -78,6 +80,18 @@ pub(crate) struct Supervisor {
     /// the workers' debugger sockets are.
     pub(crate) debug: (genro_config::Debug, std::path::PathBuf),
 }
+
+/// A worker (or the front) replaced, as `ctl status` lists it.
+pub(crate) struct Replaced {
+    pub(crate) at: Instant,
+    /// `None`: the HTTP/3 front.
+    pub(crate) slot: Option<usize>,
+    pub(crate) pid: u32,
+    pub(crate) reason: String,
+}
+
+/// Replacements kept for `ctl status`.
+const REPLACED_KEPT: usize = 16;
 
 /// Runs the loop until the fleet exits; returns the exit code.
 pub(crate) async fn run(
@@ -209,15 +223,18 @@ impl Supervisor {
                 served,
                 loop_lag_ms,
                 loop_stalled_ms,
+                rss,
             } => {
                 let beat = Beat {
                     in_flight,
                     served,
                     loop_lag_ms,
                     loop_stalled: Duration::from_millis(loop_stalled_ms),
+                    rss,
                 };
                 self.fleet.handle_heartbeat(pid, beat, now)
             }
+            Message::Retire { max_requests } => self.fleet.handle_retire(pid, max_requests),
             Message::Answer { id, report } => {
                 self.answered(pid, id, report);
                 Vec::new()
@@ -250,13 +267,12 @@ impl Supervisor {
             // A worker killed before it could remove its debugger socket.
             let _ = std::fs::remove_file(crate::debugger::socket_path(&self.debug.1, pid));
         }
-        let reason = if self.hung_pids.remove(&pid) {
-            "hung"
-        } else if code.is_none() {
-            "signal"
-        } else {
-            "exit"
+        let (label, reason) = match (self.hung_pids.remove(&pid), code) {
+            (Some(seen), _) => ("hung", seen),
+            (None, None) => ("signal", "crash: killed by a signal".to_owned()),
+            (None, Some(code)) => ("exit", format!("crash: exited with code {code}")),
         };
+        let slot = self.fleet.slot_of(pid);
         self.spawner.front_sockets.remove(&pid);
         let stopping = matches!(self.fleet.phase(), Phase::Stopping { .. });
         let (what, fatal) = if self.fleet.is_front(pid) {
@@ -277,9 +293,30 @@ impl Supervisor {
             .iter()
             .any(|c| matches!(c, Command::Backoff { .. }))
         {
-            self.observed.restart(reason);
+            self.replaced(slot, pid, label, reason);
         }
         commands
+    }
+
+    /// A worker (`slot`; `None`: the front) is being replaced: logged with `reason`,
+    /// counted under `label` in `worker_restarts_total`, listed by `ctl status`.
+    fn replaced(&mut self, slot: Option<usize>, pid: u32, label: &str, reason: String) {
+        match slot {
+            Some(slot) => {
+                tracing::info!(slot, pid, "worker {pid} (slot {slot}) replaced: {reason}")
+            }
+            None => tracing::info!(pid, "HTTP/3 front {pid} replaced: {reason}"),
+        }
+        self.observed.restart(label);
+        if self.replaced.len() == REPLACED_KEPT {
+            self.replaced.pop_front();
+        }
+        self.replaced.push_back(Replaced {
+            at: Instant::now(),
+            slot,
+            pid,
+            reason,
+        });
     }
 
     fn handle_sigterm(&mut self) -> Vec<Command> {
@@ -341,17 +378,18 @@ impl Supervisor {
                         }
                     }
                     Command::Spawn { slot, generation } => {
-                        if self
+                        let serving = self
                             .fleet
                             .slots()
                             .get(slot)
-                            .is_some_and(|s| s.worker.is_some())
+                            .and_then(|s| s.worker.as_ref())
+                            .map(|w| w.pid);
+                        if let (Some(old), Some(Cause::Reload { .. })) =
+                            (serving, self.fleet.replacing())
                         {
-                            // A replacement beside the serving worker.
-                            self.observed.restart(match self.fleet.replacing() {
-                                Some(Cause::Reload { .. }) => "reload",
-                                Some(Cause::Recycle) | None => "max_requests",
-                            });
+                            // A reload's replacement beside the serving worker (a
+                            // recycle's was counted by its `Recycle`).
+                            self.replaced(Some(slot), old, "reload", "reload".into());
                         }
                         match self.spawner.spawn(slot, generation) {
                             Ok(child) => {
@@ -396,6 +434,9 @@ impl Supervisor {
                         signal_pid(pid, libc::SIGKILL);
                     }
                     Command::Hung { pid, why } => self.hung(pid, why),
+                    Command::Recycle { slot, pid, why } => {
+                        self.replaced(Some(slot), pid, why.label(), why.to_string());
+                    }
                     Command::Backoff {
                         unit,
                         delay,
@@ -438,10 +479,14 @@ impl Supervisor {
                         ));
                         next.extend(self.reload_again());
                     }
+                    Command::Reloaded {
+                        cause: Cause::Recycle(why),
+                    } => {
+                        tracing::info!("recycle complete ({why}): the new worker serves");
+                        next.extend(self.reload_again());
+                    }
                     Command::Reloaded { cause } => {
-                        if matches!(cause, Cause::Reload { .. }) {
-                            self.observed.reload(true);
-                        }
+                        self.observed.reload(true);
                         self.spawner.commit();
                         self.observed
                             .set_python_version(&self.spawner.launch.python.probe.version_info);
@@ -467,11 +512,15 @@ impl Supervisor {
                             Some(code) => format!("exited with code {code}"),
                             None => "could not start".into(),
                         };
-                        if matches!(cause, Cause::Reload { .. }) {
-                            self.observed.reload(false);
-                        }
+                        let what = match cause {
+                            Cause::Reload { .. } => {
+                                self.observed.reload(false);
+                                "reload"
+                            }
+                            Cause::Recycle(_) => "recycle",
+                        };
                         self.spawner.rollback();
-                        let message = format!("reload aborted: the new worker for slot {slot} {why} before it was ready; the running workers keep serving");
+                        let message = format!("{what} aborted: the new worker for slot {slot} {why} before it was ready; the running workers keep serving");
                         tracing::error!("{message}");
                         self.notifier.send(
                             "READY=1\nSTATUS=reload failed; serving with the previous workers",

@@ -13,22 +13,24 @@
 //! 4. Reload replaces slots one at a time: a new worker starts on the slot's socket beside
 //!    the old one; when it is ready the old one drains. A new worker that fails before
 //!    ready aborts the reload and the old workers keep serving. A worker past
-//!    `max_requests` (+ its jitter) is replaced the same way. The reload's own state (its
-//!    peer, the worker count it brings) and rules are in `fleet/reload.rs`.
+//!    `max_lifetime` or `max_rss` is replaced the same way; one at its `max_requests`
+//!    drains at once while its successor starts (`fleet/recycle.rs`). The reload's own
+//!    state (its peer, the worker count it brings) and rules are in `fleet/reload.rs`.
 //! 5. Scaling adds slots (bind, spawn) or drains the last ones (close once empty).
 //! 6. `stop` drains every worker; past the deadline the rest are killed; when the last one
 //!    exited, `Exit` carries the process exit code.
 
 mod front;
+mod recycle;
 mod reload;
 mod respawn;
 
 pub use front::Front;
 use genro_shared::exit;
+pub use recycle::Why;
 use reload::Reload;
 pub use reload::{Cause, ReplyId};
-use respawn::{jitter, Respawn};
-use std::collections::VecDeque;
+use respawn::Respawn;
 use std::time::{Duration, Instant};
 
 /// Failures in a row from which a slot counts as crash-looping.
@@ -75,6 +77,16 @@ pub enum Command {
     Close(usize),
     /// Every slot is ready for the first time.
     Serving,
+    /// A worker is being replaced for what it became (its requests, age or memory): log
+    /// it, count it. Its successor's spawn and its drain follow.
+    Recycle {
+        /// Its slot.
+        slot: usize,
+        /// The worker replaced.
+        pid: u32,
+        /// Why.
+        why: Why,
+    },
     /// A reload (or recycle) replaced every slot it meant to.
     Reloaded {
         /// What it was: answer its peer, count it.
@@ -138,6 +150,8 @@ pub struct Beat {
     pub loop_lag_ms: f64,
     /// Time since the loop last ran its ticker.
     pub loop_stalled: Duration,
+    /// Resident memory, in bytes (0: unknown).
+    pub rss: u64,
 }
 
 /// Why a request to the fleet was refused.
@@ -186,6 +200,10 @@ pub struct Worker {
     pub in_flight: u64,
     /// Worst loop lag in the last heartbeat period, in ms.
     pub loop_lag_ms: f64,
+    /// Resident memory as of the last heartbeat, in bytes.
+    pub rss: u64,
+    /// Heartbeats in a row with `rss` above `max_rss`.
+    rss_over: u32,
     /// Killed as hung; its exit is awaited.
     killed: bool,
 }
@@ -263,10 +281,12 @@ pub struct Settings {
     pub executor_grace: Duration,
     /// Heartbeat silence after which a ready worker is killed.
     pub worker_timeout: Duration,
-    /// Recycle a worker after this many requests (0: never).
-    pub max_requests: u64,
-    /// Up to this many extra requests per worker.
-    pub max_requests_jitter: u64,
+    /// Recycle a worker after this long (zero: never).
+    pub max_lifetime: Duration,
+    /// Up to this much extra lifetime per worker.
+    pub max_lifetime_jitter: Duration,
+    /// Recycle a worker whose RSS stays above this many bytes (0: never).
+    pub max_rss: u64,
 }
 
 /// The fleet.
@@ -389,7 +409,9 @@ impl Fleet {
     ) -> Vec<Command> {
         if self.slots[slot].incoming_generation == Some(generation) {
             self.slots[slot].incoming_generation = None;
-            return vec![self.abort_reload(slot, None)];
+            let mut commands = vec![self.abort_reload(slot, None)];
+            commands.extend(self.respawn_if_empty(slot, now));
+            return commands;
         }
         vec![self.schedule_respawn(slot, now)]
     }
@@ -471,7 +493,12 @@ impl Fleet {
         worker.in_flight = beat.in_flight;
         worker.served = beat.served;
         worker.loop_lag_ms = beat.loop_lag_ms;
-        let served = beat.served;
+        worker.rss = beat.rss;
+        if settings.max_rss != 0 && beat.rss > settings.max_rss {
+            worker.rss_over += 1;
+        } else {
+            worker.rss_over = 0;
+        }
         if worker.state == WorkerState::Ready
             && !worker.killed
             && beat.loop_stalled >= settings.worker_timeout
@@ -482,21 +509,14 @@ impl Fleet {
                 why: Hang::LoopBlocked(beat.loop_stalled),
             }];
         }
-        let limit = settings.max_requests + jitter(pid, settings.max_requests_jitter);
-        let due = settings.max_requests != 0
-            && served >= limit
-            && role == Role::Current
-            && worker.state == WorkerState::Ready
-            && s.incoming_generation.is_none();
-        if due && self.phase == Phase::Serving && self.reload.is_none() {
-            self.reload = Some(Reload::Replacing {
-                queue: VecDeque::new(),
-                cause: Cause::Recycle,
-                scale_to: None,
-            });
-            return vec![self.spawn_incoming(slot)];
+        if role != Role::Current || worker.state != WorkerState::Ready {
+            return Vec::new();
         }
-        Vec::new()
+        let worker = worker.clone();
+        match self.recycle_due(&worker, now) {
+            Some(why) => self.start_recycle(slot, pid, why),
+            None => Vec::new(),
+        }
     }
 
     /// A worker process exited with `code` (`None`: killed by a signal).
@@ -539,6 +559,7 @@ impl Fleet {
             Role::Retiring => return commands,
             Role::Incoming => {
                 commands.push(self.abort_reload(slot, code));
+                commands.extend(self.respawn_if_empty(slot, now));
                 return commands;
             }
             Role::Current if self.slots[slot].removed => return commands,
@@ -554,6 +575,13 @@ impl Fleet {
         self.slots[slot].respawn.forgive(&worker, now);
         commands.push(self.schedule_respawn(slot, now));
         commands
+    }
+
+    /// A slot whose reload replacement failed after its worker retired (`max_requests`)
+    /// has no worker left: it respawns like after a crash.
+    fn respawn_if_empty(&mut self, slot: usize, now: Instant) -> Option<Command> {
+        let s = &self.slots[slot];
+        (s.worker.is_none() && !s.removed).then(|| self.schedule_respawn(slot, now))
     }
 
     fn schedule_respawn(&mut self, slot: usize, now: Instant) -> Command {
@@ -810,6 +838,8 @@ impl Worker {
             served: 0,
             in_flight: 0,
             loop_lag_ms: 0.0,
+            rss: 0,
+            rss_over: 0,
             killed: false,
         }
     }

@@ -69,8 +69,15 @@ impl Supervisor {
     /// A worker hangs: ask for its stacks (answered from its Rust side unless the whole
     /// process is stuck), log them, kill it.
     pub(crate) fn hung(&mut self, pid: u32, why: Hang) {
-        self.hung_pids.insert(pid);
         let timeout = self.fleet.settings().worker_timeout.as_secs_f64();
+        let seen = match why {
+            Hang::Silent => format!("heartbeat timeout (none for {timeout:.0}s)"),
+            Hang::LoopBlocked(blocked) => format!(
+                "event loop blocked for {:.1}s (worker_timeout {timeout:.0}s)",
+                blocked.as_secs_f64()
+            ),
+        };
+        self.hung_pids.insert(pid, seen);
         if self.fleet.is_front(pid) {
             tracing::error!(
                 pid,

@@ -27,7 +27,9 @@ use crate::webhook::Webhook;
 use anyhow::Context;
 use genro_config::{Config, ConfigError, Loaded};
 use genro_shared::exit;
-use genro_shared::protocol::{FleetStatus, Message, QueryKind, RespawnStatus, WorkerStatus};
+use genro_shared::protocol::{
+    FleetStatus, Message, QueryKind, ReplacedStatus, RespawnStatus, WorkerStatus,
+};
 use socket2::Socket;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -186,8 +188,9 @@ pub(crate) fn settings(config: &Config) -> Settings {
         grace: config.server.graceful_timeout,
         executor_grace: config.executors.shutdown_timeout,
         worker_timeout: config.server.worker_timeout,
-        max_requests: config.server.max_requests,
-        max_requests_jitter: config.server.max_requests_jitter,
+        max_lifetime: config.server.max_lifetime,
+        max_lifetime_jitter: config.server.max_lifetime_jitter,
+        max_rss: config.server.max_rss,
     }
 }
 
@@ -411,6 +414,7 @@ impl Supervisor {
             served: w.served,
             in_flight: w.in_flight,
             loop_lag_ms: w.loop_lag_ms,
+            rss: w.rss,
         };
         let mut workers = Vec::new();
         for (slot, s) in self.fleet.slots().iter().enumerate() {
@@ -450,6 +454,16 @@ impl Supervisor {
                 .front()
                 .and_then(|f| f.process.as_ref())
                 .map(|w| report(0, w)),
+            replaced: self
+                .replaced
+                .iter()
+                .map(|r| ReplacedStatus {
+                    slot: r.slot.map(|s| s as u32),
+                    pid: r.pid,
+                    reason: r.reason.clone(),
+                    ago: now.duration_since(r.at).as_secs_f64(),
+                })
+                .collect(),
         }
     }
 
@@ -656,6 +670,7 @@ async fn supervise(
         front_slots: None,
         observed: Observed::new(&python.probe.version_info),
         hung_pids: Default::default(),
+        replaced: Default::default(),
         webhook: start_webhook(config)?,
         metrics: config.metrics.clone(),
         reload_after: false,

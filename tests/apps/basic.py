@@ -9,6 +9,7 @@ import time
 import urllib.parse
 
 LIFESPAN_LOG = os.environ.get("LIFESPAN_LOG")
+KEPT = []
 
 
 def note(text):
@@ -203,6 +204,13 @@ async def app(scope, receive, send):
     elif path == "/pid":
         await start(send)
         await body(send, str(os.getpid()).encode())
+    elif path == "/grow":
+        # Memory the worker keeps (max_rss): written to, so it is resident.
+        KEPT.append(bytearray(b"x" * (int(query.get("mib", "1")) << 20)))
+        await start(send)
+        await body(send, b"grown")
+    elif path == "/exit":
+        os._exit(int(query.get("code", "3")))
     else:
         await start(send, headers=[(b"content-type", b"text/plain")])
         await body(send, b"Hello, world!")

@@ -204,3 +204,35 @@ mod tests {
         );
     }
 }
+
+/// This process's resident memory in bytes, from `/proc/self/statm` (0 when unreadable):
+/// what `max_rss` is compared with.
+pub fn rss_bytes() -> u64 {
+    let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * u64::try_from(page).unwrap_or(4096)
+}
+
+#[cfg(test)]
+mod rss_tests {
+    #[test]
+    fn rss_is_read_and_grows_with_touched_memory() {
+        let before = super::rss_bytes();
+        assert!(
+            before > 1 << 20,
+            "a process has more than 1 MiB resident: {before}"
+        );
+        let block = vec![1u8; 64 << 20];
+        let after = super::rss_bytes();
+        assert!(after >= before + (48 << 20), "{before} -> {after}");
+        drop(std::hint::black_box(block));
+    }
+}

@@ -200,6 +200,10 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
         event_streams: state::EventStreams::default(),
         show_traceback: config.errors.show_traceback,
         started: AtomicU64::new(0),
+        retire_at: genro_shared::recycle::max_requests(&config.server, std::process::id())
+            .unwrap_or(0),
+        retire: tokio::sync::Notify::new(),
+        retiring: std::sync::atomic::AtomicBool::new(false),
         in_flight: std::sync::atomic::AtomicUsize::new(0),
         http_in_flight: std::sync::atomic::AtomicUsize::new(0),
         starts_queued: std::sync::atomic::AtomicUsize::new(0),
@@ -594,6 +598,7 @@ async fn control_loop(
                     served: beats.started.load(Ordering::Relaxed),
                     loop_lag_ms: beats.health.take_lag_ms(),
                     loop_stalled_ms: beats.health.stalled_ms(),
+                    rss: health::rss_bytes(),
                 },
                 Some(message) = out_rx.recv() => message,
             };
@@ -601,6 +606,23 @@ async fn control_loop(
                 return;
             }
         }
+    });
+    let retire = (shared.retire_at != 0).then(|| {
+        let (shared, out, stop) = (shared.clone(), out_tx.clone(), stop.clone());
+        tokio::spawn(async move {
+            shared.retire.notified().await;
+            let limit = shared.retire_at;
+            tracing::info!(
+                "max_requests {limit} reached: taking no more requests, finishing those in flight; a new worker takes this slot"
+            );
+            shared.retiring.store(true, Ordering::Relaxed);
+            stop.send_replace(true);
+            let _ = out
+                .send(Message::Retire {
+                    max_requests: limit,
+                })
+                .await;
+        })
     });
     let mut buf = bytes::BytesMut::new();
     loop {
@@ -627,6 +649,9 @@ async fn control_loop(
         }
     }
     writer.abort();
+    if let Some(retire) = retire {
+        retire.abort();
+    }
     stop.send_replace(true);
 }
 

@@ -72,7 +72,9 @@ pub(crate) fn new_scope<'py>(
     start: &Opening,
     websocket: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
-    shared.started.fetch_add(1, Ordering::Relaxed);
+    if shared.started.fetch_add(1, Ordering::Relaxed) + 1 == shared.retire_at {
+        shared.retire.notify_one();
+    }
     build_scope(py, app_state(py)?, shared, start, websocket)
 }
 

@@ -327,9 +327,10 @@ pub async fn serve(
             .min(config.server.graceful_timeout),
     );
     // Serve what the kernel already queued for us (on a full stop, closing the listener
-    // would reset those connections), then close it.
+    // would reset those connections), then close it. A worker retiring at `max_requests`
+    // leaves them to its successor: the supervisor keeps the socket open.
     let listener = listener.into_std()?;
-    loop {
+    while !shared.retiring.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, client)) => {
                 match stream

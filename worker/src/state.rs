@@ -25,6 +25,14 @@ pub(crate) struct Shared {
     pub(crate) show_traceback: bool,
     /// Requests started.
     pub(crate) started: AtomicU64,
+    /// `max_requests` (its jitter included): the start that reaches it wakes `retire`;
+    /// 0: never.
+    pub(crate) retire_at: u64,
+    /// Woken by the request that reaches `retire_at`.
+    pub(crate) retire: tokio::sync::Notify,
+    /// The worker reached `max_requests`: its drain leaves queued connections to its
+    /// successor.
+    pub(crate) retiring: AtomicBool,
     /// Requests in flight (admitted, response not finished).
     pub(crate) in_flight: AtomicUsize,
     /// HTTP requests in flight (WebSockets not counted): what `max_concurrency` bounds.

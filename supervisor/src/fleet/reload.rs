@@ -20,8 +20,8 @@ pub type ReplyId = u64;
 /// Why workers are being replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cause {
-    /// A worker reached `max_requests`: its slot alone.
-    Recycle,
+    /// A worker reached `max_lifetime` or `max_rss`: its slot alone.
+    Recycle(super::Why),
     /// A configuration reload: every slot, one at a time.
     Reload {
         /// Who waits for the outcome, if anyone (a SIGHUP has nobody to answer).
@@ -142,7 +142,7 @@ impl Fleet {
     pub(super) fn abort_reload(&mut self, slot: usize, code: Option<i32>) -> Command {
         let cause = match self.reload.take() {
             Some(Reload::Replacing { cause, .. }) => cause,
-            Some(Reload::Preparing) | None => Cause::Recycle,
+            Some(Reload::Preparing) | None => Cause::Reload { reply: None },
         };
         Command::ReloadFailed { slot, code, cause }
     }
@@ -151,7 +151,7 @@ impl Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fleet::tests::{replaced, served, serving, settings, started, started_with, RELOAD};
+    use crate::fleet::tests::{replaced, rss, serving, settings, started, started_with, RELOAD};
     use crate::fleet::Settings;
     use genro_shared::exit;
     use std::time::Instant;
@@ -361,7 +361,7 @@ mod tests {
         let (mut fleet, now) = started_with(
             1,
             Settings {
-                max_requests: 10,
+                max_rss: 10,
                 ..settings()
             },
         );
@@ -373,15 +373,18 @@ mod tests {
         assert_eq!(fleet.replacing(), Some(Cause::Reload { reply: Some(4) }));
         replaced(&mut fleet, 0, 2, 101, now);
         assert_eq!(fleet.replacing(), None);
-        fleet.handle_heartbeat(101, served(10), now);
-        assert_eq!(fleet.replacing(), Some(Cause::Recycle));
+        for _ in 0..crate::fleet::recycle::RSS_BEATS {
+            fleet.handle_heartbeat(101, rss(11), now);
+        }
+        let why = crate::fleet::Why::Rss { rss: 11, max: 10 };
+        assert_eq!(fleet.replacing(), Some(Cause::Recycle(why)));
         fleet.handle_spawned(0, 3, 102, now);
         assert_eq!(
             fleet.handle_exited(102, None, now),
             vec![Command::ReloadFailed {
                 slot: 0,
                 code: None,
-                cause: Cause::Recycle
+                cause: Cause::Recycle(why)
             }],
             "a recycle has no peer to answer"
         );

@@ -1,6 +1,5 @@
 //! When a failed process (a slot's worker or the front) comes back: at once after a first
-//! failure, then after a backoff that doubles on each further failure in a row; and each
-//! worker's share of `max_requests_jitter`.
+//! failure, then after a backoff that doubles on each further failure in a row.
 
 use super::{Worker, WorkerState};
 use std::time::{Duration, Instant};
@@ -62,14 +61,4 @@ impl Respawn {
     pub(super) fn due(&self, now: Instant) -> bool {
         self.at.is_some_and(|t| t <= now)
     }
-}
-
-/// A worker's share of `max_requests_jitter`, fixed per pid so workers do not all recycle
-/// together.
-pub(super) fn jitter(pid: u32, max: u64) -> u64 {
-    if max == 0 {
-        return 0;
-    }
-    // Knuth's multiplicative hash spreads consecutive pids.
-    u64::from(pid.wrapping_mul(2_654_435_761)) % (max + 1)
 }

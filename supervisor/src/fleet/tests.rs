@@ -11,8 +11,9 @@ pub(super) fn settings() -> Settings {
         grace: Duration::from_secs(10),
         executor_grace: Duration::from_secs(3),
         worker_timeout: Duration::from_secs(30),
-        max_requests: 0,
-        max_requests_jitter: 0,
+        max_lifetime: Duration::ZERO,
+        max_lifetime_jitter: Duration::ZERO,
+        max_rss: 0,
     }
 }
 
@@ -256,50 +257,191 @@ fn crash_loop_counts_failures_until_a_stable_run() {
     ));
 }
 
+/// A heartbeat reporting `rss` bytes resident.
+pub(super) fn rss(rss: u64) -> Beat {
+    Beat {
+        rss,
+        ..Beat::default()
+    }
+}
+
 #[test]
-fn max_requests_recycles_the_slot() {
-    let (mut fleet, now) = started_with(
-        1,
-        Settings {
-            max_requests: 100,
-            ..settings()
-        },
-    );
-    fleet.handle_ready(100, now);
-    assert!(fleet.handle_heartbeat(100, served(99), now).is_empty());
+fn a_worker_at_max_requests_retires_at_once_and_its_successor_starts() {
+    let (mut fleet, now) = serving(2);
     assert_eq!(
-        fleet.handle_heartbeat(100, served(100), now),
-        vec![Command::Spawn {
-            slot: 0,
-            generation: 2
-        }]
-    );
-    assert!(
-        fleet.handle_heartbeat(100, served(150), now).is_empty(),
-        "one replacement at a time"
-    );
-    assert_eq!(
-        replaced(&mut fleet, 0, 2, 101, now),
+        fleet.handle_retire(100, 200),
         vec![
+            Command::Recycle {
+                slot: 0,
+                pid: 100,
+                why: Why::MaxRequests { limit: 200 }
+            },
             Command::Drain(100),
-            Command::Reloaded {
-                cause: Cause::Recycle
+            Command::Spawn {
+                slot: 0,
+                generation: 2
             }
         ]
+    );
+    assert!(fleet.handle_retire(100, 200).is_empty(), "retired once");
+    assert!(
+        !fleet.is_reloading(),
+        "not a reload: others may recycle too"
+    );
+    assert_eq!(
+        fleet.handle_retire(101, 200),
+        vec![
+            Command::Recycle {
+                slot: 1,
+                pid: 101,
+                why: Why::MaxRequests { limit: 200 }
+            },
+            Command::Drain(101),
+            Command::Spawn {
+                slot: 1,
+                generation: 2
+            }
+        ]
+    );
+    fleet.handle_spawned(0, 2, 200, now);
+    assert!(
+        fleet.handle_exited(100, Some(0), now).is_empty(),
+        "the retired worker is not respawned"
+    );
+    assert!(fleet.handle_ready(200, now).is_empty());
+    assert_eq!(fleet.slots()[0].worker.as_ref().unwrap().pid, 200);
+    assert_eq!(fleet.restarts(), 0, "a recycle is not a crash");
+}
+
+#[test]
+fn a_worker_retiring_during_a_reload_leaves_its_slot_to_the_reload() {
+    let (mut fleet, now) = serving(1);
+    fleet.handle_reload(None, 1).unwrap();
+    fleet.handle_spawned(0, 2, 200, now);
+    // The reload's replacement is starting: no second one.
+    assert_eq!(
+        fleet.handle_retire(100, 50),
+        vec![
+            Command::Recycle {
+                slot: 0,
+                pid: 100,
+                why: Why::MaxRequests { limit: 50 }
+            },
+            Command::Drain(100)
+        ]
+    );
+    // The replacement fails: the reload ends, and the empty slot respawns.
+    let commands = fleet.handle_exited(200, Some(1), now);
+    assert!(matches!(commands[0], Command::ReloadFailed { slot: 0, .. }));
+    assert!(
+        matches!(
+            commands[1],
+            Command::Backoff {
+                unit: Unit::Slot(0),
+                ..
+            }
+        ),
+        "{commands:?}"
     );
 }
 
 #[test]
-fn jitter_stays_in_range() {
-    assert_eq!(jitter(123, 0), 0);
-    assert!((1..5000).all(|pid| jitter(pid, 10) <= 10));
-    assert!(
-        (1..50)
-            .map(|pid| jitter(pid, 10))
-            .collect::<std::collections::HashSet<_>>()
-            .len()
-            > 3
+fn max_lifetime_replaces_the_slot_new_worker_first() {
+    let limit = Duration::from_secs(60);
+    let (mut fleet, now) = started_with(
+        2,
+        Settings {
+            max_lifetime: limit,
+            ..settings()
+        },
     );
+    fleet.handle_ready(100, now);
+    fleet.handle_ready(101, now);
+    assert!(fleet
+        .handle_heartbeat(100, Beat::default(), now + Duration::from_secs(59))
+        .is_empty());
+    let later = now + Duration::from_secs(61);
+    let why = Why::Lifetime { limit };
+    assert_eq!(
+        fleet.handle_heartbeat(100, Beat::default(), later),
+        vec![
+            Command::Recycle {
+                slot: 0,
+                pid: 100,
+                why
+            },
+            Command::Spawn {
+                slot: 0,
+                generation: 2
+            }
+        ]
+    );
+    assert!(
+        fleet
+            .handle_heartbeat(101, Beat::default(), later)
+            .is_empty(),
+        "one replacement at a time; slot 1 is asked again at its next heartbeat"
+    );
+    assert_eq!(
+        replaced(&mut fleet, 0, 2, 200, later),
+        vec![
+            Command::Drain(100),
+            Command::Reloaded {
+                cause: Cause::Recycle(why)
+            }
+        ]
+    );
+    assert_eq!(
+        fleet.handle_heartbeat(101, Beat::default(), later)[0],
+        Command::Recycle {
+            slot: 1,
+            pid: 101,
+            why
+        }
+    );
+    assert_eq!(why.to_string(), "max_lifetime 60s reached");
+}
+
+#[test]
+fn max_rss_needs_three_heartbeats_in_a_row_over_it() {
+    let max = 100 << 20;
+    let (mut fleet, now) = started_with(
+        1,
+        Settings {
+            max_rss: max,
+            ..settings()
+        },
+    );
+    fleet.handle_ready(100, now);
+    let over = max + (1 << 20);
+    assert!(fleet.handle_heartbeat(100, rss(over), now).is_empty());
+    assert!(fleet.handle_heartbeat(100, rss(over), now).is_empty());
+    assert!(
+        fleet.handle_heartbeat(100, rss(max), now).is_empty(),
+        "a dip resets the count"
+    );
+    assert!(fleet.handle_heartbeat(100, rss(over), now).is_empty());
+    assert!(fleet.handle_heartbeat(100, rss(over), now).is_empty());
+    let why = Why::Rss { rss: over, max };
+    assert_eq!(
+        fleet.handle_heartbeat(100, rss(over), now),
+        vec![
+            Command::Recycle {
+                slot: 0,
+                pid: 100,
+                why
+            },
+            Command::Spawn {
+                slot: 0,
+                generation: 2
+            }
+        ]
+    );
+    assert_eq!(
+        why.to_string(),
+        "rss 101 MiB over max_rss 100 MiB for 3 heartbeats"
+    );
+    assert_eq!(fleet.slots()[0].worker.as_ref().unwrap().rss, over);
 }
 
 #[test]
