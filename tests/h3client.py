@@ -77,9 +77,11 @@ class _Client(QuicConnectionProtocol):
         return await fut
 
 
-async def _run(host, port, requests, cafile, timeout):
+async def _run(host, port, requests, cafile, timeout, client_cert=None):
     cfg = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, server_name=host,
                             max_data=64 << 20, max_stream_data=16 << 20)
+    if client_cert:
+        cfg.load_cert_chain(*client_cert)
     if cafile:
         cfg.load_verify_locations(cafile)
     else:
@@ -93,11 +95,11 @@ async def _run(host, port, requests, cafile, timeout):
     return responses, local_port
 
 
-def fetch(port, requests, host="127.0.0.1", cafile=None, timeout=30):
+def fetch(port, requests, host="127.0.0.1", cafile=None, timeout=30, client_cert=None):
     """Sends every (method, path[, headers[, body]]) at once on one connection; returns
     ([Response], the client's UDP port). ("STALL",) opens a stream that never completes
-    its header section."""
-    return asyncio.run(_run(host, port, [tuple(r) for r in requests], cafile, timeout))
+    its header section. `client_cert` is (certfile, keyfile) for mutual TLS."""
+    return asyncio.run(_run(host, port, [tuple(r) for r in requests], cafile, timeout, client_cert))
 
 
 def get(port, path="/", **kwargs):

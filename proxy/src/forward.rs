@@ -36,6 +36,7 @@ use crate::stall::Client;
 use crate::upstream::{ConnectError, InFlight, Pool, Upstream};
 use bytes::Bytes;
 use genro_shared::h2_facts::H2Facts;
+use genro_shared::tls_facts::TLS_HEADER;
 use genro_shared::CLIENT_HEADER;
 use h3::error::{Code, StreamError};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -105,7 +106,16 @@ pub(crate) async fn handle(
     );
     let method = request.method().clone();
     let target = request.uri().path().to_owned();
-    match forward(request, body, &handle, &shared.pool, peer).await {
+    match forward(
+        request,
+        body,
+        &handle,
+        &shared.pool,
+        peer,
+        client.tls.as_ref(),
+    )
+    .await
+    {
         Ok((response, _in_flight)) => match relay(response, &mut send, &client).await {
             Ok(()) => {}
             Err(RelayError::SendTimeout) => {
@@ -304,7 +314,11 @@ struct Head {
 }
 
 impl Head {
-    fn of(request: &Request<()>, peer: SocketAddr) -> Result<Head, Failure> {
+    fn of(
+        request: &Request<()>,
+        peer: SocketAddr,
+        tls: Option<&HeaderValue>,
+    ) -> Result<Head, Failure> {
         if request.method() == Method::CONNECT {
             return Err(Failure::Connect);
         }
@@ -322,7 +336,7 @@ impl Head {
         Ok(Head {
             method: request.method().clone(),
             uri,
-            headers: upstream_headers(request.headers(), peer),
+            headers: upstream_headers(request.headers(), peer, tls),
         })
     }
 
@@ -365,10 +379,14 @@ fn without_hop_by_hop(headers: &HeaderMap) -> HeaderMap {
     out
 }
 
-fn upstream_headers(headers: &HeaderMap, peer: SocketAddr) -> HeaderMap {
+fn upstream_headers(headers: &HeaderMap, peer: SocketAddr, tls: Option<&HeaderValue>) -> HeaderMap {
     let mut out = without_hop_by_hop(headers);
     out.remove(header::HOST);
     out.remove(CLIENT_HEADER);
+    out.remove(TLS_HEADER);
+    if let Some(tls) = tls {
+        out.insert(HeaderName::from_static(TLS_HEADER), tls.clone());
+    }
     let client =
         HeaderValue::try_from(peer.to_string()).expect("a socket address is a valid header value");
     out.insert(HeaderName::from_static(CLIENT_HEADER), client);
@@ -381,8 +399,9 @@ async fn forward(
     handle: &BodyHandle,
     pool: &Pool,
     peer: SocketAddr,
+    tls: Option<&HeaderValue>,
 ) -> Result<(Response<Incoming>, InFlight), Failure> {
-    let head = Head::of(&request, peer)?;
+    let head = Head::of(&request, peer, tls)?;
     let mut body = Some(body);
     let mut tried: Vec<u32> = Vec::with_capacity(MAX_ATTEMPTS);
     let mut last = None;
@@ -612,7 +631,7 @@ mod tests {
                 HeaderValue::from_static(value),
             );
         }
-        let out = upstream_headers(&headers, peer);
+        let out = upstream_headers(&headers, peer, None);
         let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
         names.sort();
         assert_eq!(names, ["accept", "cookie", CLIENT_HEADER]);
@@ -634,17 +653,23 @@ mod tests {
         let head = Head::of(
             &request(Method::GET, "https://example.com:8443/a/b?x=1"),
             peer,
+            None,
         )
         .expect("maps");
         assert_eq!(head.uri, "https://example.com:8443/a/b?x=1");
-        let head = Head::of(&request(Method::OPTIONS, "https://example.com/"), peer).unwrap();
+        let head = Head::of(
+            &request(Method::OPTIONS, "https://example.com/"),
+            peer,
+            None,
+        )
+        .unwrap();
         assert_eq!(head.uri.path(), "/");
         assert!(matches!(
-            Head::of(&request(Method::CONNECT, "example.com:443"), peer),
+            Head::of(&request(Method::CONNECT, "example.com:443"), peer, None),
             Err(Failure::Connect)
         ));
         assert!(matches!(
-            Head::of(&request(Method::GET, "/no-authority"), peer),
+            Head::of(&request(Method::GET, "/no-authority"), peer, None),
             Err(Failure::BadRequest(_))
         ));
     }

@@ -61,6 +61,9 @@ impl Activity {
 pub(crate) struct Client {
     /// The QUIC peer.
     pub(crate) peer: SocketAddr,
+    /// The connection's TLS facts, as the worker reads them from
+    /// [`genro_shared::tls_facts::TLS_HEADER`].
+    pub(crate) tls: Option<http::HeaderValue>,
     /// `[limits] send_timeout` (`None`: no limit).
     pub(crate) send_timeout: Option<Duration>,
     /// `[limits] body_timeout` (`None`: no limit).
@@ -86,8 +89,18 @@ impl Client {
         settings: &crate::server::Settings,
         stats: Arc<Stats>,
     ) -> Client {
+        let peer_certs = quic
+            .peer_identity()
+            .and_then(|id| {
+                id.downcast::<Vec<quinn::rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .map(|certs| *certs)
+            .unwrap_or_default();
+        let facts = genro_shared::tls_facts::TlsFacts::quic(&peer_certs);
         Client {
             peer,
+            tls: http::HeaderValue::try_from(facts.to_header()).ok(),
             send_timeout: limit(settings.send_timeout),
             body_timeout: limit(settings.body_timeout),
             activity: Arc::new(Activity::default()),

@@ -18,6 +18,7 @@ pub mod recycle;
 pub mod signals;
 pub mod sync;
 pub mod tls;
+pub mod tls_facts;
 
 /// Environment variable carrying the effective configuration (JSON) to a child.
 pub const ENV_CONFIG: &str = "GENRO_ASGI_INTERNAL_CONFIG";

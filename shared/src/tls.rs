@@ -81,6 +81,13 @@ pub fn server_config(
     Ok(tls)
 }
 
+/// The server's own certificate (the first of `[ssl] certfile`) as PEM, for the ASGI
+/// `tls` extension's `server_cert`; `None` when TLS is off or the file unreadable.
+pub fn leaf_pem(ssl: &Ssl) -> Option<String> {
+    let certs = load_certs(ssl.certfile.as_deref()?).ok()?;
+    certs.first().map(|cert| crate::tls_facts::pem(cert))
+}
+
 fn load_certs(certfile: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certfile)
         .and_then(|it| it.collect::<Result<_, _>>())

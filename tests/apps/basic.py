@@ -55,7 +55,7 @@ def jsonable(scope):
             out[key] = value.decode("latin-1")
         elif key == "extensions":
             # Values are dicts (ASGI); genro.draining holds an asyncio.Event: show its repr.
-            out[key] = {name: {k: v if isinstance(v, (str, int, float, bool, type(None), dict)) else repr(v)
+            out[key] = {name: {k: v if isinstance(v, (str, int, float, bool, type(None), dict, list)) else repr(v)
                                for k, v in ext.items()} for name, ext in sorted(value.items())}
         elif isinstance(value, tuple):
             out[key] = list(value)

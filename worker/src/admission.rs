@@ -24,6 +24,9 @@ pub(crate) struct ConnInfo {
     /// Forwarded by the HTTP/3 front over the slot's private Unix socket: the request is
     /// HTTP/3 for the app, and `client` comes from [`genro_shared::CLIENT_HEADER`].
     pub(crate) front: bool,
+    /// A TLS connection's facts, once its handshake is done (from the front: per request,
+    /// from [`genro_shared::tls_facts::TLS_HEADER`]).
+    pub(crate) tls: std::sync::OnceLock<Arc<genro_shared::tls_facts::TlsFacts>>,
 }
 
 /// What every exchange starts from on the Python thread, whatever its protocol.

@@ -221,6 +221,9 @@ fn build_scope<'py>(
         extensions.set_item(intern!(py, "http.response.trailers"), state.empty.bind(py))?;
         extensions.set_item(intern!(py, "http.response.pathsend"), state.empty.bind(py))?;
     }
+    if let Some(facts) = start.conn.tls.get() {
+        extensions.set_item(intern!(py, "tls"), tls_extension(py, facts)?)?;
+    }
     extensions.set_item(intern!(py, "genro.draining"), draining_extension(py)?)?;
     extensions.set_item(intern!(py, "genro.executors"), executors_extension(py)?)?;
     let facts = start.admission.envelope();
@@ -235,6 +238,38 @@ fn build_scope<'py>(
     extensions.set_item(intern!(py, "genro.envelope"), envelope)?;
     scope.set_item(intern!(py, "extensions"), extensions)?;
     Ok(scope)
+}
+
+/// The server's certificate as PEM (`[ssl] certfile`'s first), for the `tls` extension.
+static SERVER_CERT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// Sets the `tls` extension's `server_cert` (once, when the TLS acceptor is built).
+pub(crate) fn set_server_cert(pem: Option<String>) {
+    let _ = SERVER_CERT.set(pem);
+}
+
+/// The ASGI `tls` extension (asgiref's TLS spec): `server_cert`, `client_cert_chain`
+/// (PEM, the client's first), `client_cert_name` (RFC 4514), `client_cert_error` (always
+/// `None`: an unverified certificate fails the handshake), `tls_version` and
+/// `cipher_suite` (`None` over HTTP/3: QUIC does not tell it).
+fn tls_extension<'py>(
+    py: Python<'py>,
+    facts: &genro_shared::tls_facts::TlsFacts,
+) -> PyResult<Bound<'py, PyDict>> {
+    use genro_shared::tls_facts::{pem, subject_name};
+    let extension = PyDict::new(py);
+    extension.set_item(
+        intern!(py, "server_cert"),
+        SERVER_CERT.get().and_then(Option::as_deref),
+    )?;
+    let chain: Vec<String> = facts.client_chain.iter().map(|der| pem(der)).collect();
+    extension.set_item(intern!(py, "client_cert_chain"), chain)?;
+    let name = facts.client_chain.first().and_then(|der| subject_name(der));
+    extension.set_item(intern!(py, "client_cert_name"), name)?;
+    extension.set_item(intern!(py, "client_cert_error"), py.None())?;
+    extension.set_item(intern!(py, "tls_version"), facts.version)?;
+    extension.set_item(intern!(py, "cipher_suite"), facts.cipher_suite)?;
+    Ok(extension)
 }
 
 /// The last address turned into the scope's text, and that text: a worker's server address

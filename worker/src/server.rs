@@ -76,6 +76,7 @@ pub fn tls_acceptor(config: &Config) -> Result<Option<TlsAcceptor>, tls::TlsErro
         return Ok(None);
     }
     let server_config = tls::server_config(ssl, ssl.min_version, &[b"h2", b"http/1.1"])?;
+    crate::scope::set_server_cert(tls::leaf_pem(ssl));
     Ok(Some(TlsAcceptor::from(Arc::new(server_config))))
 }
 
@@ -172,6 +173,7 @@ pub async fn serve(
                     server,
                     https: tls.is_some(),
                     front: false,
+                    tls: Default::default(),
                 }),
                 state: Arc::new(state),
                 shared: shared.clone(),
@@ -186,6 +188,7 @@ pub async fn serve(
             let tls = tls.clone();
             let shared = shared.clone();
             let io_watch = ctx.state.io.clone();
+            let info = ctx.info.clone();
             let slot = ctx.state.sendfile.clone();
             let driver = Driver {
                 builder,
@@ -211,6 +214,9 @@ pub async fn serve(
                         match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
                         {
                             Ok(Ok(stream)) => {
+                                let facts =
+                                    genro_shared::tls_facts::TlsFacts::of(stream.get_ref().1);
+                                let _ = info.tls.set(Arc::new(facts));
                                 // ALPN decides the protocol over TLS, not preface detection.
                                 let negotiated =
                                     crate::alpn::Negotiated::of(stream.get_ref().1.alpn_protocol());
@@ -250,6 +256,7 @@ pub async fn serve(
         server: local,
         https: true,
         front: true,
+        tls: Default::default(),
     });
     let spawn_front = |stream: tokio::net::UnixStream| {
         let ctx = Arc::new(ConnCtx {

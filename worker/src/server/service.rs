@@ -12,6 +12,7 @@ use crate::metrics::{ErrorKind, Protocol};
 use crate::receive::Exchange;
 use crate::state::Shared;
 use bytes::Bytes;
+use genro_shared::tls_facts::{TlsFacts, TLS_HEADER};
 use genro_shared::CLIENT_HEADER;
 use http::header::{HeaderValue, ALT_SVC, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{Request, Response, StatusCode};
@@ -163,13 +164,22 @@ pub(super) async fn handle(
     }
     // Only the front may say who the client is, and only on its private socket.
     let forwarded = request.headers_mut().remove(&FRONT_CLIENT);
+    let front_tls = request.headers_mut().remove(&FRONT_TLS);
     let info = match forwarded {
         Some(value) if ctx.info.front => {
             let client = value.to_str().ok().and_then(|v| v.parse().ok());
-            Arc::new(ConnInfo {
+            let info = ConnInfo {
                 client: client.unwrap_or(ctx.info.client),
                 ..(*ctx.info).clone()
-            })
+            };
+            let facts = front_tls
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .and_then(TlsFacts::from_header);
+            if let Some(facts) = facts {
+                let _ = info.tls.set(Arc::new(facts));
+            }
+            Arc::new(info)
         }
         _ => ctx.info.clone(),
     };
@@ -308,3 +318,5 @@ fn busy_warning(shared: &Shared, max: usize) {
 
 /// [`CLIENT_HEADER`] as a header name, parsed once (it is looked up on every request).
 static FRONT_CLIENT: http::HeaderName = http::HeaderName::from_static(CLIENT_HEADER);
+/// [`TLS_HEADER`]: the front's QUIC connection's TLS facts.
+static FRONT_TLS: http::HeaderName = http::HeaderName::from_static(TLS_HEADER);
