@@ -249,6 +249,11 @@ fn build(v: &Values) -> Config {
             graceful_timeout: v.secs("server.graceful_timeout"),
             keep_alive_timeout: v.secs("server.keep_alive_timeout"),
             run_dir: v.path("server.run_dir"),
+            uds: v.path("server.uds"),
+            uds_mode: u32::from_str_radix(v.text("server.uds_mode").trim(), 8)
+                .ok()
+                .filter(|mode| *mode <= 0o777)
+                .unwrap_or(u32::MAX),
             event_loop: LoopKind::from_word(&v.text("server.loop")),
             threads: v.int("server.threads"),
             sendfile: v.bool("server.sendfile"),
@@ -383,6 +388,18 @@ fn check(loaded: &Loaded) -> Result<(), ConfigError> {
                 missing.join(" and ")
             )));
         }
+    }
+    if c.server.uds_mode == u32::MAX {
+        return Err(ConfigError::Conflict(format!(
+            "{}: [server] uds_mode is not a file mode: expected octal digits up to 0777, like 0660",
+            from("server.uds_mode")
+        )));
+    }
+    if c.server.uds.is_some() && (c.ssl.enabled || c.http3.enabled) {
+        return Err(ConfigError::Conflict(format!(
+            "{}: [server] uds serves plaintext HTTP/1.1 and h2c to a local proxy; it cannot be combined with [ssl] or [http3] (terminate TLS in the proxy)",
+            from("server.uds")
+        )));
     }
     if c.http3.enabled && !c.ssl.enabled {
         return Err(ConfigError::Conflict(format!(

@@ -61,6 +61,10 @@ pub struct Server {
     pub keep_alive_timeout: Duration,
     /// Runtime directory; `None` = chosen by the supervisor.
     pub run_dir: Option<PathBuf>,
+    /// `[server] uds`: serve on this Unix socket instead of host/port.
+    pub uds: Option<PathBuf>,
+    /// The `uds` socket's file mode (`u32::MAX`: not an octal mode, refused by the check).
+    pub uds_mode: u32,
     /// Python event loop (key `loop`).
     #[serde(rename = "loop")]
     pub event_loop: LoopKind,

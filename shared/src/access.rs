@@ -308,8 +308,8 @@ fn write_piece(out: &mut String, piece: &Piece, r: &AccessRecord<'_>) -> fmt::Re
         Piece::Status => write!(out, "{}", r.status)?,
         Piece::Bytes => write!(out, "{}", r.bytes)?,
         Piece::DurationMs => write_millis(out, r.duration)?,
-        Piece::Client => write!(out, "{}", r.client)?,
-        Piece::ClientIp => write!(out, "{}", r.client.ip())?,
+        Piece::Client => out.push_str(&crate::peer_text(r.client)),
+        Piece::ClientIp => write_client_ip(out, r.client)?,
         Piece::Protocol => write_text(out, r.protocol.as_bytes())?,
         Piece::RequestId => write_text(out, r.request_id.as_bytes())?,
         Piece::Time => write!(out, "{}", Rfc3339(r.time))?,
@@ -320,9 +320,20 @@ fn write_piece(out: &mut String, piece: &Piece, r: &AccessRecord<'_>) -> fmt::Re
     Ok(())
 }
 
+/// The client's IP address, or `unix:` on the `[server] uds` socket (as nginx logs it).
+fn write_client_ip(out: &mut String, client: SocketAddr) -> fmt::Result {
+    if client == crate::UNIX_PEER {
+        out.push_str("unix:");
+        Ok(())
+    } else {
+        write!(out, "{}", client.ip())
+    }
+}
+
 /// `%h - - [%d/%b/%Y:%H:%M:%S +0000] "%r" %>s %b`, with `-` for a zero `%b` as CLF does.
 fn write_common(out: &mut String, r: &AccessRecord<'_>) -> fmt::Result {
-    write!(out, "{} - - [{}] \"", r.client.ip(), Clf(r.time))?;
+    write_client_ip(out, r.client)?;
+    write!(out, " - - [{}] \"", Clf(r.time))?;
     write_text(out, r.method.as_str().as_bytes())?;
     out.push(' ');
     write_target(out, r)?;
@@ -406,7 +417,7 @@ impl Serialize for JsonLine<'_, '_> {
         let r = self.0;
         let mut line = serializer.serialize_struct("AccessLine", 12)?;
         line.serialize_field("time", &AsString(Rfc3339(r.time)))?;
-        line.serialize_field("client", &AsString(r.client))?;
+        line.serialize_field("client", &crate::peer_text(r.client))?;
         line.serialize_field("method", r.method.as_str())?;
         line.serialize_field("path", r.path)?;
         line.serialize_field("query", r.query)?;

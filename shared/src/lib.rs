@@ -34,6 +34,19 @@ pub const FRONT_FD: i32 = 4;
 /// socket. Workers read it only there (a TCP client cannot set it); the front drops any
 /// copy a client sent.
 pub const CLIENT_HEADER: &str = "x-genro-asgi-client";
+/// The client address of a connection on the `[server] uds` socket, whose peer has no IP
+/// address (until a proxy header names the client): `None` in the scope, `unix:` in logs.
+pub const UNIX_PEER: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
+/// A client address as logs show it: `ip:port`, or `unix:` for [`UNIX_PEER`].
+pub fn peer_text(client: std::net::SocketAddr) -> String {
+    if client == UNIX_PEER {
+        "unix:".to_owned()
+    } else {
+        client.to_string()
+    }
+}
 
 /// The first error of type `T` in an error's source chain (hyper, for one, keeps h2's
 /// error code there).

@@ -551,19 +551,29 @@ async fn supervise(
             .with_context(|| format!("creating run_dir {}", run_dir.display()))?;
     }
     let addr = crate::sockets::resolve(&config.server.host, config.server.port)?;
+    // `[server] uds`: one Unix socket all slots share (systemd's socket comes first).
+    let (activated, _uds_file) = match (activated, &config.server.uds) {
+        (None, Some(path)) => {
+            let (socket, file) =
+                crate::sockets::bind_unix(path, config.server.uds_mode, config.server.backlog)?;
+            (Some(socket), Some(file))
+        }
+        (activated, _) => (activated, None),
+    };
     let sockets = match &activated {
         Some(socket) => {
-            tracing::info!("using the listening socket passed by systemd (LISTEN_FDS); [server] host/port are not bound");
+            if config.server.uds.is_none() {
+                tracing::info!("using the listening socket passed by systemd (LISTEN_FDS); [server] host/port are not bound");
+            }
             (0..config.server.workers)
                 .map(|_| socket.try_clone())
                 .collect::<std::io::Result<Vec<_>>>()?
         }
         None => crate::sockets::bind_slots(addr, config.server.workers, config.server.backlog)?,
     };
-    let bound = sockets[0]
-        .local_addr()?
-        .as_socket()
-        .context("bound address")?;
+    let local = sockets[0].local_addr()?;
+    // A Unix socket has no IP address: its slots' address is unused (they share the socket).
+    let bound = local.as_socket().unwrap_or(addr);
     let udp = if config.http3.enabled {
         let port = match config.http3.port {
             0 => bound.port(),
@@ -639,7 +649,10 @@ async fn supervise(
         udp,
     };
     let scheme = if config.ssl.enabled { "https" } else { "http" };
-    let mut url = format!("{scheme}://{bound}");
+    let mut url = match local.as_pathname() {
+        Some(path) => format!("unix:{}", path.display()),
+        None => format!("{scheme}://{bound}"),
+    };
     if let Some(udp) = spawner.udp.as_ref().and_then(|u| u.local_addr().ok()) {
         url.push_str(&format!(" (HTTP/3 on udp {udp})"));
     }

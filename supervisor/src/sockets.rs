@@ -45,6 +45,53 @@ fn bind_one(addr: SocketAddr, backlog: u32) -> std::io::Result<Socket> {
     Ok(socket)
 }
 
+/// `[server] uds`: the listening Unix socket every worker accepts on, with `mode`. A
+/// socket file nobody listens on (a killed server's) is replaced; a live one, or a file
+/// that is not a socket, is an error. The file is removed when the [`UdsFile`] drops.
+pub fn bind_unix(
+    path: &std::path::Path,
+    mode: u32,
+    backlog: u32,
+) -> anyhow::Result<(Socket, UdsFile)> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let shown = path.display();
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                anyhow::bail!("[server] uds {shown}: a server is already listening on it");
+            }
+            std::fs::remove_file(path)
+                .with_context(|| format!("[server] uds {shown}: cannot remove the stale socket"))?;
+        }
+        Ok(_) => {
+            anyhow::bail!("[server] uds {shown}: exists and is not a socket; not replacing it")
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err).with_context(|| format!("[server] uds {shown}")),
+    }
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    socket
+        .bind(&socket2::SockAddr::unix(path)?)
+        .with_context(|| format!("[server] uds {shown}: cannot bind"))?;
+    let file = UdsFile(path.to_owned());
+    // Before listen: nobody connects before the mode is right.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("[server] uds {shown}: cannot set mode {mode:o}"))?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    socket.set_cloexec(true)?;
+    Ok((socket, file))
+}
+
+/// The `[server] uds` socket file, removed on drop (the supervisor's exit).
+#[derive(Debug)]
+pub struct UdsFile(std::path::PathBuf);
+
+impl Drop for UdsFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Binds the HTTP/3 front's UDP socket on `addr`, asking for 4 MiB socket buffers (QUIC
 /// at speed needs more than the default; the kernel caps them at `net.core.rmem_max` /
 /// `wmem_max`). The supervisor keeps it for the front's whole life, so datagrams that

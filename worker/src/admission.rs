@@ -27,6 +27,9 @@ pub(crate) struct ConnInfo {
     /// A TLS connection's facts, once its handshake is done (from the front: per request,
     /// from [`genro_shared::tls_facts::TLS_HEADER`]).
     pub(crate) tls: std::sync::OnceLock<Arc<genro_shared::tls_facts::TlsFacts>>,
+    /// On the `[server] uds` socket: its path (the scope's `server` is `[path, None]`, and
+    /// `client` is `None` while it is [`genro_shared::UNIX_PEER`]).
+    pub(crate) unix: Option<Arc<str>>,
 }
 
 /// What every exchange starts from on the Python thread, whatever its protocol.

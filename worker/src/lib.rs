@@ -170,7 +170,14 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
 
     // SAFETY: the supervisor passed the slot's listening socket on this fd, and nothing
     // else in this process owns it.
-    let listener = unsafe { std::net::TcpListener::from_raw_fd(args.listen_fd) };
+    let listener = match &config.server.uds {
+        // SAFETY: as above; with `[server] uds` the socket is the shared Unix one.
+        Some(path) => server::Listen::Unix(
+            unsafe { std::os::unix::net::UnixListener::from_raw_fd(args.listen_fd) },
+            path.display().to_string().into(),
+        ),
+        None => server::Listen::Tcp(unsafe { std::net::TcpListener::from_raw_fd(args.listen_fd) }),
+    };
     let front = config.http3.enabled.then(|| {
         // SAFETY: with HTTP/3 on, the supervisor passes the slot's private Unix socket on
         // this fd, and nothing else in this process owns it.

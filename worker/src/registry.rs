@@ -224,7 +224,7 @@ impl Registry {
                 .map(str::to_owned),
             method: envelope.method.to_string(),
             path: cut(envelope.path(), MAX_PATH),
-            client: envelope.client.to_string(),
+            client: genro_shared::peer_text(envelope.client),
             protocol: envelope.protocol.label().into(),
             age: now.duration_since(envelope.started).as_secs_f64(),
             stuck: match e.reported {

@@ -208,11 +208,20 @@ fn build_scope<'py>(
     }
     scope.set_item(intern!(py, "headers"), headers)?;
     let client = &start.conn.client;
-    let client_ip = LAST_CLIENT.with(|memo| memo.text(py, client.ip()));
-    scope.set_item(intern!(py, "client"), (client_ip, client.port()))?;
-    let server = &start.conn.server;
-    let server_ip = LAST_SERVER.with(|memo| memo.text(py, server.ip()));
-    scope.set_item(intern!(py, "server"), (server_ip, server.port()))?;
+    if *client == genro_shared::UNIX_PEER {
+        scope.set_item(intern!(py, "client"), py.None())?;
+    } else {
+        let client_ip = LAST_CLIENT.with(|memo| memo.text(py, client.ip()));
+        scope.set_item(intern!(py, "client"), (client_ip, client.port()))?;
+    }
+    match &start.conn.unix {
+        Some(path) => scope.set_item(intern!(py, "server"), (&**path, py.None()))?,
+        None => {
+            let server = &start.conn.server;
+            let server_ip = LAST_SERVER.with(|memo| memo.text(py, server.ip()));
+            scope.set_item(intern!(py, "server"), (server_ip, server.port()))?;
+        }
+    }
     scope.set_item(intern!(py, "state"), state.lifespan_state.bind(py).copy()?)?;
     let extensions = PyDict::new(py);
     if websocket {

@@ -68,6 +68,16 @@ pub struct Limits {
     pub sendfile: bool,
 }
 
+/// The socket a worker serves clients on: its slot's TCP socket, or the `[server] uds`
+/// Unix socket every worker shares (with its path).
+#[derive(Debug)]
+pub enum Listen {
+    /// `[server] host`/`port`.
+    Tcp(std::net::TcpListener),
+    /// `[server] uds`.
+    Unix(std::os::unix::net::UnixListener, Arc<str>),
+}
+
 /// Builds the rustls acceptor from `[ssl]` (ALPN `h2`, then `http/1.1`), or `None` when
 /// TLS is off.
 pub fn tls_acceptor(config: &Config) -> Result<Option<TlsAcceptor>, tls::TlsError> {
@@ -84,15 +94,26 @@ pub fn tls_acceptor(config: &Config) -> Result<Option<TlsAcceptor>, tls::TlsErro
 /// pushing [`Event::Shutdown`] once the drain is over (or timed out). On `Err` (before
 /// serving) it pushes nothing.
 pub async fn serve(
-    listener: std::net::TcpListener,
+    listener: Listen,
     front: Option<std::os::unix::net::UnixListener>,
     config: Arc<Config>,
     shared: Arc<Shared>,
     tls: Option<TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    listener.set_nonblocking(true)?;
-    let listener = TcpListener::from_std(listener)?;
+    let (listener, uds) = match listener {
+        Listen::Tcp(listener) => {
+            listener.set_nonblocking(true)?;
+            (Some(TcpListener::from_std(listener)?), None)
+        }
+        Listen::Unix(listener, path) => {
+            listener.set_nonblocking(true)?;
+            (
+                None,
+                Some((tokio::net::UnixListener::from_std(listener)?, path)),
+            )
+        }
+    };
     let front = match front {
         Some(front) => {
             front.set_nonblocking(true)?;
@@ -100,7 +121,10 @@ pub async fn serve(
         }
         None => None,
     };
-    let local = listener.local_addr()?;
+    let local = match &listener {
+        Some(listener) => listener.local_addr()?,
+        None => genro_shared::UNIX_PEER,
+    };
     let alt_svc = config.http3.enabled.then(|| {
         let port = match config.http3.port {
             0 => local.port(),
@@ -174,6 +198,7 @@ pub async fn serve(
                     https: tls.is_some(),
                     front: false,
                     tls: Default::default(),
+                    unix: None,
                 }),
                 state: Arc::new(state),
                 shared: shared.clone(),
@@ -257,6 +282,7 @@ pub async fn serve(
         https: true,
         front: true,
         tls: Default::default(),
+        unix: None,
     });
     let spawn_front = |stream: tokio::net::UnixStream| {
         let ctx = Arc::new(ConnCtx {
@@ -285,6 +311,40 @@ pub async fn serve(
         // Its requests' clients are in their own lines (`request{client}`).
         tokio::spawn(task.instrument(tracing::error_span!("conn", peer = "http3-front")));
     };
+    // The uds socket's connections: plaintext HTTP/1.1 or h2c from a local proxy.
+    let spawn_unix = |stream: tokio::net::UnixStream, path: Arc<str>| {
+        let ctx = Arc::new(ConnCtx {
+            info: Arc::new(ConnInfo {
+                client: genro_shared::UNIX_PEER,
+                server: genro_shared::UNIX_PEER,
+                https: false,
+                front: false,
+                tls: Default::default(),
+                unix: Some(path),
+            }),
+            state: Arc::new(ConnState::new(&limits, false)),
+            shared: shared.clone(),
+            limits: limits.clone(),
+            access: access.clone(),
+            stop: conn_stop.clone(),
+            _live: live.clone(),
+        });
+        let stream = Watched::new(stream, ctx.state.io.clone());
+        let driver = Driver {
+            builder: builder.clone(),
+            ctx,
+            stop: conn_stop.clone(),
+            keep_alive,
+            header_read_timeout: handshake_timeout,
+            fd: None,
+        };
+        let live = live.clone();
+        let task = async move {
+            let _live = live;
+            driver.drive(TokioIo::new(stream)).await;
+        };
+        tokio::spawn(task.instrument(tracing::error_span!("conn", peer = "unix")));
+    };
     loop {
         // A permit first: at most UNSTARTED accepted connections wait for their task.
         let accept = async {
@@ -295,7 +355,16 @@ pub async fn serve(
                     unstarted.clone().acquire_owned().await.ok()
                 }
             };
-            listener.accept().await.map(|accepted| (accepted, permit))
+            match &listener {
+                Some(listener) => listener.accept().await.map(|accepted| (accepted, permit)),
+                None => std::future::pending().await,
+            }
+        };
+        let accept_uds = async {
+            match &uds {
+                Some((uds, path)) => uds.accept().await.map(|(stream, _)| (stream, path.clone())),
+                None => std::future::pending().await,
+            }
         };
         let accept_front = async {
             match &front {
@@ -309,6 +378,14 @@ pub async fn serve(
                 Err(err) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!("accept failed: {err}");
+                    shared.error(ErrorKind::Internal);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            accepted = accept_uds => match accepted {
+                Ok((stream, path)) => spawn_unix(stream, path),
+                Err(err) => {
+                    tracing::warn!("accept on the uds socket failed: {err}");
                     shared.error(ErrorKind::Internal);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -336,8 +413,27 @@ pub async fn serve(
     // Serve what the kernel already queued for us (on a full stop, closing the listener
     // would reset those connections), then close it. A worker retiring at `max_requests`
     // leaves them to its successor: the supervisor keeps the socket open.
-    let listener = listener.into_std()?;
-    while !shared.retiring.load(Ordering::Relaxed) {
+    let listener = listener.map(TcpListener::into_std).transpose()?;
+    let uds = uds
+        .map(|(uds, path)| uds.into_std().map(|uds| (uds, path)))
+        .transpose()?;
+    while let (false, Some((uds, path))) = (shared.retiring.load(Ordering::Relaxed), &uds) {
+        match uds.accept() {
+            Ok((stream, _)) => match stream
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::UnixStream::from_std(stream))
+            {
+                Ok(stream) => spawn_unix(stream, path.clone()),
+                Err(err) => tracing::warn!("queued connection: {err}"),
+            },
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(err) => {
+                tracing::warn!("accept failed while draining: {err}");
+                break;
+            }
+        }
+    }
+    while let (false, Some(listener)) = (shared.retiring.load(Ordering::Relaxed), &listener) {
         match listener.accept() {
             Ok((stream, client)) => {
                 match stream
@@ -356,6 +452,7 @@ pub async fn serve(
         }
     }
     drop(listener);
+    drop(uds);
     drop(live);
     let grace = config.server.graceful_timeout;
     tracing::info!(

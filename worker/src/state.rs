@@ -108,7 +108,7 @@ impl Shared {
             "request_id": id.as_str(),
             "method": envelope.method.as_str(),
             "path": envelope.path(),
-            "client": envelope.client.to_string(),
+            "client": genro_shared::peer_text(envelope.client),
             "pid": std::process::id(),
             "traceback": tail(traceback.trim_end(), MAX_NOTIFIED_TRACEBACK),
         }));

@@ -185,7 +185,8 @@ pub(super) async fn handle(
     };
     // Behind a trusted proxy, the client and scheme are the original request's.
     let info = match &limits.proxies {
-        Some(trusted) if trusted.contains(info.client.ip()) => {
+        // A peer on the uds socket passed its file mode: it is the proxy.
+        Some(trusted) if info.unix.is_some() || trusted.contains(info.client.ip()) => {
             let origin = crate::forwarded::origin(request.headers(), trusted);
             if origin == crate::forwarded::Origin::default() {
                 info
