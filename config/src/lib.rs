@@ -4,10 +4,12 @@
 //! ([`Loaded::render`]) and for `docs/CONFIG.md` ([`markdown`]).
 //!
 //! Precedence: command line > environment (`GENRO_ASGI_<SECTION>_<KEY>`) >
-//! file > defaults. [`load`] does the I/O; [`parse_ini`], [`parse_toml`],
-//! [`parse_env`], [`parse_overrides`] and [`merge`] are pure.
+//! file > defaults. [`load`] does the I/O (files, and the CPUs `[server] workers = auto`
+//! counts with [`cpus::detect`]); [`parse_ini`], [`parse_toml`], [`parse_env`],
+//! [`parse_overrides`] and [`merge`] are pure.
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod cpus;
 mod error;
 mod ini;
 mod layers;
@@ -19,6 +21,7 @@ pub mod schema;
 mod tomlfile;
 mod value;
 
+pub use cpus::CpuBudget;
 pub use error::ConfigError;
 pub use ini::parse_ini;
 pub use layers::{

@@ -1,6 +1,7 @@
 //! Combining the layers (defaults < file < environment < command line) into the
 //! typed [`Config`], plus the thin [`load`] wrapper that does the I/O.
 
+use crate::cpus::CpuBudget;
 use crate::error::ConfigError;
 use crate::layers::{parse_env, parse_overrides, unknown_key, Override, RawLayer, Source};
 use crate::model::*;
@@ -21,9 +22,18 @@ pub struct Loaded {
     pub file: Option<PathBuf>,
     /// `GENRO_ASGI_*` environment variables skipped as Kubernetes service links.
     pub ignored_env: Vec<String>,
+    /// When `[server] workers = auto`: the count chosen (also in `config.server.workers`)
+    /// and why.
+    pub workers_auto: Option<CpuBudget>,
 }
 
 impl Loaded {
+    /// What `[server] workers = auto` chose and why, for `check` and the start and reload
+    /// log lines: `[server] workers = auto: 2 (cgroup v2 cpu.max 200000/100000 at ...)`.
+    pub fn workers_note(&self) -> Option<String> {
+        (self.workers_auto.as_ref()).map(|budget| format!("[server] workers = auto: {budget}"))
+    }
+
     /// The line `serve` logs and `check` prints when service-link variables were skipped.
     pub fn ignored_env_note(&self) -> Option<String> {
         (!self.ignored_env.is_empty()).then(|| {
@@ -36,13 +46,19 @@ impl Loaded {
 }
 
 /// Reads the file (if any), the environment and the command-line overrides,
-/// then [`merge`]s them. `env` is usually `std::env::vars()`.
+/// then [`merge`]s them. `env` is usually `std::env::vars()`; `[server] workers = auto`
+/// reads the cgroup files under `/`, or under the directory in `env`'s
+/// [`crate::cpus::ENV_CPU_ROOT`] (tests).
 pub fn load(
     path: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
     overrides: &[Override],
 ) -> Result<Loaded, ConfigError> {
     let cwd = std::env::current_dir().map_err(ConfigError::CurrentDir)?;
+    let env: Vec<(String, String)> = env.into_iter().collect();
+    let cpu_root = (env.iter())
+        .find(|(name, _)| name == crate::cpus::ENV_CPU_ROOT)
+        .map_or_else(|| PathBuf::from("/"), |(_, root)| PathBuf::from(root));
     let file = match path {
         Some(path) => {
             file_format(path)?;
@@ -54,7 +70,13 @@ pub fn load(
         }
         None => None,
     };
-    merge(file, parse_env(env)?, parse_overrides(overrides)?, &cwd)
+    merge(
+        file,
+        parse_env(env)?,
+        parse_overrides(overrides)?,
+        &cwd,
+        || crate::cpus::detect(&cpu_root),
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +130,8 @@ fn shown(secret: bool, text: &str) -> String {
 }
 
 /// Combines the layers: defaults < `file` < `env` < `cli`. Pure: relative
-/// paths are resolved against the file's folder (file values) or `cwd`.
+/// paths are resolved against the file's folder (file values) or `cwd`, and `auto` counts
+/// (`[server] workers`) take the budget `cpus` returns, called only when one is `auto`.
 ///
 /// Every value in every layer is validated, even when overridden.
 pub fn merge(
@@ -116,6 +139,7 @@ pub fn merge(
     env: RawLayer,
     cli: RawLayer,
     cwd: &Path,
+    cpus: impl FnOnce() -> CpuBudget,
 ) -> Result<Loaded, ConfigError> {
     let file_path = file.as_ref().and_then(|l| l.file.clone());
     let ignored_env = env.ignored.clone();
@@ -171,6 +195,7 @@ pub fn merge(
             None => cwd.to_path_buf(),
         });
     }
+    let workers_auto = resolve_auto(&mut winners, cpus);
     let sources = winners
         .iter()
         .map(|(k, (_, s))| (k.clone(), s.clone()))
@@ -181,9 +206,40 @@ pub fn merge(
         sources,
         file: file_path,
         ignored_env,
+        workers_auto,
     };
     check(&loaded)?;
     Ok(loaded)
+}
+
+/// Replaces `auto` in the [`Kind::CpuCount`] keys with the CPU budget, kept in the key's
+/// range; returns that budget when one was `auto`.
+fn resolve_auto(
+    winners: &mut BTreeMap<String, (Value, Source)>,
+    cpus: impl FnOnce() -> CpuBudget,
+) -> Option<CpuBudget> {
+    let auto: Vec<(String, i64, i64)> = (SCHEMA.iter())
+        .filter_map(|def| match (def.kind, winners.get(&def.full_name())) {
+            (Kind::CpuCount { min, max }, Some((Value::Auto, _))) => {
+                Some((def.full_name(), min, max))
+            }
+            _ => None,
+        })
+        .collect();
+    if auto.is_empty() {
+        return None;
+    }
+    let detected = cpus();
+    let mut budget = None;
+    for (name, min, max) in auto {
+        let range = |n: i64| usize::try_from(n).unwrap_or(0);
+        let clamped = detected.clone().clamp(range(min), range(max));
+        if let Some((value, _)) = winners.get_mut(&name) {
+            *value = Value::Int(i64::try_from(clamped.cpus).unwrap_or(max));
+        }
+        budget = Some(clamped);
+    }
+    budget
 }
 
 /// Validated values by `section.key`; getters fall back to neutral values for
@@ -520,7 +576,20 @@ secret_key = "xxxxx"
     fn run(file: &str, vars: &[(&str, &str)], flags: &[Override]) -> Result<Loaded, String> {
         let file = ini(file).map_err(|e| e.to_string())?;
         let cli = parse_overrides(flags).map_err(|e| e.to_string())?;
-        merge(Some(file), env(vars), cli, Path::new(CWD)).map_err(|e| e.to_string())
+        merge(Some(file), env(vars), cli, Path::new(CWD), test_cpus).map_err(|e| e.to_string())
+    }
+
+    /// The machine of these tests: 3 CPUs.
+    fn test_cpus() -> CpuBudget {
+        CpuBudget {
+            cpus: 3,
+            reason: "cgroup v2 cpu.max 300000/100000 at /sys/fs/cgroup/t; affinity 8 CPUs".into(),
+        }
+    }
+
+    /// For merges with no `auto`: the machine is not looked at.
+    fn unasked() -> CpuBudget {
+        panic!("the CPUs were looked up without an auto value")
     }
 
     #[test]
@@ -589,6 +658,7 @@ secret_key = "xxxxx"
             RawLayer::default(),
             RawLayer::default(),
             Path::new(CWD),
+            unasked,
         )
         .expect("toml");
         assert_eq!(from_toml.config, from_ini.config);
@@ -608,6 +678,7 @@ secret_key = "xxxxx"
             RawLayer::default(),
             RawLayer::default(),
             Path::new(CWD),
+            unasked,
         )
         .expect("defaults");
         let c = &loaded.config;
@@ -765,7 +836,10 @@ secret_key = "xxxxx"
         let cases: &[(&str, Vars, &[Override], &str)] = &[
             ("[server]\nhost = x\nport = 80a\n", &[], &[], "conf/server.ini:3: [server] port = \"80a\": expected an integer between 0 and 65535"),
             ("[server]\nport = 70000\n", &[], &[], "conf/server.ini:2: [server] port = \"70000\": expected an integer between 0 and 65535"),
-            ("[server]\nworkers = 0\n", &[], &[], "conf/server.ini:2: [server] workers = \"0\": expected an integer between 1 and 512"),
+            ("[server]\nworkers = 0\n", &[], &[], "conf/server.ini:2: [server] workers = \"0\": expected an integer between 1 and 512, or auto (the CPUs this process may use)"),
+            ("[server]\nworkers = automatic\n", &[], &[], "conf/server.ini:2: [server] workers = \"automatic\": expected an integer between 1 and 512, or auto (the CPUs this process may use)"),
+            ("", &[("GENRO_ASGI_SERVER_WORKERS", "auto-ish")], &[], "environment variable GENRO_ASGI_SERVER_WORKERS: [server] workers = \"auto-ish\": expected an integer between 1 and 512, or auto (the CPUs this process may use)"),
+            ("", &[], &[Override { key: "server.workers".into(), value: "-2".into(), origin: "--workers".into() }], "--workers: [server] workers = \"-2\": expected an integer between 1 and 512, or auto (the CPUs this process may use)"),
             ("[server]\nloop = trio\n", &[], &[], "conf/server.ini:2: [server] loop = \"trio\": expected one of auto, asyncio, uvloop"),
             ("[logging]\nlevel = verbose\n", &[], &[], "conf/server.ini:2: [logging] level = \"verbose\": expected one of TRACE, DEBUG, INFO, WARNING, ERROR, CRITICAL"),
             ("[server]\ndebug = maybe\n", &[], &[], "conf/server.ini:2: [server] debug = \"maybe\": expected a boolean (true/false, yes/no, on/off, 1/0)"),
@@ -955,6 +1029,115 @@ secret_key = "xxxxx"
             "{err}"
         );
         assert_eq!(err.exit_code(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    #[test]
+    fn workers_auto_from_every_source() {
+        let flag = [Override::new("server.workers", "Auto", "--workers")];
+        let cases: &[(&str, Vars, &[Override], &str)] = &[
+            ("[server]\nworkers = auto\n", &[], &[], "conf/server.ini:2"),
+            (
+                "",
+                &[("GENRO_ASGI_SERVER_WORKERS", "auto")],
+                &[],
+                "env GENRO_ASGI_SERVER_WORKERS",
+            ),
+            ("[server]\nworkers = 7\n", &[], &flag, "--workers"),
+        ];
+        for (file, vars, flags, source) in cases {
+            let loaded = run(file, vars, flags).expect("loads");
+            assert_eq!(loaded.config.server.workers, 3, "{file:?}");
+            assert_eq!(loaded.workers_auto, Some(test_cpus()));
+            assert_eq!(
+                loaded.workers_note().as_deref(),
+                Some("[server] workers = auto: 3 (cgroup v2 cpu.max 300000/100000 at /sys/fs/cgroup/t; affinity 8 CPUs)")
+            );
+            let rendered = loaded.render();
+            let line = rendered
+                .lines()
+                .find(|l| l.starts_with("[server] workers "))
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "));
+            assert_eq!(
+                line,
+                Some(format!("[server] workers = auto: 3 ({source})")),
+                "{file:?}"
+            );
+        }
+        let toml = parse_toml("[server]\nworkers = \"auto\"\n", Path::new("s.toml")).expect("toml");
+        let loaded = merge(
+            Some(toml),
+            RawLayer::default(),
+            RawLayer::default(),
+            Path::new(CWD),
+            test_cpus,
+        )
+        .expect("toml auto");
+        assert_eq!(loaded.config.server.workers, 3);
+        // A number anywhere above `auto` wins, and the machine is not looked at.
+        let file = ini("[server]\nworkers = auto\n").expect("ini");
+        let loaded = merge(
+            Some(file),
+            env(&[("GENRO_ASGI_SERVER_WORKERS", "2")]),
+            RawLayer::default(),
+            Path::new(CWD),
+            unasked,
+        )
+        .expect("env number over file auto");
+        assert_eq!(
+            (loaded.config.server.workers, &loaded.workers_auto),
+            (2, &None)
+        );
+        assert_eq!(loaded.workers_note(), None);
+    }
+
+    #[test]
+    fn workers_auto_stays_in_range() {
+        let huge = || CpuBudget {
+            cpus: 4096,
+            reason: "affinity 4096 CPUs".into(),
+        };
+        let file = ini("[server]\nworkers = auto\n").expect("ini");
+        let loaded = merge(
+            Some(file),
+            RawLayer::default(),
+            RawLayer::default(),
+            Path::new(CWD),
+            huge,
+        )
+        .expect("loads");
+        assert_eq!(loaded.config.server.workers, 512);
+        assert_eq!(
+            loaded.workers_note().as_deref(),
+            Some(
+                "[server] workers = auto: 512 (affinity 4096 CPUs; 4096 capped at the maximum 512)"
+            )
+        );
+    }
+
+    #[test]
+    fn load_counts_cpus_under_the_internal_root() {
+        let dir =
+            std::env::temp_dir().join(format!("genro-config-cpu-root-{}", std::process::id()));
+        let cgroup = dir.join("sys/fs/cgroup/svc");
+        std::fs::create_dir_all(dir.join("proc/self")).expect("tmp dir");
+        std::fs::create_dir_all(&cgroup).expect("tmp dir");
+        std::fs::write(dir.join("proc/self/cgroup"), "0::/svc\n").expect("write");
+        std::fs::write(cgroup.join("cpu.max"), "100000 100000\n").expect("write");
+        let env = [
+            ("GENRO_ASGI_SERVER_WORKERS".to_string(), "auto".to_string()),
+            (
+                crate::cpus::ENV_CPU_ROOT.to_string(),
+                dir.display().to_string(),
+            ),
+        ];
+        let loaded = load(None, env, &[]).expect("loads");
+        assert_eq!(loaded.config.server.workers, 1);
+        let note = loaded.workers_note().unwrap_or_default();
+        let want = format!(
+            "[server] workers = auto: 1 (cgroup v2 cpu.max 100000/100000 at {}; affinity ",
+            cgroup.display()
+        );
+        assert!(note.starts_with(&want), "{note}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -39,8 +39,11 @@ impl Loaded {
         let mut rows: Vec<(String, String)> = Vec::new();
         for def in SCHEMA {
             let raw = json_text(&json[def.section][def.key]);
-            let value = match (def.secret, raw.is_empty()) {
-                (true, false) => "********".to_string(),
+            let value = match (def.secret, raw.is_empty(), def.kind) {
+                (true, false, _) => "********".to_string(),
+                (_, _, Kind::CpuCount { .. }) if self.workers_auto.is_some() => {
+                    format!("auto: {raw}")
+                }
                 _ => raw,
             };
             let note = format!("({})", source_text(self.sources.get(&def.full_name())));
@@ -73,6 +76,7 @@ fn type_text(kind: &Kind) -> String {
     match kind {
         Kind::Bool => "bool".into(),
         Kind::Int { min, max } => format!("integer {min}..{max}"),
+        Kind::CpuCount { min, max } => format!("integer {min}..{max} \\| `auto`"),
         Kind::Seconds { min, max } => format!("seconds {min}..{max}"),
         Kind::Str => "string".into(),
         Kind::Enum(words) => words

@@ -13,6 +13,14 @@ pub enum Kind {
         /// Largest accepted value.
         max: i64,
     },
+    /// A whole number within `min..=max`, or `auto`: the CPUs this process may use
+    /// ([`crate::cpus`]), kept within the same range.
+    CpuCount {
+        /// Smallest accepted value.
+        min: i64,
+        /// Largest accepted value.
+        max: i64,
+    },
     /// A duration in plain seconds (integer or decimal) within `min..=max`.
     Seconds {
         /// Smallest accepted value.
@@ -166,7 +174,7 @@ pub static SCHEMA: &[KeyDef] = &[
     // [server]
     k("server", "host", Kind::Str, "127.0.0.1", "Interface address to bind (`0.0.0.0` = all IPv4 interfaces, `::` = all IPv6)."),
     k("server", "port", Kind::Int { min: 0, max: 65535 }, "8000", "TCP port to listen on (0 = pick a free port)."),
-    k("server", "workers", Kind::Int { min: 1, max: 512 }, "1", "Number of worker processes started by the supervisor."),
+    k("server", "workers", Kind::CpuCount { min: 1, max: 512 }, "1", "Number of worker processes started by the supervisor. `auto` = the CPUs this process may really use, not the host's core count: the cgroup CPU quota (v2 `cpu.max`, else v1 `cpu.cfs_quota_us`; the strictest of the process's cgroup and its parents), rounded up (1.5 CPUs = 2 workers, 0.5 = 1), and at most the CPUs of its affinity mask (`taskset`, cpuset). Worked out again on every reload; `check` and the start log say what it chose and why (docs/DEPLOYMENT.md: Kubernetes CPU limits, systemd `CPUQuota=`, `docker --cpus`). The default stays 1: each worker is a copy of the app in memory, which a CPU count does not know about."),
     k("server", "debug", Kind::Bool, "false", "Debug mode; required by `errors.show_traceback`. Never enable in production."),
     k("server", "backlog", Kind::Int { min: 1, max: 65535 }, "1024", "Maximum number of pending connections in the listen queue. A worker that falls behind new connections leaves them here: it takes at most 128 ahead of the tasks that serve them."),
     k("server", "graceful_timeout", Kind::Seconds { min: 0.0, max: HOUR }, "30", "On shutdown, time allowed to finish in-flight requests before workers are killed."),

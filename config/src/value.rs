@@ -8,6 +8,8 @@ use std::path::PathBuf;
 pub(crate) enum Value {
     Bool(bool),
     Int(i64),
+    /// `auto` for a [`Kind::CpuCount`]; [`crate::merge`] replaces it with a count.
+    Auto,
     Seconds(f64),
     /// `Str`, `Enum` (canonical spelling), `Url`, `AppRef`, `UrlPath`.
     Text(String),
@@ -69,6 +71,9 @@ pub(crate) fn expected(kind: &Kind) -> String {
     match kind {
         Kind::Bool => "a boolean (true/false, yes/no, on/off, 1/0)".into(),
         Kind::Int { min, max } => format!("an integer between {min} and {max}"),
+        Kind::CpuCount { min, max } => format!(
+            "an integer between {min} and {max}, or auto (the CPUs this process may use)"
+        ),
         Kind::Seconds { min, max } => format!("a number of seconds between {min} and {max}"),
         Kind::Str | Kind::Path | Kind::Program => "a string".into(),
         Kind::Enum(words) => format!("one of {}", words.join(", ")),
@@ -106,6 +111,11 @@ pub(crate) fn parse_value(kind: &Kind, text: &str) -> Result<Value, Expected> {
     match kind {
         Kind::Bool => parse_bool(t).map(Value::Bool).ok_or_else(fail),
         Kind::Int { min, max } => match t.parse::<i64>() {
+            Ok(n) if (*min..=*max).contains(&n) => Ok(Value::Int(n)),
+            _ => Err(fail()),
+        },
+        Kind::CpuCount { .. } if t.eq_ignore_ascii_case("auto") => Ok(Value::Auto),
+        Kind::CpuCount { min, max } => match t.parse::<i64>() {
             Ok(n) if (*min..=*max).contains(&n) => Ok(Value::Int(n)),
             _ => Err(fail()),
         },
@@ -243,12 +253,21 @@ mod tests {
             max: 1 << 24,
         };
         let level = Kind::Enum(&["DEBUG", "INFO"]);
+        let workers = Kind::CpuCount { min: 1, max: 512 };
         let cases: &[(&Kind, &str, Option<Value>)] = &[
             (&port, "8000", Some(Value::Int(8000))),
             (&port, " 80 ", Some(Value::Int(80))),
             (&port, "80a", None),
             (&port, "65536", None),
             (&port, "-1", None),
+            (&workers, "4", Some(Value::Int(4))),
+            (&workers, " auto ", Some(Value::Auto)),
+            (&workers, "AUTO", Some(Value::Auto)),
+            (&workers, "0", None),
+            (&workers, "513", None),
+            (&workers, "auto2", None),
+            (&workers, "", None),
+            (&port, "auto", None),
             (&secs, "2.5", Some(Value::Seconds(2.5))),
             (&secs, "10", Some(Value::Seconds(10.0))),
             (&secs, "11", None),
@@ -310,6 +329,10 @@ mod tests {
                 "a size in bytes (e.g. 65536, 64k, 100m, 1g) between 8 KiB and 16 MiB",
             ),
             (Kind::Enum(&["auto", "on", "off"]), "one of auto, on, off"),
+            (
+                Kind::CpuCount { min: 1, max: 512 },
+                "an integer between 1 and 512, or auto (the CPUs this process may use)",
+            ),
         ];
         for (kind, want) in cases {
             assert_eq!(expected(&kind), want);

@@ -14,6 +14,9 @@ pub fn run(loaded: &Loaded) -> i32 {
             .map_or("(no file)".into(), |f| f.display().to_string())
     );
     println!("{}", loaded.render());
+    if let Some(note) = loaded.workers_note() {
+        println!("{note}");
+    }
     if let Some(note) = loaded.ignored_env_note() {
         println!("{note}");
     }

@@ -118,7 +118,8 @@ pub struct ConfigArgs {
     /// Port to bind ([server] port).
     #[arg(long)]
     pub port: Option<String>,
-    /// Number of worker processes ([server] workers).
+    /// Number of worker processes, or `auto`: the CPUs this process may use, from its
+    /// cgroup quota and affinity ([server] workers).
     #[arg(long)]
     pub workers: Option<String>,
     /// Development: replace the workers when the app's files change ([reload] enabled).

@@ -265,6 +265,7 @@ impl Supervisor {
                 return self.abandon_reload(reply, config_aborted(&err));
             }
         };
+        let workers_note = loaded.workers_note();
         let mut config = loaded.config;
         self.keep_http3(&mut config);
         self.keep_metrics(&mut config);
@@ -317,6 +318,9 @@ impl Supervisor {
             Err(err) => tracing::error!("{err:#}; critical events are not sent"),
         }
         self.app = config.application.app.clone();
+        if let Some(note) = workers_note {
+            tracing::info!("{note}");
+        }
         tracing::info!(
             "reloading: replacing {} worker(s) one slot at a time",
             self.fleet.size()
@@ -656,8 +660,10 @@ async fn supervise(
     if let Some(udp) = spawner.udp.as_ref().and_then(|u| u.local_addr().ok()) {
         url.push_str(&format!(" (HTTP/3 on udp {udp})"));
     }
+    let auto = (loaded.workers_auto.as_ref())
+        .map_or_else(String::new, |budget| format!(" (auto: {})", budget.reason));
     tracing::info!(
-        "genro-asgi {} starting {} worker(s) for {} on {url}",
+        "genro-asgi {} starting {} worker(s){auto} for {} on {url}",
         env!("CARGO_PKG_VERSION"),
         config.server.workers,
         config.application.app
