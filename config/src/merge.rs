@@ -305,6 +305,7 @@ fn build(v: &Values) -> Config {
             graceful_timeout: v.secs("server.graceful_timeout"),
             keep_alive_timeout: v.secs("server.keep_alive_timeout"),
             run_dir: v.path("server.run_dir"),
+            early_hints: v.bool("server.early_hints"),
             uds: v.path("server.uds"),
             uds_mode: u32::from_str_radix(v.text("server.uds_mode").trim(), 8)
                 .ok()

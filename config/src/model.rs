@@ -61,6 +61,8 @@ pub struct Server {
     pub keep_alive_timeout: Duration,
     /// Runtime directory; `None` = chosen by the supervisor.
     pub run_dir: Option<PathBuf>,
+    /// `[server] early_hints`: send the app's 103 Early Hints (HTTP/1.1).
+    pub early_hints: bool,
     /// `[server] uds`: serve on this Unix socket instead of host/port.
     pub uds: Option<PathBuf>,
     /// The `uds` socket's file mode (`u32::MAX`: not an octal mode, refused by the check).

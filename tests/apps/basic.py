@@ -204,6 +204,15 @@ async def app(scope, receive, send):
     elif path == "/pid":
         await start(send)
         await body(send, str(os.getpid()).encode())
+    elif path == "/early-hints":
+        links = [b"</style.css>; rel=preload; as=style", b"</app.js>; rel=preload; as=script"]
+        if query.get("bad"):
+            links = [b"</x>\r\nx-injected: 1"]
+        if "http.response.early_hint" in scope["extensions"] or query.get("force"):
+            await send({"type": "http.response.early_hint", "links": links})
+        await asyncio.sleep(float(query.get("s", "0.3")))
+        await start(send, headers=[(b"link", links[0])])
+        await body(send, b"hinted")
     elif path == "/grow":
         # Memory the worker keeps (max_rss): written to, so it is resident.
         KEPT.append(bytearray(b"x" * (int(query.get("mib", "1")) << 20)))

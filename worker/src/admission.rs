@@ -30,6 +30,19 @@ pub(crate) struct ConnInfo {
     /// On the `[server] uds` socket: its path (the scope's `server` is `[path, None]`, and
     /// `client` is `None` while it is [`genro_shared::UNIX_PEER`]).
     pub(crate) unix: Option<Arc<str>>,
+    /// Where `103 Early Hints` go on an HTTP/1.1 connection (`None`: the front's).
+    pub(crate) hints: Option<Arc<crate::server::Hints>>,
+}
+
+impl ConnInfo {
+    /// The early-hints queue for a request of `version` on this connection: HTTP/1.1
+    /// only (HTTP/1.0 clients must not get interim responses, RFC 9110 §15.2; hyper has
+    /// no way to send them on HTTP/2).
+    pub(crate) fn hints_for(&self, version: http::Version) -> Option<&Arc<crate::server::Hints>> {
+        self.hints
+            .as_ref()
+            .filter(|_| version == http::Version::HTTP_11)
+    }
 }
 
 /// What every exchange starts from on the Python thread, whatever its protocol.

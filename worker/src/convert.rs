@@ -152,6 +152,9 @@ pub(crate) fn message_dict<'a, 'py>(
     Ok((dict, kind))
 }
 
+/// Most `Link` values in one `http.response.early_hint`.
+const MAX_LINKS: usize = 64;
+
 /// Converts the dict the app passed to an HTTP exchange's `send()` into a typed message.
 pub(crate) fn outbound_from_py(message: &Bound<'_, PyAny>) -> Result<Outbound, MessageError> {
     let (dict, kind) = message_dict(message)?;
@@ -196,6 +199,28 @@ pub(crate) fn outbound_from_py(message: &Bound<'_, PyAny>) -> Result<Outbound, M
                 return Err(MessageError::RelativePath(path));
             }
             Ok(Outbound::PathSend { path })
+        }
+        "http.response.early_hint" => {
+            let bad = || {
+                invalid(
+                    "links",
+                    "an iterable of at most 64 bytes values, each a valid header value",
+                )
+            };
+            let links = field("links").ok_or_else(|| MessageError::Missing {
+                kind: kind.clone(),
+                field: "links",
+            })?;
+            let mut out = Vec::new();
+            for link in links.try_iter().map_err(|_| bad())? {
+                let link = link.map_err(|_| bad())?;
+                let bytes = bytes_from_py(&link).ok_or_else(bad)?;
+                if out.len() == MAX_LINKS {
+                    return Err(bad());
+                }
+                out.push(http::HeaderValue::from_maybe_shared(bytes).map_err(|_| bad())?);
+            }
+            Ok(Outbound::EarlyHint { links: out })
         }
         _ => Err(MessageError::UnknownType {
             kind,

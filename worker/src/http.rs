@@ -80,7 +80,7 @@ fn start_request(py: Python<'_>, shared: &Arc<Shared>, start: RequestStart) -> P
         opening:
             Opening {
                 parts,
-                conn: _,
+                conn,
                 admission,
                 respond,
             },
@@ -96,6 +96,7 @@ fn start_request(py: Python<'_>, shared: &Arc<Shared>, start: RequestStart) -> P
         exchange,
         budgets,
         sendfile,
+        hints: conn.hints_for(parts.version).cloned(),
         inner: Mutex::new(Inner {
             state: State::Init,
             respond: Some(respond),
@@ -121,6 +122,8 @@ pub(crate) struct Handle {
     exchange: Arc<Exchange>,
     budgets: Budgets,
     sendfile: Option<Arc<FileSlot>>,
+    /// Where `103 Early Hints` go (HTTP/1.1 only).
+    hints: Option<Arc<crate::server::Hints>>,
     inner: Mutex<Inner>,
 }
 
@@ -176,6 +179,17 @@ impl Handle {
             Err(why) => return Err(this.protocol_failure(&why.to_string())),
         };
         let mut inner = lock(&this.inner);
+        if let crate::response::Outbound::EarlyHint { links } = &outbound {
+            // Advisory (RFC 8297): dropped where it cannot go (the head already went, no
+            // HTTP/1.1, the previous response still being written), never an error.
+            let open = inner.respond.is_some() && !inner.gone && !inner.failed;
+            let queued = open && this.hints.as_ref().is_some_and(|h| h.early_hints(links));
+            drop(inner);
+            if !queued {
+                tracing::debug!(parent: this.span(), "103 Early Hints dropped");
+            }
+            return sent(py);
+        }
         if inner.gone || (this.exchange.is_disconnected() && !inner.state.is_done()) {
             // ASGI 2.4: send() on a closed connection raises OSError, so a streaming loop
             // ends instead of spinning on completed sends.

@@ -46,6 +46,12 @@ pub enum Outbound {
         /// Absolute path of the file.
         path: PathBuf,
     },
+    /// `http.response.early_hint` (hypercorn's extension): a `103 Early Hints` with these
+    /// `Link` values, before the response. Handled beside the state machine.
+    EarlyHint {
+        /// The `Link` header values.
+        links: Vec<http::HeaderValue>,
+    },
 }
 
 /// What the transport must do after a message.
@@ -169,6 +175,9 @@ impl State {
                     }
                     (State::Started { trailers: true, .. }, Outbound::PathSend { .. }) => {
                         "http.response.pathsend cannot be combined with trailers"
+                    }
+                    (_, Outbound::EarlyHint { .. }) => {
+                        "http.response.early_hint after the response started"
                     }
                     (State::AwaitingTrailers, _) => "expected http.response.trailers",
                     _ => "unexpected message",

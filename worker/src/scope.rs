@@ -229,6 +229,12 @@ fn build_scope<'py>(
     } else {
         extensions.set_item(intern!(py, "http.response.trailers"), state.empty.bind(py))?;
         extensions.set_item(intern!(py, "http.response.pathsend"), state.empty.bind(py))?;
+        if start.conn.hints_for(parts.version).is_some() {
+            extensions.set_item(
+                intern!(py, "http.response.early_hint"),
+                state.empty.bind(py),
+            )?;
+        }
     }
     if let Some(facts) = start.conn.tls.get() {
         extensions.set_item(intern!(py, "tls"), tls_extension(py, facts)?)?;

@@ -3,8 +3,12 @@
 //! `[limits]`, and drains gracefully when told to stop.
 
 mod conn;
+mod interim;
 mod record;
 mod service;
+
+pub(crate) use interim::Hints;
+use interim::Interim;
 
 use crate::admission::ConnInfo;
 use crate::handoff::Event;
@@ -152,6 +156,7 @@ pub async fn serve(
         sendfile: config.server.sendfile,
     });
     let keep_alive = config.server.keep_alive_timeout;
+    let early_hints = config.server.early_hints;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -187,6 +192,7 @@ pub async fn serve(
             let _ = stream.set_nodelay(true);
             let server = stream.local_addr().unwrap_or(client);
             let mut state = ConnState::new(&limits, false);
+            let hints = early_hints.then(|| Arc::new(Hints::default()));
             if tls.is_none() && limits.sendfile {
                 let sent = shared.metrics.as_ref().map(|m| m.sendfile_bytes.clone());
                 state.sendfile = Some(Arc::new(FileSlot::new(sent)));
@@ -199,6 +205,7 @@ pub async fn serve(
                     front: false,
                     tls: Default::default(),
                     unix: None,
+                    hints: hints.clone(),
                 }),
                 state: Arc::new(state),
                 shared: shared.clone(),
@@ -232,7 +239,9 @@ pub async fn serve(
                 match tls {
                     None => {
                         let stream = Watched::new(FileSocket::new(stream, slot), io_watch);
-                        driver.drive(TokioIo::new(stream)).await
+                        driver
+                            .drive(TokioIo::new(Interim::new(stream, hints)))
+                            .await
                     }
                     Some(acceptor) => {
                         let stream = Watched::new(stream, io_watch);
@@ -247,7 +256,11 @@ pub async fn serve(
                                     crate::alpn::Negotiated::of(stream.get_ref().1.alpn_protocol());
                                 let gate = crate::alpn::gate(stream, negotiated);
                                 match tokio::time::timeout(handshake_timeout, gate).await {
-                                    Ok(Ok(stream)) => driver.drive(TokioIo::new(stream)).await,
+                                    Ok(Ok(stream)) => {
+                                        driver
+                                            .drive(TokioIo::new(Interim::new(stream, hints)))
+                                            .await
+                                    }
                                     Ok(Err(crate::alpn::Refused::Io(err))) => {
                                         tracing::debug!("connection ended: {err}");
                                     }
@@ -283,6 +296,7 @@ pub async fn serve(
         front: true,
         tls: Default::default(),
         unix: None,
+        hints: None,
     });
     let spawn_front = |stream: tokio::net::UnixStream| {
         let ctx = Arc::new(ConnCtx {
@@ -313,6 +327,7 @@ pub async fn serve(
     };
     // The uds socket's connections: plaintext HTTP/1.1 or h2c from a local proxy.
     let spawn_unix = |stream: tokio::net::UnixStream, path: Arc<str>| {
+        let hints = early_hints.then(|| Arc::new(Hints::default()));
         let ctx = Arc::new(ConnCtx {
             info: Arc::new(ConnInfo {
                 client: genro_shared::UNIX_PEER,
@@ -321,6 +336,7 @@ pub async fn serve(
                 front: false,
                 tls: Default::default(),
                 unix: Some(path),
+                hints: hints.clone(),
             }),
             state: Arc::new(ConnState::new(&limits, false)),
             shared: shared.clone(),
@@ -341,7 +357,9 @@ pub async fn serve(
         let live = live.clone();
         let task = async move {
             let _live = live;
-            driver.drive(TokioIo::new(stream)).await;
+            driver
+                .drive(TokioIo::new(Interim::new(stream, hints)))
+                .await;
         };
         tokio::spawn(task.instrument(tracing::error_span!("conn", peer = "unix")));
     };
