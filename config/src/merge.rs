@@ -258,6 +258,7 @@ fn build(v: &Values) -> Config {
             max_requests_jitter: v.int("server.max_requests_jitter"),
             proxy_headers: v.bool("server.proxy_headers"),
             forwarded_allow_ips: v.list("server.forwarded_allow_ips"),
+            proxy_protocol: ProxyProtocol::from_word(&v.text("server.proxy_protocol")),
         },
         limits: Limits {
             max_header_size: v.size("limits.max_header_size"),
@@ -385,6 +386,13 @@ fn check(loaded: &Loaded) -> Result<(), ConfigError> {
         return Err(ConfigError::Conflict(format!(
             "{}: [http3] enabled = true requires [ssl] enabled = true with a certificate (QUIC is always encrypted)",
             from("http3.enabled")
+        )));
+    }
+    if c.server.proxy_protocol != ProxyProtocol::Off && c.server.forwarded_allow_ips.is_empty() {
+        // Only peers in the list may send the header, and nobody else is served.
+        return Err(ConfigError::Conflict(format!(
+            "{}: [server] proxy_protocol requires [server] forwarded_allow_ips to name the load balancers that send the header (every other peer is refused)",
+            from("server.proxy_protocol")
         )));
     }
     if c.errors.show_traceback && !c.server.debug {
@@ -549,6 +557,7 @@ secret_key = "xxxxx"
         assert_eq!(c.limits.max_header_size, 64 * 1024);
         assert_eq!(c.limits.max_body_size, 100 * 1024 * 1024);
         assert_eq!(c.server.event_loop, LoopKind::Auto);
+        assert_eq!(c.server.proxy_protocol, ProxyProtocol::Off);
         assert_eq!(loaded.file.as_deref(), Some(Path::new("conf/server.ini")));
         assert_eq!(
             loaded.sources.get("watchdog.interval"),
@@ -747,6 +756,7 @@ secret_key = "xxxxx"
             ("[server]\nport = 70000\n", &[], &[], "conf/server.ini:2: [server] port = \"70000\": expected an integer between 0 and 65535"),
             ("[server]\nworkers = 0\n", &[], &[], "conf/server.ini:2: [server] workers = \"0\": expected an integer between 1 and 512"),
             ("[server]\nloop = trio\n", &[], &[], "conf/server.ini:2: [server] loop = \"trio\": expected one of auto, asyncio, uvloop"),
+            ("[server]\nproxy_protocol = v3\n", &[], &[], "conf/server.ini:2: [server] proxy_protocol = \"v3\": expected one of off, v1, v2, auto"),
             ("[logging]\nlevel = verbose\n", &[], &[], "conf/server.ini:2: [logging] level = \"verbose\": expected one of TRACE, DEBUG, INFO, WARNING, ERROR, CRITICAL"),
             ("[server]\ndebug = maybe\n", &[], &[], "conf/server.ini:2: [server] debug = \"maybe\": expected a boolean (true/false, yes/no, on/off, 1/0)"),
             ("[limits]\nmax_header_size = 1k\n", &[], &[], "conf/server.ini:2: [limits] max_header_size = \"1k\": expected a size in bytes (e.g. 65536, 64k, 100m, 1g) between 8 KiB and 16 MiB"),
@@ -786,6 +796,8 @@ secret_key = "xxxxx"
             ("[server]\ngraceful_timeout = 1\n", &[], None),
             ("[errors]\nnotify_critical = true\n", &[], Some("conf/server.ini:2: [errors] notify_critical = true requires [errors] notify_webhook = an http(s) URL to post to")),
             ("[errors]\nnotify_critical = true\nnotify_webhook = http://127.0.0.1:9/x\n", &[], None),
+            ("[server]\nproxy_protocol = v2\nforwarded_allow_ips =\n", &[], Some("conf/server.ini:2: [server] proxy_protocol requires [server] forwarded_allow_ips to name the load balancers that send the header (every other peer is refused)")),
+            ("[server]\nproxy_protocol = auto\n", &[], None),
             ("[http3]\nenabled = yes\n", &[], Some("conf/server.ini:2: [http3] enabled = true requires [ssl] enabled = true with a certificate (QUIC is always encrypted)")),
         ];
         for (file, vars, want) in cases {
