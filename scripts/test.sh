@@ -12,6 +12,8 @@ missing=()
 command -v wrk >/dev/null || missing+=(wrk)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v tini >/dev/null || missing+=(tini)
+# haproxy sends real PROXY protocol headers in front of a worker (tests/test_proxy_protocol.py).
+command -v haproxy >/dev/null || missing+=(haproxy)
 # Debian's python3 is one of the interpreters the wheels are tested on (tests/test_matrix.py).
 if [ -x /usr/bin/python3 ] && ! /usr/bin/python3 -m ensurepip --version >/dev/null 2>&1; then
   missing+=(python3-venv)
