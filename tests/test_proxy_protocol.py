@@ -221,6 +221,48 @@ def test_tls_after_the_header(server, certs):  # noqa: F811
     wait_for(lambda: refused(s, "missing") == 1, 10, "missing counted")
 
 
+def h2_scope(sock):
+    """GET /scope over HTTP/2 on a connected socket: the scope."""
+    import h2.connection
+    import h2.events
+    conn = h2.connection.H2Connection()
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "GET"), (":path", "/scope"), (":scheme", "https"),
+                          (":authority", "127.0.0.1")], end_stream=True)
+    sock.sendall(conn.data_to_send())
+    body, status, ended = b"", None, False
+    while not ended:
+        data = sock.recv(65536)
+        assert data, "closed before the response"
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived):
+                status = dict(event.headers)[b":status"]
+            elif isinstance(event, h2.events.DataReceived):
+                body += event.data
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                ended = True
+        sock.sendall(conn.data_to_send())
+    assert status == b"200", body
+    return json.loads(body)
+
+
+def test_http2_after_the_header(server, certs):  # noqa: F811
+    # h2c prior knowledge: the preface detection starts at the first byte after the header.
+    s = pp_server(server, "auto")
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as sock:
+        sock.sendall(v2("203.0.113.9", sport=9))
+        scope = h2_scope(sock)
+    assert scope["client"] == ["203.0.113.9", 9] and scope["http_version"] == "2"
+    # Over TLS, ALPN h2.
+    s = pp_server(server, "auto", sections=ssl_section(certs))
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as raw:
+        raw.sendall(v1("2001:db8::5", dst="2001:db8::1", sport=10))
+        with client_context(certs, alpn=["h2"]).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            scope = h2_scope(tls)
+    assert scope["client"] == ["2001:db8::5", 10] and scope["http_version"] == "2"
+
+
 # -- a real HAProxy in front --------------------------------------------------------------
 
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
