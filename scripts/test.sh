@@ -14,6 +14,8 @@ command -v chromium >/dev/null || missing+=(chromium)
 command -v tini >/dev/null || missing+=(tini)
 # nginx is the proxy in front of the [server] uds socket (tests/test_uds.py).
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+# haproxy sends real PROXY protocol headers in front of a worker (tests/test_proxy_protocol.py).
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 # Debian's python3 is one of the interpreters the wheels are tested on (tests/test_matrix.py).
 if [ -x /usr/bin/python3 ] && ! /usr/bin/python3 -m ensurepip --version >/dev/null 2>&1; then
   missing+=(python3-venv)

@@ -31,7 +31,7 @@ pub use layers::{
 pub use merge::{load, merge, parse_file, Loaded};
 pub use model::{
     secs, Application, Config, Debug, Errors, Lifespan, Limits, LogLevel, Logging, LoopKind,
-    Metrics, Server, Ssl, TlsVersion, Watchdog, Websocket,
+    Metrics, ProxyProtocol, Server, Ssl, TlsVersion, Watchdog, Websocket,
 };
 pub use render::markdown;
 pub use schema::{KeyDef, Kind, SCHEMA};

@@ -323,6 +323,7 @@ fn build(v: &Values) -> Config {
             max_rss: v.size("server.max_rss"),
             proxy_headers: v.bool("server.proxy_headers"),
             forwarded_allow_ips: v.list("server.forwarded_allow_ips"),
+            proxy_protocol: ProxyProtocol::from_word(&v.text("server.proxy_protocol")),
         },
         limits: Limits {
             max_header_size: v.size("limits.max_header_size"),
@@ -462,6 +463,19 @@ fn check(loaded: &Loaded) -> Result<(), ConfigError> {
         return Err(ConfigError::Conflict(format!(
             "{}: [http3] enabled = true requires [ssl] enabled = true with a certificate (QUIC is always encrypted)",
             from("http3.enabled")
+        )));
+    }
+    if c.server.proxy_protocol != ProxyProtocol::Off && c.server.uds.is_some() {
+        return Err(ConfigError::Conflict(format!(
+            "{}: [server] proxy_protocol is read on the TCP listener; with [server] uds the local proxy's forwarding headers name the client",
+            from("server.proxy_protocol")
+        )));
+    }
+    if c.server.proxy_protocol != ProxyProtocol::Off && c.server.forwarded_allow_ips.is_empty() {
+        // Only peers in the list may send the header, and nobody else is served.
+        return Err(ConfigError::Conflict(format!(
+            "{}: [server] proxy_protocol requires [server] forwarded_allow_ips to name the load balancers that send the header (every other peer is refused)",
+            from("server.proxy_protocol")
         )));
     }
     if c.errors.show_traceback && !c.server.debug {
@@ -639,6 +653,7 @@ secret_key = "xxxxx"
         assert_eq!(c.limits.max_header_size, 64 * 1024);
         assert_eq!(c.limits.max_body_size, 100 * 1024 * 1024);
         assert_eq!(c.server.event_loop, LoopKind::Auto);
+        assert_eq!(c.server.proxy_protocol, ProxyProtocol::Off);
         assert_eq!(loaded.file.as_deref(), Some(Path::new("conf/server.ini")));
         assert_eq!(
             loaded.sources.get("watchdog.interval"),
@@ -842,6 +857,7 @@ secret_key = "xxxxx"
             ("", &[("GENRO_ASGI_SERVER_WORKERS", "auto-ish")], &[], "environment variable GENRO_ASGI_SERVER_WORKERS: [server] workers = \"auto-ish\": expected an integer between 1 and 512, or auto (the CPUs this process may use)"),
             ("", &[], &[Override { key: "server.workers".into(), value: "-2".into(), origin: "--workers".into() }], "--workers: [server] workers = \"-2\": expected an integer between 1 and 512, or auto (the CPUs this process may use)"),
             ("[server]\nloop = trio\n", &[], &[], "conf/server.ini:2: [server] loop = \"trio\": expected one of auto, asyncio, uvloop"),
+            ("[server]\nproxy_protocol = v3\n", &[], &[], "conf/server.ini:2: [server] proxy_protocol = \"v3\": expected one of off, v1, v2, auto"),
             ("[logging]\nlevel = verbose\n", &[], &[], "conf/server.ini:2: [logging] level = \"verbose\": expected one of TRACE, DEBUG, INFO, WARNING, ERROR, CRITICAL"),
             ("[server]\ndebug = maybe\n", &[], &[], "conf/server.ini:2: [server] debug = \"maybe\": expected a boolean (true/false, yes/no, on/off, 1/0)"),
             ("[limits]\nmax_header_size = 1k\n", &[], &[], "conf/server.ini:2: [limits] max_header_size = \"1k\": expected a size in bytes (e.g. 65536, 64k, 100m, 1g) between 8 KiB and 16 MiB"),
@@ -881,6 +897,9 @@ secret_key = "xxxxx"
             ("[server]\ngraceful_timeout = 1\n", &[], None),
             ("[errors]\nnotify_critical = true\n", &[], Some("conf/server.ini:2: [errors] notify_critical = true requires [errors] notify_webhook = an http(s) URL to post to")),
             ("[errors]\nnotify_critical = true\nnotify_webhook = http://127.0.0.1:9/x\n", &[], None),
+            ("[server]\nproxy_protocol = v2\nforwarded_allow_ips =\n", &[], Some("conf/server.ini:2: [server] proxy_protocol requires [server] forwarded_allow_ips to name the load balancers that send the header (every other peer is refused)")),
+            ("[server]\nproxy_protocol = auto\n", &[], None),
+            ("[server]\nproxy_protocol = v1\nuds = /tmp/a.sock\n", &[], Some("conf/server.ini:2: [server] proxy_protocol is read on the TCP listener; with [server] uds the local proxy's forwarding headers name the client")),
             ("[http3]\nenabled = yes\n", &[], Some("conf/server.ini:2: [http3] enabled = true requires [ssl] enabled = true with a certificate (QUIC is always encrypted)")),
         ];
         for (file, vars, want) in cases {

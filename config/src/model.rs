@@ -95,6 +95,8 @@ pub struct Server {
     pub proxy_headers: bool,
     /// Trusted proxies: addresses, CIDR networks, or `*`.
     pub forwarded_allow_ips: Vec<String>,
+    /// PROXY protocol headers expected from the peers in `forwarded_allow_ips`.
+    pub proxy_protocol: ProxyProtocol,
 }
 
 /// `[limits]`: request size, time and concurrency limits.
@@ -327,6 +329,21 @@ pub enum LoopKind {
     Uvloop,
 }
 
+/// `server.proxy_protocol`: which PROXY protocol header versions a trusted peer's
+/// connection must begin with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    /// No header is expected: the bytes are HTTP (or TLS) from the first one.
+    Off,
+    /// The v1 text header only.
+    V1,
+    /// The v2 binary header only.
+    V2,
+    /// Either version.
+    Auto,
+}
+
 /// `application.lifespan`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -374,6 +391,17 @@ impl LoopKind {
             "asyncio" => Self::Asyncio,
             "uvloop" => Self::Uvloop,
             _ => Self::Auto,
+        }
+    }
+}
+
+impl ProxyProtocol {
+    pub(crate) fn from_word(word: &str) -> Self {
+        match word {
+            "v1" => Self::V1,
+            "v2" => Self::V2,
+            "auto" => Self::Auto,
+            _ => Self::Off,
         }
     }
 }

@@ -14,7 +14,7 @@
 
 // Layers, each using only those above it:
 // - leaves: alpn, budget, metrics, body, registry, health, forwarded, target, header_check,
-//   io_watch, response, convert, trim, title;
+//   proxy_protocol, proxy_protocol_check, io_watch, response, convert, trim, title;
 // - the hand-off to the Python thread (handoff) and the awaitables (awaitable);
 // - the worker's state (state), then what every exchange starts from (admission, scope);
 // - the protocols: HTTP (receive: the request side, http: the exchange), WebSocket
@@ -36,6 +36,8 @@ mod io_watch;
 mod metrics;
 mod module;
 mod on_loop;
+pub mod proxy_protocol;
+pub mod proxy_protocol_check;
 mod receive;
 mod registry;
 mod response;

@@ -142,6 +142,52 @@ impl Limit {
     }
 }
 
+/// Why a connection was refused for its PROXY protocol header (`[server] proxy_protocol`):
+/// counted in `proxy_protocol_errors_total`; the connection is closed unanswered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyRefusal {
+    /// The peer is not in `forwarded_allow_ips`, so it may not send a header, and only
+    /// connections with one are served.
+    Untrusted,
+    /// No header: the connection began with something else (plain HTTP, TLS, garbage).
+    Missing,
+    /// A header of a version the setting does not accept.
+    Version,
+    /// A header that breaks the spec (bad CRLF, field, address, port, family, TLV).
+    Malformed,
+    /// A header longer than the bounds (v1: 107 bytes; v2: 4 KiB of addresses and TLVs).
+    Oversized,
+    /// The peer closed (or reset) the connection before the header was complete.
+    Truncated,
+    /// The header was not complete within `[limits] header_read_timeout`.
+    Timeout,
+}
+
+impl ProxyRefusal {
+    const ALL: [ProxyRefusal; 7] = [
+        ProxyRefusal::Untrusted,
+        ProxyRefusal::Missing,
+        ProxyRefusal::Version,
+        ProxyRefusal::Malformed,
+        ProxyRefusal::Oversized,
+        ProxyRefusal::Truncated,
+        ProxyRefusal::Timeout,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            ProxyRefusal::Untrusted => "untrusted",
+            ProxyRefusal::Missing => "missing",
+            ProxyRefusal::Version => "version",
+            ProxyRefusal::Malformed => "malformed",
+            ProxyRefusal::Oversized => "oversized",
+            ProxyRefusal::Truncated => "truncated",
+            ProxyRefusal::Timeout => "timeout",
+        }
+    }
+}
+
 /// Methods with a label value of their own; any other is counted as `OTHER`.
 const METHODS: [http::Method; 9] = [
     http::Method::GET,
@@ -178,6 +224,7 @@ pub struct Metrics {
     ws_messages: [IntCounter; 2],
     errors: [IntCounter; 3],
     limits: [IntCounter; Limit::ALL.len()],
+    proxy_refused: [IntCounter; ProxyRefusal::ALL.len()],
     loop_lag: Histogram,
     /// `executor_tasks_total`, by pool and outcome.
     executor_done: [[IntCounter; Outcome::ALL.len()]; Pool::ALL.len()],
@@ -271,6 +318,12 @@ impl Metrics {
             "Times a client ran into a bound, by kind (docs/SECURITY.md).",
             &["kind"],
         );
+        let proxy_refused = counter_vec(
+            &registry,
+            "proxy_protocol_errors_total",
+            "Connections closed for their PROXY protocol header ([server] proxy_protocol), by reason (docs/OBSERVABILITY.md).",
+            &["reason"],
+        );
         let loop_lag = Histogram::with_opts(
             HistogramOpts::new(
                 "loop_lag_seconds",
@@ -321,6 +374,9 @@ impl Metrics {
             }),
             errors: each(ErrorKind::ALL, |k| errors.with_label_values(&[k.label()])),
             limits: each(Limit::ALL, |k| limits.with_label_values(&[k.label()])),
+            proxy_refused: each(ProxyRefusal::ALL, |r| {
+                proxy_refused.with_label_values(&[r.label()])
+            }),
             requests: Box::default(),
             connections_unknown,
             requests_total,
@@ -385,6 +441,11 @@ impl Metrics {
     /// Counts a bound hit.
     pub fn limit(&self, kind: Limit) {
         self.limits[kind as usize].inc();
+    }
+
+    /// Counts a connection refused for its PROXY protocol header.
+    pub fn proxy_refused(&self, reason: ProxyRefusal) {
+        self.proxy_refused[reason as usize].inc();
     }
 
     /// A WebSocket message went in (`received`) or out.
@@ -454,6 +515,7 @@ mod tests {
         );
         m.error(ErrorKind::App);
         m.limit(Limit::SendTimeout);
+        m.proxy_refused(ProxyRefusal::Oversized);
         m.executor_done(Pool::Process, Outcome::Failed);
         let depth = [
             Depth {
@@ -473,6 +535,8 @@ mod tests {
             "genro_asgi_errors_total{kind=\"client\",worker=\"3\"} 0",
             "genro_asgi_limits_hit_total{kind=\"send_timeout\",worker=\"3\"} 1",
             "genro_asgi_limits_hit_total{kind=\"worker_buffer\",worker=\"3\"} 0",
+            "genro_asgi_proxy_protocol_errors_total{reason=\"oversized\",worker=\"3\"} 1",
+            "genro_asgi_proxy_protocol_errors_total{reason=\"untrusted\",worker=\"3\"} 0",
             "genro_asgi_requests_in_flight{worker=\"3\"} 4",
             "genro_asgi_executor_tasks_total{outcome=\"failed\",pool=\"process\",worker=\"3\"} 1",
             "genro_asgi_executor_tasks{pool=\"thread\",state=\"queued\",worker=\"3\"} 2",

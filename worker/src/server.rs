@@ -4,6 +4,7 @@
 
 mod conn;
 mod interim;
+mod proxied;
 mod record;
 mod service;
 
@@ -46,6 +47,17 @@ fn accept_paused(shared: &Shared) {
     shared.limit(crate::metrics::Limit::AcceptPaused);
     if PAUSED_LOG_EVERY.due() {
         tracing::warn!("new connections outpace this worker: {UNSTARTED} accepted connections wait for their task, so accepting paused and new ones wait in the listen backlog (logged at most every {}s)", PAUSED_LOG_EVERY.secs());
+    }
+}
+
+/// Counts a connection refused for `[server] proxy_protocol`, and says why at debug
+/// level at most every 10 s: a flood of them must not fill the log.
+fn proxy_refused(shared: &Shared, peer: std::net::SocketAddr, refused: &proxied::Refused) {
+    static REFUSED_LOG_EVERY: crate::budget::LogEvery =
+        crate::budget::LogEvery::new(Duration::from_secs(10));
+    shared.proxy_refused(refused.reason());
+    if REFUSED_LOG_EVERY.due() {
+        tracing::debug!(%peer, "connection refused: {refused} (counted in proxy_protocol_errors_total; logged at most every {}s)", REFUSED_LOG_EVERY.secs());
     }
 }
 
@@ -185,56 +197,81 @@ pub async fn serve(
     let (live, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     let conn_stop = stop.clone();
     let unstarted = Arc::new(tokio::sync::Semaphore::new(UNSTARTED));
+    let proxy_gate = proxied::Gate::new(&config)?.map(Arc::new);
     let spawn_connection =
-        |stream: tokio::net::TcpStream,
-         client: std::net::SocketAddr,
+        |mut stream: tokio::net::TcpStream,
+         peer: std::net::SocketAddr,
          not_started: Option<tokio::sync::OwnedSemaphorePermit>| {
-            let _ = stream.set_nodelay(true);
-            let server = stream.local_addr().unwrap_or(client);
-            let mut state = ConnState::new(&limits, false);
-            let hints = early_hints.then(|| Arc::new(Hints::default()));
-            if tls.is_none() && limits.sendfile {
-                let sent = shared.metrics.as_ref().map(|m| m.sendfile_bytes.clone());
-                state.sendfile = Some(Arc::new(FileSlot::new(sent)));
+            if let Some(gate) = &proxy_gate {
+                if !gate.admits(peer) {
+                    // Refused before a task exists, so a flood costs no memory.
+                    proxy_refused(&shared, peer, &proxied::Refused::Untrusted);
+                    return;
+                }
             }
-            let ctx = Arc::new(ConnCtx {
-                info: Arc::new(ConnInfo {
-                    client,
-                    server,
-                    https: tls.is_some(),
-                    front: false,
-                    tls: Default::default(),
-                    unix: None,
-                    hints: hints.clone(),
-                }),
-                state: Arc::new(state),
-                shared: shared.clone(),
-                limits: limits.clone(),
-                access: access.clone(),
-                stop: conn_stop.clone(),
-                _live: live.clone(),
-            });
+            let _ = stream.set_nodelay(true);
+            let server = stream.local_addr().unwrap_or(peer);
             let builder = builder.clone();
             let stop = conn_stop.clone();
             let live = live.clone();
             let tls = tls.clone();
             let shared = shared.clone();
-            let io_watch = ctx.state.io.clone();
-            let info = ctx.info.clone();
-            let slot = ctx.state.sendfile.clone();
-            let driver = Driver {
-                builder,
-                ctx,
-                stop,
-                keep_alive,
-                header_read_timeout: handshake_timeout,
-                fd: Some(std::os::fd::AsRawFd::as_raw_fd(&stream)),
-            };
+            let limits = limits.clone();
+            let access = access.clone();
+            let gate = proxy_gate.clone();
             // ERROR level: the span exists whenever anything is logged, so a warning
-            // inside it names the peer too.
-            let span = tracing::error_span!("conn", peer = %client);
+            // inside it names the peer too (and the client, once a PROXY header named it).
+            let span = tracing::error_span!("conn", peer = %peer, client = tracing::field::Empty);
             let task = async move {
                 drop(not_started);
+                let client = match &gate {
+                    None => peer,
+                    Some(gate) => match gate.client(&mut stream, peer).await {
+                        Ok(client) => {
+                            tracing::Span::current()
+                                .record("client", tracing::field::display(client));
+                            client
+                        }
+                        Err(refused) => {
+                            proxy_refused(&shared, peer, &refused);
+                            return;
+                        }
+                    },
+                };
+                let mut state = ConnState::new(&limits, false);
+                let hints = early_hints.then(|| Arc::new(Hints::default()));
+                if tls.is_none() && limits.sendfile {
+                    let sent = shared.metrics.as_ref().map(|m| m.sendfile_bytes.clone());
+                    state.sendfile = Some(Arc::new(FileSlot::new(sent)));
+                }
+                let ctx = Arc::new(ConnCtx {
+                    info: Arc::new(ConnInfo {
+                        client,
+                        server,
+                        https: tls.is_some(),
+                        front: false,
+                        tls: Default::default(),
+                        unix: None,
+                        hints: hints.clone(),
+                    }),
+                    state: Arc::new(state),
+                    shared: shared.clone(),
+                    limits,
+                    access,
+                    stop: stop.clone(),
+                    _live: live.clone(),
+                });
+                let io_watch = ctx.state.io.clone();
+                let info = ctx.info.clone();
+                let slot = ctx.state.sendfile.clone();
+                let driver = Driver {
+                    builder,
+                    ctx,
+                    stop,
+                    keep_alive,
+                    header_read_timeout: handshake_timeout,
+                    fd: Some(std::os::fd::AsRawFd::as_raw_fd(&stream)),
+                };
                 let _live = live;
                 match tls {
                     None => {

@@ -136,6 +136,15 @@ impl Shared {
         }
     }
 
+    /// Counts a connection refused for its PROXY protocol header, in
+    /// `proxy_protocol_errors_total` and, as a client error, in `errors_total`.
+    pub(crate) fn proxy_refused(&self, reason: crate::metrics::ProxyRefusal) {
+        if let Some(metrics) = &self.metrics {
+            metrics.proxy_refused(reason);
+            metrics.error(crate::metrics::ErrorKind::Client);
+        }
+    }
+
     /// Counts an error in the metrics (when they are on).
     pub(crate) fn error(&self, kind: crate::metrics::ErrorKind) {
         if let Some(metrics) = &self.metrics {
