@@ -19,15 +19,21 @@ def replaced(s):
     return [(r["slot"], r["pid"], r["reason"]) for r in status(s)["replaced"]]
 
 
+def replaced_by(s, old):
+    """A ready worker other than `old` serves (one `ctl status`, so no race between two)."""
+    pids = ready_pids(s)
+    return pids and old not in pids
+
+
 def restarts(s, reason):
     return total(samples(scrape(s)), "genro_asgi_worker_restarts_total", reason=reason)
 
 
 def test_max_requests_is_exact_under_concurrent_load(server):
-    """8 keep-alive clients, 2 workers at 50 requests each: every retired worker served
-    between 50 and 50 + 8 requests (its limit, plus at most the requests in flight when
-    it reached it), and no request failed. Sampled at the once-a-second heartbeat, a
-    worker overshot by everything it served in that second."""
+    """8 keep-alive clients, 2 workers at 50 requests each: no worker served more than
+    50 + 8 requests (its limit, plus at most the requests in flight when it reached it),
+    and no request failed. Sampled at the once-a-second heartbeat, a worker overshot by
+    everything it served in that second."""
     limit, clients, per_client = 50, 8, 60
     s = metrics_server(server, workers=2, sections={"server": {"max_requests": limit}})
     first = set(s.worker_pids())
@@ -57,11 +63,12 @@ def test_max_requests_is_exact_under_concurrent_load(server):
     assert sum(served.values()) == clients * per_client
     retired = [pid for pid in served if pid not in ready_pids(s)]
     assert len(retired) >= 4, served
-    for pid in retired:
-        assert limit <= served[pid] <= limit + clients, (pid, served)
     for pid in served:
-        # Even the workers still serving never went past their limit.
+        # No worker went past its limit by more than the requests in flight.
         assert served[pid] <= limit + clients, (pid, served)
+    # Workers stopped themselves at their limit (a successor started ahead from the
+    # rate could let one leave a little earlier on a slow machine).
+    assert sum(1 for pid in retired if served[pid] >= limit) >= 2, served
     s.wait_log("replaced: max_requests %d reached" % limit)
     assert "reload complete" not in s.log
     reasons = [r for (_slot, pid, r) in replaced(s) if pid in first]
@@ -126,13 +133,13 @@ def test_crashes_hangs_and_reloads_say_why(server):
         httpx.get(s.url + "/exit?code=3", timeout=10)
     except httpx.TransportError:
         pass
-    wait_for(lambda: ready_pids(s) and first not in ready_pids(s), 15, "respawn after exit")
+    wait_for(lambda: replaced_by(s, first), 15, "respawn after exit")
     (second,) = ready_pids(s)
     os.kill(second, signal.SIGKILL)
-    wait_for(lambda: ready_pids(s) and second not in ready_pids(s), 15, "respawn after kill")
+    wait_for(lambda: replaced_by(s, second), 15, "respawn after kill")
     (third,) = ready_pids(s)
     os.kill(third, signal.SIGSTOP)
-    wait_for(lambda: ready_pids(s) and third not in ready_pids(s), 20, "respawn after hang")
+    wait_for(lambda: replaced_by(s, third), 20, "respawn after hang")
     (fourth,) = ready_pids(s)
     assert ctl(s, "reload").returncode == 0
     reasons = {pid: reason for _slot, pid, reason in replaced(s)}
@@ -153,6 +160,26 @@ def test_a_blocked_loop_is_its_own_reason(server):
         httpx.get(s.url + "/block?s=30", timeout=0.5)
     except httpx.TransportError:
         pass
-    wait_for(lambda: ready_pids(s) and first not in ready_pids(s), 20, "respawn after a blocked loop")
+    wait_for(lambda: replaced_by(s, first), 20, "respawn after a blocked loop")
     (reason,) = [r for _slot, pid, r in replaced(s) if pid == first]
     assert reason.startswith("event loop blocked for ") and reason.endswith("(worker_timeout 2s)"), reason
+
+
+def test_max_requests_successor_is_started_ahead_under_steady_load(server):
+    """One worker at a steady ~100 req/s toward a limit of 450: the supervisor sees the
+    rate at the heartbeats and starts the successor before the limit, so it is ready when
+    the old worker stops (no wait for a start-up), and no request fails or stalls."""
+    s = server(workers=1, sections={"server": {"max_requests": 450}})
+    (first,) = s.worker_pids()
+    worst = 0.0
+    with httpx.Client(base_url=s.url, timeout=15) as c:
+        deadline = time.monotonic() + 12
+        while time.monotonic() < deadline and first in s.worker_pids():
+            t0 = time.monotonic()
+            assert c.get("/").status_code == 200
+            worst = max(worst, time.monotonic() - t0)
+            time.sleep(0.01)
+    s.wait_log("worker %d (slot 0): max_requests 450 reached; starting its successor" % first)
+    s.wait_log("worker %d (slot 0) replaced: max_requests 450 reached" % first)
+    assert s.log.index("starting its successor") < s.log.index("replaced: max_requests")
+    assert worst < 1.0, worst

@@ -43,15 +43,15 @@ impl TlsFacts {
         }
     }
 
-    /// As [`TLS_HEADER`]'s value: `<version hex> <cipher hex or -> [<cert hex> ...]`.
+    /// As [`TLS_HEADER`]'s value: `<version hex> <cipher hex or -> [<cert base64> ...]`
+    /// (base64, not hex: the chain counts against the worker's `max_header_size`).
     pub fn to_header(&self) -> String {
+        use base64::Engine;
         let code = |c: Option<u16>| c.map_or_else(|| "-".to_owned(), |c| format!("{c:04x}"));
         let mut out = format!("{} {}", code(self.version), code(self.cipher_suite));
         for cert in &self.client_chain {
             out.push(' ');
-            for byte in cert {
-                out.push_str(&format!("{byte:02x}"));
-            }
+            base64::engine::general_purpose::STANDARD.encode_string(cert, &mut out);
         }
         out
     }
@@ -67,7 +67,13 @@ impl TlsFacts {
         let cipher_suite = code(words.next()?)?;
         let client_chain = words
             .take(MAX_CHAIN)
-            .map(unhex)
+            .map(|cert| {
+                use base64::Engine;
+                let der = base64::engine::general_purpose::STANDARD
+                    .decode(cert)
+                    .ok()?;
+                (!der.is_empty()).then_some(der)
+            })
             .collect::<Option<Vec<_>>>()?;
         Some(TlsFacts {
             version,
@@ -79,16 +85,6 @@ impl TlsFacts {
 
 fn chain(certs: &[CertificateDer<'_>]) -> Vec<Vec<u8>> {
     certs.iter().take(MAX_CHAIN).map(|c| c.to_vec()).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.is_empty() || text.len() % 2 != 0 {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// A DER certificate as PEM text.
@@ -292,13 +288,13 @@ mod tests {
             cipher_suite: None,
             client_chain: vec![vec![0x30, 0x01, 0xff], vec![0x00]],
         };
-        assert_eq!(facts.to_header(), "0304 - 3001ff 00");
+        assert_eq!(facts.to_header(), "0304 - MAH/ AA==");
         assert_eq!(TlsFacts::from_header(&facts.to_header()), Some(facts));
         assert_eq!(
             TlsFacts::from_header("0303 c02f").unwrap().cipher_suite,
             Some(0xc02f)
         );
-        for bad in ["", "0304", "zz -", "0304 - 3", "0304 - xyz1", "0304 -  "] {
+        for bad in ["", "0304", "zz -", "0304 - 3", "0304 - x!z1", "0304 -  "] {
             assert_eq!(TlsFacts::from_header(bad), None, "{bad:?}");
         }
     }

@@ -79,6 +79,8 @@ pub(crate) struct Supervisor {
     /// `[debug]` as started (its listener is bound then), and the run directory where
     /// the workers' debugger sockets are.
     pub(crate) debug: (genro_config::Debug, std::path::PathBuf),
+    /// `[server] uds` and `uds_mode` as started (the socket is bound then).
+    pub(crate) uds: (Option<std::path::PathBuf>, u32),
 }
 
 /// A worker (or the front) replaced, as `ctl status` lists it.
@@ -384,12 +386,16 @@ impl Supervisor {
                             .get(slot)
                             .and_then(|s| s.worker.as_ref())
                             .map(|w| w.pid);
-                        if let (Some(old), Some(Cause::Reload { .. })) =
-                            (serving, self.fleet.replacing())
-                        {
-                            // A reload's replacement beside the serving worker (a
-                            // recycle's was counted by its `Recycle`).
-                            self.replaced(Some(slot), old, "reload", "reload".into());
+                        match (serving, self.fleet.replacing()) {
+                            (Some(old), Some(Cause::Reload { .. })) => {
+                                self.replaced(Some(slot), old, "reload", "reload".into());
+                            }
+                            // Counted by its `Recycle` when the old worker leaves.
+                            (Some(old), Some(Cause::Recycle(why))) => tracing::info!(
+                                slot,
+                                "worker {old} (slot {slot}): {why}; starting its successor"
+                            ),
+                            _ => {}
                         }
                         match self.spawner.spawn(slot, generation) {
                             Ok(child) => {

@@ -33,6 +33,9 @@ pub use reload::{Cause, ReplyId};
 use respawn::Respawn;
 use std::time::{Duration, Instant};
 
+/// The shortest span a worker's request rate is measured over.
+const RATE_WINDOW: Duration = Duration::from_millis(900);
+
 /// Failures in a row from which a slot counts as crash-looping.
 pub const CRASH_LOOP: u32 = 3;
 
@@ -204,6 +207,10 @@ pub struct Worker {
     pub rss: u64,
     /// Heartbeats in a row with `rss` above `max_rss`.
     rss_over: u32,
+    /// Requests per second over the last second or more of heartbeats.
+    rate: f64,
+    /// Where that rate was last measured from: (when, requests started then).
+    sample: Option<(Instant, u64)>,
     /// Killed as hung; its exit is awaited.
     killed: bool,
 }
@@ -222,6 +229,10 @@ pub struct Slot {
     respawn: Respawn,
     /// Removed by scale-down: not respawned, closed once empty.
     removed: bool,
+    /// How long its last worker took from spawn to ready.
+    startup: Option<Duration>,
+    /// A recycle of this slot failed: none is tried again before then.
+    recycle_after: Option<Instant>,
 }
 
 impl Slot {
@@ -234,6 +245,8 @@ impl Slot {
             retiring: Vec::new(),
             respawn: Respawn::default(),
             removed: false,
+            startup: None,
+            recycle_after: None,
         }
     }
 
@@ -281,6 +294,11 @@ pub struct Settings {
     pub executor_grace: Duration,
     /// Heartbeat silence after which a ready worker is killed.
     pub worker_timeout: Duration,
+    /// `[server] max_requests` (0: never), for starting a successor ahead of a worker's
+    /// own stop at its limit.
+    pub max_requests: u64,
+    /// `[server] max_requests_jitter`.
+    pub max_requests_jitter: u64,
     /// Recycle a worker after this long (zero: never).
     pub max_lifetime: Duration,
     /// Up to this much extra lifetime per worker.
@@ -409,7 +427,7 @@ impl Fleet {
     ) -> Vec<Command> {
         if self.slots[slot].incoming_generation == Some(generation) {
             self.slots[slot].incoming_generation = None;
-            let mut commands = vec![self.abort_reload(slot, None)];
+            let mut commands = vec![self.abort_reload(slot, None, now)];
             commands.extend(self.respawn_if_empty(slot, now));
             return commands;
         }
@@ -425,6 +443,10 @@ impl Fleet {
         let Some((slot, role)) = self.find(pid) else {
             return Vec::new();
         };
+        let recycling = match self.replacing() {
+            Some(Cause::Recycle(why)) => Some(why),
+            _ => None,
+        };
         let s = &mut self.slots[slot];
         let worker = match role {
             Role::Current => s.worker.as_mut(),
@@ -435,12 +457,21 @@ impl Fleet {
             return Vec::new();
         };
         worker.mark_ready(now);
+        s.startup = Some(now.saturating_duration_since(worker.started));
         let mut commands = Vec::new();
         if role == Role::Incoming {
             // The replacement serves: the old worker drains.
             s.incoming_generation = None;
+            s.recycle_after = None;
             let new = s.incoming.take().expect("incoming found above");
             if let Some(mut old) = s.worker.replace(new) {
+                if let Some(why) = recycling {
+                    commands.push(Command::Recycle {
+                        slot,
+                        pid: old.pid,
+                        why,
+                    });
+                }
                 old.state = WorkerState::Draining;
                 commands.push(Command::Drain(old.pid));
                 s.retiring.push(old);
@@ -489,6 +520,19 @@ impl Fleet {
         let Some(worker) = s.workers_mut().find(|w| w.pid == pid) else {
             return Vec::new();
         };
+        if worker.state == WorkerState::Ready {
+            // Over at least a second: a heartbeat right after the ready report would make
+            // one request look like hundreds per second.
+            match worker.sample {
+                Some((at, served)) if now.saturating_duration_since(at) >= RATE_WINDOW => {
+                    let interval = now.saturating_duration_since(at).as_secs_f64();
+                    worker.rate = beat.served.saturating_sub(served) as f64 / interval;
+                    worker.sample = Some((now, beat.served));
+                }
+                Some(_) => {}
+                None => worker.sample = Some((now, beat.served)),
+            }
+        }
         worker.last_heartbeat = now;
         worker.in_flight = beat.in_flight;
         worker.served = beat.served;
@@ -513,8 +557,8 @@ impl Fleet {
             return Vec::new();
         }
         let worker = worker.clone();
-        match self.recycle_due(&worker, now) {
-            Some(why) => self.start_recycle(slot, pid, why),
+        match self.recycle_due(slot, &worker, now) {
+            Some(why) => self.start_recycle(slot, why, now),
             None => Vec::new(),
         }
     }
@@ -558,7 +602,7 @@ impl Fleet {
         match role {
             Role::Retiring => return commands,
             Role::Incoming => {
-                commands.push(self.abort_reload(slot, code));
+                commands.push(self.abort_reload(slot, code, now));
                 commands.extend(self.respawn_if_empty(slot, now));
                 return commands;
             }
@@ -581,7 +625,8 @@ impl Fleet {
     /// has no worker left: it respawns like after a crash.
     fn respawn_if_empty(&mut self, slot: usize, now: Instant) -> Option<Command> {
         let s = &self.slots[slot];
-        (s.worker.is_none() && !s.removed).then(|| self.schedule_respawn(slot, now))
+        (s.worker.is_none() && !s.removed && s.respawn.at.is_none())
+            .then(|| self.schedule_respawn(slot, now))
     }
 
     fn schedule_respawn(&mut self, slot: usize, now: Instant) -> Command {
@@ -840,6 +885,8 @@ impl Worker {
             loop_lag_ms: 0.0,
             rss: 0,
             rss_over: 0,
+            rate: 0.0,
+            sample: None,
             killed: false,
         }
     }

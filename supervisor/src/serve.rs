@@ -188,6 +188,8 @@ pub(crate) fn settings(config: &Config) -> Settings {
         grace: config.server.graceful_timeout,
         executor_grace: config.executors.shutdown_timeout,
         worker_timeout: config.server.worker_timeout,
+        max_requests: config.server.max_requests,
+        max_requests_jitter: config.server.max_requests_jitter,
         max_lifetime: config.server.max_lifetime,
         max_lifetime_jitter: config.server.max_lifetime_jitter,
         max_rss: config.server.max_rss,
@@ -268,6 +270,7 @@ impl Supervisor {
         let workers_note = loaded.workers_note();
         let mut config = loaded.config;
         self.keep_http3(&mut config);
+        self.keep_uds(&mut config);
         self.keep_metrics(&mut config);
         self.keep_debug(&mut config);
         let config = &config;
@@ -343,6 +346,15 @@ impl Supervisor {
         config.http3.enabled = running.is_some();
         if let Some(port) = running {
             config.http3.port = port;
+        }
+    }
+
+    /// The `[server] uds` socket is bound at start: a reload keeps it (and its absence).
+    fn keep_uds(&self, config: &mut Config) {
+        if config.server.uds != self.uds.0 || config.server.uds_mode != self.uds.1 {
+            tracing::warn!("[server] uds/uds_mode changed: a restart is needed for that; keeping the running socket");
+            config.server.uds = self.uds.0.clone();
+            config.server.uds_mode = self.uds.1;
         }
     }
 
@@ -694,6 +706,7 @@ async fn supervise(
         metrics: config.metrics.clone(),
         reload_after: false,
         debug: (config.debug.clone(), run_dir.to_owned()),
+        uds: (config.server.uds.clone(), config.server.uds_mode),
     };
     if let Some(listener) = metrics_listener {
         tokio::spawn(crate::endpoints::serve(

@@ -53,12 +53,15 @@ pub fn bind_unix(
     mode: u32,
     backlog: u32,
 ) -> anyhow::Result<(Socket, UdsFile)> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::os::unix::fs::FileTypeExt;
     let shown = path.display();
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                anyhow::bail!("[server] uds {shown}: a server is already listening on it");
+            match std::os::unix::net::UnixStream::connect(path) {
+                // Nobody listens: what a killed server leaves.
+                Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                Ok(_) => anyhow::bail!("[server] uds {shown}: a server is already listening on it"),
+                Err(err) => anyhow::bail!("[server] uds {shown}: an existing socket that may be live ({err}); not replacing it"),
             }
             std::fs::remove_file(path)
                 .with_context(|| format!("[server] uds {shown}: cannot remove the stale socket"))?;
@@ -70,13 +73,16 @@ pub fn bind_unix(
         Err(err) => return Err(err).with_context(|| format!("[server] uds {shown}")),
     }
     let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
-    socket
-        .bind(&socket2::SockAddr::unix(path)?)
-        .with_context(|| format!("[server] uds {shown}: cannot bind"))?;
+    // The file gets its mode as it is created, from the umask: a chmod by path afterwards
+    // would follow a symlink swapped in meanwhile. The supervisor is starting: no other
+    // thread creates files now.
+    // SAFETY: umask has no preconditions.
+    let previous = unsafe { libc::umask(!mode & 0o777) };
+    let bound = socket.bind(&socket2::SockAddr::unix(path)?);
+    // SAFETY: as above.
+    unsafe { libc::umask(previous) };
+    bound.with_context(|| format!("[server] uds {shown}: cannot bind"))?;
     let file = UdsFile(path.to_owned());
-    // Before listen: nobody connects before the mode is right.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("[server] uds {shown}: cannot set mode {mode:o}"))?;
     socket.listen(backlog.min(i32::MAX as u32) as i32)?;
     socket.set_cloexec(true)?;
     Ok((socket, file))

@@ -206,6 +206,8 @@ async def app(scope, receive, send):
         await body(send, str(os.getpid()).encode())
     elif path == "/early-hints":
         links = [b"</style.css>; rel=preload; as=style", b"</app.js>; rel=preload; as=script"]
+        if query.get("tag"):
+            links = [b"</tagged.css?%s>; rel=preload" % query["tag"].encode()]
         if query.get("bad"):
             links = [b"</x>\r\nx-injected: 1"]
         if "http.response.early_hint" in scope["extensions"] or query.get("force"):

@@ -172,13 +172,25 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
 
     // SAFETY: the supervisor passed the slot's listening socket on this fd, and nothing
     // else in this process owns it.
-    let listener = match &config.server.uds {
+    // What the socket is decides, not the configuration: the two could only disagree by a
+    // mistake, and a Unix listener on a TCP socket would drop every client.
+    let listener = if server::is_unix_socket(args.listen_fd) {
+        let path = match &config.server.uds {
+            Some(path) => path.display().to_string(),
+            None => "unix socket".to_owned(),
+        };
         // SAFETY: as above; with `[server] uds` the socket is the shared Unix one.
-        Some(path) => server::Listen::Unix(
+        server::Listen::Unix(
             unsafe { std::os::unix::net::UnixListener::from_raw_fd(args.listen_fd) },
-            path.display().to_string().into(),
-        ),
-        None => server::Listen::Tcp(unsafe { std::net::TcpListener::from_raw_fd(args.listen_fd) }),
+            path.into(),
+        )
+    } else {
+        if config.server.uds.is_some() {
+            tracing::warn!(
+                "[server] uds is set but this worker was given a TCP socket; serving TCP"
+            );
+        }
+        server::Listen::Tcp(unsafe { std::net::TcpListener::from_raw_fd(args.listen_fd) })
     };
     let front = config.http3.enabled.then(|| {
         // SAFETY: with HTTP/3 on, the supervisor passes the slot's private Unix socket on
@@ -625,12 +637,14 @@ async fn control_loop(
                 "max_requests {limit} reached: taking no more requests, finishing those in flight; a new worker takes this slot"
             );
             shared.retiring.store(true, Ordering::Relaxed);
-            stop.send_replace(true);
+            // Told first: a worker with nothing in flight may be gone right after the stop,
+            // and its exit must not look like a crash.
             let _ = out
                 .send(Message::Retire {
                     max_requests: limit,
                 })
                 .await;
+            stop.send_replace(true);
         })
     });
     let mut buf = bytes::BytesMut::new();

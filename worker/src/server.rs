@@ -84,6 +84,21 @@ pub struct Limits {
     pub sendfile: bool,
 }
 
+/// Whether `fd` is a Unix-domain socket (the `[server] uds` one) rather than TCP.
+pub fn is_unix_socket(fd: i32) -> bool {
+    // SAFETY: getsockname writes at most `len` bytes into the zeroed storage.
+    unsafe {
+        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        libc::getsockname(
+            fd,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        ) == 0
+            && i32::from(storage.ss_family) == libc::AF_UNIX
+    }
+}
+
 /// The socket a worker serves clients on: its slot's TCP socket, or the `[server] uds`
 /// Unix socket every worker shares (with its path).
 #[derive(Debug)]
@@ -363,7 +378,9 @@ pub async fn serve(
         tokio::spawn(task.instrument(tracing::error_span!("conn", peer = "http3-front")));
     };
     // The uds socket's connections: plaintext HTTP/1.1 or h2c from a local proxy.
-    let spawn_unix = |stream: tokio::net::UnixStream, path: Arc<str>| {
+    let spawn_unix = |stream: tokio::net::UnixStream,
+                      path: Arc<str>,
+                      not_started: Option<tokio::sync::OwnedSemaphorePermit>| {
         let hints = early_hints.then(|| Arc::new(Hints::default()));
         let ctx = Arc::new(ConnCtx {
             info: Arc::new(ConnInfo {
@@ -393,6 +410,7 @@ pub async fn serve(
         };
         let live = live.clone();
         let task = async move {
+            drop(not_started);
             let _live = live;
             driver
                 .drive(TokioIo::new(Interim::new(stream, hints)))
@@ -402,22 +420,33 @@ pub async fn serve(
     };
     loop {
         // A permit first: at most UNSTARTED accepted connections wait for their task.
-        let accept = async {
-            let permit = match unstarted.clone().try_acquire_owned() {
+        let permit = || async {
+            match unstarted.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => {
                     accept_paused(&shared);
                     unstarted.clone().acquire_owned().await.ok()
                 }
-            };
+            }
+        };
+        // Either the TCP or the uds socket is served, never both: one permit waits.
+        let accept = async {
             match &listener {
-                Some(listener) => listener.accept().await.map(|accepted| (accepted, permit)),
+                Some(listener) => {
+                    let permit = permit().await;
+                    listener.accept().await.map(|accepted| (accepted, permit))
+                }
                 None => std::future::pending().await,
             }
         };
         let accept_uds = async {
             match &uds {
-                Some((uds, path)) => uds.accept().await.map(|(stream, _)| (stream, path.clone())),
+                Some((uds, path)) => {
+                    let permit = permit().await;
+                    uds.accept()
+                        .await
+                        .map(|(stream, _)| (stream, path.clone(), permit))
+                }
                 None => std::future::pending().await,
             }
         };
@@ -438,7 +467,7 @@ pub async fn serve(
                 }
             },
             accepted = accept_uds => match accepted {
-                Ok((stream, path)) => spawn_unix(stream, path),
+                Ok((stream, path, permit)) => spawn_unix(stream, path, permit),
                 Err(err) => {
                     tracing::warn!("accept on the uds socket failed: {err}");
                     shared.error(ErrorKind::Internal);
@@ -478,7 +507,7 @@ pub async fn serve(
                 .set_nonblocking(true)
                 .and_then(|()| tokio::net::UnixStream::from_std(stream))
             {
-                Ok(stream) => spawn_unix(stream, path.clone()),
+                Ok(stream) => spawn_unix(stream, path.clone(), None),
                 Err(err) => tracing::warn!("queued connection: {err}"),
             },
             Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,

@@ -139,11 +139,20 @@ impl Fleet {
 
     /// A replacement failed before it was ready: the reload (or recycle) ends here, and
     /// the scale it carried with it.
-    pub(super) fn abort_reload(&mut self, slot: usize, code: Option<i32>) -> Command {
+    pub(super) fn abort_reload(
+        &mut self,
+        slot: usize,
+        code: Option<i32>,
+        now: std::time::Instant,
+    ) -> Command {
         let cause = match self.reload.take() {
             Some(Reload::Replacing { cause, .. }) => cause,
             Some(Reload::Preparing) | None => Cause::Reload { reply: None },
         };
+        if matches!(cause, Cause::Recycle(_)) {
+            // The old worker keeps serving; its limit is not retried at every heartbeat.
+            self.slots[slot].recycle_after = Some(now + super::recycle::RECYCLE_BACKOFF);
+        }
         Command::ReloadFailed { slot, code, cause }
     }
 }

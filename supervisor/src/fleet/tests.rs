@@ -11,6 +11,8 @@ pub(super) fn settings() -> Settings {
         grace: Duration::from_secs(10),
         executor_grace: Duration::from_secs(3),
         worker_timeout: Duration::from_secs(30),
+        max_requests: 0,
+        max_requests_jitter: 0,
         max_lifetime: Duration::ZERO,
         max_lifetime_jitter: Duration::ZERO,
         max_rss: 0,
@@ -276,7 +278,6 @@ fn a_worker_at_max_requests_retires_at_once_and_its_successor_starts() {
                 pid: 100,
                 why: Why::MaxRequests { limit: 200 }
             },
-            Command::Drain(100),
             Command::Spawn {
                 slot: 0,
                 generation: 2
@@ -296,7 +297,6 @@ fn a_worker_at_max_requests_retires_at_once_and_its_successor_starts() {
                 pid: 101,
                 why: Why::MaxRequests { limit: 200 }
             },
-            Command::Drain(101),
             Command::Spawn {
                 slot: 1,
                 generation: 2
@@ -321,14 +321,11 @@ fn a_worker_retiring_during_a_reload_leaves_its_slot_to_the_reload() {
     // The reload's replacement is starting: no second one.
     assert_eq!(
         fleet.handle_retire(100, 50),
-        vec![
-            Command::Recycle {
-                slot: 0,
-                pid: 100,
-                why: Why::MaxRequests { limit: 50 }
-            },
-            Command::Drain(100)
-        ]
+        vec![Command::Recycle {
+            slot: 0,
+            pid: 100,
+            why: Why::MaxRequests { limit: 50 }
+        }]
     );
     // The replacement fails: the reload ends, and the empty slot respawns.
     let commands = fleet.handle_exited(200, Some(1), now);
@@ -345,18 +342,25 @@ fn a_worker_retiring_during_a_reload_leaves_its_slot_to_the_reload() {
     );
 }
 
-#[test]
-fn max_lifetime_replaces_the_slot_new_worker_first() {
-    let limit = Duration::from_secs(60);
+/// `n` ready workers under `max_lifetime = limit`.
+fn serving_with_lifetime(n: usize, limit: Duration) -> (Fleet, Instant) {
     let (mut fleet, now) = started_with(
-        2,
+        n,
         Settings {
             max_lifetime: limit,
             ..settings()
         },
     );
-    fleet.handle_ready(100, now);
-    fleet.handle_ready(101, now);
+    for slot in 0..n {
+        fleet.handle_ready(100 + slot as u32, now);
+    }
+    (fleet, now)
+}
+
+#[test]
+fn max_lifetime_replaces_the_slot_new_worker_first() {
+    let limit = Duration::from_secs(60);
+    let (mut fleet, now) = serving_with_lifetime(2, limit);
     assert!(fleet
         .handle_heartbeat(100, Beat::default(), now + Duration::from_secs(59))
         .is_empty());
@@ -364,17 +368,11 @@ fn max_lifetime_replaces_the_slot_new_worker_first() {
     let why = Why::Lifetime { limit };
     assert_eq!(
         fleet.handle_heartbeat(100, Beat::default(), later),
-        vec![
-            Command::Recycle {
-                slot: 0,
-                pid: 100,
-                why
-            },
-            Command::Spawn {
-                slot: 0,
-                generation: 2
-            }
-        ]
+        vec![Command::Spawn {
+            slot: 0,
+            generation: 2
+        }],
+        "the successor first; the replacement counts when the old worker leaves"
     );
     assert!(
         fleet
@@ -385,6 +383,11 @@ fn max_lifetime_replaces_the_slot_new_worker_first() {
     assert_eq!(
         replaced(&mut fleet, 0, 2, 200, later),
         vec![
+            Command::Recycle {
+                slot: 0,
+                pid: 100,
+                why
+            },
             Command::Drain(100),
             Command::Reloaded {
                 cause: Cause::Recycle(why)
@@ -392,12 +395,11 @@ fn max_lifetime_replaces_the_slot_new_worker_first() {
         ]
     );
     assert_eq!(
-        fleet.handle_heartbeat(101, Beat::default(), later)[0],
-        Command::Recycle {
+        fleet.handle_heartbeat(101, Beat::default(), later),
+        vec![Command::Spawn {
             slot: 1,
-            pid: 101,
-            why
-        }
+            generation: 2
+        }]
     );
     assert_eq!(why.to_string(), "max_lifetime 60s reached");
 }
@@ -425,17 +427,10 @@ fn max_rss_needs_three_heartbeats_in_a_row_over_it() {
     let why = Why::Rss { rss: over, max };
     assert_eq!(
         fleet.handle_heartbeat(100, rss(over), now),
-        vec![
-            Command::Recycle {
-                slot: 0,
-                pid: 100,
-                why
-            },
-            Command::Spawn {
-                slot: 0,
-                generation: 2
-            }
-        ]
+        vec![Command::Spawn {
+            slot: 0,
+            generation: 2
+        }]
     );
     assert_eq!(
         why.to_string(),
@@ -607,4 +602,98 @@ fn a_second_stop_kills_the_front_and_the_workers() {
     );
     fleet.handle_exited(900, None, now);
     assert_eq!(fleet.handle_exited(100, None, now), vec![Command::Exit(0)]);
+}
+
+#[test]
+fn a_failed_recycle_leaves_the_worker_and_waits_before_the_next_attempt() {
+    let (mut fleet, now) = serving_with_lifetime(1, Duration::from_secs(60));
+    let later = now + Duration::from_secs(61);
+    assert_eq!(fleet.handle_heartbeat(100, Beat::default(), later).len(), 1);
+    fleet.handle_spawned(0, 2, 200, later);
+    let commands = fleet.handle_exited(200, Some(3), later);
+    assert!(
+        matches!(commands[0], Command::ReloadFailed { .. }),
+        "{commands:?}"
+    );
+    assert_eq!(commands.len(), 1, "the old worker serves on: no respawn");
+    for s in 1..60 {
+        let at = later + Duration::from_secs(s);
+        assert!(
+            fleet.handle_heartbeat(100, Beat::default(), at).is_empty(),
+            "no new attempt {s}s after the failure"
+        );
+    }
+    let after = later + super::recycle::RECYCLE_BACKOFF;
+    assert_eq!(
+        fleet.handle_heartbeat(100, Beat::default(), after),
+        vec![Command::Spawn {
+            slot: 0,
+            generation: 3
+        }]
+    );
+}
+
+#[test]
+fn max_requests_starts_the_successor_ahead_from_the_rate_and_the_start_up_time() {
+    let (mut fleet, t0) = started_with(
+        1,
+        Settings {
+            max_requests: 1000,
+            ..settings()
+        },
+    );
+    // The slot's worker took 2 s to start: successors are started 3 s ahead, plus the
+    // second until the next heartbeat.
+    let ready = t0 + Duration::from_secs(2);
+    fleet.handle_ready(100, ready);
+    let beat = |served| Beat {
+        served,
+        ..Beat::default()
+    };
+    let at = |s: u64| ready + Duration::from_secs(s);
+    assert!(
+        fleet.handle_heartbeat(100, beat(100), at(1)).is_empty(),
+        "the first sample"
+    );
+    assert!(
+        fleet.handle_heartbeat(100, beat(500), at(6)).is_empty(),
+        "80 req/s, 500 to go"
+    );
+    assert_eq!(
+        fleet.handle_heartbeat(100, beat(750), at(7)),
+        vec![Command::Spawn {
+            slot: 0,
+            generation: 2
+        }],
+        "250 req/s: 250 to go is within 4 s"
+    );
+    // The old worker gets to its limit before its successor is ready: it retires, and
+    // the successor (already starting) takes the slot; no second one.
+    fleet.handle_spawned(0, 2, 200, at(7));
+    assert_eq!(
+        fleet.handle_retire(100, 1000),
+        vec![Command::Recycle {
+            slot: 0,
+            pid: 100,
+            why: Why::MaxRequests { limit: 1000 }
+        }]
+    );
+    assert_eq!(
+        fleet.handle_ready(200, at(8)),
+        vec![Command::Reloaded {
+            cause: Cause::Recycle(Why::MaxRequests { limit: 1000 })
+        }],
+        "promoted; the retired worker was counted already"
+    );
+    assert_eq!(fleet.slots()[0].worker.as_ref().unwrap().pid, 200);
+}
+
+#[test]
+fn a_retire_from_a_worker_already_leaving_changes_nothing() {
+    let (mut fleet, _now) = serving(2);
+    fleet.handle_scale(1).unwrap();
+    assert!(
+        fleet.handle_retire(101, 10).is_empty(),
+        "scaled down: draining already"
+    );
 }
