@@ -9,6 +9,11 @@
 //! the next flush (the connection task is woken for it), or in front of hyper's next
 //! write. A hint queued while hyper may still hold the previous response's bytes (a
 //! pipelined request behind a slow reader) is dropped. Hints are advisory (RFC 8297 §2).
+//!
+//! This leans on hyper 1.x internals: its HTTP/1.1 `pipeline_flush` must stay off (with it
+//! on, hyper skips the socket's flush while requests are buffered), and an upgrade of
+//! hyper is checked by `tests/test_early_hints.py`, which matches each 103 to its own
+//! response over keep-alive and pipelined requests.
 
 use futures_util::task::AtomicWaker;
 use std::pin::Pin;
