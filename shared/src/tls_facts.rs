@@ -22,15 +22,28 @@ pub struct TlsFacts {
     pub cipher_suite: Option<u16>,
     /// The client's certificates, DER, its own first (empty: none was asked for or sent).
     pub client_chain: Vec<Vec<u8>>,
+    /// The chain as PEM and the subject name, made once per connection ([`TlsFacts::client`]).
+    client: std::sync::OnceLock<(Vec<String>, Option<String>)>,
 }
 
 impl TlsFacts {
+    /// The client's chain as PEM and its certificate's RFC 4514 subject, computed on first
+    /// use and kept: every request on the connection shows the same.
+    pub fn client(&self) -> &(Vec<String>, Option<String>) {
+        self.client.get_or_init(|| {
+            let chain = self.client_chain.iter().map(|der| pem(der)).collect();
+            let name = self.client_chain.first().and_then(|der| subject_name(der));
+            (chain, name)
+        })
+    }
+
     /// The facts of a handshaken rustls connection.
     pub fn of(conn: &rustls::CommonState) -> Self {
         TlsFacts {
             version: conn.protocol_version().map(u16::from),
             cipher_suite: conn.negotiated_cipher_suite().map(|s| u16::from(s.suite())),
             client_chain: chain(conn.peer_certificates().unwrap_or_default()),
+            client: Default::default(),
         }
     }
 
@@ -40,6 +53,7 @@ impl TlsFacts {
             version: Some(0x0304),
             cipher_suite: None,
             client_chain: chain(peer),
+            client: Default::default(),
         }
     }
 
@@ -79,6 +93,7 @@ impl TlsFacts {
             version,
             cipher_suite,
             client_chain,
+            client: Default::default(),
         })
     }
 }
@@ -287,6 +302,7 @@ mod tests {
             version: Some(0x0304),
             cipher_suite: None,
             client_chain: vec![vec![0x30, 0x01, 0xff], vec![0x00]],
+            ..TlsFacts::default()
         };
         assert_eq!(facts.to_header(), "0304 - MAH/ AA==");
         assert_eq!(TlsFacts::from_header(&facts.to_header()), Some(facts));

@@ -271,15 +271,13 @@ fn tls_extension<'py>(
     py: Python<'py>,
     facts: &genro_shared::tls_facts::TlsFacts,
 ) -> PyResult<Bound<'py, PyDict>> {
-    use genro_shared::tls_facts::{pem, subject_name};
     let extension = PyDict::new(py);
     extension.set_item(
         intern!(py, "server_cert"),
         SERVER_CERT.get().and_then(Option::as_deref),
     )?;
-    let chain: Vec<String> = facts.client_chain.iter().map(|der| pem(der)).collect();
+    let (chain, name) = facts.client();
     extension.set_item(intern!(py, "client_cert_chain"), chain)?;
-    let name = facts.client_chain.first().and_then(|der| subject_name(der));
     extension.set_item(intern!(py, "client_cert_name"), name)?;
     extension.set_item(intern!(py, "client_cert_error"), py.None())?;
     extension.set_item(intern!(py, "tls_version"), facts.version)?;

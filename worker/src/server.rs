@@ -350,49 +350,18 @@ pub async fn serve(
         unix: None,
         hints: None,
     });
-    let spawn_front = |stream: tokio::net::UnixStream| {
+    // A Unix-socket connection: the front's (HTTP/2 from a trusted peer, the client per
+    // request, no keep-alive limit) or the uds socket's (HTTP/1.1 or h2c from a local
+    // proxy). `peer` names it in the log.
+    let spawn_local = |stream: tokio::net::UnixStream,
+                       info: Arc<ConnInfo>,
+                       keep_alive: Duration,
+                       not_started: Option<tokio::sync::OwnedSemaphorePermit>,
+                       peer: &'static str| {
+        let hints = info.hints.clone();
         let ctx = Arc::new(ConnCtx {
-            info: front_info.clone(),
-            state: Arc::new(ConnState::new(&limits, true)),
-            shared: shared.clone(),
-            limits: limits.clone(),
-            access: access.clone(),
-            stop: conn_stop.clone(),
-            _live: live.clone(),
-        });
-        let stream = Watched::new(stream, ctx.state.io.clone());
-        let driver = Driver {
-            builder: builder.clone(),
-            ctx,
-            stop: conn_stop.clone(),
-            keep_alive: Duration::ZERO,
-            header_read_timeout: handshake_timeout,
-            fd: None,
-        };
-        let live = live.clone();
-        let task = async move {
-            let _live = live;
-            driver.drive(TokioIo::new(stream)).await;
-        };
-        // Its requests' clients are in their own lines (`request{client}`).
-        tokio::spawn(task.instrument(tracing::error_span!("conn", peer = "http3-front")));
-    };
-    // The uds socket's connections: plaintext HTTP/1.1 or h2c from a local proxy.
-    let spawn_unix = |stream: tokio::net::UnixStream,
-                      path: Arc<str>,
-                      not_started: Option<tokio::sync::OwnedSemaphorePermit>| {
-        let hints = early_hints.then(|| Arc::new(Hints::default()));
-        let ctx = Arc::new(ConnCtx {
-            info: Arc::new(ConnInfo {
-                client: genro_shared::UNIX_PEER,
-                server: genro_shared::UNIX_PEER,
-                https: false,
-                front: false,
-                tls: Default::default(),
-                unix: Some(path),
-                hints: hints.clone(),
-            }),
-            state: Arc::new(ConnState::new(&limits, false)),
+            state: Arc::new(ConnState::new(&limits, info.front)),
+            info,
             shared: shared.clone(),
             limits: limits.clone(),
             access: access.clone(),
@@ -416,7 +385,29 @@ pub async fn serve(
                 .drive(TokioIo::new(Interim::new(stream, hints)))
                 .await;
         };
-        tokio::spawn(task.instrument(tracing::error_span!("conn", peer = "unix")));
+        tokio::spawn(task.instrument(tracing::error_span!("conn", peer = peer)));
+    };
+    // The front's requests' clients are in their own lines (`request{client}`).
+    let spawn_front = |stream| {
+        spawn_local(
+            stream,
+            front_info.clone(),
+            Duration::ZERO,
+            None,
+            "http3-front",
+        )
+    };
+    let spawn_unix = |stream, path: Arc<str>, not_started| {
+        let info = Arc::new(ConnInfo {
+            client: genro_shared::UNIX_PEER,
+            server: genro_shared::UNIX_PEER,
+            https: false,
+            front: false,
+            tls: Default::default(),
+            unix: Some(path),
+            hints: early_hints.then(|| Arc::new(Hints::default())),
+        });
+        spawn_local(stream, info, keep_alive, not_started, "unix")
     };
     loop {
         // A permit first: at most UNSTARTED accepted connections wait for their task.
