@@ -4,6 +4,7 @@ status, headers and body of each, and the client's own UDP address."""
 
 import asyncio
 import ssl
+import time
 
 from aioquic.asyncio import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
@@ -18,6 +19,9 @@ class Response:
         self.headers = []
         self.body = bytearray()
         self.reset = None  # error code when the server reset the stream
+        self.interim = []  # (seconds since the request, headers) of each 1xx response
+        self.sent = time.monotonic()
+        self.final_at = None  # seconds since the request to the final response's head
 
     @property
     def status(self):
@@ -45,7 +49,12 @@ class _Client(QuicConnectionProtocol):
                 continue
             fut, response = entry
             if isinstance(ev, HeadersReceived):
-                response.headers.extend(ev.headers)
+                at = time.monotonic() - response.sent
+                if not response.headers and dict(ev.headers).get(b":status", b"").startswith(b"1"):
+                    response.interim.append((at, ev.headers))
+                else:
+                    response.final_at = response.final_at or at
+                    response.headers.extend(ev.headers)
             elif isinstance(ev, DataReceived):
                 response.body.extend(ev.data)
             if getattr(ev, "stream_ended", False):

@@ -61,7 +61,7 @@ pub struct Server {
     pub keep_alive_timeout: Duration,
     /// Runtime directory; `None` = chosen by the supervisor.
     pub run_dir: Option<PathBuf>,
-    /// `[server] early_hints`: send the app's 103 Early Hints (HTTP/1.1).
+    /// `[server] early_hints`: send the app's 103 Early Hints (HTTP/1.1, HTTP/2, HTTP/3).
     pub early_hints: bool,
     /// `[server] uds`: serve on this Unix socket instead of host/port.
     pub uds: Option<PathBuf>,

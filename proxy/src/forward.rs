@@ -25,6 +25,11 @@
 //! answers 502: the app may have run. There is no upstream timeout: a slow app is the
 //! app's business, and the workers bound their own work.
 //!
+//! Early Hints (`[server] early_hints`): each `103` the worker sends before its response
+//! is relayed to the client as an HTTP/3 interim response while the front awaits the
+//! final one; at most [`MAX_HINTS`] wait, later ones are dropped (they are advisory, RFC
+//! 8297). A hint from an attempt that is then retried stays sent.
+//!
 //! Mapping: the method, `https://<authority><path?query>` (HTTP/3 always carries an
 //! authority), and the headers minus connection-specific ones (RFC 9113 §8.2.2) and
 //! `Host` (HTTP/2 carries it in `:authority`). The front replaces any client copy of
@@ -55,6 +60,12 @@ pub(crate) type Resolver = h3::server::RequestResolver<h3_quinn::Connection, Byt
 
 /// Attempts per request, the first included.
 pub(crate) const MAX_ATTEMPTS: usize = 3;
+
+/// Most `103 Early Hints` of one request waiting to be relayed.
+const MAX_HINTS: usize = 8;
+
+/// The sending end of a request's early hints (their header sections).
+type HintSender = tokio::sync::mpsc::Sender<HeaderMap>;
 
 /// What every request needs.
 #[derive(Debug)]
@@ -106,49 +117,39 @@ pub(crate) async fn handle(
     );
     let method = request.method().clone();
     let target = request.uri().path().to_owned();
-    match forward(
+    let (hint_tx, hint_rx) = match client.early_hints {
+        true => {
+            let (tx, rx) = tokio::sync::mpsc::channel(MAX_HINTS);
+            (Some(tx), Some(rx))
+        }
+        false => (None, None),
+    };
+    let forwarded = forward(
         request,
         body,
         &handle,
         &shared.pool,
         peer,
         client.tls.as_ref(),
-    )
-    .await
-    {
-        Ok((response, _in_flight)) => match relay(response, &mut send, &client).await {
-            Ok(()) => {}
-            Err(RelayError::SendTimeout) => {
-                // Dropping the upstream response (done: `relay` owned it) resets the
-                // worker's stream with CANCEL: the app sees the disconnect.
-                send.stop_stream(Code::H3_REQUEST_CANCELLED);
-                client.hit(Limit::SendTimeout);
-                client.close_if_stalled();
-            }
-            Err(err @ RelayError::Upstream(_)) => {
-                if handle.is_timed_out() {
-                    // The upload stalled after the response started: the client's
-                    // request is incomplete (RFC 9114 §8.1), the worker's stream reset.
-                    send.stop_stream(Code::H3_REQUEST_INCOMPLETE);
-                    client.hit(Limit::BodyTimeout);
-                } else {
-                    send.stop_stream(Code::H3_INTERNAL_ERROR);
-                    tracing::debug!(%peer, "{method} {target}: response not relayed: {err}");
-                }
-            }
-            Err(err) => {
-                tracing::debug!(%peer, "{method} {target}: response not relayed: {err}");
-            }
-        },
-        Err(Failure::BodyTimeout) => {
+        hint_tx,
+    );
+    let forwarded = match hint_rx {
+        Some(hints) => with_hints(forwarded, hints, &mut send, &client).await,
+        None => Ok(forwarded.await),
+    };
+    let relayed = match forwarded {
+        Ok(Ok((response, _in_flight))) => relay(response, &mut send, &client).await,
+        Err(err) => Err(err),
+        Ok(Err(Failure::BodyTimeout)) => {
             client.hit(Limit::BodyTimeout);
             shared.stats.error(true);
             let failure = Failure::BodyTimeout;
             if let Err(err) = answer(&mut send, failure.status(), failure.text()).await {
                 tracing::debug!(%peer, "408 not sent: {err}");
             }
+            Ok(())
         }
-        Err(failure) => {
+        Ok(Err(failure)) => {
             shared.stats.error(!failure.status().is_server_error());
             if failure.status().is_server_error() {
                 tracing::warn!(%peer, "{method} {target}: {}: {failure}", failure.status());
@@ -158,6 +159,31 @@ pub(crate) async fn handle(
             if let Err(err) = answer(&mut send, failure.status(), failure.text()).await {
                 tracing::debug!(%peer, "error response not sent: {err}");
             }
+            Ok(())
+        }
+    };
+    match relayed {
+        Ok(()) => {}
+        Err(RelayError::SendTimeout) => {
+            // Dropping the upstream response (done: `relay` or `with_hints` owned it)
+            // resets the worker's stream with CANCEL: the app sees the disconnect.
+            send.stop_stream(Code::H3_REQUEST_CANCELLED);
+            client.hit(Limit::SendTimeout);
+            client.close_if_stalled();
+        }
+        Err(err @ RelayError::Upstream(_)) => {
+            if handle.is_timed_out() {
+                // The upload stalled after the response started: the client's
+                // request is incomplete (RFC 9114 §8.1), the worker's stream reset.
+                send.stop_stream(Code::H3_REQUEST_INCOMPLETE);
+                client.hit(Limit::BodyTimeout);
+            } else {
+                send.stop_stream(Code::H3_INTERNAL_ERROR);
+                tracing::debug!(%peer, "{method} {target}: response not relayed: {err}");
+            }
+        }
+        Err(err) => {
+            tracing::debug!(%peer, "{method} {target}: response not relayed: {err}");
         }
     }
     // RFC 9114 §4.1: a complete response may precede the end of the request.
@@ -340,12 +366,22 @@ impl Head {
         })
     }
 
-    fn request(&self, body: RequestBody) -> Request<RequestBody> {
+    /// The request of one attempt; the `103`s of its response go to `hints`.
+    fn request(&self, body: RequestBody, hints: Option<&HintSender>) -> Request<RequestBody> {
         let mut request = Request::new(body);
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.uri.clone();
         *request.version_mut() = http::Version::HTTP_2;
         *request.headers_mut() = self.headers.clone();
+        if let Some(hints) = hints.cloned() {
+            // Called by hyper's connection task for each interim response (the patched
+            // hyper, `third_party/hyper`): it must not wait, so a full queue drops.
+            hyper::ext::on_informational(&mut request, move |interim| {
+                if interim.status() == StatusCode::EARLY_HINTS {
+                    let _ = hints.try_send(without_hop_by_hop(interim.headers()));
+                }
+            });
+        }
         request
     }
 }
@@ -400,6 +436,7 @@ async fn forward(
     pool: &Pool,
     peer: SocketAddr,
     tls: Option<&HeaderValue>,
+    hints: Option<HintSender>,
 ) -> Result<(Response<Incoming>, InFlight), Failure> {
     let head = Head::of(&request, peer, tls)?;
     let mut body = Some(body);
@@ -417,7 +454,7 @@ async fn forward(
         match attempt(
             &upstream,
             pool.response_buffer(),
-            head.request(attempt_body),
+            head.request(attempt_body, hints.as_ref()),
         )
         .await
         {
@@ -484,6 +521,36 @@ async fn attempt(
                 source,
                 verdict,
             })
+        }
+    }
+}
+
+/// Awaits `upstream` (the request's attempts), relaying each early hint to the client
+/// meanwhile. Hints are taken first: hyper hands them over before the response they
+/// precede. A hint the client's settings do not admit (its field section is too large) is
+/// dropped; a failed or timed-out write fails the request.
+async fn with_hints<T>(
+    upstream: impl std::future::Future<Output = T>,
+    mut hints: tokio::sync::mpsc::Receiver<HeaderMap>,
+    send: &mut SendStream,
+    client: &Client,
+) -> Result<T, RelayError> {
+    tokio::pin!(upstream);
+    loop {
+        tokio::select! {
+            biased;
+            Some(headers) = hints.recv() => {
+                let mut head = Response::new(());
+                *head.status_mut() = StatusCode::EARLY_HINTS;
+                *head.headers_mut() = headers;
+                match write(client, send.send_response(head)).await {
+                    Err(RelayError::Client(StreamError::HeaderTooBig { .. })) => {
+                        tracing::debug!(peer = %client.peer, "103 Early Hints dropped: too large for the client");
+                    }
+                    written => written?,
+                }
+            }
+            done = &mut upstream => return Ok(done),
         }
     }
 }

@@ -43,6 +43,8 @@ pub(crate) struct Settings {
     pub(crate) send_timeout: Duration,
     /// `[limits] body_timeout` (zero: none): see `body.rs`.
     pub(crate) body_timeout: Duration,
+    /// `[server] early_hints`: relay the workers' `103 Early Hints`.
+    pub(crate) early_hints: bool,
 }
 
 impl Settings {
@@ -54,6 +56,7 @@ impl Settings {
             header_read_timeout: config.limits.header_read_timeout,
             send_timeout: config.limits.send_timeout,
             body_timeout: config.limits.body_timeout,
+            early_hints: config.server.early_hints,
         }
     }
 }

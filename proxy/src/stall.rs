@@ -68,6 +68,8 @@ pub(crate) struct Client {
     pub(crate) send_timeout: Option<Duration>,
     /// `[limits] body_timeout` (`None`: no limit).
     pub(crate) body_timeout: Option<Duration>,
+    /// `[server] early_hints`: the workers' `103 Early Hints` are relayed.
+    pub(crate) early_hints: bool,
     /// Bytes moved on the connection.
     pub(crate) activity: Arc<Activity>,
     quic: quinn::Connection,
@@ -103,6 +105,7 @@ impl Client {
             tls: http::HeaderValue::try_from(facts.to_header()).ok(),
             send_timeout: limit(settings.send_timeout),
             body_timeout: limit(settings.body_timeout),
+            early_hints: settings.early_hints,
             activity: Arc::new(Activity::default()),
             quic,
             stats,

@@ -10,6 +10,8 @@ import urllib.parse
 
 LIFESPAN_LOG = os.environ.get("LIFESPAN_LOG")
 KEPT = []
+# /hinted.css?tag=T: when each tag's stylesheet was fetched (time.monotonic()).
+HINTED = {}
 
 
 def note(text):
@@ -211,10 +213,29 @@ async def app(scope, receive, send):
         if query.get("bad"):
             links = [b"</x>\r\nx-injected: 1"]
         if "http.response.early_hint" in scope["extensions"] or query.get("force"):
-            await send({"type": "http.response.early_hint", "links": links})
+            for _ in range(int(query.get("n", "1"))):
+                await send({"type": "http.response.early_hint", "links": links})
         await asyncio.sleep(float(query.get("s", "0.3")))
         await start(send, headers=[(b"link", links[0])])
         await body(send, b"hinted")
+    elif path == "/hinted-page":
+        # A page whose stylesheet a browser learns of only from a 103: the page says
+        # whether the stylesheet was fetched while the page itself was still being made.
+        tag = query.get("tag", "")
+        link = b"</hinted.css?tag=%s>; rel=preload; as=style" % tag.encode()
+        await send({"type": "http.response.early_hint", "links": [link]})
+        deadline = time.monotonic() + float(query.get("s", "3"))
+        while tag not in HINTED and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        verdict = b"yes" if tag in HINTED else b"no"
+        await start(send, headers=[(b"content-type", b"text/html")])
+        await body(send, b"<html><head><link rel=stylesheet href='/hinted.css?tag=%s'></head>"
+                         b"<body><p id=verdict>preloaded-before-response=%s</p></body></html>"
+                   % (tag.encode(), verdict))
+    elif path == "/hinted.css":
+        HINTED.setdefault(query.get("tag", ""), time.monotonic())
+        await start(send, headers=[(b"content-type", b"text/css"), (b"cache-control", b"max-age=60")])
+        await body(send, b"p { color: green }")
     elif path == "/grow":
         # Memory the worker keeps (max_rss): written to, so it is resident.
         KEPT.append(bytearray(b"x" * (int(query.get("mib", "1")) << 20)))

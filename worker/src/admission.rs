@@ -30,18 +30,34 @@ pub(crate) struct ConnInfo {
     /// On the `[server] uds` socket: its path (the scope's `server` is `[path, None]`, and
     /// `client` is `None` while it is [`genro_shared::UNIX_PEER`]).
     pub(crate) unix: Option<Arc<str>>,
-    /// Where `103 Early Hints` go on an HTTP/1.1 connection (`None`: the front's).
+    /// `[server] early_hints`.
+    pub(crate) early_hints: bool,
+    /// Where `103 Early Hints` go on an HTTP/1.1 connection (`None`: off, or the front's).
     pub(crate) hints: Option<Arc<crate::server::Hints>>,
 }
 
 impl ConnInfo {
-    /// The early-hints queue for a request of `version` on this connection: HTTP/1.1
-    /// only (HTTP/1.0 clients must not get interim responses, RFC 9110 §15.2; hyper has
-    /// no way to send them on HTTP/2).
-    pub(crate) fn hints_for(&self, version: http::Version) -> Option<&Arc<crate::server::Hints>> {
-        self.hints
-            .as_ref()
-            .filter(|_| version == http::Version::HTTP_11)
+    /// Where the `103 Early Hints` of the request with `parts` go (`None`: it gets none,
+    /// and its scope does not offer the extension). HTTP/1.1 through the connection's
+    /// queue, HTTP/2 (the front's too) through hyper's stream; HTTP/1.0 clients must not
+    /// get interim responses (RFC 9110 §15.2).
+    pub(crate) fn early_hints(
+        &self,
+        parts: &http::request::Parts,
+    ) -> Option<crate::server::EarlyHints> {
+        use crate::server::EarlyHints;
+        if !self.early_hints {
+            return None;
+        }
+        match parts.version {
+            http::Version::HTTP_11 => self.hints.clone().map(EarlyHints::Http1),
+            http::Version::HTTP_2 => parts
+                .extensions
+                .get::<hyper::ext::InformationalSender>()
+                .cloned()
+                .map(EarlyHints::Http2),
+            _ => None,
+        }
     }
 }
 

@@ -96,7 +96,7 @@ fn start_request(py: Python<'_>, shared: &Arc<Shared>, start: RequestStart) -> P
         exchange,
         budgets,
         sendfile,
-        hints: conn.hints_for(parts.version).cloned(),
+        hints: conn.early_hints(&parts),
         inner: Mutex::new(Inner {
             state: State::Init,
             respond: Some(respond),
@@ -122,8 +122,8 @@ pub(crate) struct Handle {
     exchange: Arc<Exchange>,
     budgets: Budgets,
     sendfile: Option<Arc<FileSlot>>,
-    /// Where `103 Early Hints` go (HTTP/1.1 only).
-    hints: Option<Arc<crate::server::Hints>>,
+    /// Where `103 Early Hints` go.
+    hints: Option<crate::server::EarlyHints>,
     inner: Mutex<Inner>,
 }
 
@@ -180,10 +180,10 @@ impl Handle {
         };
         let mut inner = lock(&this.inner);
         if let crate::response::Outbound::EarlyHint { links } = &outbound {
-            // Advisory (RFC 8297): dropped where it cannot go (the head already went, no
-            // HTTP/1.1, the previous response still being written), never an error.
+            // Advisory (RFC 8297): dropped where it cannot go (the head already went, an
+            // HTTP/1.0 client, the previous response still being written), never an error.
             let open = inner.respond.is_some() && !inner.gone && !inner.failed;
-            let queued = open && this.hints.as_ref().is_some_and(|h| h.early_hints(links));
+            let queued = open && this.hints.as_ref().is_some_and(|h| h.send(links));
             drop(inner);
             if !queued {
                 tracing::debug!(parent: this.span(), "103 Early Hints dropped");

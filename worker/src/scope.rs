@@ -229,7 +229,7 @@ fn build_scope<'py>(
     } else {
         extensions.set_item(intern!(py, "http.response.trailers"), state.empty.bind(py))?;
         extensions.set_item(intern!(py, "http.response.pathsend"), state.empty.bind(py))?;
-        if start.conn.hints_for(parts.version).is_some() {
+        if start.conn.early_hints(parts).is_some() {
             extensions.set_item(
                 intern!(py, "http.response.early_hint"),
                 state.empty.bind(py),

@@ -8,8 +8,8 @@ mod proxied;
 mod record;
 mod service;
 
-pub(crate) use interim::Hints;
 use interim::Interim;
+pub(crate) use interim::{EarlyHints, Hints};
 
 use crate::admission::ConnInfo;
 use crate::handoff::Event;
@@ -267,6 +267,7 @@ pub async fn serve(
                         front: false,
                         tls: Default::default(),
                         unix: None,
+                        early_hints,
                         hints: hints.clone(),
                     }),
                     state: Arc::new(state),
@@ -348,6 +349,7 @@ pub async fn serve(
         front: true,
         tls: Default::default(),
         unix: None,
+        early_hints,
         hints: None,
     });
     // A Unix-socket connection: the front's (HTTP/2 from a trusted peer, the client per
@@ -405,6 +407,7 @@ pub async fn serve(
             front: false,
             tls: Default::default(),
             unix: Some(path),
+            early_hints,
             hints: early_hints.then(|| Arc::new(Hints::default())),
         });
         spawn_local(stream, info, keep_alive, not_started, "unix")

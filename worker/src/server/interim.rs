@@ -1,6 +1,11 @@
-//! `103 Early Hints` on HTTP/1.1 (RFC 8297), written beside hyper, which has no server API
-//! for interim responses: an ASGI app's `http.response.early_hint` is queued here and
-//! written to the connection ahead of anything hyper writes next.
+//! `103 Early Hints` (RFC 8297): where an ASGI app's `http.response.early_hint` goes.
+//!
+//! On HTTP/2 (the HTTP/3 front's requests too) hyper's stream sends it, as a HEADERS
+//! frame ahead of the response's: the patched hyper in `third_party/hyper` hands each
+//! request an `InformationalSender`.
+//!
+//! On HTTP/1.1 hyper has no server API for interim responses, so the hint is queued here
+//! and written to the connection ahead of anything hyper writes next.
 //!
 //! The order is safe because of when hyper touches the socket. It reads a request's head
 //! only once the previous response is fully encoded, and it calls the socket's `poll_flush`
@@ -22,8 +27,41 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Most bytes of hints waiting on one connection (an app's hint beyond it is dropped).
+/// Most bytes of hints waiting on one HTTP/1.1 connection, and of one hint's links on
+/// HTTP/2 (an app's hint beyond it is dropped).
 const MAX_PENDING: usize = 64 * 1024;
+
+/// Where one request's early hints go.
+#[derive(Debug, Clone)]
+pub(crate) enum EarlyHints {
+    /// The HTTP/1.1 connection's queue.
+    Http1(Arc<Hints>),
+    /// hyper's HTTP/2 stream.
+    Http2(hyper::ext::InformationalSender),
+}
+
+impl EarlyHints {
+    /// Sends one `103 Early Hints` with these `Link` values; false when it was dropped
+    /// (the response already started, too much is waiting, or on HTTP/1.1 hyper may
+    /// still be writing the previous response).
+    pub(crate) fn send(&self, links: &[http::HeaderValue]) -> bool {
+        match self {
+            EarlyHints::Http1(hints) => hints.early_hints(links),
+            EarlyHints::Http2(stream) => {
+                if links.iter().map(|link| link.len()).sum::<usize>() > MAX_PENDING {
+                    return false;
+                }
+                let mut hint = http::Response::new(());
+                *hint.status_mut() = http::StatusCode::EARLY_HINTS;
+                let headers = hint.headers_mut();
+                for link in links {
+                    headers.append(http::header::LINK, link.clone());
+                }
+                stream.send(hint).is_ok()
+            }
+        }
+    }
+}
 
 /// A connection's queue of interim responses, shared by its socket and its requests.
 #[derive(Debug, Default)]
