@@ -177,11 +177,11 @@ def test_http2_103_arrives_before_the_app_answers(server, certs, tls):  # noqa: 
             sock = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
             assert sock.selected_alpn_protocol() == "h2"
         client = H2Client(sock)
-        heads, body = client.get_one("/early-hints?s=0.5")
+        heads, body = client.get_one("/early-hints?s=1.5")
         (t_hint, status, links), (t_final, final, _) = heads
         assert status == 103 and links == LINKS, heads
         assert final == 200 and body == b"hinted"
-        assert t_hint < 0.4 <= t_final, heads  # while the app was still sleeping
+        assert t_final - t_hint >= 1.0, heads  # while the app was still sleeping
         # A later stream on the same connection gets its own.
         heads, _ = client.get_one("/early-hints?s=0.1")
         assert [status for _t, status, _l in heads] == [103, 200], heads
@@ -199,15 +199,30 @@ def test_http2_hints_on_concurrent_streams_stay_on_their_own_stream(server):
         assert body == b"hinted"
 
 
-def test_http2_many_hints_are_bounded_and_the_response_completes(server):
-    """An app that sends 200 hints at once: some are dropped (at most 16 wait on a stream),
-    none is an error, and every one that arrives precedes the response."""
-    s = server(sections=ON)
-    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as sock:
-        heads, body = H2Client(sock).get_one("/early-hints?s=0.2&n=200")
-    statuses = [status for _t, status, _links in heads]
-    assert statuses[-1] == 200 and body == b"hinted", statuses
-    assert 1 <= statuses.count(103) <= 200 and set(statuses[:-1]) == {103}, statuses
+def test_http2_hints_are_bounded_per_stream_and_oversized_ones_dropped(server, certs):  # noqa: F811
+    """HEADERS frames are not flow controlled, so a stream sends at most 16 hints in its
+    life (an app that sends 200 gets the first 16 through, the rest dropped, no error);
+    a hint with more than 8 KiB of links is dropped on HTTP/2 and through the HTTP/3
+    front, and the response is still whole."""
+    s = server(sections={**ssl_section(certs), "http3": {"enabled": True}, **ON})
+    ctx = ssl.create_default_context(cafile=certs["ca"])
+    ctx.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            client = H2Client(sock)
+            heads, body = client.get_one("/early-hints?s=0.2&n=200")
+            statuses = [status for _t, status, _links in heads]
+            assert statuses == [103] * 16 + [200] and body == b"hinted", statuses
+            heads, body = client.get_one("/early-hints?s=0&big=20000")
+            assert [status for _t, status, _l in heads] == [200] and body == b"hinted"
+            heads, _ = client.get_one("/early-hints?s=0&big=7000")
+            assert [status for _t, status, _l in heads] == [103, 200]
+    (many, big, fits), _ = h3client.fetch(
+        s.port, [("GET", "/early-hints?s=0.2&n=200"), ("GET", "/early-hints?s=0&big=20000"),
+                 ("GET", "/early-hints?s=0&big=7000")], cafile=certs["ca"])
+    assert len(many.interim) == 16 and many.status == 200 and bytes(many.body) == b"hinted"
+    assert big.interim == [] and big.status == 200 and bytes(big.body) == b"hinted"
+    assert len(fits.interim) == 1 and fits.status == 200
 
 
 @pytest.mark.skipif(not shutil.which("curl"), reason="curl is not installed")
@@ -224,12 +239,12 @@ def test_http3_103_through_the_front(server, certs):  # noqa: F811
     s = server(sections={**ssl_section(certs), "http3": {"enabled": True}, **ON})
     (hinted, scope, concurrent), _ = h3client.fetch(
         s.port,
-        [("GET", "/early-hints?s=0.5"), ("GET", "/scope"), ("GET", "/early-hints?s=0.3&tag=t9")],
+        [("GET", "/early-hints?s=1.5"), ("GET", "/scope"), ("GET", "/early-hints?s=0.3&tag=t9")],
         cafile=certs["ca"],
     )
     assert hinted.status == 200 and bytes(hinted.body) == b"hinted", hinted.headers
-    assert [at for at, _h in hinted.interim] and hinted.interim[0][0] < 0.4 <= hinted.final_at, \
-        (hinted.interim, hinted.final_at)
+    # While the app was still sleeping.
+    assert hinted.interim and hinted.final_at - hinted.interim[0][0] >= 1.0, (hinted.interim, hinted.final_at)
     (_at, fields), = hinted.interim
     assert dict(fields)[b":status"] == b"103"
     assert [v.decode() for k, v in fields if k == b"link"] == LINKS

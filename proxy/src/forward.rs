@@ -61,8 +61,9 @@ pub(crate) type Resolver = h3::server::RequestResolver<h3_quinn::Connection, Byt
 /// Attempts per request, the first included.
 pub(crate) const MAX_ATTEMPTS: usize = 3;
 
-/// Most `103 Early Hints` of one request waiting to be relayed.
-const MAX_HINTS: usize = 8;
+/// Most `103 Early Hints` of one request waiting to be relayed: as many as a worker
+/// sends on one stream, so none is dropped here unless the client is slow to take them.
+const MAX_HINTS: usize = 16;
 
 /// The sending end of a request's early hints (their header sections).
 type HintSender = tokio::sync::mpsc::Sender<HeaderMap>;
@@ -526,9 +527,10 @@ async fn attempt(
 }
 
 /// Awaits `upstream` (the request's attempts), relaying each early hint to the client
-/// meanwhile. Hints are taken first: hyper hands them over before the response they
-/// precede. A hint the client's settings do not admit (its field section is too large) is
-/// dropped; a failed or timed-out write fails the request.
+/// meanwhile. hyper hands a hint over before the response it precedes, so the ones
+/// still queued when `upstream` is done go out before it returns. A hint the client's
+/// settings do not admit (its field section is too large) is dropped; a failed or
+/// timed-out write fails the request.
 async fn with_hints<T>(
     upstream: impl std::future::Future<Output = T>,
     mut hints: tokio::sync::mpsc::Receiver<HeaderMap>,
@@ -539,19 +541,32 @@ async fn with_hints<T>(
     loop {
         tokio::select! {
             biased;
-            Some(headers) = hints.recv() => {
-                let mut head = Response::new(());
-                *head.status_mut() = StatusCode::EARLY_HINTS;
-                *head.headers_mut() = headers;
-                match write(client, send.send_response(head)).await {
-                    Err(RelayError::Client(StreamError::HeaderTooBig { .. })) => {
-                        tracing::debug!(peer = %client.peer, "103 Early Hints dropped: too large for the client");
-                    }
-                    written => written?,
+            Some(headers) = hints.recv() => relay_hint(headers, send, client).await?,
+            done = &mut upstream => {
+                while let Ok(headers) = hints.try_recv() {
+                    relay_hint(headers, send, client).await?;
                 }
+                return Ok(done);
             }
-            done = &mut upstream => return Ok(done),
         }
+    }
+}
+
+/// Writes one `103 Early Hints` with these fields to the client.
+async fn relay_hint(
+    headers: HeaderMap,
+    send: &mut SendStream,
+    client: &Client,
+) -> Result<(), RelayError> {
+    let mut head = Response::new(());
+    *head.status_mut() = StatusCode::EARLY_HINTS;
+    *head.headers_mut() = headers;
+    match write(client, send.send_response(head)).await {
+        Err(RelayError::Client(StreamError::HeaderTooBig { .. })) => {
+            tracing::debug!(peer = %client.peer, "103 Early Hints dropped: too large for the client");
+            Ok(())
+        }
+        written => written,
     }
 }
 

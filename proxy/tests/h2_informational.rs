@@ -21,11 +21,13 @@ fn hint(link: &str) -> Response<()> {
 }
 
 /// What the service kept: how many `send`s of a burst were accepted, and a sender to try
-/// after the response.
+/// after the response; and what the client's callback signals.
 #[derive(Default)]
 struct Seen {
     burst_accepted: usize,
     late_sender: Option<InformationalSender>,
+    /// Notified by the client's callback when a hint arrives.
+    arrived: Arc<tokio::sync::Notify>,
 }
 
 async fn service(
@@ -47,11 +49,28 @@ async fn service(
             seen.lock().unwrap().late_sender = Some(sender);
         }
         "/burst" => {
-            // Nothing drains while the service runs without yielding: the bound holds.
-            let accepted = (0..40)
-                .filter(|n| sender.send(hint(&format!("</{n}>"))).is_ok())
-                .count();
+            // 16 per stream, however fast they are written: h2 buffers HEADERS frames
+            // without flow control, so the bound is on the stream's lifetime.
+            let mut accepted = 0;
+            for round in 0..3 {
+                accepted += (0..20)
+                    .filter(|n| sender.send(hint(&format!("</{round}-{n}>"))).is_ok())
+                    .count();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             seen.lock().unwrap().burst_accepted = accepted;
+        }
+        "/woken" => {
+            // Sent from another task while the service waits: only the sender's wake
+            // gets it written, and the service goes on once the client has it.
+            let arrived = seen.lock().unwrap().arrived.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                sender.send(hint("</woken>")).unwrap();
+            });
+            tokio::time::timeout(Duration::from_secs(5), arrived.notified())
+                .await
+                .expect("the hint reached the client while the service waited");
         }
         _ => {}
     }
@@ -79,6 +98,9 @@ async fn interim_responses_cross_http2_in_order_and_bounded() {
     tokio::spawn(conn);
 
     let mut get = |path: &str, got: Arc<Mutex<Vec<(u16, String)>>>| {
+        // Each request's own: a permit left by an earlier one would wake the next early.
+        let arrived = Arc::new(tokio::sync::Notify::new());
+        seen.lock().unwrap().arrived = arrived.clone();
         let mut request = Request::builder()
             .uri(format!("http://x{path}"))
             .body(Empty::new())
@@ -88,6 +110,7 @@ async fn interim_responses_cross_http2_in_order_and_bounded() {
             got.lock()
                 .unwrap()
                 .push((interim.status().as_u16(), link.to_owned()));
+            arrived.notify_one();
         });
         send.send_request(request)
     };
@@ -111,8 +134,13 @@ async fn interim_responses_cross_http2_in_order_and_bounded() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(seen.lock().unwrap().burst_accepted, 16);
     let links: Vec<String> = got.lock().unwrap().iter().map(|(_, l)| l.clone()).collect();
-    let expected: Vec<String> = (0..16).map(|n| format!("</{n}>")).collect();
+    let expected: Vec<String> = (0..16).map(|n| format!("</0-{n}>")).collect();
     assert_eq!(links, expected, "the accepted ones arrive, in order");
+
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let response = get("/woken", got.clone()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(*got.lock().unwrap(), [(103, "</woken>".to_owned())]);
 
     // Without a callback the client skips interim responses, as before.
     let request = Request::builder()

@@ -212,11 +212,13 @@ async def app(scope, receive, send):
             links = [b"</tagged.css?%s>; rel=preload" % query["tag"].encode()]
         if query.get("bad"):
             links = [b"</x>\r\nx-injected: 1"]
+        if query.get("big"):
+            links = [b"</%s>; rel=preload" % (b"b" * int(query["big"]))]
         if "http.response.early_hint" in scope["extensions"] or query.get("force"):
             for _ in range(int(query.get("n", "1"))):
                 await send({"type": "http.response.early_hint", "links": links})
         await asyncio.sleep(float(query.get("s", "0.3")))
-        await start(send, headers=[(b"link", links[0])])
+        await start(send, headers=[] if query.get("big") else [(b"link", links[0])])
         await body(send, b"hinted")
     elif path == "/hinted-page":
         # A page whose stylesheet a browser learns of only from a 103: the page says

@@ -229,6 +229,7 @@ fn build_scope<'py>(
     } else {
         extensions.set_item(intern!(py, "http.response.trailers"), state.empty.bind(py))?;
         extensions.set_item(intern!(py, "http.response.pathsend"), state.empty.bind(py))?;
+        // With early_hints off this is one test; on, an Arc clone.
         if start.conn.early_hints(parts).is_some() {
             extensions.set_item(
                 intern!(py, "http.response.early_hint"),

@@ -27,9 +27,14 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Most bytes of hints waiting on one HTTP/1.1 connection, and of one hint's links on
-/// HTTP/2 (an app's hint beyond it is dropped).
+/// Most bytes of hints waiting on one HTTP/1.1 connection (an app's hint beyond it is
+/// dropped).
 const MAX_PENDING: usize = 64 * 1024;
+
+/// Most bytes of links in one HTTP/2 hint: well inside the 16 KiB header list that
+/// peers accept by default (the front's hyper client among them, which would otherwise
+/// reset the stream and fail the response), with room for 64 fields' overhead.
+const MAX_H2_HINT: usize = 8 * 1024;
 
 /// Where one request's early hints go.
 #[derive(Debug, Clone)]
@@ -42,13 +47,14 @@ pub(crate) enum EarlyHints {
 
 impl EarlyHints {
     /// Sends one `103 Early Hints` with these `Link` values; false when it was dropped
-    /// (the response already started, too much is waiting, or on HTTP/1.1 hyper may
-    /// still be writing the previous response).
+    /// (the response already started; on HTTP/1.1 too much is waiting, or hyper may
+    /// still be writing the previous response; on HTTP/2 the links exceed 8 KiB, or the
+    /// stream already sent 16).
     pub(crate) fn send(&self, links: &[http::HeaderValue]) -> bool {
         match self {
             EarlyHints::Http1(hints) => hints.early_hints(links),
             EarlyHints::Http2(stream) => {
-                if links.iter().map(|link| link.len()).sum::<usize>() > MAX_PENDING {
+                if links.iter().map(|link| link.len()).sum::<usize>() > MAX_H2_HINT {
                     return false;
                 }
                 let mut hint = http::Response::new(());

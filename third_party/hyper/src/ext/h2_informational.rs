@@ -2,15 +2,17 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Context;
 
 use atomic_waker::AtomicWaker;
 use http::{Response, StatusCode};
 
-/// Most interim responses waiting on one stream; [`InformationalSender::send`] refuses
-/// more until the connection task has written them.
-const MAX_QUEUED: usize = 16;
+/// Most interim responses one stream sends in its lifetime. HEADERS frames are not flow
+/// controlled, so h2 buffers whatever it is given while the peer does not read: the
+/// bound is on what is given, not on what waits.
+const MAX_PER_STREAM: usize = 16;
 
 /// Sends interim responses, such as `103 Early Hints` (RFC 8297), on an HTTP/2 server
 /// stream before its final response.
@@ -18,8 +20,8 @@ const MAX_QUEUED: usize = 16;
 /// hyper's HTTP/2 server puts one in the extensions of every request it hands to the
 /// service (but not an extended CONNECT). Responses go out in the order sent, each as
 /// its own HEADERS frame, before the final response, so the service must send them
-/// before it returns the response. After that, or once the stream is gone, `send`
-/// refuses.
+/// before it returns the response. After that, once the stream is gone, or after 16 on
+/// one stream, `send` refuses.
 ///
 /// # Example
 ///
@@ -45,18 +47,20 @@ impl fmt::Debug for InformationalSender {
 impl InformationalSender {
     /// Queues `response` for the stream and wakes its task. The response is handed back
     /// when its status is not 1xx (or is 101, which HTTP/2 forbids), when the final
-    /// response has already been taken or the stream is gone, or when
-    /// 16 interim responses are still waiting to be written.
+    /// response has already been taken or the stream is gone, or when this stream
+    /// already sent 16.
     pub fn send(&self, response: Response<()>) -> Result<(), Response<()>> {
         let status = response.status();
         if !status.is_informational() || status == StatusCode::SWITCHING_PROTOCOLS {
             return Err(response);
         }
         let mut queue = self.shared.lock();
-        if queue.closed || queue.pending.len() >= MAX_QUEUED {
+        if queue.closed || queue.sent >= MAX_PER_STREAM {
             return Err(response);
         }
+        queue.sent += 1;
         queue.pending.push_back(response);
+        self.shared.queued.store(true, Ordering::Release);
         drop(queue);
         self.shared.waker.wake();
         Ok(())
@@ -74,8 +78,10 @@ impl InformationalReceiver {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 pending: VecDeque::new(),
+                sent: 0,
                 closed: false,
             }),
+            queued: AtomicBool::new(false),
             waker: AtomicWaker::new(),
         });
         (
@@ -86,28 +92,38 @@ impl InformationalReceiver {
         )
     }
 
-    /// Takes what is waiting; the next `send` wakes the task of `cx`.
+    /// Takes what is waiting; the next `send` wakes the task of `cx`. Without a waiting
+    /// response this is an atomic load, not a lock.
     pub(crate) fn take(&self, cx: &mut Context<'_>) -> VecDeque<Response<()>> {
         self.shared.waker.register(cx.waker());
-        std::mem::take(&mut self.shared.lock().pending)
+        if !self.shared.queued.load(Ordering::Acquire) {
+            return VecDeque::new();
+        }
+        let mut queue = self.shared.lock();
+        self.shared.queued.store(false, Ordering::Release);
+        std::mem::take(&mut queue.pending)
     }
 
     /// Takes what is waiting, and refuses every later `send`: the final response is next.
     pub(crate) fn close(&self) -> VecDeque<Response<()>> {
         let mut queue = self.shared.lock();
         queue.closed = true;
+        // A sender that outlives the stream must not keep its task alive.
+        self.shared.waker.take();
         std::mem::take(&mut queue.pending)
     }
 }
 
 impl Drop for InformationalReceiver {
     fn drop(&mut self) {
-        self.shared.lock().closed = true;
+        drop(self.close());
     }
 }
 
 struct Shared {
     queue: Mutex<Queue>,
+    /// `queue.pending` may hold responses (set under the lock by `send`).
+    queued: AtomicBool,
     waker: AtomicWaker,
 }
 
@@ -122,6 +138,8 @@ impl Shared {
 
 struct Queue {
     pending: VecDeque<Response<()>>,
+    /// Responses accepted so far on this stream.
+    sent: usize,
     /// The final response was taken, or the stream is gone.
     closed: bool,
 }

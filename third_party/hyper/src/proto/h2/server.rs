@@ -484,9 +484,6 @@ where
                             r
                         }
                         Poll::Pending => {
-                            if let Some(informational) = me.informational.as_ref() {
-                                send_informational(me.reply, informational.take(cx));
-                            }
                             // Response is not yet ready, so we want to check if the client has sent a
                             // RST_STREAM frame which would cancel the current request.
                             if let Poll::Ready(reason) =
@@ -494,6 +491,10 @@ where
                             {
                                 debug!("stream received RST_STREAM: {:?}", reason);
                                 return Poll::Ready(Err(crate::Error::new_h2(reason.into())));
+                            }
+                            // Interim responses, on a stream still open.
+                            if let Some(informational) = me.informational.as_ref() {
+                                send_informational(me.reply, informational.take(cx));
                             }
                             return Poll::Pending;
                         }
