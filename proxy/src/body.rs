@@ -294,10 +294,23 @@ impl<S: Inbound> RequestBody<S> {
     /// whose stream is already finished (a GET: HEADERS with FIN) goes upstream as HEADERS
     /// with END_STREAM instead of HEADERS plus an empty DATA frame.
     pub(crate) fn new(stream: S, stall: Stall) -> (RequestBody<S>, BodyHandle<S>) {
+        Self::of(Some(stream), stall)
+    }
+
+    /// A body with nothing in it: an extended CONNECT's (its stream carries a tunnel).
+    pub(crate) fn empty() -> RequestBody<S> {
+        Self::of(None, Stall::default()).0
+    }
+
+    fn of(stream: Option<S>, stall: Stall) -> (RequestBody<S>, BodyHandle<S>) {
         let mut source = Source {
-            stream: Some(stream),
+            phase: if stream.is_some() {
+                Phase::Data
+            } else {
+                Phase::Done
+            },
+            stream,
             held: BytesMut::new(),
-            phase: Phase::Data,
             pending: None,
             sent: Vec::new(),
             sent_len: 0,

@@ -54,7 +54,7 @@ use std::sync::Arc;
 /// The sending half of an HTTP/3 request stream.
 pub(crate) type SendStream = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
 /// A whole HTTP/3 request stream, before it is split.
-type BidiRequestStream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+pub(crate) type BidiRequestStream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 /// An accepted HTTP/3 request whose head is not read yet.
 pub(crate) type Resolver = h3::server::RequestResolver<h3_quinn::Connection, Bytes>;
 
@@ -108,6 +108,10 @@ pub(crate) async fn handle(
         }
     };
     let _counted = shared.stats.enter();
+    if crate::tunnel::is_websocket(&request) {
+        crate::tunnel::websocket(request, stream, &shared, &client).await;
+        return;
+    }
     let (mut send, recv) = stream.split();
     let (body, handle) = RequestBody::new(
         recv,
@@ -116,8 +120,7 @@ pub(crate) async fn handle(
             activity: Some(client.activity.clone()),
         },
     );
-    let method = request.method().clone();
-    let target = request.uri().path().to_owned();
+    let label = Label::of(&request);
     let (hint_tx, hint_rx) = match client.early_hints {
         true => {
             let (tx, rx) = tokio::sync::mpsc::channel(MAX_HINTS);
@@ -127,8 +130,10 @@ pub(crate) async fn handle(
     };
     let forwarded = forward(
         request,
-        body,
-        &handle,
+        Bodies::Stream {
+            first: Some(body),
+            handle: &handle,
+        },
         &shared.pool,
         peer,
         client.tls.as_ref(),
@@ -141,54 +146,95 @@ pub(crate) async fn handle(
     let relayed = match forwarded {
         Ok(Ok((response, _in_flight))) => relay(response, &mut send, &client).await,
         Err(err) => Err(err),
-        Ok(Err(Failure::BodyTimeout)) => {
-            client.hit(Limit::BodyTimeout);
-            shared.stats.error(true);
-            let failure = Failure::BodyTimeout;
-            if let Err(err) = answer(&mut send, failure.status(), failure.text()).await {
-                tracing::debug!(%peer, "408 not sent: {err}");
-            }
-            Ok(())
-        }
         Ok(Err(failure)) => {
-            shared.stats.error(!failure.status().is_server_error());
-            if failure.status().is_server_error() {
-                tracing::warn!(%peer, "{method} {target}: {}: {failure}", failure.status());
-            } else {
-                tracing::debug!(%peer, "{method} {target}: {}: {failure}", failure.status());
-            }
-            if let Err(err) = answer(&mut send, failure.status(), failure.text()).await {
-                tracing::debug!(%peer, "error response not sent: {err}");
-            }
+            answer_failure(failure, &mut send, &shared, &client, &label).await;
             Ok(())
         }
     };
-    match relayed {
-        Ok(()) => {}
-        Err(RelayError::SendTimeout) => {
-            // Dropping the upstream response (done: `relay` or `with_hints` owned it)
-            // resets the worker's stream with CANCEL: the app sees the disconnect.
+    if let Err(err) = relayed {
+        relay_failed(err, &mut send, &client, handle.is_timed_out(), &label);
+    }
+    // RFC 9114 §4.1: a complete response may precede the end of the request.
+    handle.discard_rest().await;
+}
+
+/// A request's method and path, for log lines.
+pub(crate) struct Label {
+    method: Method,
+    target: String,
+}
+
+impl Label {
+    pub(crate) fn of(request: &Request<()>) -> Label {
+        Label {
+            method: request.method().clone(),
+            target: request.uri().path().to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for Label {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.method, self.target)
+    }
+}
+
+/// Answers a request that got no upstream response, counted and logged.
+pub(crate) async fn answer_failure(
+    failure: Failure,
+    send: &mut SendStream,
+    shared: &Shared,
+    client: &Client,
+    label: &Label,
+) {
+    let peer = client.peer;
+    let status = failure.status();
+    if let Failure::BodyTimeout = failure {
+        client.hit(Limit::BodyTimeout);
+        shared.stats.error(true);
+    } else {
+        shared.stats.error(!status.is_server_error());
+        if status.is_server_error() {
+            tracing::warn!(%peer, "{label}: {status}: {failure}");
+        } else {
+            tracing::debug!(%peer, "{label}: {status}: {failure}");
+        }
+    }
+    if let Err(err) = answer(send, status, failure.text()).await {
+        tracing::debug!(%peer, "{status} not sent: {err}");
+    }
+}
+
+/// Ends a response that could not be relayed to the end. `body_timed_out`: the client's
+/// upload stalled for `body_timeout`.
+pub(crate) fn relay_failed(
+    err: RelayError,
+    send: &mut SendStream,
+    client: &Client,
+    body_timed_out: bool,
+    label: &Label,
+) {
+    let peer = client.peer;
+    match err {
+        RelayError::SendTimeout => {
+            // Dropping the upstream response (done: its owner returned) resets the
+            // worker's stream with CANCEL: the app sees the disconnect.
             send.stop_stream(Code::H3_REQUEST_CANCELLED);
             client.hit(Limit::SendTimeout);
             client.close_if_stalled();
         }
-        Err(err @ RelayError::Upstream(_)) => {
-            if handle.is_timed_out() {
-                // The upload stalled after the response started: the client's
-                // request is incomplete (RFC 9114 §8.1), the worker's stream reset.
-                send.stop_stream(Code::H3_REQUEST_INCOMPLETE);
-                client.hit(Limit::BodyTimeout);
-            } else {
-                send.stop_stream(Code::H3_INTERNAL_ERROR);
-                tracing::debug!(%peer, "{method} {target}: response not relayed: {err}");
-            }
+        RelayError::Upstream(_) if body_timed_out => {
+            // The upload stalled after the response started: the client's request is
+            // incomplete (RFC 9114 §8.1), the worker's stream reset.
+            send.stop_stream(Code::H3_REQUEST_INCOMPLETE);
+            client.hit(Limit::BodyTimeout);
         }
-        Err(err) => {
-            tracing::debug!(%peer, "{method} {target}: response not relayed: {err}");
+        err @ (RelayError::Upstream(_) | RelayError::Tunnel) => {
+            send.stop_stream(Code::H3_INTERNAL_ERROR);
+            tracing::debug!(%peer, "{label}: response not relayed: {err}");
         }
+        err => tracing::debug!(%peer, "{label}: response not relayed: {err}"),
     }
-    // RFC 9114 §4.1: a complete response may precede the end of the request.
-    handle.discard_rest().await;
 }
 
 /// Reads a request's header section within `timeout`. h3's `resolve_request` has no
@@ -228,12 +274,12 @@ pub(crate) async fn reject(resolver: Resolver) {
 
 /// Why a request got no upstream response.
 #[derive(Debug, thiserror::Error)]
-enum Failure {
+pub(crate) enum Failure {
     /// The request cannot be expressed upstream.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
-    /// CONNECT (plain or extended) is not forwarded.
-    #[error("CONNECT is not supported over HTTP/3")]
+    /// CONNECT is forwarded only as a WebSocket (RFC 9220).
+    #[error("CONNECT is supported over HTTP/3 only for WebSocket")]
     Connect,
     /// The supervisor announced no worker slot.
     #[error("no worker slot known")]
@@ -265,7 +311,7 @@ impl Failure {
     fn text(&self) -> &'static str {
         match self {
             Failure::BadRequest(_) => "Bad Request\n",
-            Failure::Connect => "CONNECT is not supported over HTTP/3\n",
+            Failure::Connect => "CONNECT is supported over HTTP/3 only for WebSocket (RFC 9220)\n",
             Failure::NoWorker => "Service Unavailable: no worker is available\n",
             Failure::BodyTimeout => "Request Timeout: the request body stalled\n",
             Failure::Upstream { .. } => "Bad Gateway: the worker connection failed\n",
@@ -275,7 +321,7 @@ impl Failure {
 
 /// Why one attempt failed.
 #[derive(Debug, thiserror::Error)]
-enum AttemptError {
+pub(crate) enum AttemptError {
     /// No connection to the slot.
     #[error("slot {slot}: {source}")]
     Connect {
@@ -304,7 +350,7 @@ impl AttemptError {
 
 /// What an attempt's error allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Verdict {
+pub(crate) struct Verdict {
     /// The request may be sent again (see the module docs).
     retry: bool,
     /// The connection is closing or closed: the next request opens a new one.
@@ -338,6 +384,8 @@ struct Head {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    /// An extended CONNECT's `:protocol` (RFC 8441 upstream, RFC 9220 from the client).
+    protocol: Option<hyper::ext::Protocol>,
 }
 
 impl Head {
@@ -346,9 +394,13 @@ impl Head {
         peer: SocketAddr,
         tls: Option<&HeaderValue>,
     ) -> Result<Head, Failure> {
-        if request.method() == Method::CONNECT {
-            return Err(Failure::Connect);
-        }
+        let protocol = match request.method() == Method::CONNECT {
+            true if crate::tunnel::is_websocket(request) => {
+                Some(hyper::ext::Protocol::from_static("websocket"))
+            }
+            true => return Err(Failure::Connect),
+            false => None,
+        };
         let uri = request.uri();
         let authority = uri
             .authority()
@@ -364,6 +416,7 @@ impl Head {
             method: request.method().clone(),
             uri,
             headers: upstream_headers(request.headers(), peer, tls),
+            protocol,
         })
     }
 
@@ -374,6 +427,9 @@ impl Head {
         *request.uri_mut() = self.uri.clone();
         *request.version_mut() = http::Version::HTTP_2;
         *request.headers_mut() = self.headers.clone();
+        if let Some(protocol) = &self.protocol {
+            request.extensions_mut().insert(protocol.clone());
+        }
         if let Some(hints) = hints.cloned() {
             // Called by hyper's connection task for each interim response (the patched
             // hyper, `third_party/hyper`): it must not wait, so a full queue drops.
@@ -399,7 +455,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// Drops the connection-specific fields and any field the `Connection` header names.
-fn without_hop_by_hop(headers: &HeaderMap) -> HeaderMap {
+pub(crate) fn without_hop_by_hop(headers: &HeaderMap) -> HeaderMap {
     let named: Vec<String> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -430,24 +486,52 @@ fn upstream_headers(headers: &HeaderMap, peer: SocketAddr, tls: Option<&HeaderVa
     out
 }
 
-async fn forward(
+/// Where each attempt's request body comes from.
+pub(crate) enum Bodies<'a> {
+    /// The client's stream: the first attempt takes it, a retry replays what it sent.
+    Stream {
+        first: Option<RequestBody>,
+        handle: &'a BodyHandle,
+    },
+    /// None: an extended CONNECT (the stream carries a tunnel once it is answered).
+    Empty,
+}
+
+impl Bodies<'_> {
+    fn next(&mut self) -> Option<RequestBody> {
+        match self {
+            Bodies::Stream { first, handle } => first.take().or_else(|| handle.reclaim()),
+            Bodies::Empty => Some(RequestBody::empty()),
+        }
+    }
+
+    fn commit(&self) {
+        if let Bodies::Stream { handle, .. } = self {
+            handle.commit();
+        }
+    }
+
+    fn is_timed_out(&self) -> bool {
+        matches!(self, Bodies::Stream { handle, .. } if handle.is_timed_out())
+    }
+}
+
+pub(crate) async fn forward(
     request: Request<()>,
-    body: RequestBody,
-    handle: &BodyHandle,
+    mut bodies: Bodies<'_>,
     pool: &Pool,
     peer: SocketAddr,
     tls: Option<&HeaderValue>,
     hints: Option<HintSender>,
 ) -> Result<(Response<Incoming>, InFlight), Failure> {
     let head = Head::of(&request, peer, tls)?;
-    let mut body = Some(body);
     let mut tried: Vec<u32> = Vec::with_capacity(MAX_ATTEMPTS);
     let mut last = None;
     while tried.len() < MAX_ATTEMPTS {
         let Some(upstream) = pool.pick(&tried) else {
             break;
         };
-        let Some(attempt_body) = body.take().or_else(|| handle.reclaim()) else {
+        let Some(attempt_body) = bodies.next() else {
             break;
         };
         tried.push(upstream.slot);
@@ -460,10 +544,10 @@ async fn forward(
         .await
         {
             Ok(response) => {
-                handle.commit();
+                bodies.commit();
                 return Ok((response, in_flight));
             }
-            Err(_) if handle.is_timed_out() => return Err(Failure::BodyTimeout),
+            Err(_) if bodies.is_timed_out() => return Err(Failure::BodyTimeout),
             Err(err) => {
                 let retry = err.may_retry();
                 tracing::debug!(
@@ -572,7 +656,7 @@ async fn relay_hint(
 
 /// Why a response was not relayed to the end.
 #[derive(Debug, thiserror::Error)]
-enum RelayError {
+pub(crate) enum RelayError {
     /// The HTTP/3 client went away or reset the stream.
     #[error("client: {0}")]
     Client(#[source] StreamError),
@@ -583,6 +667,9 @@ enum RelayError {
     /// the client's stream (the response cannot be completed).
     #[error("worker: {}", genro_shared::describe_error(.0))]
     Upstream(#[source] hyper::Error),
+    /// The worker's side of a WebSocket tunnel failed (`tunnel.rs`).
+    #[error("the worker's side of the tunnel failed")]
+    Tunnel,
 }
 
 /// Relays the response. Every write to the QUIC stream must complete within
@@ -591,7 +678,7 @@ enum RelayError {
 /// worker's `send()`. Bytes in the front per response: that window, one DATA frame
 /// (at most 16 KiB, the HTTP/2 default frame size) and what quinn holds for the client
 /// (bounded by the client's window and `send_window`).
-async fn relay(
+pub(crate) async fn relay(
     response: Response<Incoming>,
     send: &mut SendStream,
     client: &Client,
@@ -618,7 +705,7 @@ async fn relay(
 
 /// One write to the client's stream, within `send_timeout`; a completed write is
 /// progress on the connection.
-async fn write(
+pub(crate) async fn write(
     client: &Client,
     write: impl std::future::Future<Output = Result<(), StreamError>>,
 ) -> Result<(), RelayError> {

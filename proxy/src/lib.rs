@@ -23,6 +23,7 @@ mod forward;
 mod server;
 mod stall;
 mod tls;
+mod tunnel;
 mod upstream;
 
 pub use tls::{server_config, TlsError};

@@ -137,6 +137,8 @@ async fn connection(
     ));
     let mut h3 = match h3::server::builder()
         .max_field_section_size(settings.max_field_section_size)
+        // WebSocket over HTTP/3 (RFC 9220, `tunnel.rs`).
+        .enable_extended_connect(true)
         .build::<_, bytes::Bytes>(h3_quinn::Connection::new(quic))
         .await
     {

@@ -158,7 +158,8 @@ pub(super) async fn handle(
             metrics.connection_opened(protocol);
         }
     }
-    let websocket = !ctx.info.front && crate::websocket::is_websocket(&request);
+    // From the front too: its WebSockets over HTTP/3 arrive as extended CONNECTs.
+    let websocket = crate::websocket::is_websocket(&request);
     if websocket {
         protocol = Protocol::Websocket;
     }
