@@ -9,6 +9,10 @@ without compression (no extension offered), so what is measured is the server's 
 and its ASGI hand-off. The figure is echoed messages per second (round trips), and the
 ratio genro-asgi/x.
 
+`genro-h3` (in --servers) is genro-asgi with `[ssl]` and `[http3]`, loaded with
+`genro-loadgen --protocol ws3`: the same echo as WebSockets over HTTP/3 (RFC 9220), each
+connection its own QUIC connection, through the HTTP/3 front. No peer serves those.
+
 Usage:
   bench_websocket.py --genro target/release/genro-asgi --loadgen target/release/genro-loadgen
                      [--servers genro,granian,uvicorn,hypercorn] [--connections 16,256]
@@ -23,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCH = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "bench"))
@@ -31,13 +36,45 @@ sys.path.insert(0, BENCH)
 import compare  # noqa: E402 - the shared benchmark's server definitions
 
 
-def load(loadgen, port, connections, size, seconds):
-    out = subprocess.run([loadgen, "--protocol", "ws", "--url", "ws://127.0.0.1:%d/ws" % port,
-                          "--connections", str(connections), "--body-size", str(size),
+def load(loadgen, port, connections, size, seconds, h3=False):
+    target = ["--protocol", "ws3", "--insecure", "--url", "wss://127.0.0.1:%d/ws" % port] if h3 else \
+        ["--protocol", "ws", "--url", "ws://127.0.0.1:%d/ws" % port]
+    out = subprocess.run([loadgen, *target, "--connections", str(connections), "--body-size", str(size),
                           "--duration", str(seconds)], capture_output=True, text=True, timeout=seconds + 60)
     if out.returncode != 0:
         raise RuntimeError(out.stderr.strip())
     return json.loads(out.stdout)
+
+
+def genro_h3(args, port, workdir):
+    """genro-asgi serving the benchmark app over TLS and HTTP/3 (a trustme certificate)."""
+    import trustme
+    certfile, keyfile = os.path.join(workdir, "cert.pem"), os.path.join(workdir, "key.pem")
+    if not os.path.exists(certfile):
+        cert = trustme.CA().issue_cert("127.0.0.1")
+        with open(certfile, "wb") as f:
+            f.write(b"".join(p.bytes() for p in cert.cert_chain_pems))
+        cert.private_key_pem.write_to_path(keyfile)
+    ini = os.path.join(workdir, "server-h3.ini")
+    with open(ini, "w") as f:
+        f.write("[server]\nhost = 127.0.0.1\nport = %d\nworkers = 1\n\n"
+                "[application]\napp = bench_app:app\napp_dir = %s\n\n"
+                "[ssl]\nenabled = true\ncertfile = %s\nkeyfile = %s\n\n[http3]\nenabled = true\n\n"
+                "[logging]\nlevel = WARNING\naccess_log = false\n\n[metrics]\nenabled = false\n"
+                % (port, BENCH, certfile, keyfile))
+    return compare.Server("genro-h3", [args.genro, "serve", "--config", ini])
+
+
+def ready_h3(args, port, proc, timeout=30):
+    """Ready once one WebSocket over HTTP/3 echoes (the TCP port speaks TLS here)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if load(args.loadgen, port, 1, 16, 0.2, h3=True)["messages"]:
+                return True
+        except (RuntimeError, subprocess.TimeoutExpired):
+            time.sleep(0.3)
+    return False
 
 
 def main():
@@ -63,6 +100,9 @@ def main():
             for name in order:
                 port = compare.free_port()
                 specs = compare.server_specs(args, port, workdir)
+                h3 = name == "genro-h3"
+                if h3:
+                    specs[name] = genro_h3(args, port, workdir)
                 if name not in specs:
                     if rnd == 0:
                         print("# %s: not available, skipped" % name, file=sys.stderr)
@@ -72,11 +112,11 @@ def main():
                 proc = subprocess.Popen(spec.argv, cwd=spec.cwd, stdout=log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
                 try:
-                    if not compare.wait_ready(port, proc):
+                    if not (ready_h3(args, port, proc) if h3 else compare.wait_ready(port, proc)):
                         print("# %s failed to start; see %s" % (name, log.name), file=sys.stderr)
                         continue
-                    load(args.loadgen, port, connections, size, 2)  # warm-up
-                    report = load(args.loadgen, port, connections, size, args.seconds)
+                    load(args.loadgen, port, connections, size, 2, h3)  # warm-up
+                    report = load(args.loadgen, port, connections, size, args.seconds, h3)
                     report["rss_kib"] = compare.tree_rss_kib(proc.pid)
                     results.setdefault((connections, size, name), []).append(report)
                     if report["failed_connections"]:

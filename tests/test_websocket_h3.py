@@ -8,9 +8,11 @@ QUIC connection."""
 import asyncio
 import json
 import signal
+import subprocess
 import time
 
 import h3ws
+from test_load import LOADGEN
 from test_observability import metrics_server, samples, scrape, total
 from test_tls import certs, ssl_section  # noqa: F401 - fixture
 from wsproto.events import CloseConnection
@@ -165,3 +167,16 @@ def test_many_sessions_on_one_connection_and_metrics(server, certs):  # noqa: F8
     values = samples(scrape(s))
     assert total(values, "genro_asgi_websocket_messages_total", direction="received") >= 20
     assert total(values, "genro_asgi_connections_total", protocol="websocket") == 20
+
+
+def test_rust_client_load_over_http3_websockets(server, certs):  # noqa: F811
+    """genro-loadgen's ws3 mode (quinn + h3, frames by hand): 8 QUIC connections echo
+    4 KiB messages through the front for 3 s, none fails, every echo is whole."""
+    s = h3_ws_server(server, certs, websocket={"per_message_deflate": False})
+    r = subprocess.run([LOADGEN, "--protocol", "ws3", "--url", "wss://127.0.0.1:%d/echo" % s.port,
+                        "--ca", certs["ca"], "--connections", "8", "--body-size", "4096",
+                        "--duration", "3"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["protocol"] == "ws3" and report["failed_connections"] == 0, report
+    assert report["messages"] > 100, report

@@ -74,6 +74,9 @@ pub enum Protocol {
     /// WebSocket over HTTP/1.1 (no compression): each connection sends a binary message of
     /// `--body-size` bytes and waits for its echo, again and again.
     Ws,
+    /// The same over HTTP/3 (RFC 9220 extended CONNECT): one QUIC connection per
+    /// connection, one WebSocket stream on each.
+    Ws3,
 }
 
 /// Request method.
@@ -151,18 +154,19 @@ impl Args {
     pub fn plan(self) -> anyhow::Result<Plan> {
         let target =
             parse_url(&self.url, self.protocol).with_context(|| format!("--url {}", self.url))?;
-        let trust = match (self.protocol, &self.ca, self.insecure) {
-            (Protocol::H3, Some(ca), _) => Some(Trust::Roots(
+        let quic = matches!(self.protocol, Protocol::H3 | Protocol::Ws3);
+        let trust = match (quic, &self.ca, self.insecure) {
+            (true, Some(ca), _) => Some(Trust::Roots(
                 load_roots(ca).with_context(|| format!("--ca {}", ca.display()))?,
             )),
-            (Protocol::H3, None, true) => Some(Trust::Insecure),
-            (Protocol::H3, None, false) => bail!(
-                "--protocol h3 checks the server's certificate and has no system roots: give \
-                 --ca FILE (PEM roots) or --insecure (no verification, for self-signed test \
-                 certificates)"
+            (true, None, true) => Some(Trust::Insecure),
+            (true, None, false) => bail!(
+                "--protocol h3 and ws3 check the server's certificate and have no system \
+                 roots: give --ca FILE (PEM roots) or --insecure (no verification, for \
+                 self-signed test certificates)"
             ),
             (_, Some(_), _) | (_, None, true) => {
-                bail!("--ca and --insecure apply to --protocol h3 only")
+                bail!("--ca and --insecure apply to --protocol h3 and ws3 only")
             }
             (_, None, false) => None,
         };
@@ -188,7 +192,7 @@ impl Args {
             protocol: self.protocol,
             connections: self.connections,
             streams: match self.protocol {
-                Protocol::H1 | Protocol::Ws => 1,
+                Protocol::H1 | Protocol::Ws | Protocol::Ws3 => 1,
                 Protocol::H2 | Protocol::H3 => self.streams,
             },
             stop: Stop {
@@ -231,6 +235,8 @@ fn parse_url(url: &str, protocol: Protocol) -> anyhow::Result<Target> {
         (Some("http"), Protocol::H1 | Protocol::H2) => ("http", 80),
         (Some("ws"), Protocol::Ws) => ("ws", 80),
         (_, Protocol::Ws) => bail!("--protocol ws expects ws://host:port/path"),
+        (Some("wss"), Protocol::Ws3) => ("https", 443),
+        (_, Protocol::Ws3) => bail!("--protocol ws3 expects wss://host:port/path"),
         (Some("https"), Protocol::H3) => ("https", 443),
         (Some("https"), _) => bail!("https needs --protocol h3 (h1 and h2 are plain TCP)"),
         (_, Protocol::H3) => bail!("--protocol h3 expects https://host:port/path"),

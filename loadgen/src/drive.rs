@@ -202,7 +202,7 @@ impl Run {
             request.headers_mut().insert(LOAD_ID, value);
         }
         match self.plan.protocol {
-            Protocol::H1 | Protocol::Ws => {
+            Protocol::H1 | Protocol::Ws | Protocol::Ws3 => {
                 *request.uri_mut() = target.origin_form.clone();
                 request.headers_mut().insert(HOST, target.host.clone());
             }
@@ -411,7 +411,7 @@ pub(crate) enum ConnectError {
 async fn open(run: &Run, endpoint: &mut quic::Endpoint) -> Result<Conn, ConnectError> {
     match run.plan.protocol {
         // WebSocket runs are driven by ws.rs, never here.
-        Protocol::H1 | Protocol::Ws => {
+        Protocol::H1 | Protocol::Ws | Protocol::Ws3 => {
             let (sender, connection) = http1::handshake(connect_tcp(run).await?)
                 .await
                 .map_err(|err| ConnectError::Handshake(describe_error(&err)))?;

@@ -71,7 +71,7 @@ fn run(plan: args::Plan) -> anyhow::Result<serde_json::Value> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    if plan.protocol == args::Protocol::Ws {
+    if matches!(plan.protocol, args::Protocol::Ws | args::Protocol::Ws3) {
         return runtime.block_on(ws::run(plan));
     }
     runtime.block_on(drive::run(plan, log))

@@ -30,10 +30,10 @@ const BODY_CHUNK: usize = 64 * 1024;
 /// before the run ends, and a handshake that timed out would drain for seconds.
 const CLOSE_WAIT: Duration = Duration::from_millis(250);
 
-type SendRequest = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
+pub(crate) type SendRequest = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
 type Driver = h3::client::Connection<h3_quinn::Connection, Bytes>;
-type SendHalf = h3::client::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
-type RecvHalf = h3::client::RequestStream<h3_quinn::RecvStream, Bytes>;
+pub(crate) type SendHalf = h3::client::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+pub(crate) type RecvHalf = h3::client::RequestStream<h3_quinn::RecvStream, Bytes>;
 
 /// A connection task's UDP endpoint: bound on the first connect to the target's address
 /// family (0.0.0.0:0 or [::]:0), and kept for the task's later connections.
@@ -47,6 +47,13 @@ pub(crate) struct Connection {
     quic: quinn::Connection,
     send: SendRequest,
     driver: tokio::task::JoinHandle<()>,
+}
+
+impl Connection {
+    /// A handle to open request streams on this connection.
+    pub(crate) fn sender(&self) -> SendRequest {
+        self.send.clone()
+    }
 }
 
 impl Endpoint {

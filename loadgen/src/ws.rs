@@ -1,15 +1,17 @@
-//! `--protocol ws`: WebSocket echo load over HTTP/1.1. Each connection completes the
-//! RFC 6455 handshake (no extensions offered), then sends a masked binary message of
+//! `--protocol ws`: WebSocket echo load over HTTP/1.1 (`ws3`: over HTTP/3, RFC 9220, one
+//! QUIC connection per connection). Each connection completes the RFC 6455 handshake (or
+//! the extended CONNECT; no extensions offered), then sends a masked binary message of
 //! `--body-size` bytes and reads the echo, until the stop condition. The report counts
 //! round trips (messages echoed) and their latency.
 
-use crate::args::Plan;
+use crate::args::{Plan, Protocol};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// One connection's outcome.
@@ -56,7 +58,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Value> {
     };
     errors.truncate(5);
     Ok(json!({
-        "protocol": "ws",
+        "protocol": if plan.protocol == Protocol::Ws3 { "ws3" } else { "ws" },
         "connections": plan.connections,
         "message_size": plan.body.len(),
         "messages": latencies.len(),
@@ -75,38 +77,13 @@ async fn connection(
     remaining: &AtomicU64,
     outcome: &mut Outcome,
 ) -> anyhow::Result<()> {
-    let stream = TcpStream::connect(&plan.target.authority)
-        .await
-        .with_context(|| format!("connecting to {}", plan.target.authority))?;
-    stream.set_nodelay(true)?;
-    let mut stream = BufReader::new(stream);
-    // Any nonce will do for load; this is RFC 6455's example (16 bytes, base64).
-    let key = "dGhlIHNhbXBsZSBub25jZQ==";
-    let handshake = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        plan.target.origin_form,
-        plan.target.host.to_str().unwrap_or("localhost"),
-    );
-    stream.get_mut().write_all(handshake.as_bytes()).await?;
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let byte = stream
-            .read_u8()
-            .await
-            .context("reading the handshake response")?;
-        head.push(byte);
-        if head.len() > 16 * 1024 {
-            bail!("handshake response too long");
-        }
-    }
-    if !head.starts_with(b"HTTP/1.1 101") {
-        let line = String::from_utf8_lossy(&head);
-        bail!("handshake refused: {}", line.lines().next().unwrap_or(""));
-    }
+    let mut buf = BytesMut::new();
+    let mut link = match plan.protocol {
+        Protocol::Ws3 => Link::H3(open_h3(plan).await?),
+        _ => Link::Tcp(open_tcp(plan, &mut buf).await?),
+    };
     let mask = (index as u32).wrapping_mul(0x9E37_79B9).to_be_bytes();
     let frame = masked_frame(&plan.body, mask);
-    let mut payload = vec![0u8; plan.body.len()];
     loop {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
@@ -118,19 +95,140 @@ async fn connection(
             break;
         }
         let sent = Instant::now();
-        stream.get_mut().write_all(&frame).await?;
-        let len = read_frame_header(&mut stream).await?;
-        if len != payload.len() {
-            bail!("echo of {} bytes, sent {}", len, payload.len());
+        link.send(&frame).await?;
+        let (head, len) = frame_header(&mut link, &mut buf).await?;
+        if len != plan.body.len() {
+            bail!("echo of {} bytes, sent {}", len, plan.body.len());
         }
-        stream.read_exact(&mut payload).await?;
+        link.fill(&mut buf, head + len).await?;
+        buf.advance(head + len);
         let micros = sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
         outcome.latencies.push(micros);
     }
     // A normal close; the server's reply is not awaited.
     let close = masked_frame_op(0x8, &1000u16.to_be_bytes(), mask);
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.get_mut().write_all(&close)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), link.send(&close)).await;
     Ok(())
+}
+
+/// Where the frames go once the handshake is done.
+enum Link {
+    /// The TCP connection after the HTTP/1.1 Upgrade.
+    Tcp(TcpStream),
+    /// An HTTP/3 stream after an extended CONNECT (its QUIC connection kept open).
+    H3(H3Link),
+}
+
+struct H3Link {
+    send: crate::quic::SendHalf,
+    recv: crate::quic::RecvHalf,
+    _connection: crate::quic::Connection,
+    _endpoint: crate::quic::Endpoint,
+}
+
+impl Link {
+    async fn send(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        match self {
+            Link::Tcp(stream) => stream.write_all(bytes).await?,
+            Link::H3(h3) => h3.send.send_data(Bytes::copy_from_slice(bytes)).await?,
+        }
+        Ok(())
+    }
+
+    /// Reads until `buf` holds at least `n` bytes.
+    async fn fill(&mut self, buf: &mut BytesMut, n: usize) -> anyhow::Result<()> {
+        while buf.len() < n {
+            match self {
+                Link::Tcp(stream) => {
+                    if stream.read_buf(buf).await? == 0 {
+                        bail!("the server closed the connection");
+                    }
+                }
+                Link::H3(h3) => match h3.recv.recv_data().await? {
+                    Some(mut data) => {
+                        while data.has_remaining() {
+                            let chunk = data.chunk();
+                            buf.extend_from_slice(chunk);
+                            let n = chunk.len();
+                            data.advance(n);
+                        }
+                    }
+                    None => bail!("the server ended the stream"),
+                },
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Connects and completes the RFC 6455 handshake (no extensions offered); bytes after
+/// the response head stay in `buf`.
+async fn open_tcp(plan: &Plan, buf: &mut BytesMut) -> anyhow::Result<TcpStream> {
+    let mut stream = TcpStream::connect(&plan.target.authority)
+        .await
+        .with_context(|| format!("connecting to {}", plan.target.authority))?;
+    stream.set_nodelay(true)?;
+    // Any nonce will do for load; this is RFC 6455's example (16 bytes, base64).
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    let handshake = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        plan.target.origin_form,
+        plan.target.host.to_str().unwrap_or("localhost"),
+    );
+    stream.write_all(handshake.as_bytes()).await?;
+    let end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        if buf.len() > 16 * 1024 {
+            bail!("handshake response too long");
+        }
+        if stream
+            .read_buf(buf)
+            .await
+            .context("reading the handshake response")?
+            == 0
+        {
+            bail!("the server closed the connection during the handshake");
+        }
+    };
+    let head = buf.split_to(end);
+    if !head.starts_with(b"HTTP/1.1 101") {
+        let line = String::from_utf8_lossy(&head);
+        bail!("handshake refused: {}", line.lines().next().unwrap_or(""));
+    }
+    Ok(stream)
+}
+
+/// Connects over QUIC and opens a WebSocket with an extended CONNECT (RFC 9220).
+async fn open_h3(plan: &Plan) -> anyhow::Result<H3Link> {
+    let run = crate::drive::Run::new(plan.clone(), None)?;
+    let mut endpoint = crate::quic::Endpoint::default();
+    let connection = endpoint
+        .connect(&run)
+        .await
+        .map_err(|err| anyhow::anyhow!("{err}"))?;
+    let mut request = http::Request::new(());
+    *request.method_mut() = http::Method::CONNECT;
+    *request.uri_mut() = plan.target.absolute.clone();
+    request.extensions_mut().insert(h3::ext::Protocol::WEBSOCKET);
+    request.headers_mut().insert(
+        "sec-websocket-version",
+        http::HeaderValue::from_static("13"),
+    );
+    let mut stream = connection.sender().send_request(request).await?;
+    let response = stream.recv_response().await?;
+    if response.status() != http::StatusCode::OK {
+        bail!("extended CONNECT refused: {}", response.status());
+    }
+    let (send, recv) = stream.split();
+    Ok(H3Link {
+        send,
+        recv,
+        _connection: connection,
+        _endpoint: endpoint,
+    })
 }
 
 fn masked_frame(payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
@@ -154,11 +252,12 @@ fn masked_frame_op(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
     out
 }
 
-/// Reads a server frame header (unmasked binary, FIN) and returns its payload length;
-/// a ping or any other frame is an error here (the echo app sends only echoes).
-async fn read_frame_header(stream: &mut BufReader<TcpStream>) -> anyhow::Result<usize> {
-    let first = stream.read_u8().await?;
-    let second = stream.read_u8().await?;
+/// Reads a server frame header (unmasked binary, FIN) into `buf`; returns its size and
+/// the payload length. A ping or any other frame is an error here (the echo app sends
+/// only echoes).
+async fn frame_header(link: &mut Link, buf: &mut BytesMut) -> anyhow::Result<(usize, usize)> {
+    link.fill(buf, 2).await?;
+    let (first, second) = (buf[0], buf[1]);
     if first != 0x82 {
         bail!("unexpected frame 0x{first:02x} (expected a final binary frame)");
     }
@@ -166,9 +265,16 @@ async fn read_frame_header(stream: &mut BufReader<TcpStream>) -> anyhow::Result<
         bail!("the server masked its frame");
     }
     Ok(match second & 0x7F {
-        126 => usize::from(stream.read_u16().await?),
-        127 => usize::try_from(stream.read_u64().await?)?,
-        n => usize::from(n),
+        126 => {
+            link.fill(buf, 4).await?;
+            (4, usize::from(u16::from_be_bytes([buf[2], buf[3]])))
+        }
+        127 => {
+            link.fill(buf, 10).await?;
+            let len = u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes"));
+            (10, usize::try_from(len)?)
+        }
+        n => (2, usize::from(n)),
     })
 }
 
