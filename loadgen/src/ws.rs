@@ -6,11 +6,11 @@
 
 use crate::args::{Plan, Protocol};
 use anyhow::{bail, Context};
+use bytes::{Buf, Bytes, BytesMut};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -79,7 +79,7 @@ async fn connection(
 ) -> anyhow::Result<()> {
     let mut buf = BytesMut::new();
     let mut link = match plan.protocol {
-        Protocol::Ws3 => Link::H3(open_h3(plan).await?),
+        Protocol::Ws3 => Link::H3(Box::new(open_h3(plan).await?)),
         _ => Link::Tcp(open_tcp(plan, &mut buf).await?),
     };
     let mask = (index as u32).wrapping_mul(0x9E37_79B9).to_be_bytes();
@@ -116,7 +116,7 @@ enum Link {
     /// The TCP connection after the HTTP/1.1 Upgrade.
     Tcp(TcpStream),
     /// An HTTP/3 stream after an extended CONNECT (its QUIC connection kept open).
-    H3(H3Link),
+    H3(Box<H3Link>),
 }
 
 struct H3Link {
@@ -212,7 +212,9 @@ async fn open_h3(plan: &Plan) -> anyhow::Result<H3Link> {
     let mut request = http::Request::new(());
     *request.method_mut() = http::Method::CONNECT;
     *request.uri_mut() = plan.target.absolute.clone();
-    request.extensions_mut().insert(h3::ext::Protocol::WEBSOCKET);
+    request
+        .extensions_mut()
+        .insert(h3::ext::Protocol::WEBSOCKET);
     request.headers_mut().insert(
         "sec-websocket-version",
         http::HeaderValue::from_static("13"),
