@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 
+import h3client
 import h3ws
 from test_load import LOADGEN
 from test_observability import metrics_server, samples, scrape, total
@@ -167,6 +168,23 @@ def test_many_sessions_on_one_connection_and_metrics(server, certs):  # noqa: F8
     values = samples(scrape(s))
     assert total(values, "genro_asgi_websocket_messages_total", direction="received") >= 20
     assert total(values, "genro_asgi_connections_total", protocol="websocket") == 20
+
+
+def test_hundreds_of_sessions_leave_room_for_requests(server, certs):  # noqa: F811
+    """Every session holds a stream on the front's one HTTP/2 connection to the worker:
+    250 of them (hyper's default limit is 200) and a request still goes through."""
+    s = h3_ws_server(server, certs, http3={"enabled": True, "max_concurrent_streams": 300})
+
+    async def go():
+        async with h3ws.session(s.port, certs["ca"]) as open_ws:
+            sockets = await asyncio.gather(*(open_ws("/echo") for _ in range(250)))
+            assert {ws.status for ws in sockets} == {200}
+            plain = await asyncio.to_thread(h3client.get, s.port, "/", cafile=certs["ca"], timeout=10)
+            sockets[-1].send("last")
+            return plain, await sockets[-1].recv()
+    plain, last = h3ws.run(go(), timeout=90)
+    assert plain.status == 200 and bytes(plain.body) == b"plain http\n"
+    assert last == "last"
 
 
 def test_rust_client_load_over_http3_websockets(server, certs):  # noqa: F811

@@ -30,6 +30,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+
+/// Most concurrent streams on the HTTP/3 front's connection to this worker (its
+/// WebSockets each hold one; plain requests are bounded by `max_concurrency`).
+const FRONT_MAX_STREAMS: u32 = 65_536;
 use tracing::Instrument;
 
 /// Accepted connections whose task has not started yet. A flood of new connections that
@@ -200,6 +204,14 @@ pub async fn serve(
         // What h2 buffers per stream beyond our budgets: one piece (docs/SECURITY.md).
         .max_send_buf_size(crate::body::PIECE)
         .max_header_list_size(config.limits.max_header_size.min(u32::MAX as u64) as u32);
+    // The front's connection carries every HTTP/3 client's requests to this worker, and
+    // each WebSocket over HTTP/3 holds a stream for its whole life: hyper's default of 200
+    // concurrent streams would let 200 sessions stall every other HTTP/3 request here.
+    // Requests in flight are bounded by `max_concurrency` (503 beyond).
+    let mut front_builder = builder.clone();
+    front_builder
+        .http2()
+        .max_concurrent_streams(FRONT_MAX_STREAMS);
     let handshake_timeout = config.limits.header_read_timeout;
     let access = if config.logging.access_log {
         let format = AccessFormat::parse(&config.logging.access_format)
@@ -372,7 +384,11 @@ pub async fn serve(
         });
         let stream = Watched::new(stream, ctx.state.io.clone());
         let driver = Driver {
-            builder: builder.clone(),
+            builder: if ctx.info.front {
+                front_builder.clone()
+            } else {
+                builder.clone()
+            },
             ctx,
             stop: conn_stop.clone(),
             keep_alive,
