@@ -19,8 +19,8 @@ from test_tls import certs, ssl_section  # noqa: F401 - fixture
 from wsproto.events import CloseConnection
 
 
-def h3_ws_server(server, certs, **sections):  # noqa: F811
-    return server(app="ws:app", sections={**ssl_section(certs), "http3": {"enabled": True}, **sections})
+def h3_ws_server(make, certs, **sections):  # noqa: F811
+    return make(app="ws:app", sections={**ssl_section(certs), "http3": {"enabled": True}, **sections})
 
 
 def test_echo_scope_and_subprotocol_over_http3(server, certs):  # noqa: F811
@@ -147,6 +147,29 @@ def test_drain_closes_http3_websockets_with_1001(server, certs):  # noqa: F811
     assert isinstance(closed, CloseConnection) and closed.code == 1001, closed
     assert 0.8 <= waited < 10, waited
     assert after == "after reload"
+
+
+def test_a_stop_closes_http3_websockets_with_1001_after_the_grace_not_the_timeout(server, certs):  # noqa: F811
+    """SIGTERM drains the front first, with the workers serving it; the workers start
+    their WebSockets' drain_grace at once (they alone can close them), so the session
+    gets 1001 after the grace and the server is gone long before graceful_timeout."""
+    s = h3_ws_server(server, certs, websocket={"drain_grace": 1}, server={"graceful_timeout": 20})
+
+    async def go():
+        async with h3ws.session(s.port, certs["ca"]) as open_ws:
+            ws = await open_ws("/disconnect")
+            await asyncio.sleep(0.2)
+            s.proc.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            closed = await ws.recv(timeout=15)
+            return closed, time.monotonic() - started, started
+    closed, waited, started = h3ws.run(go())
+    assert isinstance(closed, CloseConnection) and closed.code == 1001, closed
+    assert 0.8 <= waited < 8, waited
+    assert s.wait_exit(15) == 0
+    assert time.monotonic() - started < 12, "well inside graceful_timeout (20 s)"
+    line = s.wait_log("DISCONNECT")
+    assert json.loads(line.split("DISCONNECT", 1)[1])["code"] == 1001
 
 
 def test_many_sessions_on_one_connection_and_metrics(server, certs):  # noqa: F811

@@ -177,6 +177,7 @@ pub fn samples() -> Vec<Message> {
         },
         Message::Retire { max_requests: 200 },
         Message::Drain,
+        Message::GoingAway,
         Message::Status,
         Message::Reload,
         Message::Stop,

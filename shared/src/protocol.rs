@@ -70,6 +70,10 @@ pub enum Message {
     /// Supervisor to worker: stop accepting, finish in-flight work, exit. Admin to
     /// supervisor: do that for the whole fleet, then exit (like SIGTERM).
     Drain,
+    /// Supervisor to worker: a stop began and the HTTP/3 front drains first, the workers
+    /// serving it meanwhile. Start the `drain_grace` of WebSockets and event streams now
+    /// (the front's WebSockets end only when their worker closes them), keep serving.
+    GoingAway,
     /// Admin: the fleet's state.
     Status,
     /// Admin: re-read the configuration and replace every worker, one slot at a time.
@@ -149,6 +153,7 @@ impl Message {
             Message::Heartbeat { .. } => "heartbeat",
             Message::Retire { .. } => "retire",
             Message::Drain => "drain",
+            Message::GoingAway => "going_away",
             Message::Status => "status",
             Message::Reload => "reload",
             Message::Stop => "stop",

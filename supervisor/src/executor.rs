@@ -435,6 +435,12 @@ impl Supervisor {
                         });
                     }
                     Command::Drain(pid) => self.drain(pid),
+                    Command::GoingAway(pid) => {
+                        // Not connected (yet, or any more): it drains later like the rest.
+                        if let Some(writer) = self.writers.get(&pid) {
+                            let _ = writer.try_send(Message::GoingAway);
+                        }
+                    }
                     Command::Kill(pid) => {
                         tracing::warn!(pid, "process did not stop in time; killing it");
                         signal_pid(pid, libc::SIGKILL);

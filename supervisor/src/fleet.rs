@@ -53,6 +53,9 @@ pub enum Command {
     },
     /// Ask a worker to drain and exit.
     Drain(u32),
+    /// Tell a worker a stop began while the front drains first: its WebSockets and
+    /// event streams start their `drain_grace` now.
+    GoingAway(u32),
     /// Kill a worker: the drain deadline passed.
     Kill(u32),
     /// A worker hangs: log its stacks if it can still tell them, then kill it.
@@ -803,7 +806,16 @@ impl Fleet {
                 code,
             };
             self.held = true;
-            return vec![Command::Drain(pid)];
+            // The front's WebSockets end only when their workers close them (1001 after
+            // drain_grace): without this the front would wait out its grace on them.
+            let going_away = self
+                .slots
+                .iter()
+                .filter_map(|s| s.worker.as_ref())
+                .map(|w| Command::GoingAway(w.pid));
+            return std::iter::once(Command::Drain(pid))
+                .chain(going_away)
+                .collect();
         }
         self.phase = Phase::Stopping {
             deadline: now,

@@ -232,6 +232,11 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
             usize::try_from(config.limits.worker_buffer).unwrap_or(usize::MAX),
         )),
         draining: std::sync::atomic::AtomicBool::new(false),
+        going_away: tokio::sync::watch::Sender::new(false),
+        drain_grace: config
+            .websocket
+            .drain_grace
+            .min(config.server.graceful_timeout),
         registry: registry::Registry::default(),
         executors: Arc::new(executors::Tasks::new(config.executors.processes as usize)),
         health: Arc::new(health::LoopHealth::default()),
@@ -653,6 +658,14 @@ async fn control_loop(
             Ok(Some(Message::Drain)) => {
                 tracing::info!("drain requested by the supervisor");
                 break;
+            }
+            Ok(Some(Message::GoingAway)) => {
+                tracing::info!(
+                    "stopping: the HTTP/3 front drains first; WebSockets and event streams \
+                     end after drain_grace ({:.1}s)",
+                    shared.drain_grace.as_secs_f64()
+                );
+                crate::scope::start_drain_grace(&shared);
             }
             Ok(Some(Message::Query { id, what })) => {
                 let shared = shared.clone();

@@ -356,10 +356,17 @@ fn executors_extension(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
         .map(|extension| extension.bind(py))
 }
 
-/// The worker starts draining: sets `genro.draining` now, and ends the event streams still
-/// open after `grace` (`[websocket] drain_grace`, bounded by `graceful_timeout`). Other
-/// responses keep the whole `graceful_timeout`.
-pub(crate) fn on_drain(shared: &Arc<Shared>, grace: Duration) {
+/// The worker drains, or a stop began (see [`Shared::going_away`]), whichever comes first:
+/// sets `genro.draining` now, and WebSockets (closed with 1001) and event streams still
+/// open after `[websocket] drain_grace` end. Other responses keep the whole
+/// `graceful_timeout`.
+pub(crate) fn start_drain_grace(shared: &Arc<Shared>) {
+    if !shared.going_away.send_replace(true) {
+        on_drain(shared, shared.drain_grace);
+    }
+}
+
+fn on_drain(shared: &Arc<Shared>, grace: Duration) {
     shared.handoff.run(|py| {
         draining_event(py)?.call_method0(intern!(py, "set"))?;
         Ok(())

@@ -286,7 +286,6 @@ pub async fn serve(
                     shared: shared.clone(),
                     limits,
                     access,
-                    stop: stop.clone(),
                     _live: live.clone(),
                 });
                 let io_watch = ctx.state.io.clone();
@@ -379,7 +378,6 @@ pub async fn serve(
             shared: shared.clone(),
             limits: limits.clone(),
             access: access.clone(),
-            stop: conn_stop.clone(),
             _live: live.clone(),
         });
         let stream = Watched::new(stream, ctx.state.io.clone());
@@ -497,13 +495,7 @@ pub async fn serve(
     }
     drop(front);
     shared.draining.store(true, Ordering::Relaxed);
-    crate::scope::on_drain(
-        &shared,
-        config
-            .websocket
-            .drain_grace
-            .min(config.server.graceful_timeout),
-    );
+    crate::scope::start_drain_grace(&shared);
     // Serve what the kernel already queued for us (on a full stop, closing the listener
     // would reset those connections), then close it. A worker retiring at `max_requests`
     // leaves them to its successor: the supervisor keeps the socket open.

@@ -44,6 +44,12 @@ pub(crate) struct Shared {
     pub(crate) worker_buffer: Arc<crate::budget::Budget>,
     /// The worker is draining: HTTP/1.1 responses carry `Connection: close`.
     pub(crate) draining: AtomicBool,
+    /// Turns true when WebSockets and event streams start their `drain_grace`: when this
+    /// worker drains, or earlier, when a stop begins and the HTTP/3 front drains first
+    /// (`Message::GoingAway`: its WebSockets end only when the worker closes them).
+    pub(crate) going_away: tokio::sync::watch::Sender<bool>,
+    /// `[websocket] drain_grace`, bounded by `graceful_timeout`.
+    pub(crate) drain_grace: std::time::Duration,
     /// Requests in flight, for `ctl requests`.
     pub(crate) registry: crate::registry::Registry,
     /// The executors' pending tasks.

@@ -64,7 +64,7 @@ pub(crate) struct Session {
     pub(crate) handshake: Handshake,
     /// `[websocket]`.
     pub(crate) settings: Arc<Settings>,
-    /// Turns true when the worker drains.
+    /// Turns true when its `drain_grace` starts ([`crate::state::Shared::going_away`]).
     pub(crate) stop: watch::Receiver<bool>,
     /// Held until the connection ends.
     pub(crate) hold: Hold,

@@ -555,7 +555,16 @@ fn a_front_that_cannot_start_stops_the_fleet() {
 #[test]
 fn stop_drains_the_front_first_and_the_workers_once_it_is_gone() {
     let (mut fleet, now) = serving_with_front(2);
-    assert_eq!(fleet.handle_stop(now, 0), vec![Command::Drain(900)]);
+    // The workers start their WebSockets' drain_grace: the front's end only when the
+    // workers close them.
+    assert_eq!(
+        fleet.handle_stop(now, 0),
+        vec![
+            Command::Drain(900),
+            Command::GoingAway(100),
+            Command::GoingAway(101)
+        ]
+    );
     // The workers keep serving what the front forwards.
     assert!(fleet.handle_heartbeat(100, served(5), now).is_empty());
     let later = now + Duration::from_secs(1);

@@ -150,8 +150,6 @@ pub(super) struct ConnCtx {
     pub(super) limits: Arc<Limits>,
     /// The access-log format, when `[logging] access_log` is on.
     pub(super) access: Option<Arc<AccessFormat>>,
-    /// Turns true when the worker drains.
-    pub(super) stop: watch::Receiver<bool>,
     /// Held while the connection (or a WebSocket it upgraded to) lives: the drain waits
     /// for every clone to go.
     pub(super) _live: tokio::sync::mpsc::Sender<()>,

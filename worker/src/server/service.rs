@@ -104,7 +104,7 @@ async fn open_websocket(
             session: crate::websocket::Session {
                 handshake,
                 settings: ctx.limits.websocket.clone(),
-                stop: ctx.stop.clone(),
+                stop: ctx.shared.going_away.subscribe(),
                 hold,
             },
         },
