@@ -87,16 +87,18 @@ class WebSocket:
                 return event
 
     async def close(self, code=1000, reason=""):
-        """Sends a close frame; returns the server's close (code, reason), then finishes
-        the stream."""
+        """Sends a close frame; returns the server's close (code, reason) once the server
+        also ended its side of the stream (or None if it ended without one), and finishes
+        ours."""
         self._send(self.ws.send(CloseConnection(code=code, reason=reason)))
+        answer = None
         while True:
             event = await self.recv()
             if isinstance(event, CloseConnection):
+                answer = event.code, event.reason
                 self.finish()
-                return event.code, event.reason
-            if event is None:
-                return None
+            elif event is None:
+                return answer
 
 
 class _Client(QuicConnectionProtocol):

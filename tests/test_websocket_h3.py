@@ -90,10 +90,12 @@ def test_close_codes_both_ways(server, certs):  # noqa: F811
             ws.send_raw(ws.ws.send(closed.response()))
             ws.finish()
             mine = await open_ws("/disconnect")
-            await mine.close(4321, "client says bye")
-            return hello, (closed.code, closed.reason)
-    hello, closed = h3ws.run(go())
+            echoed = await mine.close(4321, "client says bye")
+            return hello, (closed.code, closed.reason), echoed, mine.ended
+    hello, closed, echoed, ended = h3ws.run(go())
     assert hello == "hello" and closed == (4001, "bye")
+    assert echoed[0] == 4321, echoed  # the server's answer to our close
+    assert ended, "the server finished its side of the stream"
     line = s.wait_log("DISCONNECT")
     assert json.loads(line.split("DISCONNECT", 1)[1])["code"] == 4321
 

@@ -154,6 +154,8 @@ async fn carry(
     };
     tokio::pin!(upstream, downstream);
     tokio::select! {
+        // The worker's last bytes (its close frame) go out before anything else counts.
+        biased;
         ended = &mut downstream => Ended::Worker(ended),
         sent = &mut upstream => match sent {
             // The client is done sending; the worker ends the session.
