@@ -449,17 +449,18 @@ def test_http3_through_the_front(server, tree, certs):  # noqa: F811
     s = static_server(server, tree, sections=sections)
     requests = [
         ("GET", "/static/hello.txt"),
-        ("HEAD", "/static/hello.txt"),
+        # No HEAD: aioquic checks a response's content-length against its data without
+        # knowing the request was HEAD ("content-length does not match data size"), for
+        # the app's HEAD responses as well.
         ("GET", "/static/range.bin", [("range", "bytes=0-9,20-29")]),
         ("GET", "/static/app.js", [("accept-encoding", "br")]),
         ("GET", "/static/big.bin"),
         ("GET", "/static/missing"),
         ("GET", "/scope/missing"),
     ]
-    (hello, head, ranges, br, big, missing, app), _ = h3client.fetch(s.port, requests, cafile=certs["ca"])
+    (hello, ranges, br, big, missing, app), _ = h3client.fetch(s.port, requests, cafile=certs["ca"])
     assert hello.status == 200 and bytes(hello.body) == HELLO
     assert hello.header("etag") and hello.header("cache-control") == "public, max-age=3600"
-    assert head.status == 200 and bytes(head.body) == b"" and head.header("content-length") == str(len(HELLO))
     assert ranges.status == 206
     boundary = re.fullmatch(r"multipart/byteranges; boundary=(\S+)", ranges.header("content-type")).group(1)
     rdata = (tree / "range.bin").read_bytes()

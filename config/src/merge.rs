@@ -1107,7 +1107,9 @@ secret_key = "xxxxx"
             ("/a=file", "is not a directory"),
         ] {
             std::fs::write(&path, format!("[static]\nmounts = {mounts}\n")).expect("write");
-            let err = load(Some(&path), Vec::new(), &[]).expect_err(mounts).to_string();
+            let err = load(Some(&path), Vec::new(), &[])
+                .expect_err(mounts)
+                .to_string();
             let want = format!(
                 "{}:2: [static] mounts = \"/a={}\": expected an existing directory (",
                 path.display(),

@@ -55,14 +55,15 @@ pub fn prefix(text: &str) -> Option<String> {
         !segment.is_empty()
             && segment != "."
             && segment != ".."
-            && segment.bytes().all(|b| {
-                b >= 0x80 || b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;:@".contains(&b)
-            })
+            && segment
+                .bytes()
+                .all(|b| b >= 0x80 || b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;:@".contains(&b))
     };
-    body.split('/')
-        .all(valid)
-        .then(|| format!("/{body}"))
+    body.split('/').all(valid).then(|| format!("/{body}"))
 }
+
+/// Which of a [`Mount`]'s switches a key sets.
+type Flag = fn(&mut Mount) -> &mut bool;
 
 /// Removes `.` components without touching the filesystem.
 fn tidy(path: PathBuf) -> PathBuf {
@@ -84,7 +85,11 @@ impl Static {
                 entry: entry.clone(),
                 expected,
             };
-            let form = || bad(format!("PREFIX=DIRECTORY (e.g. /static=/srv/app/static), PREFIX {PREFIX_FORM}"));
+            let form = || {
+                bad(format!(
+                    "PREFIX=DIRECTORY (e.g. /static=/srv/app/static), PREFIX {PREFIX_FORM}"
+                ))
+            };
             let (text, dir) = entry.split_once('=').ok_or_else(form)?;
             let prefix = prefix(text).ok_or_else(form)?;
             let dir = dir.trim();
@@ -92,7 +97,9 @@ impl Static {
                 return Err(form());
             }
             if mounts.iter().any(|m| m.prefix == prefix) {
-                return Err(bad(format!("each prefix mounted once ({prefix} is mounted twice)")));
+                return Err(bad(format!(
+                    "each prefix mounted once ({prefix} is mounted twice)"
+                )));
             }
             mounts.push(Mount {
                 prefix,
@@ -103,7 +110,7 @@ impl Static {
                 follow_symlinks: false,
             });
         }
-        let flags: [(&'static str, &Vec<String>, fn(&mut Mount) -> &mut bool); 3] = [
+        let flags: [(&'static str, &Vec<String>, Flag); 3] = [
             ("exclusive", &self.exclusive, |m| &mut m.exclusive),
             ("immutable", &self.immutable, |m| &mut m.immutable),
             ("follow_symlinks", &self.follow_symlinks, |m| {
@@ -130,7 +137,9 @@ impl Static {
                 entry: entry.clone(),
                 expected,
             };
-            let form = || bad(format!("PREFIX=SECONDS (e.g. /static=3600), SECONDS a whole number up to {MAX_AGE_MAX}"));
+            let form = || {
+                bad(format!("PREFIX=SECONDS (e.g. /static=3600), SECONDS a whole number up to {MAX_AGE_MAX}"))
+            };
             let (text, secs) = entry.split_once('=').ok_or_else(form)?;
             let secs = secs
                 .trim()

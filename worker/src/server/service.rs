@@ -241,7 +241,9 @@ pub(super) async fn handle(
             envelope: admission.envelope().clone(),
         };
         if let Some(response) = statics.answer(&request, &ctx.shared, sink) {
-            return Ok(static_answer(&ctx, response, admission, done, request_id, version));
+            return Ok(static_answer(
+                &ctx, response, admission, done, request_id, version,
+            ));
         }
     }
     if limits.max_body_size != 0 {

@@ -52,7 +52,9 @@ impl Sink {
             return Ok(ResponseBody::counted(Bytes::from(bytes), &self.budgets));
         }
         if let Some(slot) = self.sendfile {
-            return Ok(ResponseBody::file(FileFrames::at(file, part.start, len, slot)));
+            return Ok(ResponseBody::file(FileFrames::at(
+                file, part.start, len, slot,
+            )));
         }
         Ok(self.streamed(file, vec![Piece::File(part)]))
     }
@@ -117,7 +119,9 @@ impl Pump {
                 .map_err(io::Error::other)
                 .and_then(|read| read)
                 .map_err(Stop::Read)?;
-                self.pipe.push(Chunk::Data(Bytes::from(read)), on_wait).await?;
+                self.pipe
+                    .push(Chunk::Data(Bytes::from(read)), on_wait)
+                    .await?;
                 at += n as u64;
             }
         }

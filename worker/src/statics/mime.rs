@@ -106,7 +106,12 @@ mod tests {
             (b"x.unknown", DEFAULT),
         ];
         for (name, want) in cases {
-            assert_eq!(content_type(name), *want, "{}", String::from_utf8_lossy(name));
+            assert_eq!(
+                content_type(name),
+                *want,
+                "{}",
+                String::from_utf8_lossy(name)
+            );
         }
         for (ext, t) in TYPES {
             assert_eq!(ext.to_ascii_lowercase(), *ext);

@@ -99,7 +99,9 @@ impl Statics {
             opened.push(Mount {
                 root,
                 exclusive: mount.exclusive,
-                cache_control: mount.max_age.map(|secs| cache_control(secs, mount.immutable)),
+                cache_control: mount
+                    .max_age
+                    .map(|secs| cache_control(secs, mount.immutable)),
             });
         }
         Ok(Some(Statics {
@@ -233,7 +235,11 @@ fn respond(
     match validators.evaluate(request.headers) {
         Verdict::Proceed => {}
         Verdict::NotModified => {
-            return Ok(with(StatusCode::NOT_MODIFIED, headers, ResponseBody::full(Bytes::new())));
+            return Ok(with(
+                StatusCode::NOT_MODIFIED,
+                headers,
+                ResponseBody::full(Bytes::new()),
+            ));
         }
         Verdict::Failed => {
             let mut response = plain(StatusCode::PRECONDITION_FAILED, "Precondition Failed\n");
@@ -351,7 +357,11 @@ fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     headers.insert(CONTENT_LENGTH, HeaderValue::from(text.len()));
-    with(status, headers, ResponseBody::full(Bytes::from_static(text.as_bytes())))
+    with(
+        status,
+        headers,
+        ResponseBody::full(Bytes::from_static(text.as_bytes())),
+    )
 }
 
 /// A file that could not be opened or read for a reason other than its absence: 500,

@@ -201,7 +201,11 @@ mod tests {
             (&["compress, zstd"], true, true, Identity),
         ];
         for (fields, br, gzip, want) in cases {
-            assert_eq!(accepted(fields).choose(*br, *gzip), *want, "{fields:?} {br} {gzip}");
+            assert_eq!(
+                accepted(fields).choose(*br, *gzip),
+                *want,
+                "{fields:?} {br} {gzip}"
+            );
         }
         assert!(!accepted(&[]).takes(Br));
         assert!(accepted(&["*"]).takes(Gzip));

@@ -243,7 +243,11 @@ mod tests {
             ("file.txt/x", None),
         ];
         for (name, want) in cases {
-            assert_eq!(read(root, name).as_deref(), want, "{name} (follow {follow})");
+            assert_eq!(
+                read(root, name).as_deref(),
+                want,
+                "{name} (follow {follow})"
+            );
         }
     }
 

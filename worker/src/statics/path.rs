@@ -168,10 +168,17 @@ mod tests {
             "/static/x%",
         ];
         for path in refused {
-            assert_eq!(lookup(&prefixes()[1..2], path), Lookup::Refused(0), "{path}");
+            assert_eq!(
+                lookup(&prefixes()[1..2], path),
+                Lookup::Refused(0),
+                "{path}"
+            );
         }
         // The root mount: the same names are refused there too.
-        assert_eq!(lookup(&prefixes()[3..], "/../etc/passwd"), Lookup::Refused(0));
+        assert_eq!(
+            lookup(&prefixes()[3..], "/../etc/passwd"),
+            Lookup::Refused(0)
+        );
         assert_eq!(lookup(&prefixes()[3..], "/"), Lookup::Refused(0));
     }
 
@@ -181,8 +188,8 @@ mod tests {
     #[test]
     fn no_assembled_path_gives_a_name_that_leaves_the_directory() {
         const PIECES: &[&str] = &[
-            "/", "/", "..", ".", "%2e", "%2E", "%2f", "%2F", "%5c", "\\", "%00", "%", "%zz",
-            "a", "b.txt", "static", "%73tatic", ".hidden", "~", "%c3%a9", ";", "%25",
+            "/", "/", "..", ".", "%2e", "%2E", "%2f", "%2F", "%5c", "\\", "%00", "%", "%zz", "a",
+            "b.txt", "static", "%73tatic", ".hidden", "~", "%c3%a9", ";", "%25",
         ];
         let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = || {
@@ -207,11 +214,11 @@ mod tests {
             for segment in name.split(|b| *b == b'/') {
                 assert!(!segment.is_empty() && segment[0] != b'.', "{path}");
             }
-            let joined = std::path::Path::new("/srv/root")
-                .join(std::ffi::OsStr::new(&String::from_utf8_lossy(&name).into_owned()));
+            let joined = std::path::Path::new("/srv/root").join(std::ffi::OsStr::new(
+                &String::from_utf8_lossy(&name).into_owned(),
+            ));
             assert!(
-                (joined.components().skip(3))
-                    .all(|c| matches!(c, std::path::Component::Normal(_))),
+                (joined.components().skip(3)).all(|c| matches!(c, std::path::Component::Normal(_))),
                 "{path}"
             );
         }

@@ -145,7 +145,11 @@ mod tests {
 
     #[test]
     fn at_most_sixteen_ranges() {
-        let specs = |n: u64| (0..n).map(|i| format!("{}-{}", i * 10, i * 10 + 1)).collect::<Vec<_>>();
+        let specs = |n: u64| {
+            (0..n)
+                .map(|i| format!("{}-{}", i * 10, i * 10 + 1))
+                .collect::<Vec<_>>()
+        };
         let sixteen = format!("bytes={}", specs(16).join(","));
         assert!(matches!(parse(sixteen.as_bytes(), 1000), Ranges::Parts(p) if p.len() == 16));
         let seventeen = format!("bytes={}", specs(17).join(","));
@@ -162,7 +166,20 @@ mod tests {
     #[test]
     fn random_headers_keep_the_bounds() {
         const PIECES: &[&str] = &[
-            "bytes=", "bytes=", "0", "1", "9", "99", "-", "-", ",", ",", " ", "=", "x", "18446744073709551615",
+            "bytes=",
+            "bytes=",
+            "0",
+            "1",
+            "9",
+            "99",
+            "-",
+            "-",
+            ",",
+            ",",
+            " ",
+            "=",
+            "x",
+            "18446744073709551615",
         ];
         let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
         let mut next = || {
@@ -193,6 +210,9 @@ mod tests {
                 }
             }
         }
-        assert!(seen.iter().all(|n| *n > 100), "every outcome reached: {seen:?}");
+        assert!(
+            seen.iter().all(|n| *n > 100),
+            "every outcome reached: {seen:?}"
+        );
     }
 }

@@ -31,7 +31,10 @@ impl Validators {
     /// The validators of a file of `len` bytes modified at `mtime` (seconds, nanoseconds),
     /// sent with `coding` (`None`: as it is).
     pub(crate) fn new(len: u64, mtime: (i64, i64), coding: Option<&str>) -> Self {
-        let (secs, nanos) = (u64::try_from(mtime.0).unwrap_or(0), mtime.1.clamp(0, 999_999_999));
+        let (secs, nanos) = (
+            u64::try_from(mtime.0).unwrap_or(0),
+            mtime.1.clamp(0, 999_999_999),
+        );
         let tag = match coding {
             Some(coding) => format!("\"{secs:x}.{nanos:x}-{len:x}-{coding}\""),
             None => format!("\"{secs:x}.{nanos:x}-{len:x}\""),
@@ -189,18 +192,27 @@ mod tests {
             (&[], Proceed),
             (&[("if-none-match", tag)], NotModified),
             (&[("if-none-match", weak)], NotModified),
-            (&[("if-none-match", "\"other\", W/\"6553f100.75bcd15-400\"")], NotModified),
-            (&[("if-none-match", "\"other\""), ("if-none-match", tag)], NotModified),
+            (
+                &[("if-none-match", "\"other\", W/\"6553f100.75bcd15-400\"")],
+                NotModified,
+            ),
+            (
+                &[("if-none-match", "\"other\""), ("if-none-match", tag)],
+                NotModified,
+            ),
             (&[("if-none-match", "*")], NotModified),
             (&[("if-none-match", "\"other\"")], Proceed),
-            (&[("if-none-match", "garbage, ") ], Proceed),
+            (&[("if-none-match", "garbage, ")], Proceed),
             (&[("if-none-match", "\"unterminated")], Proceed),
             (&[("if-modified-since", LAST_MODIFIED)], NotModified),
             (&[("if-modified-since", later)], NotModified),
             (&[("if-modified-since", earlier)], Proceed),
             (&[("if-modified-since", "yesterday")], Proceed),
             // If-None-Match wins over If-Modified-Since (13.1.3).
-            (&[("if-none-match", "\"other\""), ("if-modified-since", later)], Proceed),
+            (
+                &[("if-none-match", "\"other\""), ("if-modified-since", later)],
+                Proceed,
+            ),
             (&[("if-match", tag)], Proceed),
             (&[("if-match", "*")], Proceed),
             (&[("if-match", weak)], Failed),
@@ -210,7 +222,10 @@ mod tests {
             (&[("if-unmodified-since", LAST_MODIFIED)], Proceed),
             (&[("if-unmodified-since", "not a date")], Proceed),
             // If-Match wins over If-Unmodified-Since (13.1.4).
-            (&[("if-match", tag), ("if-unmodified-since", earlier)], Proceed),
+            (
+                &[("if-match", tag), ("if-unmodified-since", earlier)],
+                Proceed,
+            ),
             // A failed If-Match is 412 even when If-None-Match would say 304.
             (&[("if-match", "\"other\""), ("if-none-match", tag)], Failed),
             (&[("if-match", tag), ("if-none-match", tag)], NotModified),
@@ -231,7 +246,10 @@ mod tests {
             (&[("if-range", LAST_MODIFIED)], true),
             (&[("if-range", "Tue, 14 Nov 2023 22:13:21 GMT")], false),
             (&[("if-range", "nonsense")], false),
-            (&[("if-range", LAST_MODIFIED), ("if-range", LAST_MODIFIED)], false),
+            (
+                &[("if-range", LAST_MODIFIED), ("if-range", LAST_MODIFIED)],
+                false,
+            ),
         ];
         for (fields, want) in cases {
             assert_eq!(v.range_applies(&headers(fields)), *want, "{fields:?}");
