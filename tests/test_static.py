@@ -541,3 +541,19 @@ def test_relative_directories_are_under_app_dir(server, tree, tmp_path):
                                     "static": {"mounts": "/p=public"}}, app="basic:app",
                env={"PYTHONPATH": str(os.path.dirname(__file__) + "/apps")})
     assert httpx.get(s.url + "/p/hello.txt", timeout=10).content == HELLO
+
+
+def test_on_the_loop_thread_too(server, tree):
+    """Layout (b), `[server] threads = 0`: the connections run on the event loop's thread,
+    and static files are answered there (still without the app)."""
+    data = os.urandom(3 << 20)
+    (tree / "big.bin").write_bytes(data)
+    s = static_server(server, tree, sections={"server": {"threads": 0}})
+    with httpx.Client(base_url=s.url, timeout=30) as h1, \
+            httpx.Client(base_url=s.url, http1=False, http2=True, timeout=30) as h2:
+        for c in (h1, h2):
+            assert c.get("/static/hello.txt").content == HELLO
+            assert sha(c.get("/static/big.bin").content) == sha(data)
+            r = c.get("/static/big.bin", headers={"range": "bytes=0-9, -10"})
+            assert r.status_code == 206 and data[:10] in r.content and data[-10:] in r.content
+            assert c.get("/scope/missing").json()["path"] == "/scope/missing"

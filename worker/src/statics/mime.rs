@@ -87,6 +87,29 @@ pub(crate) fn content_type(name: &[u8]) -> HeaderValue {
     HeaderValue::from_static(found.map_or(DEFAULT, |(_, t)| t))
 }
 
+/// Whether a file of this type is worth compressing, so worth looking for a `.br` or
+/// `.gz` sibling of: text, JSON, XML, SVG, JavaScript, WebAssembly and the uncompressed
+/// font and icon formats. Images, media, archives, WOFF fonts and unknown types are
+/// compressed already (or not known to compress), so their siblings are not looked for
+/// (two `openat2` calls saved on most static hits).
+pub(crate) fn compressible(content_type: &HeaderValue) -> bool {
+    let t = content_type.as_bytes();
+    t.starts_with(b"text/")
+        || t.ends_with(b"json")
+        || t.ends_with(b"+xml")
+        || [
+            &b"application/wasm"[..],
+            b"application/yaml",
+            b"application/toml",
+            b"font/ttf",
+            b"font/otf",
+            b"application/vnd.ms-fontobject",
+            b"image/vnd.microsoft.icon",
+            b"image/bmp",
+        ]
+        .contains(&t)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +135,34 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(name)
             );
+        }
+        let compressible = |name: &[u8]| compressible(&content_type(name));
+        for name in [
+            &b"a.css"[..],
+            b"a.js",
+            b"a.json",
+            b"a.map",
+            b"a.svg",
+            b"a.wasm",
+            b"a.html",
+            b"a.xml",
+            b"a.ico",
+            b"a.webmanifest",
+            b"a.ttf",
+        ] {
+            assert!(compressible(name), "{}", String::from_utf8_lossy(name));
+        }
+        for name in [
+            &b"a.png"[..],
+            b"a.jpg",
+            b"a.woff2",
+            b"a.mp4",
+            b"a.gz",
+            b"a.zip",
+            b"a.bin",
+            b"README",
+        ] {
+            assert!(!compressible(name), "{}", String::from_utf8_lossy(name));
         }
         for (ext, t) in TYPES {
             assert_eq!(ext.to_ascii_lowercase(), *ext);

@@ -150,7 +150,10 @@ impl Statics {
             Err(Miss::Absent) => return miss(),
             Err(Miss::Failed(err)) => return Some(failed(shared, &err)),
         };
-        let (coding, file, vary) = if self.precompressed && !is_encoded(&name) {
+        let content_type = mime::content_type(&name);
+        let siblings =
+            self.precompressed && !is_encoded(&name) && mime::compressible(&content_type);
+        let (coding, file, vary) = if siblings {
             match self.negotiate(mount, &name, request.headers(), file) {
                 Ok(chosen) => chosen,
                 Err(err) => return Some(failed(shared, &err)),
@@ -163,7 +166,7 @@ impl Statics {
             head: method == Method::HEAD,
         };
         Some(
-            respond(&request, mount, &name, coding, file, vary, sink)
+            respond(&request, mount, content_type, coding, file, vary, sink)
                 .unwrap_or_else(|err| failed(shared, &err)),
         )
     }
@@ -210,11 +213,11 @@ struct Asked<'a> {
     head: bool,
 }
 
-/// The response for the chosen representation `file` of `name`.
+/// The response for the chosen representation `file` of a file of `content_type`.
 fn respond(
     request: &Asked<'_>,
     mount: &Mount,
-    name: &[u8],
+    content_type: HeaderValue,
     coding: Coding,
     file: Opened,
     vary: bool,
@@ -247,7 +250,6 @@ fn respond(
             return Ok(response);
         }
     }
-    let content_type = mime::content_type(name);
     headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if let Some(coding) = coding.name() {
         headers.insert(CONTENT_ENCODING, HeaderValue::from_static(coding));
