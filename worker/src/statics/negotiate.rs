@@ -210,4 +210,39 @@ mod tests {
         assert!(!accepted(&[]).takes(Br));
         assert!(accepted(&["*"]).takes(Gzip));
     }
+
+    /// Random headers: never a panic, never a sibling that does not exist or that the
+    /// client refused by name.
+    #[test]
+    fn random_headers_choose_what_exists() {
+        const PIECES: &[&str] = &[
+            "br", "gzip", "x-gzip", "identity", "*", "deflate", ",", ",", ";", "q=", "q=0", "q=1",
+            "q=0.5", "q=1.5", " ", "=", ";q=0", "BR",
+        ];
+        let mut seed: u64 = 0x853c_49e6_748f_ea9b;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..100_000 {
+            let mut value = String::new();
+            for _ in 0..(next() % 10) {
+                value.push_str(PIECES[(next() % PIECES.len() as u64) as usize]);
+            }
+            let Ok(header) = http::HeaderValue::from_str(&value) else {
+                continue;
+            };
+            let mut headers = HeaderMap::new();
+            headers.insert(ACCEPT_ENCODING, header);
+            let accepted = Accepted::of(&headers);
+            let (br, gzip) = (next() % 2 == 0, next() % 2 == 0);
+            match accepted.choose(br, gzip) {
+                Coding::Br => assert!(br && accepted.takes(Coding::Br), "{value}"),
+                Coding::Gzip => assert!(gzip && accepted.takes(Coding::Gzip), "{value}"),
+                Coding::Identity => {}
+            }
+        }
+    }
 }
