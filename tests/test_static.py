@@ -21,7 +21,7 @@ import pytest
 import h3client
 from conftest import run_cli
 from test_observability import metrics_server, samples, scrape, total
-from test_tls import certs, ssl_section  # noqa: F401 - fixture
+from test_tls import certs, client_context, ssl_section  # noqa: F401 - fixture
 
 SECRET = b"the secret outside the mount\n"
 HELLO = b"hello, static world\n"
@@ -557,3 +557,20 @@ def test_on_the_loop_thread_too(server, tree):
             r = c.get("/static/big.bin", headers={"range": "bytes=0-9, -10"})
             assert r.status_code == 206 and data[:10] in r.content and data[-10:] in r.content
             assert c.get("/scope/missing").json()["path"] == "/scope/missing"
+
+
+def test_tls_reads_the_file_instead_of_sendfile(server, tree, certs):  # noqa: F811
+    """TLS encrypts in user space: a large file goes through the budgeted pipe, not
+    sendfile, over HTTP/1.1 and HTTP/2 (ALPN)."""
+    data = os.urandom(2 << 20)
+    (tree / "big.bin").write_bytes(data)
+    s = static_server(server, tree, sections=ssl_section(certs), metrics=True)
+    url = "https://127.0.0.1:%d" % s.port
+    for http2 in (False, True):
+        with httpx.Client(base_url=url, verify=client_context(certs), http2=http2, timeout=30) as c:
+            r = c.get("/static/big.bin")
+            assert r.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
+            assert sha(r.content) == sha(data)
+            r = c.get("/static/big.bin", headers={"range": "bytes=100000-1999999"})
+            assert r.status_code == 206 and sha(r.content) == sha(data[100000:2000000])
+    assert sendfile_bytes(s) == 0
