@@ -18,6 +18,7 @@ mod model;
 pub mod net;
 mod render;
 pub mod schema;
+pub mod statics;
 mod tomlfile;
 mod value;
 
@@ -31,7 +32,7 @@ pub use layers::{
 pub use merge::{load, merge, parse_file, Loaded};
 pub use model::{
     secs, Application, Config, Debug, Errors, Lifespan, Limits, LogLevel, Logging, LoopKind,
-    Metrics, ProxyProtocol, Server, Ssl, TlsVersion, Watchdog, Websocket,
+    Metrics, ProxyProtocol, Server, Ssl, Static, TlsVersion, Watchdog, Websocket,
 };
 pub use render::markdown;
 pub use schema::{KeyDef, Kind, SCHEMA};

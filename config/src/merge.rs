@@ -6,6 +6,7 @@ use crate::error::ConfigError;
 use crate::layers::{parse_env, parse_overrides, unknown_key, Override, RawLayer, Source};
 use crate::model::*;
 use crate::schema::{self, Kind, SCHEMA};
+use crate::statics::StaticError;
 use crate::value::{parse_value, Expected, Value};
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -70,13 +71,51 @@ pub fn load(
         }
         None => None,
     };
-    merge(
+    let loaded = merge(
         file,
         parse_env(env)?,
         parse_overrides(overrides)?,
         &cwd,
         || crate::cpus::detect(&cpu_root),
-    )
+    )?;
+    check_static_dirs(&loaded)?;
+    Ok(loaded)
+}
+
+/// A bad `[static]` entry as a configuration error naming where it came from.
+fn static_error(err: StaticError, sources: &BTreeMap<String, Source>) -> ConfigError {
+    ConfigError::InvalidValue {
+        origin: (sources.get(&format!("static.{}", err.key)))
+            .map_or_else(|| "default".into(), Source::to_string),
+        section: "static".into(),
+        key: err.key.into(),
+        shown: format!("{:?}", err.entry),
+        expected: err.expected,
+    }
+}
+
+/// Every `[static]` mount's directory exists (I/O: hence here, not in [`merge`]). The
+/// workers open them again when they start.
+fn check_static_dirs(loaded: &Loaded) -> Result<(), ConfigError> {
+    let statics = &loaded.config.statics;
+    let mounts = (statics.mounts(&loaded.config.application.app_dir))
+        .map_err(|err| static_error(err, &loaded.sources))?;
+    for (entry, mount) in statics.mounts.iter().zip(&mounts) {
+        let why = match std::fs::metadata(&mount.dir) {
+            Ok(meta) if meta.is_dir() => continue,
+            Ok(_) => format!("{} is not a directory", mount.dir.display()),
+            Err(err) => format!("{}: {err}", mount.dir.display()),
+        };
+        return Err(static_error(
+            StaticError {
+                key: "mounts",
+                entry: entry.clone(),
+                expected: format!("an existing directory ({why})"),
+            },
+            &loaded.sources,
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,8 +240,13 @@ pub fn merge(
         .map(|(k, (_, s))| (k.clone(), s.clone()))
         .collect();
     let values: BTreeMap<String, Value> = winners.into_iter().map(|(k, (v, _))| (k, v)).collect();
+    let mut config = build(&Values(values));
+    let mounts = (config.statics)
+        .mounts(&config.application.app_dir)
+        .map_err(|err| static_error(err, &sources))?;
+    config.statics = Static::normalised(&mounts, config.statics.precompressed);
     let loaded = Loaded {
-        config: build(&Values(values)),
+        config,
         sources,
         file: file_path,
         ignored_env,
@@ -362,6 +406,14 @@ fn build(v: &Values) -> Config {
             ping_timeout: v.secs("websocket.ping_timeout"),
             per_message_deflate: v.bool("websocket.per_message_deflate"),
             drain_grace: v.secs("websocket.drain_grace"),
+        },
+        statics: Static {
+            mounts: v.list("static.mounts"),
+            exclusive: v.list("static.exclusive"),
+            max_age: v.list("static.max_age"),
+            immutable: v.list("static.immutable"),
+            follow_symlinks: v.list("static.follow_symlinks"),
+            precompressed: v.bool("static.precompressed"),
         },
         logging: Logging {
             level: LogLevel::from_word(&v.text("logging.level")),
@@ -1006,6 +1058,66 @@ secret_key = "xxxxx"
             text.lines().filter(|l| l.starts_with('[')).count(),
             SCHEMA.len()
         );
+    }
+
+    #[test]
+    fn static_mounts_are_resolved_and_bad_entries_named() {
+        let loaded = run(
+            "[application]\napp_dir = /srv/app\n[static]\nmounts = /static/=assets, /media=/m\nexclusive = /media/\nmax_age = /static=60\n",
+            &[("GENRO_ASGI_STATIC_PRECOMPRESSED", "no")],
+            &[],
+        )
+        .expect("loads");
+        let s = &loaded.config.statics;
+        assert_eq!(s.mounts, ["/static=/srv/app/assets", "/media=/m"]);
+        assert_eq!(s.exclusive, ["/media"]);
+        assert_eq!(s.max_age, ["/static=60"]);
+        assert!(!s.precompressed);
+        let rendered = loaded.render();
+        assert!(
+            rendered.contains("[static] mounts = /static=/srv/app/assets, /media=/m"),
+            "{rendered}"
+        );
+        let cases: &[(&str, Vars, &str)] = &[
+            ("[static]\nmounts = static=/x\n", &[], "conf/server.ini:2: [static] mounts = \"static=/x\": expected PREFIX=DIRECTORY"),
+            ("[static]\nmounts = /a=/x, /a/=/y\n", &[], "conf/server.ini:2: [static] mounts = \"/a/=/y\": expected each prefix mounted once (/a is mounted twice)"),
+            ("[static]\nmounts = /a=/x\n", &[("GENRO_ASGI_STATIC_EXCLUSIVE", "/b")], "environment variable GENRO_ASGI_STATIC_EXCLUSIVE: [static] exclusive = \"/b\": expected the prefix of a [static] mounts entry (/b is not mounted; mounted: /a)"),
+            ("[static]\nmounts = /a=/x\nimmutable = /a\n", &[], "conf/server.ini:3: [static] immutable = \"/a\": expected a mount with a max_age too"),
+        ];
+        for (file, vars, want) in cases {
+            let err = run(file, vars, &[]).expect_err(want);
+            assert!(err.starts_with(want), "{err}\nwanted: {want}");
+        }
+    }
+
+    #[test]
+    fn load_requires_static_directories() {
+        let dir = std::env::temp_dir().join(format!("genro-config-static-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("assets")).expect("tmp dir");
+        std::fs::write(dir.join("file"), "x").expect("write");
+        let path = dir.join("server.ini");
+        std::fs::write(&path, "[static]\nmounts = /a=assets\n").expect("write");
+        let loaded = load(Some(&path), Vec::new(), &[]).expect("loads");
+        assert_eq!(
+            loaded.config.statics.mounts,
+            [format!("/a={}", dir.join("assets").display())]
+        );
+        for (mounts, why) in [
+            ("/a=missing", "No such file or directory"),
+            ("/a=file", "is not a directory"),
+        ] {
+            std::fs::write(&path, format!("[static]\nmounts = {mounts}\n")).expect("write");
+            let err = load(Some(&path), Vec::new(), &[])
+                .expect_err(mounts)
+                .to_string();
+            let want = format!(
+                "{}:2: [static] mounts = \"/a={}\": expected an existing directory (",
+                path.display(),
+                dir.join(&mounts[3..]).display()
+            );
+            assert!(err.starts_with(&want) && err.contains(why), "{err}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub struct Config {
     pub http3: Http3,
     /// `[websocket]`
     pub websocket: Websocket,
+    /// `[static]` (a keyword in Rust, hence the field's name).
+    #[serde(rename = "static")]
+    pub statics: Static,
     /// `[logging]`
     pub logging: Logging,
     /// `[metrics]` (planned)
@@ -212,6 +215,26 @@ pub struct Websocket {
     /// Time open WebSockets keep running in a drain before close 1001.
     #[serde(with = "secs")]
     pub drain_grace: Duration,
+}
+
+/// `[static]`: files the workers serve without entering Python. The lists keep the
+/// schema's text form, normalised when the configuration is merged (prefixes without a
+/// trailing `/`, directories absolute); [`Static::mounts`] turns them into
+/// [`crate::statics::Mount`]s.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Static {
+    /// `PREFIX=DIRECTORY` entries.
+    pub mounts: Vec<String>,
+    /// Prefixes whose misses do not fall through to the app.
+    pub exclusive: Vec<String>,
+    /// `PREFIX=SECONDS` entries.
+    pub max_age: Vec<String>,
+    /// Prefixes whose `Cache-Control` says `immutable`.
+    pub immutable: Vec<String>,
+    /// Prefixes where symbolic links may lead out of the directory.
+    pub follow_symlinks: Vec<String>,
+    /// Serve `.br` / `.gz` siblings.
+    pub precompressed: bool,
 }
 
 /// `[watchdog]` (planned).

@@ -139,6 +139,10 @@ pub static SECTIONS: &[(&str, &str)] = &[
         "websocket",
         "WebSocket connections (HTTP/1.1 Upgrade and HTTP/2 extended CONNECT).",
     ),
+    (
+        "static",
+        "Files served by the workers from directories, without entering Python (docs/DEPLOYMENT.md, Static files).",
+    ),
     ("logging", "Log level, format and destination."),
     ("metrics", "Prometheus metrics endpoint."),
     (
@@ -230,6 +234,13 @@ pub static SCHEMA: &[KeyDef] = &[
     k("websocket", "ping_timeout", Kind::Seconds { min: 0.1, max: HOUR }, "20", "A client that does not answer a ping within this time is closed (code 1011, like uvicorn)."),
     k("websocket", "per_message_deflate", Kind::Bool, "true", "Offer permessage-deflate compression (RFC 7692) to clients that ask for it."),
     k("websocket", "drain_grace", Kind::Seconds { min: 0.0, max: HOUR }, "5", "On shutdown or reload, open WebSockets keep running this long, then get close 1001 (going away) and the app sees `websocket.disconnect`; responses still streaming `text/event-stream` (SSE) then see `http.disconnect` from `receive()` and `OSError` from `send()` (other responses keep the whole `[server] graceful_timeout`); when set, must be <= `[server] graceful_timeout` (the default is capped at it)."),
+    // [static]
+    k("static", "mounts", Kind::List, "", "URL prefixes answered from directories, as `PREFIX=DIRECTORY` (`/static=/srv/app/static, /media=media`; a relative directory is under `application.app_dir`, and each must exist). A GET or HEAD under a prefix is answered by the worker without entering Python: `ETag` and `Last-Modified` with 304 and 412, single and multiple ranges, precompressed siblings, `Cache-Control` per mount, `sendfile(2)` on plaintext HTTP/1.1. The longest matching prefix wins. No directory listings, and names starting with `.` are never served. A missing file, a directory, a refused name or another method goes on to the app unless the mount is `exclusive`."),
+    k("static", "exclusive", Kind::List, "", "Mounts (by prefix) the app never sees: a missing file, a directory or a refused name there gets 404, another method than GET and HEAD 405 with `Allow: GET, HEAD`."),
+    k("static", "max_age", Kind::List, "", "`PREFIX=SECONDS` per mount: its responses carry `Cache-Control: public, max-age=SECONDS` (0: `no-cache`). A mount without one sends no `Cache-Control`."),
+    k("static", "immutable", Kind::List, "", "Mounts (by prefix) whose `Cache-Control` also says `immutable` (fingerprinted file names that never change); each needs a `max_age`."),
+    k("static", "follow_symlinks", Kind::List, "", "Mounts (by prefix) where a symbolic link may lead outside the mount's directory. Elsewhere a link is followed only while it stays inside the directory (`openat2` `RESOLVE_BENEATH`); one that leads out is refused like a missing file."),
+    k("static", "precompressed", Kind::Bool, "true", "Serve a file's `.br` or `.gz` sibling (`app.js.br`, `app.js.gz`, made at build time) to a client whose `Accept-Encoding` takes it, for the types worth compressing (text, JavaScript, JSON, XML, SVG, WebAssembly, TTF/OTF fonts, icons; siblings of images, media, archives and unknown types are not looked for) (q-values; `br` before `gzip` at equal q), with `Content-Encoding`; responses for a file that has a sibling carry `Vary: Accept-Encoding`."),
     // [logging]
     k("logging", "level", Kind::Enum(&["TRACE", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]), "INFO", "Minimum log level (case-insensitive)."),
     k("logging", "format", Kind::Str, "%(asctime)s %(levelname)s %(name)s %(message)s", "A Python `logging` format string (`%(asctime)s` (UTC) `%(levelname)s` `%(levelno)s` `%(name)s` `%(message)s` `%(process)d` `%(thread)d` `%(threadName)s` `%(module)s`), or `json` for one JSON object per line."),

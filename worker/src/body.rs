@@ -328,6 +328,28 @@ impl Pipe {
         Ok(())
     }
 
+    /// Waits until a piece of `n` bytes (at most [`PIECE`]) would be queued at once, or
+    /// fails like [`Pipe::push`]. A producer that makes its bytes on demand (a static file
+    /// read in pieces) asks before making them, so what waits for the client is counted in
+    /// the budgets instead of sitting in the producer.
+    pub async fn ready(&self, n: usize, on_wait: impl Fn(Limit)) -> Result<(), SendError> {
+        let _order = self.order.lock().await;
+        let mut waited = false;
+        loop {
+            {
+                let inner = self.lock();
+                if inner.closed {
+                    return Err(SendError::Closed);
+                }
+                if self.fits(n) && (!waited || self.own.below_half()) {
+                    return Ok(());
+                }
+            }
+            waited = true;
+            self.room(n, &on_wait).await?;
+        }
+    }
+
     /// Waits until `n` bytes may fit, or the pipe closed; fails when this response stalled.
     async fn room(&self, n: usize, on_wait: &impl Fn(Limit)) -> Result<(), SendError> {
         let timeout = self.budgets.send_timeout;

@@ -535,7 +535,7 @@ enum Pushed {
 /// A response's client took nothing for `send_timeout`: count it, log it (once per
 /// connection), abort the response (its connection's driver closes the connection, or the
 /// stream is reset).
-fn stalled(shared: &Shared, pipe: &Pipe, envelope: &Envelope) {
+pub(crate) fn stalled(shared: &Shared, pipe: &Pipe, envelope: &Envelope) {
     shared.limit(Limit::SendTimeout);
     if pipe.first_hit(Limit::SendTimeout) {
         tracing::info!(parent: envelope.span(), "send_timeout: the client took no response bytes; disconnecting it (logged once per connection)");
@@ -548,7 +548,7 @@ fn stalled(shared: &Shared, pipe: &Pipe, envelope: &Envelope) {
 /// A response's `send()` first waited for budget `kind`: counted, and logged once per
 /// connection: INFO for the response's and the connection's budget (the client reads
 /// slower than the app sends), WARNING for the worker's (every client's responses wait).
-fn waited(shared: &Shared, pipe: &Pipe, kind: Limit, envelope: &Envelope) {
+pub(crate) fn waited(shared: &Shared, pipe: &Pipe, kind: Limit, envelope: &Envelope) {
     shared.limit(kind);
     if !pipe.first_hit(kind) {
         return;

@@ -18,7 +18,8 @@
 // - the hand-off to the Python thread (handoff) and the awaitables (awaitable);
 // - the worker's state (state), then what every exchange starts from (admission, scope);
 // - the protocols: HTTP (receive: the request side, http: the exchange), WebSocket
-//   (ws_queue, ws_pump, ws_handshake, websocket);
+//   (ws_queue, ws_pump, ws_handshake, websocket), and static files beside them (statics:
+//   no Python, but HTTP's bodies and budgets);
 // - server, watchdog, and this module on top.
 mod admission;
 mod alpn;
@@ -45,6 +46,7 @@ mod scope;
 mod sendfile;
 mod server;
 mod state;
+mod statics;
 mod target;
 mod title;
 mod trim;
@@ -199,6 +201,13 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
     });
     let tls = match server::tls_acceptor(&config) {
         Ok(tls) => tls,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            return Ok(exit::CONFIG);
+        }
+    };
+    let statics = match statics::Statics::open(&config) {
+        Ok(statics) => statics.map(Arc::new),
         Err(err) => {
             tracing::error!("{err:#}");
             return Ok(exit::CONFIG);
@@ -364,7 +373,7 @@ fn run_inner(py: Python<'_>, args: WorkerArgs) -> anyhow::Result<i32> {
                     front,
                     config,
                     shared_for_serve.clone(),
-                    tls,
+                    server::Serving { tls, statics },
                     stop_rx,
                 )
                 .await

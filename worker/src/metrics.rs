@@ -221,6 +221,8 @@ pub struct Metrics {
     response_bytes: [IntCounter; PROTOCOLS],
     /// `sendfile_bytes_total`.
     pub(crate) sendfile_bytes: IntCounter,
+    /// `static_responses_total`, by status class.
+    static_responses: [IntCounter; STATUS_CLASSES.len()],
     ws_messages: [IntCounter; 2],
     errors: [IntCounter; 3],
     limits: [IntCounter; Limit::ALL.len()],
@@ -294,12 +296,18 @@ impl Metrics {
         );
         let sendfile_bytes = IntCounter::new(
             "sendfile_bytes_total",
-            "Response body bytes sent from files with sendfile(2) (`pathsend` on plaintext HTTP/1.1); also counted in response_body_bytes_total.",
+            "Response body bytes sent from files with sendfile(2) (`pathsend` and [static] files on plaintext HTTP/1.1); also counted in response_body_bytes_total.",
         )
         .expect("valid metric");
         registry
             .register(Box::new(sendfile_bytes.clone()))
             .expect("once");
+        let static_responses = counter_vec(
+            &registry,
+            "static_responses_total",
+            "Responses from [static] mounts (files, and an exclusive mount's 404/405), by status class; also counted in requests_total.",
+            &["status"],
+        );
         let ws_messages = counter_vec(
             &registry,
             "websocket_messages_total",
@@ -368,6 +376,7 @@ impl Metrics {
                 response_bytes.with_label_values(&[p.label()])
             }),
             sendfile_bytes,
+            static_responses: STATUS_CLASSES.map(|c| static_responses.with_label_values(&[c])),
             stuck: each(["warning", "critical"], |l| stuck.with_label_values(&[l])),
             ws_messages: each(["received", "sent"], |d| {
                 ws_messages.with_label_values(&[d])
@@ -395,6 +404,12 @@ impl Metrics {
     /// A connection counted by [`Self::connection_opened`] closed.
     pub fn connection_closed(&self, protocol: Protocol) {
         self.connections_active[protocol as usize].dec();
+    }
+
+    /// A response from a `[static]` mount finished.
+    pub fn static_done(&self, status: http::StatusCode) {
+        let class = (usize::from(status.as_u16() / 100)).clamp(1, 5) - 1;
+        self.static_responses[class].inc();
     }
 
     /// A connection closed before its first request.

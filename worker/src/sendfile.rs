@@ -1,5 +1,6 @@
-//! `sendfile(2)` for `http.response.pathsend` on plaintext HTTP/1.1: the file's bytes go
-//! from the page cache to the socket without passing through the worker's memory.
+//! `sendfile(2)` for `http.response.pathsend` and static files (`crate::statics`) on
+//! plaintext HTTP/1.1: the file's bytes go from the page cache to the socket without
+//! passing through the worker's memory.
 //!
 //! hyper writes a response's body frames to its socket itself, and has no way to carry a
 //! file. So the body ([`FileFrames`]) lends the file, one frame of at most [`FRAME`]
@@ -346,9 +347,15 @@ impl FileFrames {
     /// The `len` bytes of `file` from its start (whose first frame was read ahead), sent
     /// through `slot`.
     pub fn new(file: File, len: u64, slot: Arc<FileSlot>) -> Self {
+        Self::at(file, 0, len, slot)
+    }
+
+    /// The `len` bytes of `file` from `offset` (a static file's range), sent through
+    /// `slot`.
+    pub fn at(file: File, offset: u64, len: u64, slot: Arc<FileSlot>) -> Self {
         FileFrames {
             file: Arc::new(file),
-            offset: 0,
+            offset,
             left: len,
             slot,
             ahead: None,

@@ -86,6 +86,17 @@ pub struct Limits {
     pub proxies: Option<genro_config::net::Trusted>,
     /// `[server] sendfile`.
     pub sendfile: bool,
+    /// `[static]` mounts, answered before the app (`None`: none configured).
+    pub(crate) statics: Option<Arc<crate::statics::Statics>>,
+}
+
+/// What [`serve`] serves with besides the configuration: TLS and the static mounts, set
+/// up (and their errors reported) before the app is loaded.
+pub(crate) struct Serving {
+    /// The TLS acceptor, when `[ssl]` is on.
+    pub(crate) tls: Option<TlsAcceptor>,
+    /// The `[static]` mounts, their directories open.
+    pub(crate) statics: Option<Arc<crate::statics::Statics>>,
 }
 
 /// Whether `fd` is a Unix-domain socket (the `[server] uds` one) rather than TCP.
@@ -133,9 +144,10 @@ pub async fn serve(
     front: Option<std::os::unix::net::UnixListener>,
     config: Arc<Config>,
     shared: Arc<Shared>,
-    tls: Option<TlsAcceptor>,
+    serving: Serving,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let Serving { tls, statics } = serving;
     let (listener, uds) = match listener {
         Listen::Tcp(listener) => {
             listener.set_nonblocking(true)?;
@@ -185,6 +197,7 @@ pub async fn serve(
             false => None,
         },
         sendfile: config.server.sendfile,
+        statics,
     });
     let keep_alive = config.server.keep_alive_timeout;
     let early_hints = config.server.early_hints;

@@ -1,6 +1,7 @@
 //! The service hyper calls per request: who the client is, the target and `Host` check,
-//! admission (503 beyond `max_concurrency`, 413 on a declared body too large), then the
-//! hand-off to the app and the response it sends back.
+//! admission (503 beyond `max_concurrency`), static files (`[static]` mounts, answered
+//! here without the app), 413 on a declared body too large, then the hand-off to the app
+//! and the response it sends back.
 
 use super::conn::{ConnBusy, ConnCtx};
 use super::record::{Done, InFlight};
@@ -231,6 +232,21 @@ pub(super) async fn handle(
     if websocket {
         return Ok(open_websocket(request, &ctx, info, admission, done, request_id).await);
     }
+    let version = request.version();
+    if let Some(statics) = &limits.statics {
+        // Built only when a file's body needs it.
+        let sink = || crate::statics::Sink {
+            budgets: budgets(&ctx),
+            sendfile: sendfile_slot(&ctx, version),
+            shared: ctx.shared.clone(),
+            envelope: admission.envelope().clone(),
+        };
+        if let Some(response) = statics.answer(&request, &ctx.shared, sink) {
+            return Ok(static_answer(
+                &ctx, response, admission, done, request_id, version,
+            ));
+        }
+    }
     if limits.max_body_size != 0 {
         let declared = request
             .headers()
@@ -250,17 +266,10 @@ pub(super) async fn handle(
             return Ok(finish(response, done));
         }
     }
-    let version = request.version();
     let (parts, body) = request.into_parts();
     let exchange = Arc::new(Exchange::new(body, limits.max_body_size));
     let guard = InFlight::new(admission.clone(), ctx.state.clone(), exchange.clone(), done);
     let (respond, response) = tokio::sync::oneshot::channel();
-    let budgets = Budgets {
-        conn: ctx.state.buffers.clone(),
-        worker: ctx.shared.worker_buffer.clone(),
-        response: limits.response_buffer,
-        send_timeout: limits.send_timeout,
-    };
     let pending = Pending::new(RequestStart {
         opening: Opening {
             parts,
@@ -269,13 +278,8 @@ pub(super) async fn handle(
             respond,
         },
         exchange,
-        budgets,
-        // hyper writes an HTTP/1.x body to the socket as it is; HTTP/2 frames copy it.
-        sendfile: ctx
-            .state
-            .sendfile
-            .clone()
-            .filter(|_| version != http::Version::HTTP_2),
+        budgets: budgets(&ctx),
+        sendfile: sendfile_slot(&ctx, version),
     });
     crate::http::start(&ctx.shared, pending.clone());
     // If the client leaves before the loop starts the request, this future is dropped:
@@ -283,7 +287,31 @@ pub(super) async fn handle(
     let unstarted = Unstarted(pending);
     let mut response = app_answer(&ctx, response, request_id).await;
     drop(unstarted);
-    if let Some(alt_svc) = limits.alt_svc.as_ref().filter(|_| !ctx.info.front) {
+    decorate(&ctx, &mut response, version);
+    let status = response.status();
+    Ok(response.map(|body| body.on_drop(Box::new(move |bytes| guard.finish(status, bytes)))))
+}
+
+/// Where a response's bytes are counted.
+fn budgets(ctx: &ConnCtx) -> Budgets {
+    Budgets {
+        conn: ctx.state.buffers.clone(),
+        worker: ctx.shared.worker_buffer.clone(),
+        response: ctx.limits.response_buffer,
+        send_timeout: ctx.limits.send_timeout,
+    }
+}
+
+/// The connection's `sendfile` slot, if a response to a request of `version` may use it:
+/// hyper writes an HTTP/1.x body to the socket as it is; HTTP/2 frames copy it.
+fn sendfile_slot(ctx: &ConnCtx, version: http::Version) -> Option<Arc<crate::sendfile::FileSlot>> {
+    (ctx.state.sendfile.clone()).filter(|_| version != http::Version::HTTP_2)
+}
+
+/// What a response gets besides its own fields: `Alt-Svc` on TCP when HTTP/3 is on, and
+/// `Connection: close` on HTTP/1.x while the worker drains.
+fn decorate(ctx: &ConnCtx, response: &mut Response<ResponseBody>, version: http::Version) {
+    if let Some(alt_svc) = ctx.limits.alt_svc.as_ref().filter(|_| !ctx.info.front) {
         response
             .headers_mut()
             .entry(ALT_SVC)
@@ -295,8 +323,36 @@ pub(super) async fn handle(
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
+}
+
+/// A static file's response, or an exclusive mount's refusal: the same fields as the
+/// app's, counted and logged like them (and in `static_responses_total`) when its body is
+/// done; its admission (registry entry, concurrency slot) and its place on the
+/// connection are held until then.
+fn static_answer(
+    ctx: &ConnCtx,
+    mut response: Response<ResponseBody>,
+    admission: Arc<Admission>,
+    done: Option<Done>,
+    request_id: HeaderValue,
+    version: http::Version,
+) -> Response<ResponseBody> {
+    response.headers_mut().insert(REQUEST_ID, request_id);
+    decorate(ctx, &mut response, version);
+    let busy = ConnBusy::new(ctx.state.clone());
+    let metrics = ctx.shared.metrics.clone();
     let status = response.status();
-    Ok(response.map(|body| body.on_drop(Box::new(move |bytes| guard.finish(status, bytes)))))
+    response.map(|body| {
+        body.on_drop(Box::new(move |bytes| {
+            if let Some(metrics) = &metrics {
+                metrics.static_done(status);
+            }
+            if let Some(done) = done {
+                done.record(status, bytes, 0);
+            }
+            drop((admission, busy));
+        }))
+    })
 }
 
 /// Takes a request out of the hand-off queue when dropped (see [`Pending`]).
