@@ -346,6 +346,49 @@ def test_misses_fall_through_unless_exclusive(server, tree):
         assert c.get("/staticky/hello.txt").content == b"Hello, world!"
 
 
+def test_exclusive_keeps_encoded_and_doubled_prefixes_from_the_app(server, tree):
+    """The app is handed the path decoded; a path under an exclusive mount only that way
+    (an encoded `/`, doubled slashes a framework may merge) is still not the app's."""
+    s = static_server(server, tree)
+    for target in ("/static%2Fhello.txt", "/static%2fsub%2finner.txt", "//static/hello.txt",
+                   "/%2Fstatic/hello.txt"):
+        status, _, body = raw(s.port, target)
+        assert (status, body) == (404, b"Not Found\n"), target
+    status, _, body = raw(s.port, "/scope%2Fhello.txt")  # not exclusive: the app's
+    assert status == 200 and b'"path": "/scope/hello.txt"' in body
+
+
+def test_errors_are_not_cached_and_coded_bodies_not_ranged(server, tree):
+    """412 and 416 do not carry the mount's Cache-Control (a shared cache would keep a
+    client's provoked error under the file's URL); a Range on a precompressed body gets
+    the whole coded body."""
+    s = static_server(server, tree)
+    with httpx.Client(base_url=s.url, timeout=10) as c:
+        assert "cache-control" in c.get("/static/hello.txt").headers
+        r = c.get("/static/hello.txt", headers={"if-match": '"nope"'})
+        assert r.status_code == 412 and "cache-control" not in r.headers
+        r = c.get("/static/hello.txt", headers={"range": "bytes=99999-"})
+        assert r.status_code == 416 and "cache-control" not in r.headers
+        r = c.get("/static/app.js", headers={"accept-encoding": "gzip", "range": "bytes=0-9,20-29"})
+        assert r.status_code == 200 and r.headers["content-encoding"] == "gzip"
+        assert r.content == (tree / "app.js").read_bytes()  # httpx decoded the whole body
+
+
+def test_a_long_download_is_not_a_stuck_request(server, tree):
+    """No app runs a static answer: the watchdog does not report a slow download."""
+    (tree / "slow.bin").write_bytes(os.urandom(8 << 20))
+    s = static_server(server, tree, sections={"watchdog": {"interval": 0.2, "timeout": 0.5, "critical": 1}})
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET /static/slow.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        got, started = 0, time.monotonic()
+        while time.monotonic() - started < 2.5:  # slowly, past `critical`
+            got += len(sock.recv(4096))
+            time.sleep(0.01)
+    assert 0 < got < (8 << 20)
+    assert "still running" not in s.log, s.log[-2000:]
+
+
 TRAVERSALS = [
     "/static/../secret.txt",
     "/static/sub/../../secret.txt",

@@ -347,18 +347,31 @@ impl FileFrames {
     /// The `len` bytes of `file` from its start (whose first frame was read ahead), sent
     /// through `slot`.
     pub fn new(file: File, len: u64, slot: Arc<FileSlot>) -> Self {
-        Self::at(file, 0, len, slot)
-    }
-
-    /// The `len` bytes of `file` from `offset` (a static file's range), sent through
-    /// `slot`.
-    pub fn at(file: File, offset: u64, len: u64, slot: Arc<FileSlot>) -> Self {
         FileFrames {
             file: Arc::new(file),
-            offset,
+            offset: 0,
             left: len,
             slot,
             ahead: None,
+        }
+    }
+
+    /// The `len` bytes of `file` from `offset` (a static file's range), sent through
+    /// `slot`. The first frame is read ahead off the connection's thread, so a cold page
+    /// cache does not stall `sendfile` there. Must run inside the tokio runtime.
+    pub fn at(file: File, offset: u64, len: u64, slot: Arc<FileSlot>) -> Self {
+        let file = Arc::new(file);
+        let first = len.min(FRAME as u64) as usize;
+        let ahead = (first != 0).then(|| {
+            let file = file.clone();
+            tokio::task::spawn_blocking(move || read_ahead(&file, offset, first))
+        });
+        FileFrames {
+            file,
+            offset,
+            left: len,
+            slot,
+            ahead,
         }
     }
 

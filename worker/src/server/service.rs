@@ -339,6 +339,10 @@ fn static_answer(
 ) -> Response<ResponseBody> {
     response.headers_mut().insert(REQUEST_ID, request_id);
     decorate(ctx, &mut response, version);
+    // No app runs it: a long download is not a stuck request for the watchdog.
+    ctx.shared
+        .registry
+        .set_busy(admission.envelope().key, false);
     let busy = ConnBusy::new(ctx.state.clone());
     let metrics = ctx.shared.metrics.clone();
     let status = response.status();

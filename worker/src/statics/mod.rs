@@ -245,6 +245,9 @@ fn respond(
             ));
         }
         Verdict::Failed => {
+            // Not the mount's Cache-Control: a shared cache must not keep an error a
+            // client provoked under the file's URL (RFC 9111 3).
+            headers.remove(CACHE_CONTROL);
             let mut response = plain(StatusCode::PRECONDITION_FAILED, "Precondition Failed\n");
             response.headers_mut().extend(headers);
             return Ok(response);
@@ -255,9 +258,15 @@ fn respond(
         headers.insert(CONTENT_ENCODING, HeaderValue::from_static(coding));
     }
     // Range applies to GET only (RFC 9110 14.2); several Range fields are not one range.
+    // Not to a precompressed body either: a decoding client cannot use byte ranges of the
+    // encoded bytes (and would try to decode a multipart envelope), so it gets it whole.
     let mut ranges = request.headers.get_all(RANGE).iter();
     let ranges = match (ranges.next(), ranges.next()) {
-        (Some(value), None) if !request.head && validators.range_applies(request.headers) => {
+        (Some(value), None)
+            if !request.head
+                && coding.name().is_none()
+                && validators.range_applies(request.headers) =>
+        {
             range::parse(value.as_bytes(), len)
         }
         _ => Ranges::Whole,
@@ -276,7 +285,7 @@ fn respond(
         Ranges::Unsatisfiable => {
             let mut response = plain(StatusCode::RANGE_NOT_SATISFIABLE, "Range Not Satisfiable\n");
             let fields = response.headers_mut();
-            for name in [ETAG, LAST_MODIFIED, CACHE_CONTROL, VARY] {
+            for name in [ETAG, LAST_MODIFIED, VARY] {
                 if let Some(value) = headers.remove(&name) {
                     fields.insert(name, value);
                 }
@@ -297,7 +306,8 @@ fn respond(
         }
         Ranges::Parts(parts) => {
             let sink = sink();
-            let boundary = format!("genro-{}", sink.envelope.id);
+            // Not guessable: a file's own bytes cannot end its part early.
+            let boundary = format!("genro-{:016x}{:016x}", rand_u64(), rand_u64());
             let mut pieces = Vec::with_capacity(2 * parts.len() + 1);
             let mut total = 0;
             for part in parts {
@@ -324,6 +334,20 @@ fn respond(
             Ok(with(StatusCode::PARTIAL_CONTENT, headers, body))
         }
     }
+}
+
+/// 64 random bits from the kernel (the multipart boundary).
+fn rand_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != 8 {
+        // Cannot fail for 8 bytes once the pool is initialised; a clock is enough then.
+        return std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    }
+    u64::from_ne_bytes(bytes)
 }
 
 /// Whether `name` is itself a precompressed file (served as it is, no siblings).

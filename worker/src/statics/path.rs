@@ -53,6 +53,22 @@ pub(crate) fn lookup(prefixes: &[Prefix], path: &str) -> Lookup {
             };
         }
     }
+    // What the app would be handed: the whole path decoded (an encoded `/` separates
+    // there) and, as frameworks that merge slashes see it, without empty segments. A path
+    // under a mount only that way (`/static%2Fx`, `//static/x`) names no file here, but
+    // an exclusive mount must still keep it from the app.
+    if let Some(decoded) = decode(rest) {
+        let segments: Vec<&[u8]> = (decoded.split(|b| *b == b'/'))
+            .filter(|s| !s.is_empty())
+            .collect();
+        for (index, prefix) in prefixes.iter().enumerate() {
+            let under = prefix.len() <= segments.len()
+                && (prefix.iter().zip(&segments)).all(|(want, got)| want.as_slice() == *got);
+            if under {
+                return Lookup::Refused(index);
+            }
+        }
+    }
     Lookup::Outside
 }
 
@@ -140,6 +156,18 @@ mod tests {
         assert_eq!(lookup(only_static, "/staticx/a"), Lookup::Outside);
         assert_eq!(lookup(only_static, "/"), Lookup::Outside);
         assert_eq!(lookup(only_static, "/other/static/a"), Lookup::Outside);
+        // Under the mount only as the app would see the path: refused, never the app's
+        // when the mount is exclusive.
+        for path in [
+            "/static%2Fa",
+            "//static/a",
+            "/%2Fstatic/a",
+            "/static%2f",
+            "///static",
+        ] {
+            assert_eq!(lookup(only_static, path), Lookup::Refused(0), "{path}");
+        }
+        assert_eq!(lookup(only_static, "/staticx%2Fa"), Lookup::Outside);
     }
 
     #[test]
