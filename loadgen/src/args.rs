@@ -412,7 +412,19 @@ mod tests {
             (h3(&["--ca", "x.pem", "--insecure"]), "cannot be used with"),
             (
                 vec!["--url", "http://h:1/", "--requests", "1", "--insecure"],
-                "--protocol h3 only",
+                "--protocol h3 and ws3 only",
+            ),
+            (
+                vec![
+                    "--url",
+                    "ws://h:1/",
+                    "--requests",
+                    "1",
+                    "--protocol",
+                    "ws3",
+                    "--insecure",
+                ],
+                "wss://",
             ),
             (
                 vec![
