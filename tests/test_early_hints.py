@@ -5,6 +5,7 @@ requests, curl), on HTTP/2 (h2c and TLS; the h2 state machine as a raw client, c
 on HTTP/3 through the front (aioquic). Off (the default), nothing is sent or advertised
 (tests/test_uds.py shows why, with nginx)."""
 
+import contextlib
 import json
 import shutil
 import socket
@@ -46,6 +47,17 @@ def events(sock, raw_request):
         out.append((time.monotonic() - start, event))
         if isinstance(event, h11.EndOfMessage):
             return out
+
+
+@contextlib.contextmanager
+def tls_socket(port, certs, alpn):  # noqa: F811
+    """A TLS connection to the server that offers only `alpn`."""
+    ctx = ssl.create_default_context(cafile=certs["ca"])
+    ctx.set_alpn_protocols([alpn])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            assert sock.selected_alpn_protocol() == alpn
+            yield sock
 
 
 def request(path, version="1.1"):
@@ -169,13 +181,8 @@ class H2Client:
 @pytest.mark.parametrize("tls", [False, True], ids=["h2c", "h2-tls"])
 def test_http2_103_arrives_before_the_app_answers(server, certs, tls):  # noqa: F811
     s = server(sections={**ssl_section(certs), **ON} if tls else ON)
-    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as raw:
-        sock = raw
-        if tls:
-            ctx = ssl.create_default_context(cafile=certs["ca"])
-            ctx.set_alpn_protocols(["h2"])
-            sock = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
-            assert sock.selected_alpn_protocol() == "h2"
+    opened = tls_socket(s.port, certs, "h2") if tls else socket.create_connection(("127.0.0.1", s.port), timeout=10)
+    with opened as sock:
         client = H2Client(sock)
         heads, body = client.get_one("/early-hints?s=1.5")
         (t_hint, status, links), (t_final, final, _) = heads
@@ -205,18 +212,15 @@ def test_http2_hints_are_bounded_per_stream_and_oversized_ones_dropped(server, c
     a hint with more than 8 KiB of links is dropped on HTTP/2 and through the HTTP/3
     front, and the response is still whole."""
     s = server(sections={**ssl_section(certs), "http3": {"enabled": True}, **ON})
-    ctx = ssl.create_default_context(cafile=certs["ca"])
-    ctx.set_alpn_protocols(["h2"])
-    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as raw:
-        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
-            client = H2Client(sock)
-            heads, body = client.get_one("/early-hints?s=0.2&n=200")
-            statuses = [status for _t, status, _links in heads]
-            assert statuses == [103] * 16 + [200] and body == b"hinted", statuses
-            heads, body = client.get_one("/early-hints?s=0&big=20000")
-            assert [status for _t, status, _l in heads] == [200] and body == b"hinted"
-            heads, _ = client.get_one("/early-hints?s=0&big=7000")
-            assert [status for _t, status, _l in heads] == [103, 200]
+    with tls_socket(s.port, certs, "h2") as sock:
+        client = H2Client(sock)
+        heads, body = client.get_one("/early-hints?s=0.2&n=200")
+        statuses = [status for _t, status, _links in heads]
+        assert statuses == [103] * 16 + [200] and body == b"hinted", statuses
+        heads, body = client.get_one("/early-hints?s=0&big=20000")
+        assert [status for _t, status, _l in heads] == [200] and body == b"hinted"
+        heads, _ = client.get_one("/early-hints?s=0&big=7000")
+        assert [status for _t, status, _l in heads] == [103, 200]
     (many, big, fits), _ = h3client.fetch(
         s.port, [("GET", "/early-hints?s=0.2&n=200"), ("GET", "/early-hints?s=0&big=20000"),
                  ("GET", "/early-hints?s=0&big=7000")], cafile=certs["ca"])
@@ -261,11 +265,8 @@ def test_bad_links_are_the_apps_error(server):
 
 def test_103_over_tls(server, certs):  # noqa: F811
     s = server(sections={**ssl_section(certs), **ON})
-    ctx = ssl.create_default_context(cafile=certs["ca"])
-    ctx.set_alpn_protocols(["http/1.1"])
-    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as raw:
-        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
-            got = events(sock, request("/early-hints?s=0.2"))
+    with tls_socket(s.port, certs, "http/1.1") as sock:
+        got = events(sock, request("/early-hints?s=0.2"))
     assert [e.status_code for _t, e in got if hasattr(e, "status_code")] == [103, 200]
 
 
@@ -284,20 +285,15 @@ def test_off_by_default_nothing_is_sent_or_advertised(server, certs):  # noqa: F
     ctx = ssl.create_default_context(cafile=certs["ca"])
     with httpx.Client(verify=ctx, timeout=10) as c:
         assert "http.response.early_hint" not in c.get("https://127.0.0.1:%d/scope" % s.port).json()["extensions"]
-    ctx.set_alpn_protocols(["http/1.1"])
-    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as raw:
-        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
-            got = events(sock, request("/early-hints?s=0&force=1"))
+    with tls_socket(s.port, certs, "http/1.1") as sock:
+        got = events(sock, request("/early-hints?s=0&force=1"))
     assert [e.status_code for _t, e in got if hasattr(e, "status_code")] == [200]
-    h2ctx = ssl.create_default_context(cafile=certs["ca"])
-    h2ctx.set_alpn_protocols(["h2"])
-    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as raw:
-        with h2ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
-            client = H2Client(sock)
-            heads, _ = client.get_one("/early-hints?s=0&force=1")
-            assert [status for _t, status, _l in heads] == [200]
-            _, body = client.get_one("/scope")
-            assert b"http.response.early_hint" not in body
+    with tls_socket(s.port, certs, "h2") as sock:
+        client = H2Client(sock)
+        heads, _ = client.get_one("/early-hints?s=0&force=1")
+        assert [status for _t, status, _l in heads] == [200]
+        _, body = client.get_one("/scope")
+        assert b"http.response.early_hint" not in body
     (forced, scope), _ = h3client.fetch(s.port, [("GET", "/early-hints?s=0&force=1"), ("GET", "/scope")],
                                         cafile=certs["ca"])
     assert forced.status == 200 and forced.interim == []
